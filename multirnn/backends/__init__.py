@@ -44,9 +44,17 @@ def install_hint(name: str) -> str:
     return "pip install multirnn" if extra is None else f"pip install 'multirnn[{extra}]'"
 
 
+def _importable(module: str) -> bool:
+    """Cheap check that ``module`` could be imported (find_spec, no import)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
+
+
 def _load_class(key: str) -> type[Backend]:
     target, frameworks, _ = _REGISTRY[key]
-    missing = [m for m in frameworks if importlib.util.find_spec(m) is None]
+    missing = [m for m in frameworks if not _importable(m)]
     if missing:
         raise BackendUnavailableError(
             f"Backend {key!r} needs {', '.join(missing)}, which is not installed. Install it with: {install_hint(key)}"

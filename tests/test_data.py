@@ -1,0 +1,135 @@
+"""The d2l data pipelines: preprocessing facts, the vocabulary, iterators, and input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import multirnn
+from multirnn import data as mdata
+
+
+def test_time_machine_matches_d2l_edition_1():
+    corpus, vocab = multirnn.load_time_machine(max_tokens=-1)
+    assert len(vocab) == 28
+    assert len(corpus) == 170580
+    assert vocab.idx_to_token[:5] == ["<unk>", " ", "e", "t", "a"]
+    assert corpus.dtype == np.int64 and corpus.min() >= 1  # no unknown characters in the book itself
+    assert "".join(vocab.to_tokens(corpus[:13])) == "the time mach"
+
+
+def test_max_tokens_truncates_but_keeps_vocab():
+    corpus, vocab = multirnn.load_time_machine(max_tokens=10000)
+    assert len(corpus) == 10000 and len(vocab) == 28
+
+
+def test_word_tokens():
+    corpus, vocab = multirnn.load_time_machine(token="word")
+    assert vocab.idx_to_token[:4] == ["<unk>", "the", "i", "and"]
+    assert len(corpus) == 32775  # d2l ed. 1, section 8.2: 32,775 word tokens
+
+
+def test_edition_2_pipeline_is_distinct():
+    w = multirnn.load_ed2_windows(num_steps=32)
+    assert w.num_chars == 173428  # whole text, no per-line strip
+    assert w.vocab.idx_to_token[:3] == [" ", "<unk>", "a"] and len(w.vocab) == 28
+    assert w.X.shape == w.Y.shape == (15000, 32)
+    np.testing.assert_array_equal(w.X[1:, :], w.Y[:-1, :])  # overlapping windows: offset by one
+    np.testing.assert_array_equal(w.X[:, 1:], w.Y[:, :-1])  # labels shifted by one
+
+
+def test_ed2_batches_shuffle_training_and_keep_validation_in_order():
+    w = multirnn.load_ed2_windows(num_steps=8, num_train=100, num_val=30)
+    train = list(w.train_batches(32, np.random.default_rng(0)))
+    assert [len(X) for X, _ in train] == [32, 32, 32, 4]  # the last minibatch is partial, as in d2l
+    seen = np.concatenate([X for X, _ in train])
+    assert sorted(map(tuple, seen)) == sorted(map(tuple, w.X[:100]))
+    assert not np.array_equal(seen, w.X[:100])
+    val = np.concatenate([X for X, _ in w.val_batches(32)])
+    np.testing.assert_array_equal(val, w.X[100:130])
+
+
+def test_vocab_behaviour():
+    tokens = [["b", "a", "a"], ["c", "a", "b"]]
+    v = multirnn.Vocab(tokens, reserved_tokens=["<pad>"])
+    assert v.idx_to_token == ["<unk>", "<pad>", "a", "b", "c"]
+    assert v["a"] == 2 and v["zzz"] == v.unk == 0
+    assert v[["c", "a", "?"]] == [4, 2, 0]
+    assert v.to_tokens([3, 4]) == ["b", "c"] and v.to_tokens(2) == "a"
+    assert multirnn.Vocab(tokens, min_freq=2).idx_to_token == ["<unk>", "a", "b"]
+    # ties keep first-appearance order, as d2l's stable sort does
+    assert multirnn.Vocab(["x", "y", "y", "x"]).idx_to_token == ["<unk>", "x", "y"]
+
+
+def test_any_text_file_loads_the_same_way(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("Hello, World!\n\n  hello again 42\n", encoding="utf-8")
+    corpus, vocab = multirnn.load_corpus(path)
+    assert "".join(vocab.to_tokens(corpus)) == "hello worldhello again"  # d2l drops line breaks
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"", "no letters"), (b"1234 \n !!", "no letters")],
+)
+def test_empty_or_letterless_text_is_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        multirnn.load_corpus(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="Cannot read text file"):
+        multirnn.load_corpus(tmp_path / "nope.txt")
+
+
+def test_checksum_mismatch_is_detected(tmp_path, monkeypatch):
+    fake = tmp_path / "timemachine.txt"
+    fake.write_text("the time machine, tampered with", encoding="utf-8")
+    monkeypatch.setattr(mdata, "bundled_text_path", lambda name: fake)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        mdata.load_time_machine()
+
+
+def test_bundled_texts_verify():
+    for name, digest in mdata.BUNDLED_TEXTS.items():
+        assert mdata.read_lines(mdata.bundled_text_path(name), digest)
+
+
+@pytest.mark.parametrize("make", [multirnn.seq_data_iter_sequential, multirnn.seq_data_iter_random])
+def test_iterators_are_driven_only_by_the_seed(make):
+    corpus = np.arange(1000)
+    a = list(make(corpus, 4, 7, np.random.default_rng(3)))
+    b = list(make(corpus, 4, 7, np.random.default_rng(3)))
+    c = list(make(corpus, 4, 7, np.random.default_rng(4)))
+    assert all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(np.array_equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))
+    for X, Y in a:
+        assert X.shape == Y.shape == (4, 7)
+        np.testing.assert_array_equal(Y, X + 1)  # corpus is arange: labels are the next token
+
+
+def test_sequential_partitioning_continues_rows():
+    corpus = np.arange(500)
+    batches = list(multirnn.seq_data_iter_sequential(corpus, 3, 5, np.random.default_rng(0)))
+    for (X0, _), (X1, _) in zip(batches, batches[1:]):
+        np.testing.assert_array_equal(X1[:, 0], X0[:, -1] + 1)
+
+
+def test_random_sampling_windows_do_not_overlap():
+    corpus = np.arange(500)
+    windows = np.concatenate([X for X, _ in multirnn.seq_data_iter_random(corpus, 4, 5, np.random.default_rng(0))])
+    starts = np.sort(windows[:, 0])
+    assert len(set(starts)) == len(starts) and np.all(np.diff(starts) % 5 == 0)
+
+
+@pytest.mark.parametrize("make", [multirnn.seq_data_iter_sequential, multirnn.seq_data_iter_random])
+def test_too_short_corpus_or_bad_sizes_are_clear_errors(make):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="too few for one minibatch"):
+        next(make(np.arange(100), 10, 10, rng))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        next(make(np.arange(100), 0, 10, rng))
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        next(make(np.arange(100), 2, -1, rng))
