@@ -1,0 +1,110 @@
+"""Agreement between training runs: pure functions over recorded numbers, no framework.
+
+Shared initial weights and batches (``--init shared``): every backend's per-step loss is compared
+with a reference curve (the NumPy oracle when it ran, else the per-step median of the others),
+as a relative deviation ``|loss - ref| / |ref|``. A backend agrees when its shapes are right and
+the deviation never leaves the band for its dtype.
+
+Independent initial weights (``--init independent``): curves cannot match step by step, so the
+final perplexities are compared: each backend's median over its last epochs must lie within
+``INDEPENDENT_RTOL`` of the median across backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Relative per-step loss tolerance when all backends start from the same weights and batches.
+# float32: summation order alone differs between frameworks; measured worst cases are in the README
+# (well below 1e-4). float64: the same maths agrees to ~1e-12; 1e-9 leaves room for long runs.
+STEP_RTOL: dict[str, float] = {"float32": 1e-4, "float64": 1e-9}
+# Independent weights: final perplexities of different random initialisations differ by a few
+# per cent on the quick preset; a disagreement beyond 15 % points at a wrong implementation.
+INDEPENDENT_RTOL = 0.15
+LAST_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """How far one backend's per-step loss curve strays from the reference."""
+
+    max_deviation: float  # largest relative deviation over the compared steps
+    first_step: int | None  # 1-based global step where it first left the band (None: never)
+    first_epoch: int | None  # the epoch of that step
+    per_step: list[float]  # relative deviation of every compared step
+    agrees: bool
+
+
+def reference_curve(curves: Mapping[str, Sequence[float]], reference: str | None) -> np.ndarray:
+    """The reference backend's curve, or the per-step median of all curves (over their common length)."""
+    if reference is not None:
+        return np.asarray(curves[reference], dtype=np.float64)
+    n = min(len(c) for c in curves.values())
+    return np.median(np.array([np.asarray(c[:n], dtype=np.float64) for c in curves.values()]), axis=0)
+
+
+def epoch_of_step(step: int, steps_per_epoch: Sequence[int]) -> int:
+    """The 1-based epoch that the 1-based global ``step`` belongs to."""
+    bounds = np.cumsum(steps_per_epoch)
+    return int(np.searchsorted(bounds, step) + 1)
+
+
+def compare_curve(
+    losses: Sequence[float], reference: Sequence[float], rtol: float, steps_per_epoch: Sequence[int]
+) -> Deviation:
+    """Relative deviation of ``losses`` from ``reference`` step by step.
+
+    Curves of different length (one run diverged earlier) disagree: the missing steps count as
+    leaving the band at the first step that only one of them has.
+    """
+    n = min(len(losses), len(reference))
+    got, ref = np.asarray(losses[:n], dtype=np.float64), np.asarray(reference[:n], dtype=np.float64)
+    dev = np.abs(got - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)
+    outside = np.flatnonzero(~(dev <= rtol))
+    first = int(outside[0]) + 1 if outside.size else (n + 1 if len(losses) != len(reference) else None)
+    epochs = list(steps_per_epoch) or [max(n, 1)]
+    first_epoch = epoch_of_step(first, epochs) if first is not None else None
+    return Deviation(
+        max_deviation=float(dev.max()) if n else float("nan"),
+        first_step=first,
+        first_epoch=first_epoch,
+        per_step=dev.tolist(),
+        agrees=first is None,
+    )
+
+
+def expected_shapes(batch_size: int, num_steps: int, vocab_size: int, num_hiddens: int) -> dict[str, list[int]]:
+    """The shapes every backend must produce on the first minibatch."""
+    return {
+        "one_hot": [num_steps, batch_size, vocab_size],
+        "logits": [num_steps * batch_size, vocab_size],
+        "state": [batch_size, num_hiddens],
+        "grad_W_xh": [vocab_size, num_hiddens],
+        "grad_W_hh": [num_hiddens, num_hiddens],
+        "grad_b_h": [num_hiddens],
+        "grad_W_hq": [num_hiddens, vocab_size],
+        "grad_b_q": [vocab_size],
+    }
+
+
+def shape_mismatches(got: Mapping[str, Sequence[int]], want: Mapping[str, Sequence[int]]) -> list[str]:
+    """Human-readable list of the shapes that differ (empty when all agree)."""
+    return [
+        f"{name}: got {list(got.get(name, []))}, expected {list(shape)}"
+        for name, shape in want.items()
+        if list(got.get(name, [])) != list(shape)
+    ]
+
+
+def robust_final(perplexity: Sequence[float], last: int = LAST_EPOCHS) -> float:
+    """Median perplexity over the last ``last`` epochs: one noisy final epoch does not decide."""
+    return float(np.median(np.asarray(perplexity[-last:], dtype=np.float64)))
+
+
+def compare_finals(finals: Mapping[str, float], rtol: float = INDEPENDENT_RTOL) -> dict[str, tuple[float, bool]]:
+    """Independent initialisations: ``{name: (relative distance to the median, within rtol)}``."""
+    center = float(np.median(list(finals.values())))
+    return {name: (abs(v - center) / center, abs(v - center) <= rtol * center) for name, v in finals.items()}

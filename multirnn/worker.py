@@ -1,0 +1,146 @@
+"""One backend's training run, executed in its own (spawned) process by ``multirnn.compare``.
+
+A separate process per backend keeps framework thread pools from interfering, lets each
+framework set its environment before import, and turns a native crash (segfault, abort, out of
+memory) into one failed row: the parent sees the exit code, the other backends still run.
+The worker reports progress through a queue and writes its result as JSON, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_PREFIXES = ("time traveller", "traveller")
+NUM_PREDS = 50
+
+
+@dataclass
+class WorkerTask:
+    """Everything a worker needs; plain data so that it pickles across ``spawn``."""
+
+    name: str
+    config: dict[str, Any]
+    out_path: str
+    device: str = "cpu"
+    mode: str = "fast"
+    init: str = "shared"  # or "independent"
+    init_seed: int = 0
+    text: str | None = None
+    eval_text: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _shapes_on_first_batch(backend: Any, params: Any, data: Any, config: Any) -> dict[str, list[int]]:
+    """Run every primitive once on the first minibatch and record what comes out."""
+    X, Y = next(data.train_batches(np.random.default_rng(config.seed)))
+    state = backend.init_state(X.shape[0], config.num_hiddens, config.dtype)
+    logits, _ = backend.forward(params, X, state)
+    _, grads, new_state = backend.loss_and_grads(params, X, Y, state)
+    shapes = {
+        "one_hot": list(backend.as_numpy(backend.one_hot(X, len(data.vocab), config.dtype)).shape),
+        "logits": list(backend.as_numpy(logits).shape),
+        "state": list(backend.as_numpy(new_state[0]).shape),
+    }
+    shapes.update({f"grad_{k}": list(v.shape) for k, v in backend.params_to_numpy(grads).items()})
+    return shapes
+
+
+def run(task: WorkerTask, queue: Any) -> None:
+    """Entry point of the worker process: train ``task.name`` and write its result JSON."""
+    # Ctrl-C goes to the whole process group; the parent decides, and terminates us if needed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from . import harness
+    from .config import TrainConfig
+    from .data import encode
+    from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError
+    from .params import init_params
+
+    result: dict[str, Any] = {"name": task.name, "status": "crashed", "framework_version": None, "error": None}
+
+    def progress(kind: str, **info: Any) -> None:
+        if queue is not None:
+            queue.put({"kind": kind, "name": task.name, **info})
+
+    try:
+        config = TrainConfig(**task.config)
+        try:
+            from .backends import get_backend
+
+            backend = get_backend(task.name, device=task.device, mode=task.mode)
+        except (BackendUnavailableError, GPUUnavailableError) as exc:
+            result.update(status="unavailable", error=str(exc))
+            return
+        result["framework_version"] = backend.version()
+        data = harness.prepare_data(config, task.text)
+        numpy_params = init_params(len(data.vocab), config.num_hiddens, task.init_seed, config.dtype)
+        result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
+        progress("start", num_epochs=config.num_epochs)
+
+        def on_epoch(epoch: int, history: harness.History) -> None:
+            progress("epoch", epoch=epoch, perplexity=history.perplexity[-1], tokens_per_sec=history.tokens_per_sec[-1])
+
+        try:
+            trained = harness.train(backend, config, data, params=numpy_params, callback=on_epoch)
+            history, params = trained.history, trained.params
+            result["status"] = "ok"
+        except TrainingDivergedError as exc:
+            history, params = exc.history, None
+            result.update(status="diverged", error=str(exc))
+        result.update(history.to_dict())
+        rates = history.tokens_per_sec[1:] or history.tokens_per_sec
+        result["tokens_per_sec_median"] = float(np.median(rates)) if rates else None
+        if params is not None:
+            result["samples"] = {p: harness.predict(backend, params, data.vocab, p, NUM_PREDS) for p in SAMPLE_PREFIXES}
+            if task.eval_text:
+                ids = encode(task.eval_text, data.vocab)
+                result["eval_perplexity"] = harness.evaluate_text_perplexity(
+                    backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype
+                )
+    except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
+        result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    finally:
+        result["peak_rss_mb"] = peak_rss_mb()
+        write_json_atomic(task.out_path, _finite_or_none(result))
+        progress("done", status=result["status"])
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/Infinity in strict readers: store them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj

@@ -1,0 +1,231 @@
+"""``python -m multirnn.compare`` end to end: exit codes, files, schema, failures, bad input.
+
+The command runs in a subprocess, as a user runs it. A crashing backend and a missing one are
+simulated with a ``sitecustomize`` module on PYTHONPATH (inherited by the spawned workers), so the
+product code carries no test hooks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import multirnn
+from multirnn import agreement, compare as compare_cli
+
+TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--quiet"]
+
+# Replaces the mxnet backend module with the NumPy oracle that segfaults at its 5th training step.
+CRASHING_MXNET = textwrap.dedent(
+    """
+    import importlib.abc, importlib.machinery, sys
+
+    class _FakeMXNet(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name in ("mxnet", "multirnn.backends.mxnet_backend"):
+                return importlib.machinery.ModuleSpec(name, self)
+            return None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            if module.__name__ == "mxnet":
+                return
+            import os, signal
+            from multirnn.backends.numpy_backend import NumpyBackend
+
+            class MXNetBackend(NumpyBackend):
+                name = "mxnet"
+                calls = 0
+
+                def train_step(self, *args):
+                    MXNetBackend.calls += 1
+                    if MXNetBackend.calls == 5:
+                        os.kill(os.getpid(), signal.SIGSEGV)
+                    return super().train_step(*args)
+
+            module.MXNetBackend = MXNetBackend
+
+    sys.meta_path.insert(0, _FakeMXNet())
+    """
+)
+# Makes tensorflow look uninstalled.
+MISSING_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
+
+
+def compare(args: list[str], site: str | None = None, tmp_path: Path | None = None, timeout: int = 300):
+    env = dict(os.environ)
+    if site is not None:
+        site_dir = tmp_path / "site"
+        site_dir.mkdir(exist_ok=True)
+        (site_dir / "sitecustomize.py").write_text(site)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site_dir), env.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "multirnn.compare", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def load(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_numpy_run_writes_every_file_with_the_schema(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--eval-text", "war_of_the_worlds"])
+    assert proc.returncode == 0, proc.stderr
+    for name in ("results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png", "backends/numpy.json"):
+        assert (out / name).is_file(), name
+    res = load(out)
+    assert res["schema_version"] == 1 and res["verdict"]["status"] == "agree"
+    assert res["config"]["num_epochs"] == 3 and res["config"]["protocol"] == "d2l-ed1"
+    (b,) = res["backends"]
+    for key in ("name", "status", "framework_version", "perplexity", "tokens_per_sec", "first_epoch_seconds",
+                "peak_rss_mb", "max_deviation", "agrees", "samples"):
+        assert key in b, key
+    assert b["status"] == "ok" and b["agrees"] is True and len(b["perplexity"]) == 3
+    assert b["perplexity"][-1] < b["perplexity"][0]
+    assert b["tokens_per_sec"] > 0 and b["peak_rss_mb"] > 10 and b["shapes_agree"] is True
+    assert set(b["samples"]) == {"time traveller", "traveller"}
+    assert b["samples"]["traveller"].startswith("traveller") and b["eval_perplexity"] > 1
+    rows = list(csv.DictReader((out / "curves.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert "numpy" in proc.stdout and "Verdict:" in proc.stdout and "time traveller" in proc.stdout
+    assert "perplexity.png" in (out / "report.md").read_text()
+
+
+def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path):
+    out = tmp_path / "run"
+    site = CRASHING_MXNET + MISSING_TENSORFLOW
+    proc = compare(["--backends", "numpy,mxnet,tensorflow", *TINY, "--out", str(out), "--no-plot"], site, tmp_path)
+    assert proc.returncode == 1, proc.stderr  # a crash is not agreement
+    rows = {b["name"]: b for b in load(out)["backends"]}
+    assert rows["numpy"]["status"] == "ok" and rows["numpy"]["agrees"] is True
+    assert rows["mxnet"]["status"] == "crashed" and "signal 11" in rows["mxnet"]["error"]
+    assert rows["tensorflow"]["status"] == "unavailable" and "multirnn[tensorflow]" in rows["tensorflow"]["error"]
+    assert "crashed: mxnet" in load(out)["verdict"]["summary"]
+    assert not (out / "perplexity.png").exists()
+
+
+def test_no_backend_could_run_exits_3(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", "tensorflow", *TINY, "--out", str(out)], MISSING_TENSORFLOW, tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert load(out)["verdict"]["status"] == "no-backend"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "pytroch"], "Unknown backend 'pytroch'"),
+        (["--preset", "d2l-ed9"], "unknown preset 'd2l-ed9'"),
+        (["--epochs", "0"], "positive integer"),
+        (["--hidden", "-4"], "positive integer"),
+        (["--lr", "fast"], "positive number"),
+        (["--lr", "-1"], "positive number"),
+        (["--clip", "nan"], "positive number"),
+        (["--text", "/no/such/book.txt"], "no such file"),
+        (["--device", "gpu"], "no GPU is visible"),
+        (["--batch-size", "4000"], "too few for one minibatch"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    if args[0] == "--device" and compare_cli._gpu_visible():
+        pytest.skip("a GPU is visible here")
+    out = tmp_path / "never"
+    proc = compare([*args, "--out", str(out)])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_empty_and_too_short_text_files_are_usage_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    short = tmp_path / "short.txt"
+    short.write_text("a tiny book")
+    for path, message in ((empty, "no letters"), (short, "too few for one minibatch")):
+        proc = compare(["--text", str(path), "--out", str(tmp_path / "x")])
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_unwritable_output_folder_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = compare(["--backends", "numpy", "--out", str(blocker / "sub")])
+    assert proc.returncode == 2 and "cannot write to output folder" in proc.stderr
+
+
+def test_help_explains_options_and_shows_an_example():
+    proc = compare(["--help"])
+    assert proc.returncode == 0
+    for flag in ("--backends", "--preset", "--init", "--eval-text", "--no-plot", "--quiet", "examples:"):
+        assert flag in proc.stdout
+
+
+def test_custom_text_and_independent_init(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_bytes(multirnn.bundled_text_path("war_of_the_worlds").read_bytes()[:20000])
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--text", str(book), "--init", "independent", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    res = load(out)
+    assert res["options"]["init"] == "independent" and res["options"]["text"] == str(book.resolve())
+    assert res["backends"][0]["agrees"] is True
+
+
+def test_ctrl_c_writes_a_partial_report(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "multirnn.compare", "--backends", "numpy", "--epochs", "100000",
+                             "--hidden", "64", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(8)  # long enough for the worker to be training (100,000 epochs take far longer)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    res = load(out)
+    assert res["verdict"]["status"] == "interrupted"
+    assert res["backends"][0]["error"] == "interrupted by the user (Ctrl-C)"
+    assert (out / "report.md").exists() and "Traceback" not in err
+
+
+# --- the verdict logic, without processes ---------------------------------------------------
+
+
+def _row(name, losses, status="ok"):
+    return compare_cli._row({"name": name, "status": status, "step_loss": losses, "perplexity": [2.0],
+                                  "steps_per_epoch": [len(losses)], "shapes": None})
+
+
+def test_judge_names_the_first_step_outside_the_band():
+    config = multirnn.preset("quick")
+    ref = [3.0, 2.5, 2.0, 1.5]
+    rows = [_row("numpy", ref), _row("torch", [3.0, 2.5 * (1 + 5e-5), 2.0 * (1 + 3e-4), 1.5]), _row("jax", ref)]
+    verdict = compare_cli.judge(rows, config, "shared", {})
+    assert verdict["status"] == "disagree" and verdict["disagreeing"] == ["torch"]
+    torch = rows[1]
+    assert torch["first_deviation_step"] == 3 and torch["agrees"] is False
+    assert torch["max_deviation"] == pytest.approx(3e-4)
+    assert rows[2]["agrees"] is True
+
+
+def test_judge_uses_the_median_without_the_oracle():
+    config = multirnn.preset("quick", dtype="float64")
+    rows = [_row("torch", [1.0, 1.0]), _row("jax", [1.0, 1.0]), _row("mxnet", [1.0, 1.1])]
+    verdict = compare_cli.judge(rows, config, "shared", {})
+    assert verdict["reference"] is None and verdict["disagreeing"] == ["mxnet"]
+
+
+def test_curves_of_different_length_disagree():
+    d = agreement.compare_curve([1.0, 1.0], [1.0, 1.0, 1.0], 1e-4, [1, 1, 1])
+    assert not d.agrees and d.first_step == 3
