@@ -160,7 +160,11 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         for b in devs:
             ax.plot([max(d, floor) for d in b["deviation_per_step"]], label=b["name"], linewidth=0.8)
         tol = results["verdict"].get("tolerance")
-        if isinstance(tol, float):
+        if results["verdict"].get("band_per_step"):
+            ax.plot(results["verdict"]["band_per_step"], color="red", linestyle=":", label="tolerance band")
+            ax.plot([max(d, floor) for d in results["verdict"]["envelope_per_step"]], color="gray", linewidth=0.8,
+                    label="float32 rounding envelope (oracle f32 vs f64)")
+        elif isinstance(tol, float):
             ax.axhline(tol, color="red", linestyle=":", label=f"tolerance {tol:g}")
         ax.set(yscale="log", xlabel="training step", ylabel="|loss - reference| / reference",
                title=f"Per-step deviation from {results['verdict'].get('reference_label', 'reference')}")

@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ class WorkerTask:
     init_seed: int = 0
     text: str | None = None
     eval_text: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # how progress names this run (default: the backend's name)
+    init_dtype: str | None = None  # draw the initial weights in this dtype, then cast (default: config's)
 
 
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
@@ -103,7 +104,10 @@ def run(task: WorkerTask, queue: Any) -> None:
             return
         result["framework_version"] = backend.version()
         data = harness.prepare_data(config, task.text)
-        numpy_params = init_params(len(data.vocab), config.num_hiddens, task.init_seed, config.dtype)
+        numpy_params = {
+            k: v.astype(config.dtype)
+            for k, v in init_params(len(data.vocab), config.num_hiddens, task.init_seed, task.init_dtype or config.dtype).items()
+        }
         result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
         progress("start", num_epochs=config.num_epochs)
 

@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import multirnn
@@ -24,41 +25,55 @@ from multirnn import agreement, compare as compare_cli
 
 TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--quiet"]
 
-# Replaces the mxnet backend module with the NumPy oracle that segfaults at its 5th training step.
-CRASHING_MXNET = textwrap.dedent(
-    """
-    import importlib.abc, importlib.machinery, sys
+def fake_backend(name: str, class_name: str, train_step_body: str) -> str:
+    """sitecustomize source that replaces backend ``name`` (and its framework) by the NumPy oracle
+    with ``train_step_body`` as its train_step (arguments: self, params, X, Y, state, lr, clip)."""
+    body = textwrap.indent(textwrap.dedent(train_step_body), " " * 20)
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, importlib.machinery, sys
 
-    class _FakeMXNet(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path=None, target=None):
-            if name in ("mxnet", "multirnn.backends.mxnet_backend"):
-                return importlib.machinery.ModuleSpec(name, self)
-            return None
+        class _Fake(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, fullname, path=None, target=None):
+                if fullname in ({name!r}, "multirnn.backends.{name}_backend"):
+                    return importlib.machinery.ModuleSpec(fullname, self)
+                return None
 
-        def create_module(self, spec):
-            return None
+            def create_module(self, spec):
+                return None
 
-        def exec_module(self, module):
-            if module.__name__ == "mxnet":
-                return
-            import os, signal
-            from multirnn.backends.numpy_backend import NumpyBackend
+            def exec_module(self, module):
+                if module.__name__ == {name!r}:
+                    return
+                import os, signal
+                from multirnn.backends.numpy_backend import NumpyBackend
 
-            class MXNetBackend(NumpyBackend):
-                name = "mxnet"
-                calls = 0
+                class {class_name}(NumpyBackend):
+                    name = {name!r}
+                    calls = 0
 
-                def train_step(self, *args):
-                    MXNetBackend.calls += 1
-                    if MXNetBackend.calls == 5:
-                        os.kill(os.getpid(), signal.SIGSEGV)
-                    return super().train_step(*args)
+                    def train_step(self, params, X, Y, state, lr, clip):
+        """
+    ) + body + textwrap.dedent(
+        f"""
+                module.{class_name} = {class_name}
 
-            module.MXNetBackend = MXNetBackend
+        sys.meta_path.insert(0, _Fake())
+        """
+    )
 
-    sys.meta_path.insert(0, _FakeMXNet())
-    """
-)
+
+# mxnet replaced by the oracle that segfaults at its 5th training step (a native crash).
+CRASHING_MXNET = fake_backend("mxnet", "MXNetBackend", """
+    type(self).calls += 1
+    if type(self).calls == 5:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return super().train_step(params, X, Y, state, lr, clip)
+""")
+# jax replaced by a classic translation bug: the carried state is dropped (always zero).
+STATELESS_JAX = fake_backend("jax", "JaxBackend", """
+    return super().train_step(params, X, Y, (state[0] * 0,), lr, clip)
+""")
 # Makes tensorflow look uninstalled.
 MISSING_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
 
@@ -113,6 +128,21 @@ def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path)
     assert rows["tensorflow"]["status"] == "unavailable" and "multirnn[tensorflow]" in rows["tensorflow"]["error"]
     assert "crashed: mxnet" in load(out)["verdict"]["summary"]
     assert not (out / "perplexity.png").exists()
+
+
+def test_a_translation_bug_is_caught_at_its_first_steps(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,jax", *TINY, "--out", str(out), "--no-plot"], STATELESS_JAX, tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    res = load(out)
+    jax = res["backends"][1]
+    assert jax["status"] == "ok" and jax["agrees"] is False
+    assert jax["first_deviation_epoch"] == 1  # caught in the first epoch, long before chaos widens the band
+    assert "jax disagrees with the NumPy oracle" in res["verdict"]["summary"]
+    assert "DISAGREES (step" in proc.stdout
+    # the float32 run measured its rounding envelope with a float64 oracle run
+    assert (out / "backends" / "numpy-float64-envelope.json").exists()
+    assert len(res["verdict"]["band_per_step"]) == len(res["backends"][0]["step_loss"])
 
 
 def test_no_backend_could_run_exits_3(tmp_path):
@@ -224,6 +254,15 @@ def test_judge_uses_the_median_without_the_oracle():
     rows = [_row("torch", [1.0, 1.0]), _row("jax", [1.0, 1.0]), _row("mxnet", [1.0, 1.1])]
     verdict = compare_cli.judge(rows, config, "shared", {})
     assert verdict["reference"] is None and verdict["disagreeing"] == ["mxnet"]
+
+
+def test_band_widens_with_the_rounding_envelope_but_never_below_the_floor():
+    env = [1e-8, 1e-6, 1e-7, 1e-3]
+    b = agreement.band(6, 1e-4, env, factor=10)
+    np.testing.assert_allclose(b, [1e-4, 1e-4, 1e-4, 1e-2, 1e-2, 1e-2])  # running max, then held
+    # early steps: a 1e-3 deviation is out of band even though the envelope later grows
+    d = agreement.compare_curve([1.0, 1.001, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], 1e-4, [4], envelope=env)
+    assert d.first_step == 2 and not d.agrees
 
 
 def test_curves_of_different_length_disagree():
