@@ -77,7 +77,7 @@ PRESETS: dict[str, TrainConfig] = {
         protocol="d2l-ed2", batch_size=1024, num_steps=32, num_hiddens=32, num_epochs=100
     ),
     # The ed. 1 hyper-parameters with fewer epochs: a few minutes for all backends on 2 cores.
-    "quick": TrainConfig(num_epochs=30),
+    "quick": TrainConfig(num_epochs=60),
 }
 
 

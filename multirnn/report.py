@@ -141,9 +141,10 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         return ["matplotlib is not installed (pip install 'multirnn[report]'): no plots written"]
     ran = [b for b in results["backends"] if b.get("perplexity")]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for b in ran:
+    for i, b in enumerate(ran):
         epochs = range(1, len(b["perplexity"]) + 1)
-        ax.plot(epochs, b["perplexity"], label=f"{b['name']} (train)")
+        # thinner lines on top: curves that agree overlap, and every one stays visible
+        ax.plot(epochs, b["perplexity"], label=f"{b['name']} (train)", linewidth=2.6 - 0.4 * i)
         if b.get("val_perplexity"):
             ax.plot(epochs, b["val_perplexity"], linestyle="--", label=f"{b['name']} (validation)")
     ax.set(yscale="log", xlabel="epoch", ylabel="perplexity", title=f"Perplexity per epoch ({results['config']['protocol']})")
@@ -153,10 +154,11 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     fig.savefig(out_dir / "perplexity.png", dpi=110)
     plt.close(fig)
 
-    devs = [b for b in ran if b.get("deviation_per_step")]
-    if devs:
+    devs = [b for b in ran if b.get("deviation_per_step") and b["name"] != results["verdict"].get("reference")]
+    if devs or results["verdict"].get("band_per_step"):
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        floor = 1e-17  # an exact match cannot be drawn on a log scale
+        # an exact match cannot be drawn on a log scale: draw it at a floor below any rounding error
+        floor = 1e-10 if results["config"]["dtype"] == "float32" else 1e-17
         for b in devs:
             ax.plot([max(d, floor) for d in b["deviation_per_step"]], label=b["name"], linewidth=0.8)
         tol = results["verdict"].get("tolerance")

@@ -182,11 +182,12 @@ class JaxBackend(Backend):
 
     def _put(self, x: Any, dtype: Any = None) -> jax.Array:
         """NumPy (or JAX) -> a JAX array on this backend's device, copied, dtype explicit."""
-        return jax.device_put(np.asarray(x, dtype=dtype), self._device)
+        # On the CPU device_put may alias a suitably aligned NumPy buffer instead of copying it
+        # (seen here: the copy check failed only in some runs), so copy first: the caller may
+        # mutate its arrays, and the fast path donates (overwrites) these buffers.
+        return jax.device_put(np.array(x, dtype=dtype, copy=True), self._device)
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> Params:
-        # device_put copies (checked): the caller may keep mutating its NumPy arrays, and the fast
-        # path may donate these buffers.
         return {k: self._put(params[k], check_dtype(np.asarray(params[k]).dtype)) for k in PARAM_NAMES}
 
     def params_to_numpy(self, params: Params) -> dict[str, np.ndarray]:
