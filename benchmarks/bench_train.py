@@ -84,11 +84,12 @@ def measure_gemm(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
     return {"flops": results[best], "library": best, "all": results, "n": n}
 
 
-def _builtin_trainer(backend: str, params: dict[str, np.ndarray], lr: float, max_grad_norm: float) -> Any:
+def _builtin_trainer(backend: str, params: dict[str, np.ndarray], lr: float, max_grad_norm: float,
+                     device: str) -> Any:
     import importlib
 
     module = importlib.import_module(f"benchmarks.builtin_{backend}")
-    return module.make_trainer(params, lr, max_grad_norm)
+    return module.make_trainer(params, lr, max_grad_norm, device=device)
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     H = config.num_hiddens
 
     if spec["variant"] == "builtin":
-        trainer = _builtin_trainer(spec["backend"], params, config.lr, config.max_grad_norm)
+        trainer = _builtin_trainer(spec["backend"], params, config.lr, config.max_grad_norm, spec["device"])
         version = trainer.framework_version
 
         def epoch() -> float:
@@ -115,7 +116,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                 losses.append(loss)
             return float(losses[-1])
     else:
-        be = multirnn.get_backend(spec["backend"], mode=spec["variant"])
+        be = multirnn.get_backend(spec["backend"], mode=spec["variant"], device=spec["device"])
         version = be.version()
         p = be.params_from_numpy(params)
 
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 timed epochs, no scaling")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                    help="where to train (recorded with every result; CPU results stay the reference)")
     args = ap.parse_args(argv)
 
     if args.child:
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     out = Path(args.out) if args.out else ROOT / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    base = {"min_reps": args.min_reps, "min_seconds": args.min_seconds, "max_reps": 50}
+    base = {"min_reps": args.min_reps, "min_seconds": args.min_seconds, "max_reps": 50, "device": args.device}
 
     print("measuring float32 GEMM throughput ...", file=sys.stderr, flush=True)
     gemm = json.loads(subprocess.run([sys.executable, "-c", "import json, benchmarks.bench_train as b; "
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = []
     for b in backends:
         for v in variants:
-            if b == "numpy" and v != "eager":
+            if b == "numpy" and (v != "eager" or args.device != "cpu"):
                 continue  # the oracle has one implementation and no built-in layer
             specs.append({**base, "backend": b, "variant": v, "overrides": {}, "sweep": None})
     if not args.no_scaling:
@@ -245,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         for b in sweep_backends:
             for key, values in SCALING.items():
                 for value in values:
+                    shape = {"batch_size": 32, "num_steps": 35, key: value}
+                    # enough text for at least 4 minibatches per epoch at the largest shapes
+                    tokens = max(10000, 4 * shape["batch_size"] * shape["num_steps"] + shape["num_steps"] + 1)
                     specs.append({**base, "min_reps": 3, "min_seconds": 1.0, "backend": b, "variant": "fast",
-                                  "overrides": {key: value}, "sweep": key})
+                                  "overrides": {key: value, "max_tokens": tokens}, "sweep": key})
 
     results = []
     for i, spec in enumerate(specs, 1):

@@ -48,6 +48,7 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullLocator
     except ImportError:
         return []
     made = []
@@ -79,13 +80,22 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
     if sweep:
         keys = ["num_hiddens", "num_steps", "batch_size"]
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+        fig.suptitle("Fast path, float32; the others at B=32, T=35, H=512", fontsize=9)
         for ax, key in zip(axes, keys):
             for b in ORDER:
                 rs = sorted((r for r in sweep if r["sweep"] == key and r["backend"] == b), key=lambda r: r["overrides"][key])
                 if rs:
                     ax.plot([r["overrides"][key] for r in rs], [r["median"] for r in rs], marker="o", label=b)
             ax.set(xscale="log", yscale="log", xlabel=key, ylabel="tokens/s", title=f"varying {key}")
-            ax.grid(True, which="both", alpha=0.3)
+            values = sorted({r["overrides"][key] for r in sweep if r["sweep"] == key})
+            ax.set_xticks(values, [str(v) for v in values])  # the measured points, not log decades
+            ax.xaxis.set_minor_locator(NullLocator())
+            thousands = FuncFormatter(lambda v, _: f"{v / 1000:g}k")
+            ax.yaxis.set_major_formatter(thousands)
+            lo, hi = ax.get_ylim()
+            if hi / lo < 10:  # a range inside one decade has no major tick: label the minor ones
+                ax.yaxis.set_minor_formatter(thousands)
+            ax.grid(True, which="major", alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "scaling.png", dpi=110)
@@ -108,6 +118,10 @@ def write(payload: dict[str, Any], out: Path) -> None:
         "FLOP per token = 3 x (2H² + 4HV) = "
         f"{3 * (2 * 512 * 512 + 4 * 512 * 28) / 1e6:.3f} M at H=512, V=28, so the roofline is "
         f"{g['flops'] / (3 * (2 * 512 * 512 + 4 * 512 * 28)):,.0f} tokens/s.",
+        "",
+        f"Device: {payload['results'][0].get('device', 'cpu') if payload['results'] else 'cpu'}; thread settings: "
+        + "; ".join(sorted({f"{r['backend']}: {r['threads']}" for r in payload['results'] if r.get('threads') and not r.get('sweep')}))
+        + " (0 = the framework's default; OMP/MKL/OPENBLAS thread variables are listed only when set).",
         "",
         "Each row: its own process, one warm-up epoch excluded (its time is the first-epoch column), then at "
         "least the configured number of timed epochs; tokens/s median and min–max over those epochs.",
