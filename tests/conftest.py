@@ -31,6 +31,22 @@ def _load(name: str, mode: str = "eager") -> multirnn.Backend:
     return multirnn.get_backend(name, mode=mode)
 
 
+def require_backend_module(name: str) -> None:
+    """Module-level guard for a backend-specific test file.
+
+    Skips the whole module when ``name`` is not among ``MULTIRNN_BACKENDS``; when it is selected but
+    its framework is missing, fails under ``MULTIRNN_REQUIRE_BACKENDS=1`` and skips (with the extra
+    to install) otherwise -- the same rule as the ``backend`` fixture.
+    """
+    if name not in SELECTED:
+        pytest.skip(f"{name} not selected (MULTIRNN_BACKENDS={_selected})", allow_module_level=True)
+    reason = probe(name)
+    if reason and REQUIRED:
+        pytest.fail(f"{name} is required (MULTIRNN_REQUIRE_BACKENDS=1) but unavailable: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}", allow_module_level=True)
+
+
 @pytest.fixture(params=SELECTED, ids=SELECTED)
 def backend(request: pytest.FixtureRequest) -> multirnn.Backend:
     """Every selected backend in its eager (d2l-style) mode, NumPy included."""

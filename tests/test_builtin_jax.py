@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from multirnn import PARAM_NAMES
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 
-pytest.importorskip("jax", reason="jax is not installed (pip install jax)")
-pytest.importorskip("flax", reason="flax is not installed (pip install flax)")
+require_backend_module("jax")
+pytest.importorskip("flax", reason="flax is not installed (pip install 'multirnn[jax]')")
 
 from benchmarks import builtin_jax  # noqa: E402  (after the skips: it imports jax and flax)
 

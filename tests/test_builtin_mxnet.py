@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 from multirnn import PARAM_NAMES
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 
-# Not importorskip("mxnet"): a bare ``import mxnet`` 1.9.1 fails under NumPy >= 1.24 (it reads the
-# removed ``numpy.bool``); the project's backend module restores that alias before importing it.
-pytest.importorskip("multirnn.backends.mxnet_backend", reason="mxnet is not installed (pip install mxnet)")
+require_backend_module("mxnet")  # imports mxnet through the backend, which restores numpy.bool first
 
 from benchmarks import builtin_mxnet  # noqa: E402  (after the skip: it imports mxnet)
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from multirnn import PARAM_NAMES
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 
-pytest.importorskip("tensorflow", reason="tensorflow is not installed (pip install tensorflow)")
-pytest.importorskip("keras", reason="keras is not installed (pip install keras)")
+require_backend_module("tensorflow")  # keras ships with tensorflow
 
 from benchmarks import builtin_tensorflow  # noqa: E402  (after the skips: it imports tensorflow and keras)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from multirnn import PARAM_NAMES
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 
-torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
+require_backend_module("torch")
+import torch  # noqa: E402  (after the guard)
 
 from benchmarks import builtin_torch  # noqa: E402  (after the skip: it imports torch)
 

@@ -13,9 +13,9 @@ import pytest
 
 import multirnn
 from multirnn import PARAM_NAMES
-from tests.conftest import SELECTED, _load, random_problem
+from tests.conftest import _load, random_problem, require_backend_module
 
-pytestmark = pytest.mark.skipif("jax" not in SELECTED, reason="jax not selected (MULTIRNN_BACKENDS)")
+require_backend_module("jax")
 
 
 @pytest.fixture

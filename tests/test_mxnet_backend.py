@@ -15,13 +15,9 @@ import pytest
 
 import multirnn
 from multirnn import PARAM_NAMES
-from multirnn.backends import probe
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 
-_REASON = probe("mxnet")
-if _REASON and os.getenv("MULTIRNN_REQUIRE_BACKENDS") == "1":
-    pytest.fail(f"mxnet is required but unavailable: {_REASON}", pytrace=False)
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"mxnet unavailable: {_REASON}")
+require_backend_module("mxnet")
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 

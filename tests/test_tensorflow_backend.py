@@ -12,14 +12,10 @@ import pytest
 
 import multirnn
 from multirnn import PARAM_NAMES
-from multirnn.backends import probe
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 from tests.test_backends import FWD_RTOL, GRAD_RTOL, assert_grads_close
 
-pytestmark = pytest.mark.skipif(
-    probe("tensorflow") is not None and os.getenv("MULTIRNN_REQUIRE_BACKENDS") != "1",
-    reason=f"tensorflow unavailable: {probe('tensorflow')}",
-)
+require_backend_module("tensorflow")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import pytest
 
 import multirnn
 from multirnn import PARAM_NAMES
-from tests.conftest import random_problem
+from tests.conftest import random_problem, require_backend_module
 from tests.test_backends import FWD_RTOL, GRAD_RTOL, assert_grads_close
 
-torch = pytest.importorskip("torch", reason="torch not installed (pip install 'multirnn[torch]')")
+require_backend_module("torch")
+import torch  # noqa: E402  (after the guard)
 
 MODES = ["eager", "fast"]
 DTYPES = ["float64", "float32"]

@@ -19,7 +19,7 @@ _REGISTRY: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "torch": ("multirnn.backends.torch_backend:TorchBackend", ("torch",), "torch"),
     "mxnet": ("multirnn.backends.mxnet_backend:MXNetBackend", ("mxnet",), "mxnet"),
     "tensorflow": ("multirnn.backends.tensorflow_backend:TensorFlowBackend", ("tensorflow",), "tensorflow"),
-    "jax": ("multirnn.backends.jax_backend:JaxBackend", ("jax", "flax"), "jax"),
+    "jax": ("multirnn.backends.jax_backend:JaxBackend", ("jax",), "jax"),  # flax: only the benchmark baseline
 }
 _ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
 
