@@ -192,6 +192,10 @@ class Trainer:
         return self._put(state, np.float32)
 
     # --- training -------------------------------------------------------------------------------
+    def state_to_numpy(self, state: Any) -> np.ndarray:
+        """The cell's ``(batch, hidden)`` carry as NumPy."""
+        return np.array(state)
+
     def init_state(self, batch_size: int) -> jax.Array:
         """Zeros ``(batch_size, H)``: SimpleCell's own carry (a single array, no tuple)."""
         carry = self._cell.initialize_carry(jax.random.key(0), (batch_size, self.vocab_size))

@@ -191,6 +191,10 @@ class Trainer:
         return out
 
     # --- training -------------------------------------------------------------------------------
+    def state_to_numpy(self, state: Any) -> np.ndarray:
+        """The layer's ``[h (1, batch, hidden)]`` state as NumPy ``(batch, hidden)``."""
+        return state[0].asnumpy()[0]
+
     def init_state(self, batch_size: int) -> Any:
         """Zeros in the layer's own format: a list of one ``(num_layers=1, batch_size, H)`` array."""
         return self._net.rnn.begin_state(batch_size, ctx=self._ctx, dtype=DTYPE)

@@ -164,6 +164,10 @@ class Trainer:
         return {k: np.array(self._vars[k].numpy(), copy=True) for k in PARAM_NAMES}
 
     # --- training -------------------------------------------------------------------------------
+    def state_to_numpy(self, state: Any) -> np.ndarray:
+        """The layer's ``(batch, hidden)`` state as NumPy."""
+        return np.asarray(state.numpy())
+
     def init_state(self, batch_size: int) -> Any:
         """Zeros ``(batch_size, H)``: the layer's state, a single tensor as ``return_state`` gives it."""
         with tf.device(self._device):

@@ -134,6 +134,10 @@ class Trainer:
         y = torch.as_tensor(time_major_labels(Y), dtype=torch.int64, device=self._device)
         return F.cross_entropy(logits, y), h_T  # mean over all T * B tokens, like the oracle
 
+    def state_to_numpy(self, state: torch.Tensor) -> np.ndarray:
+        """The layer's ``(1, batch, hidden)`` state as NumPy ``(batch, hidden)``."""
+        return state.detach().cpu().numpy()[0]
+
     def init_state(self, batch_size: int) -> torch.Tensor:
         """Zeros in the layer's own format: ``h_0`` ``(num_layers=1, batch_size, H)``."""
         return torch.zeros((1, batch_size, self.num_hiddens), dtype=DTYPE, device=self._device)

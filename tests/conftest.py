@@ -23,28 +23,25 @@ MODES = ["eager", "fast"]
 
 
 def _load(name: str, mode: str = "eager") -> multirnn.Backend:
-    reason = probe(name)
-    if reason and REQUIRED:
-        pytest.fail(f"{name} is required (MULTIRNN_REQUIRE_BACKENDS=1) but unavailable: {reason}")
-    if reason:
-        pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}")
+    require_backend(name)
     return multirnn.get_backend(name, mode=mode)
 
 
-def require_backend_module(name: str) -> None:
-    """Module-level guard for a backend-specific test file.
-
-    Skips the whole module when ``name`` is not among ``MULTIRNN_BACKENDS``; when it is selected but
-    its framework is missing, fails under ``MULTIRNN_REQUIRE_BACKENDS=1`` and skips (with the extra
-    to install) otherwise -- the same rule as the ``backend`` fixture.
-    """
+def require_backend(name: str, module_level: bool = False) -> None:
+    """Skip unless backend ``name`` is selected and installed; fail instead when it is selected,
+    missing and ``MULTIRNN_REQUIRE_BACKENDS=1`` -- the one rule every backend test follows."""
     if name not in SELECTED:
-        pytest.skip(f"{name} not selected (MULTIRNN_BACKENDS={_selected})", allow_module_level=True)
+        pytest.skip(f"{name} not selected (MULTIRNN_BACKENDS={_selected})", allow_module_level=module_level)
     reason = probe(name)
     if reason and REQUIRED:
         pytest.fail(f"{name} is required (MULTIRNN_REQUIRE_BACKENDS=1) but unavailable: {reason}", pytrace=False)
     if reason:
-        pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}", allow_module_level=True)
+        pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}", allow_module_level=module_level)
+
+
+def require_backend_module(name: str) -> None:
+    """Module-level :func:`require_backend` for a backend-specific test file."""
+    require_backend(name, module_level=True)
 
 
 @pytest.fixture(params=SELECTED, ids=SELECTED)
