@@ -57,27 +57,23 @@ def _peak_rss_mb() -> float:
 
 def measure_gemm(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
     """Sustained float32 GEMM FLOP/s: best of NumPy and (if installed) torch, median of repeats."""
-    results = {}
+    def median_seconds(matmul: Any) -> float:
+        matmul()  # warm-up: thread pool start, page faults
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            matmul()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.copy()
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    results["numpy"] = 2 * n**3 / statistics.median(times)
+    results = {"numpy": 2 * n**3 / median_seconds(lambda: a @ b)}
     try:
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        ta @ tb
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            ta @ tb
-            times.append(time.perf_counter() - t)
-        results["torch"] = 2 * n**3 / statistics.median(times)
+        results["torch"] = 2 * n**3 / median_seconds(lambda: ta @ tb)
     except ImportError:
         pass
     best = max(results, key=results.get)

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from multirnn.errors import GPUUnavailableError  # noqa: E402
+from multirnn.backends.jax_backend import jax_device  # noqa: E402  (also: x64 on, dtypes explicit below)
 from multirnn.params import PARAM_NAMES  # noqa: E402
 
 # The baseline is float32 only. Every dtype below is explicit because multirnn's JAX backend turns
@@ -119,7 +119,9 @@ class Trainer:
 
     def __init__(self, params: dict[str, np.ndarray], lr: float, max_grad_norm: float, device: str = "cpu") -> None:
         self.framework_version = f"jax {jax.__version__}, flax {flax.__version__}"
-        self._device = _device(device)
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}.")
+        self._device = jax_device(device)
         V, H = np.shape(params["W_xh"])
         self.vocab_size, self.num_hiddens = int(V), int(H)
         self._model = CharRNN(self.vocab_size, self.num_hiddens)
@@ -222,20 +224,6 @@ class Trainer:
             self._params, self._put(X, np.int32), self._put(Y, np.int32), self._state_in(state)
         )
         return loss, h
-
-
-def _device(device: str) -> Any:
-    if device == "gpu":
-        try:
-            gpus = jax.devices("gpu")
-        except RuntimeError:  # JAX raises when no GPU platform is installed or initialised
-            gpus = []
-        if not gpus:
-            raise GPUUnavailableError(f"device='gpu' was requested, but JAX sees no GPU (devices: {jax.devices()}).")
-        return gpus[0]
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}.")
-    return jax.devices("cpu")[0]  # explicit, so that "cpu" stays on the CPU where a GPU is default
 
 
 def make_trainer(params: dict[str, np.ndarray], lr: float, max_grad_norm: float, device: str = "cpu") -> Trainer:

@@ -145,6 +145,27 @@ def _fast_train_step(
 # --- the backend -------------------------------------------------------------------------------
 
 
+def jax_device(device: str) -> Any:
+    """The JAX device for ``"cpu"`` or ``"gpu"``; no GPU is a clear error, never a CPU fallback.
+
+    Raises:
+        GPUUnavailableError: ``device="gpu"`` but JAX sees no GPU.
+    """
+    if device == "gpu":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # JAX raises when no GPU platform is installed or initialised
+            gpus = []
+        if not gpus:
+            raise GPUUnavailableError(
+                f"device='gpu' was requested, but JAX sees no GPU (devices: {jax.devices()}). "
+                "Install a CUDA-enabled jaxlib (pip install 'jax[cuda12]') or use device='cpu'."
+            )
+        return gpus[0]
+    # Explicit, so that device="cpu" stays on the CPU even where a GPU is the default.
+    return jax.devices("cpu")[0]
+
+
 class JaxBackend(Backend):
     """The d2l RNN from scratch in JAX.
 
@@ -161,20 +182,7 @@ class JaxBackend(Backend):
 
     def __init__(self, device: str = "cpu", mode: str = "eager") -> None:
         super().__init__(device, mode)
-        if device == "gpu":
-            try:
-                gpus = jax.devices("gpu")
-            except RuntimeError:  # JAX raises when no GPU platform is installed or initialised
-                gpus = []
-            if not gpus:
-                raise GPUUnavailableError(
-                    f"device='gpu' was requested, but JAX sees no GPU (devices: {jax.devices()}). "
-                    "Install a CUDA-enabled jaxlib (pip install 'jax[cuda12]') or use device='cpu'."
-                )
-            self._device = gpus[0]
-        else:
-            # Explicit, so that device="cpu" stays on the CPU even where a GPU is the default.
-            self._device = jax.devices("cpu")[0]
+        self._device = jax_device(device)
 
     # --- conversion ---------------------------------------------------------------------------
     def version(self) -> str:
