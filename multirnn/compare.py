@@ -271,7 +271,7 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
         "val_perplexity": raw.get("val_perplexity") or [],
         "final_perplexity": ppl[-1] if ppl else None,
         "best_perplexity": min(ppl) if ppl else None,
-        "median_last_perplexity": agreement.robust_final(ppl) if ppl else None,
+        "median_last_perplexity": agreement.robust_final(ppl) if ppl else None,  # last 10 % of epochs
         "tokens_per_sec": raw.get("tokens_per_sec_median"),
         "tokens_per_sec_per_epoch": raw.get("tokens_per_sec") or [],
         "epoch_seconds": raw.get("epoch_seconds") or [],
@@ -324,6 +324,13 @@ def judge(rows: list[dict[str, Any]], config: TrainConfig, init: str, expected: 
             envelope = agreement.relative_deviation(ref, envelope_losses)
             verdict.update(envelope_factor=agreement.ENVELOPE_FACTOR, envelope_per_step=envelope.tolist(),
                            band_per_step=agreement.band(len(ref), tol, envelope).tolist())
+            step = agreement.decorrelation_step(envelope)
+            if step is not None:
+                epoch = agreement.epoch_of_step(step, next(r for r in ran if r["name"] == "numpy")["steps_per_epoch"])
+                verdict.update(decorrelated_step=step, decorrelated_epoch=epoch, note=(
+                    f"float32 rounding alone moved the oracle's curve by more than {agreement.DECORRELATED:.0%} "
+                    f"from epoch {epoch} on: from there the float32 curves no longer follow each other step by "
+                    "step and the band is that wide; use --dtype float64 for a strict check"))
         elif config.dtype == "float32":
             verdict["note"] = ("fixed float32 band (no float64 oracle run to measure the rounding envelope; "
                                "include numpy in --backends for long runs)")
@@ -356,6 +363,8 @@ def judge(rows: list[dict[str, Any]], config: TrainConfig, init: str, expected: 
         parts.append(f"crashed: {', '.join(failed)}")
     if unavailable:
         parts.append(f"unavailable: {', '.join(unavailable)}")
+    if verdict.get("note"):
+        parts.append(verdict["note"])
     verdict.update(status="disagree" if disagree or failed else "agree", summary="; ".join(parts),
                    disagreeing=disagree, crashed=failed, unavailable=unavailable)
     return verdict

@@ -95,6 +95,7 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         "",
         markdown_table(table_rows(results)),
         "",
+        "median last: median perplexity over the last 10 % of the epochs (at least 10); "
         "tokens/s: median over the epochs after the first; max deviation: largest relative per-step loss "
         f"deviation from the reference ({v.get('reference_label', '-')}), tolerance {v.get('tolerance')}.",
     ]

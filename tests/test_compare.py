@@ -265,6 +265,14 @@ def test_band_widens_with_the_rounding_envelope_but_never_below_the_floor():
     assert d.first_step == 2 and not d.agrees
 
 
+def test_decorrelation_is_named_and_finals_use_the_last_tenth():
+    assert agreement.decorrelation_step([1e-7, 1e-3, 0.2, 0.05]) == 3
+    assert agreement.decorrelation_step([1e-7, 1e-3]) is None
+    ppl = [9.0] * 90 + [1.0] * 9 + [5.0]  # a spike in the final epoch does not decide
+    assert agreement.robust_final(ppl) == 1.0
+    assert agreement.robust_final([3.0, 2.0, 1.0]) == 2.0
+
+
 def test_curves_of_different_length_disagree():
     d = agreement.compare_curve([1.0, 1.0], [1.0, 1.0, 1.0], 1e-4, [1, 1, 1])
     assert not d.agrees and d.first_step == 3
