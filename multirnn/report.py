@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .worker import write_json_atomic
+from .worker import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 COLUMNS = ("backend", "version", "status", "final ppl", "median last", "best ppl", "tokens/s",
@@ -124,13 +122,6 @@ def curves_csv(results: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     """perplexity.png and deviation.png; returns a note per plot that could not be made."""
     try:
@@ -183,6 +174,6 @@ def write_all(results: dict[str, Any], out_dir: Path, make_plots: bool = True) -
     """Write every report file into ``out_dir``; returns notes about anything left out."""
     notes = plot(results, out_dir) if make_plots else []
     write_json_atomic(out_dir / "results.json", results)
-    _write_text_atomic(out_dir / "curves.csv", curves_csv(results))
-    _write_text_atomic(out_dir / "report.md", markdown_report(results, out_dir))
+    write_text_atomic(out_dir / "curves.csv", curves_csv(results))
+    write_text_atomic(out_dir / "report.md", markdown_report(results, out_dir))
     return notes

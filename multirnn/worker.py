@@ -43,17 +43,22 @@ class WorkerTask:
     init_dtype: str | None = None  # draw the initial weights in this dtype, then cast (default: config's)
 
 
-def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old version or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
+    """Strict JSON (NaN and infinities stored as null), written atomically."""
+    write_text_atomic(path, json.dumps(_finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))
 
 
 def peak_rss_mb() -> float:
@@ -135,7 +140,7 @@ def run(task: WorkerTask, queue: Any) -> None:
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     finally:
         result["peak_rss_mb"] = peak_rss_mb()
-        write_json_atomic(task.out_path, _finite_or_none(result))
+        write_json_atomic(task.out_path, result)
         progress("done", status=result["status"])
 
 
