@@ -224,12 +224,42 @@ def test_train_step_modes_match_oracle(framework_backend, oracle):
         np.testing.assert_allclose(got[k], p_want[k], rtol=1e-9, atol=1e-12)
 
 
-def test_float32_stays_float32(framework_backend):
-    params, X, Y, _ = random_problem(dtype="float32")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_size,num_steps", [(3, 5), (4, 7), (1, 1)])
+def test_every_mode_forward_and_grads_match_oracle(framework_backend, oracle, dtype, batch_size, num_steps):
+    """forward and loss_and_grads of both modes (fast ones are compiled or hand-written) equal the oracle."""
     be = framework_backend
-    p, loss, norm, state = be.train_step(be.params_from_numpy(params), X, Y, be.init_state(3, 7, "float32"), 0.1, 1.0)
-    assert all(v.dtype == np.float32 for v in be.params_to_numpy(p).values())
+    params, X, Y, h0 = random_problem(seed=11, dtype=dtype, batch_size=batch_size, num_steps=num_steps)
+    want_logits, want_state = oracle.forward(params, X, (h0.copy(),))
+    logits, state = be.forward(be.params_from_numpy(params), X, (h0.copy(),))
+    assert to_np(be, logits).dtype == np.dtype(dtype)
+    np.testing.assert_allclose(to_np(be, logits), want_logits, rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
+    np.testing.assert_allclose(to_np(be, state[0]), want_state[0], rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
+
+    want_loss, want_grads, want_state = oracle.loss_and_grads(params, X, Y, (h0.copy(),))
+    loss, grads, state = be.loss_and_grads(be.params_from_numpy(params), X, Y, (h0.copy(),))
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=FWD_RTOL[dtype])
+    got = be.params_to_numpy(grads)
+    assert all(v.dtype == np.dtype(dtype) for v in got.values())
+    assert_grads_close(got, want_grads, GRAD_RTOL[dtype])
+    np.testing.assert_allclose(to_np(be, state[0]), want_state[0], rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
+
+
+def test_float32_step_matches_oracle_and_stays_float32(framework_backend, oracle):
+    """One float32 train_step from the same point: only summation order differs from the oracle."""
+    be = framework_backend
+    params, X, Y, h0 = random_problem(dtype="float32", num_hiddens=32, num_steps=10, batch_size=4)
+    p_want, l_want, n_want, _ = oracle.train_step(oracle.params_from_numpy(params), X, Y, (h0.copy(),), 0.5, 1.0)
+    p, loss, norm, state = be.train_step(be.params_from_numpy(params), X, Y, (h0.copy(),), 0.5, 1.0)
+    for scalar in (loss, norm):
+        assert np.ndim(to_np(be, scalar)) == 0 and to_np(be, scalar).dtype == np.float32
     assert to_np(be, state[0]).dtype == np.float32
+    np.testing.assert_allclose(float(loss), float(l_want), rtol=1e-5)
+    np.testing.assert_allclose(float(norm), float(n_want), rtol=1e-4)
+    got = be.params_to_numpy(p)
+    for k in PARAM_NAMES:
+        assert got[k].dtype == np.float32
+        np.testing.assert_allclose(got[k], p_want[k], rtol=1e-4, atol=1e-5)
 
 
 def test_gpu_request_without_gpu_is_a_clear_error(backend):

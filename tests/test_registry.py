@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import multirnn
 from multirnn.backends import install_hint
+from tests.conftest import require_backend
 
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax", "flax", "keras")
 
@@ -80,14 +83,24 @@ def test_import_multirnn_imports_no_framework():
 
 
 @pytest.mark.parametrize("name", ["torch", "mxnet", "tensorflow", "jax"])
-def test_a_backend_imports_only_its_own_framework(name):
-    if multirnn.probe(name):
-        pytest.skip(f"{name} not installed: {multirnn.probe(name)}")
-    proc = run_python(
-        f"import sys, multirnn; multirnn.get_backend({name!r})\n"
-        f"print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))"
+def test_a_backend_imports_only_its_own_framework_and_trains_quietly(name):
+    """Import, one fast training step and its result: no other framework, nothing on stderr, with
+    the frameworks' log-level variables unset (the defaults a user gets)."""
+    require_backend(name)
+    code = textwrap.dedent(
+        f"""
+        import sys, multirnn
+        from tests.conftest import random_problem
+        b = multirnn.get_backend({name!r}, mode="fast")
+        p, X, Y, h = random_problem()
+        float(b.train_step(b.params_from_numpy(p), X, Y, b.init_state(3, 7, "float64"), 0.1, 1.0)[1])
+        print(sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))
+        """
     )
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TORCH_CPP_LOG_LEVEL")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
-    others = set(eval(proc.stdout.strip().splitlines()[-1])) - {name, "flax"}
-    # keras ships inside tensorflow's import; jax may not drag in tensorflow or torch
-    assert others <= ({"keras"} if name == "tensorflow" else set()), others
+    # keras ships inside tensorflow's own import
+    assert set(eval(proc.stdout.strip().splitlines()[-1])) == ({name, "keras"} if name == "tensorflow" else {name})
+    assert proc.stderr == ""

@@ -1,8 +1,8 @@
 """PyTorch-specific checks beyond the shared conformance suite.
 
-The shared suite runs fast mode only through ``train_step``; here its ``forward``,
-``loss_and_grads``, ``clip_gradients`` and ``sgd_step`` are checked against the oracle too, along
-with the torch-only rules (no aliasing of caller data, import hygiene, global settings untouched).
+The shared suite checks forward, gradients and training steps of both modes; here fast mode's own
+``clip_gradients`` and ``sgd_step`` are checked against the oracle too, along with the torch-only
+rules (no aliasing of caller data, global settings untouched, the log level).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import multirnn
 from multirnn import PARAM_NAMES
 from tests.conftest import random_problem, require_backend_module
-from tests.test_backends import FWD_RTOL, GRAD_RTOL, assert_grads_close
+from tests.test_backends import FWD_RTOL, assert_grads_close
 
 require_backend_module("torch")
 import torch  # noqa: E402  (after the guard)
@@ -29,24 +29,6 @@ DTYPES = ["float64", "float32"]
 @pytest.fixture(params=MODES)
 def torch_backend(request: pytest.FixtureRequest) -> multirnn.Backend:
     return multirnn.get_backend("torch", mode=request.param)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_and_grads_match_oracle_in_both_modes(torch_backend, oracle, dtype):
-    be = torch_backend
-    params, X, Y, h0 = random_problem(seed=11, dtype=dtype, batch_size=4, num_steps=7)
-    want_logits, want_state = oracle.forward(params, X, (h0.copy(),))
-    logits, state = be.forward(be.params_from_numpy(params), X, (h0.copy(),))
-    np.testing.assert_allclose(be.as_numpy(logits), want_logits, rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
-    np.testing.assert_allclose(be.as_numpy(state[0]), want_state[0], rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
-
-    want_loss, want_grads, want_state = oracle.loss_and_grads(params, X, Y, (h0.copy(),))
-    loss, grads, state = be.loss_and_grads(be.params_from_numpy(params), X, Y, (h0.copy(),))
-    np.testing.assert_allclose(float(loss), float(want_loss), rtol=FWD_RTOL[dtype])
-    got = be.params_to_numpy(grads)
-    assert all(v.dtype == np.dtype(dtype) for v in got.values())
-    assert_grads_close(got, want_grads, GRAD_RTOL[dtype])
-    np.testing.assert_allclose(be.as_numpy(state[0]), want_state[0], rtol=FWD_RTOL[dtype], atol=FWD_RTOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -104,17 +86,6 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
     )
-
-
-def test_import_brings_only_torch_and_no_noise():
-    code = (
-        "import sys, multirnn; b = multirnn.get_backend('torch'); print(b.version()); "
-        "print(sorted(m for m in ('torch', 'mxnet', 'tensorflow', 'jax', 'flax') if m in sys.modules))"
-    )
-    out = _run(code)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "['torch']"
-    assert out.stderr == ""
 
 
 def test_user_log_level_is_respected():
