@@ -7,9 +7,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .params import check_dtype
 
 PROTOCOLS = ("d2l-ed1", "d2l-ed2")
+# Upper bounds that reject absurd values up front (e.g. --epochs 10**20) instead of running for ever.
+LIMITS = {"batch_size": 1_000_000, "num_steps": 100_000, "num_hiddens": 65_536, "num_epochs": 1_000_000,
+          "num_train": 100_000_000}
 SAMPLINGS = ("sequential", "random")
 
 
@@ -38,6 +43,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # NumPy scalars (np.int64(2), np.float32(0.5)) are ordinary numbers here: store them as such.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, np.floating):
+                object.__setattr__(self, f.name, float(value))
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"Unknown protocol {self.protocol!r}; expected one of {list(PROTOCOLS)}.")
         if self.sampling not in SAMPLINGS:
@@ -46,6 +58,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+            if value > LIMITS[name]:
+                raise ValueError(f"{name}={value:,} is beyond what this tool can run (at most {LIMITS[name]:,}).")
         for name in ("lr", "max_grad_norm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 PARAM_NAMES: tuple[str, ...] = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
@@ -22,6 +25,43 @@ def param_shapes(vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]
     """The d2l RNN-from-scratch parameter shapes."""
     V, H = vocab_size, num_hiddens
     return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+
+
+def validate_params(params: Any) -> tuple[int, int, str]:
+    """Check that ``params`` is the d2l parameter dict: the five names, consistent shapes, one dtype.
+
+    Accepts NumPy arrays (or anything ``np.shape`` understands, e.g. framework arrays, whose dtype
+    is read from ``.dtype``).
+
+    Returns:
+        ``(vocab_size, num_hiddens, dtype)``.
+
+    Raises:
+        TypeError: not a mapping.
+        ValueError: missing or unexpected names, wrong shapes or dtypes (all of them named).
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of arrays with the keys {list(PARAM_NAMES)}, got {type(params).__name__}.")
+    missing = [k for k in PARAM_NAMES if k not in params]
+    extra = [k for k in params if k not in PARAM_NAMES]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise ValueError(f"params: {'; '.join(parts)}; expected exactly {list(PARAM_NAMES)}.")
+    shapes = {k: tuple(np.shape(params[k])) for k in PARAM_NAMES}
+    if len(shapes["W_xh"]) != 2:
+        raise ValueError(f"params['W_xh'] must be 2-D (vocab_size, num_hiddens), got shape {shapes['W_xh']}.")
+    V, H = shapes["W_xh"]
+    want = param_shapes(V, H)
+    wrong = [f"{k}: {shapes[k]} (expected {want[k]})" for k in PARAM_NAMES if shapes[k] != want[k]]
+    if wrong:
+        raise ValueError(f"params shapes do not fit vocab_size={V}, num_hiddens={H} (from W_xh): {', '.join(wrong)}.")
+    dtypes = {k: np.dtype(getattr(params[k], "dtype", np.asarray(params[k]).dtype)).name for k in PARAM_NAMES}
+    bad = {k: d for k, d in dtypes.items() if d not in DTYPES}
+    if bad:
+        raise ValueError(f"params must be float32 or float64 arrays; got {bad}.")
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"params must all have the same dtype; got {dtypes}.")
+    return V, H, dtypes["W_xh"]
 
 
 def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "float32") -> Params:

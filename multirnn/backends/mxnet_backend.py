@@ -42,7 +42,7 @@ with warnings.catch_warnings():
     from mxnet import np as mnp
 
 from ..errors import GPUUnavailableError
-from ..params import PARAM_NAMES, check_dtype
+from ..params import PARAM_NAMES, check_dtype, validate_params
 from .base import Backend, State
 
 # NumPy semantics for the whole process: ``shape`` makes 0-d arrays (the mean loss, the gradient
@@ -201,8 +201,7 @@ class MXNetBackend(Backend):
         return mnp.array(onp.ascontiguousarray(x, dtype=dtype), dtype=dtype or x.dtype, ctx=self._ctx)
 
     def params_from_numpy(self, params: dict[str, onp.ndarray]) -> Params:
-        for k in PARAM_NAMES:
-            check_dtype(params[k].dtype)
+        validate_params(params)
         return {k: self._array(params[k]) for k in PARAM_NAMES}
 
     def params_to_numpy(self, params: Params) -> dict[str, onp.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import GPUUnavailableError
 from ..ops import log_softmax, time_major_labels
-from ..params import PARAM_NAMES, check_dtype
+from ..params import PARAM_NAMES, check_dtype, validate_params
 from .base import Backend, State
 
 Params = dict[str, np.ndarray]
@@ -33,6 +33,7 @@ class NumpyBackend(Backend):
         return np.__version__
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> Params:
+        validate_params(params)
         return {k: np.array(params[k], copy=True) for k in PARAM_NAMES}
 
     def params_to_numpy(self, params: Params) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GPUUnavailableError
-from ..params import PARAM_NAMES, check_dtype
+from ..params import PARAM_NAMES, check_dtype, validate_params
 from .base import Backend, Params, State
 
 # TensorFlow reads these when its C++ runtime loads, so they must be set before the import.
@@ -245,6 +245,7 @@ class TensorFlowBackend(Backend):
         return tf.__version__
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> Params:
+        validate_params(params)
         with tf.device(self._device):
             return {k: tf.Variable(np.asarray(params[k]), name=k) for k in PARAM_NAMES}
 

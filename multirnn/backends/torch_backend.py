@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ..errors import GPUUnavailableError  # noqa: E402
 from ..ops import time_major_labels  # noqa: E402
-from ..params import PARAM_NAMES, check_dtype  # noqa: E402
+from ..params import PARAM_NAMES, check_dtype, validate_params  # noqa: E402
 from .base import Backend, State  # noqa: E402
 
 Params = dict[str, torch.Tensor]
@@ -78,10 +78,10 @@ class TorchBackend(Backend):
         In eager mode the tensors are autograd leaves (``requires_grad=True``), as in d2l; fast
         mode computes gradients by hand and keeps plain tensors.
         """
+        validate_params(params)  # names, shapes, dtype: say so here, not later inside a matmul
         out = {}
         for k in PARAM_NAMES:
             array = np.asarray(params[k])
-            check_dtype(array.dtype)  # float32/float64 only: say so here, not later inside a matmul
             # torch.tensor copies, so sgd_step never writes into the caller's arrays.
             out[k] = torch.tensor(array, device=self._device).requires_grad_(self.mode == "eager")
         return out
