@@ -15,6 +15,7 @@ Two pipelines exist and they are *not* interchangeable:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import hashlib
 import re
@@ -32,6 +33,10 @@ __all__ = [
     "load_corpus",
     "load_ed2_windows",
     "load_time_machine",
+    "decode_text",
+    "ed1_corpus",
+    "ed2_windows",
+    "read_text",
     "read_lines",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
@@ -45,6 +50,9 @@ BUNDLED_TEXTS: dict[str, str] = {
     "timemachine": "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
     "war_of_the_worlds": "0afd3f149dc6e2db50afe04dcaaae09df4bf0d87e831002f5ba8d51e1138bf59",
 }
+# Their encodings: Project Gutenberg's #36 is Windows-1252 (its quotes are bytes 0x91-0x94), kept
+# byte for byte so that the checksum is the published file's.
+BUNDLED_ENCODINGS: dict[str, str] = {"timemachine": "utf-8", "war_of_the_worlds": "cp1252"}
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
 
@@ -56,8 +64,64 @@ def bundled_text_path(name: str) -> Path:
     return Path(str(resources.files("multirnn") / "texts" / f"{name}.txt"))
 
 
-def _read_text(path: str | Path, expected_sha256: str | None = None) -> str:
+# Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# Letters outside A-Z (accents, other scripts): d2l's preprocessing turns them into spaces.
+_OTHER_LETTERS = re.compile(r"[^\W\d_A-Za-z]")
+_ASCII_LETTERS = re.compile("[A-Za-z]")
+# When more than this share of a text's letters fall outside A-Z, say so.
+DROPPED_LETTERS_WARNING = 0.01
+
+
+def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> str:
+    """Decode a text file's bytes: in ``encoding`` when given, else by its byte-order mark
+    (UTF-8/16/32), else as UTF-8; never a guess.
+
+    Raises:
+        ValueError: binary data, or bytes that are not valid in the encoding (the message gives the
+            offset and how to convert the file).
+    """
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"Unknown text encoding {encoding!r} (e.g. utf-8, utf-16, cp1252, latin-1).") from None
+        body = raw
+    else:
+        for bom, encoding in _BOMS:
+            if raw.startswith(bom):
+                body = raw[len(bom):]
+                break
+        else:
+            encoding, body = "utf-8", raw
+    if encoding == "utf-8" and b"\x00" in raw[:65536]:
+            raise ValueError(f"{name} looks binary (it contains NUL bytes), not text. If it is UTF-16 or UTF-32 "
+                             "without a byte-order mark, convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8).")
+    try:
+        return body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        bad = body[exc.start:exc.start + 1].hex()
+        raise ValueError(f"{name} is not valid {encoding.upper()} text (byte 0x{bad} at offset {exc.start}). "
+                         "Give its encoding (--encoding cp1252, latin-1, ...) or convert it to UTF-8 "
+                         "(iconv -f CP1252 -t UTF-8).") from None
+
+
+def _bundled_name(path: Path) -> str | None:
+    try:
+        resolved = path.resolve()
+        return next((n for n in BUNDLED_TEXTS if bundled_text_path(n).resolve() == resolved), None)
+    except OSError:
+        return None
+
+
+def _read_text(path: str | Path, expected_sha256: str | None = None, encoding: str | None = None) -> str:
     path = Path(path)
+    bundled = _bundled_name(path)
+    if bundled is not None and encoding is None:  # a bundled text: its encoding and checksum are known
+        encoding, expected_sha256 = BUNDLED_ENCODINGS[bundled], expected_sha256 or BUNDLED_TEXTS[bundled]
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory, not a text file.")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -69,16 +133,52 @@ def _read_text(path: str | Path, expected_sha256: str | None = None) -> str:
                 f"Checksum mismatch for {str(path)!r}: sha256 {digest}, expected {expected_sha256}. "
                 "The bundled file is damaged; reinstall multirnn."
             )
-    # utf-8-sig drops a byte-order mark; undecodable bytes become non-letters and so spaces.
-    text = raw.decode("utf-8-sig", errors="replace")
-    if not _NON_LETTERS.sub("", text):
-        raise ValueError(f"Text file {str(path)!r} contains no letters (empty or not text).")
+    text = decode_text(raw, f"Text file {str(path)!r}", encoding)
+    if not _ASCII_LETTERS.search(text):
+        raise ValueError(f"Text file {str(path)!r} contains no letters A-Z (empty, or not English text).")
     return text
 
 
-def read_lines(path: str | Path, expected_sha256: str | None = None) -> list[str]:
+def text_notes(text: str) -> list[str]:
+    """What d2l's preprocessing loses from ``text`` when that is a large share (else nothing)."""
+    ascii_letters = len(_ASCII_LETTERS.findall(text))
+    other = len(_OTHER_LETTERS.findall(text))
+    share = other / max(other + ascii_letters, 1)
+    if share > DROPPED_LETTERS_WARNING:
+        return [f"{other:,} letters outside A-Z ({share:.1%} of all letters: accents or other scripts) became "
+                "spaces: d2l's preprocessing keeps only A-Z"]
+    return []
+
+
+def clean_ed1(text: str) -> str:
+    """d2l ed. 1 preprocessing of a whole text: each line's non-letter runs -> one space, the line
+    stripped and lowercased, the lines joined without separator (fast; same result as per line)."""
+    lines = "\n".join(text.splitlines())  # every line break splitlines knows becomes one "\n"
+    spaced = re.sub("[^A-Za-z\n]+", " ", lines)  # runs stop at line ends, as per-line cleaning does
+    return re.sub(" ?\n ?", "", spaced).strip().lower()
+
+
+def _char_ids(chars: str, vocab: Vocab) -> np.ndarray:
+    """Token ids of a cleaned string (lowercase a-z and spaces only) through a byte lookup table."""
+    table = np.full(256, vocab.unk, dtype=np.int64)
+    for tok, idx in vocab.token_to_idx.items():
+        if len(tok) == 1 and ord(tok) < 256:
+            table[ord(tok)] = idx
+    return table[np.frombuffer(chars.encode("latin-1"), dtype=np.uint8)]
+
+
+def _char_vocab(chars: str, order: str = "frequency") -> Vocab:
+    """d2l's Vocab of a cleaned string's characters, counted with NumPy instead of a Python Counter
+    (ties keep first-appearance order, as d2l's stable sort of a Counter does)."""
+    counts = np.bincount(np.frombuffer(chars.encode("latin-1"), dtype=np.uint8), minlength=256)
+    present = [chr(c) for c in np.flatnonzero(counts)]
+    order_seen = sorted(present, key=chars.find)  # at most 27 C-speed searches, no sort of the text
+    return Vocab.from_counts([(c, int(counts[ord(c)])) for c in order_seen], order=order)
+
+
+def read_lines(path: str | Path, expected_sha256: str | None = None, encoding: str | None = None) -> list[str]:
     """Read a text file the d2l ed. 1 way: per line, non-letter runs -> one space, strip, lower."""
-    text = _read_text(path, expected_sha256)
+    text = _read_text(path, expected_sha256, encoding)
     return [_NON_LETTERS.sub(" ", line).strip().lower() for line in text.splitlines()]
 
 
@@ -123,6 +223,29 @@ class Vocab:
             raise ValueError(f"Unknown vocabulary order {order!r}; expected 'frequency' or 'alphabetical'.")
         self.token_to_idx = {tok: idx for idx, tok in enumerate(self.idx_to_token)}
 
+    @classmethod
+    def from_counts(cls, counts: Sequence[tuple[str, int]], reserved_tokens: Sequence[str] = (),
+                    order: str = "frequency") -> Vocab:
+        """The vocabulary of tokens with these counts, given in first-appearance order."""
+        vocab = cls((), reserved_tokens=reserved_tokens, order=order)
+        vocab.token_freqs = sorted(counts, key=lambda kv: kv[1], reverse=True)
+        if order == "frequency":
+            for tok, _ in vocab.token_freqs:
+                if tok not in vocab.token_to_idx:
+                    vocab.idx_to_token.append(tok)
+        else:
+            vocab.idx_to_token = sorted({"<unk>", *reserved_tokens, *(t for t, _ in counts)})
+        vocab.token_to_idx = {tok: idx for idx, tok in enumerate(vocab.idx_to_token)}
+        return vocab
+
+    @classmethod
+    def from_tokens(cls, idx_to_token: Sequence[str]) -> Vocab:
+        """A vocabulary with exactly this index order (e.g. one saved with :meth:`to_dict`)."""
+        vocab = cls(())
+        vocab.idx_to_token = list(idx_to_token)
+        vocab.token_to_idx = {tok: idx for idx, tok in enumerate(vocab.idx_to_token)}
+        return vocab
+
     def __len__(self) -> int:
         return len(self.idx_to_token)
 
@@ -152,14 +275,16 @@ def load_corpus(
     max_tokens: int = -1,
     token: str = "char",
     expected_sha256: str | None = None,
+    encoding: str | None = None,
 ) -> tuple[np.ndarray, Vocab]:
     """Load any text file with d2l ed. 1 preprocessing (``load_corpus_time_machine``).
 
     Args:
-        path: a UTF-8 text file.
+        path: a text file: UTF-8, or UTF-16/32 with a byte-order mark, or in ``encoding``.
         max_tokens: keep only the first ``max_tokens`` tokens; ``-1`` (or any value <= 0) keeps all.
         token: ``"char"`` or ``"word"``.
         expected_sha256: when given, the file's checksum must match.
+        encoding: the file's encoding, when it is neither UTF-8 nor marked by a byte-order mark.
 
     Returns:
         ``(corpus, vocab)``: an int64 array of token ids (line breaks are dropped, as in d2l)
@@ -168,7 +293,11 @@ def load_corpus(
     Raises:
         ValueError: unreadable, empty or letter-free file, or a checksum mismatch.
     """
-    tokens = tokenize(read_lines(path, expected_sha256), token)
+    if token == "char":  # fast path, same result: tests/test_data.py checks it against d2l's way
+        chars = clean_ed1(_read_text(path, expected_sha256, encoding))
+        vocab = _char_vocab(chars)
+        return _char_ids(chars[:max_tokens] if max_tokens > 0 else chars, vocab), vocab
+    tokens = tokenize(read_lines(path, expected_sha256, encoding), token)
     vocab = Vocab(tokens)
     corpus = np.array([vocab[t] for line in tokens for t in line], dtype=np.int64)
     if max_tokens > 0:
@@ -182,11 +311,10 @@ def load_time_machine(max_tokens: int = -1, token: str = "char") -> tuple[np.nda
     return load_corpus(bundled_text_path(name), max_tokens, token, BUNDLED_TEXTS[name])
 
 
-def encode(text_path: str | Path, vocab: Vocab, max_tokens: int = -1) -> np.ndarray:
+def encode(text_path: str | Path, vocab: Vocab, max_tokens: int = -1, encoding: str | None = None) -> np.ndarray:
     """Token ids of another text under an existing vocabulary (unknown characters -> ``<unk>``)."""
-    tokens = tokenize(read_lines(text_path), "char")
-    ids = np.array([vocab[t] for line in tokens for t in line], dtype=np.int64)
-    return ids[:max_tokens] if max_tokens > 0 else ids
+    chars = clean_ed1(_read_text(text_path, encoding=encoding))
+    return _char_ids(chars[:max_tokens] if max_tokens > 0 else chars, vocab)
 
 
 def _check_positive(**sizes: int) -> None:
@@ -278,6 +406,7 @@ def load_ed2_windows(
     num_train: int = 10000,
     num_val: int = 5000,
     path: str | Path | None = None,
+    encoding: str | None = None,
 ) -> Ed2Windows:
     """The d2l ed. 2 ``TimeMachine`` data module (a different pipeline from edition 1).
 
@@ -285,22 +414,37 @@ def load_ed2_windows(
     characters for the Time Machine), the vocabulary is alphabetical (space, ``<unk>``, ``a``...),
     and every offset starts a window of ``num_steps + 1`` characters.
     """
+    text = _read_text(bundled_text_path("timemachine") if path is None else path, encoding=encoding)
+    return ed2_windows(text, num_steps, num_train, num_val)
+
+
+def ed2_windows(text: str, num_steps: int, num_train: int = 10000, num_val: int = 5000) -> Ed2Windows:
+    """:func:`load_ed2_windows` of an already decoded text."""
     _check_positive(num_steps=num_steps, num_train=num_train)
     if num_val < 0:
         raise ValueError(f"num_val must be >= 0, got {num_val!r}.")
-    if path is None:
-        text = _read_text(bundled_text_path("timemachine"), BUNDLED_TEXTS["timemachine"])
-    else:
-        text = _read_text(path)
-    chars = list(_NON_LETTERS.sub(" ", text).lower())
-    vocab = Vocab(chars, order="alphabetical")
-    corpus = np.array(vocab[chars], dtype=np.int64)
-    num_windows = len(corpus) - num_steps
+    # Only as much text as the windows need; the vocabulary still counts the whole text, as d2l's.
+    chars = _NON_LETTERS.sub(" ", text).lower()
+    vocab = _char_vocab(chars, order="alphabetical")
+    num_windows = len(chars) - num_steps
     if num_windows < num_train + num_val:
         raise ValueError(
             f"The text gives {max(num_windows, 0)} windows of {num_steps + 1} characters, fewer than "
             f"num_train + num_val = {num_train + num_val}. Use a longer text or fewer windows."
         )
+    corpus = _char_ids(chars[:num_train + num_val + num_steps], vocab)
     idx = np.arange(num_train + num_val)[:, None] + np.arange(num_steps + 1)
     windows = corpus[idx]  # (num_train + num_val, num_steps + 1)
-    return Ed2Windows(windows[:, :-1], windows[:, 1:], vocab, num_train, num_val, len(corpus))
+    return Ed2Windows(windows[:, :-1], windows[:, 1:], vocab, num_train, num_val, len(chars))
+
+
+def read_text(path: str | Path | None = None, encoding: str | None = None) -> str:
+    """A text file decoded as :func:`decode_text` says (the bundled Time Machine by default, checksum verified)."""
+    return _read_text(bundled_text_path("timemachine") if path is None else path, encoding=encoding)
+
+
+def ed1_corpus(text: str, max_tokens: int = -1) -> tuple[np.ndarray, Vocab, int]:
+    """d2l ed. 1 token ids of an already decoded text: ``(ids, vocab, number of tokens in the whole text)``."""
+    chars = clean_ed1(text)
+    vocab = _char_vocab(chars)
+    return _char_ids(chars[:max_tokens] if max_tokens > 0 else chars, vocab), vocab, len(chars)
