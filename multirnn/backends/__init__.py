@@ -1,12 +1,17 @@
 """Backend registry: known backends are imported lazily, only when asked for.
 
 ``import multirnn`` imports no framework; ``get_backend("jax")`` imports jax, and nothing else.
+
+Besides the built-in ids, a backend may come from outside the package: ``"package.module:Class"``
+names any :class:`Backend` subclass, and installed distributions may register one under the entry
+point group ``multirnn.backends`` (``name = "package.module:Class"``), then usable by that name.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 from typing import Any
 
@@ -23,25 +28,86 @@ _REGISTRY: dict[str, tuple[str, tuple[str, ...], str | None]] = {
 }
 _ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
 
-__all__ = ["Backend", "available_backends", "canonical_name", "get_backend", "install_hint", "known_backends", "probe"]
+ENTRY_POINT_GROUP = "multirnn.backends"
+
+__all__ = ["Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "install_hint",
+           "is_builtin", "known_backends", "load_backend_class", "probe"]
+
+
+class BackendSpecError(ValueError):
+    """A ``package.module:Class`` backend (or entry point) that cannot be used; the message says why."""
+
+
+def _entry_points() -> dict[str, str]:
+    """Backends registered by installed distributions: name -> ``module:Class``."""
+    try:
+        return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    except Exception:  # a broken distribution's metadata must not break the registry
+        return {}
 
 
 def known_backends() -> list[str]:
-    """Every backend multirnn knows, installed or not, the NumPy oracle first."""
-    return list(_REGISTRY)
+    """Every built-in backend, installed or not (the NumPy oracle first), then registered entry points."""
+    return list(_REGISTRY) + [n for n in _entry_points() if n not in _REGISTRY]
+
+
+def is_builtin(name: str) -> bool:
+    return name in _REGISTRY
 
 
 def canonical_name(name: str) -> str:
-    """Resolve an alias (``tf``, ``pytorch``...) to a backend id; ValueError if unknown."""
-    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
-    if key not in _REGISTRY:
-        raise ValueError(f"Unknown backend {name!r}. Known backends: {known_backends()}.")
-    return key
+    """Resolve an alias (``tf``, ``pytorch``...) to a backend id; ``module:Class`` specs and entry
+    point names are returned as given. ValueError if unknown."""
+    text = str(name).strip()
+    if ":" in text:
+        return text
+    key = _ALIASES.get(text.lower(), text.lower())
+    if key in _REGISTRY:
+        return key
+    if text in _entry_points():
+        return text
+    raise ValueError(f"Unknown backend {name!r}. Known backends: {known_backends()}; "
+                     "or name your own as package.module:ClassName.")
 
 
 def install_hint(name: str) -> str:
-    extra = _REGISTRY[canonical_name(name)][2]
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        return f"make {key!r} importable (pip install the package that provides it)"
+    extra = _REGISTRY[key][2]
     return "pip install multirnn" if extra is None else f"pip install 'multirnn[{extra}]'"
+
+
+def load_backend_class(spec: str) -> type[Backend]:
+    """Import ``package.module:Class`` (or an entry point's target) and check it is a Backend.
+
+    Raises:
+        BackendSpecError: malformed spec, missing module or class, an error while importing the
+            module, or a class that is not a :class:`Backend` subclass.
+    """
+    target = _entry_points().get(spec, spec)
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name or ":" in class_name:
+        raise BackendSpecError(f"Backend spec {spec!r} is not of the form package.module:ClassName.")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise BackendSpecError(f"Backend {spec!r}: no module named {exc.name!r} (is it installed, or on "
+                                   "PYTHONPATH / in the current folder?).") from exc
+        raise BackendSpecError(f"Backend {spec!r}: importing {module_name!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise BackendSpecError(f"Backend {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise BackendSpecError(f"Backend {spec!r}: module {module_name!r} has no attribute {class_name!r}.")
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendSpecError(f"Backend {spec!r}: {class_name} is not a subclass of multirnn.Backend.")
+    if getattr(cls, "__abstractmethods__", None):
+        raise BackendSpecError(f"Backend {spec!r}: {class_name} does not implement "
+                               f"{', '.join(sorted(cls.__abstractmethods__))}.")
+    return cls
 
 
 def _importable(module: str) -> bool:
@@ -53,6 +119,8 @@ def _importable(module: str) -> bool:
 
 
 def _load_class(key: str) -> type[Backend]:
+    if key not in _REGISTRY:
+        return load_backend_class(key)
     target, frameworks, _ = _REGISTRY[key]
     missing = [m for m in frameworks if not _importable(m)]
     if missing:
@@ -75,11 +143,13 @@ def get_backend(name: str, **options: Any) -> Backend:
 
     Args:
         name: ``numpy``, ``torch``, ``mxnet``, ``tensorflow`` or ``jax`` (aliases: np, pytorch,
-            mx, tf, flax).
+            mx, tf, flax), an entry point of the ``multirnn.backends`` group, or
+            ``package.module:ClassName`` for any Backend subclass.
         **options: passed to the backend's constructor, e.g. ``device="gpu"``.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: unknown name (the message lists the known ones); BackendSpecError (a
+            ValueError) for a ``module:Class`` spec that cannot be used.
         BackendUnavailableError: known, but its framework is not installed or fails to import.
         GPUUnavailableError: ``device="gpu"`` and the framework sees no GPU.
     """
@@ -91,7 +161,7 @@ def probe(name: str) -> str | None:
     """``None`` if the backend imports here, else a one-line reason (cached)."""
     try:
         _load_class(canonical_name(name))
-    except BackendUnavailableError as exc:
+    except (BackendUnavailableError, BackendSpecError) as exc:
         return str(exc)
     return None
 
