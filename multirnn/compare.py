@@ -1,10 +1,13 @@
 """``python -m multirnn.compare``: train every backend side by side and judge whether they agree.
 
 Each backend trains in its own spawned process, one after the other (so timings are clean), from
-the same initial weights on the same batches. Results are written as each backend finishes, and
-the verdict compares every per-step loss with the NumPy oracle.
+the same initial weights on the same batches. Results are written as each backend finishes. The
+NumPy oracle runs first and saves checkpoints; every other backend then restarts from them and
+trains short re-anchored stretches plus probe steps, which the verdict (:mod:`multirnn.verdict`)
+holds to fixed bands.
 
-Exit status: 0 all agree, 1 a disagreement (or a backend crashed), 2 bad usage, 3 no backend ran.
+Exit status: 0 all agree, 1 a disagreement (or a backend crashed), 2 bad usage, 3 no backend ran,
+4 nothing to compare (no reference), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import agreement, report
-from .backends import canonical_name, known_backends
+from . import agreement, lockstep, report, verdict
+from .backends import canonical_name, is_builtin, known_backends, load_backend_class
 from .config import PRESETS, TrainConfig, preset
 from .data import encode
 from .harness import prepare_data
 from .worker import WorkerTask, run, write_json_atomic
 
-EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 EXAMPLES = """\
 examples:
@@ -41,7 +45,10 @@ examples:
   python -m multirnn.compare --preset d2l-ed1 --sampling random  # the book's 500 epochs
   python -m multirnn.compare --text my_book.txt --eval-text war_of_the_worlds
 
-exit status: 0 all agree, 1 a disagreement or crash, 2 bad usage, 3 no backend could run.
+  python -m multirnn.compare --backends numpy,mypkg.mymodule:MyBackend   # check your own translation
+
+exit status: 0 all agree, 1 a disagreement or crash, 2 bad usage, 3 no backend could run,
+4 nothing to compare (one backend and no oracle), 130 interrupted.
 """
 
 
@@ -74,6 +81,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _lockstep_arg(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a positive number of epochs, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a positive number of epochs, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m multirnn.compare",
@@ -102,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["fast", "eager"], default="fast",
                    help="fast: each backend's fused/compiled step (default); eager: the d2l-style translation")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (gpu: error if none)")
+    p.add_argument("--lockstep", default="auto", type=_lockstep_arg, metavar="auto|off|N",
+                   help="re-anchored checks: every backend restarts from the oracle's checkpoints every N epochs "
+                   "and trains one epoch plus probe steps (auto: spaced to cost about a quarter of the run; "
+                   "off: judge the free-running curves only)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the reference run's checkpoints (checkpoints/ in the output folder)")
     p.add_argument("--text", help="train on this text file instead of the bundled Time Machine")
     p.add_argument("--eval-text", help="after training, report perplexity on this text file "
                    "(or 'war_of_the_worlds' for the bundled one)")
@@ -132,9 +157,14 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
         raise UsageError("--backends is empty; name at least one of " + ", ".join(known_backends()))
     try:
         resolved = [canonical_name(n) for n in names]
+        for n in resolved:  # third-party backends: import them now, so a bad spec is a usage error
+            if not is_builtin(n):
+                load_backend_class(n)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return list(dict.fromkeys(resolved)), True
+    resolved = list(dict.fromkeys(resolved))
+    # The oracle runs first: it is the reference, and its checkpoints anchor every other backend.
+    return sorted(resolved, key=lambda n: n != verdict.ORACLE), True
 
 
 def _gpu_visible() -> bool:
@@ -247,21 +277,14 @@ def run_worker(task: WorkerTask, progress: Progress) -> dict[str, Any]:
     return result
 
 
-def _float64_envelope(task: WorkerTask, out_dir: Path, progress: Progress) -> list[float] | None:
-    """Train the oracle again in float64 from the same (rounded) weights and batches: its distance
-    to the float32 oracle is how far float32 rounding alone moves the curve."""
-    from dataclasses import replace
-
-    f64 = replace(task, config={**task.config, "dtype": "float64"}, init_dtype=task.config["dtype"], eval_text=None,
-                  label="numpy (float64 envelope)",
-                  out_path=str(out_dir / "backends" / "numpy-float64-envelope.json"))
-    raw = run_worker(f64, progress)
-    return raw.get("step_loss") if raw["status"] == "ok" else None
-
-
 def _row(raw: dict[str, Any]) -> dict[str, Any]:
-    """A worker's raw result in the results.json schema (names stable, every number kept)."""
-    ppl = raw.get("perplexity") or []
+    """A worker's raw result in the results.json schema (names stable, every number kept).
+
+    JSON has no infinity: a perplexity that overflowed (a finite loss above ~709) is stored as null
+    and read back here as +inf.
+    """
+    ppl = [math.inf if p is None else p for p in raw.get("perplexity") or []]
+    finite = [p for p in ppl if math.isfinite(p)]
     return {
         "name": raw["name"],
         "status": raw["status"],
@@ -270,23 +293,19 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
         "perplexity": ppl,
         "val_perplexity": raw.get("val_perplexity") or [],
         "final_perplexity": ppl[-1] if ppl else None,
-        "best_perplexity": min(ppl) if ppl else None,
+        "best_perplexity": min(finite) if finite else None,
         "median_last_perplexity": agreement.robust_final(ppl) if ppl else None,  # last 10 % of epochs
         "tokens_per_sec": raw.get("tokens_per_sec_median"),
         "tokens_per_sec_per_epoch": raw.get("tokens_per_sec") or [],
         "epoch_seconds": raw.get("epoch_seconds") or [],
         "first_epoch_seconds": raw.get("first_epoch_seconds"),
+        "train_seconds": raw.get("train_seconds"),
         "peak_rss_mb": raw.get("peak_rss_mb"),
         "step_loss": raw.get("step_loss") or [],
         "step_grad_norm": raw.get("step_grad_norm") or [],
         "steps_per_epoch": raw.get("steps_per_epoch") or [],
         "shapes": raw.get("shapes"),
-        "shapes_agree": None,
-        "max_deviation": None,
-        "first_deviation_step": None,
-        "first_deviation_epoch": None,
-        "deviation_per_step": [],
-        "agrees": None,
+        "lockstep": raw.get("lockstep"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
         "exit_code": raw.get("exit_code"),
@@ -294,96 +313,43 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def judge(rows: list[dict[str, Any]], config: TrainConfig, init: str, expected: dict[str, list[int]],
-          envelope_losses: list[float] | None = None) -> dict[str, Any]:
-    """Fill each row's agreement fields and return the verdict (pure: no I/O).
+          lockstep_on: bool = True) -> verdict.Verdict:
+    """The verdict over these rows (pure: see :func:`multirnn.verdict.judge`)."""
+    return verdict.judge(rows, dtype=config.dtype, init=init, max_grad_norm=config.max_grad_norm,
+                         expected_shapes=expected, lockstep=lockstep_on)
 
-    ``envelope_losses``: the NumPy oracle's per-step losses in float64, for float32 runs: how far
-    float32 rounding alone moves the oracle's curve widens the band (see :mod:`multirnn.agreement`).
-    """
-    ran = [r for r in rows if r["status"] in ("ok", "diverged") and r["step_loss"]]
-    failed = [r["name"] for r in rows if r["status"] == "crashed"]
-    for r in rows:
-        if r["shapes"]:
-            problems = agreement.shape_mismatches(r["shapes"], expected)
-            r["shapes_agree"] = not problems
-            if problems:
-                r["error"] = "; ".join(filter(None, [r["error"], "shape mismatch: " + ", ".join(problems)]))
-    verdict: dict[str, Any] = {"init": init, "tolerance": None, "reference": None, "reference_label": None}
-    if not ran:
-        verdict.update(status="no-backend", summary="no backend could run (see the problems below)")
-        return verdict
-    if init == "shared":
-        tol = agreement.STEP_RTOL[config.dtype]
-        names = [r["name"] for r in ran]
-        ref_name = "numpy" if "numpy" in names else None
-        ref = agreement.reference_curve({r["name"]: r["step_loss"] for r in ran}, ref_name)
-        verdict.update(tolerance=tol, reference=ref_name,
-                       reference_label="the NumPy oracle" if ref_name else "the per-step median of the backends")
-        envelope = None
-        if config.dtype == "float32" and ref_name == "numpy" and envelope_losses:
-            envelope = agreement.relative_deviation(ref, envelope_losses)
-            verdict.update(envelope_factor=agreement.ENVELOPE_FACTOR, envelope_per_step=envelope.tolist(),
-                           band_per_step=agreement.band(len(ref), tol, envelope).tolist())
-            step = agreement.decorrelation_step(envelope)
-            if step is not None:
-                epoch = agreement.epoch_of_step(step, next(r for r in ran if r["name"] == "numpy")["steps_per_epoch"])
-                verdict.update(decorrelated_step=step, decorrelated_epoch=epoch, note=(
-                    f"float32 rounding alone moved the oracle's curve by more than {agreement.DECORRELATED:.0%} "
-                    f"from epoch {epoch} on: from there the float32 curves no longer follow each other step by "
-                    "step and the band is that wide; use --dtype float64 for a strict check"))
-        elif config.dtype == "float32":
-            verdict["note"] = ("fixed float32 band (no float64 oracle run to measure the rounding envelope; "
-                               "include numpy in --backends for long runs)")
-        for r in ran:
-            d = agreement.compare_curve(r["step_loss"], ref, tol, r["steps_per_epoch"], envelope)
-            r.update(max_deviation=d.max_deviation, first_deviation_step=d.first_step,
-                     first_deviation_epoch=d.first_epoch, deviation_per_step=d.per_step,
-                     agrees=d.agrees and r["shapes_agree"] is not False)
-    else:
-        finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r["perplexity"]}
-        verdict.update(tolerance=agreement.INDEPENDENT_RTOL, reference_label="the median final perplexity")
-        for r in ran:
-            dist, ok = agreement.compare_finals(finals).get(r["name"], (None, False))
-            r.update(max_deviation=dist, agrees=ok and r["shapes_agree"] is not False and r["status"] == "ok")
-    disagree = [r["name"] for r in ran if not r["agrees"]]
-    unavailable = [r["name"] for r in rows if r["status"] == "unavailable"]
-    parts = []
-    if disagree:
-        parts.append(f"{', '.join(disagree)} disagree{'s' if len(disagree) == 1 else ''} with {verdict['reference_label']}")
-    else:
-        what = "per-step losses" if init == "shared" else "final perplexities"
-        within = f"{verdict['tolerance']:g}"
-        if "band_per_step" in verdict:
-            within = (f"max({within}, {agreement.ENVELOPE_FACTOR:g} x the float32 rounding envelope, "
-                      f"which reached {max(verdict['envelope_per_step']):.1e})")
-        parts.append(f"{len(ran)} backend{'s' if len(ran) > 1 else ''} ({', '.join(r['name'] for r in ran)}) "
-                     f"agree{'' if len(ran) > 1 else 's'}: "
-                     f"shapes and {what} within {within} of {verdict['reference_label']}")
-    if failed:
-        parts.append(f"crashed: {', '.join(failed)}")
-    if unavailable:
-        parts.append(f"unavailable: {', '.join(unavailable)}")
-    if verdict.get("note"):
-        parts.append(verdict["note"])
-    verdict.update(status="disagree" if disagree or failed else "agree", summary="; ".join(parts),
-                   disagreeing=disagree, crashed=failed, unavailable=unavailable)
-    return verdict
+
+def _with_verdict(row: dict[str, Any], v: verdict.BackendVerdict | None) -> dict[str, Any]:
+    """The results.json row: the worker's numbers plus the verdict's judgement of them (a new dict)."""
+    if v is None:
+        return {**row, "agrees": None, "judgement": None}
+    judgement = {k: val for k, val in asdict(v).items() if k != "free_run_deviation"}
+    return {**row, "agrees": v.agrees, "judgement": judgement, "free_run_deviation": list(v.free_run_deviation)}
 
 
 def _machine() -> dict[str, Any]:
     import numpy as np
 
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    isa = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else (platform.machine() or "unknown")
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "numpy": np.__version__, "processor": platform.processor() or platform.machine()}
+            "numpy": np.__version__, "processor": platform.processor() or platform.machine(), "isa": isa}
 
 
 def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str, Any],
-             expected: dict[str, list[int]], interrupted: bool = False,
-             envelope_losses: list[float] | None = None) -> dict[str, Any]:
-    verdict = judge(rows, config, options["init"], expected, envelope_losses)
+             expected: dict[str, list[int]], interrupted: bool = False) -> dict[str, Any]:
+    v = judge(rows, config, options["init"], expected, options.get("lockstep") != "off")
+    out_verdict = v.to_dict()
+    out_verdict["backends"] = [{k: val for k, val in b.items() if k != "free_run_deviation"} for b in out_verdict["backends"]]
     if interrupted:
-        verdict["summary"] = "INTERRUPTED (partial results): " + verdict["summary"]
-        verdict["status"] = "interrupted"
+        out_verdict["summary"] = "INTERRUPTED (partial results): " + out_verdict["summary"]
+        out_verdict["status"] = "interrupted"
+    by_name = {b.name: b for b in v.backends}
     return {
         "schema_version": report.SCHEMA_VERSION,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -391,8 +357,8 @@ def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str,
         "config": config.to_dict(),
         "options": {k: v for k, v in options.items() if k != "argv"},
         "machine": _machine(),
-        "verdict": verdict,
-        "backends": rows,
+        "verdict": out_verdict,
+        "backends": [_with_verdict(r, by_name.get(r["name"])) for r in rows],
     }
 
 
@@ -419,33 +385,46 @@ def main(argv: list[str] | None = None) -> int:
 
     first_batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
     expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens)
+    steps_per_epoch = sum(1 for _ in data.train_batches(__import__("numpy").random.default_rng(config.seed)))
+    every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch)}.get(args.lockstep, args.lockstep)
+    lock_epochs = tuple(lockstep.checkpoint_epochs(config.num_epochs, int(every)))
     options = {"backends": names, "init": args.init, "mode": args.mode, "device": args.device, "text": text,
-               "eval_text": eval_text, "argv": argv}
+               "eval_text": eval_text, "lockstep": args.lockstep, "lockstep_every": every,
+               "lockstep_epochs": list(lock_epochs), "argv": argv}
     progress = Progress(enabled=not args.quiet)
     progress.message(f"multirnn.compare: {', '.join(names)} | preset {args.preset} ({config.protocol}, "
                      f"{config.num_epochs} epochs, {config.dtype}, mode {args.mode}) -> {out_dir}")
+    ckpt_root = out_dir / "checkpoints"
     rows: list[dict[str, Any]] = []
-    interrupted, name, envelope = False, names[0], None
+    interrupted, name = False, names[0]
+    anchor: str | None = None  # the checkpoints every later backend restarts from
     try:
         for i, name in enumerate(names):
             init_seed = config.seed if args.init == "shared" else config.seed * 100 + i + 1
-            task = WorkerTask(name=name, config=config.to_dict(), out_path=str(out_dir / "backends" / f"{name}.json"),
+            # The oracle anchors everyone; without it, the first backend that runs to the end does.
+            own = ckpt_root / _safe(name) if lock_epochs and anchor is None else None
+            if own is not None and name != verdict.ORACLE and verdict.ORACLE in names:
+                own = None
+            task = WorkerTask(name=name, config=config.to_dict(), out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
                               device=args.device, mode=args.mode, init=args.init, init_seed=init_seed,
-                              text=text, eval_text=eval_text)
+                              text=text, eval_text=eval_text, lockstep_epochs=lock_epochs,
+                              checkpoint_dir=str(own) if own else None, anchor_dir=anchor)
             raw = run_worker(task, progress)
             if raw["status"] == "unavailable" and not named:
                 progress.message(f"{name:<10} skipped: {raw['error']}")
             rows.append(_row(raw))
-            if name == "numpy" and raw["status"] == "ok" and config.dtype == "float32" and args.init == "shared":
-                envelope = _float64_envelope(task, out_dir, progress)
+            if own is not None and raw["status"] == "ok" and lockstep.list_checkpoints(own):
+                anchor = str(own)
             # Everything finished so far is on disk even if a later backend takes the process down.
-            write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected, False, envelope))
+            write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected, False))
     except KeyboardInterrupt:
         interrupted = True
         progress.message("\ninterrupted: writing the partial report")
         if not any(r["name"] == name for r in rows):
             rows.append(_row({"name": name, "status": "crashed", "error": "interrupted by the user (Ctrl-C)"}))
-    results = assemble(rows, config, options, expected, interrupted, envelope)
+    if not args.keep_checkpoints:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    results = assemble(rows, config, options, expected, interrupted)
     notes = report.write_all(results, out_dir, make_plots=not args.no_plot)
     print(report.terminal_report(results))
     for note in notes:
@@ -455,9 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return EXIT_INTERRUPTED
     status = results["verdict"]["status"]
-    if status == "no-backend":
-        return EXIT_NO_BACKEND
-    return EXIT_AGREE if status == "agree" else EXIT_DISAGREE
+    return {"agree": EXIT_AGREE, "no-backend": EXIT_NO_BACKEND, "not-judged": EXIT_NOT_JUDGED}.get(status, EXIT_DISAGREE)
+
+
+def _safe(name: str) -> str:
+    """A backend name usable as a file name (third-party specs contain ':' and '.')."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ from NumPy, driven by one seeded generator: the same seed gives every backend th
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,15 @@ from .data import (
     Ed2Windows,
     Vocab,
     check_batchable,
-    load_corpus,
-    load_ed2_windows,
-    load_time_machine,
+    ed1_corpus,
+    ed2_windows,
+    read_text,
     seq_data_iter_random,
     seq_data_iter_sequential,
+    text_notes,
 )
 from .errors import TrainingDivergedError
-from .params import init_params
+from .params import init_params, validate_params
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -41,6 +45,41 @@ class TrainingData:
     vocab: Vocab
     corpus: np.ndarray | None = None  # d2l-ed1
     windows: Ed2Windows | None = None  # d2l-ed2
+    total_tokens: int | None = None  # tokens in the whole text (d2l-ed1 uses the first max_tokens)
+    notes: list[str] = field(default_factory=list)  # what preprocessing lost, when it is a large share
+
+    @property
+    def used_tokens(self) -> int:
+        """Tokens the protocol trains on: the corpus (ed. 1) or the training windows' characters (ed. 2)."""
+        if self.windows is not None:
+            return self.windows.num_train + self.config.num_steps
+        return len(self.corpus) if self.corpus is not None else 0
+
+    def save(self, path: str | Path) -> None:
+        """Write the prepared data (ids, vocabulary) so that worker processes need not tokenise again."""
+        arrays: dict[str, Any] = {"vocab": np.array(self.vocab.idx_to_token), "config": np.array(json.dumps(self.config.to_dict())),
+                                  "notes": np.array(json.dumps(self.notes)), "total_tokens": np.array(self.total_tokens or -1)}
+        if self.windows is not None:
+            w = self.windows
+            arrays.update(X=w.X, Y=w.Y, ed2=np.array([w.num_train, w.num_val, w.num_chars]))
+        else:
+            arrays["corpus"] = self.corpus
+        tmp = Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingData:
+        with np.load(path, allow_pickle=False) as z:
+            config = TrainConfig(**json.loads(str(z["config"])))
+            vocab = Vocab.from_tokens([str(t) for t in z["vocab"]])
+            total = int(z["total_tokens"])
+            common = dict(total_tokens=None if total < 0 else total, notes=json.loads(str(z["notes"])))
+            if "ed2" in z.files:
+                num_train, num_val, num_chars = (int(v) for v in z["ed2"])
+                windows = Ed2Windows(z["X"], z["Y"], vocab, num_train, num_val, num_chars)
+                return cls(config, vocab, windows=windows, **common)
+            return cls(config, vocab, corpus=z["corpus"], **common)
 
     def train_batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         c = self.config
@@ -56,21 +95,28 @@ class TrainingData:
         return self.windows.val_batches(self.config.batch_size)
 
 
-def prepare_data(config: TrainConfig, text: str | Path | None = None) -> TrainingData:
-    """Load the text (the bundled Time Machine by default) the way ``config.protocol`` says.
+def prepare_data(config: TrainConfig, text: str | Path | None = None, encoding: str | None = None) -> TrainingData:
+    """Read and tokenise the text once (the bundled Time Machine by default), as ``config.protocol`` says.
+
+    Args:
+        config: the run's configuration.
+        text: a text file: UTF-8, or UTF-16/32 with a byte-order mark, or in ``encoding``.
+        encoding: the file's encoding when it is neither of those.
 
     Raises:
-        ValueError: unreadable or empty text, or one too short for a single minibatch.
+        TypeError: ``config`` is not a TrainConfig.
+        ValueError: unreadable, binary, undecodable or empty text, or one too short for a minibatch.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (e.g. multirnn.preset('quick')), got {type(config).__name__}.")
+    raw = read_text(text, encoding)
+    notes = text_notes(raw)
     if config.protocol == "d2l-ed2":
-        windows = load_ed2_windows(config.num_steps, config.num_train, config.num_val, text)
-        return TrainingData(config, windows.vocab, windows=windows)
-    if text is None:
-        corpus, vocab = load_time_machine(config.max_tokens)
-    else:
-        corpus, vocab = load_corpus(text, config.max_tokens)
+        windows = ed2_windows(raw, config.num_steps, config.num_train, config.num_val)
+        return TrainingData(config, windows.vocab, windows=windows, total_tokens=windows.num_chars, notes=notes)
+    corpus, vocab, total = ed1_corpus(raw, config.max_tokens)
     check_batchable(len(corpus), config.batch_size, config.num_steps)
-    return TrainingData(config, vocab, corpus=corpus)
+    return TrainingData(config, vocab, corpus=corpus, total_tokens=total, notes=notes)
 
 
 @dataclass
@@ -118,6 +164,86 @@ class TrainResult:
 EpochCallback = Callable[[int, History], None]
 
 
+def check_train_args(backend: Any, config: Any, data: Any = None) -> None:
+    """Raise a clear TypeError/ValueError for arguments of the wrong kind (not a deep AttributeError)."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"backend must be a multirnn Backend (e.g. multirnn.get_backend('numpy')), "
+                        f"got {type(backend).__name__} {backend!r:.60}.")
+    if not isinstance(config, TrainConfig):
+        hint = f" Use multirnn.preset({config!r})." if isinstance(config, str) else ""
+        raise TypeError(f"config must be a TrainConfig (e.g. multirnn.preset('quick')), got "
+                        f"{type(config).__name__} {config!r:.60}.{hint}")
+    if data is not None:
+        if not isinstance(data, TrainingData):
+            raise TypeError(f"data must be a TrainingData from multirnn.prepare_data(config), got {type(data).__name__}.")
+        fields = ("protocol", "batch_size", "num_steps", "sampling", "max_tokens", "num_train", "num_val")
+        differ = [f"{f}={getattr(data.config, f)!r} vs {getattr(config, f)!r}" for f in fields
+                  if getattr(data.config, f) != getattr(config, f)]
+        if differ:
+            raise ValueError(f"data was prepared for another configuration ({', '.join(differ)}); "
+                             "call multirnn.prepare_data(config) again.")
+
+
+def safe_perplexity(mean_loss: float) -> float:
+    """``exp(mean_loss)``, +inf when it overflows (a finite loss above ~709), NaN for NaN."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where epoch ``epoch`` of a run starts: its params and the data generator's state.
+
+    The hidden state is zero at every epoch start (d2l resets it per epoch), so params and the
+    generator state are all another backend needs to train the same epoch from the same point.
+    """
+
+    epoch: int  # 1-based: the epoch that starts here
+    global_step: int  # steps completed before this epoch
+    params: dict[str, np.ndarray]
+    rng_state: dict[str, Any]
+    # What the NumPy oracle's probe steps gave from here (see multirnn.lockstep), computed once by
+    # the run that saves the checkpoint instead of by every backend that restarts from it.
+    probe_refs: dict[str, Any] | None = None
+
+
+@dataclass
+class EpochSteps:
+    """What one epoch (or the first ``max_steps`` of it) recorded, before any host conversion."""
+
+    params: Params
+    losses: list[float]
+    norms: list[float]
+    sizes: list[int]
+
+
+def run_epoch(
+    backend: Backend, config: TrainConfig, data: TrainingData, params: Params, rng: np.random.Generator,
+    max_steps: int | None = None,
+) -> EpochSteps:
+    """One epoch of d2l's ``train_epoch_ch8``: the state rules, then ``train_step`` per minibatch.
+
+    With sequential partitioning the state starts at zero and is carried (detached) from one
+    minibatch to the next; with random sampling and in the ed. 2 protocol it is re-initialised
+    for every minibatch. ``max_steps`` stops early (the generator has then advanced less).
+    """
+    state, losses, norms, sizes = None, [], [], []
+    H, dtype = config.num_hiddens, config.dtype
+    for X, Y in data.train_batches(rng):
+        if max_steps is not None and len(losses) >= max_steps:
+            break
+        if state is None or config.resets_state_every_batch:
+            state = backend.init_state(X.shape[0], H, dtype)
+        params, loss, norm, state = backend.train_step(params, X, Y, state, config.lr, config.max_grad_norm)
+        # Keep framework scalars: converting here would wait on the device every step.
+        losses.append(loss)
+        norms.append(norm)
+        sizes.append(X.size)
+    return EpochSteps(params, [float(v) for v in losses], [float(v) for v in norms], sizes)
+
+
 def train(
     backend: Backend,
     config: TrainConfig,
@@ -125,6 +251,8 @@ def train(
     *,
     params: dict[str, np.ndarray] | None = None,
     callback: EpochCallback | None = None,
+    checkpoint_epochs: Collection[int] = (),
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> TrainResult:
     """Train the d2l RNN with ``backend``: loss and grads, clip to ``max_grad_norm``, SGD.
 
@@ -138,55 +266,62 @@ def train(
         data: prepared data; by default the bundled Time Machine via :func:`prepare_data`.
         params: initial NumPy params; by default ``init_params(vocab, num_hiddens, seed, dtype)``.
         callback: called as ``callback(epoch, history)`` after every epoch (1-based).
+        checkpoint_epochs: 1-based epochs at whose start ``on_checkpoint`` receives a
+            :class:`Checkpoint` (used to re-anchor other backends on this run).
+        on_checkpoint: see ``checkpoint_epochs``.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
+        TypeError, ValueError: ``backend``, ``config``, ``data`` or ``params`` are not what is
+            expected (the message names what was received).
         TrainingDivergedError: a loss was NaN or infinite; names the epoch and step and carries
             the history up to (not including) that step.
     """
+    check_train_args(backend, config, data)
     data = data if data is not None else prepare_data(config)
     if params is None:
         params = init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype)
+    else:
+        V, H, _ = validate_params(params)
+        if (V, H) != (len(data.vocab), config.num_hiddens):
+            raise ValueError(f"params are for vocab_size={V}, num_hiddens={H}, but the data has {len(data.vocab)} "
+                             f"tokens and config.num_hiddens is {config.num_hiddens}.")
     p = backend.params_from_numpy(params)
     history = History()
     # One generator drives every random choice of the data, so every backend sees the same batches.
     rng = np.random.default_rng(config.seed)
-    H, dtype = config.num_hiddens, config.dtype
+    wanted = set(checkpoint_epochs) if on_checkpoint is not None else set()
     for epoch in range(1, config.num_epochs + 1):
+        if epoch in wanted:
+            on_checkpoint(Checkpoint(epoch, len(history.step_loss), backend.params_to_numpy(p),  # type: ignore[misc]
+                                     copy.deepcopy(rng.bit_generator.state)))
         start = time.perf_counter()
-        state, losses, norms, sizes = None, [], [], []
-        for X, Y in data.train_batches(rng):
-            if state is None or config.resets_state_every_batch:
-                state = backend.init_state(X.shape[0], H, dtype)
-            p, loss, norm, state = backend.train_step(p, X, Y, state, config.lr, config.max_grad_norm)
-            # Keep framework scalars: converting here would wait on the device every step.
-            losses.append(loss)
-            norms.append(norm)
-            sizes.append(X.size)
-        step_loss = [float(v) for v in losses]
+        steps = run_epoch(backend, config, data, p, rng)
+        p = steps.params
         seconds = time.perf_counter() - start
-        bad = next((i for i, v in enumerate(step_loss) if not math.isfinite(v)), None)
+        bad = next((i for i, v in enumerate(steps.losses) if not math.isfinite(v)), None)
         if bad is not None:
-            history.step_loss += step_loss[:bad]
-            history.step_grad_norm += [float(v) for v in norms[:bad]]
+            history.step_loss += steps.losses[:bad]
+            history.step_grad_norm += steps.norms[:bad]
             global_step = len(history.step_loss) + 1
             raise TrainingDivergedError(
-                f"Training diverged: loss is {step_loss[bad]} at epoch {epoch}, step {bad + 1} of that epoch "
+                f"Training diverged: loss is {steps.losses[bad]} at epoch {epoch}, step {bad + 1} of that epoch "
                 f"(global step {global_step}) with backend {backend.name!r}. Try a smaller lr or max_grad_norm.",
                 history,
                 epoch,
                 bad + 1,
             )
-        history.step_loss += step_loss
-        history.step_grad_norm += [float(v) for v in norms]
-        history.steps_per_epoch.append(len(step_loss))
-        history.perplexity.append(math.exp(np.dot(step_loss, sizes) / sum(sizes)))
+        history.step_loss += steps.losses
+        history.step_grad_norm += steps.norms
+        history.steps_per_epoch.append(len(steps.losses))
+        history.perplexity.append(safe_perplexity(float(np.dot(steps.losses, steps.sizes) / sum(steps.sizes))))
         history.epoch_seconds.append(seconds)
-        history.tokens_per_sec.append(sum(sizes) / seconds)
+        history.tokens_per_sec.append(sum(steps.sizes) / seconds)
         if data.windows is not None and data.windows.num_val:
-            history.val_perplexity.append(evaluate_perplexity(backend, p, data.val_batches(), H, dtype))
+            history.val_perplexity.append(evaluate_perplexity(backend, p, data.val_batches(), config.num_hiddens,
+                                                              config.dtype))
         if callback is not None:
             callback(epoch, history)
     return TrainResult(backend, config, history, p, data.vocab)
@@ -203,7 +338,7 @@ def evaluate_perplexity(
         count += X.size
     if count == 0:
         raise ValueError("No batches to evaluate: the evaluation text is too short.")
-    return math.exp(total / count)
+    return safe_perplexity(total / count)
 
 
 def evaluate_text_perplexity(
@@ -222,7 +357,7 @@ def evaluate_text_perplexity(
         loss, state = backend.evaluate_loss(params, X, Y, state)
         total += loss * X.size
         count += X.size
-    return math.exp(total / count)
+    return safe_perplexity(total / count)
 
 
 def predict(

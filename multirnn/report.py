@@ -13,29 +13,56 @@ from typing import Any
 
 from .worker import write_json_atomic, write_text_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS = ("backend", "version", "status", "final ppl", "median last", "best ppl", "tokens/s",
-           "1st epoch s", "peak MB", "max deviation", "verdict")
+           "1st epoch s", "peak MB", "checkpoints", "re-anchored dev", "free-run dev", "verdict")
 
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def verdict_cell(b: dict[str, Any]) -> str:
+    j = b.get("judgement") or {}
+    status = j.get("status")
+    if status == "disagrees":
+        c = j.get("first_crossing")
+        if c:
+            return f"DISAGREES (epoch {c['epoch']}" + (f", step {c['step']})" if c.get("step") else ", probe)")
+        return "DISAGREES"
+    return {"agrees": "agrees", "reference": "reference", "not-judged": "not judged"}.get(status, "-")
+
+
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for b in results["backends"]:
-        verdict = {True: "agrees", False: "DISAGREES", None: "-"}[b.get("agrees")]
-        if b.get("agrees") is False and b.get("first_deviation_step"):
-            verdict += f" (step {b['first_deviation_step']}, epoch {b['first_deviation_epoch']})"
+        j = b.get("judgement") or {}
+        dev = j.get("max_loss_deviation")
         rows.append([
             b["name"], b.get("framework_version") or "-", b["status"],
             _fmt(b.get("final_perplexity"), ".3f"), _fmt(b.get("median_last_perplexity"), ".3f"),
             _fmt(b.get("best_perplexity"), ".3f"), _fmt(b.get("tokens_per_sec"), ",.0f"),
             _fmt(b.get("first_epoch_seconds"), ".2f"), _fmt(b.get("peak_rss_mb"), ".0f"),
-            _fmt(b.get("max_deviation"), ".2e"), verdict,
+            str(j["checkpoints_checked"]) if j.get("checkpoints_checked") else "-",
+            _fmt(dev, ".1e"), _fmt(j.get("free_run_max_deviation"), ".1e"), verdict_cell(b),
         ])
     return rows
+
+
+def bands_text(results: dict[str, Any]) -> str:
+    """The bands that were applied, in one sentence."""
+    v = results["verdict"]
+    if v.get("reference") is None:
+        return "No reference, so no band was applied."
+    opts = results.get("options", {})
+    if opts.get("lockstep") == "off":
+        return (f"Re-anchored checks were off: free-running per-step losses were held to {v['step_rtol']:g} "
+                f"(relative) of {v['reference_label']}.")
+    every = opts.get("lockstep_every")
+    return (f"Bands applied ({results['config']['dtype']}): re-anchored per-step loss {v['step_rtol']:g} and gradient "
+            f"norm {v['norm_rtol']:g} (relative to {v['reference_label']}); probe updates {v['probe_rtol']:g} of the "
+            f"update's size + {v['rounding']:.1e} of the parameter's size (rounding). Checkpoints every {every} "
+            f"epoch{'s' if every != 1 else ''} ({len(opts.get('lockstep_epochs') or [])} in all).")
 
 
 def text_table(rows: Sequence[Sequence[str]], header: Sequence[str] = COLUMNS) -> str:
@@ -64,7 +91,8 @@ def errors_text(results: dict[str, Any]) -> str:
 
 def terminal_report(results: dict[str, Any]) -> str:
     v = results["verdict"]
-    parts = [text_table(table_rows(results)), "", f"Verdict: {v['summary']}"]
+    parts = [text_table(table_rows(results)), "", f"Verdict: {v['summary']}", bands_text(results)]
+    parts += [f"Note: {n}" for n in v.get("notes") or []]
     if samples_text(results):
         parts += ["", "Greedy continuations:", samples_text(results)]
     if errors_text(results):
@@ -93,10 +121,18 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         "",
         markdown_table(table_rows(results)),
         "",
-        "median last: median perplexity over the last 10 % of the epochs (at least 10); "
-        "tokens/s: median over the epochs after the first; max deviation: largest relative per-step loss "
-        f"deviation from the reference ({v.get('reference_label', '-')}), tolerance {v.get('tolerance')}.",
+        bands_text(results),
+        *[f"\n{n[0].upper()}{n[1:]}." for n in v.get("notes") or []],
+        "",
+        "median last: median perplexity over the last 10 % of the epochs (at least 10); tokens/s: median over "
+        "the epochs after the first; checkpoints: re-anchored checkpoints checked; re-anchored dev: worst relative "
+        "per-step loss deviation over those stretches; free-run dev: worst relative deviation of the free-running "
+        "loss curve (informational: over long float32 runs it measures chaos, not correctness).",
     ]
+    crossings = [(b["name"], (b.get("judgement") or {}).get("reason")) for b in results["backends"]
+                 if (b.get("judgement") or {}).get("status") == "disagrees"]
+    if crossings:
+        parts += ["", "## Disagreements", ""] + [f"- **{n}**: {r}" for n, r in crossings]
     if any(b.get("eval_perplexity") is not None for b in results["backends"]):
         parts += ["", "## Perplexity on the evaluation text", ""]
         parts += [f"- {b['name']}: {b['eval_perplexity']:.3f}" for b in results["backends"] if b.get("eval_perplexity")]
@@ -146,28 +182,58 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
     fig.savefig(out_dir / "perplexity.png", dpi=110)
     plt.close(fig)
 
-    devs = [b for b in ran if b.get("deviation_per_step") and b["name"] != results["verdict"].get("reference")]
-    if devs or results["verdict"].get("band_per_step"):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        # an exact match cannot be drawn on a log scale: draw it at a floor below any rounding error
-        floor = 1e-10 if results["config"]["dtype"] == "float32" else 1e-17
-        for b in devs:
-            ax.plot([max(d, floor) for d in b["deviation_per_step"]], label=b["name"], linewidth=0.8)
-        tol = results["verdict"].get("tolerance")
-        if results["verdict"].get("band_per_step"):
-            ax.plot(results["verdict"]["band_per_step"], color="red", linestyle=":", label="tolerance band")
-            ax.plot([max(d, floor) for d in results["verdict"]["envelope_per_step"]], color="gray", linewidth=0.8,
-                    label="float32 rounding envelope (oracle f32 vs f64)")
-        elif isinstance(tol, float):
-            ax.axhline(tol, color="red", linestyle=":", label=f"tolerance {tol:g}")
-        ax.set(yscale="log", xlabel="training step", ylabel="|loss - reference| / reference",
-               title=f"Per-step deviation from {results['verdict'].get('reference_label', 'reference')}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / "deviation.png", dpi=110)
-        plt.close(fig)
+    if any((b.get("judgement") or {}).get("checkpoints") or b.get("free_run_deviation") for b in ran):
+        deviation_plot(results, out_dir / "deviation.png", plt)
     return []
+
+
+def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
+    """Re-anchored deviations per checkpoint against their bands (crossings marked), probe steps
+    as a multiple of their band, and the free-running curves' deviation for context."""
+    v, dtype = results["verdict"], results["config"]["dtype"]
+    floor = 1e-10 if dtype == "float32" else 1e-17  # an exact match cannot be drawn on a log axis
+    rows = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=False)
+    ax_loss, ax_probe, ax_free = axes
+    markers = "osD^vP*X"
+    for i, b in enumerate(rows):
+        cps = b["judgement"].get("checkpoints") or []
+        if not cps:
+            continue
+        epochs = [c["epoch"] for c in cps]
+        m = markers[i % len(markers)]
+        ax_loss.plot(epochs, [max(c["loss_deviation"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
+                     label=f"{b['name']} loss")
+        ax_loss.plot(epochs, [max(c["norm_deviation"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
+                     linestyle="--", fillstyle="none", label=f"{b['name']} grad norm")
+        ax_probe.plot(epochs, [max(c["probe_ratio"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
+                      label=b["name"])
+        bad = [c for c in cps if c["outside"]]
+        if bad:
+            ax_loss.scatter([c["epoch"] for c in bad], [max(c["loss_deviation"], c["norm_deviation"], floor) for c in bad],
+                            s=90, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5)
+            ax_probe.scatter([c["epoch"] for c in bad], [max(c["probe_ratio"], floor) for c in bad], s=90,
+                             facecolors="none", edgecolors="red", linewidths=1.5, zorder=5)
+    ax_loss.axhline(v["step_rtol"], color="red", linestyle=":", label=f"loss band {v['step_rtol']:g}")
+    ax_loss.axhline(v["norm_rtol"], color="darkred", linestyle="-.", label=f"grad norm band {v['norm_rtol']:g}")
+    ax_loss.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="worst |x - ref| / ref in stretch",
+                title=f"Re-anchored stretches vs {v.get('reference_label')} (red circles: outside the band)")
+    ax_probe.axhline(1.0, color="red", linestyle=":", label="band")
+    ax_probe.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="deviation / band",
+                 title="Probe steps (clipping on and off, half lr): worst update error as a multiple of its band")
+    for b in [b for b in results["backends"] if b.get("free_run_deviation")]:
+        if (b.get("judgement") or {}).get("status") == "reference":
+            continue
+        ax_free.plot([max(d, floor) for d in b["free_run_deviation"]], linewidth=0.7, label=b["name"])
+    ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
+                title="Free-running curves (context only: chaos, not correctness, widens them)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_all(results: dict[str, Any], out_dir: Path, make_plots: bool = True) -> list[str]:

@@ -8,6 +8,7 @@ The worker reports progress through a queue and writes its result as JSON, atomi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,6 +42,12 @@ class WorkerTask:
     eval_text: str | None = None
     label: str | None = None  # how progress names this run (default: the backend's name)
     init_dtype: str | None = None  # draw the initial weights in this dtype, then cast (default: config's)
+    # Re-anchored checks (multirnn.lockstep): at the start of these epochs the run saves checkpoints
+    # into checkpoint_dir (when set); afterwards it trains a stretch from each checkpoint found in
+    # anchor_dir (when set) and runs the probe steps from anchor_dir or its own checkpoints.
+    lockstep_epochs: tuple[int, ...] = ()
+    checkpoint_dir: str | None = None
+    anchor_dir: str | None = None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -82,11 +89,34 @@ def _shapes_on_first_batch(backend: Any, params: Any, data: Any, config: Any) ->
     return shapes
 
 
+def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Any) -> dict[str, Any]:
+    """Stretches from the anchor's checkpoints and probe steps (see :mod:`multirnn.lockstep`)."""
+    import time
+
+    from . import lockstep
+    from .backends.numpy_backend import NumpyBackend
+
+    start = time.perf_counter()
+    source = task.anchor_dir or task.checkpoint_dir
+    paths = lockstep.list_checkpoints(source) if source else []
+    oracle = NumpyBackend()
+    stretches, probes = [], []
+    for i, path in enumerate(paths, 1):
+        ckpt = lockstep.load_checkpoint(path)
+        if task.anchor_dir:
+            stretches.append(lockstep.run_stretch(backend, config, data, ckpt))
+        probes += lockstep.run_probes(backend, oracle, config, data, ckpt)
+        progress("lockstep", done=i, total=len(paths), epoch=ckpt.epoch)
+    return {"stretches": lockstep.as_records(stretches), "probes": lockstep.as_records(probes),
+            "seconds": time.perf_counter() - start, "source": source}
+
+
 def run(task: WorkerTask, queue: Any) -> None:
     """Entry point of the worker process: train ``task.name`` and write its result JSON."""
     # Ctrl-C goes to the whole process group; the parent decides, and terminates us if needed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from . import harness
+    from . import harness, lockstep
+    from .backends.numpy_backend import NumpyBackend
     from .config import TrainConfig
     from .data import encode
     from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError
@@ -119,16 +149,27 @@ def run(task: WorkerTask, queue: Any) -> None:
         def on_epoch(epoch: int, history: harness.History) -> None:
             progress("epoch", epoch=epoch, perplexity=history.perplexity[-1], tokens_per_sec=history.tokens_per_sec[-1])
 
+        save_to = task.checkpoint_dir
+        oracle = NumpyBackend()
+
+        def save(ckpt: harness.Checkpoint) -> None:
+            refs = lockstep.probe_references(oracle, config, data, ckpt)
+            lockstep.save_checkpoint(save_to, dataclasses.replace(ckpt, probe_refs=refs))
+
         try:
-            trained = harness.train(backend, config, data, params=numpy_params, callback=on_epoch)
+            trained = harness.train(
+                backend, config, data, params=numpy_params, callback=on_epoch,
+                checkpoint_epochs=task.lockstep_epochs if save_to else (), on_checkpoint=save if save_to else None,
+            )
             history, params = trained.history, trained.params
             result["status"] = "ok"
         except TrainingDivergedError as exc:
             history, params = exc.history, None
-            result.update(status="diverged", error=str(exc))
+            result.update(status="diverged", error=str(exc), diverged_epoch=exc.epoch, diverged_step=exc.step)
         result.update(history.to_dict())
         rates = history.tokens_per_sec[1:] or history.tokens_per_sec
         result["tokens_per_sec_median"] = float(np.median(rates)) if rates else None
+        result["train_seconds"] = float(sum(history.epoch_seconds))
         if params is not None:
             result["samples"] = {p: harness.predict(backend, params, data.vocab, p, NUM_PREDS) for p in SAMPLE_PREFIXES}
             if task.eval_text:
@@ -136,6 +177,8 @@ def run(task: WorkerTask, queue: Any) -> None:
                 result["eval_perplexity"] = harness.evaluate_text_perplexity(
                     backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype
                 )
+        if task.lockstep_epochs and task.name != "numpy":
+            result["lockstep"] = _lockstep(backend, config, data, task, progress)
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     finally:

@@ -1,0 +1,210 @@
+"""Re-anchored (lockstep) measurements: every backend restarts from one reference run's checkpoints.
+
+Free-running float32 curves of *correct* implementations drift apart (training at lr = 1 is
+chaotic: one-ulp differences grow to ~1e-2 within 100 epochs), so they cannot carry a tight
+verdict over a long run. Here each backend restarts, at checkpoints spread over the whole run,
+from the anchor run's own parameters (bit-identical, same dtype) and data-generator state, and
+trains a short stretch: that epoch plus the first step of the next (so the epoch boundary's state
+reset is exercised). Chaos has no time to amplify, so the per-step losses and gradient norms must
+match the anchor's over the stretch within a fixed band, at epoch 3 as at epoch 500.
+
+Two probe steps per checkpoint exercise what the run itself may never do: a step with the
+clipping threshold set *below* the current gradient norm (clipping active, through the backend's
+real ``train_step``, fused clip included) and one with it *above* (clipping must then change
+nothing), both at half the learning rate (so a gradient scaled by lr twice shows even at lr = 1).
+Their reference is the NumPy oracle, run beside the backend in the same process.
+
+This module measures; :mod:`multirnn.verdict` judges the recorded numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend
+from .config import TrainConfig
+from .harness import Checkpoint, TrainingData, run_epoch
+
+# Cost budget of the default density: the lockstep work is kept near this share of the run.
+DEFAULT_BUDGET = 0.25
+# Probe steps: clipping threshold as a multiple of the oracle's gradient norm, and the lr factor.
+PROBE_CLIP_FACTORS = {"clip": 0.5, "no-clip": 2.0}
+PROBE_LR_FACTOR = 0.5
+_CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
+
+
+def auto_every(steps_per_epoch: int, budget: float = DEFAULT_BUDGET) -> int:
+    """Checkpoint spacing (in epochs) that keeps the lockstep work near ``budget`` of a run.
+
+    Each checkpoint costs one epoch, one boundary step and two probe steps of the backend.
+    """
+    # one epoch + one boundary step + two probe steps (the oracle's probe steps are computed once,
+    # by the run that saves the checkpoints)
+    cost = (steps_per_epoch + 3) / max(steps_per_epoch, 1)  # in epochs of the free run
+    return max(1, math.ceil(cost / budget))
+
+
+def checkpoint_epochs(num_epochs: int, every: int) -> list[int]:
+    """Epochs 1, 1 + every, 1 + 2 x every, ... and always the last one (1-based)."""
+    if every <= 0:
+        return []
+    epochs = list(range(1, num_epochs + 1, every))
+    if epochs[-1] != num_epochs:
+        epochs.append(num_epochs)
+    return epochs
+
+
+# --- checkpoints on disk -----------------------------------------------------------------------------
+
+
+def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``epoch-NNNNN.npz`` atomically (arrays bit-exact; the rest as JSON)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"epoch-{ckpt.epoch:05d}.npz"
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    arrays = {f"p:{k}": v for k, v in ckpt.params.items()}
+    refs = None
+    if ckpt.probe_refs is not None:
+        refs = {"norm": ckpt.probe_refs["norm"]}
+        for kind in PROBE_CLIP_FACTORS:
+            ref = ckpt.probe_refs[kind]
+            refs[kind] = {"loss": ref["loss"]}
+            arrays.update({f"r:{kind}:{k}": v for k, v in ref["params"].items()})
+    meta = json.dumps({"epoch": ckpt.epoch, "global_step": ckpt.global_step, "rng_state": ckpt.rng_state,
+                       "probe_refs": refs})
+    with open(tmp, "wb") as f:
+        np.savez(f, __meta__=np.array(meta), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+        params = {k[2:]: z[k] for k in z.files if k.startswith("p:")}
+        refs = meta.get("probe_refs")
+        if refs is not None:
+            for kind in PROBE_CLIP_FACTORS:
+                prefix = f"r:{kind}:"
+                refs[kind]["params"] = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+    return Checkpoint(meta["epoch"], meta["global_step"], params, meta["rng_state"], refs)
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The checkpoint files in ``directory``, by epoch."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CKPT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stretch:
+    """A backend's steps from one checkpoint: the epoch, plus the next epoch's first step."""
+
+    epoch: int
+    start_step: int  # 0-based global index of the first step (the anchor's step numbering)
+    loss: list[float]
+    grad_norm: list[float]
+
+
+@dataclass
+class Probe:
+    """One probe step from a checkpoint, by the backend and by the NumPy oracle."""
+
+    epoch: int
+    kind: str  # "clip" (threshold below the norm) or "no-clip" (above it)
+    lr: float
+    max_grad_norm: float
+    loss: float
+    ref_loss: float
+    grad_norm: float
+    ref_grad_norm: float
+    # per parameter: [|got - ref|, |ref - before|, |ref|] (L2 norms, float64), i.e. the error of
+    # the update, the size of the reference update and the size of the parameter
+    params: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _generator(state: dict[str, Any]) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+def run_stretch(backend: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> Stretch:
+    """Train from ``ckpt`` through its epoch and the first step of the next one (if any)."""
+    rng = _generator(ckpt.rng_state)
+    epoch = run_epoch(backend, config, data, backend.params_from_numpy(ckpt.params), rng)
+    loss, norm = list(epoch.losses), list(epoch.norms)
+    if ckpt.epoch < config.num_epochs:
+        boundary = run_epoch(backend, config, data, epoch.params, rng, max_steps=1)
+        loss += boundary.losses
+        norm += boundary.norms
+    return Stretch(ckpt.epoch, ckpt.global_step, loss, norm)
+
+
+def _first_batch(config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
+    return next(data.train_batches(_generator(ckpt.rng_state)))
+
+
+def _probe_step(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
+                theta: float) -> tuple[dict[str, np.ndarray], float, float]:
+    state = be.init_state(X.shape[0], config.num_hiddens, config.dtype)
+    p, loss, norm, _ = be.train_step(be.params_from_numpy(ckpt.params), X, Y, state, config.lr * PROBE_LR_FACTOR, theta)
+    return be.params_to_numpy(p), float(loss), float(norm)
+
+
+def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> dict[str, Any] | None:
+    """The NumPy oracle's probe steps from ``ckpt`` (None if its gradient norm is 0 or not finite).
+
+    The oracle steps first with no bound at all; its gradient norm ``n`` then sets the thresholds:
+    ``2 n`` (no clipping: the result must equal the unbounded step) and ``n / 2`` (clipping on).
+    """
+    X, Y = _first_batch(config, data, ckpt)
+    params, loss, norm = _probe_step(oracle, config, ckpt, X, Y, math.inf)
+    if not math.isfinite(norm) or norm == 0.0:
+        return None
+    refs: dict[str, Any] = {"norm": norm, "no-clip": {"loss": loss, "params": params}}
+    params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, norm * PROBE_CLIP_FACTORS["clip"])
+    refs["clip"] = {"loss": loss, "params": params}
+    return refs
+
+
+def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> list[Probe]:
+    """The backend's two probe steps (clipping off, then on) on the checkpoint's first minibatch,
+    against the oracle's (taken from the checkpoint when its run computed them, else computed here)."""
+    refs = ckpt.probe_refs if ckpt.probe_refs is not None else probe_references(oracle, config, data, ckpt)
+    if refs is None:
+        return []
+    X, Y = _first_batch(config, data, ckpt)
+    probes = []
+    for kind, factor in PROBE_CLIP_FACTORS.items():
+        theta = refs["norm"] * factor
+        got, loss, got_norm = _probe_step(backend, config, ckpt, X, Y, theta)
+        ref_p = refs[kind]["params"]
+        per_param = {}
+        for k, before in ckpt.params.items():
+            ref64, before64 = ref_p[k].astype(np.float64), before.astype(np.float64)
+            diff = float(np.linalg.norm(got[k].astype(np.float64) - ref64)) if k in got else math.inf
+            per_param[k] = [diff, float(np.linalg.norm(ref64 - before64)), float(np.linalg.norm(ref64))]
+        probes.append(Probe(ckpt.epoch, kind, config.lr * PROBE_LR_FACTOR, theta, loss, refs[kind]["loss"], got_norm,
+                            refs["norm"], per_param))
+    return probes
+
+
+def as_records(items: Iterable[Stretch | Probe]) -> list[dict[str, Any]]:
+    return [asdict(x) for x in items]

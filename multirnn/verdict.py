@@ -1,0 +1,402 @@
+"""The verdict: do these backends compute the same model? Pure functions over recorded results.
+
+Input: one record per backend run, as the workers write them (``name``, ``status``, per-step
+``step_loss`` / ``step_grad_norm``, ``steps_per_epoch``, ``shapes``, ``perplexity`` and the
+``lockstep`` measurements of :mod:`multirnn.lockstep`). Output: a :class:`Verdict` (typed, frozen;
+``to_dict()`` for JSON). Nothing here mutates its input, imports a framework or touches a file,
+so ``compare``, the sweep and the reports all share it.
+
+How a backend is judged (``--init shared`` and ``independent`` alike):
+
+* **Shapes** of one-hot inputs, logits, state and every gradient on the first minibatch.
+* **Re-anchored stretches**: from each checkpoint of the reference run the backend trains one
+  epoch plus one step; every step's loss and gradient norm must lie within ``STEP_RTOL[dtype]``
+  (relative) of the reference's. The band is fixed: stretches are short, chaos cannot widen it.
+* **Probe steps** (clipping forced on, then off, at half the lr): each parameter's update must
+  match the NumPy oracle's within ``PROBE_RTOL[dtype]`` of the update's size, plus the rounding
+  of the updated parameter itself (``ROUNDING[dtype]`` x its norm).
+* ``--init independent`` adds a comparison of final perplexities (the curves start elsewhere).
+
+The reference is the NumPy oracle when it ran; without it, the per-step median of at least
+three backends (with fewer there is nothing to compare, and the verdict says so). The free-running
+curves' deviation is reported too, but only informs: over long float32 runs it measures chaos.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import agreement
+
+ORACLE = "numpy"
+# Relative per-step tolerances of re-anchored stretches, for the loss and for the global gradient
+# norm. float32: from the worst cases of correct backends over the full d2l-ed1 run, on AVX-512 and
+# on AVX2 kernels (README, "How agreement is judged"). The norm is a sum of ~300k squares, which
+# some frameworks accumulate sequentially: its rounding error is ~100x the loss's. float64: the same
+# maths agrees to ~1e-12.
+STEP_RTOL: dict[str, float] = {"float32": 1e-4, "float64": 1e-9}
+NORM_RTOL: dict[str, float] = {"float32": 1e-3, "float64": 1e-9}
+# Probe steps: error of each parameter's update relative to the update's size (the clipping scale
+# carries the norm's rounding error into every update).
+PROBE_RTOL: dict[str, float] = {"float32": 1e-3, "float64": 1e-9}
+# The updated parameter is rounded once to the dtype by every implementation: allow that much.
+ROUNDING: dict[str, float] = {"float32": 2 * float(np.finfo(np.float32).eps), "float64": 2 * float(np.finfo(np.float64).eps)}
+MIN_MEDIAN_BACKENDS = 3
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """The first measurement of a backend outside its band."""
+
+    epoch: int
+    step: int | None  # 1-based global step of the reference run (None for a probe)
+    what: str  # e.g. "loss", "grad norm", "probe clip: W_hh update", "missing steps"
+    deviation: float
+    band: float
+
+    def describe(self) -> str:
+        where = f"epoch {self.epoch}" + (f", step {self.step}" if self.step is not None else "")
+        if not math.isfinite(self.deviation):
+            return f"{where}: {self.what}"
+        return f"{where}: {self.what} deviates by {self.deviation:.2e} (band {self.band:.1e})"
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """One checkpoint's worst deviations (for the report's table and plot)."""
+
+    epoch: int
+    loss_deviation: float  # worst relative deviation of the loss over the stretch
+    norm_deviation: float  # worst relative deviation of the gradient norm over the stretch
+    probe_ratio: float  # worst probe deviation as a multiple of its band (<= 1 inside)
+    outside: bool
+
+
+@dataclass(frozen=True)
+class BackendVerdict:
+    name: str
+    status: str  # agrees | disagrees | reference | not-judged | crashed | unavailable
+    reason: str | None = None
+    shapes_agree: bool | None = None
+    free_run_max_deviation: float | None = None  # informational over long float32 runs
+    free_run_deviation: tuple[float, ...] = ()
+    checkpoints_checked: int = 0
+    max_loss_deviation: float | None = None
+    max_norm_deviation: float | None = None
+    max_probe_ratio: float | None = None
+    first_crossing: Crossing | None = None
+    checkpoints: tuple[CheckpointResult, ...] = ()
+    final_distance: float | None = None  # --init independent: distance of the final perplexity to the median
+
+    @property
+    def agrees(self) -> bool | None:
+        return {"agrees": True, "reference": True, "disagrees": False}.get(self.status)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # agree | disagree | not-judged | no-backend
+    summary: str
+    init: str
+    dtype: str
+    reference: str | None  # "numpy", "median" or None
+    reference_label: str
+    step_rtol: float
+    norm_rtol: float
+    probe_rtol: float
+    rounding: float
+    clipped_steps: int | None  # how many steps of the reference run clipped
+    total_steps: int | None
+    backends: tuple[BackendVerdict, ...] = ()
+    independent_rtol: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def backend(self, name: str) -> BackendVerdict:
+        return next(b for b in self.backends if b.name == name)
+
+    @property
+    def disagreeing(self) -> list[str]:
+        return [b.name for b in self.backends if b.status == "disagrees"]
+
+    @property
+    def crashed(self) -> list[str]:
+        return [b.name for b in self.backends if b.status == "crashed"]
+
+    @property
+    def unavailable(self) -> list[str]:
+        return [b.name for b in self.backends if b.status == "unavailable"]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(disagreeing=self.disagreeing, crashed=self.crashed, unavailable=self.unavailable)
+        return out
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+
+
+def _ran(row: Mapping[str, Any]) -> bool:
+    return row.get("status") in ("ok", "diverged") and bool(row.get("step_loss"))
+
+
+def _rel(got: float, ref: float) -> float:
+    if not (math.isfinite(got) and math.isfinite(ref)):
+        return 0.0 if got == ref else math.inf
+    return abs(got - ref) / max(abs(ref), np.finfo(np.float64).tiny)
+
+
+def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[int, dict[str, list[float]]]:
+    """Per checkpoint epoch: the reference's losses and norms over that stretch."""
+    out: dict[int, dict[str, list[float]]] = {}
+    if reference == ORACLE:
+        oracle = next(r for r in rows if r["name"] == ORACLE)
+        spe = list(oracle.get("steps_per_epoch") or [])
+        bounds = np.concatenate([[0], np.cumsum(spe)]).astype(int)
+        for r in rows:
+            for s in (r.get("lockstep") or {}).get("stretches", []):
+                k, a = s["epoch"], s["start_step"]
+                # the stretch is epoch k plus the first step of epoch k + 1, as far as the oracle got
+                n = spe[k - 1] + (1 if k < len(spe) else 0) if k <= len(spe) else len(s["loss"])
+                if k <= len(spe):
+                    a = int(bounds[k - 1])
+                out.setdefault(k, {"loss": list(oracle["step_loss"][a:a + n]),
+                                   "grad_norm": list(oracle["step_grad_norm"][a:a + n]), "start": a})
+        return out
+    # median of every backend's stretch (the anchor's own is its free run over the same steps)
+    by_epoch: dict[int, list[tuple[list[float], list[float], int]]] = {}
+    for r in rows:
+        for s in (r.get("lockstep") or {}).get("stretches", []):
+            by_epoch.setdefault(s["epoch"], []).append((s["loss"], s["grad_norm"], s["start_step"]))
+    for epoch, items in by_epoch.items():
+        full = max(len(x[0]) for x in items)  # a backend that stopped early is judged on the missing steps
+        items = [x for x in items if len(x[0]) == full]
+        n = full
+        out[epoch] = {"loss": np.median([x[0][:n] for x in items], axis=0).tolist(),
+                      "grad_norm": np.median([x[1][:n] for x in items], axis=0).tolist(), "start": items[0][2]}
+    return out
+
+
+def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]], dtype: str) -> BackendVerdict:
+    """A backend's re-anchored stretches and probes against the reference, in epoch order."""
+    rtol, nrtol, prtol, rounding = STEP_RTOL[dtype], NORM_RTOL[dtype], PROBE_RTOL[dtype], ROUNDING[dtype]
+    lock = row.get("lockstep") or {}
+    stretches = {s["epoch"]: s for s in lock.get("stretches", [])}
+    probes: dict[int, list[Mapping[str, Any]]] = {}
+    for p in lock.get("probes", []):
+        probes.setdefault(p["epoch"], []).append(p)
+    crossings: list[Crossing] = []
+    results: list[CheckpointResult] = []
+    max_loss = max_norm = max_probe = 0.0
+    for epoch in sorted(set(stretches) | set(probes)):
+        first: Crossing | None = None
+        devs = {"loss": 0.0, "grad_norm": 0.0}
+        if epoch in stretches and epoch in ref:
+            s, r = stretches[epoch], ref[epoch]
+            for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol)):
+                for i, (got, want) in enumerate(zip(s[key], r[key])):
+                    dev = _rel(got, want)
+                    devs[key] = max(devs[key], dev)
+                    if not dev <= tol and (first is None or (first.step or 0) > r["start"] + i + 1):
+                        first = Crossing(epoch, r["start"] + i + 1, what, dev, tol)
+            if len(s["loss"]) < len(r["loss"]) and first is None:
+                first = Crossing(epoch, r["start"] + len(s["loss"]) + 1, "missing steps (the stretch stopped early)",
+                                 math.inf, rtol)
+        probe_ratio = 0.0
+        for p in probes.get(epoch, []):
+            checks = [("loss", _rel(p["loss"], p["ref_loss"]), rtol),
+                      ("grad norm", _rel(p["grad_norm"], p["ref_grad_norm"]), nrtol)]
+            for k, (diff, update, size) in p["params"].items():
+                dev = diff / update if update > 0 else (0.0 if diff == 0 else math.inf)
+                allowed = prtol + (rounding * size / update if update > 0 else math.inf)
+                checks.append((f"{k} update", dev, allowed))
+            for what, dev, allowed in checks:
+                ratio = dev / allowed if allowed > 0 else math.inf
+                probe_ratio = max(probe_ratio, ratio if math.isfinite(ratio) else math.inf)
+                if not dev <= allowed and first is None:
+                    first = Crossing(epoch, None, f"probe step with clipping {'on' if p['kind'] == 'clip' else 'off'} "
+                                     f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed)
+        max_loss, max_norm = max(max_loss, devs["loss"]), max(max_norm, devs["grad_norm"])
+        max_probe = max(max_probe, probe_ratio)
+        results.append(CheckpointResult(epoch, devs["loss"], devs["grad_norm"], probe_ratio, first is not None))
+        if first is not None:
+            crossings.append(first)
+    first_crossing = crossings[0] if crossings else None
+    return BackendVerdict(
+        name=row["name"], status="disagrees" if first_crossing else "agrees",
+        reason=f"first outside the band at {first_crossing.describe()}" if first_crossing else None,
+        checkpoints_checked=len(results), max_loss_deviation=max_loss if results else None,
+        max_norm_deviation=max_norm if results else None,
+        max_probe_ratio=max_probe if results else None, first_crossing=first_crossing, checkpoints=tuple(results),
+    )
+
+
+def _free_run(row: Mapping[str, Any], reference_curve: np.ndarray | None, dtype: str, strict: bool) -> dict[str, Any]:
+    """The free-running curve against the reference: informational, or the verdict when ``strict``."""
+    if reference_curve is None:
+        return {}
+    dev = agreement.relative_deviation(row["step_loss"], reference_curve)
+    out: dict[str, Any] = {"free_run_max_deviation": float(dev.max()) if dev.size else None,
+                           "free_run_deviation": tuple(float(d) for d in dev)}
+    if strict:
+        d = agreement.compare_curve(row["step_loss"], reference_curve, STEP_RTOL[dtype], row.get("steps_per_epoch") or [])
+        if not d.agrees:
+            out["crossing"] = Crossing(d.first_epoch or 0, d.first_step, "free-running loss",
+                                       float(dev[d.first_step - 1]) if d.first_step and d.first_step <= dev.size else math.inf,
+                                       STEP_RTOL[dtype])
+    return out
+
+
+# --- the verdict -----------------------------------------------------------------------------------
+
+
+def judge(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    dtype: str,
+    init: str = "shared",
+    max_grad_norm: float | None = None,
+    expected_shapes: Mapping[str, Sequence[int]] | None = None,
+    lockstep: bool = True,
+) -> Verdict:
+    """Judge recorded runs (see the module docstring). ``rows`` are not modified.
+
+    Args:
+        rows: per-backend records (``name``, ``status``, ``step_loss``, ``step_grad_norm``,
+            ``steps_per_epoch``, ``shapes``, ``perplexity``, ``lockstep``).
+        dtype: ``"float32"`` or ``"float64"``: picks the bands.
+        init: ``"shared"`` or ``"independent"`` initial weights.
+        max_grad_norm: θ of the run, to count the reference's clipped steps.
+        expected_shapes: what :func:`multirnn.agreement.expected_shapes` gives for the run.
+        lockstep: whether re-anchored measurements were asked for; when off, shared-init runs are
+            judged on their free-running curves with the fixed band (strict over long float32 runs).
+    """
+    ran = [r for r in rows if _ran(r)]
+    names = [r["name"] for r in ran]
+    reference: str | None
+    if ORACLE in names:
+        reference, label = ORACLE, "the NumPy oracle"
+    elif len(ran) >= MIN_MEDIAN_BACKENDS:
+        reference, label = "median", "the per-step median of the backends"
+    else:
+        reference, label = None, "no reference"
+    ref_row = next((r for r in ran if r["name"] == ORACLE), None)
+    clipped = total = None
+    if ref_row is not None and max_grad_norm is not None:
+        norms = ref_row.get("step_grad_norm") or []
+        clipped, total = sum(1 for n in norms if n > max_grad_norm), len(norms)
+
+    base = dict(init=init, dtype=dtype, reference=reference, reference_label=label, step_rtol=STEP_RTOL[dtype],
+                norm_rtol=NORM_RTOL[dtype], probe_rtol=PROBE_RTOL[dtype], rounding=ROUNDING[dtype], clipped_steps=clipped, total_steps=total,
+                independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else None)
+    verdicts: list[BackendVerdict] = []
+    for r in rows:
+        if not _ran(r):
+            status = "unavailable" if r.get("status") == "unavailable" else "crashed"
+            verdicts.append(BackendVerdict(r["name"], status, reason=r.get("error")))
+    if not ran:
+        return Verdict(status="no-backend", summary="no backend could run (see the problems below)",
+                       backends=tuple(verdicts), **base)
+
+    curves = {r["name"]: r["step_loss"] for r in ran}
+    ref_curve = None
+    if init == "shared" and reference is not None:
+        ref_curve = agreement.reference_curve(curves, ORACLE if reference == ORACLE else None)
+    stretch_ref = stretch_reference(ran, reference) if reference is not None else {}
+    finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r.get("perplexity")}
+    has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
+                                    for r in ran)
+    judged: list[BackendVerdict] = []
+    for r in ran:
+        problems = agreement.shape_mismatches(r["shapes"], expected_shapes) if r.get("shapes") and expected_shapes else []
+        shapes_agree = None if not r.get("shapes") or not expected_shapes else not problems
+        free = _free_run(r, ref_curve, dtype, strict=not has_lockstep)
+        if reference is None:
+            v = BackendVerdict(r["name"], "not-judged", reason="nothing to compare it with", shapes_agree=shapes_agree)
+        elif r["name"] == ORACLE:
+            v = BackendVerdict(r["name"], "reference", shapes_agree=shapes_agree)
+        elif has_lockstep:
+            v = judge_lockstep(r, stretch_ref, dtype)
+            if not v.checkpoints_checked:
+                v = BackendVerdict(r["name"], "disagrees", reason="no re-anchored checkpoint could be checked "
+                                   "(the run stopped before the first one)")
+        else:
+            crossing = free.get("crossing")
+            v = BackendVerdict(r["name"], "disagrees" if crossing else "agrees", first_crossing=crossing,
+                               reason=f"first outside the band at {crossing.describe()}" if crossing else None)
+        extra: dict[str, Any] = {"shapes_agree": shapes_agree}
+        extra.update({k: free[k] for k in ("free_run_max_deviation", "free_run_deviation") if k in free})
+        if problems:
+            extra.update(status="disagrees", reason="shape mismatch: " + ", ".join(problems))
+        if init == "independent" and r["name"] in finals and len(finals) > 1:
+            dist, ok = agreement.compare_finals(finals)[r["name"]]
+            extra["final_distance"] = dist
+            if not ok and v.status in ("agrees", "reference"):
+                extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from the median "
+                             f"(band {agreement.INDEPENDENT_RTOL:.0%})")
+        if r.get("status") == "diverged" and (extra.get("status") or v.status) in ("agrees", "reference"):
+            extra["reason"] = f"diverged: {r.get('error')}"
+        judged.append(_replace(v, **extra))
+    all_rows = judged + verdicts
+    order = {r["name"]: i for i, r in enumerate(rows)}
+    all_rows.sort(key=lambda b: order.get(b.name, len(order)))
+    return _assemble(tuple(all_rows), has_lockstep, base)
+
+
+def _replace(v: BackendVerdict, **changes: Any) -> BackendVerdict:
+    from dataclasses import replace
+
+    return replace(v, **changes)
+
+
+def _plural(names: Sequence[str], one: str, many: str) -> str:
+    return f"{', '.join(names)} {one if len(names) == 1 else many}"
+
+
+def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: dict[str, Any]) -> Verdict:
+    judged = [b for b in backends if b.status in ("agrees", "disagrees", "reference")]
+    disagree = [b.name for b in backends if b.status == "disagrees"]
+    crashed = [b.name for b in backends if b.status == "crashed"]
+    unavailable = [b.name for b in backends if b.status == "unavailable"]
+    parts, notes = [], []
+    if base["reference"] is None:
+        ran = [b.name for b in backends if b.status == "not-judged"]
+        status = "not-judged"
+        parts.append(f"nothing to compare {' and '.join(ran)} with: include numpy (the NumPy oracle) in --backends, "
+                     f"or run at least {MIN_MEDIAN_BACKENDS} backends (their per-step median is then the reference)")
+    elif disagree:
+        status = "disagree"
+        for b in backends:
+            if b.status == "disagrees":
+                parts.append(f"{b.name} disagrees with {base['reference_label']} ({b.reason})")
+    else:
+        status = "agree"
+        others = [b.name for b in judged if b.status == "agrees"]
+        how = (f"re-anchored losses within {base['step_rtol']:g}, gradient norms within {base['norm_rtol']:g} "
+               f"and probe updates within {base['probe_rtol']:g}"
+               if has_lockstep else f"free-running per-step losses within {base['step_rtol']:g}")
+        if base["init"] == "independent":
+            how += f", final perplexities within {base['independent_rtol']:.0%} of their median"
+        if others:
+            n = max(b.checkpoints_checked for b in judged)
+            at = f" at {n} checkpoint{'s' if n != 1 else ''}" if has_lockstep else ""
+            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}")
+        else:
+            status = "not-judged"
+            parts.append("only the reference ran: nothing to compare it with")
+    if crashed:
+        status = "disagree" if status in ("agree", "not-judged") else status
+        parts.append(f"crashed: {', '.join(crashed)}")
+    if unavailable:
+        parts.append(f"unavailable: {', '.join(unavailable)}")
+    if base["clipped_steps"] is not None:
+        notes.append(f"the reference run clipped its gradients at {base['clipped_steps']} of {base['total_steps']} steps"
+                     + ("; the probe steps forced clipping at every checkpoint" if has_lockstep else ""))
+    if not has_lockstep and base["reference"] is not None and base["dtype"] == "float32":
+        notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "
+                     "which chaos can leave on long runs")
+    return Verdict(status=status, summary="; ".join(parts), backends=backends, notes=tuple(notes), **base)
