@@ -1,4 +1,4 @@
-"""Shared fixtures: the backend fixture is parametrized over every known backend.
+"""Shared test helpers: which backends are selected, and the one skip-or-fail rule for them.
 
 A backend whose framework is not installed is *skipped with a reason*; with
 ``MULTIRNN_REQUIRE_BACKENDS=1`` (set by CI and the per-backend tox envs) it *fails* instead, so a
@@ -7,12 +7,13 @@ run can never pass by skipping. ``MULTIRNN_BACKENDS=torch,jax`` narrows the sele
 
 from __future__ import annotations
 
+import importlib
 import os
 
-import numpy as np
 import pytest
 
 import multirnn
+import multirnn.testing
 from multirnn.backends import install_hint, probe
 
 _selected = os.getenv("MULTIRNN_BACKENDS", "").strip()
@@ -39,22 +40,19 @@ def require_backend(name: str, module_level: bool = False) -> None:
         pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}", allow_module_level=module_level)
 
 
+def require_module(module: str, hint: str) -> None:
+    """Skip when an optional module (e.g. flax) is missing; fail instead under MULTIRNN_REQUIRE_BACKENDS=1."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        if REQUIRED:
+            pytest.fail(f"{module} is required (MULTIRNN_REQUIRE_BACKENDS=1) but cannot be imported: {exc}", pytrace=False)
+        pytest.skip(f"{module} is not installed ({hint}): {exc}")
+
+
 def require_backend_module(name: str) -> None:
     """Module-level :func:`require_backend` for a backend-specific test file."""
     require_backend(name, module_level=True)
-
-
-@pytest.fixture(params=SELECTED, ids=SELECTED)
-def backend(request: pytest.FixtureRequest) -> multirnn.Backend:
-    """Every selected backend in its eager (d2l-style) mode, NumPy included."""
-    return _load(request.param)
-
-
-@pytest.fixture(params=[(b, m) for b in FRAMEWORKS for m in MODES], ids=[f"{b}-{m}" for b in FRAMEWORKS for m in MODES])
-def framework_backend(request: pytest.FixtureRequest) -> multirnn.Backend:
-    """Every selected framework backend (not the oracle), in each mode."""
-    name, mode = request.param
-    return _load(name, mode)
 
 
 @pytest.fixture(scope="session")
@@ -62,16 +60,5 @@ def oracle() -> multirnn.Backend:
     return multirnn.get_backend("numpy")
 
 
-def random_problem(
-    seed: int = 0, vocab_size: int = 11, num_hiddens: int = 7, batch_size: int = 3, num_steps: int = 5,
-    dtype: str = "float64", scale: float = 0.4,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Params with non-zero biases and a weight scale large enough that tanh is non-linear,
-    random token batches and a random initial state."""
-    rng = np.random.default_rng(seed)
-    shapes = multirnn.params.param_shapes(vocab_size, num_hiddens)
-    params = {k: (rng.standard_normal(s) * scale).astype(dtype) for k, s in shapes.items()}
-    X = rng.integers(0, vocab_size, (batch_size, num_steps))
-    Y = rng.integers(0, vocab_size, (batch_size, num_steps))
-    h0 = (rng.standard_normal((batch_size, num_hiddens)) * 0.5).astype(dtype)
-    return params, X, Y, h0
+# One definition of the random test problem, shared with the importable conformance checks.
+random_problem = multirnn.testing.random_problem

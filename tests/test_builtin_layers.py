@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from multirnn import PARAM_NAMES
-from tests.conftest import FRAMEWORKS, random_problem, require_backend
+from tests.conftest import FRAMEWORKS, random_problem, require_backend, require_module
 
 SHAPES = {"vocab_size": 11, "num_hiddens": 16, "batch_size": 4, "num_steps": 8}
 
@@ -28,7 +28,7 @@ def builtin(request: pytest.FixtureRequest):
     """The baseline module of every selected framework (skipped or failed like the backend)."""
     require_backend(request.param)
     if request.param == "jax":
-        pytest.importorskip("flax", reason="flax is not installed (pip install 'multirnn[jax]')")
+        require_module("flax", "pip install 'multirnn[jax]'")
     return importlib.import_module(f"benchmarks.builtin_{request.param}")
 
 

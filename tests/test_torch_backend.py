@@ -17,7 +17,7 @@ import pytest
 import multirnn
 from multirnn import PARAM_NAMES
 from tests.conftest import random_problem, require_backend_module
-from tests.test_backends import FWD_RTOL, assert_grads_close
+from multirnn.testing import FWD_RTOL, assert_grads_close
 
 require_backend_module("torch")
 import torch  # noqa: E402  (after the guard)

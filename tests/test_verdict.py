@@ -1,0 +1,172 @@
+"""The verdict as pure functions over recorded numbers: no processes, no frameworks."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from multirnn import agreement, verdict
+
+
+def oracle_row(losses, norms=None, name="numpy"):
+    """Two epochs of three steps; a stretch is epoch 1 and the first step of epoch 2 (4 steps), or epoch 2 (3)."""
+    return {"name": name, "status": "ok", "step_loss": list(losses), "step_grad_norm": list(norms or [1.0] * len(losses)),
+            "steps_per_epoch": [3, 3], "perplexity": [2.0], "shapes": None}
+
+
+def probe(epoch=1, kind="clip", diff=1e-9, update=1e-2, size=1.0, loss=(2.0, 2.0), norm=(0.5, 0.5)):
+    return {"epoch": epoch, "kind": kind, "lr": 0.5, "max_grad_norm": 0.25, "loss": loss[0], "ref_loss": loss[1],
+            "grad_norm": norm[0], "ref_grad_norm": norm[1], "params": {"W_hh": [diff, update, size]}}
+
+
+def backend_row(name, ref, stretches, probes=(), **extra):
+    """A backend whose stretch at each (epoch, start) multiplies the reference's losses by ``factors``."""
+    recs = []
+    for epoch, start, factors in stretches:
+        n = len(factors)
+        recs.append({"epoch": epoch, "start_step": start,
+                     "loss": [ref["step_loss"][start + i] * f for i, f in enumerate(factors)],
+                     "grad_norm": ref["step_grad_norm"][start:start + n]})
+    row = oracle_row(ref["step_loss"], ref["step_grad_norm"], name)
+    row.update(lockstep={"stretches": recs, "probes": list(probes)}, **extra)
+    return row
+
+
+REF = oracle_row([3.0, 2.5, 2.0, 1.5, 1.2, 1.1], [0.5, 0.6, 1.5, 0.7, 0.4, 0.3])
+
+
+def judge(rows, **kw):
+    kw.setdefault("dtype", "float32")
+    kw.setdefault("max_grad_norm", 1.0)
+    return verdict.judge(rows, **kw)
+
+
+def test_agreeing_backends_and_the_applied_bands():
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 5e-5, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)])]
+    v = judge(rows)
+    assert v.status == "agree" and v.reference == "numpy"
+    torch = v.backend("torch")
+    assert torch.status == "agrees" and torch.checkpoints_checked == 2
+    assert torch.max_loss_deviation == pytest.approx(5e-5)
+    assert (v.step_rtol, v.norm_rtol, v.probe_rtol) == (1e-4, 1e-3, 1e-3)
+    assert v.backend("numpy").status == "reference"
+    assert v.clipped_steps == 1 and v.total_steps == 6  # one reference norm (1.5) above θ = 1
+    assert "at 2 checkpoints" in v.summary
+
+
+def test_the_first_crossing_is_named_with_epoch_and_step():
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-4, 1])])]
+    v = judge(rows)
+    assert v.status == "disagree" and v.disagreeing == ["torch"]
+    c = v.backend("torch").first_crossing
+    assert (c.epoch, c.step, c.what) == (2, 5, "loss") and c.deviation == pytest.approx(3e-4)
+    assert "epoch 2, step 5" in v.summary
+
+
+def test_a_probe_outside_its_band_is_a_disagreement_and_rounding_is_allowed():
+    ok = [probe(1, diff=5e-6, update=1e-2, size=1.0)]  # 5e-4 of the update: inside 1e-3
+    rounding = [probe(1, diff=2e-8, update=1e-5, size=0.05)]  # 2e-3 of a tiny update, but below the rounding allowance
+    bad = [probe(1, diff=2e-5, update=1e-2, size=1.0)]  # 2e-3 of the update
+    for probes, status in ((ok, "agrees"), (rounding, "agrees"), (bad, "disagrees")):
+        v = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], probes)])
+        assert v.backend("jax").status == status, probes
+    c = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], bad)]).backend("jax").first_crossing
+    assert c.step is None and "W_hh update" in c.what and "clipping on" in c.what
+
+
+def test_float64_bands_are_strict():
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 5e-9, 1, 1])])]
+    assert judge(rows, dtype="float64").status == "disagree"
+    assert judge(rows, dtype="float32").status == "agree"
+
+
+def test_one_backend_without_the_oracle_is_not_agreement():
+    v = judge([backend_row("torch", REF, [])])
+    assert v.status == "not-judged" and v.reference is None
+    assert v.backend("torch").status == "not-judged" and "include numpy" in v.summary
+    assert judge([oracle_row(REF["step_loss"])]).status == "not-judged"  # the oracle alone compares nothing
+    two = [backend_row("torch", REF, []), backend_row("jax", REF, [])]
+    assert judge(two).status == "not-judged"
+
+
+def test_median_of_three_backends_is_the_reference_without_the_oracle():
+    good = [(1, 0, [1, 1, 1, 1])]
+    rows = [backend_row("torch", REF, good), backend_row("jax", REF, good), backend_row("mxnet", REF, [(1, 0, [1, 1.1, 1, 1])])]
+    v = judge(rows)
+    assert v.reference == "median" and v.disagreeing == ["mxnet"]
+    assert v.backend("torch").status == "agrees"
+
+
+def test_crashed_and_unavailable_rows():
+    rows = [REF, {"name": "mxnet", "status": "crashed", "error": "signal 11"},
+            {"name": "tensorflow", "status": "unavailable", "error": "not installed"}]
+    v = judge(rows)
+    assert v.status == "disagree" and v.crashed == ["mxnet"] and v.unavailable == ["tensorflow"]
+    assert "crashed: mxnet" in v.summary
+    assert judge([{"name": "jax", "status": "crashed"}]).status == "no-backend"
+
+
+def test_judge_does_not_modify_its_input():
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 3e-4, 1, 1])], [probe()])]
+    before = copy.deepcopy(rows)
+    judge(rows)
+    assert rows == before
+
+
+def test_a_stretch_that_stopped_early_disagrees():
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]
+    rows[1]["lockstep"]["stretches"][0]["loss"] = rows[1]["lockstep"]["stretches"][0]["loss"][:2]
+    rows[1]["lockstep"]["stretches"][0]["grad_norm"] = rows[1]["lockstep"]["stretches"][0]["grad_norm"][:2]
+    c = judge(rows).backend("torch").first_crossing
+    assert c.what.startswith("missing steps") and c.step == 3 and c.epoch == 1
+
+
+def test_without_lockstep_the_free_run_is_held_to_the_fixed_band():
+    row = oracle_row([3.0, 2.5 * (1 + 5e-5), 2.0 * (1 + 3e-4), 1.5, 1.2, 1.1], REF["step_grad_norm"], "torch")
+    v = judge([REF, row], lockstep=False)
+    torch = v.backend("torch")
+    assert torch.status == "disagrees" and torch.first_crossing.step == 3
+    assert torch.free_run_max_deviation == pytest.approx(3e-4)
+    assert any("free-running float32 curves" in n for n in v.notes)
+
+
+def test_independent_init_compares_final_perplexities():
+    a, b, c = (dict(oracle_row(REF["step_loss"], name=n), perplexity=[p] * 20) for n, p in
+               (("numpy", 5.0), ("torch", 5.2), ("jax", 7.0)))
+    v = judge([a, b, c], init="independent")
+    assert v.backend("jax").status == "disagrees" and "final perplexity" in v.backend("jax").reason
+    assert v.backend("torch").status == "agrees" and v.backend("numpy").final_distance == pytest.approx(0.2 / 5.2)
+
+
+def test_shapes_are_checked():
+    expected = agreement.expected_shapes(2, 3, 5, 4)
+    bad = dict(backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])]), shapes={**expected, "state": [4, 2]})
+    v = judge([REF, bad], expected_shapes=expected)
+    assert v.backend("torch").status == "disagrees" and "state" in v.backend("torch").reason
+
+
+def test_verdict_serialises_without_nan():
+    import json
+
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, math.inf, 1, 1])])]
+    d = verdict.judge(rows, dtype="float32").to_dict()
+    text = json.dumps(agreement_safe(d), allow_nan=False)
+    assert '"disagreeing": ["torch"]' in text
+
+
+def agreement_safe(obj):
+    from multirnn.worker import _finite_or_none
+
+    return _finite_or_none(obj)
+
+
+def test_checkpoint_epochs_and_auto_spacing():
+    from multirnn import lockstep
+
+    assert lockstep.checkpoint_epochs(60, 7) == [1, 8, 15, 22, 29, 36, 43, 50, 57, 60]
+    assert lockstep.checkpoint_epochs(3, 1) == [1, 2, 3] and lockstep.checkpoint_epochs(5, 0) == []
+    every = lockstep.auto_every(8)
+    assert (8 + 5) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
+    assert lockstep.auto_every(1000) == 5  # one epoch per checkpoint: a quarter of the run is every 5th epoch
