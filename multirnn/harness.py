@@ -35,6 +35,8 @@ from .errors import TrainingDivergedError
 from .params import init_params, validate_params
 
 Batch = tuple[np.ndarray, np.ndarray]
+# Largest mean loss whose perplexity exp(loss) is finite in float64; beyond it a run has blown up.
+MAX_LOSS = math.log(np.finfo(np.float64).max)
 
 
 @dataclass
@@ -221,13 +223,14 @@ class EpochSteps:
 
 def run_epoch(
     backend: Backend, config: TrainConfig, data: TrainingData, params: Params, rng: np.random.Generator,
-    max_steps: int | None = None,
+    max_steps: int | None = None, on_step: Callable[[int], None] | None = None,
 ) -> EpochSteps:
     """One epoch of d2l's ``train_epoch_ch8``: the state rules, then ``train_step`` per minibatch.
 
     With sequential partitioning the state starts at zero and is carried (detached) from one
     minibatch to the next; with random sampling and in the ed. 2 protocol it is re-initialised
-    for every minibatch. ``max_steps`` stops early (the generator has then advanced less).
+    for every minibatch. ``max_steps`` stops early (the generator has then advanced less);
+    ``on_step(steps_done)`` is called after every step (it must be cheap).
     """
     state, losses, norms, sizes = None, [], [], []
     H, dtype = config.num_hiddens, config.dtype
@@ -241,6 +244,8 @@ def run_epoch(
         losses.append(loss)
         norms.append(norm)
         sizes.append(X.size)
+        if on_step is not None:
+            on_step(len(losses))
     return EpochSteps(params, [float(v) for v in losses], [float(v) for v in norms], sizes)
 
 
@@ -251,6 +256,7 @@ def train(
     *,
     params: dict[str, np.ndarray] | None = None,
     callback: EpochCallback | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     checkpoint_epochs: Collection[int] = (),
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> TrainResult:
@@ -266,6 +272,7 @@ def train(
         data: prepared data; by default the bundled Time Machine via :func:`prepare_data`.
         params: initial NumPy params; by default ``init_params(vocab, num_hiddens, seed, dtype)``.
         callback: called as ``callback(epoch, history)`` after every epoch (1-based).
+        on_step: called as ``on_step(epoch, step)`` after every step (cheap: progress, liveness).
         checkpoint_epochs: 1-based epochs at whose start ``on_checkpoint`` receives a
             :class:`Checkpoint` (used to re-anchor other backends on this run).
         on_checkpoint: see ``checkpoint_epochs``.
@@ -276,8 +283,9 @@ def train(
     Raises:
         TypeError, ValueError: ``backend``, ``config``, ``data`` or ``params`` are not what is
             expected (the message names what was received).
-        TrainingDivergedError: a loss was NaN or infinite; names the epoch and step and carries
-            the history up to (not including) that step.
+        TrainingDivergedError: a loss was NaN, infinite or above ``MAX_LOSS`` (~709.8, where the
+            perplexity overflows); names the epoch and step and carries the history up to (not
+            including) that step.
     """
     check_train_args(backend, config, data)
     data = data if data is not None else prepare_data(config)
@@ -298,16 +306,18 @@ def train(
             on_checkpoint(Checkpoint(epoch, len(history.step_loss), backend.params_to_numpy(p),  # type: ignore[misc]
                                      copy.deepcopy(rng.bit_generator.state)))
         start = time.perf_counter()
-        steps = run_epoch(backend, config, data, p, rng)
+        step_hook = (lambda step, e=epoch: on_step(e, step)) if on_step is not None else None
+        steps = run_epoch(backend, config, data, p, rng, on_step=step_hook)
         p = steps.params
         seconds = time.perf_counter() - start
-        bad = next((i for i, v in enumerate(steps.losses) if not math.isfinite(v)), None)
+        # Diverged: a loss that is not finite, or so large that exp(loss) overflows (perplexity inf).
+        bad = next((i for i, v in enumerate(steps.losses) if not (math.isfinite(v) and v <= MAX_LOSS)), None)
         if bad is not None:
             history.step_loss += steps.losses[:bad]
             history.step_grad_norm += steps.norms[:bad]
             global_step = len(history.step_loss) + 1
             raise TrainingDivergedError(
-                f"Training diverged: loss is {steps.losses[bad]} at epoch {epoch}, step {bad + 1} of that epoch "
+                f"Training diverged: loss is {steps.losses[bad]:.4g} at epoch {epoch}, step {bad + 1} of that epoch "
                 f"(global step {global_step}) with backend {backend.name!r}. Try a smaller lr or max_grad_norm.",
                 history,
                 epoch,

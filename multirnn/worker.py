@@ -1,77 +1,119 @@
-"""One backend's training run, executed in its own (spawned) process by ``multirnn.compare``.
+"""One backend's training run in its own process: ``python -m multirnn.worker TASK.json PROGRESS_FD``.
 
 A separate process per backend keeps framework thread pools from interfering, lets each
 framework set its environment before import, and turns a native crash (segfault, abort, out of
 memory) into one failed row: the parent sees the exit code, the other backends still run.
-The worker reports progress through a queue and writes its result as JSON, atomically.
+
+The worker reads its :class:`WorkerTask` from a JSON file and the prepared data from the file
+the parent wrote (so a text is tokenised once per run, not once per backend), reports progress
+as JSON lines on the file descriptor it is given, and writes its result JSON atomically: once
+after the free run, again when the re-anchored checks are done. It dies with its parent
+(Linux ``PR_SET_PDEATHSIG``, and a watchdog thread elsewhere): no worker outlives a killed run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
-import math
 import os
 import resource
 import signal
 import sys
-import tempfile
+import threading
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .files import finite_or_none, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 NUM_PREDS = 50
+# Mid-epoch progress messages at most this often (they also tell the parent the worker is alive).
+HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass
 class WorkerTask:
-    """Everything a worker needs; plain data so that it pickles across ``spawn``."""
+    """Everything a worker needs; plain data, saved as JSON for the worker process."""
 
     name: str
     config: dict[str, Any]
     out_path: str
+    data_path: str  # the prepared data (multirnn.harness.TrainingData.save)
     device: str = "cpu"
     mode: str = "fast"
     init: str = "shared"  # or "independent"
     init_seed: int = 0
-    text: str | None = None
-    eval_text: str | None = None
+    eval_path: str | None = None  # token ids of the evaluation text (.npy), under the training vocabulary
     label: str | None = None  # how progress names this run (default: the backend's name)
-    init_dtype: str | None = None  # draw the initial weights in this dtype, then cast (default: config's)
+    prefixes: tuple[str, ...] = SAMPLE_PREFIXES
+    num_preds: int = NUM_PREDS
     # Re-anchored checks (multirnn.lockstep): at the start of these epochs the run saves checkpoints
     # into checkpoint_dir (when set); afterwards it trains a stretch from each checkpoint found in
     # anchor_dir (when set) and runs the probe steps from anchor_dir or its own checkpoints.
     lockstep_epochs: tuple[int, ...] = ()
     checkpoint_dir: str | None = None
     anchor_dir: str | None = None
+    parent_pid: int | None = None
+    sys_path: list[str] = field(default_factory=list)  # the parent's import path (third-party backends)
 
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(dataclasses.asdict(self)))
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old version or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
-    """Strict JSON (NaN and infinities stored as null), written atomically."""
-    write_text_atomic(path, json.dumps(_finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))
+    @classmethod
+    def load(cls, path: str | Path) -> WorkerTask:
+        d = json.loads(Path(path).read_text())
+        d["prefixes"] = tuple(d.get("prefixes") or ())
+        d["lockstep_epochs"] = tuple(d.get("lockstep_epochs") or ())
+        return cls(**d)
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+class Channel:
+    """JSON lines to the parent over a pipe; a closed pipe (parent gone) ends the worker."""
+
+    def __init__(self, fd: int | None, name: str) -> None:
+        self.fd, self.name = fd, name
+
+    def __call__(self, kind: str, **info: Any) -> None:
+        if self.fd is None:
+            return
+        line = json.dumps(finite_or_none({"kind": kind, "name": self.name, **info})) + "\n"
+        try:
+            os.write(self.fd, line.encode())
+        except (BrokenPipeError, OSError):
+            os._exit(3)  # nobody is listening any more: the run was stopped
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """End this process when its parent ends, however the parent ends (SIGKILL included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if parent_pid is None:
+        return
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(3)
+
+    def watch() -> None:  # for systems without PR_SET_PDEATHSIG
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="multirnn-parent-watch", daemon=True).start()
 
 
 def _shapes_on_first_batch(backend: Any, params: Any, data: Any, config: Any) -> dict[str, list[int]]:
@@ -89,10 +131,8 @@ def _shapes_on_first_batch(backend: Any, params: Any, data: Any, config: Any) ->
     return shapes
 
 
-def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Any) -> dict[str, Any]:
+def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Channel) -> dict[str, Any]:
     """Stretches from the anchor's checkpoints and probe steps (see :mod:`multirnn.lockstep`)."""
-    import time
-
     from . import lockstep
     from .backends.numpy_backend import NumpyBackend
 
@@ -101,6 +141,7 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
     paths = lockstep.list_checkpoints(source) if source else []
     oracle = NumpyBackend()
     stretches, probes = [], []
+    progress("stage", text="re-anchored checks", done=0, total=len(paths))
     for i, path in enumerate(paths, 1):
         ckpt = lockstep.load_checkpoint(path)
         if task.anchor_dir:
@@ -111,43 +152,45 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
             "seconds": time.perf_counter() - start, "source": source}
 
 
-def run(task: WorkerTask, queue: Any) -> None:
-    """Entry point of the worker process: train ``task.name`` and write its result JSON."""
-    # Ctrl-C goes to the whole process group; the parent decides, and terminates us if needed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def run(task: WorkerTask, progress: Channel) -> None:
+    """Train ``task.name`` and write its result JSON (also on a Python-level crash)."""
     from . import harness, lockstep
+    from .backends import get_backend
     from .backends.numpy_backend import NumpyBackend
     from .config import TrainConfig
-    from .data import encode
     from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError
     from .params import init_params
 
     result: dict[str, Any] = {"name": task.name, "status": "crashed", "framework_version": None, "error": None}
-
-    def progress(kind: str, **info: Any) -> None:
-        if queue is not None:
-            queue.put({"kind": kind, "name": task.name, **info})
-
     try:
         config = TrainConfig(**task.config)
+        progress("stage", text="importing the framework")
         try:
-            from .backends import get_backend
-
             backend = get_backend(task.name, device=task.device, mode=task.mode)
         except (BackendUnavailableError, GPUUnavailableError) as exc:
             result.update(status="unavailable", error=str(exc))
             return
         result["framework_version"] = backend.version()
-        data = harness.prepare_data(config, task.text)
+        data = harness.TrainingData.load(task.data_path)
         numpy_params = {
             k: v.astype(config.dtype)
-            for k, v in init_params(len(data.vocab), config.num_hiddens, task.init_seed, task.init_dtype or config.dtype).items()
+            for k, v in init_params(len(data.vocab), config.num_hiddens, task.init_seed, config.dtype).items()
         }
+        progress("stage", text="checking shapes")
         result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
         progress("start", num_epochs=config.num_epochs)
+        last_beat = [time.monotonic()]
 
         def on_epoch(epoch: int, history: harness.History) -> None:
-            progress("epoch", epoch=epoch, perplexity=history.perplexity[-1], tokens_per_sec=history.tokens_per_sec[-1])
+            last_beat[0] = time.monotonic()
+            progress("epoch", epoch=epoch, perplexity=history.perplexity[-1], tokens_per_sec=history.tokens_per_sec[-1],
+                     seconds=history.epoch_seconds[-1])
+
+        def on_step(epoch: int, step: int) -> None:
+            now = time.monotonic()
+            if now - last_beat[0] >= HEARTBEAT_SECONDS:
+                last_beat[0] = now
+                progress("step", epoch=epoch, step=step)
 
         save_to = task.checkpoint_dir
         oracle = NumpyBackend()
@@ -158,7 +201,7 @@ def run(task: WorkerTask, queue: Any) -> None:
 
         try:
             trained = harness.train(
-                backend, config, data, params=numpy_params, callback=on_epoch,
+                backend, config, data, params=numpy_params, callback=on_epoch, on_step=on_step,
                 checkpoint_epochs=task.lockstep_epochs if save_to else (), on_checkpoint=save if save_to else None,
             )
             history, params = trained.history, trained.params
@@ -171,13 +214,14 @@ def run(task: WorkerTask, queue: Any) -> None:
         result["tokens_per_sec_median"] = float(np.median(rates)) if rates else None
         result["train_seconds"] = float(sum(history.epoch_seconds))
         if params is not None:
-            result["samples"] = {p: harness.predict(backend, params, data.vocab, p, NUM_PREDS) for p in SAMPLE_PREFIXES}
-            if task.eval_text:
-                ids = encode(task.eval_text, data.vocab)
+            result["samples"] = {p: harness.predict(backend, params, data.vocab, p, task.num_preds) for p in task.prefixes}
+            if task.eval_path:
+                ids = np.load(task.eval_path)
                 result["eval_perplexity"] = harness.evaluate_text_perplexity(
                     backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype
                 )
         if task.lockstep_epochs and task.name != "numpy":
+            write_json_atomic(task.out_path, {**result, "peak_rss_mb": peak_rss_mb(), "lockstep": "pending"})
             result["lockstep"] = _lockstep(backend, config, data, task, progress)
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
@@ -187,12 +231,21 @@ def run(task: WorkerTask, queue: Any) -> None:
         progress("done", status=result["status"])
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """JSON has no NaN/Infinity in strict readers: store them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) not in (1, 2):
+        print("usage: python -m multirnn.worker TASK.json [PROGRESS_FD]", file=sys.stderr)
+        return 2
+    task = WorkerTask.load(argv[0])
+    die_with_parent(task.parent_pid)
+    # Ctrl-C goes to the parent, which decides; it stops us with SIGTERM when it must.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for entry in reversed(task.sys_path):  # the parent's import path: third-party backends resolve the same
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    run(task, Channel(int(argv[1]) if len(argv) > 1 else None, task.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Start a worker process, follow its progress, and end it when it must end (parent side).
+
+Used by ``compare`` (one worker after another) and by the sweep. A worker is a plain subprocess
+(``python -m multirnn.worker``) in its own session, so the terminal's Ctrl-C reaches only the
+parent, which then stops the worker itself. Progress arrives as JSON lines on a pipe; a worker
+that sends nothing for ``stall_timeout`` seconds is taken as hung and ended. Its stdout and
+stderr go to a log file beside its result, whose tail is quoted when it crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .files import write_json_atomic
+from .worker import WorkerTask
+
+# A worker silent for this long is taken as hung (no epoch, step or stage message). Generous:
+# a first epoch with compilation takes seconds, and steps report at least once a second.
+DEFAULT_STALL_TIMEOUT = 600.0
+# After SIGTERM, how long a worker may take before SIGKILL.
+TERMINATE_GRACE = 5.0
+
+
+class Stopped(Exception):  # noqa: N818  (a signal, not an error)
+    """The run was stopped by a signal (SIGTERM, SIGHUP; SIGINT arrives as KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Turn these signals into :class:`Stopped` in the main thread, so that ``finally`` blocks and
+    partial reports run as they do for Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    for signum in signums:
+        signal.signal(signum, handler)
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM to the worker's process group, SIGKILL if it is still there after a grace period."""
+    for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | None = None,
+               stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> dict[str, Any]:
+    """Run one backend in a worker process and return its result record.
+
+    A worker that dies without writing a result (native crash, out of memory, killed) or that
+    hangs becomes a ``crashed`` record that says so. KeyboardInterrupt or :class:`Stopped` while
+    it runs ends the worker, then propagates.
+    """
+    out_path = Path(task.out_path)
+    task_path = out_path.with_suffix(".task.json")
+    log_path = out_path.with_suffix(".log")
+    task = _with_parent(task)
+    task.save(task_path)
+    read_fd, write_fd = os.pipe()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "multirnn.worker", str(task_path), str(write_fd)],
+            pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+    os.close(write_fd)
+    hung = False
+    buffer = b""
+    sel = selectors.DefaultSelector()
+    sel.register(read_fd, selectors.EVENT_READ)
+    last = time.monotonic()
+    try:
+        while True:
+            if sel.select(timeout=0.5):
+                chunk = os.read(read_fd, 65536)
+                if not chunk:  # the worker closed the pipe: it has exited
+                    break
+                last = time.monotonic()
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip() and on_message is not None:
+                        on_message(json.loads(line))
+            elif proc.poll() is not None:
+                break
+            elif time.monotonic() - last > stall_timeout:
+                hung = True
+                terminate(proc)
+                break
+        proc.wait()
+    except BaseException:
+        terminate(proc)
+        raise
+    finally:
+        sel.close()
+        os.close(read_fd)
+    result: dict[str, Any]
+    if out_path.exists() and not hung:
+        result = json.loads(out_path.read_text())
+        if result.get("lockstep") == "pending":  # died during the re-anchored checks
+            result.update(status="crashed", lockstep=None,
+                          error=f"the worker died during the re-anchored checks ({_how(proc.returncode)})")
+    else:
+        code = proc.returncode
+        if hung:
+            error = f"hung: no progress for {stall_timeout:.0f} s, so the worker was ended"
+        else:
+            error = f"worker process died without a result ({_how(code)}); a native crash, abort or out of memory"
+        tail = _tail(log_path)
+        result = {"name": task.name, "status": "crashed", "framework_version": None,
+                  "error": error + (f"; its last output:\n{tail}" if tail else "")}
+        write_json_atomic(out_path, result)
+    result["exit_code"] = proc.returncode
+    task_path.unlink(missing_ok=True)
+    if log_path.exists() and log_path.stat().st_size == 0:
+        log_path.unlink()
+    return result
+
+
+def _how(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})" if -code in signal.Signals._value2member_map_ else f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _with_parent(task: WorkerTask) -> WorkerTask:
+    from dataclasses import replace
+
+    return replace(task, parent_pid=os.getpid(), sys_path=[p or os.getcwd() for p in sys.path])
