@@ -13,7 +13,7 @@ from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDiverg
 from .harness import History, TrainingData, TrainResult, evaluate_perplexity, predict, prepare_data, train
 from .params import PARAM_NAMES, init_params
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PARAM_NAMES",

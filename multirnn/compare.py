@@ -1,13 +1,13 @@
 """``python -m multirnn.compare``: train every backend side by side and judge whether they agree.
 
-Each backend trains in its own spawned process, one after the other (so timings are clean), from
-the same initial weights on the same batches. Results are written as each backend finishes. The
-NumPy oracle runs first and saves checkpoints; every other backend then restarts from them and
-trains short re-anchored stretches plus probe steps, which the verdict (:mod:`multirnn.verdict`)
-holds to fixed bands.
+Each backend trains in its own worker process, one after the other (so timings are clean), from
+the same initial weights on the same batches; the text is read and tokenised once, here. Results
+are written as each backend finishes. The NumPy oracle runs first and saves checkpoints; every
+other backend then restarts from them and trains short re-anchored stretches plus probe steps,
+which the verdict (:mod:`multirnn.verdict`) holds to fixed bands.
 
-Exit status: 0 all agree, 1 a disagreement (or a backend crashed), 2 bad usage, 3 no backend ran,
-4 nothing to compare (no reference), 130 interrupted.
+Exit status: 0 all agree, 1 a disagreement or a crash, 2 bad usage, 3 no backend could run, 4
+nothing to compare (no reference), 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 
 from __future__ import annotations
@@ -17,38 +17,49 @@ import datetime as _dt
 import glob
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
-import queue as _queue
+import re
 import shlex
 import shutil
+import signal
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import agreement, lockstep, report, verdict
-from .backends import canonical_name, is_builtin, known_backends, load_backend_class
-from .config import PRESETS, TrainConfig, preset
-from .data import encode
-from .harness import prepare_data
-from .worker import WorkerTask, run, write_json_atomic
+import numpy as np
 
-EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+from . import __version__, agreement, lockstep, report, verdict
+from .backends import canonical_name, is_builtin, known_backends, load_backend_class
+from .config import LIMITS, PRESETS, TrainConfig, preset
+from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
+from .files import write_json_atomic
+from .harness import prepare_data
+from .progress import RunProgress, backend_status
+from .runner import DEFAULT_STALL_TIMEOUT, Stopped, raise_on_signals, run_worker
+from .worker import SAMPLE_PREFIXES, WorkerTask
+
+EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129
+# Share of <unk> tokens in --eval-text above which the evaluation perplexity is flagged.
+UNK_WARNING = 0.05
+# The files and folders a run writes into --out (the only ones --overwrite clears).
+RUN_FILES = ("results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png")
+RUN_DIRS = ("backends", "checkpoints", ".work")
 
 EXAMPLES = """\
 examples:
   python -m multirnn.compare                                   # every installed backend, quick preset
   python -m multirnn.compare --backends numpy,torch --epochs 5 --out runs/try
   python -m multirnn.compare --preset d2l-ed1 --sampling random  # the book's 500 epochs
-  python -m multirnn.compare --text my_book.txt --eval-text war_of_the_worlds
-
+  python -m multirnn.compare --text my_book.txt --eval-text war_of_the_worlds --prefix "my book"
   python -m multirnn.compare --backends numpy,mypkg.mymodule:MyBackend   # check your own translation
+  python -m multirnn.compare --list-backends                   # what is installed, and how to add the rest
 
 exit status: 0 all agree, 1 a disagreement or crash, 2 bad usage, 3 no backend could run,
-4 nothing to compare (one backend and no oracle), 130 interrupted.
+4 nothing to compare (one backend and no oracle), 128+N stopped by signal N (130 Ctrl-C,
+143 SIGTERM, 129 SIGHUP; a partial report is written).
 """
 
 
@@ -61,24 +72,19 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind: type, what: str, limit: float | None = None, allow_zero: bool = False) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if limit is not None and value > limit:
+            raise argparse.ArgumentTypeError(f"{text} is beyond what this tool can run (at most {limit:,})")
+        return value
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return parse
 
 
 def _lockstep_arg(text: str) -> str | int:
@@ -93,46 +99,81 @@ def _lockstep_arg(text: str) -> str | int:
     return value
 
 
+def _defaults(field: str, fmt: str = "{}") -> str:
+    """The value of a config field in every preset, for --help."""
+    return "default: " + ", ".join(f"{name} {fmt.format(getattr(c, field))}" for name, c in PRESETS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m multirnn.compare",
         description="Train the d2l character RNN in every framework from the same weights on the same "
-        "batches, check that shapes and loss curves agree with the NumPy oracle, and compare speed.",
+        "batches, check that shapes, losses, gradients and clipping agree with the NumPy oracle, and "
+        "compare speed.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backends", help=f"comma-separated backends (default: all of {','.join(known_backends())}; "
-                   "missing ones are reported as unavailable)")
-    p.add_argument("--preset", default="quick", help=f"hyper-parameter preset: {', '.join(PRESETS)} (default: quick, "
-                   f"the d2l ed. 1 settings for {PRESETS['quick'].num_epochs} epochs)")
-    p.add_argument("--epochs", type=_positive_int, help="number of epochs (overrides the preset)")
-    p.add_argument("--hidden", type=_positive_int, help="hidden units, num_hiddens")
-    p.add_argument("--batch-size", type=_positive_int, help="minibatch size")
-    p.add_argument("--num-steps", type=_positive_int, help="time steps per minibatch")
-    p.add_argument("--lr", type=_positive_float, help="SGD learning rate")
-    p.add_argument("--clip", type=_positive_float, help="gradient clipping threshold θ (max_grad_norm)")
-    p.add_argument("--max-tokens", type=int, help="use the first N tokens of the text (d2l-ed1; <=0: all)")
-    p.add_argument("--sampling", choices=["sequential", "random"], help="d2l-ed1 minibatch sampling")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default float32)")
-    p.add_argument("--seed", type=int, help="seed of the initial weights and of the batches (default 0)")
-    p.add_argument("--init", choices=["shared", "independent"], default="shared",
-                   help="shared: every backend starts from the same weights (curves must match step by step); "
-                   "independent: each draws its own (final perplexities are compared)")
-    p.add_argument("--mode", choices=["fast", "eager"], default="fast",
+    p.add_argument("--version", action="version", version=f"multirnn {__version__}")
+    p.add_argument("--list-backends", action="store_true",
+                   help="list every backend: installed version, whether it runs here, how to install it; then exit")
+    g = p.add_argument_group("what to compare")
+    g.add_argument("--backends", help=f"comma-separated backends (default: all of {','.join(known_backends())}; "
+                   "missing ones are reported as unavailable); package.module:Class loads your own Backend")
+    g.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help=f"hyper-parameters (default: quick = d2l ed. 1 for {PRESETS['quick'].num_epochs} epochs; "
+                   "d2l-ed1: the book's 500 epochs; d2l-ed2: batch 1024, hidden 32, train/validation split)")
+    g.add_argument("--mode", choices=["fast", "eager"], default="fast",
                    help="fast: each backend's fused/compiled step (default); eager: the d2l-style translation")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (gpu: error if none)")
-    p.add_argument("--lockstep", default="auto", type=_lockstep_arg, metavar="auto|off|N",
+    g.add_argument("--init", choices=["shared", "independent"], default="shared",
+                   help="shared (default): every backend starts from the same weights; independent: each draws "
+                   "its own (final perplexities are compared; re-anchored checks still run)")
+    g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu; gpu: error if none)")
+    h = p.add_argument_group("hyper-parameters (override the preset)")
+    h.add_argument("--epochs", type=_number(int, "a positive integer", LIMITS["num_epochs"]), metavar="N",
+                   help=f"number of epochs ({_defaults('num_epochs')})")
+    h.add_argument("--hidden", type=_number(int, "a positive integer", LIMITS["num_hiddens"]), metavar="H",
+                   help=f"hidden units, num_hiddens ({_defaults('num_hiddens')})")
+    h.add_argument("--batch-size", type=_number(int, "a positive integer", LIMITS["batch_size"]), metavar="B",
+                   help=f"minibatch size ({_defaults('batch_size')})")
+    h.add_argument("--num-steps", type=_number(int, "a positive integer", LIMITS["num_steps"]), metavar="T",
+                   help=f"time steps per minibatch ({_defaults('num_steps')})")
+    h.add_argument("--lr", type=_number(float, "a positive number"), help=f"SGD learning rate ({_defaults('lr', '{:g}')})")
+    h.add_argument("--clip", type=_number(float, "a positive number"), metavar="THETA",
+                   help=f"gradient clipping threshold θ, max_grad_norm ({_defaults('max_grad_norm', '{:g}')})")
+    h.add_argument("--max-tokens", type=int, metavar="N",
+                   help=f"train on the first N tokens of the text, d2l-ed1 only; <= 0: all ({_defaults('max_tokens', '{:,}')})")
+    h.add_argument("--sampling", choices=["sequential", "random"],
+                   help="d2l-ed1 minibatch sampling (default sequential: state carried; random: reset per minibatch)")
+    h.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default float32)")
+    h.add_argument("--seed", type=_number(int, "a non-negative integer", allow_zero=True),
+                   help="seed of the initial weights and of the batches (default 0)")
+    v = p.add_argument_group("the verdict")
+    v.add_argument("--lockstep", default="auto", type=_lockstep_arg, metavar="auto|off|N",
                    help="re-anchored checks: every backend restarts from the oracle's checkpoints every N epochs "
-                   "and trains one epoch plus probe steps (auto: spaced to cost about a quarter of the run; "
-                   "off: judge the free-running curves only)")
-    p.add_argument("--keep-checkpoints", action="store_true",
+                   "and trains one epoch plus probe steps (default auto: spaced to cost about a quarter of the "
+                   "run; off: judge the free-running curves only)")
+    v.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the reference run's checkpoints (checkpoints/ in the output folder)")
-    p.add_argument("--text", help="train on this text file instead of the bundled Time Machine")
-    p.add_argument("--eval-text", help="after training, report perplexity on this text file "
+    d = p.add_argument_group("text")
+    d.add_argument("--text", metavar="FILE", help="train on this text file instead of the bundled Time Machine "
+                   "(UTF-8, or UTF-16/32 with a byte-order mark; else give --encoding)")
+    d.add_argument("--eval-text", metavar="FILE", help="after training, report perplexity on this text file "
                    "(or 'war_of_the_worlds' for the bundled one)")
-    p.add_argument("--out", help="output folder (default: a new timestamped folder under runs/)")
-    p.add_argument("--no-plot", action="store_true", help="do not draw perplexity.png and deviation.png")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    d.add_argument("--encoding", help="encoding of --text and --eval-text when they are neither UTF-8 nor marked "
+                   "by a byte-order mark (e.g. cp1252, latin-1)")
+    d.add_argument("--prefix", action="append", metavar="TEXT",
+                   help="prompt for the greedy continuations, preprocessed like the text (lowercase, non-letters -> "
+                   f"space); repeat for several (default: {', '.join(repr(x) for x in SAMPLE_PREFIXES)})")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="output folder (default: a new timestamped folder under runs/)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="reuse an existing --out folder: clear the files a run writes there (and only those)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: backends that finished are kept, the rest run")
+    o.add_argument("--stall-timeout", type=_number(float, "a positive number of seconds"), default=DEFAULT_STALL_TIMEOUT,
+                   metavar="SECONDS", help=f"end a worker that reports no progress for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
+    o.add_argument("--no-plot", action="store_true", help="do not draw perplexity.png and deviation.png")
+    o.add_argument("--quiet", action="store_true", help="no progress display")
     return p
 
 
@@ -140,8 +181,6 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = dict(num_epochs=args.epochs, num_hiddens=args.hidden, batch_size=args.batch_size,
                      num_steps=args.num_steps, lr=args.lr, max_grad_norm=args.clip, max_tokens=args.max_tokens,
                      sampling=args.sampling, dtype=args.dtype, seed=args.seed)
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
     try:
         return preset(args.preset, **overrides)
     except ValueError as exc:
@@ -176,105 +215,61 @@ def _resolve_text(path: str | None, flag: str) -> str | None:
     if path is None:
         return None
     if path == "war_of_the_worlds":
-        from .data import bundled_text_path
-
         return str(bundled_text_path("war_of_the_worlds"))
-    if not Path(path).is_file():
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path!r} is a directory; give a text file")
+    if not p.is_file():
         raise UsageError(f"{flag} {path!r}: no such file")
-    return str(Path(path).resolve())
+    return str(p.resolve())
 
 
-def _prepare_out_dir(out: str | None) -> Path:
+def _existing_run_files(out_dir: Path) -> list[str]:
+    return sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+
+
+def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
+    """The output folder: a new timestamped one by default; an existing non-empty one only with
+    --overwrite (its run files cleared) or --resume."""
     if out is None:
+        if resume:
+            raise UsageError("--resume needs --out: the folder of the run to continue")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = Path("runs") / stamp
-        n = 1
-        while out_dir.exists():
-            n += 1
-            out_dir = Path("runs") / f"{stamp}-{n}"
+        Path("runs").mkdir(exist_ok=True)
+        for n in range(1, 10_000):  # mkdir without exist_ok: two runs started in the same second never share one
+            out_dir = Path("runs") / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                out_dir.mkdir()
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
     else:
         out_dir = Path(out)
+        present = _existing_run_files(out_dir) if out_dir.exists() else []
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--out {out!r} exists and is not a folder")
+        if resume:
+            if not (out_dir / "results.json").is_file():
+                raise UsageError(f"--resume: {out!r} holds no results.json of an earlier run")
+        elif present and not overwrite:
+            raise UsageError(f"--out {out!r} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
+                             "use --overwrite to replace its results, --resume to continue it, or another folder")
+        elif present and overwrite:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            for name in RUN_DIRS:
+                shutil.rmtree(out_dir / name, ignore_errors=True)
     try:
         (out_dir / "backends").mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
+        (out_dir / ".work").mkdir(exist_ok=True)
+        probe = out_dir / ".work" / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
     return out_dir
-
-
-class Progress:
-    """One status line per backend: a bar on a terminal, occasional lines otherwise (CI logs)."""
-
-    def __init__(self, enabled: bool, stream: Any = sys.stderr) -> None:
-        self.enabled, self.stream = enabled, stream
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self.total, self.last_line_epoch = 1, 0
-
-    def start(self, name: str, total: int) -> None:
-        self.name, self.total, self.last_line_epoch = name, total, 0
-        self.t0 = time.perf_counter()
-
-    def epoch(self, epoch: int, perplexity: float, tokens_per_sec: float) -> None:
-        if not self.enabled:
-            return
-        frac = epoch / self.total
-        bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))
-        text = (f"{self.name:<10} [{bar}] epoch {epoch:>4}/{self.total}  perplexity {perplexity:8.3f}  "
-                f"{tokens_per_sec:>9,.0f} tokens/s  {time.perf_counter() - self.t0:6.1f}s")
-        if self.tty:
-            self.stream.write("\r" + text)
-            self.stream.flush()
-        elif epoch == self.total or epoch - self.last_line_epoch >= max(1, self.total // 5):
-            self.last_line_epoch = epoch
-            print(text, file=self.stream, flush=True)
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            if self.tty:
-                self.stream.write("\r\033[K")
-            print(text, file=self.stream, flush=True)
-
-    def finish(self, status: str) -> None:
-        if self.enabled:
-            if self.tty:
-                self.stream.write("\n")
-            self.message(f"{self.name:<10} {status} ({time.perf_counter() - self.t0:.1f}s)")
-
-
-def run_worker(task: WorkerTask, progress: Progress) -> dict[str, Any]:
-    """Run one backend in a spawned process; a crash without a result file becomes a 'crashed' row."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=run, args=(task, q), name=f"multirnn-{task.name}", daemon=True)
-    progress.start(task.label or task.name, task.config["num_epochs"])
-    proc.start()
-    try:
-        while proc.is_alive() or not q.empty():
-            try:
-                msg = q.get(timeout=0.2)
-            except _queue.Empty:
-                continue
-            if msg["kind"] == "epoch":
-                progress.epoch(msg["epoch"], msg["perplexity"], msg["tokens_per_sec"])
-        proc.join()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.join(5)
-        raise
-    path = Path(task.out_path)
-    if path.exists():
-        result = json.loads(path.read_text())
-    else:
-        code = proc.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        result = {"name": task.name, "status": "crashed", "framework_version": None,
-                  "error": f"worker process died without a result ({how}); a native crash, abort or out of memory"}
-        write_json_atomic(path, result)
-    result["exit_code"] = proc.exitcode
-    progress.finish(result["status"])
-    return result
 
 
 def _row(raw: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +303,8 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
         "lockstep": raw.get("lockstep"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
+        "diverged_epoch": raw.get("diverged_epoch"),
+        "diverged_step": raw.get("diverged_step"),
         "exit_code": raw.get("exit_code"),
     }
 
@@ -327,9 +324,7 @@ def _with_verdict(row: dict[str, Any], v: verdict.BackendVerdict | None) -> dict
     return {**row, "agrees": v.agrees, "judgement": judgement, "free_run_deviation": list(v.free_run_deviation)}
 
 
-def _machine() -> dict[str, Any]:
-    import numpy as np
-
+def machine_info() -> dict[str, Any]:
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -342,104 +337,218 @@ def _machine() -> dict[str, Any]:
 
 
 def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str, Any],
-             expected: dict[str, list[int]], interrupted: bool = False) -> dict[str, Any]:
+             expected: dict[str, list[int]], stopped: str | None = None) -> dict[str, Any]:
     v = judge(rows, config, options["init"], expected, options.get("lockstep") != "off")
     out_verdict = v.to_dict()
     out_verdict["backends"] = [{k: val for k, val in b.items() if k != "free_run_deviation"} for b in out_verdict["backends"]]
-    if interrupted:
-        out_verdict["summary"] = "INTERRUPTED (partial results): " + out_verdict["summary"]
+    if stopped:
+        out_verdict["summary"] = f"INTERRUPTED ({stopped}; partial results): " + out_verdict["summary"]
         out_verdict["status"] = "interrupted"
     by_name = {b.name: b for b in v.backends}
     return {
         "schema_version": report.SCHEMA_VERSION,
+        "multirnn_version": __version__,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.compare", *options["argv"]]),
         "config": config.to_dict(),
-        "options": {k: v for k, v in options.items() if k != "argv"},
-        "machine": _machine(),
+        "options": {k: val for k, val in options.items() if k != "argv"},
+        "machine": machine_info(),
         "verdict": out_verdict,
         "backends": [_with_verdict(r, by_name.get(r["name"])) for r in rows],
     }
+
+
+def _safe(name: str) -> str:
+    """A backend name usable as a file name (third-party specs contain ':' and '.')."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows of the earlier run in ``out_dir`` that need not run again (same configuration only)."""
+    try:
+        earlier = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: cannot read {str(out_dir / 'results.json')!r}: {exc}") from None
+    same = {k: options[k] for k in ("init", "mode", "device", "text", "eval_text", "lockstep_epochs", "prefixes")}
+    before = {k: earlier.get("options", {}).get(k) for k in same}
+    if earlier.get("config") != config.to_dict() or json.loads(json.dumps(same)) != before:
+        raise UsageError("--resume: the earlier run in this folder used other settings; repeat its command "
+                         f"({earlier.get('command', '?')}) with --resume, or start a new run")
+    keep = {}
+    for row in earlier.get("backends", []):
+        path = out_dir / "backends" / f"{_safe(row['name'])}.json"
+        if row.get("status") in ("ok", "diverged") and path.is_file():
+            keep[row["name"]] = json.loads(path.read_text())
+    return keep
+
+
+def _list_backends() -> int:
+    from .info import backend_table
+
+    print(backend_table())
+    return 0
+
+
+def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epoch: int, name: str) -> tuple[float, float]:
+    """Progress units of one backend: its epochs, and its re-anchored checks in epoch equivalents."""
+    per_ckpt = (steps_per_epoch + 3) / max(steps_per_epoch, 1)
+    return float(config.num_epochs), 0.0 if name == verdict.ORACLE else len(lock_epochs) * per_ckpt
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.list_backends:
+            return _list_backends()
         config = _config_from_args(args)
         names, named = _backends_from_args(args.backends)
         text = _resolve_text(args.text, "--text")
         eval_text = _resolve_text(args.eval_text, "--eval-text")
-        try:  # validate the data before anything is written: too short, empty, unreadable
-            data = prepare_data(config, text)
-            if eval_text is not None and len(encode(eval_text, data.vocab)) < config.batch_size * config.num_steps + 1:
-                raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
+        # prompts get the text's own preprocessing (lowercase, non-letters -> space), as d2l's vocabulary has
+        prefixes = tuple(re.sub("[^A-Za-z]+", " ", p).lower() for p in args.prefix) if args.prefix else SAMPLE_PREFIXES
+        if any(not p.strip() for p in prefixes):
+            raise UsageError("--prefix must contain at least one letter")
+        try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
+            data = prepare_data(config, text, args.encoding)
+            eval_ids = None
+            if eval_text is not None:
+                enc = args.encoding if args.eval_text != "war_of_the_worlds" else BUNDLED_ENCODINGS["war_of_the_worlds"]
+                eval_ids = encode(eval_text, data.vocab, encoding=enc)
+                if len(eval_ids) < config.batch_size * config.num_steps + 1:
+                    raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
+            unknown = [p for p in prefixes if any(c.lower() not in data.vocab.token_to_idx for c in p)]
+            if unknown:
+                raise ValueError(f"--prefix {unknown[0]!r} has characters outside the vocabulary "
+                                 f"({''.join(t for t in data.vocab.idx_to_token if len(t) == 1)!r})")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if args.device == "gpu" and not _gpu_visible():
             raise UsageError("--device gpu was requested, but no GPU is visible on this machine; use --device cpu")
-        out_dir = _prepare_out_dir(args.out)
+        out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
     except UsageError as exc:
         print(f"multirnn.compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     first_batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
     expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens)
-    steps_per_epoch = sum(1 for _ in data.train_batches(__import__("numpy").random.default_rng(config.seed)))
+    steps_per_epoch = sum(1 for _ in data.train_batches(np.random.default_rng(config.seed)))
     every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch)}.get(args.lockstep, args.lockstep)
     lock_epochs = tuple(lockstep.checkpoint_epochs(config.num_epochs, int(every)))
+    data_notes = list(data.notes)
+    if eval_ids is not None:
+        unk = float(np.mean(eval_ids == data.vocab.unk)) if len(eval_ids) else 0.0
+        if unk > UNK_WARNING:
+            data_notes.append(f"{unk:.1%} of the evaluation text's characters are not in the training vocabulary "
+                              "(<unk>): its perplexity says little")
     options = {"backends": names, "init": args.init, "mode": args.mode, "device": args.device, "text": text,
-               "eval_text": eval_text, "lockstep": args.lockstep, "lockstep_every": every,
-               "lockstep_epochs": list(lock_epochs), "argv": argv}
-    progress = Progress(enabled=not args.quiet)
-    progress.message(f"multirnn.compare: {', '.join(names)} | preset {args.preset} ({config.protocol}, "
-                     f"{config.num_epochs} epochs, {config.dtype}, mode {args.mode}) -> {out_dir}")
-    ckpt_root = out_dir / "checkpoints"
+               "eval_text": eval_text, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
+               "lockstep_epochs": list(lock_epochs), "prefixes": list(prefixes),
+               "tokens": {"used": data.used_tokens, "total": data.total_tokens,
+                          "eval": None if eval_ids is None else int(len(eval_ids))},
+               "data_notes": data_notes, "argv": argv}
+    try:
+        kept = _resumable(out_dir, config, options) if args.resume else {}
+    except UsageError as exc:
+        print(f"multirnn.compare: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    work = out_dir / ".work"
+    data_path = work / "data.npz"
+    data.save(data_path)
+    eval_path = None
+    if eval_ids is not None:
+        eval_path = work / "eval.npy"
+        np.save(eval_path, eval_ids)
+    ckpt_root = out_dir / "checkpoints" if args.keep_checkpoints else work / "checkpoints"
+
+    units = {n: _work_units(config, lock_epochs, steps_per_epoch, n) for n in names}
+    progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
+    used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
+            and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
+    progress.message(f"multirnn.compare {__version__}: {', '.join(names)} | preset {args.preset} ({config.protocol}, "
+                     f"{config.num_epochs} epochs, {config.dtype}, mode {args.mode}, {used} of "
+                     f"{Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
+    for note in data_notes:
+        progress.message(f"note: {note}")
+
     rows: list[dict[str, Any]] = []
-    interrupted, name = False, names[0]
+    stopped: str | None = None
+    exit_stopped = EXIT_INTERRUPTED
     anchor: str | None = None  # the checkpoints every later backend restarts from
+    raise_on_signals()
+    name = names[0]
     try:
         for i, name in enumerate(names):
             init_seed = config.seed if args.init == "shared" else config.seed * 100 + i + 1
+            own = ckpt_root / _safe(name)
             # The oracle anchors everyone; without it, the first backend that runs to the end does.
-            own = ckpt_root / _safe(name) if lock_epochs and anchor is None else None
-            if own is not None and name != verdict.ORACLE and verdict.ORACLE in names:
-                own = None
-            task = WorkerTask(name=name, config=config.to_dict(), out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
-                              device=args.device, mode=args.mode, init=args.init, init_seed=init_seed,
-                              text=text, eval_text=eval_text, lockstep_epochs=lock_epochs,
-                              checkpoint_dir=str(own) if own else None, anchor_dir=anchor)
-            raw = run_worker(task, progress)
+            save_ckpts = bool(lock_epochs) and anchor is None and (name == verdict.ORACLE or verdict.ORACLE not in names)
+            if name in kept and not (save_ckpts and not lockstep.list_checkpoints(own)):
+                raw = kept[name]
+                progress.finish(name, f"{raw['status']} (kept from the earlier run)")
+            else:
+                task = WorkerTask(name=name, config=config.to_dict(), out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
+                                  data_path=str(data_path), device=args.device, mode=args.mode, init=args.init,
+                                  init_seed=init_seed, eval_path=str(eval_path) if eval_path else None,
+                                  prefixes=prefixes, lockstep_epochs=lock_epochs,
+                                  checkpoint_dir=str(own) if save_ckpts else None, anchor_dir=anchor)
+                raw = _run_one(task, progress, config, units[name], args.stall_timeout)
             if raw["status"] == "unavailable" and not named:
                 progress.message(f"{name:<10} skipped: {raw['error']}")
             rows.append(_row(raw))
-            if own is not None and raw["status"] == "ok" and lockstep.list_checkpoints(own):
+            if save_ckpts and raw["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
                 anchor = str(own)
             # Everything finished so far is on disk even if a later backend takes the process down.
-            write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected, False))
-    except KeyboardInterrupt:
-        interrupted = True
-        progress.message("\ninterrupted: writing the partial report")
+            write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected))
+    except (KeyboardInterrupt, Stopped) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        exit_stopped = 128 + int(signum)
+        progress.message(f"\nstopped by {stopped}: ending the worker and writing the partial report")
         if not any(r["name"] == name for r in rows):
-            rows.append(_row({"name": name, "status": "crashed", "error": "interrupted by the user (Ctrl-C)"}))
-    if not args.keep_checkpoints:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    results = assemble(rows, config, options, expected, interrupted)
+            rows.append(_row({"name": name, "status": "crashed", "error": f"interrupted ({stopped})"}))
+    finally:
+        progress.close()
+    # Ignore further signals while the report is written (a second Ctrl-C must not lose it).
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    if not stopped:  # an interrupted run keeps its data and checkpoints for --resume
+        shutil.rmtree(work, ignore_errors=True)
+    results = assemble(rows, config, options, expected, stopped)
     notes = report.write_all(results, out_dir, make_plots=not args.no_plot)
     print(report.terminal_report(results))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"\nReport: {out_dir / 'report.md'}  (results.json, curves.csv"
           f"{'' if args.no_plot or notes else ', perplexity.png, deviation.png'})")
-    if interrupted:
-        return EXIT_INTERRUPTED
+    if stopped:
+        return exit_stopped
     status = results["verdict"]["status"]
     return {"agree": EXIT_AGREE, "no-backend": EXIT_NO_BACKEND, "not-judged": EXIT_NOT_JUDGED}.get(status, EXIT_DISAGREE)
 
 
-def _safe(name: str) -> str:
-    """A backend name usable as a file name (third-party specs contain ':' and '.')."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+def _run_one(task: WorkerTask, progress: RunProgress, config: TrainConfig, units: tuple[float, float],
+             stall_timeout: float) -> dict[str, Any]:
+    """One worker, with its messages turned into progress."""
+    epochs_units, lock_units = units
+    name = task.name
+    progress.start(name, "starting the worker")
+
+    def on_message(msg: dict[str, Any]) -> None:
+        done, text = backend_status(msg, config.num_epochs)
+        if msg.get("kind") == "lockstep" and msg.get("total"):
+            done = epochs_units + lock_units * msg["done"] / msg["total"]
+        if done is None:
+            done = progress.done[name]
+        if text:
+            last_epoch = msg.get("kind") == "epoch" and msg.get("epoch") == config.num_epochs
+            progress.update(name, done, text, stage=msg.get("kind") == "stage" or last_epoch)
+
+    raw = run_worker(task, on_message, stall_timeout)
+    seconds = (raw.get("train_seconds") or 0) + ((raw.get("lockstep") or {}).get("seconds", 0) if isinstance(raw.get("lockstep"), dict) else 0)
+    progress.finish(name, f"{raw['status']}" + (f" ({seconds:.3g} s training and checks)" if seconds else ""))
+    return raw
 
 
 if __name__ == "__main__":

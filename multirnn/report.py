@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .worker import write_json_atomic, write_text_atomic
+from .files import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 2
-COLUMNS = ("backend", "version", "status", "final ppl", "median last", "best ppl", "tokens/s",
-           "1st epoch s", "peak MB", "checkpoints", "re-anchored dev", "free-run dev", "verdict")
+# Greedy continuations with at most this many distinct characters look broken to a new user; on a
+# model trained for a few epochs they are expected, and the report says so.
+BARELY_TRAINED_DISTINCT = 2
 
 
 def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
 
 
 def verdict_cell(b: dict[str, Any]) -> str:
@@ -33,20 +39,49 @@ def verdict_cell(b: dict[str, Any]) -> str:
     return {"agrees": "agrees", "reference": "reference", "not-judged": "not judged"}.get(status, "-")
 
 
+def median_last_window(results: dict[str, Any]) -> int | None:
+    """How many final epochs the 'median last' column spans, or None when that is the whole run."""
+    n = results["config"]["num_epochs"]
+    last = max(10, n // 10)
+    return last if last < n else None
+
+
+def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The table's columns, each a (header, cell function); optional ones only when they say something."""
+    backends = results["backends"]
+    cols: list[tuple[str, Any]] = [
+        ("backend", lambda b: b["name"]),
+        ("version", lambda b: b.get("framework_version") or "-"),
+        ("status", lambda b: b["status"]),
+        ("final ppl", lambda b: _fmt(b.get("final_perplexity"), ".3f")),
+    ]
+    window = median_last_window(results)
+    if window:
+        cols.append((f"median last {window}", lambda b: _fmt(b.get("median_last_perplexity"), ".3f")))
+    cols.append(("best ppl", lambda b: _fmt(b.get("best_perplexity"), ".3f")))
+    if any(b.get("val_perplexity") for b in backends):
+        cols.append(("val ppl", lambda b: _fmt((b.get("val_perplexity") or [None])[-1], ".3f")))
+    if any(b.get("eval_perplexity") is not None for b in backends):
+        cols.append(("eval ppl", lambda b: _fmt(b.get("eval_perplexity"), ".3f")))
+    cols += [
+        ("tokens/s", lambda b: _fmt(b.get("tokens_per_sec"), ",.0f")),
+        ("1st epoch s", lambda b: _fmt(b.get("first_epoch_seconds"), ".2f")),
+        ("peak MB", lambda b: _fmt(b.get("peak_rss_mb"), ".0f")),
+        ("checkpoints", lambda b: str((b.get("judgement") or {}).get("checkpoints_checked") or "-")),
+        ("re-anchored dev", lambda b: _fmt((b.get("judgement") or {}).get("max_loss_deviation"), ".1e")),
+        ("free-run dev", lambda b: _fmt((b.get("judgement") or {}).get("free_run_max_deviation"), ".1e")),
+        ("verdict", verdict_cell),
+    ]
+    return cols
+
+
+def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    cols = columns(results)
+    return [h for h, _ in cols], [[f(b) for _, f in cols] for b in results["backends"]]
+
+
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for b in results["backends"]:
-        j = b.get("judgement") or {}
-        dev = j.get("max_loss_deviation")
-        rows.append([
-            b["name"], b.get("framework_version") or "-", b["status"],
-            _fmt(b.get("final_perplexity"), ".3f"), _fmt(b.get("median_last_perplexity"), ".3f"),
-            _fmt(b.get("best_perplexity"), ".3f"), _fmt(b.get("tokens_per_sec"), ",.0f"),
-            _fmt(b.get("first_epoch_seconds"), ".2f"), _fmt(b.get("peak_rss_mb"), ".0f"),
-            str(j["checkpoints_checked"]) if j.get("checkpoints_checked") else "-",
-            _fmt(dev, ".1e"), _fmt(j.get("free_run_max_deviation"), ".1e"), verdict_cell(b),
-        ])
-    return rows
+    return table(results)[1]
 
 
 def bands_text(results: dict[str, Any]) -> str:
@@ -65,13 +100,31 @@ def bands_text(results: dict[str, Any]) -> str:
             f"epoch{'s' if every != 1 else ''} ({len(opts.get('lockstep_epochs') or [])} in all).")
 
 
-def text_table(rows: Sequence[Sequence[str]], header: Sequence[str] = COLUMNS) -> str:
+def config_text(results: dict[str, Any]) -> str:
+    c, o = results["config"], results.get("options", {})
+    tokens = o.get("tokens") or {}
+    text = Path(o["text"]).name if o.get("text") else "The Time Machine (bundled)"
+    if c["protocol"] == "d2l-ed1" and tokens.get("total") and tokens.get("used", 0) < tokens["total"]:
+        used = f"the first {tokens['used']:,} of its {tokens['total']:,} tokens (--max-tokens {c['max_tokens']})"
+    elif c["protocol"] == "d2l-ed2":
+        used = f"{c['num_train']:,} training and {c['num_val']:,} validation windows of its {tokens.get('total') or '?':,} characters"
+    else:
+        used = f"all {tokens.get('used', '?'):,} tokens"
+    out = (f"{c['protocol']}, {c['num_epochs']} epochs, batch {c['batch_size']} x {c['num_steps']} steps, hidden "
+           f"{c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {c['sampling']} sampling, {c['dtype']}, "
+           f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")
+    if o.get("eval_text"):
+        out += f"; evaluated on {Path(o['eval_text']).name} ({tokens.get('eval') or '?':,} tokens)"
+    return out
+
+
+def text_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str] = COLUMNS) -> str:
+def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
@@ -79,20 +132,43 @@ def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str] = COLUMN
 
 def samples_text(results: dict[str, Any]) -> str:
     lines = []
+    width = max((len(b["name"]) for b in results["backends"]), default=10)
     for b in results["backends"]:
         for prefix, text in (b.get("samples") or {}).items():
-            lines.append(f"{b['name']:<10} {prefix!r:>17} -> {text!r}")
+            lines.append(f"{b['name']:<{width}} {prefix!r:>17} -> {text!r}")
     return "\n".join(lines)
+
+
+def barely_trained(results: dict[str, Any]) -> str | None:
+    """A one-line explanation when the greedy continuations repeat one or two characters."""
+    for b in results["backends"]:
+        for prefix, text in (b.get("samples") or {}).items():
+            tail = text[len(prefix):]
+            if tail and len(set(tail)) <= BARELY_TRAINED_DISTINCT:
+                return (f"the model is barely trained after {results['config']['num_epochs']} epochs: its greedy "
+                        "continuations repeat one or two characters (spaces, 't t t'), which is expected this early "
+                        "and not a bug; train longer (--epochs) for words")
+    return None
 
 
 def errors_text(results: dict[str, Any]) -> str:
     return "\n".join(f"{b['name']}: {b['error']}" for b in results["backends"] if b.get("error"))
 
 
+def notes(results: dict[str, Any]) -> list[str]:
+    out = list(results.get("options", {}).get("data_notes") or [])
+    out += list(results["verdict"].get("notes") or [])
+    if (bt := barely_trained(results)) is not None:
+        out.append(bt)
+    return out
+
+
 def terminal_report(results: dict[str, Any]) -> str:
     v = results["verdict"]
-    parts = [text_table(table_rows(results)), "", f"Verdict: {v['summary']}", bands_text(results)]
-    parts += [f"Note: {n}" for n in v.get("notes") or []]
+    header, rows = table(results)
+    parts = [f"Config: {config_text(results)}", "", text_table(rows, header), "", f"Verdict: {v['summary']}",
+             bands_text(results)]
+    parts += [f"Note: {n}" for n in notes(results)]
     if samples_text(results):
         parts += ["", "Greedy continuations:", samples_text(results)]
     if errors_text(results):
@@ -101,46 +177,44 @@ def terminal_report(results: dict[str, Any]) -> str:
 
 
 def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
-    c, v = results["config"], results["verdict"]
+    v = results["verdict"]
+    header, rows = table(results)
+    window = median_last_window(results)
     parts = [
         "# multirnn comparison",
         "",
         f"Command: `{results['command']}`  ",
-        f"Protocol: **{c['protocol']}** (perplexities of d2l-ed1 and d2l-ed2 are not comparable)  ",
-        f"Config: batch_size={c['batch_size']}, num_steps={c['num_steps']}, num_hiddens={c['num_hiddens']}, "
-        f"lr={c['lr']}, max_grad_norm={c['max_grad_norm']}, num_epochs={c['num_epochs']}, sampling={c['sampling']}, "
-        f"dtype={c['dtype']}, seed={c['seed']}  ",
-        f"Initial weights: {results['options']['init']}; mode: {results['options']['mode']}; "
-        f"device: {results['options']['device']}; text: {results['options']['text'] or 'The Time Machine (bundled)'}  ",
-        f"Machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs, "
-        f"Python {results['machine']['python']}",
+        f"Config: {config_text(results)}  ",
+        "Perplexities of the d2l-ed1 and d2l-ed2 protocols are not comparable with each other.  ",
+        f"Machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs "
+        f"({results['machine'].get('isa', '?')}), Python {results['machine']['python']}, "
+        f"multirnn {results.get('multirnn_version', '?')}",
         "",
         "## Verdict",
         "",
         f"**{v['status']}** — {v['summary']}",
         "",
-        markdown_table(table_rows(results)),
+        markdown_table(rows, header),
         "",
         bands_text(results),
-        *[f"\n{n[0].upper()}{n[1:]}." for n in v.get("notes") or []],
+        *[f"\n{n[0].upper()}{n[1:]}." for n in notes(results)],
         "",
-        "median last: median perplexity over the last 10 % of the epochs (at least 10); tokens/s: median over "
-        "the epochs after the first; checkpoints: re-anchored checkpoints checked; re-anchored dev: worst relative "
-        "per-step loss deviation over those stretches; free-run dev: worst relative deviation of the free-running "
-        "loss curve (informational: over long float32 runs it measures chaos, not correctness).",
+        (f"median last {window}: median perplexity over the last {window} epochs (one spiking epoch does not "
+         "decide); " if window else "")
+        + "tokens/s: median over the epochs after the first; checkpoints: re-anchored checkpoints checked; "
+        "re-anchored dev: worst relative per-step loss deviation over those stretches; free-run dev: worst relative "
+        "deviation of the free-running loss curve (informational: over long float32 runs it measures chaos, not "
+        "correctness).",
     ]
     crossings = [(b["name"], (b.get("judgement") or {}).get("reason")) for b in results["backends"]
                  if (b.get("judgement") or {}).get("status") == "disagrees"]
     if crossings:
         parts += ["", "## Disagreements", ""] + [f"- **{n}**: {r}" for n, r in crossings]
-    if any(b.get("eval_perplexity") is not None for b in results["backends"]):
-        parts += ["", "## Perplexity on the evaluation text", ""]
-        parts += [f"- {b['name']}: {b['eval_perplexity']:.3f}" for b in results["backends"] if b.get("eval_perplexity")]
     if samples_text(results):
         parts += ["", "## Greedy continuations", "", "```", samples_text(results), "```"]
     if errors_text(results):
         parts += ["", "## Problems", "", "```", errors_text(results), "```"]
-    for name, title in (("perplexity.png", "Perplexity per epoch"), ("deviation.png", "Per-step deviation")):
+    for name, title in (("perplexity.png", "Perplexity per epoch"), ("deviation.png", "Deviations from the reference")):
         if (out_dir / name).exists():
             parts += ["", f"## {title}", "", f"![{title}]({name})"]
     return "\n".join(parts) + "\n"
@@ -158,33 +232,76 @@ def curves_csv(results: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
-    """perplexity.png and deviation.png; returns a note per plot that could not be made."""
-    try:
-        import matplotlib
+# --- plots -----------------------------------------------------------------------------------------
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return ["matplotlib is not installed (pip install 'multirnn[report]'): no plots written"]
+_STYLES = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":"), ("v", "-"), ("P", "--"), ("*", "-."), ("X", ":")]
+
+
+def _style(i: int, n_points: int) -> dict[str, Any]:
+    """One backend's look in every panel: its own colour, line style and hollow marker, markers
+    shrinking from one backend to the next, so that curves lying exactly on top of each other
+    still show every backend (concentric markers)."""
+    marker, line = _STYLES[i % len(_STYLES)]
+    every = max(1, n_points // 15)
+    return {"color": f"C{i % 10}", "marker": marker, "linestyle": line, "markevery": (i % every, every),
+            "markersize": max(11 - 2.5 * i, 3), "fillstyle": "none", "markeredgewidth": 1.2, "linewidth": 1.3}
+
+
+def _integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _log_ticks(ax: Any) -> None:
+    """Ticks at 1, 2, 5 x 10^k with plain numbers: a perplexity axis spanning 8-30 gets 10, 20."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
+    """Perplexity per epoch, and each backend's relative difference from the reference per epoch."""
     ran = [b for b in results["backends"] if b.get("perplexity")]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ref_name = results["verdict"].get("reference")
+    ref = next((b for b in ran if b["name"] == ref_name), None)
+    fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
     for i, b in enumerate(ran):
-        epochs = range(1, len(b["perplexity"]) + 1)
-        # thinner lines on top: curves that agree overlap, and every one stays visible
-        ax.plot(epochs, b["perplexity"], label=f"{b['name']} (train)", linewidth=2.6 - 0.4 * i)
+        epochs = list(range(1, len(b["perplexity"]) + 1))
+        ppl = [p if math.isfinite(p) else float("nan") for p in b["perplexity"]]
+        ax.plot(epochs, ppl, label=f"{b['name']} (train)", **_style(i, len(epochs)))
         if b.get("val_perplexity"):
-            ax.plot(epochs, b["val_perplexity"], linestyle="--", label=f"{b['name']} (validation)")
-    ax.set(yscale="log", xlabel="epoch", ylabel="perplexity", title=f"Perplexity per epoch ({results['config']['protocol']})")
+            ax.plot(epochs[:len(b["val_perplexity"])], b["val_perplexity"], label=f"{b['name']} (validation)",
+                    **{**_style(i, len(epochs)), "linestyle": ":", "alpha": 0.8})
+        if ref is not None and b is not ref:
+            n = min(len(ppl), len(ref["perplexity"]))
+            diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
+                    else float("nan") for k in range(n)]
+            # an exact match has no place on a log axis: draw it at the floor, named in the axis label
+            floor = 1e-9 if results["config"]["dtype"] == "float32" else 1e-16
+            ax_diff.plot(epochs[:n], [max(d, floor) for d in diff], label=b["name"], **_style(i, n))
+    ax.set(yscale="log", ylabel="perplexity", title=f"Perplexity per epoch ({results['config']['protocol']}, "
+           f"{results['config']['dtype']})")
+    _log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if ref is not None and len(ran) > 1:
+        ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref\n(exact: bottom line)",
+                    title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)")
+        ax_diff.grid(True, which="both", alpha=0.3)
+        ax_diff.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax_diff.text(0.5, 0.5, "no reference to compare with", ha="center", va="center", transform=ax_diff.transAxes)
+        ax_diff.set_yticks([])
+    ax_diff.set_xlabel("epoch")
+    _integer_epochs(ax_diff)
     fig.tight_layout()
-    fig.savefig(out_dir / "perplexity.png", dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-
-    if any((b.get("judgement") or {}).get("checkpoints") or b.get("free_run_deviation") for b in ran):
-        deviation_plot(results, out_dir / "deviation.png", plt)
-    return []
 
 
 def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
@@ -192,39 +309,46 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     as a multiple of their band, and the free-running curves' deviation for context."""
     v, dtype = results["verdict"], results["config"]["dtype"]
     floor = 1e-10 if dtype == "float32" else 1e-17  # an exact match cannot be drawn on a log axis
+    index = {b["name"]: i for i, b in enumerate(results["backends"])}  # the same style as in perplexity.png
     rows = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=False)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9.5))
     ax_loss, ax_probe, ax_free = axes
-    markers = "osD^vP*X"
-    for i, b in enumerate(rows):
+    for b in rows:
+        i = index[b["name"]]
         cps = b["judgement"].get("checkpoints") or []
         if not cps:
             continue
         epochs = [c["epoch"] for c in cps]
-        m = markers[i % len(markers)]
-        ax_loss.plot(epochs, [max(c["loss_deviation"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
-                     label=f"{b['name']} loss")
-        ax_loss.plot(epochs, [max(c["norm_deviation"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
-                     linestyle="--", fillstyle="none", label=f"{b['name']} grad norm")
-        ax_probe.plot(epochs, [max(c["probe_ratio"], floor) for c in cps], marker=m, linewidth=0.8, markersize=4,
-                      label=b["name"])
+        st = _style(i, len(epochs))
+        st.update(markevery=1)
+        ax_loss.plot(epochs, [max(c["loss_deviation"], floor) for c in cps], label=f"{b['name']} loss", **st)
+        ax_loss.plot(epochs, [max(c["norm_deviation"], floor) for c in cps], label=f"{b['name']} grad norm",
+                     **{**st, "linestyle": ":", "alpha": 0.7})
+        ax_probe.plot(epochs, [max(c["probe_ratio"], floor) for c in cps], label=b["name"], **st)
         bad = [c for c in cps if c["outside"]]
         if bad:
             ax_loss.scatter([c["epoch"] for c in bad], [max(c["loss_deviation"], c["norm_deviation"], floor) for c in bad],
-                            s=90, facecolors="none", edgecolors="red", linewidths=1.5, zorder=5)
-            ax_probe.scatter([c["epoch"] for c in bad], [max(c["probe_ratio"], floor) for c in bad], s=90,
-                             facecolors="none", edgecolors="red", linewidths=1.5, zorder=5)
-    ax_loss.axhline(v["step_rtol"], color="red", linestyle=":", label=f"loss band {v['step_rtol']:g}")
-    ax_loss.axhline(v["norm_rtol"], color="darkred", linestyle="-.", label=f"grad norm band {v['norm_rtol']:g}")
-    ax_loss.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="worst |x - ref| / ref in stretch",
+                            s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
+            ax_probe.scatter([c["epoch"] for c in bad], [max(c["probe_ratio"], floor) for c in bad], s=140,
+                             facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
+    if v["step_rtol"] == v["norm_rtol"]:
+        ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"band {v['step_rtol']:g}")
+    else:
+        ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"loss band {v['step_rtol']:g}")
+        ax_loss.axhline(v["norm_rtol"], color="darkred", linestyle="-.", linewidth=1.2,
+                        label=f"grad-norm band {v['norm_rtol']:g}")
+    ax_loss.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="worst |x - ref| / ref",
                 title=f"Re-anchored stretches vs {v.get('reference_label')} (red circles: outside the band)")
-    ax_probe.axhline(1.0, color="red", linestyle=":", label="band")
+    ax_probe.axhline(1.0, color="red", linestyle="--", linewidth=1.2, label="band")
     ax_probe.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="deviation / band",
-                 title="Probe steps (clipping on and off, half lr): worst update error as a multiple of its band")
-    for b in [b for b in results["backends"] if b.get("free_run_deviation")]:
-        if (b.get("judgement") or {}).get("status") == "reference":
+                 title="Probe steps (clipping on and off, half lr): worst update error / its band")
+    for ax in (ax_loss, ax_probe):
+        _integer_epochs(ax)
+    for i, b in enumerate(results["backends"]):
+        if not b.get("free_run_deviation") or (b.get("judgement") or {}).get("status") == "reference":
             continue
-        ax_free.plot([max(d, floor) for d in b["free_run_deviation"]], linewidth=0.7, label=b["name"])
+        ax_free.plot([max(d, floor) for d in b["free_run_deviation"]], linewidth=0.8, label=b["name"],
+                     linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}")
     ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
                 title="Free-running curves (context only: chaos, not correctness, widens them)")
     for ax in axes:
@@ -236,10 +360,27 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     plt.close(fig)
 
 
+def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """perplexity.png and deviation.png; returns a note per plot that could not be made."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["matplotlib is not installed (pip install 'multirnn[report]'): no plots written"]
+    if any(b.get("perplexity") for b in results["backends"]):
+        perplexity_plot(results, out_dir / "perplexity.png", plt)
+    judged = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
+    if judged:
+        deviation_plot(results, out_dir / "deviation.png", plt)
+    return []
+
+
 def write_all(results: dict[str, Any], out_dir: Path, make_plots: bool = True) -> list[str]:
     """Write every report file into ``out_dir``; returns notes about anything left out."""
-    notes = plot(results, out_dir) if make_plots else []
+    notes_out = plot(results, out_dir) if make_plots else []
     write_json_atomic(out_dir / "results.json", results)
     write_text_atomic(out_dir / "curves.csv", curves_csv(results))
     write_text_atomic(out_dir / "report.md", markdown_report(results, out_dir))
-    return notes
+    return notes_out

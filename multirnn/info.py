@@ -1,0 +1,55 @@
+"""``python -m multirnn``: what this installation can run, and how to install the rest."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+
+from . import __version__
+from .backends import _REGISTRY, install_hint, known_backends, probe
+
+# The distribution whose version is shown for each built-in backend (the first one installed).
+_DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "mxnet": ("mxnet",),
+                  "tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",)}
+
+
+def _installed_version(name: str) -> str | None:
+    for dist in _DISTRIBUTIONS.get(name, ()):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def backend_rows() -> list[dict[str, str | bool | None]]:
+    """One row per known backend: installed version, whether it imports here, how to install it, why not."""
+    rows = []
+    for name in known_backends():
+        reason = probe(name)  # imports the framework: the only honest "can it run" check
+        rows.append({"backend": name, "version": _installed_version(name) if name in _REGISTRY else "(entry point)",
+                     "runs": reason is None, "install": install_hint(name), "problem": reason})
+    return rows
+
+
+def backend_table() -> str:
+    rows = backend_rows()
+    lines = [f"{'backend':<12} {'installed':<14} {'runs here':<10} install with", "-" * 78]
+    for r in rows:
+        lines.append(f"{r['backend']:<12} {r['version'] or '-':<14} {'yes' if r['runs'] else 'NO':<10} {r['install']}")
+    problems = [r for r in rows if r["problem"]]
+    if problems:
+        lines += ["", "Why not:"] + [f"  {r['backend']}: {r['problem']}" for r in problems]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    print(f"multirnn {__version__} (Python {platform.python_version()}, {sys.platform})\n")
+    print(backend_table())
+    print("\nRun the comparison: python -m multirnn.compare   (--help for every option)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
