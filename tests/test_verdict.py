@@ -44,24 +44,24 @@ def judge(rows, **kw):
 
 
 def test_agreeing_backends_and_the_applied_bands():
-    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 5e-5, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)])]
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 5e-4, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)])]
     v = judge(rows)
     assert v.status == "agree" and v.reference == "numpy"
     torch = v.backend("torch")
     assert torch.status == "agrees" and torch.checkpoints_checked == 2
-    assert torch.max_loss_deviation == pytest.approx(5e-5)
-    assert (v.step_rtol, v.norm_rtol, v.probe_rtol) == (1e-4, 1e-3, 1e-3)
+    assert torch.max_loss_deviation == pytest.approx(5e-4)
+    assert (v.step_rtol, v.norm_rtol, v.probe_rtol) == (1e-3, 1e-3, 1e-3)
     assert v.backend("numpy").status == "reference"
     assert v.clipped_steps == 1 and v.total_steps == 6  # one reference norm (1.5) above θ = 1
     assert "at 2 checkpoints" in v.summary
 
 
 def test_the_first_crossing_is_named_with_epoch_and_step():
-    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-4, 1])])]
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-3, 1])])]
     v = judge(rows)
     assert v.status == "disagree" and v.disagreeing == ["torch"]
     c = v.backend("torch").first_crossing
-    assert (c.epoch, c.step, c.what) == (2, 5, "loss") and c.deviation == pytest.approx(3e-4)
+    assert (c.epoch, c.step, c.what) == (2, 5, "loss") and c.deviation == pytest.approx(3e-3)
     assert "epoch 2, step 5" in v.summary
 
 
@@ -124,11 +124,11 @@ def test_a_stretch_that_stopped_early_disagrees():
 
 
 def test_without_lockstep_the_free_run_is_held_to_the_fixed_band():
-    row = oracle_row([3.0, 2.5 * (1 + 5e-5), 2.0 * (1 + 3e-4), 1.5, 1.2, 1.1], REF["step_grad_norm"], "torch")
+    row = oracle_row([3.0, 2.5 * (1 + 5e-4), 2.0 * (1 + 3e-3), 1.5, 1.2, 1.1], REF["step_grad_norm"], "torch")
     v = judge([REF, row], lockstep=False)
     torch = v.backend("torch")
     assert torch.status == "disagrees" and torch.first_crossing.step == 3
-    assert torch.free_run_max_deviation == pytest.approx(3e-4)
+    assert torch.free_run_max_deviation == pytest.approx(3e-3)
     assert any("free-running float32 curves" in n for n in v.notes)
 
 
@@ -157,9 +157,9 @@ def test_verdict_serialises_without_nan():
 
 
 def agreement_safe(obj):
-    from multirnn.worker import _finite_or_none
+    from multirnn.files import finite_or_none
 
-    return _finite_or_none(obj)
+    return finite_or_none(obj)
 
 
 def test_checkpoint_epochs_and_auto_spacing():
@@ -168,5 +168,5 @@ def test_checkpoint_epochs_and_auto_spacing():
     assert lockstep.checkpoint_epochs(60, 7) == [1, 8, 15, 22, 29, 36, 43, 50, 57, 60]
     assert lockstep.checkpoint_epochs(3, 1) == [1, 2, 3] and lockstep.checkpoint_epochs(5, 0) == []
     every = lockstep.auto_every(8)
-    assert (8 + 5) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
+    assert (8 + 3) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
     assert lockstep.auto_every(1000) == 5  # one epoch per checkpoint: a quarter of the run is every 5th epoch

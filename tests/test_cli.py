@@ -1,0 +1,119 @@
+"""What a user sees: progress lines, discoverability (--version, --list-backends, --help), every
+result on screen, custom prompts, and the notes that keep a short run from looking broken."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import multirnn
+from multirnn import progress as prog
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
+COPY = "tests.zoo:OracleCopy"
+MISSING_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
+
+
+def compare(args, env_extra=None, timeout=300):
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "multirnn.compare", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_progress_lines_without_a_terminal_are_plain_and_time_stamped(tmp_path):
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(tmp_path / "run"), "--no-plot"])
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "\r" not in err and "\x1b[" not in err  # no cursor codes in a log
+    lines = [ln for ln in err.splitlines() if ln.startswith("[")]
+    assert all(re.match(r"^\[\s*\d+:\d\d\] \S+", ln) for ln in lines), lines
+    for stage in ("starting the worker", "importing the framework", "epoch 3/3", "re-anchored checks"):
+        assert any(stage in ln for ln in lines), (stage, lines)
+    assert any("overall 100%" in ln for ln in lines)
+    assert "the first 3,000 of 170,580 tokens" in err  # what was actually used
+
+
+def test_quiet_prints_no_progress(tmp_path):
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(tmp_path / "run"), "--quiet", "--no-plot"])
+    assert proc.returncode == 4 and proc.stderr == ""
+
+
+def test_live_display_on_a_terminal_uses_rich():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    with prog.RunProgress({"numpy": 3, "torch": 4}, stream=stream) as p:
+        p.start("numpy")
+        p.update("numpy", 3, "epoch 3/3")
+        p.finish("numpy", "ok")
+        assert p.fraction() == pytest.approx(3 / 7)
+    assert "numpy" in stream.getvalue() and "overall" in stream.getvalue()
+
+
+def test_version_and_help():
+    out = compare(["--version"]).stdout
+    assert out.strip() == f"multirnn {multirnn.__version__}"
+    text = " ".join(compare(["--help"]).stdout.split())  # argparse wraps lines
+    assert "default: d2l-ed1 500, d2l-ed2 100, quick 60" in text  # every preset's value, not "overrides the preset"
+    assert "{d2l-ed1,d2l-ed2,quick}" in text
+    for flag in ("--list-backends", "--prefix", "--overwrite", "--resume", "--lockstep", "--encoding"):
+        assert flag in text
+
+
+def test_list_backends_names_the_missing_one_and_its_extra(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(MISSING_TENSORFLOW)
+    import os
+
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = compare(["--list-backends"], env)
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("tensorflow"))
+    assert "NO" in row and "pip install 'multirnn[tensorflow]'" in row
+    assert re.search(r"tensorflow: .*cannot be imported|tensorflow: .*not installed", proc.stdout), proc.stdout
+    numpy_row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("numpy"))
+    assert "yes" in numpy_row
+    info = subprocess.run([sys.executable, "-m", "multirnn"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, **env})
+    assert info.returncode == 0 and "tensorflow" in info.stdout and multirnn.__version__ in info.stdout
+
+
+def test_prefixes_and_every_result_on_screen(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--eval-text", "war_of_the_worlds", "--prefix", "The Martians,",
+                    "--prefix", "time", "--out", str(out), "--quiet", "--no-plot"])
+    assert proc.returncode == 0, proc.stderr
+    assert "'the martians '" in proc.stdout and "'time'" in proc.stdout  # preprocessed like the text
+    header = next(ln for ln in proc.stdout.splitlines() if ln.startswith("backend"))
+    assert "eval ppl" in header and "median last" not in header  # 3 epochs: a median of the last 10 is the whole run
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["backends"][0]["samples"]) == {"the martians ", "time"}
+    assert f"{res['backends'][0]['eval_perplexity']:.3f}" in proc.stdout
+    assert "the model is barely trained after 3 epochs" in proc.stdout
+    assert "the first 3,000 of its 170,580 tokens" in proc.stdout
+
+
+def test_validation_perplexity_and_median_window_in_the_table(tmp_path):
+    proc = compare(["--backends", f"numpy,{COPY}", "--preset", "d2l-ed2", "--epochs", "12", "--hidden", "8",
+                    "--batch-size", "512", "--out", str(tmp_path / "run"), "--quiet", "--no-plot"], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    header = next(ln for ln in proc.stdout.splitlines() if ln.startswith("backend"))
+    assert "val ppl" in header and "median last 10" in header
+
+
+def test_a_prefix_outside_the_vocabulary_is_a_usage_error(tmp_path):
+    proc = compare(["--prefix", "...", "--out", str(tmp_path / "never")])
+    assert proc.returncode == 2 and "at least one letter" in proc.stderr

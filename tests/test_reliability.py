@@ -1,0 +1,283 @@
+"""Faults and odd input: divergence, signals, hung workers, existing output folders, file modes,
+text encodings and API misuse. Every run goes through the command line in a subprocess, as a user's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import multirnn
+from multirnn import compare as compare_cli
+from tests.conftest import require_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
+COPY = "tests.zoo:OracleCopy"
+
+
+def compare(args, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "multirnn.compare", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, **kw)
+
+
+def start(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "multirnn.compare", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(token):
+        raise AssertionError(f"{path} contains {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (the run's output folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
+        except OSError:
+            continue
+        if text in cmd and "zombie" not in state:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout=60.0, every=0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+# --- divergence ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("other", [COPY, "torch"])
+def test_divergence_is_a_result_not_a_crash(tmp_path, other):
+    if other == "torch":
+        require_backend("torch")
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"numpy,{other}", "--epochs", "3", "--hidden", "32", "--lr", "1e6", "--clip", "1e300",
+                    "--out", str(out), "--quiet"])
+    assert proc.returncode not in (2, 3), proc.stderr
+    res = strict_json(out / "results.json")  # no NaN or Infinity anywhere
+    for b in res["backends"]:
+        assert b["status"] == "diverged", b["error"]
+        assert b["diverged_epoch"] >= 1 and b["diverged_step"] >= 1 and "diverged" in b["error"]
+    assert "OverflowError" not in proc.stdout + proc.stderr
+    # both blew up the same way: the verdict can still judge them, and the report names the divergence
+    assert "diverged" in proc.stdout
+
+
+def test_perplexity_overflow_is_inf_in_memory_and_null_in_json(tmp_path):
+    from multirnn.harness import safe_perplexity
+
+    assert safe_perplexity(800.0) == float("inf") and safe_perplexity(1.0) == pytest.approx(np.e)
+    from multirnn.files import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"ppl": [1.0, float("inf"), float("nan")]})
+    assert strict_json(tmp_path / "x.json") == {"ppl": [1.0, None, None]}
+
+
+# --- signals and hung workers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
+def test_a_signal_writes_a_partial_report_and_ends_every_process(tmp_path, sig, code):
+    out = tmp_path / "run"
+    proc = start(["--backends", "numpy", "--epochs", "100000", "--hidden", "16", "--max-tokens", "3000",
+                  "--batch-size", "8", "--num-steps", "10", "--out", str(out)])
+    task = str(out / "backends" / "numpy.task.json")
+    assert wait_for(lambda: processes_mentioning(task) != [], 120), "the worker never started"
+    time.sleep(3)  # training (100,000 epochs take far longer)
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    res = strict_json(out / "results.json")
+    assert res["verdict"]["status"] == "interrupted"
+    assert (out / "report.md").exists() and "Traceback" not in err
+    time.sleep(5)
+    assert processes_mentioning(str(out)) == [], "a process of the run outlived it"
+
+
+def test_sigkill_of_the_parent_ends_the_worker(tmp_path):
+    out = tmp_path / "run"
+    proc = start(["--backends", "numpy", "--epochs", "100000", "--hidden", "64", "--out", str(out), "--quiet"])
+    assert wait_for(lambda: processes_mentioning(str(out / "backends" / "numpy.task.json")) != [], 60), "no worker"
+    time.sleep(2)
+    proc.kill()
+    proc.wait(30)
+    assert wait_for(lambda: processes_mentioning(str(out)) == [], 10), processes_mentioning(str(out))
+    # the run folder is usable: a later --resume can continue it
+    assert (out / ".work" / "data.npz").exists()
+
+
+def test_a_hung_worker_is_ended_after_the_stall_timeout(tmp_path):
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    proc = compare(["--backends", "numpy,tests.fakes:HangingBackend", *TINY, "--stall-timeout", "3", "--out", str(out),
+                    "--quiet", "--no-plot"], timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    rows = {b["name"]: b for b in strict_json(out / "results.json")["backends"]}
+    hung = rows["tests.fakes:HangingBackend"]
+    assert hung["status"] == "crashed" and "hung: no progress for 3 s" in hung["error"]
+    assert rows["numpy"]["status"] == "ok"
+    assert time.monotonic() - t0 < 90
+    assert processes_mentioning(str(out)) == []
+
+
+# --- output folders and files ----------------------------------------------------------------------
+
+
+def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    assert compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot"]).returncode == 0
+    (out / "backends" / "torch.json").write_text("{}")  # a stale file of an earlier, different run
+    (out / "my notes.txt").write_text("mine")
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "backends" / "torch.json").exists()  # cleared: it belonged to the earlier run
+    assert (out / "my notes.txt").read_text() == "mine"  # not a run file: untouched
+
+
+def test_default_folders_never_collide(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = compare_cli._prepare_out_dir(None, False, False)
+    b = compare_cli._prepare_out_dir(None, False, False)
+    assert a != b and a.parent == b.parent == Path("runs")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_result_files_follow_the_umask(tmp_path, umask, mode):
+    out = tmp_path / "run"
+    code = (f"import os, sys; os.umask({umask}); from multirnn.compare import main; "
+            f"sys.exit(main({['--backends', 'numpy', *TINY, '--out', str(out), '--quiet']!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 4, proc.stderr  # numpy alone: nothing to compare
+    for name in ("results.json", "report.md", "curves.csv", "perplexity.png", "backends/numpy.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == mode, name
+
+
+def test_resume_keeps_finished_backends(tmp_path):
+    out = tmp_path / "run"
+    args = ["--backends", f"numpy,{COPY},tests.fakes:SlowBackend", "--epochs", "40", "--hidden", "16",
+            "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--out", str(out), "--quiet", "--no-plot"]
+    proc = start(args)
+    assert wait_for(lambda: (out / "backends" / "tests_zoo_OracleCopy.json").exists()
+                    and len(strict_json(out / "results.json")["backends"]) == 2, 120)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    numpy_mtime = (out / "backends" / "numpy.json").stat().st_mtime_ns
+    done = compare([*args[:1], f"numpy,{COPY},tests.zoo:OracleCopy2", *args[2:], "--resume"])
+    assert done.returncode == 0, done.stderr
+    rows = {b["name"]: b for b in strict_json(out / "results.json")["backends"]}
+    assert (out / "backends" / "numpy.json").stat().st_mtime_ns == numpy_mtime  # not run again
+    assert rows["tests.zoo:OracleCopy2"]["judgement"]["checkpoints_checked"] >= 2  # anchored on the kept checkpoints
+    assert not (out / ".work").exists()
+    other = compare([*args[:1], "numpy", *args[2:6], "--hidden", "32", *args[8:], "--resume"])
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+# --- text input ---------------------------------------------------------------------------------------
+
+
+def _book(tmp_path: Path, encoding: str, text: str | None = None, bom: bytes = b"") -> Path:
+    text = text if text is not None else multirnn.bundled_text_path("timemachine").read_text()[:30000]
+    path = tmp_path / f"book-{encoding}.txt"
+    path.write_bytes(bom + text.encode(encoding))
+    return path
+
+
+def test_utf16_and_utf32_with_a_bom_read_like_utf8(tmp_path):
+    want, vocab = multirnn.load_corpus(_book(tmp_path, "utf-8"))
+    for enc, bom in (("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00"),
+                     ("utf-8", b"\xef\xbb\xbf")):
+        got, got_vocab = multirnn.load_corpus(_book(tmp_path, enc, bom=bom))
+        np.testing.assert_array_equal(got, want)
+        assert got_vocab.idx_to_token == vocab.idx_to_token
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: Path("/bin/ls"), "looks binary"),
+    (lambda p: _book(p, "latin-1", "caf\xe9 " * 3000), "not valid UTF-8 text (byte 0xe9 at offset 3)"),
+    (lambda p: _book(p, "utf-16-le"), "looks binary"),  # UTF-16 without a BOM: not guessed
+    (lambda p: p, "is a directory"),
+])
+def test_undecodable_or_binary_text_is_exit_2(tmp_path, make, message):
+    proc = compare(["--text", str(make(tmp_path)), "--out", str(tmp_path / "never")])
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+def test_an_encoding_can_be_named_and_dropped_letters_are_counted(tmp_path):
+    text = ("the caf\xe9 na\xefve r\xe9sum\xe9 of a time traveller " * 800)
+    book = _book(tmp_path, "latin-1", text)
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--text", str(book), "--encoding", "latin-1", "--out", str(out), "--quiet"])
+    assert proc.returncode == 4, proc.stderr
+    assert "letters outside A-Z" in proc.stdout and "became spaces" in proc.stdout
+
+
+def test_eval_text_outside_the_vocabulary_is_flagged(tmp_path):
+    train = _book(tmp_path, "utf-8", "abcab abcba cabba " * 600)  # a vocabulary of a, b, c and space
+    other = _book(tmp_path, "utf-16", "xyz zyx " * 600 + "abc " * 10)
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--text", str(train), "--eval-text", str(other), "--out", str(out),
+                    "--quiet", "--prefix", "ab"])
+    assert proc.returncode == 4, proc.stderr
+    assert "are not in the training vocabulary" in proc.stdout
+    res = strict_json(out / "results.json")
+    assert res["backends"][0]["eval_perplexity"] is not None
+
+
+# --- API misuse ----------------------------------------------------------------------------------------
+
+
+def test_api_misuse_is_explained(oracle):
+    with pytest.raises(TypeError, match=r"config must be a TrainConfig .* Use multirnn.preset\('quick'\)"):
+        multirnn.train(oracle, "quick")
+    with pytest.raises(TypeError, match="backend must be a multirnn Backend"):
+        multirnn.train("numpy", multirnn.preset("quick"))
+    assert multirnn.preset("quick", num_epochs=np.int64(2)).num_epochs == 2
+    assert type(multirnn.preset("quick", lr=np.float32(0.5)).lr) is float
+    with pytest.raises(ValueError, match="at most 1,000,000"):
+        multirnn.preset("quick", num_epochs=10**20)
+    params = multirnn.init_params(28, 8)
+    with pytest.raises(ValueError, match=r"missing \['b_q'\]"):
+        oracle.params_from_numpy({k: v for k, v in params.items() if k != "b_q"})
+    with pytest.raises(ValueError, match=r"W_hh: \(8, 9\) \(expected \(8, 8\)\)"):
+        oracle.params_from_numpy({**params, "W_hh": np.zeros((8, 9), np.float32)})
+    with pytest.raises(ValueError, match="same dtype"):
+        oracle.params_from_numpy({**params, "b_h": np.zeros(8)})
+    config = multirnn.preset("quick", num_hiddens=16, num_epochs=1)
+    with pytest.raises(ValueError, match="num_hiddens=8, but .* config.num_hiddens is 16"):
+        multirnn.train(oracle, config, params=params)
+    with pytest.raises(ValueError, match="prepared for another configuration"):
+        multirnn.train(oracle, config, multirnn.prepare_data(config.replace(batch_size=16)))
+
+
+def test_absurd_epochs_are_refused_with_the_limit(tmp_path):
+    proc = compare(["--epochs", str(10**20), "--out", str(tmp_path / "never")])
+    assert proc.returncode == 2 and "at most 1,000,000" in proc.stderr
