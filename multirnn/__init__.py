@@ -9,13 +9,18 @@ from .backends import available_backends, get_backend, known_backends, probe
 from .backends.base import Backend
 from .config import PRESETS, TrainConfig, preset
 from .data import Vocab, bundled_text_path, load_corpus, load_ed2_windows, load_time_machine, seq_data_iter_random, seq_data_iter_sequential
-from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError
+from .cells import CELLS, Cell, Model
+from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError, UnsupportedModelError
 from .harness import History, TrainingData, TrainResult, evaluate_perplexity, predict, prepare_data, train
 from .params import PARAM_NAMES, init_params
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "CELLS",
+    "Cell",
+    "Model",
+    "UnsupportedModelError",
     "PARAM_NAMES",
     "PRESETS",
     "Backend",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cells import RNN, Model
+
 # Independent weights: final perplexities of different random initialisations differ by a few
 # per cent on the quick preset; a disagreement beyond 15 % points at a wrong implementation.
 INDEPENDENT_RTOL = 0.15
@@ -79,18 +81,14 @@ def compare_curve(
     )
 
 
-def expected_shapes(batch_size: int, num_steps: int, vocab_size: int, num_hiddens: int) -> dict[str, list[int]]:
-    """The shapes every backend must produce on the first minibatch."""
-    return {
-        "one_hot": [num_steps, batch_size, vocab_size],
-        "logits": [num_steps * batch_size, vocab_size],
-        "state": [batch_size, num_hiddens],
-        "grad_W_xh": [vocab_size, num_hiddens],
-        "grad_W_hh": [num_hiddens, num_hiddens],
-        "grad_b_h": [num_hiddens],
-        "grad_W_hq": [num_hiddens, vocab_size],
-        "grad_b_q": [vocab_size],
-    }
+def expected_shapes(batch_size: int, num_steps: int, vocab_size: int, num_hiddens: int,
+                    model: Model = RNN) -> dict[str, list[int]]:
+    """The shapes every backend must produce on the first minibatch: one-hot inputs, logits, every
+    state entry and every gradient (by the model's d2l names)."""
+    out = {"one_hot": [num_steps, batch_size, vocab_size], "logits": [num_steps * batch_size, vocab_size]}
+    out.update({f"state_{name}": [batch_size, num_hiddens] for name in model.state_names()})
+    out.update({f"grad_{k}": list(s) for k, s in model.param_shapes(vocab_size, num_hiddens).items()})
+    return out
 
 
 def shape_mismatches(got: Mapping[str, Sequence[int]], want: Mapping[str, Sequence[int]]) -> list[str]:

@@ -32,6 +32,8 @@ import numpy as np
 
 from . import __version__, agreement, lockstep, report, verdict
 from .backends import canonical_name, is_builtin, known_backends, load_backend_class
+from .backends import impls as backend_impls
+from .cells import CELLS
 from .config import LIMITS, PRESETS, TrainConfig, preset
 from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
@@ -122,11 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help=f"hyper-parameters (default: quick = d2l ed. 1 for {PRESETS['quick'].num_epochs} epochs; "
                    "d2l-ed1: the book's 500 epochs; d2l-ed2: batch 1024, hidden 32, train/validation split)")
+    g.add_argument("--impl", default="scratch", metavar="scratch|layers|all",
+                   help="scratch (default): d2l's model written from scratch; layers: the framework's own recurrent "
+                   "and dense layers (d2l's concise chapter); all: both; a comma list works too. The NumPy oracle "
+                   "is always the reference")
+    g.add_argument("--cell", choices=list(CELLS), default=None,
+                   help="rnn (default): the tanh RNN; gru: d2l's GRU (reset gate before the recurrent matmul); "
+                   "gru-reset-after: cuDNN's/torch's GRU; lstm")
+    g.add_argument("--num-layers", type=_number(int, "an integer from 1 to 16", 16), metavar="N",
+                   help="stacked recurrent layers, d2l's deep RNN (default 1)")
+    g.add_argument("--second-bias", choices=["frozen", "trained"], default=None,
+                   help="frozen (default): the second, hidden-side bias of torch/Gluon layers is held at zero, "
+                   "so the model is d2l's; trained: both biases train, as the book's concise code does (the "
+                   "oracle then computes that two-bias model)")
     g.add_argument("--mode", choices=["fast", "eager"], default="fast",
                    help="fast: each backend's fused/compiled step (default); eager: the d2l-style translation")
-    g.add_argument("--init", choices=["shared", "independent"], default="shared",
+    g.add_argument("--init", choices=["shared", "independent", "framework"], default="shared",
                    help="shared (default): every backend starts from the same weights; independent: each draws "
-                   "its own (final perplexities are compared; re-anchored checks still run)")
+                   "its own (final perplexities are compared; re-anchored checks still run); framework: every "
+                   "layer keeps its framework's own initialisers (a statistical verdict over --init-seeds seeds)")
+    g.add_argument("--init-seeds", type=_number(int, "a positive integer", 100), default=3, metavar="K",
+                   help="--init framework: seeds per row for the statistical verdict (default 3)")
     g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu; gpu: error if none)")
     h = p.add_argument_group("hyper-parameters (override the preset)")
     h.add_argument("--epochs", type=_number(int, "a positive integer", LIMITS["num_epochs"]), metavar="N",
@@ -180,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = dict(num_epochs=args.epochs, num_hiddens=args.hidden, batch_size=args.batch_size,
                      num_steps=args.num_steps, lr=args.lr, max_grad_norm=args.clip, max_tokens=args.max_tokens,
-                     sampling=args.sampling, dtype=args.dtype, seed=args.seed)
+                     sampling=args.sampling, dtype=args.dtype, seed=args.seed, cell=args.cell,
+                     num_layers=args.num_layers, second_bias=args.second_bias)
     try:
         return preset(args.preset, **overrides)
     except ValueError as exc:
@@ -204,6 +223,47 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
     resolved = list(dict.fromkeys(resolved))
     # The oracle runs first: it is the reference, and its checkpoints anchor every other backend.
     return sorted(resolved, key=lambda n: n != verdict.ORACLE), True
+
+
+IMPL_CHOICES = ("scratch", "layers")
+
+
+def _impls_from_args(spec: str) -> list[str]:
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    out: list[str] = []
+    for p in parts:
+        if p == "all":
+            out += list(IMPL_CHOICES)
+        elif p in IMPL_CHOICES:
+            out.append(p)
+        else:
+            raise UsageError(f"--impl {p!r}: expected scratch, layers, all or a comma list of them")
+    if not out:
+        raise UsageError("--impl is empty; expected scratch, layers or all")
+    return list(dict.fromkeys(out))
+
+
+def row_label(name: str, impl: str) -> str:
+    """A row's name: the backend for d2l's scratch model, backend/impl otherwise (torch/layers)."""
+    return name if impl == "scratch" else f"{name}/{impl}"
+
+
+def _rows_to_run(names: list[str], impls: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(backend, impl) pairs in run order, and notes on pairs that do not exist. The oracle always
+    runs (it is the reference), whatever --impl says."""
+    rows, notes = [], []
+    for name in names:
+        if name == verdict.ORACLE:
+            rows.append((name, "scratch"))
+            if "layers" in impls:
+                notes.append("numpy has no 'layers' row: it is the oracle, written from scratch, and the reference of every row")
+            continue
+        if not is_builtin(name):  # a third-party class is one implementation
+            rows.append((name, "scratch"))
+            continue
+        for impl in impls:
+            rows.append((name, impl))
+    return rows, notes
 
 
 def _gpu_visible() -> bool:
@@ -282,6 +342,8 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     finite = [p for p in ppl if math.isfinite(p)]
     return {
         "name": raw["name"],
+        "backend": raw.get("backend") or raw["name"],
+        "impl": raw.get("impl") or "scratch",
         "status": raw["status"],
         "framework_version": raw.get("framework_version"),
         "error": raw.get("error"),
@@ -303,6 +365,8 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
         "lockstep": raw.get("lockstep"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
+        "seed_runs": raw.get("seed_runs") or [],
+        "param_layout": raw.get("param_layout"),
         "diverged_epoch": raw.get("diverged_epoch"),
         "diverged_step": raw.get("diverged_step"),
         "exit_code": raw.get("exit_code"),
@@ -369,7 +433,8 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any]) -> d
         earlier = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume: cannot read {str(out_dir / 'results.json')!r}: {exc}") from None
-    same = {k: options[k] for k in ("init", "mode", "device", "text", "eval_text", "lockstep_epochs", "prefixes")}
+    same = {k: options[k] for k in ("init", "init_seeds", "mode", "device", "text", "eval_text", "lockstep_epochs",
+                                    "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}
     if earlier.get("config") != config.to_dict() or json.loads(json.dumps(same)) != before:
         raise UsageError("--resume: the earlier run in this folder used other settings; repeat its command "
@@ -389,10 +454,12 @@ def _list_backends() -> int:
     return 0
 
 
-def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epoch: int, name: str) -> tuple[float, float]:
-    """Progress units of one backend: its epochs, and its re-anchored checks in epoch equivalents."""
+def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epoch: int, name: str,
+                extra_seeds: int = 0) -> tuple[float, float]:
+    """Progress units of one row: its epochs (every seed's), and its re-anchored checks in epoch equivalents."""
     per_ckpt = (steps_per_epoch + 3) / max(steps_per_epoch, 1)
-    return float(config.num_epochs), 0.0 if name == verdict.ORACLE else len(lock_epochs) * per_ckpt
+    return float(config.num_epochs), (0.0 if name == verdict.ORACLE else len(lock_epochs) * per_ckpt) + \
+        extra_seeds * config.num_epochs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list_backends()
         config = _config_from_args(args)
         names, named = _backends_from_args(args.backends)
+        impls = _impls_from_args(args.impl)
+        pairs, pair_notes = _rows_to_run(names, impls)
         text = _resolve_text(args.text, "--text")
         eval_text = _resolve_text(args.eval_text, "--eval-text")
         # prompts get the text's own preprocessing (lowercase, non-letters -> space), as d2l's vocabulary has
@@ -431,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     first_batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
-    expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens)
+    expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens, config.model)
     steps_per_epoch = sum(1 for _ in data.train_batches(np.random.default_rng(config.seed)))
     every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch)}.get(args.lockstep, args.lockstep)
     lock_epochs = tuple(lockstep.checkpoint_epochs(config.num_epochs, int(every)))
@@ -441,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         if unk > UNK_WARNING:
             data_notes.append(f"{unk:.1%} of the evaluation text's characters are not in the training vocabulary "
                               "(<unk>): its perplexity says little")
-    options = {"backends": names, "init": args.init, "mode": args.mode, "device": args.device, "text": text,
+    seeds = tuple(range(config.seed + 1, config.seed + args.init_seeds)) if args.init == "framework" else ()
+    options = {"backends": names, "impls": impls, "init": args.init, "init_seeds": [config.seed, *seeds],
+               "model": config.model.name, "mode": args.mode, "device": args.device, "text": text,
                "eval_text": eval_text, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
                "lockstep_epochs": list(lock_epochs), "prefixes": list(prefixes),
                "tokens": {"used": data.used_tokens, "total": data.total_tokens,
@@ -462,25 +533,28 @@ def main(argv: list[str] | None = None) -> int:
         np.save(eval_path, eval_ids)
     ckpt_root = out_dir / "checkpoints" if args.keep_checkpoints else work / "checkpoints"
 
-    units = {n: _work_units(config, lock_epochs, steps_per_epoch, n) for n in names}
+    labels = [row_label(n, i) for n, i in pairs]
+    units = {row_label(n, i): _work_units(config, lock_epochs, steps_per_epoch, n, len(seeds)) for n, i in pairs}
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
-    progress.message(f"multirnn.compare {__version__}: {', '.join(names)} | preset {args.preset} ({config.protocol}, "
-                     f"{config.num_epochs} epochs, {config.dtype}, mode {args.mode}, {used} of "
-                     f"{Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
-    for note in data_notes:
+    progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
+                     f"({config.protocol}, {config.num_epochs} epochs, {config.dtype}, mode {args.mode}, init {args.init}, "
+                     f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
+    for note in data_notes + pair_notes:
         progress.message(f"note: {note}")
+    options["row_notes"] = pair_notes
 
     rows: list[dict[str, Any]] = []
     stopped: str | None = None
     exit_stopped = EXIT_INTERRUPTED
     anchor: str | None = None  # the checkpoints every later backend restarts from
     raise_on_signals()
-    name = names[0]
+    name = labels[0]
     try:
-        for i, name in enumerate(names):
-            init_seed = config.seed if args.init == "shared" else config.seed * 100 + i + 1
+        for i, (backend_name, impl) in enumerate(pairs):
+            name = row_label(backend_name, impl)
+            init_seed = config.seed if args.init in ("shared", "framework") else config.seed * 100 + i + 1
             own = ckpt_root / _safe(name)
             # The oracle anchors everyone; without it, the first backend that runs to the end does.
             save_ckpts = bool(lock_epochs) and anchor is None and (name == verdict.ORACLE or verdict.ORACLE not in names)
@@ -488,9 +562,10 @@ def main(argv: list[str] | None = None) -> int:
                 raw = kept[name]
                 progress.finish(name, f"{raw['status']} (kept from the earlier run)")
             else:
-                task = WorkerTask(name=name, config=config.to_dict(), out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
+                task = WorkerTask(name=name, backend=backend_name, impl=impl, config=config.to_dict(),
+                                  out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
                                   data_path=str(data_path), device=args.device, mode=args.mode, init=args.init,
-                                  init_seed=init_seed, eval_path=str(eval_path) if eval_path else None,
+                                  init_seed=init_seed, extra_seeds=seeds, eval_path=str(eval_path) if eval_path else None,
                                   prefixes=prefixes, lockstep_epochs=lock_epochs,
                                   checkpoint_dir=str(own) if save_ckpts else None, anchor_dir=anchor)
                 raw = _run_one(task, progress, config, units[name], args.stall_timeout)

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from .cells import CELLS, Model
 from .params import check_dtype
 
 PROTOCOLS = ("d2l-ed1", "d2l-ed2")
+SECOND_BIAS = ("frozen", "trained")
 # Upper bounds that reject absurd values up front (e.g. --epochs 10**20) instead of running for ever.
 LIMITS = {"batch_size": 1_000_000, "num_steps": 100_000, "num_hiddens": 65_536, "num_epochs": 1_000_000,
           "num_train": 100_000_000}
@@ -41,6 +43,9 @@ class TrainConfig:
     num_val: int = 5000  # d2l-ed2 only
     dtype: str = "float32"
     seed: int = 0
+    cell: str = "rnn"  # rnn | gru | gru-reset-after | lstm (multirnn.cells.CELLS)
+    num_layers: int = 1  # d2l's deep RNN: each layer's outputs are the next layer's inputs
+    second_bias: str = "frozen"  # "trained": every gate has a second, hidden-side bias (torch/Gluon layers)
 
     def __post_init__(self) -> None:
         # NumPy scalars (np.int64(2), np.float32(0.5)) are ordinary numbers here: store them as such.
@@ -69,6 +74,16 @@ class TrainConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
         check_dtype(self.dtype)
+        if self.cell not in CELLS:
+            raise ValueError(f"Unknown cell {self.cell!r}; expected one of {list(CELLS)}.")
+        if self.second_bias not in SECOND_BIAS:
+            raise ValueError(f"second_bias must be one of {list(SECOND_BIAS)}, got {self.second_bias!r}.")
+        Model(CELLS[self.cell], self.num_layers)  # validates num_layers
+
+    @property
+    def model(self) -> Model:
+        """The cell, stacked ``num_layers`` deep, with or without the trained second biases."""
+        return Model(CELLS[self.cell], self.num_layers, self.second_bias == "trained")
 
     @property
     def resets_state_every_batch(self) -> bool:

@@ -13,6 +13,12 @@ class GPUUnavailableError(RuntimeError):
     """``device="gpu"`` was asked for, but the framework sees no GPU (never a silent CPU fallback)."""
 
 
+class UnsupportedModelError(ValueError):
+    """This implementation cannot compute the requested model (e.g. torch.nn.GRU is reset-after,
+    so it cannot be d2l's GRU); the message says why. Reported as an ``unsupported`` row, never a
+    silently different model."""
+
+
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite. ``history`` holds everything recorded before that step."""
 

@@ -175,6 +175,10 @@ def check_train_args(backend: Any, config: Any, data: Any = None) -> None:
         hint = f" Use multirnn.preset({config!r})." if isinstance(config, str) else ""
         raise TypeError(f"config must be a TrainConfig (e.g. multirnn.preset('quick')), got "
                         f"{type(config).__name__} {config!r:.60}.{hint}")
+    model = getattr(backend, "model", None)
+    if model is not None and model != config.model:
+        raise ValueError(f"backend {backend!r} was created for {model.name}, but the config asks for "
+                         f"{config.model.name}: create it with get_backend(..., model=config.model).")
     if data is not None:
         if not isinstance(data, TrainingData):
             raise TypeError(f"data must be a TrainingData from multirnn.prepare_data(config), got {type(data).__name__}.")
@@ -290,9 +294,9 @@ def train(
     check_train_args(backend, config, data)
     data = data if data is not None else prepare_data(config)
     if params is None:
-        params = init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype)
+        params = init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype, config.model)
     else:
-        V, H, _ = validate_params(params)
+        V, H, _ = validate_params(params, config.model)
         if (V, H) != (len(data.vocab), config.num_hiddens):
             raise ValueError(f"params are for vocab_size={V}, num_hiddens={H}, but the data has {len(data.vocab)} "
                              f"tokens and config.num_hiddens is {config.num_hiddens}.")
@@ -378,8 +382,8 @@ def predict(
         raise ValueError("prefix must contain at least one character.")
     if num_preds < 0:
         raise ValueError(f"num_preds must be >= 0, got {num_preds!r}.")
-    W_hh = backend.params_to_numpy(params)["W_hh"]
-    state = backend.init_state(1, W_hh.shape[0], dtype or W_hh.dtype.name)
+    W_hq = backend.params_to_numpy(params)["W_hq"]  # (H, V) in every model
+    state = backend.init_state(1, W_hq.shape[0], dtype or W_hq.dtype.name)
     outputs = [vocab[prefix[0]]]
     for char in prefix[1:]:  # warm-up: feed the prefix, ignore the outputs
         _, state = backend.forward(params, np.array([[outputs[-1]]]), state)

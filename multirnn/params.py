@@ -1,4 +1,8 @@
-"""Initial weights, drawn once in NumPy so that every backend starts from the same point."""
+"""Initial weights, drawn once in NumPy so that every backend starts from the same point.
+
+Every function takes the :class:`~multirnn.cells.Model` (default: d2l's one-layer tanh RNN), whose
+declaration gives the parameter names and shapes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from .cells import RNN, Model
 
 PARAM_NAMES: tuple[str, ...] = ("W_xh", "W_hh", "b_h", "W_hq", "b_q")
 DTYPES: tuple[str, ...] = ("float32", "float64")
@@ -21,14 +27,13 @@ def check_dtype(dtype: str | np.dtype) -> str:
     return name
 
 
-def param_shapes(vocab_size: int, num_hiddens: int) -> dict[str, tuple[int, ...]]:
-    """The d2l RNN-from-scratch parameter shapes."""
-    V, H = vocab_size, num_hiddens
-    return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+def param_shapes(vocab_size: int, num_hiddens: int, model: Model = RNN) -> dict[str, tuple[int, ...]]:
+    """The model's parameter shapes, by d2l name, in canonical order (the tanh RNN's five by default)."""
+    return model.param_shapes(vocab_size, num_hiddens)
 
 
-def validate_params(params: Any) -> tuple[int, int, str]:
-    """Check that ``params`` is the d2l parameter dict: the five names, consistent shapes, one dtype.
+def validate_params(params: Any, model: Model = RNN) -> tuple[int, int, str]:
+    """Check that ``params`` is the model's parameter dict: its names, consistent shapes, one dtype.
 
     Accepts NumPy arrays (or anything ``np.shape`` understands, e.g. framework arrays, whose dtype
     is read from ``.dtype``).
@@ -40,32 +45,33 @@ def validate_params(params: Any) -> tuple[int, int, str]:
         TypeError: not a mapping.
         ValueError: missing or unexpected names, wrong shapes or dtypes (all of them named).
     """
+    names = model.param_names()
     if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict of arrays with the keys {list(PARAM_NAMES)}, got {type(params).__name__}.")
-    missing = [k for k in PARAM_NAMES if k not in params]
-    extra = [k for k in params if k not in PARAM_NAMES]
+        raise TypeError(f"params must be a dict of arrays with the keys {list(names)}, got {type(params).__name__}.")
+    missing = [k for k in names if k not in params]
+    extra = [k for k in params if k not in names]
     if missing or extra:
         parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
-        raise ValueError(f"params: {'; '.join(parts)}; expected exactly {list(PARAM_NAMES)}.")
-    shapes = {k: tuple(np.shape(params[k])) for k in PARAM_NAMES}
-    if len(shapes["W_xh"]) != 2:
-        raise ValueError(f"params['W_xh'] must be 2-D (vocab_size, num_hiddens), got shape {shapes['W_xh']}.")
-    V, H = shapes["W_xh"]
-    want = param_shapes(V, H)
-    wrong = [f"{k}: {shapes[k]} (expected {want[k]})" for k in PARAM_NAMES if shapes[k] != want[k]]
+        raise ValueError(f"params ({model.name}): {'; '.join(parts)}; expected exactly {list(names)}.")
+    shapes = {k: tuple(np.shape(params[k])) for k in names}
+    if len(shapes["W_hq"]) != 2:
+        raise ValueError(f"params['W_hq'] must be 2-D (num_hiddens, vocab_size), got shape {shapes['W_hq']}.")
+    H, V = shapes["W_hq"]
+    want = model.param_shapes(V, H)
+    wrong = [f"{k}: {shapes[k]} (expected {want[k]})" for k in names if shapes[k] != want[k]]
     if wrong:
-        raise ValueError(f"params shapes do not fit vocab_size={V}, num_hiddens={H} (from W_xh): {', '.join(wrong)}.")
-    dtypes = {k: np.dtype(getattr(params[k], "dtype", np.asarray(params[k]).dtype)).name for k in PARAM_NAMES}
+        raise ValueError(f"params shapes do not fit vocab_size={V}, num_hiddens={H} (from W_hq): {', '.join(wrong)}.")
+    dtypes = {k: np.dtype(getattr(params[k], "dtype", np.asarray(params[k]).dtype)).name for k in names}
     bad = {k: d for k, d in dtypes.items() if d not in DTYPES}
     if bad:
         raise ValueError(f"params must be float32 or float64 arrays; got {bad}.")
     if len(set(dtypes.values())) > 1:
         raise ValueError(f"params must all have the same dtype; got {dtypes}.")
-    return V, H, dtypes["W_xh"]
+    return V, H, dtypes["W_hq"]
 
 
-def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "float32") -> Params:
-    """d2l's ``get_params``: weights N(0, 0.01^2), biases zero.
+def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "float32", model: Model = RNN) -> Params:
+    """d2l's ``get_params`` (for every cell): weights N(0, 0.01^2), biases zero.
 
     The weights are drawn in float64 from ``numpy.random.default_rng(seed)`` and then cast, so
     float32 and float64 runs with the same seed start from the same (rounded) weights.
@@ -76,8 +82,12 @@ def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "
         seed: the only source of randomness.
         dtype: ``"float32"`` or ``"float64"``.
 
+        model: the cell and layers (default: the tanh RNN, one layer).
+
     Returns:
-        ``{"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}``.
+        The model's parameters, e.g. ``{"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V),
+        "b_q": (V,)}`` for the tanh RNN; weights are drawn in the canonical order of
+        :meth:`~multirnn.cells.Model.param_shapes`.
     """
     for name, value in (("vocab_size", vocab_size), ("num_hiddens", num_hiddens)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
@@ -85,7 +95,7 @@ def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "
     dtype = check_dtype(dtype)
     rng = np.random.default_rng(seed)
     params: Params = {}
-    for name, shape in param_shapes(vocab_size, num_hiddens).items():
+    for name, shape in model.param_shapes(vocab_size, num_hiddens).items():
         if name.startswith("W"):
             params[name] = (rng.standard_normal(shape) * 0.01).astype(dtype)
         else:

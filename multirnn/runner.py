@@ -136,8 +136,8 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
         else:
             error = f"worker process died without a result ({_how(code)}); a native crash, abort or out of memory"
         tail = _tail(log_path)
-        result = {"name": task.name, "status": "crashed", "framework_version": None,
-                  "error": error + (f"; its last output:\n{tail}" if tail else "")}
+        result = {"name": task.name, "backend": task.backend or task.name, "impl": task.impl, "status": "crashed",
+                  "framework_version": None, "error": error + (f"; its last output:\n{tail}" if tail else "")}
         write_json_atomic(out_path, result)
     result["exit_code"] = proc.returncode
     task_path.unlink(missing_ok=True)

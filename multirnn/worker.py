@@ -41,14 +41,17 @@ HEARTBEAT_SECONDS = 1.0
 class WorkerTask:
     """Everything a worker needs; plain data, saved as JSON for the worker process."""
 
-    name: str
+    name: str  # the row's label: the backend, or backend/impl for the framework's own layers
     config: dict[str, Any]
     out_path: str
     data_path: str  # the prepared data (multirnn.harness.TrainingData.save)
+    backend: str | None = None  # registry id or package.module:Class (default: name)
+    impl: str = "scratch"
     device: str = "cpu"
     mode: str = "fast"
-    init: str = "shared"  # or "independent"
+    init: str = "shared"  # shared | independent (d2l's init, own seed) | framework (the layer's own initialisers)
     init_seed: int = 0
+    extra_seeds: tuple[int, ...] = ()  # statistical verdicts: train again from these seeds, keep the final perplexities
     eval_path: str | None = None  # token ids of the evaluation text (.npy), under the training vocabulary
     label: str | None = None  # how progress names this run (default: the backend's name)
     prefixes: tuple[str, ...] = SAMPLE_PREFIXES
@@ -70,6 +73,7 @@ class WorkerTask:
         d = json.loads(Path(path).read_text())
         d["prefixes"] = tuple(d.get("prefixes") or ())
         d["lockstep_epochs"] = tuple(d.get("lockstep_epochs") or ())
+        d["extra_seeds"] = tuple(d.get("extra_seeds") or ())
         return cls(**d)
 
 
@@ -125,8 +129,8 @@ def _shapes_on_first_batch(backend: Any, params: Any, data: Any, config: Any) ->
     shapes = {
         "one_hot": list(backend.as_numpy(backend.one_hot(X, len(data.vocab), config.dtype)).shape),
         "logits": list(backend.as_numpy(logits).shape),
-        "state": list(backend.as_numpy(new_state[0]).shape),
     }
+    shapes.update({f"state_{n}": list(backend.as_numpy(s).shape) for n, s in zip(config.model.state_names(), new_state)})
     shapes.update({f"grad_{k}": list(v.shape) for k, v in backend.params_to_numpy(grads).items()})
     return shapes
 
@@ -139,7 +143,7 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
     start = time.perf_counter()
     source = task.anchor_dir or task.checkpoint_dir
     paths = lockstep.list_checkpoints(source) if source else []
-    oracle = NumpyBackend()
+    oracle = NumpyBackend(model=config.model)
     stretches, probes = [], []
     progress("stage", text="re-anchored checks", done=0, total=len(paths))
     for i, path in enumerate(paths, 1):
@@ -152,30 +156,70 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
             "seconds": time.perf_counter() - start, "source": source}
 
 
+def initial_params(backend: Any, config: Any, vocab_size: int, init: str, seed: int) -> dict[str, np.ndarray]:
+    """The run's initial weights: d2l's (N(0, 0.01^2), biases 0) for ``shared`` and ``independent``,
+    the framework layer's own initialisers for ``framework`` (d2l's where the backend has none)."""
+    from .params import init_params
+
+    if init == "framework":
+        own = backend.default_params(vocab_size, config.num_hiddens, seed, config.dtype)
+        if own is not None:
+            return own
+    return init_params(vocab_size, config.num_hiddens, seed, config.dtype, config.model)
+
+
+def describe_layout(backend: Any) -> dict[str, Any] | None:
+    """The framework's own parameter names and shapes beside the d2l names they map to (layers rows)."""
+    layout = backend.param_layout()
+    return None if layout is None else {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()}
+
+
+def _seed_runs(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Channel) -> list[dict[str, Any]]:
+    """The same training from other seeds (initial weights and batches), final perplexities only."""
+    from . import agreement, harness
+    from .errors import TrainingDivergedError
+
+    runs = []
+    for i, seed in enumerate(task.extra_seeds, 1):
+        progress("stage", text=f"seed {seed} ({i}/{len(task.extra_seeds)})")
+        seeded = config.replace(seed=seed)
+        try:
+            h = harness.train(backend, seeded, data, params=initial_params(backend, seeded, len(data.vocab), task.init,
+                                                                            seed)).history
+            runs.append({"seed": seed, "final_perplexity": h.perplexity[-1],
+                         "median_last_perplexity": agreement.robust_final(h.perplexity)})
+        except TrainingDivergedError as exc:
+            runs.append({"seed": seed, "error": str(exc)})
+    return runs
+
+
 def run(task: WorkerTask, progress: Channel) -> None:
     """Train ``task.name`` and write its result JSON (also on a Python-level crash)."""
     from . import harness, lockstep
     from .backends import get_backend
     from .backends.numpy_backend import NumpyBackend
     from .config import TrainConfig
-    from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError
-    from .params import init_params
+    from .errors import BackendUnavailableError, GPUUnavailableError, TrainingDivergedError, UnsupportedModelError
 
-    result: dict[str, Any] = {"name": task.name, "status": "crashed", "framework_version": None, "error": None}
+    result: dict[str, Any] = {"name": task.name, "backend": task.backend or task.name, "impl": task.impl,
+                              "status": "crashed", "framework_version": None, "error": None}
     try:
         config = TrainConfig(**task.config)
         progress("stage", text="importing the framework")
         try:
-            backend = get_backend(task.name, device=task.device, mode=task.mode)
+            backend = get_backend(task.backend or task.name, impl=task.impl, device=task.device, mode=task.mode,
+                                  model=config.model)
+        except UnsupportedModelError as exc:
+            result.update(status="unsupported", error=str(exc))
+            return
         except (BackendUnavailableError, GPUUnavailableError) as exc:
             result.update(status="unavailable", error=str(exc))
             return
         result["framework_version"] = backend.version()
+        result["impl"] = getattr(backend, "impl", task.impl)
         data = harness.TrainingData.load(task.data_path)
-        numpy_params = {
-            k: v.astype(config.dtype)
-            for k, v in init_params(len(data.vocab), config.num_hiddens, task.init_seed, config.dtype).items()
-        }
+        numpy_params = initial_params(backend, config, len(data.vocab), task.init, task.init_seed)
+        result["param_layout"] = describe_layout(backend)
         progress("stage", text="checking shapes")
         result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
         progress("start", num_epochs=config.num_epochs)
@@ -193,7 +237,7 @@ def run(task: WorkerTask, progress: Channel) -> None:
                 progress("step", epoch=epoch, step=step)
 
         save_to = task.checkpoint_dir
-        oracle = NumpyBackend()
+        oracle = NumpyBackend(model=config.model)
 
         def save(ckpt: harness.Checkpoint) -> None:
             refs = lockstep.probe_references(oracle, config, data, ckpt)
@@ -220,6 +264,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
                 result["eval_perplexity"] = harness.evaluate_text_perplexity(
                     backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype
                 )
+        if task.extra_seeds:
+            result["seed_runs"] = _seed_runs(backend, config, data, task, progress)
         if task.lockstep_epochs and task.name != "numpy":
             write_json_atomic(task.out_path, {**result, "peak_rss_mb": peak_rss_mb(), "lockstep": "pending"})
             result["lockstep"] = _lockstep(backend, config, data, task, progress)

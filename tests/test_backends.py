@@ -1,9 +1,17 @@
-"""Conformance: every backend and mode computes what the NumPy oracle computes.
+"""Conformance: every backend, implementation, mode and model computes what the NumPy oracle computes.
 
 The checks themselves live in :mod:`multirnn.testing` (so a third-party backend runs the very same
-ones); here they are parametrized over every selected backend and mode. The NumPy oracle runs only
-the checks that compare with an independent NumPy computation: comparing it with itself proves
-nothing (its own gradients are checked against finite differences in ``test_oracle.py``).
+ones); here they are parametrized over backend x impl (scratch, layers) x mode x model (cell,
+depth, bias layout). The one-layer tanh RNN, d2l's own model, gets every check; the other models
+get the core ones (forward, loss and gradients in both dtypes, a clipped step, a clipped training
+curve, float32 lockstep, state carry, greedy decoding), which keeps CI within its time budget.
+
+A model an implementation cannot compute must say so (UnsupportedModelError with the reason, e.g.
+torch.nn.GRU is reset-after, so it cannot be d2l's GRU): ``EXPECTED_UNSUPPORTED`` lists every such
+combination and ``test_unsupported_models_say_why`` holds each implementation to it, so a model
+is never silently skipped. The NumPy oracle runs only the checks that compare with an independent
+NumPy computation: comparing it with itself proves nothing (its gradients are checked against
+finite differences in ``test_oracle.py``).
 """
 
 from __future__ import annotations
@@ -11,22 +19,108 @@ from __future__ import annotations
 import pytest
 
 import multirnn
-from multirnn import GPUUnavailableError
-from multirnn.testing import CONFORMANCE, Check
-from tests.conftest import FRAMEWORKS, MODES, SELECTED, _load
+from multirnn import GPUUnavailableError, UnsupportedModelError
+from multirnn.cells import CELLS, Model
+from multirnn.testing import (
+    CONFORMANCE,
+    Check,
+    check_float32_step,
+    check_forward,
+    check_greedy_decode,
+    check_init_state,
+    check_lockstep,
+    check_loss_and_grads,
+    check_params_round_trip,
+    check_state_carry,
+    check_train_step,
+    check_training_curve,
+)
+from tests.conftest import FRAMEWORKS, MODES, SELECTED, require_backend
 
-CASES = [(name, mode, check) for name in FRAMEWORKS for mode in MODES for check in CONFORMANCE]
-CASES += [("numpy", "eager", check) for check in CONFORMANCE if not check.against_oracle and "numpy" in SELECTED]
+RNN = Model()
+MODELS = [Model(c, n) for c in CELLS for n in (1, 2)] + [Model(c, 1, True) for c in ("rnn", "gru-reset-after", "lstm")]
+CORE: tuple[Check, ...] = (
+    Check(check_params_round_trip, {"dtype": "float64"}, against_oracle=False),
+    Check(check_init_state, {"dtype": "float32"}, against_oracle=False),
+    Check(check_forward, {"dtype": "float64", "batch_size": 3, "num_steps": 5}),
+    Check(check_loss_and_grads, {"dtype": "float64", "batch_size": 3, "num_steps": 5}),
+    Check(check_loss_and_grads, {"dtype": "float32", "batch_size": 4, "num_steps": 7}),
+    Check(check_state_carry, against_oracle=False),
+    Check(check_train_step, {"clip": "on"}),
+    Check(check_training_curve, {"sampling": "sequential"}),
+    Check(check_float32_step),
+    Check(check_lockstep, {"dtype": "float32"}),
+    Check(check_greedy_decode),
+)
+IMPLS = ["scratch", "layers"]
+# (backend, impl, cell, second_bias) that cannot be computed, and a word the reason must contain.
+_RESET_AFTER = "reset"  # torch.nn.GRU, Gluon's GRU and flax's GRUCell apply the reset gate after the matmul
+EXPECTED_UNSUPPORTED: dict[tuple[str, str, str, bool], str] = {
+    ("torch", "layers", "gru", False): _RESET_AFTER,
+    ("mxnet", "layers", "gru", False): _RESET_AFTER,
+    ("jax", "layers", "gru", False): _RESET_AFTER,
+    ("torch", "layers", "gru", True): _RESET_AFTER,
+    ("mxnet", "layers", "gru", True): _RESET_AFTER,
+    ("jax", "layers", "gru", True): _RESET_AFTER,
+    # Keras and flax layers carry one bias per gate: a trained second bias has nowhere to live
+    ("tensorflow", "layers", "rnn", True): "bias",
+    ("tensorflow", "layers", "lstm", True): "bias",
+    ("tensorflow", "layers", "gru-reset-after", True): "bias",
+    ("jax", "layers", "rnn", True): "bias",
+    ("jax", "layers", "lstm", True): "bias",
+    ("jax", "layers", "gru-reset-after", True): "bias",
+}
 
 
-@pytest.mark.parametrize("name, mode, check", CASES, ids=[f"{n}-{m}-{c}" for n, m, c in CASES])
-def test_conformance(name: str, mode: str, check: Check) -> None:
-    check(_load(name, mode))
+def _expected_unsupported(name: str, impl: str, model: Model) -> str | None:
+    return EXPECTED_UNSUPPORTED.get((name, impl, model.cell.name, model.second_bias))
+
+
+def _cases() -> list[tuple[str, str, str, Model, Check]]:
+    cases = []
+    for model in MODELS:
+        checks = CONFORMANCE if model == RNN else CORE
+        for name in FRAMEWORKS:
+            for impl in IMPLS:
+                if _expected_unsupported(name, impl, model):
+                    continue
+                cases += [(name, impl, mode, model, c) for mode in MODES for c in checks]
+        if "numpy" in SELECTED:
+            cases += [("numpy", "scratch", "eager", model, c) for c in checks if not c.against_oracle]
+    return cases
+
+
+CASES = _cases()
+
+
+def _id(name: str, impl: str, mode: str, model: Model, check: Check) -> str:
+    m = model.name.replace(" ", "").replace("(twobiases)", "+b2")
+    return f"{name}-{impl}-{mode}-{m}-{check}"
+
+
+def make(name: str, impl: str = "scratch", mode: str = "eager", model: Model = RNN) -> multirnn.Backend:
+    require_backend(name)
+    return multirnn.get_backend(name, impl=impl, mode=mode, model=model)
+
+
+@pytest.mark.parametrize("name, impl, mode, model, check", CASES, ids=[_id(*c) for c in CASES])
+def test_conformance(name: str, impl: str, mode: str, model: Model, check: Check) -> None:
+    check(make(name, impl, mode, model))
+
+
+UNSUPPORTED = [(n, i, m) for m in MODELS for n in FRAMEWORKS for i in IMPLS if _expected_unsupported(n, i, m)]
+
+
+@pytest.mark.parametrize("name, impl, model", UNSUPPORTED, ids=[f"{n}-{i}-{m.name}" for n, i, m in UNSUPPORTED])
+def test_unsupported_models_say_why(name: str, impl: str, model: Model) -> None:
+    require_backend(name)
+    with pytest.raises(UnsupportedModelError, match=_expected_unsupported(name, impl, model)):
+        multirnn.get_backend(name, impl=impl, model=model)
 
 
 @pytest.mark.parametrize("name", SELECTED)
 def test_gpu_request_without_gpu_is_a_clear_error(name):
-    _load(name)
+    require_backend(name)
     try:
         multirnn.get_backend(name, device="gpu")
     except GPUUnavailableError as exc:
@@ -38,3 +132,8 @@ def test_gpu_request_without_gpu_is_a_clear_error(name):
 def test_every_check_has_a_distinct_id():
     ids = [str(c) for c in CONFORMANCE]
     assert len(ids) == len(set(ids)), ids
+
+
+def test_the_oracle_computes_every_model():
+    for model in MODELS:
+        assert multirnn.get_backend("numpy", model=model).model == model

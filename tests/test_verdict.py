@@ -142,7 +142,7 @@ def test_independent_init_compares_final_perplexities():
 
 def test_shapes_are_checked():
     expected = agreement.expected_shapes(2, 3, 5, 4)
-    bad = dict(backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])]), shapes={**expected, "state": [4, 2]})
+    bad = dict(backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])]), shapes={**expected, "state_H": [4, 2]})
     v = judge([REF, bad], expected_shapes=expected)
     assert v.backend("torch").status == "disagrees" and "state" in v.backend("torch").reason
 

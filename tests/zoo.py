@@ -22,6 +22,16 @@ def _norm(grads: Params) -> np.ndarray:
     return np.sqrt(sum(np.sum(g * g) for g in grads.values()))
 
 
+def _rnn_states(be: NumpyBackend, params: Params, X: np.ndarray, state: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot inputs (T, B, V) and hidden states (T + 1, B, H) of the tanh RNN, hs[0] the initial state."""
+    inputs = be.one_hot(X, params["W_xh"].shape[0], params["W_xh"].dtype.name)
+    hs = np.empty((inputs.shape[0] + 1, inputs.shape[1], params["W_hh"].shape[0]), dtype=params["W_hh"].dtype)
+    hs[0] = state[0]
+    for t in range(inputs.shape[0]):
+        hs[t + 1] = np.tanh(inputs[t] @ params["W_xh"] + hs[t] @ params["W_hh"] + params["b_h"])
+    return inputs, hs
+
+
 class _Bug(NumpyBackend):
     """Base of the zoo: the oracle under another name (so it is never mistaken for the reference)."""
 
@@ -128,15 +138,16 @@ class StateNotDetached(_Bug):
                 grads["W_hh"] = grads["W_hh"] + hs[t].T @ d_pre
                 grads["b_h"] = grads["b_h"] + d_pre.sum(axis=0)
                 d_next = d_pre @ params["W_hh"].T
-        inputs, hs, _ = self._run(params, X, state)
+        inputs, hs = _rnn_states(self, params, X, state)
         self._prev = (new_state[0], inputs, hs)
         return loss, grads, new_state
 
     def _d_h0(self, params, X, Y, state):
         """dL/dH_0 of this minibatch, by the oracle's backward pass."""
         W_hh, W_hq = params["W_hh"], params["W_hq"]
-        inputs, hs, logits = self._run(params, X, state)
+        inputs, hs = _rnn_states(self, params, X, state)
         T, B, _ = inputs.shape
+        logits = hs[1:].reshape(T * B, -1) @ W_hq + params["b_q"]
         y = time_major_labels(Y)
         d_logits = np.exp(log_softmax(logits))
         d_logits[np.arange(T * B), y] -= 1
@@ -235,9 +246,9 @@ class _Forward(_Bug):
         logits = hs[1:].reshape(T * B, -1) @ W_hq + self._b_q_factor * b_q
         return inputs, hs, logits, self._labels(Y)
 
-    def _run(self, params, X, state):
-        inputs, hs, logits, _ = self._forward_parts(params, X, X, state)
-        return inputs, hs, logits
+    def forward(self, params, X, state):
+        _, hs, logits, _ = self._forward_parts(params, X, X, state)
+        return logits, (hs[-1].copy(),)
 
 
 class RecurrentWeightTransposed(_Forward):

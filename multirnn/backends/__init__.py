@@ -15,23 +15,28 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, UnsupportedModelError
 from .base import Backend
 
-# id -> (module:class, the framework modules it needs, the pip extra that installs them)
-_REGISTRY: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "numpy": ("multirnn.backends.numpy_backend:NumpyBackend", ("numpy",), None),
-    "torch": ("multirnn.backends.torch_backend:TorchBackend", ("torch",), "torch"),
-    "mxnet": ("multirnn.backends.mxnet_backend:MXNetBackend", ("mxnet",), "mxnet"),
-    "tensorflow": ("multirnn.backends.tensorflow_backend:TensorFlowBackend", ("tensorflow",), "tensorflow"),
-    "jax": ("multirnn.backends.jax_backend:JaxBackend", ("jax",), "jax"),  # flax: only the benchmark baseline
+# id -> ({impl: module:class}, the framework modules it needs, the pip extra that installs them).
+# "scratch" is d2l's model from scratch; "layers" the framework's own recurrent and dense layers.
+_REGISTRY: dict[str, tuple[dict[str, str], tuple[str, ...], str | None]] = {
+    "numpy": ({"scratch": "multirnn.backends.numpy_backend:NumpyBackend"}, ("numpy",), None),
+    "torch": ({"scratch": "multirnn.backends.torch_backend:TorchBackend",
+               "layers": "multirnn.backends.torch_backend:TorchLayersBackend"}, ("torch",), "torch"),
+    "mxnet": ({"scratch": "multirnn.backends.mxnet_backend:MXNetBackend",
+               "layers": "multirnn.backends.mxnet_backend:MXNetLayersBackend"}, ("mxnet",), "mxnet"),
+    "tensorflow": ({"scratch": "multirnn.backends.tensorflow_backend:TensorFlowBackend",
+                    "layers": "multirnn.backends.tensorflow_backend:TensorFlowLayersBackend"}, ("tensorflow",), "tensorflow"),
+    "jax": ({"scratch": "multirnn.backends.jax_backend:JaxBackend",
+             "layers": "multirnn.backends.jax_backend:JaxLayersBackend"}, ("jax",), "jax"),
 }
 _ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
 
 ENTRY_POINT_GROUP = "multirnn.backends"
 
-__all__ = ["Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "install_hint",
-           "is_builtin", "known_backends", "load_backend_class", "probe"]
+__all__ = ["Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "impls",
+           "install_hint", "is_builtin", "known_backends", "load_backend_class", "probe"]
 
 
 class BackendSpecError(ValueError):
@@ -118,10 +123,21 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _load_class(key: str) -> type[Backend]:
+def impls(name: str) -> list[str]:
+    """The implementations a built-in backend has (``scratch``, ``layers``)."""
+    return list(_REGISTRY[canonical_name(name)][0])
+
+
+def _load_class(key: str, impl: str = "scratch") -> type[Backend]:
     if key not in _REGISTRY:
         return load_backend_class(key)
-    target, frameworks, _ = _REGISTRY[key]
+    targets, frameworks, _ = _REGISTRY[key]
+    if impl not in targets:
+        raise UnsupportedModelError(
+            f"{key} has no {impl!r} implementation (it has: {', '.join(targets)})"
+            + ("; it is the oracle, written from scratch" if key == "numpy" else "")
+        )
+    target = targets[impl]
     missing = [m for m in frameworks if not _importable(m)]
     if missing:
         raise BackendUnavailableError(
@@ -135,33 +151,39 @@ def _load_class(key: str) -> type[Backend]:
             f"Backend {key!r} is installed but cannot be imported ({type(exc).__name__}: {exc}). "
             f"Reinstall it with: {install_hint(key)}"
         ) from exc
-    return getattr(module, class_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UnsupportedModelError(f"{key} has no {impl!r} implementation yet ({class_name} is missing)")
+    return cls
 
 
-def get_backend(name: str, **options: Any) -> Backend:
+def get_backend(name: str, impl: str = "scratch", **options: Any) -> Backend:
     """Create a backend by id or alias.
 
     Args:
         name: ``numpy``, ``torch``, ``mxnet``, ``tensorflow`` or ``jax`` (aliases: np, pytorch,
             mx, tf, flax), an entry point of the ``multirnn.backends`` group, or
             ``package.module:ClassName`` for any Backend subclass.
-        **options: passed to the backend's constructor, e.g. ``device="gpu"``.
+        impl: ``"scratch"`` (d2l's model written from scratch, the default) or ``"layers"`` (the
+            framework's own recurrent layer); ignored for ``module:Class`` specs (the class is one).
+        **options: passed to the backend's constructor: ``device``, ``mode``, ``model``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones); BackendSpecError (a
             ValueError) for a ``module:Class`` spec that cannot be used.
         BackendUnavailableError: known, but its framework is not installed or fails to import.
         GPUUnavailableError: ``device="gpu"`` and the framework sees no GPU.
+        UnsupportedModelError: no such implementation, or one that cannot compute ``model``.
     """
-    return _load_class(canonical_name(name))(**options)
+    return _load_class(canonical_name(name), impl)(**options)
 
 
 @functools.lru_cache(maxsize=None)
-def probe(name: str) -> str | None:
-    """``None`` if the backend imports here, else a one-line reason (cached)."""
+def probe(name: str, impl: str = "scratch") -> str | None:
+    """``None`` if the backend (and implementation) imports here, else a one-line reason (cached)."""
     try:
-        _load_class(canonical_name(name))
-    except (BackendUnavailableError, BackendSpecError) as exc:
+        _load_class(canonical_name(name), impl)
+    except (BackendUnavailableError, BackendSpecError, UnsupportedModelError) as exc:
         return str(exc)
     return None
 

@@ -31,6 +31,7 @@ from jax import lax  # noqa: E402
 
 from ..errors import GPUUnavailableError  # noqa: E402
 from ..params import PARAM_NAMES, check_dtype, validate_params  # noqa: E402
+from ..cells import Model
 from .base import Backend, State  # noqa: E402
 
 # Without x64, jnp.asarray(float64 array) silently becomes float32 and float64 runs could not
@@ -184,8 +185,8 @@ class JaxBackend(Backend):
     name = "jax"
     framework = "jax"
 
-    def __init__(self, device: str = "cpu", mode: str = "eager") -> None:
-        super().__init__(device, mode)
+    def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
+        super().__init__(device, mode, model)
         self._device = jax_device(device)
 
     # --- conversion ---------------------------------------------------------------------------

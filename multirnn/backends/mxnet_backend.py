@@ -43,6 +43,7 @@ with warnings.catch_warnings():
 
 from ..errors import GPUUnavailableError
 from ..params import PARAM_NAMES, check_dtype, validate_params
+from ..cells import Model
 from .base import Backend, State
 
 # NumPy semantics for the whole process: ``shape`` makes 0-d arrays (the mean loss, the gradient
@@ -171,8 +172,8 @@ class MXNetBackend(Backend):
     name = "mxnet"
     framework = "mxnet"
 
-    def __init__(self, device: str = "cpu", mode: str = "eager") -> None:
-        super().__init__(device, mode)
+    def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
+        super().__init__(device, mode, model)
         if device == "gpu":
             if mx.context.num_gpus() == 0:
                 raise GPUUnavailableError(

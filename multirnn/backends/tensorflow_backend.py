@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import GPUUnavailableError
 from ..params import PARAM_NAMES, check_dtype, validate_params
+from ..cells import Model
 from .base import Backend, Params, State
 
 # TensorFlow reads these when its C++ runtime loads, so they must be set before the import.
@@ -229,8 +230,8 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
     framework = "tensorflow"
 
-    def __init__(self, device: str = "cpu", mode: str = "eager") -> None:
-        super().__init__(device, mode)
+    def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
+        super().__init__(device, mode, model)
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             raise GPUUnavailableError(
                 "device='gpu' was requested, but TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') "

@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from ..errors import GPUUnavailableError  # noqa: E402
 from ..ops import time_major_labels  # noqa: E402
 from ..params import PARAM_NAMES, check_dtype, validate_params  # noqa: E402
+from ..cells import Model
 from .base import Backend, State  # noqa: E402
 
 Params = dict[str, torch.Tensor]
@@ -56,8 +57,8 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "torch"
 
-    def __init__(self, device: str = "cpu", mode: str = "eager") -> None:
-        super().__init__(device, mode)
+    def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
+        super().__init__(device, mode, model)
         if device == "gpu":
             if not torch.cuda.is_available():
                 raise GPUUnavailableError(
