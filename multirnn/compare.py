@@ -24,7 +24,7 @@ import shlex
 import shutil
 import signal
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,12 +32,11 @@ import numpy as np
 
 from . import __version__, agreement, lockstep, report, verdict
 from .backends import canonical_name, is_builtin, known_backends, load_backend_class
-from .backends import impls as backend_impls
 from .cells import CELLS
 from .config import LIMITS, PRESETS, TrainConfig, preset
 from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
-from .harness import prepare_data
+from .harness import TrainingData, prepare_data
 from .progress import RunProgress, backend_status
 from .runner import DEFAULT_STALL_TIMEOUT, Stopped, raise_on_signals, run_worker
 from .worker import SAMPLE_PREFIXES, WorkerTask
@@ -462,42 +461,73 @@ def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epo
         extra_seeds * config.num_epochs
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-        if args.list_backends:
-            return _list_backends()
-        config = _config_from_args(args)
-        names, named = _backends_from_args(args.backends)
-        impls = _impls_from_args(args.impl)
-        pairs, pair_notes = _rows_to_run(names, impls)
-        text = _resolve_text(args.text, "--text")
-        eval_text = _resolve_text(args.eval_text, "--eval-text")
-        # prompts get the text's own preprocessing (lowercase, non-letters -> space), as d2l's vocabulary has
-        prefixes = tuple(re.sub("[^A-Za-z]+", " ", p).lower() for p in args.prefix) if args.prefix else SAMPLE_PREFIXES
-        if any(not p.strip() for p in prefixes):
-            raise UsageError("--prefix must contain at least one letter")
-        try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
-            data = prepare_data(config, text, args.encoding)
-            eval_ids = None
-            if eval_text is not None:
-                enc = args.encoding if args.eval_text != "war_of_the_worlds" else BUNDLED_ENCODINGS["war_of_the_worlds"]
-                eval_ids = encode(eval_text, data.vocab, encoding=enc)
-                if len(eval_ids) < config.batch_size * config.num_steps + 1:
-                    raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
-            unknown = [p for p in prefixes if any(c.lower() not in data.vocab.token_to_idx for c in p)]
-            if unknown:
-                raise ValueError(f"--prefix {unknown[0]!r} has characters outside the vocabulary "
-                                 f"({''.join(t for t in data.vocab.idx_to_token if len(t) == 1)!r})")
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if args.device == "gpu" and not _gpu_visible():
-            raise UsageError("--device gpu was requested, but no GPU is visible on this machine; use --device cpu")
-        out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
-    except UsageError as exc:
-        print(f"multirnn.compare: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+@dataclass
+class Plan:
+    """Everything a comparison run is, validated, before anything is written (the sweep builds one
+    per configuration with the same code)."""
+
+    args: argparse.Namespace
+    config: TrainConfig
+    names: list[str]  # backends, the oracle first
+    named: bool  # the user listed them (a missing one is then a failure, not a skip)
+    pairs: list[tuple[str, str]]  # (backend, impl) rows in run order
+    pair_notes: list[str]
+    data: TrainingData
+    eval_ids: np.ndarray | None
+    prefixes: tuple[str, ...]
+    expected: dict[str, list[int]]
+    steps_per_epoch: int
+    lock_epochs: tuple[int, ...]
+    seeds: tuple[int, ...]  # extra seeds of each row (--init framework)
+    options: dict[str, Any]  # recorded in results.json
+
+    @property
+    def labels(self) -> list[str]:
+        return [row_label(n, i) for n, i in self.pairs]
+
+    def task(self, backend: str, impl: str, out_path: str, data_path: str, eval_path: str | None, index: int = 0,
+             checkpoint_dir: str | None = None, anchor_dir: str | None = None) -> WorkerTask:
+        """The worker task of one row."""
+        a, c = self.args, self.config
+        init_seed = c.seed if a.init in ("shared", "framework") else c.seed * 100 + index + 1
+        return WorkerTask(name=row_label(backend, impl), backend=backend, impl=impl, config=c.to_dict(),
+                          out_path=out_path, data_path=data_path, device=a.device, mode=a.mode, init=a.init,
+                          init_seed=init_seed, extra_seeds=self.seeds, eval_path=eval_path, prefixes=self.prefixes,
+                          lockstep_epochs=self.lock_epochs, checkpoint_dir=checkpoint_dir, anchor_dir=anchor_dir)
+
+
+def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
+    """Validate the command line and prepare the data (read and tokenised once, here).
+
+    Raises:
+        UsageError: anything wrong with the options or the texts (one line for the user).
+    """
+    config = _config_from_args(args)
+    names, named = _backends_from_args(args.backends)
+    impls = _impls_from_args(args.impl)
+    pairs, pair_notes = _rows_to_run(names, impls)
+    text = _resolve_text(args.text, "--text")
+    eval_text = _resolve_text(args.eval_text, "--eval-text")
+    # prompts get the text's own preprocessing (lowercase, non-letters -> space), as d2l's vocabulary has
+    prefixes = tuple(re.sub("[^A-Za-z]+", " ", p).lower() for p in args.prefix) if args.prefix else SAMPLE_PREFIXES
+    if any(not p.strip() for p in prefixes):
+        raise UsageError("--prefix must contain at least one letter")
+    try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
+        data = prepare_data(config, text, args.encoding)
+        eval_ids = None
+        if eval_text is not None:
+            enc = args.encoding if args.eval_text != "war_of_the_worlds" else BUNDLED_ENCODINGS["war_of_the_worlds"]
+            eval_ids = encode(eval_text, data.vocab, encoding=enc)
+            if len(eval_ids) < config.batch_size * config.num_steps + 1:
+                raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
+        unknown = [p for p in prefixes if any(c.lower() not in data.vocab.token_to_idx for c in p)]
+        if unknown:
+            raise ValueError(f"--prefix {unknown[0]!r} has characters outside the vocabulary "
+                             f"({''.join(t for t in data.vocab.idx_to_token if len(t) == 1)!r})")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.device == "gpu" and not _gpu_visible():
+        raise UsageError("--device gpu was requested, but no GPU is visible on this machine; use --device cpu")
 
     first_batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
     expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens, config.model)
@@ -517,12 +547,26 @@ def main(argv: list[str] | None = None) -> int:
                "lockstep_epochs": list(lock_epochs), "prefixes": list(prefixes),
                "tokens": {"used": data.used_tokens, "total": data.total_tokens,
                           "eval": None if eval_ids is None else int(len(eval_ids))},
-               "data_notes": data_notes, "argv": argv}
+               "data_notes": data_notes, "row_notes": pair_notes, "argv": argv}
+    return Plan(args, config, names, named, pairs, pair_notes, data, eval_ids, prefixes, expected, steps_per_epoch,
+                lock_epochs, seeds, options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        kept = _resumable(out_dir, config, options) if args.resume else {}
+        args = build_parser().parse_args(argv)
+        if args.list_backends:
+            return _list_backends()
+        plan = make_plan(args, argv)
+        out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
+        kept = _resumable(out_dir, plan.config, plan.options) if args.resume else {}
     except UsageError as exc:
         print(f"multirnn.compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    config, data, eval_ids, options, expected = plan.config, plan.data, plan.eval_ids, plan.options, plan.expected
+    names, named, pairs, lock_epochs, seeds = plan.names, plan.named, plan.pairs, plan.lock_epochs, plan.seeds
+    text, data_notes, pair_notes = options["text"], options["data_notes"], plan.pair_notes
 
     work = out_dir / ".work"
     data_path = work / "data.npz"
@@ -534,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_root = out_dir / "checkpoints" if args.keep_checkpoints else work / "checkpoints"
 
     labels = [row_label(n, i) for n, i in pairs]
-    units = {row_label(n, i): _work_units(config, lock_epochs, steps_per_epoch, n, len(seeds)) for n, i in pairs}
+    units = {row_label(n, i): _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
@@ -543,7 +587,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
     for note in data_notes + pair_notes:
         progress.message(f"note: {note}")
-    options["row_notes"] = pair_notes
 
     rows: list[dict[str, Any]] = []
     stopped: str | None = None
@@ -554,7 +597,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, (backend_name, impl) in enumerate(pairs):
             name = row_label(backend_name, impl)
-            init_seed = config.seed if args.init in ("shared", "framework") else config.seed * 100 + i + 1
             own = ckpt_root / _safe(name)
             # The oracle anchors everyone; without it, the first backend that runs to the end does.
             save_ckpts = bool(lock_epochs) and anchor is None and (name == verdict.ORACLE or verdict.ORACLE not in names)
@@ -562,12 +604,9 @@ def main(argv: list[str] | None = None) -> int:
                 raw = kept[name]
                 progress.finish(name, f"{raw['status']} (kept from the earlier run)")
             else:
-                task = WorkerTask(name=name, backend=backend_name, impl=impl, config=config.to_dict(),
-                                  out_path=str(out_dir / "backends" / f"{_safe(name)}.json"),
-                                  data_path=str(data_path), device=args.device, mode=args.mode, init=args.init,
-                                  init_seed=init_seed, extra_seeds=seeds, eval_path=str(eval_path) if eval_path else None,
-                                  prefixes=prefixes, lockstep_epochs=lock_epochs,
-                                  checkpoint_dir=str(own) if save_ckpts else None, anchor_dir=anchor)
+                task = plan.task(backend_name, impl, str(out_dir / "backends" / f"{_safe(name)}.json"), str(data_path),
+                                 str(eval_path) if eval_path else None, i,
+                                 checkpoint_dir=str(own) if save_ckpts else None, anchor_dir=anchor)
                 raw = _run_one(task, progress, config, units[name], args.stall_timeout)
             if raw["status"] == "unavailable" and not named:
                 progress.message(f"{name:<10} skipped: {raw['error']}")

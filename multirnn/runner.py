@@ -74,8 +74,11 @@ def _tail(path: Path, lines: int = 12) -> str:
 
 
 def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | None = None,
-               stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> dict[str, Any]:
+               stall_timeout: float = DEFAULT_STALL_TIMEOUT, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one backend in a worker process and return its result record.
+
+    ``env``: variables set for the worker on top of this process's environment (e.g. thread caps
+    when several workers share the cores).
 
     A worker that dies without writing a result (native crash, out of memory, killed) or that
     hangs becomes a ``crashed`` record that says so. KeyboardInterrupt or :class:`Stopped` while
@@ -91,6 +94,7 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
         proc = subprocess.Popen(
             [sys.executable, "-m", "multirnn.worker", str(task_path), str(write_fd)],
             pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     os.close(write_fd)
     hung = False

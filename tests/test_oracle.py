@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import multirnn
-from multirnn import PARAM_NAMES
 from multirnn.backends.numpy_backend import NumpyBackend
 from multirnn.cells import Model
 from multirnn.testing import random_model_problem
