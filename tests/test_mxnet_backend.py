@@ -1,22 +1,37 @@
-"""MXNet-specific checks: compiled blocks are cached per shape.
+"""MXNet-specific checks: compiled blocks are cached per shape; the fused RNN operator's float64
+multi-layer quirk; Gluon's layers hold d2l's weights where the mapping says, keep the frozen second
+bias at zero, draw their own initialisers and describe their layout.
 
-Forward, gradients and float32 steps of both modes are in the shared suite (test_backends.py);
-import hygiene for every backend is in test_registry.py.
+Forward, gradients and float32 steps of every model, implementation and mode are in the shared
+suite (test_backends.py); import hygiene for every backend is in test_registry.py.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import multirnn
+from multirnn.cells import Model
+from multirnn.testing import random_model_problem
 from tests.conftest import random_problem, require_backend_module
 
 require_backend_module("mxnet")
+
+from multirnn.backends.mxnet_backend import autograd, mnp, npx
+
+LSTM2 = Model("lstm", 2)
+GRU_AFTER = Model("gru-reset-after")
+MODES = ["eager", "fast"]
 
 
 @pytest.fixture
 def fast() -> multirnn.Backend:
     return multirnn.get_backend("mxnet", mode="fast")
+
+
+def layers(mode: str = "eager", model: Model = LSTM2) -> multirnn.Backend:
+    return multirnn.get_backend("mxnet", impl="layers", mode=mode, model=model)
 
 
 def test_fast_blocks_are_compiled_once_per_shape(fast):
@@ -28,3 +43,170 @@ def test_fast_blocks_are_compiled_once_per_shape(fast):
     assert len(fast._blocks) == 2  # the loss graph and the clip+SGD graph
     fast.train_step(p, X[:, :2], Y[:, :2], state, 0.1, 1.0)  # new shape -> one new loss graph
     assert len(fast._blocks) == 3
+
+
+def _fused_grads(num_layers: int, input_grad: bool) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    T, B, V, H = 4, 3, 5, 6
+    x = mnp.array(np.eye(V)[rng.integers(0, V, (T, B))], dtype="float64")
+    flat = mnp.array(rng.standard_normal((V + H + 2) * H + (num_layers - 1) * (2 * H + 2) * H) * 0.4, dtype="float64")
+    h0 = mnp.array(rng.standard_normal((num_layers, B, H)) * 0.5, dtype="float64")
+    flat.attach_grad()
+    if input_grad:
+        x.attach_grad()
+    with autograd.record():
+        out, h_T = npx.rnn(x, flat, h0, mode="rnn_tanh", state_size=H, num_layers=num_layers, state_outputs=True)
+        loss = (out * out).sum() + (h_T * h_T).sum()
+    loss.backward()
+    return flat.grad.asnumpy()
+
+
+def test_native_multi_layer_kernel_needs_the_input_gradient():
+    """Why the scratch fast path runs one fused operator per layer and the layers implementation
+    requests its one-hot inputs' gradient: in float64 (MXNet's native kernel), a num_layers=2 call
+    whose input needs no gradient computes wrong first-layer weight gradients (MXNet 1.9.1)."""
+    right, wrong = _fused_grads(2, input_grad=True), _fused_grads(2, input_grad=False)
+    first_layer = slice(0, 5 * 6)  # l0 W_i2h
+    assert not np.allclose(right[first_layer], wrong[first_layer])
+    np.testing.assert_array_equal(right[-12:], wrong[-12:])  # the top layer's biases agree
+
+
+# --- Gluon's layers ---------------------------------------------------------------------------------
+
+
+def _gluon(params) -> dict[str, np.ndarray]:
+    """Every Parameter of the Gluon model by attribute path, as NumPy."""
+    lm = params.lm
+    out = {f"rnn.{k[len(lm.rnn.prefix):]}": p.data().asnumpy() for k, p in lm.rnn.collect_params().items()}
+    return out | {"dense.weight": lm.dense.weight.data().asnumpy(), "dense.bias": lm.dense.bias.data().asnumpy()}
+
+
+def test_weights_land_in_the_layers_own_parameters():
+    be = layers(model=LSTM2)
+    params, *_ = random_model_problem(LSTM2)
+    g = _gluon(be.params_from_numpy(params))
+    H = params["W_hq"].shape[0]
+    for layer, s in ((0, ""), (1, "_l1")):
+        for k, gate in enumerate("ifco"):  # Gluon's LSTM gate order: i, f, g (d2l's c), o
+            rows = slice(k * H, (k + 1) * H)
+            np.testing.assert_array_equal(g[f"rnn.l{layer}_i2h_weight"][rows], params[f"W_x{gate}{s}"].T)
+            np.testing.assert_array_equal(g[f"rnn.l{layer}_h2h_weight"][rows], params[f"W_h{gate}{s}"].T)
+            np.testing.assert_array_equal(g[f"rnn.l{layer}_i2h_bias"][rows], params[f"b_{gate}{s}"])
+        assert not g[f"rnn.l{layer}_h2h_bias"].any()
+    np.testing.assert_array_equal(g["dense.weight"], params["W_hq"].T)
+    np.testing.assert_array_equal(g["dense.bias"], params["b_q"])
+    assert len(g) == 4 * 2 + 2  # nothing unmapped
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reset_after_gru_maps_b_hn_and_round_trips(dtype):
+    be = layers(model=GRU_AFTER)
+    params, *_ = random_model_problem(GRU_AFTER, dtype=dtype)
+    p = be.params_from_numpy(params)
+    g = _gluon(p)
+    H = params["W_hq"].shape[0]
+    for k, gate in enumerate("rzn"):  # Gluon's GRU gate order: r, z, n
+        np.testing.assert_array_equal(g["rnn.l0_i2h_weight"][k * H:(k + 1) * H], params[f"W_x{gate}"].T)
+    np.testing.assert_array_equal(g["rnn.l0_h2h_bias"], np.concatenate([np.zeros(2 * H, dtype), params["b_hn"]]))
+    back = be.params_to_numpy(p)
+    assert all(back[k].dtype == np.dtype(dtype) for k in back)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k], err_msg=k)
+
+
+def _train(be: multirnn.Backend, model: Model, steps: int = 3):
+    params, X, Y, state = random_model_problem(model, dtype="float64")
+    p = be.params_from_numpy(params)
+    for step in range(steps):
+        p, _, _, state = be.train_step(p, np.roll(X, step, 1), np.roll(Y, step, 1), state, 0.5, 1.0)
+    return p, params
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("model", [Model("rnn"), LSTM2], ids=lambda m: m.name)
+def test_frozen_second_bias_stays_zero_and_untrained(mode, model):
+    p, _ = _train(layers(mode, model), model)
+    for layer in range(model.num_layers):
+        bias = getattr(p.lm.rnn, f"l{layer}_h2h_bias")
+        assert bias.grad_req == "null"
+        assert not bias.data().asnumpy().any()
+    assert not np.allclose(_gluon(p)["rnn.l0_i2h_bias"][:4], 0)  # the trained bias did move
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reset_after_gru_trains_b_hn_only(mode):
+    p, before = _train(layers(mode, GRU_AFTER), GRU_AFTER)
+    H = before["W_hq"].shape[0]
+    bias = _gluon(p)["rnn.l0_h2h_bias"]
+    np.testing.assert_array_equal(bias[:2 * H], 0)  # b_hr, b_hz: masked gradient, no update
+    assert not np.allclose(bias[2 * H:], before["b_hn"])  # b_hn: trained
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_biases_are_trained_when_the_model_has_them(mode):
+    model = Model("lstm", 1, True)
+    p, before = _train(layers(mode, model), model)
+    assert p.lm.rnn.l0_h2h_bias.grad_req == "write"
+    assert not np.allclose(_gluon(p)["rnn.l0_h2h_bias"][:7], before["b_hi"])
+
+
+def test_loss_and_grads_masks_the_frozen_slices():
+    be = layers(model=GRU_AFTER)
+    params, X, Y, state = random_model_problem(GRU_AFTER)
+    _, grads, _ = be.loss_and_grads(be.params_from_numpy(params), X, Y, state)
+    H = params["W_hq"].shape[0]
+    h2h = grads["rnn.l0_h2h_bias"].asnumpy()
+    assert not h2h[:2 * H].any() and h2h[2 * H:].any()
+    assert set(be.params_to_numpy(grads)) == set(GRU_AFTER.param_names())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_default_params_are_gluons_initialisers(dtype):
+    be = layers(model=LSTM2)
+    V, H = 11, 64
+    a = be.default_params(V, H, seed=3, dtype=dtype)
+    assert set(a) == set(LSTM2.param_names()) and all(v.dtype == np.dtype(dtype) for v in a.values())
+    weights = np.concatenate([v.ravel() for k, v in a.items() if k.startswith("W")])
+    # initialize()'s default: Uniform(-0.07, 0.07) for every weight (std 0.07 / sqrt(3)); biases zeros
+    assert np.abs(weights).max() <= 0.07 and np.abs(weights).max() > 0.069
+    assert abs(weights.std() - 0.07 / np.sqrt(3)) < 0.002
+    assert not any(v.any() for k, v in a.items() if k.startswith("b"))
+    b = be.default_params(V, H, seed=3, dtype=dtype)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
+    c = be.default_params(V, H, seed=4, dtype=dtype)
+    assert not np.array_equal(a["W_xi"], c["W_xi"])
+
+
+@pytest.mark.parametrize("model", [LSTM2, GRU_AFTER, Model("rnn", 1, True)], ids=lambda m: m.name)
+def test_param_layout_names_real_parameters(model):
+    be = layers(model=model)
+    layout = be.param_layout()
+    params, *_ = random_model_problem(model, vocab_size=11, num_hiddens=7)
+    lm = be.params_from_numpy(params).lm
+    sizes = {"V": 11, "H": 7}
+    held = set()
+    for name, entry in layout.items():
+        child, attr = name.split(".")
+        param = getattr(getattr(lm, child), attr)
+        shape = tuple(sizes[d[-1]] * int(d[:-1] or 1) for d in entry["shape"])
+        assert param.shape == shape, (name, param.shape, entry)
+        held |= {w.strip("[]^T ") for w in entry["holds"].split(" (")[0].split(" | ")}
+    assert set(model.param_names()) <= held
+    assert len(layout) == len(list(lm.collect_params().keys()))
+
+
+def test_layers_fast_graphs_are_compiled_once_per_shape():
+    be = layers("fast", LSTM2)
+    params, X, Y, state = random_model_problem(LSTM2)
+    p = be.params_from_numpy(params)
+    for _ in range(3):
+        p, _, _, state = be.train_step(p, X, Y, state, 0.1, 1.0)
+    be.forward(p, X, state)
+    assert len(p.blocks) == 2 and len(be._clip_blocks) == 1  # loss graph, forward graph; clip+SGD
+    be.train_step(p, X[:, :2], Y[:, :2], state, 0.1, 1.0)
+    assert len(p.blocks) == 3
+
+
+def test_layers_gru_is_unsupported_with_the_reason():
+    with pytest.raises(multirnn.UnsupportedModelError, match="reset gate after"):
+        layers(model=Model("gru"))
