@@ -45,6 +45,9 @@ EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129
 # Share of <unk> tokens in --eval-text above which the evaluation perplexity is flagged.
 UNK_WARNING = 0.05
+# Environment variables that cap the instruction set of BLAS/oneDNN/XLA kernels (recorded per run).
+ISA_CAP_VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
+                     "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "XLA_FLAGS")
 # The files and folders a run writes into --out (the only ones --overwrite clears).
 RUN_FILES = ("results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png")
 RUN_DIRS = ("backends", "checkpoints", ".work")
@@ -395,8 +398,11 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     isa = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else (platform.machine() or "unknown")
+    # Kernel-family caps set in the environment change float32 results and speed: record them.
+    caps = {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "numpy": np.__version__, "processor": platform.processor() or platform.machine(), "isa": isa}
+            "numpy": np.__version__, "processor": platform.processor() or platform.machine(), "isa": isa,
+            "isa_caps": caps}
 
 
 def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str, Any],

@@ -187,7 +187,9 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         f"Config: {config_text(results)}  ",
         "Perplexities of the d2l-ed1 and d2l-ed2 protocols are not comparable with each other.  ",
         f"Machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs "
-        f"({results['machine'].get('isa', '?')}), Python {results['machine']['python']}, "
+        f"({results['machine'].get('isa', '?')}"
+        + (f", capped: {', '.join(f'{k}={v}' for k, v in results['machine']['isa_caps'].items())}"
+           if results["machine"].get("isa_caps") else "") + f"), Python {results['machine']['python']}, "
         f"multirnn {results.get('multirnn_version', '?')}",
         "",
         "## Verdict",
