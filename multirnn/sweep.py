@@ -1,0 +1,380 @@
+"""``python -m multirnn.sweep``: the comparison matrix -- compare's runs over every combination of
+options and seeds, locally or on a Ray cluster, resumable, with statistics across seeds.
+
+Every ``compare`` option may be a comma list (``--dtype float32,float64 --hidden 128,512``) or come
+from ``--spec sweep.toml``; their cross product are the configurations, ``--seeds 0-4`` multiplies
+them, and within each (configuration, seed) the rows are compare's own (``--backends``,
+``--impl``). Each row is a *cell*: one training run in one worker process, its record written to
+``out/cells/<id>.json`` the moment it ends. The NumPy oracle of a (configuration, seed) runs once
+and anchors every other row of it. See ``multirnn.sweep_spec`` (cells), ``sweep_engine`` (the
+loop and its files), ``sweep_exec`` (local pool, Ray tasks) and ``sweep_report`` (the aggregate).
+
+Exit status: 0 every group agrees, 1 a disagreement or a crashed cell, 2 bad usage (nothing
+written), 3 no backend could run, 128 + N stopped by signal N (a partial aggregate is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, compare, report
+from .progress import RunProgress
+from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
+from .sweep_engine import Engine, Store, is_final
+from .sweep_exec import RAY_HINT, LocalExecutor, usable_cores
+from .sweep_spec import (
+    PASS_THROUGH,
+    ROW_OPTIONS,
+    SpecError,
+    compare_actions,
+    expand,
+    parse_seeds,
+    read_toml,
+    run_order,
+    split_values,
+    swept_dests,
+)
+from .sweep_stats import DEFAULT_MARGIN
+
+EXIT_OK, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND = 0, 1, 2, 3
+
+EXAMPLES = """\
+examples:
+  python -m multirnn.sweep --backends numpy,torch,jax --dtype float32,float64 --seeds 0-4 --epochs 20
+  python -m multirnn.sweep --spec sweep.toml --out runs/matrix          # the same keys, in a TOML file
+  python -m multirnn.sweep --spec sweep.toml --out runs/matrix --resume # continue after a stop or a crash
+  python -m multirnn.sweep --spec sweep.toml --dry-run                  # the cells and an estimated cost
+  python -m multirnn.sweep --spec sweep.toml --executor ray --address auto   # on a running Ray cluster
+
+exit status: 0 every configuration and seed agrees, 1 a disagreement or a crashed cell, 2 bad usage,
+3 no backend could run, 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; a partial aggregate is written).
+"""
+
+# Nominal speeds for --dry-run's estimate: tokens/s of each backend on the quick preset (hidden 512,
+# rnn, float32, fast mode) on this project's 2-core machine (README), and seconds to start a worker
+# and import the framework. Anything else: the NumPy figures.
+NOMINAL_TOKENS_PER_SEC = {"numpy": 30_000, "torch": 74_000, "mxnet": 50_000, "tensorflow": 47_000, "jax": 61_000}
+NOMINAL_STARTUP_SECONDS = {"numpy": 1.0, "torch": 4.0, "mxnet": 3.0, "tensorflow": 7.0, "jax": 5.0}
+GATES = {"rnn": 1, "gru": 3, "gru-reset-after": 3, "lstm": 4}
+ESTIMATE_TEXT = ("estimate: per cell, a worker start-up ({startup}) plus tokens x epochs (x seeds of --init framework, "
+                 "+ the re-anchored checks) at a nominal tokens/s per backend (README's quick-preset speeds on a "
+                 "2-core machine), scaled by hidden/512 x gates x layers; wall time = cell time / parallel cells. "
+                 "Real speeds vary by 2x or more")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = compare._Parser(
+        prog="python -m multirnn.sweep", argument_default=argparse.SUPPRESS, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run multirnn.compare over every combination of the given values (each compare option may "
+        "be a comma list) and seeds, locally or on Ray; resumable; verdicts, statistics across seeds and speed.")
+    p.add_argument("--version", action="version", version=f"multirnn {__version__}")
+    s = p.add_argument_group("the sweep")
+    s.add_argument("--spec", metavar="FILE", help="a TOML file with the same keys as these options "
+                   "(e.g. dtype = [\"float32\", \"float64\"], seeds = \"0-4\"); options given here win")
+    s.add_argument("--seeds", metavar="LIST", help="seeds: numbers and ranges, e.g. 0-4,7 (default 0)")
+    s.add_argument("--repeats", type=compare._number(int, "a positive integer", 100), metavar="N",
+                   help="runs of every row per configuration and seed (default 1); repeats only add timings")
+    s.add_argument("--equivalence-margin", type=_margin, metavar="M",
+                   help=f"--init independent/framework: TOST margin, relative (default {DEFAULT_MARGIN:g})")
+    c = p.add_argument_group("compare's options (a comma list gives one configuration per value; "
+                             "--backends and --impl are the rows of each, as in compare)")
+    for a in compare_actions():
+        kwargs: dict[str, Any] = {"dest": a.dest, "help": a.help, "metavar": "V[,V...]"}
+        if a.dest in PASS_THROUGH:
+            kwargs.update(action="append", metavar=a.metavar)
+        c.add_argument(*[o for o in a.option_strings if o.startswith("--")], **kwargs)
+    e = p.add_argument_group("where it runs")
+    e.add_argument("--executor", choices=["local", "ray"], help="local (default): worker processes on this machine; "
+                   f"ray: every cell a Ray task ({RAY_HINT})")
+    e.add_argument("--address", metavar="ADDR", help="--executor ray: auto (the running cluster), host:port or "
+                   "ray://host:port; default: a local Ray instance started for this sweep")
+    e.add_argument("--jobs", type=compare._number(int, "a positive integer", 1024), metavar="N",
+                   help="cells at a time (default: usable cores / --threads)")
+    e.add_argument("--threads", type=compare._number(int, "a positive integer", 1024), metavar="N",
+                   help="CPU threads of every framework in a cell, and the CPUs a Ray task declares "
+                   "(default: usable cores / --jobs, at least 1)")
+    e.add_argument("--retries", type=compare._number(int, "a non-negative integer", 100, allow_zero=True),
+                   metavar="N", help="run a crashed cell again up to N times (default 1)")
+    e.add_argument("--stall-timeout", type=compare._number(float, "a positive number of seconds"), metavar="SECONDS",
+                   help=f"end a worker silent for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-<timestamp>); rerunning into "
+                   "the same folder keeps every finished cell")
+    o.add_argument("--resume", action="store_true", help="continue the sweep in --out (it must exist)")
+    o.add_argument("--dry-run", action="store_true", help="print the cells and an estimated cost, run nothing")
+    o.add_argument("--keep-checkpoints", action="store_true", help="keep the oracle runs' checkpoints (checkpoints/)")
+    o.add_argument("--no-plot", action="store_true", help="no perplexity_bands.png, speed_heatmap.png")
+    o.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+@dataclass
+class Options:
+    """The sweep's settings after the command line and --spec are merged and checked."""
+
+    dims: dict[str, list[str]]
+    fixed: list[str]
+    seeds: list[int]
+    repeats: int
+    margin: float
+    executor: str
+    address: str | None
+    jobs: int
+    threads: int
+    retries: int
+    stall_timeout: float
+    out: str | None
+    resume: bool
+    dry_run: bool
+    keep_checkpoints: bool
+    plots: bool
+    quiet: bool
+    notes: list[str]
+
+
+def _toml_argv(values: dict[str, Any], parser: argparse.ArgumentParser) -> list[str]:
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    argv: list[str] = []
+    for dest, value in values.items():
+        a = actions[dest]
+        opt = next(o for o in a.option_strings if o.startswith("--"))
+        if a.nargs == 0:
+            if value is True:
+                argv.append(opt)
+            elif value is not False:
+                raise SpecError(f"--spec: {dest.replace('_', '-')} must be true or false")
+        elif dest in PASS_THROUGH:
+            for v in value if isinstance(value, list) else [value]:
+                argv += [opt, str(v)]
+        else:
+            argv += [opt, ",".join(str(v) for v in value) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def parse_options(argv: list[str]) -> Options:
+    """Command line (and --spec) -> Options.
+
+    Raises:
+        SpecError, compare.UsageError: anything invalid (one line for the user).
+    """
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    if "spec" in given:
+        from_file = vars(parser.parse_args(_toml_argv(read_toml(given["spec"], parser), parser)))
+        given = {**from_file, **given}
+    dims = {d: split_values(d, given[d]) for d in swept_dests() if d in given}
+    fixed: list[str] = []
+    for d in ROW_OPTIONS:
+        if d in given:
+            fixed += [f"--{d}", given[d]]
+    for prefix in given.get("prefix") or []:
+        fixed += ["--prefix", prefix]
+    cores, notes = usable_cores(), []
+    executor = given.get("executor", "local")
+    jobs, threads = given.get("jobs"), given.get("threads")
+    threads = threads or max(1, cores // (jobs or cores))
+    jobs = jobs or max(1, cores // threads)
+    if executor == "local" and jobs * threads > cores:
+        notes.append(f"{jobs} jobs x {threads} threads exceed the {cores} usable cores: timings will be contended")
+    if "address" in given and executor != "ray":
+        raise SpecError("--address needs --executor ray")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise SpecError(f"--executor ray needs the ray package, which cannot be imported ({exc}): {RAY_HINT}") from None
+    return Options(dims=dims, fixed=fixed, seeds=parse_seeds(given.get("seeds", "0")), repeats=given.get("repeats", 1),
+                   margin=given.get("equivalence_margin", DEFAULT_MARGIN), executor=executor,
+                   address=given.get("address"), jobs=jobs, threads=threads, retries=given.get("retries", 1),
+                   stall_timeout=given.get("stall_timeout", DEFAULT_STALL_TIMEOUT), out=given.get("out"),
+                   resume=given.get("resume", False), dry_run=given.get("dry_run", False),
+                   keep_checkpoints=given.get("keep_checkpoints", False), plots=not given.get("no_plot", False),
+                   quiet=given.get("quiet", False), notes=notes)
+
+
+def estimate_seconds(cell: Any) -> float:
+    """A cell's nominal cost in seconds (see ESTIMATE_TEXT)."""
+    plan = cell.group.plan
+    c = plan.config
+    rate = NOMINAL_TOKENS_PER_SEC.get(cell.backend, NOMINAL_TOKENS_PER_SEC["numpy"])
+    scale = max(c.num_hiddens / 512, 1 / 16) * GATES.get(c.cell, 1) * c.num_layers
+    per_epoch = plan.steps_per_epoch * c.batch_size * c.num_steps * scale / rate
+    epochs = c.num_epochs * (1 + len(plan.seeds))
+    if cell.anchor:  # re-anchored stretches: about one epoch per checkpoint
+        epochs += len(plan.lock_epochs) * (plan.steps_per_epoch + 3) / max(plan.steps_per_epoch, 1)
+    return NOMINAL_STARTUP_SECONDS.get(cell.backend, 2.0) + per_epoch * epochs
+
+
+def _prepare_out(opts: Options) -> Path:
+    if opts.out is None:
+        if opts.resume:
+            raise SpecError("--resume needs --out: the folder of the sweep to continue")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 10_000):
+            out = Path("runs") / (f"sweep-{stamp}" if n == 1 else f"sweep-{stamp}-{n}")
+            if not out.exists():
+                return out
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {opts.out!r} exists and is not a folder")
+    is_sweep = (out / "cells").is_dir() or (out / "sweep.json").is_file()
+    if opts.resume and not is_sweep:
+        raise SpecError(f"--resume: {opts.out!r} holds no sweep (no cells/ folder)")
+    if out.is_dir() and any(out.iterdir()) and not is_sweep:
+        raise SpecError(f"--out {opts.out!r} is not empty and not a sweep folder; choose another folder")
+    return out
+
+
+def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells: list[Any]) -> str:
+    store = Store(Path(opts.out)) if opts.out and Path(opts.out).is_dir() else None
+    header = ["id", "configuration", "seed", "row", "repeat", "after", "est. s", "state"]
+    rows, total, todo = [], 0.0, 0
+    for c in cells:
+        done = store is not None and is_final(store.record(c.id), opts.retries)
+        est = estimate_seconds(c)
+        if not done:
+            total += est
+            todo += 1
+        rows.append([c.id, c.group.configuration.label, str(c.group.seed), c.label, str(c.repeat), c.anchor or "-",
+                     f"{est:.1f}", "done" if done else "to run"])
+    slots = opts.jobs if opts.executor == "local" else None
+    startup = ", ".join(f"{k} {v:g} s" for k, v in NOMINAL_STARTUP_SECONDS.items())
+    lines = [report.text_table(rows, header), "",
+             (f"{len(configurations)} configuration(s) x {len(opts.seeds)} seed(s) = {len(groups)} group(s), "
+              f"{len(cells)} cell(s), {todo} to run"),
+             f"Estimated cost: {total:,.0f} s of cell time" + (
+                 f", about {total / slots:,.0f} s wall with {slots} job(s) at a time" if slots else
+                 " (wall time: divided by the cells the Ray cluster runs at once)"),
+             f"({ESTIMATE_TEXT.format(startup=startup)})"]
+    return "\n".join(lines)
+
+
+def _executor(opts: Options) -> Any:
+    if opts.executor == "ray":
+        from .sweep_exec import RayExecutor
+
+        try:
+            return RayExecutor(opts.address, opts.threads, opts.stall_timeout, opts.jobs)
+        except Exception as exc:  # noqa: BLE001  (cannot reach the cluster, or cannot start one)
+            raise SpecError(f"--executor ray: cannot use Ray at {opts.address or 'a new local instance'}: "
+                            f"{first_line_of(exc)}") from None
+    return LocalExecutor(opts.jobs, opts.threads, opts.stall_timeout)
+
+
+def first_line_of(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _summary(sweep: dict[str, Any]) -> str:
+    confs = {c["index"]: c["label"] for c in sweep["configurations"]}
+    lines = []
+    for conf in sweep["configurations"]:
+        groups = [g for g in sweep["groups"] if g["configuration"] == conf["index"]]
+        counts: dict[str, int] = {}
+        for g in groups:
+            counts[g["status"]] = counts.get(g["status"], 0) + 1
+        lines.append(f"{confs[conf['index']]}: " + ", ".join(f"{k} {n}/{len(groups)}" for k, n in counts.items()))
+        for s in sweep["statistics"]:
+            if s["configuration"] == conf["index"]:
+                m = s["median_last_perplexity"]
+                sp = next((r for r in sweep["speed"]["rows"] if r["configuration"] == conf["index"]
+                           and r["row"] == s["row"]), {})
+                ci = f" [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else ""
+                ratio = sp.get("ratio_to_fastest")
+                lines.append(f"  {s['row']:<16} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
+                             else f"  {s['row']:<16} no finished run")
+                if ratio is not None:
+                    lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts = parse_options(argv)
+        configurations, groups, cells = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)
+        if opts.dry_run:
+            print(_dry_run(opts, configurations, groups, cells))
+            return EXIT_OK
+        out = _prepare_out(opts)
+        executor = _executor(opts)
+    except (SpecError, compare.UsageError) as exc:
+        print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    store = Store(out)
+    store.create()
+    if not store.lock():
+        executor.close()
+        print(f"multirnn.sweep: error: another sweep is running in {str(out)!r} (pid "
+              f"{(out / '.lock').read_text().strip() or '?'}); wait for it or stop it first", file=sys.stderr)
+        return EXIT_USAGE
+    units = {c.id: estimate_seconds(c) for c in cells}
+    order = run_order(cells)
+    engine = Engine(cells, store, executor, opts.retries, None, units)
+    todo = engine.plan(order)
+    progress = RunProgress({"sweep": max(sum(units[c.id] for c in todo), 1e-9)}, enabled=not opts.quiet, unit="cell")
+    engine.progress = progress
+    kept = len(cells) - len(todo)
+    desc = executor.describe()
+    progress.message(f"multirnn.sweep {__version__}: {len(configurations)} configuration(s) x {len(opts.seeds)} seed(s), "
+                     f"{len(cells)} cells ({kept} already done) on {desc['executor']} -> {out}")
+    for note in opts.notes:
+        progress.message(f"note: {note}")
+    store.log("session", argv=argv, executor=desc, cells=len(cells), to_run=len(todo))
+    raise_on_signals()
+    try:
+        engine.run()
+    finally:
+        progress.close()
+        executor.close()
+    # A second Ctrl-C must not lose the aggregate being written.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    from . import sweep_report
+
+    run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
+           "command": " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.sweep", *argv]),
+           "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
+    spec = {"dimensions": opts.dims, "rows": opts.fixed, "seeds": opts.seeds, "repeats": opts.repeats,
+            "equivalence_margin": opts.margin}
+    sweep = sweep_report.aggregate(spec, configurations, groups, cells, engine.records, opts.retries, opts.margin, run)
+    notes = sweep_report.write_all(sweep, out, engine.records, cells, groups, opts.retries, make_plots=opts.plots)
+    complete = all(is_final(engine.records.get(c.id), opts.retries) for c in cells)
+    if complete and not engine.stopped:
+        engine.cleanup(opts.keep_checkpoints)
+    store.log("aggregate", complete=complete, stopped=engine.stopped)
+    print(_summary(sweep))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"\nReport: {out / 'report.md'}  (sweep.json, cells.csv, cells/)")
+    if engine.stopped:
+        return 128 + engine.stop_signal
+    statuses = {g["status"] for g in sweep["groups"]}
+    if statuses == {"no-backend"}:
+        return EXIT_NO_BACKEND
+    crashed = any(c["status"] == "crashed" for c in sweep["cells"])
+    return EXIT_OK if statuses <= {"agree"} and not crashed else EXIT_DISAGREE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The sweep's bookkeeping: the output folder, cell records, the journal, and the run loop.
+
+Every finished attempt is written at once, atomically, to ``out/cells/<id>.json`` (before its
+line in ``journal.jsonl``), so a driver killed at any moment loses only the cells in flight, and a
+rerun into the same folder skips every cell whose record is final. The loop hands ready cells to
+an executor (local or Ray) -- an anchor's dependents are ready once the anchor is final -- and
+retries a crashed cell until it has had ``1 + retries`` attempts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import signal
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .files import write_bytes_atomic, write_json_atomic
+from .lockstep import list_checkpoints
+from .progress import RunProgress
+from .runner import Stopped
+from .sweep_exec import CellJob
+from .sweep_spec import Cell, Group
+
+CELL_SCHEMA_VERSION = 1
+# Worker statuses that end a cell; "crashed" ends it only once its retries are used up.
+FINAL_STATUSES = ("ok", "diverged", "unavailable", "unsupported")
+
+
+def first_line(error: str | None) -> str | None:
+    """An error without the worker log's tail (which names temporary paths and process ids)."""
+    if not error:
+        return error
+    return error.split("; its last output:")[0].split("\n")[0]
+
+
+class Store:
+    """The sweep's output folder: cell records, journal, prepared data and anchor checkpoints."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.cells = out / "cells"
+        self.work = out / ".work"
+        self.journal_path = out / "journal.jsonl"
+
+    def create(self) -> None:
+        for d in (self.cells, self.work / "data", self.work / "runs", self.work / "checkpoints"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> bool:
+        """Hold ``out/.lock`` for this process's lifetime (the kernel drops it however the process
+        ends, SIGKILL included); False if another sweep holds it: two drivers must never share a folder."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no guard
+            return True
+        self._lock_fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, str(os.getpid()).encode())
+        return True
+
+    def record(self, cell_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.cells / f"{cell_id}.json").read_text())
+        except (OSError, ValueError):  # absent, or unreadable: run it again
+            return None
+
+    def save(self, cell_id: str, record: dict[str, Any]) -> None:
+        write_json_atomic(self.cells / f"{cell_id}.json", record)
+
+    def log(self, event: str, **fields: Any) -> None:
+        """One line per event, appended in a single write (a killed driver leaves whole lines)."""
+        line = json.dumps({"time": _dt.datetime.now().isoformat(timespec="milliseconds"), "event": event, **fields})
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def journal(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.journal_path.read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def data_path(self, group: Group) -> str:
+        path = self.work / "data" / f"{group.key}.npz"
+        if not path.is_file():
+            group.plan.data.save(path)
+        return str(path)
+
+    def eval_path(self, group: Group) -> str | None:
+        if group.plan.eval_ids is None:
+            return None
+        import numpy as np
+
+        path = self.work / "data" / f"{group.key}-eval.npy"
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, group.plan.eval_ids)
+            os.replace(tmp, path)
+        return str(path)
+
+    def checkpoints(self, cell_id: str) -> str:
+        return str(self.work / "checkpoints" / cell_id)
+
+    def has_checkpoints(self, cell_id: str) -> bool:
+        path = self.checkpoints(cell_id)
+        return bool(list_checkpoints(path)) or Path(path + ".tar").is_file()
+
+
+def is_final(record: dict[str, Any] | None, retries: int) -> bool:
+    if record is None:
+        return False
+    return record.get("status") in FINAL_STATUSES or (record.get("status") == "crashed"
+                                                       and record.get("attempts", 1) >= 1 + retries)
+
+
+class Engine:
+    """Runs the cells that are not final yet; records every attempt as it ends."""
+
+    def __init__(self, cells: list[Cell], store: Store, executor: Any, retries: int, progress: RunProgress | None,
+                 units: dict[str, float]) -> None:
+        self.cells = {c.id: c for c in cells}
+        self.store, self.executor, self.retries, self.progress, self.units = store, executor, retries, progress, units
+        self.records: dict[str, dict[str, Any] | None] = {c.id: store.record(c.id) for c in cells}
+        self.todo: deque[Cell] = deque()
+        self.running: set[str] = set()
+        self.finished: list[str] = []
+        self.failed = 0
+        self.stopped: str | None = None
+        self.stop_signal = 0
+
+    # --- what to run -----------------------------------------------------------------------------
+    def plan(self, order: list[Cell]) -> list[Cell]:
+        """Cells to run now: those without a final record, plus any anchor whose checkpoints are
+        gone while a dependent still needs them (as compare re-runs one on --resume)."""
+        pending = [c for c in order if not is_final(self.records[c.id], self.retries)]
+        need = {c.anchor for c in pending if c.anchor}
+        rerun = [self.cells[a] for a in need if is_final(self.records[a], self.retries)
+                 and self.records[a].get("status") in ("ok", "diverged") and not self.store.has_checkpoints(a)]
+        position = {c.id: i for i, c in enumerate(order)}
+        rerun.sort(key=lambda c: position[c.id])
+        self.todo = deque(rerun + pending)
+        return rerun + pending
+
+    def _ready(self, cell: Cell) -> bool:
+        if cell.anchor is None:
+            return True
+        # the anchor's checkpoints are needed: wait while it runs or waits (a retry included)
+        return cell.anchor not in self.running and all(c.id != cell.anchor for c in self.todo)
+
+    def _job(self, cell: Cell, attempt: int) -> CellJob:
+        group = cell.group
+        anchor_dir = None
+        if cell.anchor and (self.records.get(cell.anchor) or {}).get("status") in ("ok", "diverged") \
+                and self.store.has_checkpoints(cell.anchor):
+            anchor_dir = self.store.checkpoints(cell.anchor)
+        ckpt = self.store.checkpoints(cell.id) if cell.saves_checkpoints else None
+        out_path = str(self.store.work / "runs" / f"{cell.id}.json")
+        data, ev = self.store.data_path(group), self.store.eval_path(group)
+        return CellJob(cell.id, cell.task(out_path, data, ev, ckpt, anchor_dir), data, ev, cell.anchor, anchor_dir, ckpt,
+                       attempt, group.plan.config.num_epochs)
+
+    def _attempt(self, cell: Cell) -> int:
+        rec = self.records.get(cell.id)
+        return rec.get("attempts", 0) + 1 if rec and rec.get("status") == "crashed" else 1
+
+    def _fill(self) -> None:
+        while self.executor.in_flight < self.executor.slots:
+            cell = next((c for c in self.todo if self._ready(c)), None)
+            if cell is None:
+                return
+            self.todo.remove(cell)
+            attempt = self._attempt(cell)
+            self.store.log("start", cell=cell.id, attempt=attempt, executor=self.executor.name)
+            self.running.add(cell.id)
+            self.executor.submit(self._job(cell, attempt))
+
+    # --- results ---------------------------------------------------------------------------------
+    def _record(self, cell: Cell, job: CellJob, outcome: dict[str, Any] | None, error: BaseException | None) -> dict[str, Any]:
+        if outcome is None:
+            raw = {"name": cell.label, "backend": cell.backend, "impl": cell.impl, "status": "crashed",
+                   "error": f"{type(error).__name__}: {first_line(str(error))}"}
+            outcome = {"raw": raw}
+        raw = outcome["raw"]
+        previous = self.records.get(cell.id) if job.attempt > 1 else None
+        errors = list((previous or {}).get("errors") or [])
+        if raw.get("status") == "crashed":
+            errors.append(first_line(raw.get("error")))
+        node = outcome.get("node")
+        concurrency = self.executor.concurrency(node)
+        return {
+            "schema_version": CELL_SCHEMA_VERSION, "id": cell.id, "label": cell.label, "backend": cell.backend,
+            "impl": cell.impl, "configuration": cell.group.configuration.label, "seed": cell.group.seed,
+            "repeat": cell.repeat, "spec": cell.spec, "status": raw.get("status"), "attempts": job.attempt,
+            "errors": errors, "result": raw,
+            "run": {"executor": self.executor.name, "node": node, "host": outcome.get("host"),
+                    "threads": self.executor.threads, "concurrency": concurrency, "contended": concurrency > 1,
+                    "wall_seconds": outcome.get("wall_seconds"),
+                    "finished": _dt.datetime.now().isoformat(timespec="seconds")},
+        }
+
+    def _finish(self, job: CellJob, outcome: dict[str, Any] | None, error: BaseException | None) -> None:
+        cell = self.cells[job.cell_id]
+        self.running.discard(cell.id)
+        if outcome and outcome.get("checkpoints"):  # an anchor on Ray: keep its checkpoints for --resume
+            write_bytes_atomic(job.checkpoint_dir + ".tar", outcome["checkpoints"])
+        record = self._record(cell, job, outcome, error)
+        self.records[cell.id] = record
+        self.store.save(cell.id, record)  # the record first: a kill after it never reruns the cell
+        self.store.log("end", cell=cell.id, attempt=job.attempt, status=record["status"], node=record["run"]["node"])
+        Path(job.task.out_path).unlink(missing_ok=True)
+        status = record["status"]
+        retry = status == "crashed" and job.attempt < 1 + self.retries
+        if retry:
+            self.todo.appendleft(cell)
+        else:
+            self.finished.append(cell.id)
+            self.failed += status == "crashed"
+        g = cell.group
+        where = f"{g.configuration.label} seed {g.seed}" + (f" repeat {cell.repeat}" if cell.repeat else "")
+        note = f" ({first_line(record['result'].get('error'))})" if status != "ok" else ""
+        node = record["run"]["node"]
+        node_text = f" on {node[:8]}" if node and node != "local" else ""
+        wall = record["run"]["wall_seconds"]
+        self.progress.message(f"{status:<11} {cell.label:<14} {where}{node_text}"
+                              + (f" {wall:.1f} s" if wall else "") + note + ("; retrying" if retry else ""))
+
+    def _show(self, total: int) -> None:
+        frac = getattr(self.executor, "fraction", {})
+        done = sum(self.units[c] for c in self.finished) + sum(self.units[c] * frac.get(c, 0.0) for c in self.running)
+        self.progress.update("sweep", done, f"cells {len(self.finished)}/{total} done, {len(self.running)} "
+                             f"{self.executor.running_word}, {self.failed} failed")
+
+    def run(self) -> None:
+        """Run until every planned cell is final, or a signal stops it (``self.stopped`` then says which)."""
+        total = len(self.todo)
+        self.progress.start("sweep", f"cells 0/{total} done")
+        try:
+            while self.todo or self.running:
+                self._fill()
+                if not self.running and self.todo:  # nothing ready and nothing running: cannot happen
+                    raise RuntimeError("sweep scheduling is stuck: " + ", ".join(c.id for c in self.todo))
+                for job, outcome, error in self.executor.poll(0.5):
+                    self._finish(job, outcome, error)
+                self._show(total)
+        except (KeyboardInterrupt, Stopped) as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            self.stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.stop_signal = int(signum)
+            self.progress.message(f"\nstopped by {self.stopped}: ending the cells in flight "
+                                  f"({len(self.running)}) and writing the partial aggregate")
+            self.executor.cancel()
+            for cell_id in sorted(self.running):
+                self.store.log("lost", cell=cell_id, reason=self.stopped)
+
+    def cleanup(self, keep_checkpoints: bool) -> None:
+        """A finished sweep keeps no work files (an unfinished one keeps them for --resume)."""
+        if keep_checkpoints:
+            dest = self.store.out / "checkpoints"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(str(self.store.work / "checkpoints"), dest)
+        shutil.rmtree(self.store.work, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""The sweep's plots: perplexity bands across seeds per row, and a speed heat map."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_PANELS = 12
+
+
+def plot_all(sweep: dict[str, Any], records: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+    """Draw perplexity_bands.png and speed_heatmap.png; returns (files written, notes)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], ["matplotlib is not installed (pip install 'multirnn[report]'): no plots written"]
+    files, notes = [], []
+    if perplexity_bands(sweep, records, out / "perplexity_bands.png", plt, notes):
+        files.append("perplexity_bands.png")
+    if speed_heatmap(sweep, out / "speed_heatmap.png", plt):
+        files.append("speed_heatmap.png")
+    return files, notes
+
+
+def _curves(sweep: dict[str, Any], records: dict[str, Any], conf: int, row: str) -> np.ndarray | None:
+    """Per-epoch perplexity of every finished seed of a row (repeat 0), seeds x epochs."""
+    curves = []
+    for c in sweep["cells"]:
+        if c["configuration"] == conf and c["row"] == row and c["repeat"] == 0 and c["status"] == "ok":
+            ppl = (records.get(c["id"]) or {}).get("result", {}).get("perplexity") or []
+            curves.append([p if isinstance(p, (int, float)) and math.isfinite(p) else np.nan for p in ppl])
+    if not curves:
+        return None
+    n = min(len(c) for c in curves)
+    return np.array([c[:n] for c in curves], dtype=float) if n else None
+
+
+def _perplexity_axis(ax: Any) -> None:
+    """Log scale with plain-number ticks when perplexity spans a factor of 3 or more, linear otherwise."""
+    from . import report
+
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo >= 3:
+        ax.set_yscale("log")
+        report._log_ticks(ax)
+    report._integer_epochs(ax)
+
+
+def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path, plt: Any, notes: list[str]) -> bool:
+    """One panel per configuration: each row's mean perplexity per epoch over the seeds, with the
+    band from the lowest to the highest seed."""
+    confs = sweep["configurations"]
+    if len(confs) > MAX_PANELS:
+        notes.append(f"perplexity_bands.png shows the first {MAX_PANELS} of {len(confs)} configurations")
+        confs = confs[:MAX_PANELS]
+    cols = min(3, len(confs))
+    rows = math.ceil(len(confs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 1.5, 3.6 * rows), squeeze=False)
+    drawn = False
+    labels_all: list[str] = []
+    for k, conf in enumerate(confs):
+        ax = axes[k // cols][k % cols]
+        for i, row in enumerate(conf["rows"]):
+            curves = _curves(sweep, records, conf["index"], row)
+            if curves is None:
+                continue
+            drawn = True
+            epochs = np.arange(1, curves.shape[1] + 1)
+            color = f"C{i % 10}"
+            ax.plot(epochs, np.nanmean(curves, axis=0), color=color, linewidth=1.4,
+                    linestyle=("-", "--", ":", "-.")[i % 4], label=f"{row} (n={curves.shape[0]})")
+            if curves.shape[0] > 1:
+                ax.fill_between(epochs, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.18,
+                                linewidth=0)
+            if row not in labels_all:
+                labels_all.append(row)
+        _perplexity_axis(ax)
+        ax.set_title(conf["label"], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("perplexity")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for k in range(len(confs), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle("Perplexity per epoch: mean over seeds (line), lowest to highest seed (band)", fontsize=10)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
+def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
+    """Rows (backend/impl) x configurations: median tokens/s as a ratio to the fastest row of the
+    configuration (colour), with the tokens/s written in each cell."""
+    confs = sweep["configurations"]
+    rows: list[str] = []
+    for conf in confs:
+        rows += [r for r in conf["rows"] if r not in rows]
+    ratio = np.full((len(rows), len(confs)), np.nan)
+    rate = np.full((len(rows), len(confs)), np.nan)
+    for s in sweep["speed"]["rows"]:
+        if s["ratio_to_fastest"] is not None:
+            i, j = rows.index(s["row"]), next(k for k, c in enumerate(confs) if c["index"] == s["configuration"])
+            ratio[i, j], rate[i, j] = s["ratio_to_fastest"], s["median"]
+    if np.all(np.isnan(ratio)):
+        return False
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(confs) + 2.5), max(2.5, 0.55 * len(rows) + 1.8)))
+    im = ax.imshow(np.ma.masked_invalid(ratio), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(confs)):
+            if not np.isnan(ratio[i, j]):
+                ax.text(j, i, f"{rate[i, j] / 1000:.1f}k\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if ratio[i, j] < 0.6 else "black")
+    ax.set_xticks(range(len(confs)), [c["label"] for c in confs], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""
+    ax.set_title(f"Median tokens/s (k) and ratio to the fastest row\nof each configuration{contended}", fontsize=9)
+    fig.colorbar(im, ax=ax, label="ratio to fastest")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

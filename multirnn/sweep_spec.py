@@ -1,0 +1,267 @@
+"""The sweep's spec: compare's options as comma lists (or a TOML file), expanded into cells.
+
+A *configuration* is one value of every swept option; with a seed it is one ``compare`` run, whose
+rows (backend, impl) ``compare.make_plan`` decides and validates -- the sweep never re-implements
+that. A *cell* is one row of one (configuration, seed), optionally repeated: one training run in
+one worker process. Its id is a hash of everything that decides its result (the worker task minus
+file paths, the texts' contents, the id of the run it is re-anchored to), so a rerun or a resume
+finds it again and a changed spec never reuses a stale result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import compare, verdict
+
+# compare options the sweep does not take as they are: it has its own (out, resume, ...), --seed
+# becomes --seeds, and --list-backends/--version/--help mean nothing here.
+NOT_FROM_COMPARE = {"help", "version", "list_backends", "out", "overwrite", "resume", "quiet", "no_plot",
+                    "keep_checkpoints", "stall_timeout", "seed"}
+# compare options that keep compare's meaning: the rows of every configuration (already comma
+# lists there), and repeatable prompts.
+ROW_OPTIONS = ("backends", "impl")
+PASS_THROUGH = ("prefix",)
+# A spec this large is a typo, not a plan (each cell is a training run).
+MAX_CELLS = 100_000
+
+
+class SpecError(Exception):
+    """An invalid spec: reported as one line on stderr, exit status 2, nothing written."""
+
+
+def compare_actions() -> list[argparse.Action]:
+    """compare's options that the sweep accepts (read from compare's own parser, so new ones follow)."""
+    return [a for a in compare.build_parser()._actions
+            if a.option_strings and a.dest not in NOT_FROM_COMPARE and a.nargs != 0]
+
+
+def swept_dests() -> list[str]:
+    """The options whose comma lists multiply into configurations, in compare's order."""
+    return [a.dest for a in compare_actions() if a.dest not in ROW_OPTIONS + PASS_THROUGH]
+
+
+def parse_seeds(text: str | int | list[Any]) -> list[int]:
+    """``"0-4,7"`` -> [0, 1, 2, 3, 4, 7] (also an int or a TOML list of ints and ranges).
+
+    Raises:
+        SpecError: anything else, a negative seed or a descending range.
+    """
+    parts = text if isinstance(text, list) else [text]
+    seeds: list[int] = []
+    for part in parts:
+        for item in str(part).split(","):
+            item = item.strip()
+            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
+            if not m:
+                raise SpecError(f"--seeds {text!r}: expected non-negative integers and ranges like 0-4,7")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo:
+                raise SpecError(f"--seeds {item!r}: the range goes down")
+            if hi - lo >= MAX_CELLS:
+                raise SpecError(f"--seeds {item!r}: more than {MAX_CELLS:,} seeds")
+            seeds += range(lo, hi + 1)
+    if not seeds:
+        raise SpecError("--seeds is empty")
+    return list(dict.fromkeys(seeds))
+
+
+def split_values(dest: str, value: Any) -> list[str]:
+    """One option's values: a comma list (CLI), or a TOML scalar or array."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    out = [str(v).strip() for v in items if str(v).strip()]
+    if not out:
+        raise SpecError(f"--{dest.replace('_', '-')} is empty")
+    return list(dict.fromkeys(out))
+
+
+def read_toml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options of a ``--spec`` file, keyed by argparse dest (``batch-size`` and ``batch_size`` alike).
+
+    Raises:
+        SpecError: unreadable file, bad TOML, an unknown key.
+    """
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # Python 3.10: the same parser, packaged
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise SpecError("--spec needs Python 3.11 or later (tomllib), or 'pip install tomli'") from None
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"--spec {path!r}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"--spec {path!r}: not valid TOML: {exc}") from None
+    known = {a.dest: a for a in parser._actions if a.option_strings}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in ("spec", "help"):
+            raise SpecError(f"--spec {path!r}: unknown key {key!r} (keys are the command-line options, "
+                            "e.g. backends, dtype, hidden, seeds)")
+        if isinstance(value, dict):
+            raise SpecError(f"--spec {path!r}: {key} must be a value or a list of values, not a table")
+        out[dest] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One value of every swept option (the seed aside)."""
+
+    index: int
+    values: tuple[tuple[str, str], ...]  # (dest, value) of every option the spec gives, compare's order
+    label: str  # the options that vary across the sweep, e.g. "dtype=float64 hidden=128" ("all" if none)
+
+    @property
+    def key(self) -> str:
+        return _digest({"values": list(self.values)})[:10]
+
+    def argv(self) -> list[str]:
+        return [x for dest, value in self.values for x in (f"--{dest.replace('_', '-')}", value)]
+
+
+@dataclass(eq=False)
+class Group:
+    """One (configuration, seed): one ``compare`` run's worth of rows, planned by compare itself."""
+
+    configuration: Configuration
+    seed: int
+    plan: compare.Plan
+    argv: list[str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.configuration.key}-s{self.seed}"
+
+    @property
+    def folder(self) -> str:
+        """A readable folder name, unique within the sweep (labels differ in some value)."""
+        return f"{_safe(self.configuration.label)}-s{self.seed}"
+
+
+@dataclass(eq=False)
+class Cell:
+    """One training run: a row of a group, repeated ``repeat`` times for timing."""
+
+    id: str
+    group: Group
+    backend: str
+    impl: str
+    label: str  # the row's name (compare.row_label)
+    index: int  # position among the group's rows (it picks --init independent's weights, as in compare)
+    repeat: int
+    anchor: str | None  # id of the cell whose checkpoints it restarts from (the oracle's)
+    saves_checkpoints: bool
+    spec: dict[str, Any]  # the canonical spec its id hashes
+
+    def task(self, out_path: str, data_path: str, eval_path: str | None, checkpoint_dir: str | None,
+             anchor_dir: str | None) -> Any:
+        """The worker task (compare's own Plan.task), with these file locations."""
+        return self.group.plan.task(self.backend, self.impl, out_path, data_path, eval_path, self.index,
+                                    checkpoint_dir=checkpoint_dir, anchor_dir=anchor_dir)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_FILE_DIGESTS: dict[str, str] = {}
+
+
+def file_digest(path: str | None) -> str | None:
+    """sha256 of a text's bytes (None: the bundled text of this multirnn version)."""
+    if path is None:
+        return None
+    if path not in _FILE_DIGESTS:
+        _FILE_DIGESTS[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _FILE_DIGESTS[path]
+
+
+# WorkerTask fields that are places, not what is computed: left out of a cell's identity.
+_PATH_FIELDS = {"out_path", "data_path", "eval_path", "checkpoint_dir", "anchor_dir", "parent_pid", "sys_path", "label"}
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "cell"
+
+
+def cells_of(group: Group, repeats: int) -> list[Cell]:
+    """The group's cells, in compare's row order; the first row anchors the others when
+    re-anchored checks are on (the oracle when numpy is among the backends, as in compare)."""
+    plan = group.plan
+    texts = {"text": file_digest(plan.options["text"]), "eval_text": file_digest(plan.options["eval_text"]),
+             "encoding": plan.options["encoding"]}
+    cells: list[Cell] = []
+    anchor_id: str | None = None
+    for index, (backend, impl) in enumerate(plan.pairs):
+        for repeat in range(repeats):
+            task = dataclasses.asdict(plan.task(backend, impl, "", "", None, index))
+            is_anchor = bool(plan.lock_epochs) and index == 0 and repeat == 0
+            oracle_repeat = index == 0 and backend == verdict.ORACLE  # the oracle never restarts from anyone
+            anchor = None if is_anchor or oracle_repeat or not plan.lock_epochs else anchor_id
+            spec = {**{k: v for k, v in task.items() if k not in _PATH_FIELDS}, **texts, "repeat": repeat,
+                    "saves_checkpoints": is_anchor, "anchor": anchor}
+            cell_id = f"{_safe(task['name'])}-{_digest(spec)[:16]}"
+            cells.append(Cell(cell_id, group, backend, impl, task["name"], index, repeat, anchor, is_anchor, spec))
+            if is_anchor:
+                anchor_id = cell_id
+    return cells
+
+
+def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repeats: int) -> tuple[
+        list[Configuration], list[Group], list[Cell]]:
+    """Every configuration, every (configuration, seed) planned and validated by compare, every cell.
+
+    Args:
+        dims: swept option -> its values (compare's order of options).
+        fixed: compare arguments common to every configuration (--backends, --impl, --prefix).
+        seeds: the seeds.
+        repeats: runs of every row per (configuration, seed).
+
+    Raises:
+        SpecError: the first invalid value, naming the configuration it was found in.
+    """
+    names = list(dims)
+    varying = [d for d in names if len(dims[d]) > 1]
+    total = 1
+    for values in dims.values():
+        total *= len(values)
+    if total * len(seeds) * repeats > MAX_CELLS:
+        raise SpecError(f"the spec makes over {MAX_CELLS:,} runs; narrow it")
+    configurations = []
+    for index, combo in enumerate(itertools.product(*(dims[d] for d in names))):
+        values = tuple(zip(names, combo))
+        label = " ".join(f"{d.replace('_', '-')}={v}" for d, v in values if d in varying) or "all"
+        configurations.append(Configuration(index, values, label))
+    groups, cells = [], []
+    parser = compare.build_parser()
+    for conf in configurations:
+        for seed in seeds:
+            argv = [*fixed, *conf.argv(), "--seed", str(seed)]
+            try:
+                plan = compare.make_plan(parser.parse_args(argv), argv)
+            except compare.UsageError as exc:
+                where = f" (configuration {conf.label}, seed {seed})" if conf.label != "all" else ""
+                raise SpecError(f"{exc}{where}") from None
+            group = Group(conf, seed, plan, argv)
+            groups.append(group)
+            cells += cells_of(group, repeats)
+    if len(cells) > MAX_CELLS:
+        raise SpecError(f"the spec makes {len(cells):,} runs (at most {MAX_CELLS:,}); narrow it")
+    return configurations, groups, cells
+
+
+def run_order(cells: list[Cell]) -> list[Cell]:
+    """Anchors first (everything else waits for their checkpoints), then the rest in spec order."""
+    return [c for c in cells if c.saves_checkpoints] + [c for c in cells if not c.saves_checkpoints]

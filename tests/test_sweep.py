@@ -1,0 +1,280 @@
+"""``python -m multirnn.sweep``: the spec, local and Ray execution, resume after a kill, crashes.
+
+The sweeps are tiny (2 backends x 2 seeds x 2 dtypes, 2 epochs of a 16-unit RNN) and go through
+the command line in a subprocess, as a user's would. The second backend is torch when it is
+installed, else a third-party copy of the oracle (the sweep machinery is the same). Ray runs on
+a two-node cluster started once for the module (head and worker node on this machine), which also
+shows that cells land on both nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from multirnn import sweep as sweep_cli
+from multirnn.backends import probe
+from multirnn.sweep_report import identity
+from multirnn.sweep_spec import SpecError, expand, parse_seeds
+from multirnn.sweep_stats import mean_interval, t_ppf, t_sf, tost_paired
+from tests.conftest import SELECTED, require_module
+from tests.test_compare import CRASHING_MXNET
+from tests.test_reliability import processes_mentioning, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "2", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
+SECOND = "torch" if "torch" in SELECTED and probe("torch") is None else "tests.zoo:OracleCopy"
+SPEC = ["--backends", f"numpy,{SECOND}", "--dtype", "float32,float64", "--seeds", "0-1", *TINY]
+
+
+def sweep(args: list[str], site: str | None = None, tmp_path: Path | None = None, timeout: int = 300):
+    return subprocess.run([sys.executable, "-m", "multirnn.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=_env(site, tmp_path), check=False)
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "multirnn.sweep", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _env(site: str | None, tmp_path: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if site is not None:
+        (tmp_path / "site").mkdir(exist_ok=True)
+        (tmp_path / "site" / "sitecustomize.py").write_text(site)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def load(out: Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+def ends(out: Path) -> Counter:
+    """How many times each cell ran to the end (the journal's 'end' events)."""
+    lines = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    return Counter(e["cell"] for e in lines if e["event"] == "end")
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "local"
+    proc = sweep([*SPEC, "--jobs", "2", "--out", str(out), "--quiet"])
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a worker node, one CPU each, on this machine; shut down after the module."""
+    require_module("ray", "pip install 'multirnn[ray]'")
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="mrsweep")  # short: Ray's socket paths must stay under ~100 characters
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": temp})
+    try:
+        cluster.add_node(num_cpus=1)
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+# --- the spec ----------------------------------------------------------------------------------------
+
+
+def test_seeds_accept_ranges_and_lists():
+    assert parse_seeds("0-2,7,2") == [0, 1, 2, 7]
+    assert parse_seeds([3, "5-6"]) == [3, 5, 6]
+    for bad in ("2-1", "a", "-1", ""):
+        with pytest.raises(SpecError):
+            parse_seeds(bad)
+
+
+def test_cells_have_stable_ids_and_share_one_oracle_per_configuration_and_seed():
+    opts = sweep_cli.parse_options(SPEC)
+    confs, groups, cells = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)
+    assert len(confs) == 2 and len(groups) == 4 and len(cells) == 8
+    again = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)[2]
+    assert [c.id for c in again] == [c.id for c in cells] and len({c.id for c in cells}) == 8
+    for g in groups:
+        mine = [c for c in cells if c.group is g]
+        oracle = next(c for c in mine if c.backend == "numpy")
+        assert oracle.saves_checkpoints and oracle.anchor is None
+        assert all(c.anchor == oracle.id for c in mine if c is not oracle)
+    longer = sweep_cli.parse_options([*SPEC, "--epochs", "3"])
+    assert not {c.id for c in expand(longer.dims, longer.fixed, longer.seeds, 1)[2]} & {c.id for c in cells}
+
+
+def test_a_toml_spec_is_the_same_sweep(tmp_path):
+    (tmp_path / "s.toml").write_text(f'backends = ["numpy", "{SECOND}"]\ndtype = ["float32", "float64"]\n'
+                                     'seeds = "0-1"\nepochs = 2\nhidden = 16\nmax-tokens = 3000\nbatch_size = 8\n'
+                                     'num-steps = 10\n')
+    a, b = sweep_cli.parse_options(["--spec", str(tmp_path / "s.toml")]), sweep_cli.parse_options(SPEC)
+    ids = [[c.id for c in expand(o.dims, o.fixed, o.seeds, o.repeats)[2]] for o in (a, b)]
+    assert ids[0] == ids[1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--dtype", "float32,float16"], ["--seeds", "4-1"], ["--hidden", "16,-3"], ["--jobs", "0"],
+    ["--address", "auto"], ["--backends", "numpy,nosuchframework"], ["--retries", "x"], ["--bogus"],
+    ["--spec", "/nonexistent/sweep.toml"],
+])
+def test_invalid_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert sweep_cli.main([*TINY, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multirnn.sweep: error: ") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_lists_the_cells_and_an_estimate(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep_cli.main([*SPEC, "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert sum(line.endswith("  to run") for line in text.splitlines()) == 8  # the table's state column
+    assert "8 cell(s), 8 to run" in text and "Estimated cost" in text and "estimate:" in text
+    assert not out.exists()
+
+
+def test_missing_ray_is_a_clear_error(tmp_path):
+    proc = sweep([*TINY, "--executor", "ray", "--out", str(tmp_path / "out")], site="import sys\nsys.modules['ray'] = None\n",
+                 tmp_path=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "pip install 'multirnn[ray]'" in proc.stderr and not (tmp_path / "out").exists()
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def test_a_local_sweep_writes_the_aggregate(local_run):
+    proc, out = local_run
+    assert proc.returncode == 0, proc.stderr
+    for name in ("sweep.json", "report.md", "cells.csv", "perplexity_bands.png", "speed_heatmap.png"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "cells").glob("*.json"))) == 8 and not (out / ".work").exists()
+    s = load(out)
+    assert s["schema_version"] == 1 and [g["status"] for g in s["groups"]] == ["agree"] * 4
+    assert len(list((out / "groups").glob("*/results.json"))) == 4  # compare's report of every group
+    stats = {(x["configuration"], x["row"]): x for x in s["statistics"]}
+    assert len(stats) == 4 and all(x["median_last_perplexity"]["n"] == 2 for x in stats.values())
+    ci = stats[(0, "numpy")]["final_perplexity"]["ci95"]
+    assert ci[0] < stats[(0, "numpy")]["final_perplexity"]["mean"] < ci[1]
+    assert s["speed"]["contended"] is True and "Contended timings" in (out / "report.md").read_text()
+    assert max(r["ratio_to_fastest"] for r in s["speed"]["rows"]) == 1.0
+    assert set(ends(out).values()) == {1}
+
+
+def test_ray_on_two_nodes_gives_the_local_aggregate(local_run, ray_cluster, tmp_path):
+    out = tmp_path / "ray"
+    proc = sweep([*SPEC, "--executor", "ray", "--address", ray_cluster.address, "--out", str(out), "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    assert identity(load(out)) == identity(load(local_run[1]))
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    nodes = Counter(c["run"]["node"] for c in cells)
+    assert len(nodes) == 2, nodes  # cells landed on both nodes
+    assert len(load(out)["run"]["executor"]["nodes"]) == 2
+
+
+def test_a_stopped_then_killed_sweep_resumes_to_the_same_aggregate(local_run, tmp_path):
+    out = tmp_path / "resumed"
+    args = [*SPEC, "--jobs", "2", "--out", str(out), "--quiet"]
+
+    def cells() -> int:
+        return len(list((out / "cells").glob("*.json"))) if (out / "cells").is_dir() else 0
+
+    first = start(args)
+    assert wait_for(lambda: cells() >= 2, 120)
+    first.send_signal(signal.SIGTERM)  # as Ctrl-C: the cells in flight end, a partial aggregate is written
+    first.communicate(timeout=60)
+    assert first.returncode == 143
+    partial = load(out)
+    assert partial["run"]["stopped"] == "SIGTERM" and "pending" in {c["status"] for c in partial["cells"]}
+    second = start([*args, "--resume"])
+    assert wait_for(lambda: cells() >= 5, 120)
+    second.kill()  # SIGKILL: no chance to clean up
+    second.wait(30)
+    assert wait_for(lambda: processes_mentioning(str(out)) == [], 10), "a worker outlived its driver"
+    third = sweep([*args, "--resume"])
+    assert third.returncode == 0, third.stderr
+    assert identity(load(out)) == identity(load(local_run[1]))
+    assert set(ends(out).values()) == {1}  # no cell ran twice to completion
+
+
+def test_a_crashing_cell_is_retried_recorded_and_the_rest_finish(tmp_path):
+    out = tmp_path / "crash"
+    args = ["--backends", "numpy,mxnet", *TINY, "--retries", "1", "--out", str(out), "--quiet", "--no-plot"]
+    proc = sweep(args, site=CRASHING_MXNET, tmp_path=tmp_path)  # mxnet: the oracle, segfaulting at step 5
+    assert proc.returncode == 1, proc.stderr
+    s = load(out)
+    status = {c["row"]: c["status"] for c in s["cells"]}
+    assert status == {"numpy": "ok", "mxnet": "crashed"}
+    crashed = next(json.loads(p.read_text()) for p in (out / "cells").glob("mxnet-*.json"))
+    assert crashed["attempts"] == 2 and all("SIGSEGV" in e for e in crashed["errors"])
+    assert "crashed after 2 attempt(s)" in (out / "report.md").read_text()
+    again = sweep(args, site=CRASHING_MXNET, tmp_path=tmp_path)  # rerun into the same folder: nothing left to run
+    assert again.returncode == 1 and sum(ends(out).values()) == 3
+
+
+def test_two_drivers_never_share_a_folder(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    (out / "cells").mkdir(parents=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running sweep holds it
+    try:
+        assert sweep_cli.main([*TINY, "--backends", "numpy", "--out", str(out), "--quiet"]) == 2
+    finally:
+        os.close(fd)
+    assert "another sweep is running" in capsys.readouterr().err
+    assert not list((out / "cells").iterdir())
+
+
+# --- statistics --------------------------------------------------------------------------------------
+
+
+def test_t_distribution_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 4, 9, 30):
+        assert math.isclose(t_ppf(0.975, df), stats.t.ppf(0.975, df), rel_tol=1e-8)
+        for t in (-2.0, 0.3, 3.0):
+            assert math.isclose(t_sf(t, df), stats.t.sf(t, df), rel_tol=1e-8)
+    m = mean_interval([1.0, 2.0, 3.0, 4.0])
+    lo, hi = stats.t.interval(0.95, 3, loc=2.5, scale=stats.sem([1.0, 2.0, 3.0, 4.0]))
+    assert math.isclose(m["ci95"][0], lo) and math.isclose(m["ci95"][1], hi)
+
+
+def test_tost_says_equivalent_only_inside_the_margin():
+    assert tost_paired([0.01, 0.02, -0.01, 0.0, 0.015], 0.05)["equivalent"] is True
+    assert tost_paired([0.20, 0.22, 0.19, 0.21], 0.05)["equivalent"] is False
+    assert tost_paired([0.04, -0.04], 0.05)["equivalent"] is None  # too few, too spread: not shown
+    assert tost_paired([0.01], 0.05)["equivalent"] is None
+
+
+def test_thread_caps_reach_every_framework_and_keep_the_users_xla_flags(monkeypatch):
+    from multirnn.sweep_exec import thread_env
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
+    one = thread_env(1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                "TF_NUM_INTEROP_THREADS", "MXNET_CPU_WORKER_NTHREADS"):
+        assert one[var] == "1" and thread_env(3)[var] == "3"
+    assert one["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_cpu_multi_thread_eigen=false"
+    assert "XLA_FLAGS" not in thread_env(2)  # XLA takes no thread count: left at its default
+
+
+def test_the_sweep_imports_no_framework_and_no_ray():
+    code = ("import sys, multirnn.sweep, multirnn.sweep_report; "
+            "print(sorted(m for m in ('ray', 'torch', 'jax', 'tensorflow', 'mxnet') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
