@@ -71,12 +71,12 @@ class UsageError(Exception):
     """Bad command-line input: reported as one line on stderr, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
         raise UsageError(message)
 
 
-def _number(kind: type, what: str, limit: float | None = None, allow_zero: bool = False) -> Any:
+def number_arg(kind: type, what: str, limit: float | None = None, allow_zero: bool = False) -> Any:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -109,7 +109,7 @@ def _defaults(field: str, fmt: str = "{}") -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgParser(
         prog="python -m multirnn.compare",
         description="Train the d2l character RNN in every framework from the same weights on the same "
         "batches, check that shapes, losses, gradients and clipping agree with the NumPy oracle, and "
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cell", choices=list(CELLS), default=None,
                    help="rnn (default): the tanh RNN; gru: d2l's GRU (reset gate before the recurrent matmul); "
                    "gru-reset-after: cuDNN's/torch's GRU; lstm")
-    g.add_argument("--num-layers", type=_number(int, "an integer from 1 to 16", 16), metavar="N",
+    g.add_argument("--num-layers", type=number_arg(int, "an integer from 1 to 16", 16), metavar="N",
                    help="stacked recurrent layers, d2l's deep RNN (default 1)")
     g.add_argument("--second-bias", choices=["frozen", "trained"], default=None,
                    help="frozen (default): the second, hidden-side bias of torch/Gluon layers is held at zero, "
@@ -145,27 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared (default): every backend starts from the same weights; independent: each draws "
                    "its own (final perplexities are compared; re-anchored checks still run); framework: every "
                    "layer keeps its framework's own initialisers (a statistical verdict over --init-seeds seeds)")
-    g.add_argument("--init-seeds", type=_number(int, "a positive integer", 100), default=3, metavar="K",
+    g.add_argument("--init-seeds", type=number_arg(int, "a positive integer", 100), default=3, metavar="K",
                    help="--init framework: seeds per row for the statistical verdict (default 3)")
     g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu; gpu: error if none)")
     h = p.add_argument_group("hyper-parameters (override the preset)")
-    h.add_argument("--epochs", type=_number(int, "a positive integer", LIMITS["num_epochs"]), metavar="N",
+    h.add_argument("--epochs", type=number_arg(int, "a positive integer", LIMITS["num_epochs"]), metavar="N",
                    help=f"number of epochs ({_defaults('num_epochs')})")
-    h.add_argument("--hidden", type=_number(int, "a positive integer", LIMITS["num_hiddens"]), metavar="H",
+    h.add_argument("--hidden", type=number_arg(int, "a positive integer", LIMITS["num_hiddens"]), metavar="H",
                    help=f"hidden units, num_hiddens ({_defaults('num_hiddens')})")
-    h.add_argument("--batch-size", type=_number(int, "a positive integer", LIMITS["batch_size"]), metavar="B",
+    h.add_argument("--batch-size", type=number_arg(int, "a positive integer", LIMITS["batch_size"]), metavar="B",
                    help=f"minibatch size ({_defaults('batch_size')})")
-    h.add_argument("--num-steps", type=_number(int, "a positive integer", LIMITS["num_steps"]), metavar="T",
+    h.add_argument("--num-steps", type=number_arg(int, "a positive integer", LIMITS["num_steps"]), metavar="T",
                    help=f"time steps per minibatch ({_defaults('num_steps')})")
-    h.add_argument("--lr", type=_number(float, "a positive number"), help=f"SGD learning rate ({_defaults('lr', '{:g}')})")
-    h.add_argument("--clip", type=_number(float, "a positive number"), metavar="THETA",
+    h.add_argument("--lr", type=number_arg(float, "a positive number"), help=f"SGD learning rate ({_defaults('lr', '{:g}')})")
+    h.add_argument("--clip", type=number_arg(float, "a positive number"), metavar="THETA",
                    help=f"gradient clipping threshold θ, max_grad_norm ({_defaults('max_grad_norm', '{:g}')})")
     h.add_argument("--max-tokens", type=int, metavar="N",
                    help=f"train on the first N tokens of the text, d2l-ed1 only; <= 0: all ({_defaults('max_tokens', '{:,}')})")
     h.add_argument("--sampling", choices=["sequential", "random"],
                    help="d2l-ed1 minibatch sampling (default sequential: state carried; random: reset per minibatch)")
     h.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default float32)")
-    h.add_argument("--seed", type=_number(int, "a non-negative integer", allow_zero=True),
+    h.add_argument("--seed", type=number_arg(int, "a non-negative integer", allow_zero=True),
                    help="seed of the initial weights and of the batches (default 0)")
     v = p.add_argument_group("the verdict")
     v.add_argument("--lockstep", default="auto", type=_lockstep_arg, metavar="auto|off|N",
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse an existing --out folder: clear the files a run writes there (and only those)")
     o.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: backends that finished are kept, the rest run")
-    o.add_argument("--stall-timeout", type=_number(float, "a positive number of seconds"), default=DEFAULT_STALL_TIMEOUT,
+    o.add_argument("--stall-timeout", type=number_arg(float, "a positive number of seconds"), default=DEFAULT_STALL_TIMEOUT,
                    metavar="SECONDS", help=f"end a worker that reports no progress for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
     o.add_argument("--no-plot", action="store_true", help="do not draw perplexity.png and deviation.png")
     o.add_argument("--quiet", action="store_true", help="no progress display")
@@ -334,7 +334,7 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
     return out_dir
 
 
-def _row(raw: dict[str, Any]) -> dict[str, Any]:
+def result_row(raw: dict[str, Any]) -> dict[str, Any]:
     """A worker's raw result in the results.json schema (names stable, every number kept).
 
     JSON has no infinity: a perplexity that overflowed (a finite loss above ~709) is stored as null
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw = _run_one(task, progress, config, units[name], args.stall_timeout)
             if raw["status"] == "unavailable" and not named:
                 progress.message(f"{name:<10} skipped: {raw['error']}")
-            rows.append(_row(raw))
+            rows.append(result_row(raw))
             if save_ckpts and raw["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
                 anchor = str(own)
             # Everything finished so far is on disk even if a later backend takes the process down.
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_stopped = 128 + int(signum)
         progress.message(f"\nstopped by {stopped}: ending the worker and writing the partial report")
         if not any(r["name"] == name for r in rows):
-            rows.append(_row({"name": name, "status": "crashed", "error": f"interrupted ({stopped})"}))
+            rows.append(result_row({"name": name, "status": "crashed", "error": f"interrupted ({stopped})"}))
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).

@@ -70,7 +70,7 @@ ESTIMATE_TEXT = ("estimate: per cell, a worker start-up ({startup}) plus tokens 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = compare._Parser(
+    p = compare.ArgParser(
         prog="python -m multirnn.sweep", argument_default=argparse.SUPPRESS, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run multirnn.compare over every combination of the given values (each compare option may "
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", metavar="FILE", help="a TOML file with the same keys as these options "
                    "(e.g. dtype = [\"float32\", \"float64\"], seeds = \"0-4\"); options given here win")
     s.add_argument("--seeds", metavar="LIST", help="seeds: numbers and ranges, e.g. 0-4,7 (default 0)")
-    s.add_argument("--repeats", type=compare._number(int, "a positive integer", 100), metavar="N",
+    s.add_argument("--repeats", type=compare.number_arg(int, "a positive integer", 100), metavar="N",
                    help="runs of every row per configuration and seed (default 1); repeats only add timings")
     s.add_argument("--equivalence-margin", type=_margin, metavar="M",
                    help=f"--init independent/framework: TOST margin, relative (default {DEFAULT_MARGIN:g})")
@@ -96,14 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                    f"ray: every cell a Ray task ({RAY_HINT})")
     e.add_argument("--address", metavar="ADDR", help="--executor ray: auto (the running cluster), host:port or "
                    "ray://host:port; default: a local Ray instance started for this sweep")
-    e.add_argument("--jobs", type=compare._number(int, "a positive integer", 1024), metavar="N",
+    e.add_argument("--jobs", type=compare.number_arg(int, "a positive integer", 1024), metavar="N",
                    help="cells at a time (default: usable cores / --threads)")
-    e.add_argument("--threads", type=compare._number(int, "a positive integer", 1024), metavar="N",
+    e.add_argument("--threads", type=compare.number_arg(int, "a positive integer", 1024), metavar="N",
                    help="CPU threads of every framework in a cell, and the CPUs a Ray task declares "
                    "(default: usable cores / --jobs, at least 1)")
-    e.add_argument("--retries", type=compare._number(int, "a non-negative integer", 100, allow_zero=True),
+    e.add_argument("--retries", type=compare.number_arg(int, "a non-negative integer", 100, allow_zero=True),
                    metavar="N", help="run a crashed cell again up to N times (default 1)")
-    e.add_argument("--stall-timeout", type=compare._number(float, "a positive number of seconds"), metavar="SECONDS",
+    e.add_argument("--stall-timeout", type=compare.number_arg(float, "a positive number of seconds"), metavar="SECONDS",
                    help=f"end a worker silent for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-<timestamp>); rerunning into "

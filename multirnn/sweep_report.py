@@ -1,6 +1,6 @@
 """The sweep's aggregate: sweep.json (schema 1), report.md, cells.csv and two plots.
 
-Verdicts are compare's: each (configuration, seed) group's rows go through ``compare._row`` and
+Verdicts are compare's: each (configuration, seed) group's rows go through ``compare.result_row`` and
 ``compare.assemble`` (hence :func:`multirnn.verdict.judge`) exactly as a ``compare`` run's would.
 Everything that depends on where and when cells ran -- tokens/s, seconds, memory, nodes, attempts,
 dates -- lives under the keys in ``NON_IDENTITY``; the rest of sweep.json (:func:`identity`) is the
@@ -46,7 +46,7 @@ def _finite(x: Any) -> float | None:
 
 
 def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], retries: int) -> dict[str, Any] | None:
-    rows = [compare._row(clean_raw(records[c.id]["result"])) for c in cells
+    rows = [compare.result_row(clean_raw(records[c.id]["result"])) for c in cells
             if c.repeat == 0 and is_final(records.get(c.id), retries)]
     if not rows:
         return None
@@ -65,7 +65,7 @@ def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups:
     cell_rows, timings = [], {}
     for c in cells:
         rec = final.get(c.id)
-        r = compare._row(clean_raw(rec["result"])) if rec else {}
+        r = compare.result_row(clean_raw(rec["result"])) if rec else {}
         cell_rows.append({
             "id": c.id, "configuration": c.group.configuration.index, "seed": c.group.seed, "repeat": c.repeat,
             "row": c.label, "backend": c.backend, "impl": c.impl, "anchor": c.anchor,
