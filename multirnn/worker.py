@@ -219,9 +219,9 @@ def run(task: WorkerTask, progress: Channel) -> None:
         result["impl"] = getattr(backend, "impl", task.impl)
         data = harness.TrainingData.load(task.data_path)
         numpy_params = initial_params(backend, config, len(data.vocab), task.init, task.init_seed)
-        result["param_layout"] = describe_layout(backend)
         progress("stage", text="checking shapes")
         result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
+        result["param_layout"] = describe_layout(backend)  # after params exist: real shapes, not symbolic ones
         progress("start", num_epochs=config.num_epochs)
         last_beat = [time.monotonic()]
 

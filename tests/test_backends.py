@@ -62,10 +62,10 @@ EXPECTED_UNSUPPORTED: dict[tuple[str, str, str, bool], str] = {
     ("torch", "layers", "gru", True): _RESET_AFTER,
     ("mxnet", "layers", "gru", True): _RESET_AFTER,
     ("jax", "layers", "gru", True): _RESET_AFTER,
-    # Keras and flax layers carry one bias per gate: a trained second bias has nowhere to live
+    # Keras' SimpleRNN, GRU(reset_after=False) and LSTM and flax's cells carry one bias per gate: a trained
+    # second bias has nowhere to live (Keras' GRU(reset_after=True) has a recurrent bias row: supported)
     ("tensorflow", "layers", "rnn", True): "bias",
     ("tensorflow", "layers", "lstm", True): "bias",
-    ("tensorflow", "layers", "gru-reset-after", True): "bias",
     ("jax", "layers", "rnn", True): "bias",
     ("jax", "layers", "lstm", True): "bias",
     ("jax", "layers", "gru-reset-after", True): "bias",

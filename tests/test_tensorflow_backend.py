@@ -1,5 +1,7 @@
 """TensorFlow-specific checks: trace caching, in-place variable updates, the clipping rule (not
-tf.clip_by_global_norm) and the log filter; the shared suite covers forward and gradients."""
+tf.clip_by_global_norm), the log filter, the hand-written recurrence gradients, and the Keras
+layers' own variables (mapping, frozen biases, initialisers, layout); the shared suite covers
+forward and gradients of every model."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 import multirnn
 from multirnn import PARAM_NAMES
+from multirnn.testing import random_model_problem
 from tests.conftest import random_problem, require_backend_module
 
 require_backend_module("tensorflow")
@@ -97,3 +100,216 @@ def test_default_log_level_hides_info_and_warnings():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "2"
+
+
+# --- every model, from scratch ---------------------------------------------------------------------
+
+
+def test_fast_model_train_step_is_traced_once_per_shape():
+    """Models other than the tanh RNN go through _model_function: the same one-trace-per-key rule."""
+    model = multirnn.Model("lstm", 2)
+    be = multirnn.get_backend("tensorflow", mode="fast", model=model)
+    for seed in range(3):
+        params, X, Y, state = random_model_problem(model, seed=seed)
+        p = be.params_from_numpy(params)
+        p2, *_ = be.train_step(p, X, Y, state, 0.5, 1.0 + seed)
+        assert p2 is p
+    fns = [f for k, f in be._compiled.items() if k[:2] == ("model", "train_step")]
+    assert len(fns) == 1 and fns[0].experimental_get_tracing_count() == 1
+
+
+def _plain(cell: str):
+    """The recurrences' forward loops without their hand-written gradients (autodiff reference)."""
+    from multirnn.backends.tensorflow_backend import tf
+
+    def gru(inputs, h0, W_h_zr, W_hh):
+        H, h, hs = W_hh.shape[0], h0, []
+        for x in tf.unstack(inputs):
+            z, r = tf.split(tf.sigmoid(x[:, : 2 * H] + h @ W_h_zr), 2, 1)
+            h = z * h + (1 - z) * tf.tanh(x[:, 2 * H:] + (r * h) @ W_hh)
+            hs.append(h)
+        return tf.stack(hs)
+
+    def gru_reset_after(inputs, h0, W_h, b_hn):
+        H, h, hs = W_h.shape[0], h0, []
+        for x in tf.unstack(inputs):
+            hw = h @ W_h
+            z, r = tf.split(tf.sigmoid(x[:, : 2 * H] + hw[:, : 2 * H]), 2, 1)
+            h = z * h + (1 - z) * tf.tanh(x[:, 2 * H:] + r * (hw[:, 2 * H:] + b_hn))
+            hs.append(h)
+        return tf.stack(hs)
+
+    def lstm(inputs, h0, c0, W_h):
+        h, c, hs = h0, c0, []
+        for x in tf.unstack(inputs):
+            i, f, o, g = tf.split(x + h @ W_h, 4, 1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            hs.append(h)
+        return tf.stack(hs), c
+
+    return {"gru": gru, "gru-reset-after": gru_reset_after, "lstm": lstm}[cell]
+
+
+@pytest.mark.parametrize("cell", ["gru", "gru-reset-after", "lstm"])
+def test_hand_written_recurrence_gradients_equal_autodiff(cell):
+    """Every input's gradient, including through the LSTM's final memory cell (which the training
+    loss never reaches: it is only carried as state), equals autodiff of the plain loop."""
+    from multirnn.backends import tensorflow_backend as tfb
+    from multirnn.backends.tensorflow_backend import tf
+
+    fast = {"gru": tfb._gru_recurrence, "gru-reset-after": tfb._gru_reset_after_recurrence,
+            "lstm": tfb._lstm_recurrence}[cell]
+    rng = np.random.default_rng(0)
+    T, B, H = 4, 3, 5
+    G = 4 if cell == "lstm" else 3
+    shapes = {"gru": [(T, B, 3 * H), (B, H), (H, 2 * H), (H, H)],
+              "gru-reset-after": [(T, B, 3 * H), (B, H), (H, 3 * H), (H,)],
+              "lstm": [(T, B, G * H), (B, H), (B, H), (H, G * H)]}[cell]
+    args = [tf.constant(rng.standard_normal(s) * 0.5) for s in shapes]
+    # Random output weights, so that every output gradient differs; the LSTM also returns C_T.
+    weights = [tf.constant(rng.standard_normal(s)) for s in ([(T, B, H), (B, H)] if cell == "lstm" else [(T, B, H)])]
+    results = []
+    for fn in (fast, _plain(cell)):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            out = fn(*args)
+            outs = list(out) if isinstance(out, (tuple, list)) else [out]
+            loss = sum(tf.reduce_sum(o * w) for o, w in zip(outs, weights))
+        results.append((outs, tape.gradient(loss, args)))
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    for a, b in zip(outs_a, outs_b):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13, atol=1e-14)
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-13)
+
+
+# --- Keras' own layers -----------------------------------------------------------------------------
+
+# The Keras cells' gate order (their kernel's column blocks), independently of the backend's table.
+KERAS_ORDER = {"rnn": "h", "gru": "zrh", "gru-reset-after": "zrn", "lstm": "ifco"}
+
+
+def layers(model: multirnn.Model, mode: str = "eager") -> multirnn.Backend:
+    return multirnn.get_backend("tensorflow", impl="layers", mode=mode, model=model)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-reset-after", "lstm"])
+def test_weights_map_onto_the_keras_layers_own_variables(cell):
+    """d2l's weights land in each Keras layer's kernel / recurrent_kernel / bias (d2l orientation,
+    Keras gate order) and in Dense, read back through the layers' own get_weights."""
+    model = multirnn.Model(cell, 2)
+    be = layers(model)
+    params, *_ = random_model_problem(model)
+    p = be.params_from_numpy(params)
+    assert [type(r).__name__ for r in p.net.rnns] == [{"rnn": "SimpleRNN", "lstm": "LSTM"}.get(cell, "GRU")] * 2
+    for layer, rnn in enumerate(p.net.rnns):
+        s = "" if layer == 0 else f"_l{layer}"
+        kernel, recurrent, bias = rnn.get_weights()
+        np.testing.assert_array_equal(kernel, np.hstack([params[f"W_x{g}{s}"] for g in KERAS_ORDER[cell]]))
+        np.testing.assert_array_equal(recurrent, np.hstack([params[f"W_h{g}{s}"] for g in KERAS_ORDER[cell]]))
+        b = np.concatenate([params[f"b_{g}{s}"] for g in KERAS_ORDER[cell]])
+        if cell == "gru-reset-after":
+            assert rnn.reset_after and bias.shape == (2, 21)  # H = 7
+            np.testing.assert_array_equal(bias[0], b)
+            np.testing.assert_array_equal(bias[1], np.concatenate([np.zeros(14), params[f"b_hn{s}"]]))
+        else:
+            np.testing.assert_array_equal(bias, b)
+            assert cell != "gru" or not rnn.reset_after
+    kernel, bias = p.net.dense.get_weights()
+    np.testing.assert_array_equal(kernel, params["W_hq"])
+    np.testing.assert_array_equal(bias, params["b_q"])
+    back = be.params_to_numpy(p)
+    assert list(back) == list(model.param_names())
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k])
+
+
+@pytest.mark.parametrize("mode", ["eager", "fast"])
+def test_frozen_recurrent_biases_stay_exactly_zero(mode):
+    """GRU(reset_after=True)'s recurrent z and r biases are not d2l's: zero gradient, no update,
+    nothing added to the clipping norm, exactly zero after training; b_hn (its n entry) trains."""
+    model = multirnn.Model("gru-reset-after", 2)
+    be = layers(model, mode)
+    params, X, Y, state = random_model_problem(model)
+    p = be.params_from_numpy(params)
+    H = 7
+    _, grads, _ = be.loss_and_grads(p, X, Y, state)
+    for path in ("gru/gru_cell/bias", "gru_1/gru_cell/bias"):
+        g = grads[path].numpy()
+        assert not g[1, : 2 * H].any() and g[1, 2 * H:].any() and g[0].all()
+    _, full_norm = be.clip_gradients(grads, 1e9)
+    want = np.sqrt(sum(np.sum(v**2) for v in be.params_to_numpy(grads).values()))  # d2l's params only
+    np.testing.assert_allclose(float(full_norm), want, rtol=1e-12)
+    for step in range(3):
+        p, *_ = be.train_step(p, np.roll(X, step, 1), Y, state, 0.5, 1.0)
+    # An update with gradients on the frozen entries (not from loss_and_grads) leaves them too.
+    be.sgd_step(p, {k: np.ones(v.shape, v.dtype.as_numpy_dtype) for k, v in p.items()}, 0.5)
+    for path in ("gru/gru_cell/bias", "gru_1/gru_cell/bias"):
+        bias = p[path].numpy()
+        assert np.array_equal(bias[1, : 2 * H], np.zeros(2 * H))
+    trained = be.params_to_numpy(p)
+    assert not np.array_equal(trained["b_hn"], params["b_hn"])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "gru-reset-after", "lstm"])
+def test_default_params_draw_keras_initialisers(cell):
+    """glorot_uniform kernels (|w| <= sqrt(6 / (fan_in + fan_out)), the bound nearly reached),
+    one orthogonal (H, gates*H) recurrent kernel per layer, zero biases except the LSTM's forget
+    gate (unit_forget_bias: ones); seeded, and in the requested dtype."""
+    model = multirnn.Model(cell, 2)
+    be = layers(model)
+    V, H = 40, 16
+    d = be.default_params(V, H, seed=3, dtype="float64")
+    assert list(d) == list(model.param_names()) and all(v.dtype == np.float64 for v in d.values())
+    gates = KERAS_ORDER[cell]
+    for layer in range(2):
+        s = "" if layer == 0 else f"_l{layer}"
+        kernel = np.hstack([d[f"W_x{g}{s}"] for g in gates])
+        bound = np.sqrt(6 / (kernel.shape[0] + kernel.shape[1]))
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+        recurrent = np.hstack([d[f"W_h{g}{s}"] for g in gates])
+        np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(H), atol=1e-10)
+        for g in gates:
+            np.testing.assert_array_equal(d[f"b_{g}{s}"], np.full(H, 1.0 if (cell, g) == ("lstm", "f") else 0.0))
+        if cell == "gru-reset-after":
+            np.testing.assert_array_equal(d[f"b_hn{s}"], np.zeros(H))
+    bound = np.sqrt(6 / (H + V))
+    assert np.abs(d["W_hq"]).max() <= bound and np.abs(d["W_hq"]).max() > 0.9 * bound and not d["b_q"].any()
+    again, other = be.default_params(V, H, seed=3, dtype="float64"), be.default_params(V, H, seed=4, dtype="float64")
+    assert all(np.array_equal(again[k], d[k]) for k in d)
+    first = model.param_names()[0]  # the first gate's input weights
+    assert not np.array_equal(other[first], d[first])
+    assert be.default_params(V, H, seed=3)["W_hq"].dtype == np.float32
+
+
+def test_param_layout_names_the_layers_real_variables():
+    model = multirnn.Model("gru-reset-after", 2)
+    be = layers(model)
+    before = be.param_layout()
+    assert before["gru/gru_cell/kernel"]["shape"] == ["V", "3H"]
+    p = be.params_from_numpy(random_model_problem(model)[0])
+    layout = be.param_layout()
+    weights = [w for layer in (*p.net.rnns, p.net.dense) for w in layer.trainable_weights]
+    assert list(layout) == [w.path for w in weights] == list(before)
+    for w in weights:
+        assert layout[w.path]["shape"] == list(w.shape)
+    assert layout["gru/gru_cell/bias"]["holds"] == "[[b_z | b_r | b_n], [0 (frozen) | 0 (frozen) | b_hn]]"
+    assert layout["gru_1/gru_cell/recurrent_kernel"]["holds"] == "[W_hz_l1 | W_hr_l1 | W_hn_l1]"
+    assert layout["dense/kernel"] == {"shape": [7, 11], "holds": "W_hq"}
+
+
+def test_layers_fast_mode_traces_once_per_params_and_shape():
+    """The Keras layers own their variables: one trace per params object and batch shape, updated in place."""
+    model = multirnn.Model("lstm")
+    be = layers(model, "fast")
+    params, X, Y, state = random_model_problem(model)
+    p = be.params_from_numpy(params)
+    variables = {k: id(v) for k, v in p.items()}
+    for step in range(3):
+        p2, *_ = be.train_step(p, np.roll(X, step, 1), Y, state, 0.5, 1.0)
+        assert p2 is p
+    assert {k: id(v) for k, v in p.items()} == variables
+    (fn,) = p.net.compiled.values()
+    assert fn.experimental_get_tracing_count() == 1
+    assert not np.array_equal(be.params_to_numpy(p)["W_hi"], params["W_hi"])
