@@ -18,7 +18,6 @@ from tests.conftest import random_problem, require_backend_module
 
 require_backend_module("mxnet")
 
-from multirnn.backends.mxnet_backend import autograd, mnp, npx
 
 LSTM2 = Model("lstm", 2)
 GRU_AFTER = Model("gru-reset-after")
@@ -45,30 +44,12 @@ def test_fast_blocks_are_compiled_once_per_shape(fast):
     assert len(fast._blocks) == 3
 
 
-def _fused_grads(num_layers: int, input_grad: bool) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    T, B, V, H = 4, 3, 5, 6
-    x = mnp.array(np.eye(V)[rng.integers(0, V, (T, B))], dtype="float64")
-    flat = mnp.array(rng.standard_normal((V + H + 2) * H + (num_layers - 1) * (2 * H + 2) * H) * 0.4, dtype="float64")
-    h0 = mnp.array(rng.standard_normal((num_layers, B, H)) * 0.5, dtype="float64")
-    flat.attach_grad()
-    if input_grad:
-        x.attach_grad()
-    with autograd.record():
-        out, h_T = npx.rnn(x, flat, h0, mode="rnn_tanh", state_size=H, num_layers=num_layers, state_outputs=True)
-        loss = (out * out).sum() + (h_T * h_T).sum()
-    loss.backward()
-    return flat.grad.asnumpy()
-
-
-def test_native_multi_layer_kernel_needs_the_input_gradient():
-    """Why the scratch fast path runs one fused operator per layer and the layers implementation
-    requests its one-hot inputs' gradient: in float64 (MXNet's native kernel), a num_layers=2 call
-    whose input needs no gradient computes wrong first-layer weight gradients (MXNet 1.9.1)."""
-    right, wrong = _fused_grads(2, input_grad=True), _fused_grads(2, input_grad=False)
-    first_layer = slice(0, 5 * 6)  # l0 W_i2h
-    assert not np.allclose(right[first_layer], wrong[first_layer])
-    np.testing.assert_array_equal(right[-12:], wrong[-12:])  # the top layer's biases agree
+# MXNet 1.9.1's native (non-oneDNN) fused RNN kernel reads uninitialised memory for the lower layers'
+# input gradients when num_layers > 1 and the input needs no gradient (one-hot inputs): the weight
+# gradients of the first layer are then wrong, by an amount that depends on what that memory held
+# (a test of it was flaky for that reason). The scratch fast path runs one fused call per layer and
+# the layers implementation requests its inputs' gradient; the conformance checks of both, with
+# num_layers=2 in float64, are what holds them right (tests/test_backends.py).
 
 
 # --- Gluon's layers ---------------------------------------------------------------------------------
