@@ -163,11 +163,11 @@ def _epoch_fn(w: Workload, step: Callable[[Any, np.ndarray, np.ndarray], tuple[A
     return epoch
 
 
-def backend_epoch(w: Workload, backend: str, mode: str) -> tuple[Any, Callable[[], Any]]:
-    """(backend object, epoch function) for ``multirnn.get_backend(backend, mode=mode)``."""
+def backend_epoch(w: Workload, backend: str, mode: str, impl: str = "scratch") -> tuple[Any, Callable[[], Any]]:
+    """(backend object, epoch function) for ``multirnn.get_backend(backend, impl=impl, mode=mode)``."""
     import multirnn
 
-    be = multirnn.get_backend(backend, mode=mode)
+    be = multirnn.get_backend(backend, impl=impl, mode=mode)
     holder = {"p": be.params_from_numpy(w.params)}
     lr, theta = w.config.lr, w.config.max_grad_norm
 
@@ -179,16 +179,8 @@ def backend_epoch(w: Workload, backend: str, mode: str) -> tuple[Any, Callable[[
 
 
 def builtin_epoch(w: Workload, backend: str) -> Callable[[], Any]:
-    """Epoch function of ``benchmarks.builtin_<backend>`` (the framework's own RNN layer)."""
-    import importlib
-
-    trainer = importlib.import_module(f"benchmarks.builtin_{backend}").make_trainer(
-        w.params, w.config.lr, w.config.max_grad_norm)
-
-    def step(state: Any, X: np.ndarray, Y: np.ndarray) -> tuple[Any, Any]:
-        return trainer.train_step(X, Y, state)
-
-    return _epoch_fn(w, step, lambda: trainer.init_state(w.B))
+    """Epoch function of the framework's own RNN layer (``--impl layers``, fast mode)."""
+    return backend_epoch(w, backend, "fast", impl="layers")[1]
 
 
 def time_epoch(w: Workload, epoch: Callable[[], Any], reps: int) -> float:

@@ -23,3 +23,20 @@ def test_readme_opens_with_two_commands_that_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in commands:
         assert command in ci, f"{command!r} is not in .ci/run"
+
+
+def test_the_python_api_snippet_runs_and_prints_what_it_promises():
+    import subprocess
+    import sys
+
+    from tests.conftest import require_backend
+
+    require_backend("torch")
+    text = (ROOT / "README.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("import multirnn"))
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("[") and "numpy" in lines[0]
+    assert re.match(r"perplexity after 10 epochs: \d+\.\d\d$", lines[1]), lines
+    assert lines[2].startswith("time traveller") and len(lines[2]) == len("time traveller") + 30
