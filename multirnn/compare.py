@@ -13,6 +13,7 @@ nothing to compare (no reference), 128 + N stopped by signal N (130 Ctrl-C, 143 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import glob
 import json
@@ -621,6 +622,15 @@ def main(argv: list[str] | None = None) -> int:
                 anchor = str(own)
             # Everything finished so far is on disk even if a later backend takes the process down.
             write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected))
+        if config.second_bias == "trained" and verdict.ORACLE in names:
+            # Context, not a row: d2l's single-bias model from the same weights and batches, to say how far
+            # the book's two-bias concise code drifts from it (same run, same machine).
+            name = "numpy (one bias)"
+            task = dataclasses.replace(plan.task(verdict.ORACLE, "scratch", str(out_dir / "backends" / "numpy_one_bias.json"),
+                                                 str(data_path), None), name=name, backend=verdict.ORACLE,
+                                       config=config.replace(second_bias="frozen").to_dict(), lockstep_epochs=())
+            progress.message(f"{name}: training d2l's single-bias model from the same weights, for context")
+            options["one_bias_context"] = result_row(run_worker(task, None, args.stall_timeout))
     except (KeyboardInterrupt, Stopped) as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
