@@ -449,6 +449,14 @@ def _compile(python_fn: Any, signature: list | None) -> Any:
     return fn
 
 
+def _check_gpu(device: str) -> None:
+    if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        raise GPUUnavailableError(
+            "device='gpu' was requested, but TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') "
+            "is empty). Install a CUDA build of TensorFlow on a machine with a GPU, or use device='cpu'."
+        )
+
+
 class TensorFlowBackend(Backend):
     """TensorFlow 2 version of the d2l RNN-from-scratch primitives, for every cell and depth.
 
@@ -469,11 +477,7 @@ class TensorFlowBackend(Backend):
 
     def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
         super().__init__(device, mode, model)
-        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
-            raise GPUUnavailableError(
-                "device='gpu' was requested, but TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') "
-                "is empty). Install a CUDA build of TensorFlow on a machine with a GPU, or use device='cpu'."
-            )
+        _check_gpu(device)
         self._device = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._names = self.model.param_names()
         # d2l's own model keeps its tuned fast path (_fused_forward); every other model runs
@@ -975,11 +979,7 @@ class TensorFlowLayersBackend(Backend):
 
     def __init__(self, device: str = "cpu", mode: str = "eager", model: Model | None = None) -> None:
         super().__init__(device, mode, model)
-        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
-            raise GPUUnavailableError(
-                "device='gpu' was requested, but TensorFlow sees no GPU (tf.config.list_physical_devices('GPU') "
-                "is empty). Install a CUDA build of TensorFlow on a machine with a GPU, or use device='cpu'."
-            )
+        _check_gpu(device)
         self._keras = _import_keras()
         self._device = "/GPU:0" if device == "gpu" else "/CPU:0"
         self._paths = _keras_paths(self.model)

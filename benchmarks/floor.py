@@ -1,0 +1,200 @@
+"""This machine's floor for the recurrence: serial small GEMMs at the best kernel's rate, the rest at big-GEMM rate.
+
+A training step of a recurrent model cannot be one big GEMM: per layer, the forward recurrence is
+``T`` dependent products ``(B, H) @ (H, G·H)`` and the backward one ``T`` dependent products
+``(B, G·H) @ (G·H, H)`` (``G`` gates), each waiting for the previous one. Everything else (input
+projections of deeper layers, the output layer, every weight gradient) can be batched over the
+``T`` steps. So the fastest any implementation can train, on this machine, is::
+
+    floor time per minibatch = t(2·T·L serial small GEMMs, best kernel measured here)
+                             + (FLOPs per minibatch - serial FLOPs) / big-GEMM rate
+
+and ``floor tokens/s = B·T / floor time``. The serial chain is timed in every library that is
+installed (NumPy's BLAS, torch, MXNet, TensorFlow, XLA through JAX), each in its own process, and
+the best one defines the floor: a framework whose own kernels are slower for this shape cannot
+reach it, and the benchmark report shows by how much. FLOPs per token: :meth:`multirnn.cells.Model.flops_per_token`.
+
+    python -m benchmarks.floor --library torch --batch 32 --hidden 512 --gates 1 --steps 35
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+LIBRARIES = ("numpy", "torch", "mxnet", "tensorflow", "jax")
+
+
+def _median(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int, number: int = 3) -> float:
+    from benchmarks.profile_step import median_seconds
+
+    return median_seconds(fn, sync, reps, number)
+
+
+def _operands(B: int, H: int, G: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h0 and the two weights of an alternating chain h <- (h @ W_f) @ W_b, scaled so that values
+    neither explode nor decay into denormals (which would slow the chain for no training reason)."""
+    rng = np.random.default_rng(0)
+    q1, _ = np.linalg.qr(rng.standard_normal((G * H, G * H)))
+    W_f = (q1[:H, :] * np.sqrt(G)).astype(np.float32)  # (H, G·H)
+    W_b = (q1[:, :H] / np.sqrt(G)).astype(np.float32)  # (G·H, H)
+    h0 = (rng.standard_normal((B, H)) * 0.1).astype(np.float32)
+    return h0, W_f, W_b
+
+
+def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) -> float:
+    """Seconds of 2·T dependent GEMMs: T of (B, H) @ (H, G·H) alternating with T of (B, G·H) @ (G·H, H)."""
+    h0, W_f, W_b = _operands(B, H, G)
+    if library == "numpy":
+        def run() -> np.ndarray:
+            h = h0
+            for _ in range(T):
+                h = (h @ W_f) @ W_b
+            return h
+        return _median(run, lambda a: a, reps)
+    if library == "torch":
+        import torch
+
+        h, f, b = (torch.from_numpy(a) for a in (h0, W_f, W_b))
+
+        def run_t() -> Any:
+            x = h
+            for _ in range(T):
+                x = torch.mm(torch.mm(x, f), b)
+            return x
+        with torch.no_grad():
+            return _median(run_t, lambda a: a, reps)
+    if library == "mxnet":
+        if "bool" not in vars(np):
+            np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
+        import mxnet as mx
+
+        best = float("inf")
+        h, f, b = (mx.nd.array(a, dtype="float32") for a in (h0, W_f, W_b))
+        fT, bT = f.T.copy(), b.T.copy()
+
+        def run_dot() -> Any:  # legacy dot: MXNet's bundled BLAS
+            x = h
+            for _ in range(T):
+                x = mx.nd.dot(mx.nd.dot(x, f), b)
+            return x
+
+        def run_fc() -> Any:  # FullyConnected: oneDNN, what the backend's output layer uses
+            x = h
+            for _ in range(T):
+                x = mx.nd.FullyConnected(mx.nd.FullyConnected(x, fT, no_bias=True, num_hidden=G * H), bT,
+                                         no_bias=True, num_hidden=H)
+            return x
+        for run_m in (run_dot, run_fc):
+            best = min(best, _median(run_m, lambda a: a.wait_to_read(), reps))
+        return best
+    if library == "tensorflow":
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        h, f, b = (tf.constant(a) for a in (h0, W_f, W_b))
+
+        @tf.function(autograph=False)
+        def run_tf(x: Any) -> Any:
+            for _ in range(T):  # unrolled, as the backend's recurrence is
+                x = tf.matmul(tf.matmul(x, f), b)
+            return x
+        return _median(lambda: run_tf(h), lambda a: a.numpy(), reps)
+    if library == "jax":
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        h, f, b = (jnp.asarray(a) for a in (h0, W_f, W_b))
+
+        @jax.jit
+        def run_scan(x: Any) -> Any:  # lax.scan, as the fast path runs its recurrence
+            x, _ = lax.scan(lambda c, _: ((c @ f) @ b, None), x, None, length=T)
+            return x
+
+        @jax.jit
+        def run_unrolled(x: Any) -> Any:
+            for _ in range(T):
+                x = (x @ f) @ b
+            return x
+        return min(_median(lambda: fn(h), lambda a: a.block_until_ready(), reps) for fn in (run_scan, run_unrolled))
+    raise ValueError(f"unknown library {library!r}")
+
+
+def big_gemm_flops(library: str = "best", n: int = 2048, reps: int = 8) -> dict[str, float]:
+    """Sustained float32 FLOP/s of an n x n x n GEMM (NumPy and, when installed, torch)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    out = {"numpy": 2 * n**3 / _median(lambda: a @ a, lambda x: x, reps, 1)}
+    try:
+        import torch
+
+        t = torch.from_numpy(a)
+        out["torch"] = 2 * n**3 / _median(lambda: t @ t, lambda x: x, reps, 1)
+    except ImportError:
+        pass
+    return out
+
+
+def measure(library: str, B: int, H: int, G: int, T: int, timeout: float = 300) -> dict[str, Any]:
+    """One library's chain time, in a fresh process (libraries never share one)."""
+    cmd = [sys.executable, "-m", "benchmarks.floor", "--library", library, "--batch", str(B), "--hidden", str(H),
+           "--gates", str(G), "--steps", str(T)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent)
+    except subprocess.TimeoutExpired:
+        return {"library": library, "error": "timed out"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"library": library, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, libraries: tuple[str, ...] = LIBRARIES) -> dict[str, Any]:
+    """The algorithm floor for one shape and model: every library's serial chain, the best, and the
+    floor in tokens/s (serial chain at the best rate + the batched FLOPs at big-GEMM rate)."""
+    G, L = len(model.cell.gates), model.num_layers
+    chains = [measure(lib, B, H, G, T) for lib in libraries]
+    ok = [c for c in chains if "error" not in c]
+    if not ok:
+        return {"chains": chains, "error": "no library could time the chain"}
+    best = min(ok, key=lambda c: c["seconds"])
+    serial_flops = L * 2 * T * 2.0 * B * H * G * H
+    total_flops = model.flops_per_token(V, H) * B * T
+    t_serial = L * best["seconds"]
+    t_batched = max(total_flops - serial_flops, 0.0) / big_flops
+    return {"chains": chains, "best_library": best["library"], "serial_seconds": t_serial,
+            "serial_gflops": serial_flops / t_serial / 1e9, "batched_seconds": t_batched,
+            "floor_tokens_per_sec": B * T / (t_serial + t_batched), "flops_per_token": model.flops_per_token(V, H),
+            "roofline_tokens_per_sec": big_flops / model.flops_per_token(V, H)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--library", choices=[*LIBRARIES, "big-gemm"], required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--gates", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=35)
+    args = ap.parse_args(argv)
+    if args.library == "big-gemm":
+        print(json.dumps(big_gemm_flops()))
+        return 0
+    s = chain_seconds(args.library, args.batch, args.hidden, args.gates, args.steps)
+    flops = 2 * args.steps * 2.0 * args.batch * args.hidden * args.gates * args.hidden
+    print(json.dumps({"library": args.library, "seconds": s, "gflops": flops / s / 1e9}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
