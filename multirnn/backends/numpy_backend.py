@@ -33,130 +33,103 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class _Layer:
-    """One layer's parameters by d2l name (the suffix of deeper layers dropped) and the model's
-    hidden-side biases; missing hidden-side biases read as zero."""
+    """One layer's parameters by d2l name (the suffix of deeper layers dropped)."""
 
     def __init__(self, params: Params, model: Model, layer: int) -> None:
         s = layer_suffix(layer)
         self.p = {k[: len(k) - len(s)] if s else k: params[k] for k in model.layer_param_names(layer)}
         self.suffix = s
+        self.gates = model.cell.gates
 
-    def pre(self, g: str, x: np.ndarray, h: np.ndarray) -> np.ndarray:
-        """X W_x{g} + H W_h{g} + b_{g} (+ b_h{g} when the model has it)."""
-        out = x @ self.p[f"W_x{g}"] + h @ self.p[f"W_h{g}"] + self.p[f"b_{g}"]
-        return out + self.p[f"b_h{g}"] if f"b_h{g}" in self.p else out
+    def input_part(self, xs: np.ndarray) -> dict[str, np.ndarray]:
+        """X_t W_x{g} + b_{g} (+ b_h{g}, unless the cell keeps it inside the gate) for every step at once:
+        the inputs do not depend on the recurrence, so one matmul per gate serves all T steps."""
+        T, B, _ = xs.shape
+        flat = xs.reshape(T * B, -1)
+        out = {}
+        for g in self.gates:
+            a = flat @ self.p[f"W_x{g}"] + self.p[f"b_{g}"]
+            if f"b_h{g}" in self.p and not (g == "n" and "W_hn" in self.p):  # reset-after's b_hn sits inside R ⊙ (.)
+                a = a + self.p[f"b_h{g}"]
+            out[g] = a.reshape(T, B, -1)
+        return out
 
 
-# --- one time step of each cell: forward keeps a cache, backward turns output gradients into
-# --- parameter, input and previous-state gradients -------------------------------------------------
+# --- one time step of each cell. forward(L, xp_t, state): xp_t is every gate's input part at step t;
+# --- it returns the new state and what backward needs. backward(L, cache, d_state) returns, per gate,
+# --- dL/d(input part) and (recurrent input, dL/d(recurrent part)), and dL/d(previous state). The
+# --- weight gradients are formed by the caller, one matmul per parameter over all steps. -----------
 
 
-def _rnn_forward(L: _Layer, x: np.ndarray, state: tuple) -> tuple[tuple, tuple]:
+def _rnn_forward(L: _Layer, xp: dict, state: tuple) -> tuple[tuple, tuple]:
     (h,) = state
-    h_new = np.tanh(L.pre("h", x, h))
-    return (h_new,), (x, h, h_new)
+    h_new = np.tanh(xp["h"] + h @ L.p["W_hh"])
+    return (h_new,), (h, h_new)
 
 
-def _rnn_backward(L: _Layer, cache: tuple, d_state: tuple, grads: Grads) -> tuple[np.ndarray, tuple]:
-    x, h, h_new = cache
-    (d_h_new,) = d_state
-    da = d_h_new * (1 - h_new**2)  # through tanh
-    _gate_grads(L, "h", x, h, da, grads)
-    return da @ L.p["W_xh"].T, (da @ L.p["W_hh"].T,)
+def _rnn_backward(L: _Layer, cache: tuple, d_state: tuple) -> tuple[dict, dict, tuple]:
+    h, h_new = cache
+    da = d_state[0] * (1 - h_new**2)  # through tanh
+    return {"h": da}, {"h": (h, da)}, (da @ L.p["W_hh"].T,)
 
 
-def _gru_forward(L: _Layer, x: np.ndarray, state: tuple) -> tuple[tuple, tuple]:
+def _gru_forward(L: _Layer, xp: dict, state: tuple) -> tuple[tuple, tuple]:
     (h,) = state
-    z = sigmoid(L.pre("z", x, h))
-    r = sigmoid(L.pre("r", x, h))
+    z = sigmoid(xp["z"] + h @ L.p["W_hz"])
+    r = sigmoid(xp["r"] + h @ L.p["W_hr"])
     hr = r * h  # d2l: the reset gate acts before the recurrent matmul
-    cand = x @ L.p["W_xh"] + hr @ L.p["W_hh"] + L.p["b_h"]
-    if "b_hh" in L.p:
-        cand = cand + L.p["b_hh"]
-    c = np.tanh(cand)
-    return (z * h + (1 - z) * c,), (x, h, z, r, hr, c)
+    c = np.tanh(xp["h"] + hr @ L.p["W_hh"])
+    return (z * h + (1 - z) * c,), (h, z, r, hr, c)
 
 
-def _gru_backward(L: _Layer, cache: tuple, d_state: tuple, grads: Grads) -> tuple[np.ndarray, tuple]:
-    x, h, z, r, hr, c = cache
+def _gru_backward(L: _Layer, cache: tuple, d_state: tuple) -> tuple[dict, dict, tuple]:
+    h, z, r, hr, c = cache
     (d_out,) = d_state
-    d_h = d_out * z
     dac = d_out * (1 - z) * (1 - c**2)
-    grads["W_xh"] += x.T @ dac
-    grads["W_hh"] += hr.T @ dac
-    grads["b_h"] += dac.sum(axis=0)
-    if "b_hh" in grads:
-        grads["b_hh"] += dac.sum(axis=0)
     d_hr = dac @ L.p["W_hh"].T
-    d_h = d_h + d_hr * r
     daz = d_out * (h - c) * z * (1 - z)
     dar = d_hr * h * r * (1 - r)
-    _gate_grads(L, "z", x, h, daz, grads)
-    _gate_grads(L, "r", x, h, dar, grads)
-    d_h = d_h + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
-    d_x = dac @ L.p["W_xh"].T + daz @ L.p["W_xz"].T + dar @ L.p["W_xr"].T
-    return d_x, (d_h,)
+    d_h = d_out * z + d_hr * r + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
+    return {"z": daz, "r": dar, "h": dac}, {"z": (h, daz), "r": (h, dar), "h": (hr, dac)}, (d_h,)
 
 
-def _gru_reset_after_forward(L: _Layer, x: np.ndarray, state: tuple) -> tuple[tuple, tuple]:
+def _gru_reset_after_forward(L: _Layer, xp: dict, state: tuple) -> tuple[tuple, tuple]:
     (h,) = state
-    z = sigmoid(L.pre("z", x, h))
-    r = sigmoid(L.pre("r", x, h))
+    z = sigmoid(xp["z"] + h @ L.p["W_hz"])
+    r = sigmoid(xp["r"] + h @ L.p["W_hr"])
     hn = h @ L.p["W_hn"] + L.p["b_hn"]  # cuDNN / torch: the reset gate acts after the recurrent matmul
-    n = np.tanh(x @ L.p["W_xn"] + L.p["b_n"] + r * hn)
-    return (z * h + (1 - z) * n,), (x, h, z, r, hn, n)
+    n = np.tanh(xp["n"] + r * hn)
+    return (z * h + (1 - z) * n,), (h, z, r, hn, n)
 
 
-def _gru_reset_after_backward(L: _Layer, cache: tuple, d_state: tuple, grads: Grads) -> tuple[np.ndarray, tuple]:
-    x, h, z, r, hn, n = cache
+def _gru_reset_after_backward(L: _Layer, cache: tuple, d_state: tuple) -> tuple[dict, dict, tuple]:
+    h, z, r, hn, n = cache
     (d_out,) = d_state
-    d_h = d_out * z
     dan = d_out * (1 - z) * (1 - n**2)
-    grads["W_xn"] += x.T @ dan
-    grads["b_n"] += dan.sum(axis=0)
     d_hn = dan * r
-    grads["W_hn"] += h.T @ d_hn
-    grads["b_hn"] += d_hn.sum(axis=0)
     daz = d_out * (h - n) * z * (1 - z)
     dar = dan * hn * r * (1 - r)
-    _gate_grads(L, "z", x, h, daz, grads)
-    _gate_grads(L, "r", x, h, dar, grads)
-    d_h = d_h + d_hn @ L.p["W_hn"].T + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
-    d_x = dan @ L.p["W_xn"].T + daz @ L.p["W_xz"].T + dar @ L.p["W_xr"].T
-    return d_x, (d_h,)
+    d_h = d_out * z + d_hn @ L.p["W_hn"].T + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
+    return {"z": daz, "r": dar, "n": dan}, {"z": (h, daz), "r": (h, dar), "n": (h, d_hn)}, (d_h,)
 
 
-def _lstm_forward(L: _Layer, x: np.ndarray, state: tuple) -> tuple[tuple, tuple]:
+def _lstm_forward(L: _Layer, xp: dict, state: tuple) -> tuple[tuple, tuple]:
     h, c = state
-    i, f, o = (sigmoid(L.pre(g, x, h)) for g in "ifo")
-    g = np.tanh(L.pre("c", x, h))  # the candidate memory, d2l's C̃
+    i, f, o = (sigmoid(xp[g] + h @ L.p[f"W_h{g}"]) for g in "ifo")
+    g = np.tanh(xp["c"] + h @ L.p["W_hc"])  # the candidate memory, d2l's C̃
     c_new = f * c + i * g
     tc = np.tanh(c_new)
-    return (o * tc, c_new), (x, h, c, i, f, o, g, tc)
+    return (o * tc, c_new), (h, c, i, f, o, g, tc)
 
 
-def _lstm_backward(L: _Layer, cache: tuple, d_state: tuple, grads: Grads) -> tuple[np.ndarray, tuple]:
-    x, h, c, i, f, o, g, tc = cache
+def _lstm_backward(L: _Layer, cache: tuple, d_state: tuple) -> tuple[dict, dict, tuple]:
+    h, c, i, f, o, g, tc = cache
     d_h_new, d_c_new = d_state
     d_c = d_c_new + d_h_new * o * (1 - tc**2)
     da = {"i": d_c * g * i * (1 - i), "f": d_c * c * f * (1 - f), "o": d_h_new * tc * o * (1 - o),
           "c": d_c * i * (1 - g**2)}
-    d_h = np.zeros_like(h)
-    d_x = np.zeros_like(x)
-    for gate, a in da.items():
-        _gate_grads(L, gate, x, h, a, grads)
-        d_h = d_h + a @ L.p[f"W_h{gate}"].T
-        d_x = d_x + a @ L.p[f"W_x{gate}"].T
-    return d_x, (d_h, d_c * f)
-
-
-def _gate_grads(L: _Layer, g: str, x: np.ndarray, h: np.ndarray, da: np.ndarray, grads: Grads) -> None:
-    """A gate's parameter gradients from dL/d(pre-activation) at one step (summed over the batch)."""
-    grads[f"W_x{g}"] += x.T @ da
-    grads[f"W_h{g}"] += h.T @ da
-    grads[f"b_{g}"] += da.sum(axis=0)
-    if f"b_h{g}" in grads:
-        grads[f"b_h{g}"] += da.sum(axis=0)
+    d_h = sum(a @ L.p[f"W_h{gate}"].T for gate, a in da.items())
+    return da, {gate: (h, a) for gate, a in da.items()}, (d_h, d_c * f)
 
 
 STEPS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
@@ -204,25 +177,27 @@ class NumpyBackend(Backend):
     def init_state(self, batch_size: int, num_hiddens: int, dtype: str = "float32") -> State:
         return tuple(np.zeros((batch_size, num_hiddens), dtype=check_dtype(dtype)) for _ in self.model.state_names())
 
-    def _run(self, params: Params, X: np.ndarray, state: State) -> tuple[np.ndarray, list[list[tuple]], np.ndarray, State]:
+    def _run(self, params: Params, X: np.ndarray, state: State) -> tuple[list[np.ndarray], list[list[tuple]], np.ndarray, State]:
         """Forward pass keeping what backpropagation needs.
 
         Returns:
-            ``(inputs, caches, top, final_state)``: one-hot inputs ``(T, B, V)``, per layer the
-            per-step caches, the top layer's outputs ``(T, B, H)`` and the final state.
+            ``(inputs, caches, top, final_state)``: each layer's inputs ``(T, B, in)`` (one-hot for the
+            first), per layer the per-step caches, the top layer's outputs ``(T, B, H)`` and the final state.
         """
         m = self.model
         per_layer = len(m.cell.state)
         xs = self.one_hot(X, params["W_hq"].shape[1], params["W_hq"].dtype.name)  # (T, B, V)
-        inputs, caches, final = xs, [], []
+        inputs, caches, final = [], [], []
         for layer in range(m.num_layers):
             L = _Layer(params, m, layer)
+            xp = L.input_part(xs)
             s = tuple(state[layer * per_layer:(layer + 1) * per_layer])
             outs, layer_caches = [], []
-            for x in xs:
-                s, cache = self._forward_step(L, x, s)
+            for t in range(xs.shape[0]):
+                s, cache = self._forward_step(L, {g: a[t] for g, a in xp.items()}, s)
                 outs.append(s[0])
                 layer_caches.append(cache)
+            inputs.append(xs)
             caches.append(layer_caches)
             final += list(s)
             xs = np.stack(outs)  # (T, B, H): the next layer's inputs
@@ -235,32 +210,50 @@ class NumpyBackend(Backend):
 
     def loss_and_grads(self, params: Params, X: np.ndarray, Y: np.ndarray, state: State) -> tuple[np.ndarray, Params, State]:
         m = self.model
-        _, caches, top, final = self._run(params, X, state)
+        inputs, caches, top, final = self._run(params, X, state)
         T, B, _ = top.shape
-        logits = top.reshape(T * B, -1) @ params["W_hq"] + params["b_q"]
+        N = T * B
+        logits = top.reshape(N, -1) @ params["W_hq"] + params["b_q"]
         y = time_major_labels(Y)
         logp = log_softmax(logits)
-        loss = -logp[np.arange(T * B), y].mean()
+        loss = -logp[np.arange(N), y].mean()
 
         # d(mean CE)/d(logits) = (softmax - one_hot(y)) / N
         d_logits = np.exp(logp)
-        d_logits[np.arange(T * B), y] -= 1
-        d_logits /= T * B
-        grads: Grads = {k: np.zeros_like(v) for k, v in params.items()}
-        grads["W_hq"] = top.reshape(T * B, -1).T @ d_logits
-        grads["b_q"] = d_logits.sum(axis=0)
+        d_logits[np.arange(N), y] -= 1
+        d_logits /= N
+        grads: Grads = {"W_hq": top.reshape(N, -1).T @ d_logits, "b_q": d_logits.sum(axis=0)}
         d_out = (d_logits @ params["W_hq"].T).reshape(T, B, -1)  # dL/d(top layer's output at each step)
         for layer in reversed(range(m.num_layers)):
             L = _Layer(params, m, layer)
-            layer_grads = {k: grads[k + L.suffix] for k in L.p}  # the same arrays, by the layer's short names
-            d_inputs = []
+            d_in: dict[str, list[np.ndarray]] = {g: [] for g in m.cell.gates}  # dL/d(input part), per step
+            rec: dict[str, list[tuple]] = {g: [] for g in m.cell.gates}  # (recurrent input, dL/d(recurrent part))
             d_state = tuple(np.zeros_like(state[0]) for _ in m.cell.state)  # through the next step's state
             for t in reversed(range(T)):
                 d_state = (d_state[0] + d_out[t], *d_state[1:])
-                d_x, d_state = self._backward_step(L, caches[layer][t], d_state, layer_grads)
-                d_inputs.append(d_x)
+                da, dr, d_state = self._backward_step(L, caches[layer][t], d_state)
+                for g in m.cell.gates:
+                    d_in[g].append(da[g])
+                    rec[g].append(dr[g])
             # The initial state is an input, not a parameter: its gradient is dropped (detached).
-            d_out = np.stack(d_inputs[::-1])  # the layer below's output gradients
+            # Weight gradients: each one matmul over all T steps (sum_t x_t^T da_t), not T small ones.
+            x_flat = inputs[layer].reshape(N, -1)
+            d_x = None
+            for g in m.cell.gates:
+                DA = np.concatenate(d_in[g][::-1])  # (T * B, H), time order
+                H_in = np.concatenate([a for a, _ in rec[g][::-1]])
+                DR = np.concatenate([d for _, d in rec[g][::-1]])
+                s = L.suffix
+                grads[f"W_x{g}{s}"] = x_flat.T @ DA
+                grads[f"b_{g}{s}"] = DA.sum(axis=0)
+                grads[f"W_h{g}{s}"] = H_in.T @ DR
+                if f"b_h{g}" in L.p:
+                    grads[f"b_h{g}{s}"] = DR.sum(axis=0)
+                if layer > 0:  # the first layer's inputs are one-hot data: no gradient needed
+                    part = DA @ L.p[f"W_x{g}"].T
+                    d_x = part if d_x is None else d_x + part
+            if layer > 0:
+                d_out = d_x.reshape(T, B, -1)  # the layer below's output gradients
         dtype = params["W_hq"].dtype
         return np.asarray(loss, dtype=dtype), {k: grads[k].astype(dtype, copy=False) for k in m.param_names()}, final
 
