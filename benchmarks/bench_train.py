@@ -1,15 +1,27 @@
-"""Training throughput of every backend: d2l-style eager, fast path, and the framework's own RNN layer.
+"""Training throughput of every backend and implementation, against this machine's floor for the recurrence.
 
-    python -m benchmarks.bench_train                      # d2l ed. 1 shapes, every variant, + scaling
-    python -m benchmarks.bench_train --no-scaling --backends torch,jax
-    python -m benchmarks.bench_train --quick              # a smoke run: 2 timed epochs, no scaling
+    python -m benchmarks.bench_train                       # main table, cells table, scaling (about 25 min)
+    python -m benchmarks.bench_train --no-scaling --no-cells   # main table only (about 8 min)
+    python -m benchmarks.bench_train --quick               # a smoke run: 2 short rounds, no cells, no scaling
 
-Each measurement runs in its own process (so thread pools, JIT caches and allocators start cold
-and never overlap), trains one warm-up epoch (compilation included, reported as first-epoch time),
-then times several epochs and reports the median and spread of tokens/s. This machine's float32
-GEMM throughput is measured at run time and every result is also given as a % of the roofline it
-implies: tokens/s <= GEMM FLOP/s / FLOP per token, FLOP per token = 3 x (2H^2 + 4HV) (forward
-H x H recurrence, input and output products; backward twice the forward).
+Variants per framework, from the same weights and batches (d2l ed. 1 shapes: batch 32, steps 35,
+hidden 512, lr 1, θ 1, float32): ``scratch/eager`` (the readable d2l translation),
+``scratch/fast`` (the backend's fused or compiled step, the default of ``compare``),
+``layers/eager`` and ``layers/fast`` (the framework's own recurrent layer, as ``--impl layers``
+trains it). The NumPy oracle runs once (its one implementation).
+
+**Timing.** Each variant runs in its own warm process (one warm-up epoch, compilation included,
+reported as the first epoch). The parent then asks the processes in turn for a timed window of
+whole epochs (ABCD, ABCD, ... ``--repeats`` rounds), so that slow drift of the machine hits every
+variant alike; a variant's speed is the median of its windows, and a ratio between two variants
+is the median (and min-max spread) of their per-round ratios.
+
+**Work and limits.** FLOPs per token come from :meth:`multirnn.cells.Model.flops_per_token` (the
+fast paths' real work: the first layer's input product is a row gather, its backward a
+scatter-add). Two limits are measured in the same run: the big-GEMM roofline (float32 FLOP/s of a
+2048^3 GEMM / FLOPs per token) and the algorithm floor of :mod:`benchmarks.floor` (the 2·T·L
+serial small GEMMs at the best rate any installed library reaches for that shape, plus the rest at
+big-GEMM rate), which no implementation can beat.
 
 Run one benchmark at a time: on 2 cores two concurrent runs ruin each other's numbers.
 """
@@ -32,20 +44,14 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-VARIANTS = ("eager", "fast", "builtin")
-BUILTIN_LAYER = {
-    "torch": "torch.nn.RNN (tanh) + nn.Linear; carries a second bias b_hh, set to 0",
-    "mxnet": "gluon.rnn.RNN(activation='tanh') + Dense; carries a second bias h2h_bias, set to 0",
-    "tensorflow": "keras.layers.SimpleRNN(tanh) + Dense",
-    "jax": "flax.linen.RNN(SimpleCell) + Dense",
+FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
+VARIANTS = ("scratch/eager", "scratch/fast", "layers/eager", "layers/fast")
+CELLS_TABLE = ("gru", "gru-reset-after", "lstm")
+SCALING = {"num_hiddens": [128, 256, 512, 1024], "batch_size": [1, 8, 32, 128, 256]}
+LAYER_NAMES = {
+    "torch": "torch.nn.RNN/GRU/LSTM + nn.Linear", "mxnet": "gluon.rnn.RNN/GRU/LSTM + nn.Dense",
+    "tensorflow": "keras.layers.SimpleRNN/GRU/LSTM + Dense", "jax": "flax.linen.RNN(SimpleCell/GRUCell/LSTMCell) + Dense",
 }
-SCALING = {"num_hiddens": [128, 256, 512, 1024], "num_steps": [35, 70, 140, 280], "batch_size": [32, 64, 128, 256, 512]}
-
-
-def flops_per_token(num_hiddens: int, vocab_size: int) -> float:
-    """Forward 2H^2 (recurrence) + 2VH (input) + 2HV (output); backward twice that."""
-    H, V = num_hiddens, vocab_size
-    return 3.0 * (2 * H * H + 4 * H * V)
 
 
 # ----------------------------------------------------------------------------- child process
@@ -55,133 +61,149 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_gemm(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
-    """Sustained float32 GEMM FLOP/s: best of NumPy and (if installed) torch, median of repeats."""
-    def median_seconds(matmul: Any) -> float:
-        matmul()  # warm-up: thread pool start, page faults
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            matmul()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b = a.copy()
-    results = {"numpy": 2 * n**3 / median_seconds(lambda: a @ b)}
-    try:
-        import torch
-
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        results["torch"] = 2 * n**3 / median_seconds(lambda: ta @ tb)
-    except ImportError:
-        pass
-    best = max(results, key=results.get)
-    return {"flops": results[best], "library": best, "all": results, "n": n}
-
-
-def _builtin_trainer(backend: str, params: dict[str, np.ndarray], lr: float, max_grad_norm: float,
-                     device: str) -> Any:
-    import importlib
-
-    module = importlib.import_module(f"benchmarks.builtin_{backend}")
-    return module.make_trainer(params, lr, max_grad_norm, device=device)
-
-
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one (backend, variant, config) in this process."""
+def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
+    """The backend, an epoch function and the tokens per epoch of ``spec``."""
     import multirnn
 
-    config = multirnn.preset("d2l-ed1", num_epochs=1, **spec.get("overrides", {}))
+    config = multirnn.preset("d2l-ed1", num_epochs=1, cell=spec.get("cell", "rnn"), **spec.get("overrides", {}))
     data = multirnn.prepare_data(config)
-    params = multirnn.init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype)
-    rng = np.random.default_rng(config.seed)
-    batches = list(data.train_batches(rng))  # the same batches every epoch: timing, not learning
+    model = config.model
+    params = multirnn.init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype, model)
+    batches = list(data.train_batches(np.random.default_rng(config.seed)))  # the same every epoch: timing, not learning
     tokens = sum(X.size for X, _ in batches)
-    H = config.num_hiddens
+    be = multirnn.get_backend(spec["backend"], impl=spec["impl"], mode=spec["mode"], device=spec.get("device", "cpu"),
+                              model=model)
+    p = be.params_from_numpy(params)
+    H, dtype = config.num_hiddens, config.dtype
 
-    if spec["variant"] == "builtin":
-        trainer = _builtin_trainer(spec["backend"], params, config.lr, config.max_grad_norm, spec["device"])
-        version = trainer.framework_version
+    def epoch() -> float:
+        nonlocal p
+        state, loss = None, None
+        for X, Y in batches:
+            state = be.init_state(X.shape[0], H, dtype) if state is None else state
+            p, loss, _norm, state = be.train_step(p, X, Y, state, config.lr, config.max_grad_norm)
+        return float(loss)  # float() waits for asynchronous frameworks to finish
 
-        def epoch() -> float:
-            state, losses = None, []
-            for X, _Y in batches:
-                state = trainer.init_state(X.shape[0]) if state is None else state
-                loss, state = trainer.train_step(X, _Y, state)
-                losses.append(loss)
-            return float(losses[-1])
-    else:
-        be = multirnn.get_backend(spec["backend"], mode=spec["variant"], device=spec["device"])
-        version = be.version()
-        p = be.params_from_numpy(params)
+    return be, epoch, tokens
 
-        def epoch() -> float:
-            nonlocal p
-            state, losses = None, []
-            for X, Y in batches:
-                state = be.init_state(X.shape[0], H, config.dtype) if state is None else state
-                p, loss, _norm, state = be.train_step(p, X, Y, state, config.lr, config.max_grad_norm)
-                losses.append(loss)
-            return float(losses[-1])  # float() waits for asynchronous frameworks to finish
 
+def serve(spec: dict[str, Any]) -> None:
+    """A warm process: warm up, then time one window of whole epochs per ``window S`` line on stdin."""
+    be, epoch, tokens = _setup(spec)
     t = time.perf_counter()
-    epoch()
+    loss = epoch()
     first = time.perf_counter() - t
-    rates, spent = [], 0.0
-    while len(rates) < spec["min_reps"] or (spent < spec["min_seconds"] and len(rates) < spec["max_reps"]):
-        t = time.perf_counter()
-        loss = epoch()
-        dt = time.perf_counter() - t
-        spent += dt
-        rates.append(tokens / dt)
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss}")
-    return {
-        **spec,
-        "framework_version": version,
-        "tokens_per_epoch": tokens,
-        "first_epoch_seconds": first,
-        "tokens_per_sec": rates,
-        "median": statistics.median(rates),
-        "min": min(rates),
-        "max": max(rates),
-        "peak_rss_mb": _peak_rss_mb(),
-        "config": {k: getattr(config, k) for k in ("batch_size", "num_steps", "num_hiddens", "dtype", "lr", "max_grad_norm")},
-        "vocab_size": len(data.vocab),
-        "threads": _thread_settings(spec["backend"]),
-    }
+    print(json.dumps({"ready": True, "framework_version": be.version(), "first_epoch_seconds": first,
+                      "tokens_per_epoch": tokens, "loss": loss}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        seconds, n, t = float(cmd[1]), 0, time.perf_counter()
+        while True:
+            loss = epoch()
+            n += 1
+            dt = time.perf_counter() - t
+            if dt >= seconds:
+                break
+        print(json.dumps({"tokens_per_sec": n * tokens / dt, "epochs": n, "seconds": dt, "loss": loss,
+                          "finite": bool(np.isfinite(loss))}), flush=True)
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
 
 
-def _thread_settings(backend: str) -> dict[str, Any]:
-    info: dict[str, Any] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    if backend == "torch":
-        import torch
-
-        info["torch.get_num_threads"] = torch.get_num_threads()
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        info["tf.intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
-        info["tf.inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
-    return {k: v for k, v in info.items() if v is not None}
+# ----------------------------------------------------------------------------- parent process
 
 
-# ---------------------------------------------------------------------------- parent process
+class Server:
+    """A variant's warm process."""
+
+    def __init__(self, spec: dict[str, Any], timeout: float) -> None:
+        self.spec, self.error, self.info = spec, None, {}
+        self.windows: list[dict[str, Any]] = []
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--serve", json.dumps(spec)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=ROOT.parent)
+        self.info = self._read(timeout)
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if sel.select(timeout=1.0):
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("{"):
+                    return json.loads(line)
+            elif self.proc.poll() is not None:
+                break
+        self.error = (self.proc.stderr.read().strip().splitlines() or ["no output"])[-1] if self.proc.poll() is not None \
+            else f"no answer within {timeout:.0f} s"
+        self.stop()
+        return {}
+
+    def window(self, seconds: float, timeout: float) -> None:
+        if self.error:
+            return
+        self.proc.stdin.write(f"window {seconds}\n")
+        self.proc.stdin.flush()
+        reply = self._read(timeout)
+        if reply:
+            self.windows.append(reply)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                tail = self.proc.stdout.readline()
+                if tail.startswith("{"):
+                    self.info.update(json.loads(tail))
+                self.proc.wait(30)
+            except (BrokenPipeError, subprocess.TimeoutExpired, ValueError):
+                self.proc.kill()
+
+    def result(self) -> dict[str, Any]:
+        rates = [w["tokens_per_sec"] for w in self.windows]
+        out = {**self.spec, **{k: v for k, v in self.info.items() if k != "ready"}, "windows": self.windows}
+        if self.error or not rates:
+            return {**out, "error": self.error or "no timed window"}
+        return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``spec`` in a fresh interpreter; a failure becomes an error record, not an abort."""
-    cmd = [sys.executable, "-m", "benchmarks.bench_train", "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout:.0f}s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**spec, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+def label(spec: dict[str, Any]) -> str:
+    return f"{spec['backend']} {spec['impl']}/{spec['mode']}" + (f" [{spec['cell']}]" if spec.get("cell", "rnn") != "rnn" else "")
+
+
+def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, timeout: float,
+                    log: Any = sys.stderr) -> list[dict[str, Any]]:
+    """Warm every variant in its own process (one after another), then time them round-robin."""
+    servers = []
+    for spec in specs:
+        print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
+        s = Server(spec, timeout)
+        print(f"FAILED: {s.error}" if s.error else f"first epoch {s.info['first_epoch_seconds']:.2f} s", file=log, flush=True)
+        servers.append(s)
+    for r in range(repeats):
+        for s in servers:
+            time.sleep(0.3)  # let the previous process's thread pools go idle (OpenMP spin-waits)
+            s.window(window, timeout)
+        done = [f"{label(s.spec)} {s.windows[-1]['tokens_per_sec'] / 1e3:.1f}k" for s in servers if s.windows and not s.error]
+        print(f"  round {r + 1}/{repeats}: " + ", ".join(done), file=log, flush=True)
+    for s in servers:
+        s.stop()
+    return [s.result() for s in servers]
+
+
+def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
+    """Median and spread of a's per-round speed over b's (interleaved rounds)."""
+    if "error" in a or "error" in b:
+        return None
+    rs = [x / y for x, y in zip(a["tokens_per_sec"], b["tokens_per_sec"])]
+    return {"median": statistics.median(rs), "min": min(rs), "max": max(rs), "n": len(rs)}
 
 
 def machine_info() -> dict[str, Any]:
@@ -189,87 +211,112 @@ def machine_info() -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(), "numpy": np.__version__}
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-        info["cpu_model"] = model
+            text = f.read()
+        info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
+        info["isa"] = "avx512" if " avx512f" in text else "avx2" if " avx2" in text else platform.machine()
     except OSError:
         pass
+    from multirnn.compare import ISA_CAP_VARIABLES
+
+    info["isa_caps"] = {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
     return info
+
+
+def _write(out: Path, payload: dict[str, Any]) -> None:
+    from multirnn.files import write_json_atomic
+
+    write_json_atomic(out / "results.json", payload)  # atomic, NaN/inf as null: nothing half-written
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--backends", default="numpy,torch,mxnet,tensorflow,jax")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--backends", default=",".join(FRAMEWORKS), help="frameworks (the NumPy oracle is always timed once)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--min-reps", type=int, default=5, help="timed epochs at least (default 5)")
-    ap.add_argument("--min-seconds", type=float, default=3.0, help="time each measurement at least this long")
-    ap.add_argument("--no-scaling", action="store_true", help="skip the hidden/steps/batch scaling sweep")
-    ap.add_argument("--scaling-backends", default=None, help="backends for the sweep (default: all, fast path)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 timed epochs, no scaling")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--window", type=float, default=2.0, help="seconds of whole epochs per timed window (default 2)")
+    ap.add_argument("--no-cells", action="store_true", help="skip the GRU/LSTM table")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch scaling sweep")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 s, no cells table, no scaling")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
-    ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
-                    help="where to train (recorded with every result; CPU results stay the reference)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = ap.parse_args(argv)
-
-    if args.child:
-        print(json.dumps(run_one(json.loads(args.child))), flush=True)
+    if args.serve:
+        serve(json.loads(args.serve))
         return 0
 
+    from benchmarks import floor as floor_mod
     from benchmarks import report
+    from multirnn.cells import Model
 
     if args.quick:
-        args.min_reps, args.min_seconds, args.no_scaling = 2, 0.0, True
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        args.repeats, args.window, args.no_cells, args.no_scaling = 2, 1.0, True, True
+    backends = [b.strip() for b in args.backends.split(",") if b.strip() and b.strip() != "numpy"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     out = Path(args.out) if args.out else ROOT / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    base = {"min_reps": args.min_reps, "min_seconds": args.min_seconds, "max_reps": 50, "device": args.device}
+    log = sys.stderr
+    payload: dict[str, Any] = {
+        "schema_version": 2, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.bench_train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(), "repeats": args.repeats, "window_seconds": args.window, "layers": LAYER_NAMES,
+    }
 
-    print("measuring float32 GEMM throughput ...", file=sys.stderr, flush=True)
-    gemm = json.loads(subprocess.run([sys.executable, "-c", "import json, benchmarks.bench_train as b; "
-                                      "print(json.dumps(b.measure_gemm()))"], capture_output=True, text=True,
-                                     cwd=ROOT.parent, check=True).stdout)
-    print(f"  {gemm['flops'] / 1e9:.1f} GFLOP/s ({gemm['library']})", file=sys.stderr)
+    print("measuring the big-GEMM rate and the serial-GEMM floor ...", file=log, flush=True)
+    big = json.loads(subprocess.run([sys.executable, "-m", "benchmarks.floor", "--library", "big-gemm"],
+                                    capture_output=True, text=True, cwd=ROOT.parent, check=True).stdout.strip().splitlines()[-1])
+    big_flops = max(big.values())
+    payload["big_gemm"] = {"flops": big_flops, "all": big}
+    print(f"  big GEMM {big_flops / 1e9:.1f} GFLOP/s", file=log, flush=True)
 
-    specs = []
-    for b in backends:
-        for v in variants:
-            if b == "numpy" and (v != "eager" or args.device != "cpu"):
-                continue  # the oracle has one implementation and no built-in layer
-            specs.append({**base, "backend": b, "variant": v, "overrides": {}, "sweep": None})
+    def floor_for(cell: str, B: int = 32, H: int = 512, T: int = 35) -> dict[str, Any]:
+        f = floor_mod.floor(B, H, T, 28, Model(cell), big_flops)
+        print(f"  floor [{cell}, B={B}, H={H}]: {f.get('floor_tokens_per_sec', 0) / 1e3:.1f}k tokens/s "
+              f"(best chain: {f.get('best_library')})", file=log, flush=True)
+        return f
+
+    payload["floors"] = {"rnn": floor_for("rnn")}
+    _write(out, payload)
+
+    def specs_for(cell: str, variant_list: list[str]) -> list[dict[str, Any]]:
+        specs = [{"backend": "numpy", "impl": "scratch", "mode": "eager", "cell": cell, "device": args.device}]
+        for b in backends:
+            for v in variant_list:
+                impl, mode = v.split("/")
+                specs.append({"backend": b, "impl": impl, "mode": mode, "cell": cell, "device": args.device})
+        return specs
+
+    print(f"main table: tanh RNN, {args.repeats} interleaved rounds of {args.window:g} s", file=log, flush=True)
+    payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log)
+    _write(out, payload)
+
+    if not args.no_cells:
+        payload["cells"] = {}
+        for cell in CELLS_TABLE:
+            payload["floors"][cell] = floor_for(cell)
+            print(f"cells table: {cell}", file=log, flush=True)
+            payload["cells"][cell] = run_interleaved(specs_for(cell, ["scratch/fast", "layers/fast"]),
+                                                     max(3, args.repeats // 2), args.window, args.timeout, log)
+            _write(out, payload)
+
     if not args.no_scaling:
-        sweep_backends = [b.strip() for b in (args.scaling_backends or ",".join(x for x in backends if x != "numpy")).split(",")]
-        for b in sweep_backends:
-            for key, values in SCALING.items():
-                for value in values:
-                    shape = {"batch_size": 32, "num_steps": 35, key: value}
-                    # enough text for at least 4 minibatches per epoch at the largest shapes
-                    tokens = max(10000, 4 * shape["batch_size"] * shape["num_steps"] + shape["num_steps"] + 1)
-                    specs.append({**base, "min_reps": 3, "min_seconds": 1.0, "backend": b, "variant": "fast",
-                                  "overrides": {key: value, "max_tokens": tokens}, "sweep": key})
+        payload["scaling"] = []
+        for key, values in SCALING.items():
+            for value in values:
+                shape = {"batch_size": 32, "num_hiddens": 512, key: value}
+                tokens = max(10000, 4 * shape["batch_size"] * 35 + 36)  # at least 4 minibatches per epoch
+                f = floor_for("rnn", shape["batch_size"], shape["num_hiddens"])
+                specs = [{"backend": b, "impl": "scratch", "mode": "fast", "cell": "rnn", "device": args.device,
+                          "overrides": {key: value, "max_tokens": tokens}} for b in backends]
+                print(f"scaling: {key}={value}", file=log, flush=True)
+                res = run_interleaved(specs, 3, max(1.0, args.window / 2), args.timeout, log)
+                payload["scaling"].append({"varied": key, "value": value, "floor": f, "results": res})
+                _write(out, payload)
 
-    results = []
-    for i, spec in enumerate(specs, 1):
-        label = f"{spec['backend']}/{spec['variant']}" + (f" {spec['sweep']}={spec['overrides'][spec['sweep']]}" if spec["sweep"] else "")
-        print(f"[{i}/{len(specs)}] {label} ...", file=sys.stderr, end=" ", flush=True)
-        r = spawn(spec, args.timeout)
-        if "error" in r:
-            print(f"FAILED: {r['error']}", file=sys.stderr)
-        else:
-            r["flops_per_token"] = flops_per_token(r["config"]["num_hiddens"], r["vocab_size"])
-            r["roofline_tokens_per_sec"] = gemm["flops"] / r["flops_per_token"]
-            r["pct_roofline"] = 100 * r["median"] / r["roofline_tokens_per_sec"]
-            print(f"{r['median']:,.0f} tokens/s ({r['pct_roofline']:.0f}% of roofline), first epoch {r['first_epoch_seconds']:.2f}s",
-                  file=sys.stderr)
-        results.append(r)
-        payload = {"schema_version": 1, "created": _dt.datetime.now().isoformat(timespec="seconds"),
-                   "command": "python -m benchmarks.bench_train " + " ".join(sys.argv[1:] if argv is None else argv),
-                   "machine": machine_info(), "gemm": gemm, "builtin_layers": BUILTIN_LAYER, "results": results}
-        (out / "results.json").write_text(json.dumps(payload, indent=1))  # after each point: nothing lost
     report.write(payload, out)
-    print(f"\nwrote {out}/report.md", file=sys.stderr)
+    print(f"\nwrote {out}/report.md", file=log)
     return 0
 
 

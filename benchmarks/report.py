@@ -1,4 +1,7 @@
-"""Benchmark report: results.json -> report.md, throughput.png, scaling.png (reads JSON only)."""
+"""Benchmark report: results.json -> report.md, throughput.png, scaling.png (reads JSON only).
+
+    python benchmarks/report.py benchmarks/results/latest
+"""
 
 from __future__ import annotations
 
@@ -8,38 +11,107 @@ from pathlib import Path
 from typing import Any
 
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
+VARIANTS = ["scratch/eager", "scratch/fast", "layers/eager", "layers/fast"]
 
 
-def _main_points(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(r["backend"], r["variant"]): r for r in results if not r.get("sweep") and "error" not in r}
+def _key(r: dict[str, Any]) -> str:
+    return f"{r['impl']}/{r['mode']}"
+
+
+def _by(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["backend"], _key(r)): r for r in results}
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    if not a or not b or "error" in a or "error" in b:
+        return "-"
+    rs = sorted(x / y for x, y in zip(a["tokens_per_sec"], b["tokens_per_sec"]))
+    med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
+    return f"{med:.2f}x [{rs[0]:.2f}–{rs[-1]:.2f}]"
+
+
+def _rate(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    if "error" in r:
+        return "failed"
+    return f"{r['median']:,.0f}"
+
+
+def limits_text(payload: dict[str, Any]) -> str:
+    lines = [f"Big-GEMM rate: **{payload['big_gemm']['flops'] / 1e9:.1f} GFLOP/s** float32 (2048³, best of "
+             f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in payload['big_gemm']['all'].items())}).", "",
+             "| cell | FLOPs per token | roofline tokens/s | serial chain (best library, GFLOP/s) | algorithm floor tokens/s |",
+             "|---|---:|---:|---|---:|"]
+    for cell, f in payload.get("floors", {}).items():
+        if "error" in f:
+            lines.append(f"| {cell} | - | - | {f['error']} | - |")
+            continue
+        chains = ", ".join(f"{c['library']} {c['gflops']:.0f}" for c in f["chains"] if "error" not in c)
+        lines.append(f"| {cell} | {f['flops_per_token'] / 1e6:.3f} M | {f['roofline_tokens_per_sec']:,.0f} | "
+                     f"**{f['best_library']}** {f['serial_gflops']:.0f} ({chains}) | **{f['floor_tokens_per_sec']:,.0f}** |")
+    return "\n".join(lines)
 
 
 def main_table(payload: dict[str, Any]) -> str:
-    pts = _main_points(payload["results"])
-    head = ("| backend | variant | tokens/s (median) | spread (min–max) | % roofline | vs own eager | vs built-in layer "
-            "| first epoch s | peak RSS MB |")
-    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(pts.values(), key=lambda r: (ORDER.index(r["backend"]) if r["backend"] in ORDER else 99,
-                                                  ["eager", "fast", "builtin"].index(r["variant"]))):
-        eager = pts.get((r["backend"], "eager"))
-        builtin = pts.get((r["backend"], "builtin"))
-        vs_eager = f"{r['median'] / eager['median']:.2f}x" if eager and r["variant"] != "eager" else "-"
-        vs_builtin = f"{r['median'] / builtin['median']:.2f}x" if builtin and r["variant"] == "fast" else "-"
-        lines.append(f"| {r['backend']} | {r['variant']} | {r['median']:,.0f} | {r['min']:,.0f}–{r['max']:,.0f} "
-                     f"| {r['pct_roofline']:.0f}% | {vs_eager} | {vs_builtin} | {r['first_epoch_seconds']:.2f} "
-                     f"| {r['peak_rss_mb']:.0f} |")
+    pts = _by(payload.get("main", []))
+    f = payload["floors"]["rnn"]
+    head = ("| backend | scratch/eager | scratch/fast | layers/eager | layers/fast | fast: % floor | fast: % roofline "
+            "| fast / eager | fast / layers-fast | layers-fast / layers-eager | 1st epoch (fast) s |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|"]
+    numpy = pts.get(("numpy", "scratch/eager"))
+    if numpy:
+        lines.append(f"| numpy (oracle) | {_rate(numpy)} | - | - | - | {100 * numpy.get('median', 0) / f['floor_tokens_per_sec']:.0f}% | "
+                     f"{100 * numpy.get('median', 0) / f['roofline_tokens_per_sec']:.0f}% | - | - | - | "
+                     f"{numpy.get('first_epoch_seconds', 0):.2f} |")
+    for b in ORDER[1:]:
+        if not any(k[0] == b for k in pts):
+            continue
+        fast = pts.get((b, "scratch/fast"))
+        pct = lambda lim: f"{100 * fast['median'] / lim:.0f}%" if fast and "error" not in fast else "-"  # noqa: E731
+        lines.append(
+            f"| {b} | {_rate(pts.get((b, 'scratch/eager')))} | **{_rate(fast)}** | {_rate(pts.get((b, 'layers/eager')))} | "
+            f"{_rate(pts.get((b, 'layers/fast')))} | {pct(f['floor_tokens_per_sec'])} | {pct(f['roofline_tokens_per_sec'])} | "
+            f"{_ratio(fast, pts.get((b, 'scratch/eager')))} | {_ratio(fast, pts.get((b, 'layers/fast')))} | "
+            f"{_ratio(pts.get((b, 'layers/fast')), pts.get((b, 'layers/eager')))} | "
+            f"{fast.get('first_epoch_seconds', 0):.2f} |" if fast else f"| {b} | - | - | - | - | - | - | - | - | - | - |")
+    return "\n".join(lines)
+
+
+def cells_table(payload: dict[str, Any]) -> str:
+    if not payload.get("cells"):
+        return ""
+    lines = ["| cell | backend | scratch/fast | % floor | % roofline | layers/fast | fast / layers-fast |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for cell, results in payload["cells"].items():
+        f = payload["floors"].get(cell, {})
+        pts = _by(results)
+        for b in ORDER:
+            fast = pts.get((b, "scratch/fast") if b != "numpy" else (b, "scratch/eager"))
+            if not fast:
+                continue
+            ok = "error" not in fast and "floor_tokens_per_sec" in f
+            layers = pts.get((b, "layers/fast"))
+            pct_floor = f"{100 * fast['median'] / f['floor_tokens_per_sec']:.0f}%" if ok else "-"
+            pct_roof = f"{100 * fast['median'] / f['roofline_tokens_per_sec']:.0f}%" if ok else "-"
+            lines.append(f"| {cell} | {b} | {_rate(fast)} | {pct_floor} | {pct_roof} | "
+                         f"{_rate(layers) if layers else 'n/a'} | {_ratio(fast, layers) if layers else '-'} |")
     return "\n".join(lines)
 
 
 def scaling_table(payload: dict[str, Any]) -> str:
-    pts = [r for r in payload["results"] if r.get("sweep") and "error" not in r]
-    if not pts:
+    if not payload.get("scaling"):
         return ""
-    lines = ["| backend | varied | value | tokens/s | % roofline | peak RSS MB |", "|---|---|---:|---:|---:|---:|"]
-    for r in pts:
-        lines.append(f"| {r['backend']} | {r['sweep']} | {r['overrides'][r['sweep']]} | {r['median']:,.0f} "
-                     f"| {r['pct_roofline']:.0f}% | {r['peak_rss_mb']:.0f} |")
-    return "\n".join(lines)
+    lines = ["| varied | value | floor tokens/s | " + " | ".join(ORDER[1:]) + " |", "|---|---:|---:|" + "---:|" * 4]
+    for point in payload["scaling"]:
+        pts = {r["backend"]: r for r in point["results"]}
+        fl = point["floor"].get("floor_tokens_per_sec")
+        cells = []
+        for b in ORDER[1:]:
+            r = pts.get(b)
+            cells.append("-" if not r or "error" in r else f"{r['median']:,.0f} ({100 * r['median'] / fl:.0f}%)" if fl else _rate(r))
+        lines.append(f"| {point['varied']} | {point['value']} | {fl:,.0f} | " + " | ".join(cells) + " |" if fl else "")
+    return "\n".join(ln for ln in lines if ln)
 
 
 def plot(payload: dict[str, Any], out: Path) -> list[str]:
@@ -48,99 +120,79 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter, NullLocator
     except ImportError:
         return []
     made = []
-    pts = _main_points(payload["results"])
-    backends = [b for b in ORDER if any(k[0] == b for k in pts)]
-    variants = ["eager", "fast", "builtin"]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    width = 0.27
-    for j, v in enumerate(variants):
-        xs = [i + (j - 1) * width for i, b in enumerate(backends) if (b, v) in pts]
-        ys = [pts[(b, v)]["median"] for b in backends if (b, v) in pts]
-        errs = [[pts[(b, v)]["median"] - pts[(b, v)]["min"] for b in backends if (b, v) in pts],
-                [pts[(b, v)]["max"] - pts[(b, v)]["median"] for b in backends if (b, v) in pts]]
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=v)
-    roof = next(iter(pts.values()))["roofline_tokens_per_sec"] if pts else None
-    if roof:
-        ax.axhline(roof, color="red", linestyle=":", label=f"GEMM roofline {roof:,.0f}")
-        ax.axhline(0.4 * roof, color="gray", linestyle=":", label="40% roofline")
-    ax.set_xticks(range(len(backends)), backends)
-    ax.set_ylabel("tokens/s (median, min–max)")
-    ax.set_title("Training throughput, d2l ed. 1 shapes (B=32, T=35, H=512, float32)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    made.append("throughput.png")
-
-    sweep = [r for r in payload["results"] if r.get("sweep") and "error" not in r]
-    if sweep:
-        keys = ["num_hiddens", "num_steps", "batch_size"]
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-        fig.suptitle("Fast path, float32; the others at B=32, T=35, H=512", fontsize=9)
-        for ax, key in zip(axes, keys):
-            for b in ORDER:
-                rs = sorted((r for r in sweep if r["sweep"] == key and r["backend"] == b), key=lambda r: r["overrides"][key])
-                if rs:
-                    ax.plot([r["overrides"][key] for r in rs], [r["median"] for r in rs], marker="o", label=b)
-            ax.set(xscale="log", yscale="log", xlabel=key, ylabel="tokens/s", title=f"varying {key}")
-            values = sorted({r["overrides"][key] for r in sweep if r["sweep"] == key})
-            ax.set_xticks(values, [str(v) for v in values])  # the measured points, not log decades
-            ax.xaxis.set_minor_locator(NullLocator())
-            thousands = FuncFormatter(lambda v, _: f"{v / 1000:g}k")
-            ax.yaxis.set_major_formatter(thousands)
-            lo, hi = ax.get_ylim()
-            if hi / lo < 10:  # a range inside one decade has no major tick: label the minor ones
-                ax.yaxis.set_minor_formatter(thousands)
-            ax.grid(True, which="major", alpha=0.3)
-        axes[0].legend(fontsize=8)
+    pts = _by(payload.get("main", []))
+    backends = [b for b in ORDER[1:] if any(k[0] == b for k in pts)]
+    if backends:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        width = 0.2
+        for j, v in enumerate(VARIANTS):
+            xs = [i + (j - 1.5) * width for i in range(len(backends))]
+            ys = [pts[(b, v)]["median"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b in backends]
+            lo = [y - pts[(b, v)]["min"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
+            hi = [pts[(b, v)]["max"] / 1e3 - y if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
+        f = payload["floors"]["rnn"]
+        ax.axhline(f["floor_tokens_per_sec"] / 1e3, color="red", linestyle="--",
+                   label=f"algorithm floor ({f['floor_tokens_per_sec'] / 1e3:.0f}k)")
+        ax.axhline(f["roofline_tokens_per_sec"] / 1e3, color="gray", linestyle=":",
+                   label=f"big-GEMM roofline ({f['roofline_tokens_per_sec'] / 1e3:.0f}k)")
+        ax.set_xticks(range(len(backends)), backends)
+        ax.set(ylabel="thousand tokens/s", title="Training throughput, tanh RNN, d2l ed. 1 shapes, float32 "
+               f"(median of {payload['repeats']} interleaved windows; bars: min-max)")
+        ax.title.set_fontsize(9)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
-        fig.savefig(out / "scaling.png", dpi=110)
+        fig.savefig(out / "throughput.png", dpi=100)
+        plt.close(fig)
+        made.append("throughput.png")
+    if payload.get("scaling"):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+        for ax, key, xlabel in zip(axes, ("num_hiddens", "batch_size"), ("hidden units H (batch 32)", "batch size B (H = 512)")):
+            points = [p for p in payload["scaling"] if p["varied"] == key]
+            xs = [p["value"] for p in points]
+            ax.plot(xs, [p["floor"].get("floor_tokens_per_sec", float("nan")) for p in points], "k--", label="floor")
+            for i, b in enumerate(ORDER[1:]):
+                ys = [next((r["median"] for r in p["results"] if r["backend"] == b and "error" not in r), float("nan"))
+                      for p in points]
+                ax.plot(xs, ys, marker="osD^"[i], fillstyle="none", label=b)
+            ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="tokens/s (fast path)")
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_title("dispatch-bound (small H) to GEMM-bound (large H)", fontsize=9)
+        axes[1].set_title("per-step overhead amortised over the batch", fontsize=9)
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "scaling.png", dpi=100)
         plt.close(fig)
         made.append("scaling.png")
     return made
 
 
 def write(payload: dict[str, Any], out: Path) -> None:
+    m = payload["machine"]
+    caps = ", capped: " + ", ".join(f"{k}={v}" for k, v in m["isa_caps"].items()) if m.get("isa_caps") else ""
+    parts = ["# Benchmark report", "", f"Command: `{payload['command']}`  ",
+             f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
+             f"Python {m['python']}  ", f"Created: {payload['created']}", "", "## Limits of this machine", "",
+             limits_text(payload), "", "## Main table: tanh RNN (tokens/s, median of interleaved windows)", "",
+             main_table(payload), "",
+             f"Ratios: median [min–max] of per-round ratios over {payload['repeats']} interleaved rounds of "
+             f"{payload['window_seconds']:g} s each; every variant in its own warm process. Layers: "
+             + "; ".join(f"{k}: {v}" for k, v in payload.get("layers", {}).items()) + "."]
+    if payload.get("cells"):
+        parts += ["", "## GRU and LSTM (fast paths and the frameworks' own layers)", "", cells_table(payload)]
+    if payload.get("scaling"):
+        parts += ["", "## Scaling (fast paths; % of the floor for that shape)", "", scaling_table(payload)]
     made = plot(payload, out)
-    g, m = payload["gemm"], payload["machine"]
-    failures = [r for r in payload["results"] if "error" in r]
-    parts = [
-        "# multirnn training benchmark",
-        "",
-        f"Command: `{payload['command']}`  ",
-        f"Created: {payload['created']}  ",
-        f"Machine: {m.get('cpu_model') or m['processor']}, {m['cpu_count']} CPUs, {m['platform']}, Python {m['python']}  ",
-        f"Measured float32 GEMM: **{g['flops'] / 1e9:.1f} GFLOP/s** ({g['library']}, {g['n']}x{g['n']}, median of 10). "
-        "FLOP per token = 3 x (2H² + 4HV) = "
-        f"{3 * (2 * 512 * 512 + 4 * 512 * 28) / 1e6:.3f} M at H=512, V=28, so the roofline is "
-        f"{g['flops'] / (3 * (2 * 512 * 512 + 4 * 512 * 28)):,.0f} tokens/s.",
-        "",
-        f"Device: {payload['results'][0].get('device', 'cpu') if payload['results'] else 'cpu'}; thread settings: "
-        + "; ".join(sorted({f"{r['backend']}: {r['threads']}" for r in payload['results'] if r.get('threads') and not r.get('sweep')}))
-        + " (0 = the framework's default; OMP/MKL/OPENBLAS thread variables are listed only when set).",
-        "",
-        "Each row: its own process, one warm-up epoch excluded (its time is the first-epoch column), then at "
-        "least the configured number of timed epochs; tokens/s median and min–max over those epochs.",
-        "",
-        main_table(payload),
-        "",
-        "Built-in layers: " + "; ".join(f"{k}: {v}" for k, v in payload["builtin_layers"].items()) + ".",
-    ]
-    if "throughput.png" in made:
-        parts += ["", "![throughput](throughput.png)"]
-    if scaling_table(payload):
-        parts += ["", "## Scaling (fast path)", "", scaling_table(payload)]
-        if "scaling.png" in made:
-            parts += ["", "![scaling](scaling.png)"]
-    if failures:
-        parts += ["", "## Failed measurements", ""] + [f"- {r['backend']}/{r['variant']}: {r['error']}" for r in failures]
+    parts += [""] + [f"![{name}]({name})" for name in made]
     (out / "report.md").write_text("\n".join(parts) + "\n")
 
 
-if __name__ == "__main__":  # re-render a report from its results.json
-    folder = Path(sys.argv[1])
+if __name__ == "__main__":
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest")
     write(json.loads((folder / "results.json").read_text()), folder)
+    print(f"wrote {folder / 'report.md'}")
