@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multirnn.testing import random_problem
+from multirnn.cells import Model
+from multirnn.testing import random_model_problem, random_problem
 from tests import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,21 +50,46 @@ def test_forward_bugs_have_their_own_true_gradients(bug):
     assert worst < 1e-5, worst  # a wrong gradient is off by O(1); 1e-5 is finite-difference noise here
 
 
-def _run_zoo(tmp_path: Path, extra: list[str]) -> dict:
+CELL_BUGS = [b for bugs in zoo.CELL_BUGS.values() for b in bugs]
+
+
+@pytest.mark.parametrize("bug", CELL_BUGS, ids=lambda b: b.__name__)
+def test_cell_bugs_have_their_own_true_gradients(bug):
+    """The same for the gated cells' bugs, in a two-layer stack (both layers run the buggy step)."""
+    be = bug(model=Model(bug.cell, num_layers=2))
+    params, X, Y, state = random_model_problem(be.model, 3, 6, 4, 2, 3, "float64", 0.5)
+    _, grads, _ = be.loss_and_grads(params, X, Y, state)
+    eps, worst = 1e-6, 0.0
+    for k in params:
+        fd = np.zeros_like(params[k])
+        for idx in np.ndindex(params[k].shape):
+            shifted = {n: v.copy() for n, v in params.items()}
+            shifted[k][idx] += eps
+            up = float(be.loss_and_grads(shifted, X, Y, state)[0])
+            shifted[k][idx] -= 2 * eps
+            down = float(be.loss_and_grads(shifted, X, Y, state)[0])
+            fd[idx] = (up - down) / (2 * eps)
+        worst = max(worst, float(np.linalg.norm(fd - grads[k]) / np.linalg.norm(fd)))
+    assert worst < 1e-6, worst  # of each gradient's norm, as the oracle's own check; a wrong one is O(1)
+    oracle_loss = float(zoo.NumpyBackend(model=be.model).loss_and_grads(params, X, Y, state)[0])
+    assert abs(float(be.loss_and_grads(params, X, Y, state)[0]) - oracle_loss) > 1e-6  # it is a different model
+
+
+def _run_zoo(tmp_path: Path, extra: list[str], bugs=zoo.BUGS) -> dict:
     out = tmp_path / "run"
-    specs = ",".join(zoo.spec(b) for b in zoo.BUGS)
+    specs = ",".join(zoo.spec(b) for b in bugs)
     proc = compare(["--backends", f"numpy,{specs}", *extra, "--out", str(out), "--quiet", "--no-plot"])
     assert proc.returncode == 1, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     rows = {b["name"]: b for b in res["backends"]}
     assert rows["numpy"]["judgement"]["status"] == "reference"
-    missed = [b.__name__ for b in zoo.BUGS if rows[zoo.spec(b)]["judgement"]["status"] != "disagrees"]
+    missed = [b.__name__ for b in bugs if rows[zoo.spec(b)]["judgement"]["status"] != "disagrees"]
     assert not missed, f"not caught: {missed}"
-    for b in zoo.BUGS:
+    for b in bugs:
         j = rows[zoo.spec(b)]["judgement"]
         assert j["first_crossing"]["epoch"] >= 1 and zoo.spec(b) in res["verdict"]["summary"]
     report = (out / "report.md").read_text()
-    assert all(zoo.spec(b) in report for b in zoo.BUGS)
+    assert all(zoo.spec(b) in report for b in bugs)
     return res
 
 
@@ -74,6 +100,21 @@ def test_every_bug_is_caught_in_float32_with_the_default_settings(tmp_path):
 
 def test_every_bug_is_caught_in_float64(tmp_path):
     _run_zoo(tmp_path, ["--epochs", "2", "--hidden", "64", "--dtype", "float64"])
+
+
+@pytest.mark.parametrize("cell", sorted(zoo.CELL_BUGS))
+def test_every_cell_bug_is_caught_with_the_default_settings(tmp_path, cell):
+    """The default preset with --cell, 2 epochs (float32, hidden 512: the shapes users run)."""
+    _run_zoo(tmp_path, ["--cell", cell, "--epochs", "2"], zoo.CELL_BUGS[cell])
+
+
+def test_a_cell_bug_is_unsupported_for_another_cell(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"numpy,{zoo.spec(zoo.GruResetAfterMatmul)}", "--epochs", "1", "--hidden", "16",
+                    "--out", str(out), "--quiet", "--no-plot"])
+    res = json.loads((out / "results.json").read_text())
+    row = {b["name"]: b for b in res["backends"]}[zoo.spec(zoo.GruResetAfterMatmul)]
+    assert row["status"] == "unsupported" and "--cell gru" in row["error"], (proc.returncode, row)
 
 
 def test_correct_copies_agree_without_the_oracle(tmp_path):
@@ -89,11 +130,11 @@ def test_correct_copies_agree_without_the_oracle(tmp_path):
     assert all(n >= 2 for n in checked), checked
 
 
-def catch_table(results: dict) -> str:
+def catch_table(results: dict, bugs=zoo.BUGS, header: bool = True) -> str:
     """The README's table: bug, what it is, first checkpoint flagged, what crossed and by how much."""
-    lines = ["| bug | the mistake | first flagged | what left the band |", "|---|---|---|---|"]
+    lines = ["| bug | the mistake | first flagged | what left the band |", "|---|---|---|---|"] if header else []
     rows = {b["name"]: b for b in results["backends"]}
-    for bug in zoo.BUGS:
+    for bug in bugs:
         j = rows[zoo.spec(bug)]["judgement"]
         c = j["first_crossing"] or {}
         where = f"epoch {c.get('epoch')}" + (f", step {c['step']}" if c.get("step") else "")
@@ -105,7 +146,13 @@ def catch_table(results: dict) -> str:
 
 if __name__ == "__main__":  # python -m tests.test_zoo OUT: the default command over the whole zoo
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/zoo")
-    specs = ",".join(zoo.spec(b) for b in zoo.BUGS)
-    subprocess.run([sys.executable, "-m", "multirnn.compare", "--backends", f"numpy,{specs}", "--out", str(out),
-                    "--quiet", "--no-plot"], cwd=ROOT)
-    print(catch_table(json.loads((out / "results.json").read_text())))
+    runs = [("rnn", zoo.BUGS, [])] + [(c, b, ["--cell", c]) for c, b in zoo.CELL_BUGS.items()]
+    table = []
+    for cell, bugs, extra in runs:
+        folder = out if cell == "rnn" else out.with_name(f"{out.name}-{cell}")
+        if not (folder / "results.json").exists():
+            specs = ",".join(zoo.spec(b) for b in bugs)
+            subprocess.run([sys.executable, "-m", "multirnn.compare", "--backends", f"numpy,{specs}", *extra,
+                            "--out", str(folder), "--quiet", "--no-plot"], cwd=ROOT)
+        table.append(catch_table(json.loads((folder / "results.json").read_text()), bugs, header=not table))
+    print("\n".join(table))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from multirnn.backends.numpy_backend import NumpyBackend, Params
+from multirnn.backends.numpy_backend import NumpyBackend, Params, _lstm_backward, _lstm_forward, sigmoid
 from multirnn.ops import log_softmax, time_major_labels
 from multirnn.params import PARAM_NAMES
 
@@ -324,6 +324,88 @@ class BackpropSkipsLastStep(_Forward):
         return reversed(range(T - 1))
 
 
+# --- gated cells (run with --cell lstm / --cell gru) ------------------------------------------------
+
+
+class _CellBug(_Bug):
+    """A bug in one cell's step: the oracle's forward and backward step of ``cell`` replaced. The
+    rest (stacking, loss, weight gradients) is the oracle's, so the model stays differentiable and
+    the gradients are the buggy model's own (tests/test_zoo.py checks them by finite differences)."""
+
+    cell = ""
+
+    def __init__(self, device="cpu", mode="eager", model=None):
+        super().__init__(device, mode, model)
+        self._forward_step, self._backward_step = self._step, self._step_backward
+
+    @classmethod
+    def unsupported(cls, model):
+        if model.cell.name != cls.cell:
+            return f"this bug lives in the {cls.cell} cell (run it with --cell {cls.cell})"
+        return None
+
+
+def _swap_if(d: dict) -> dict:
+    return {{"i": "f", "f": "i"}.get(k, k): v for k, v in d.items()}
+
+
+class _SwappedLayer:
+    def __init__(self, L):
+        self.p = {{"W_hi": "W_hf", "W_hf": "W_hi"}.get(k, k): v for k, v in L.p.items()}
+
+
+class LstmInputForgetSwapped(_CellBug):
+    name = "lstm-input-forget-swapped"
+    cell = "lstm"
+    description = ("LSTM gate order mixed up when mapping torch's (i, f, g, o) blocks onto d2l's names: "
+                   "the input gate computed with the forget gate's weights and vice versa")
+
+    def _step(self, L, xp, state):
+        return _lstm_forward(_SwappedLayer(L), _swap_if(xp), state)
+
+    def _step_backward(self, L, cache, d_state):
+        da, dr, d_prev = _lstm_backward(_SwappedLayer(L), cache, d_state)
+        return _swap_if(da), _swap_if(dr), d_prev
+
+
+class LstmForgetBiasOffset(_CellBug):
+    name = "lstm-forget-bias-plus-one"
+    cell = "lstm"
+    description = ("Keras' unit_forget_bias carried into a hand-written step: 1 added to the forget gate's "
+                   "pre-activation (d2l's LSTM has none)")
+
+    def _step(self, L, xp, state):
+        return _lstm_forward(L, {**xp, "f": xp["f"] + 1}, state)
+
+    def _step_backward(self, L, cache, d_state):
+        return _lstm_backward(L, cache, d_state)  # the constant changes f (in the cache), not the formula
+
+
+class GruResetAfterMatmul(_CellBug):
+    name = "gru-reset-after-matmul"
+    cell = "gru"
+    description = ("d2l's GRU with the reset gate applied on the wrong side of the recurrent matmul: "
+                   "R ⊙ (H W_hh) instead of (R ⊙ H) W_hh (torch's formula, without its b_hn)")
+
+    def _step(self, L, xp, state):
+        (h,) = state
+        z = sigmoid(xp["z"] + h @ L.p["W_hz"])
+        r = sigmoid(xp["r"] + h @ L.p["W_hr"])
+        hw = h @ L.p["W_hh"]
+        c = np.tanh(xp["h"] + r * hw)
+        return (z * h + (1 - z) * c,), (h, z, r, hw, c)
+
+    def _step_backward(self, L, cache, d_state):
+        h, z, r, hw, c = cache
+        (d_out,) = d_state
+        dac = d_out * (1 - z) * (1 - c**2)
+        d_hw = dac * r
+        daz = d_out * (h - c) * z * (1 - z)
+        dar = dac * hw * r * (1 - r)
+        d_h = d_out * z + d_hw @ L.p["W_hh"].T + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
+        return {"z": daz, "r": dar, "h": dac}, {"z": (h, daz), "r": (h, dar), "h": (h, d_hw)}, (d_h,)
+
+
 BUGS: tuple[type[_Bug], ...] = (
     ClipPerParameter, ClipAlways, ClipForgetsOneParameter, ClipBySquaredNorm,
     StateResetEveryMinibatch, StateCarriedAcrossResets, StateNotDetached,
@@ -331,6 +413,13 @@ BUGS: tuple[type[_Bug], ...] = (
     RecurrentWeightTransposed, OutputBiasTwice, LossSummed, TargetsShiftedByOne, LabelsBatchMajor,
     InputsReshapedNotTransposed, SoftmaxOverWrongAxis, BackpropSkipsLastStep,
 )
+
+
+# The cell bugs, by the --cell their run needs.
+CELL_BUGS: dict[str, tuple[type[_CellBug], ...]] = {
+    "lstm": (LstmInputForgetSwapped, LstmForgetBiasOffset),
+    "gru": (GruResetAfterMatmul,),
+}
 
 
 def spec(bug: type[_Bug]) -> str:
