@@ -369,6 +369,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
         "seed_runs": raw.get("seed_runs") or [],
+        "paired_oracle_runs": raw.get("paired_oracle_runs"),
         "param_layout": raw.get("param_layout"),
         "diverged_epoch": raw.get("diverged_epoch"),
         "diverged_step": raw.get("diverged_step"),

@@ -73,6 +73,9 @@ def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups:
             "framework_version": r.get("framework_version"),
             "final_perplexity": _finite(r.get("final_perplexity")),
             "median_last_perplexity": _finite(r.get("median_last_perplexity")),
+            # --init framework: the d2l model trained from this row's own initial weights (its pair)
+            "paired_median_last_perplexity": _finite(((r.get("paired_oracle_runs") or [{}])[0] or {})
+                                                     .get("median_last_perplexity")),
             "best_perplexity": _finite(r.get("best_perplexity")), "eval_perplexity": _finite(r.get("eval_perplexity")),
         })
         if rec:
@@ -141,9 +144,12 @@ def _equivalence(confs: list[dict[str, Any]], cells: list[dict[str, Any]], margi
         for row in conf["rows"]:
             if row == ORACLE:
                 continue
-            diffs = [(c["median_last_perplexity"] - oracle[c["seed"]]) / oracle[c["seed"]]
-                     for c in _by(cells, conf["index"], row) if c["status"] == "ok" and oracle.get(c["seed"])
-                     and c["median_last_perplexity"] is not None]
+            diffs = []
+            for c in _by(cells, conf["index"], row):
+                # framework init: the pair is the oracle from the same weights, else the oracle's own run
+                partner = c.get("paired_median_last_perplexity") or oracle.get(c["seed"])
+                if c["status"] == "ok" and partner and c["median_last_perplexity"] is not None:
+                    diffs.append((c["median_last_perplexity"] - partner) / partner)
             rows.append({"configuration": conf["index"], "row": row, **tost_paired(diffs, margin)})
     return {"test": EQUIVALENCE_TEXT.format(margin=margin), "margin": margin, "quantity": "median_last_perplexity",
             "rows": rows}

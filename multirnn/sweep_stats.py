@@ -16,7 +16,8 @@ ALPHA = 0.05
 EQUIVALENCE_TEXT = (
     "paired TOST (two one-sided t-tests, alpha 0.05, i.e. the 90 % t interval of the mean must lie inside "
     "the margin) on the per-seed relative difference of the median-last perplexity from the NumPy oracle's "
-    "run with the same seed (same batches). Margin +-{margin:.0%}: a third of compare's single-run band for "
+    "run with the same seed (same batches; with --init framework, the oracle trained from the row's own "
+    "initial weights, so that the initialisers' effect is not taken for a difference). Margin +-{margin:.0%}: a third of compare's single-run band for "
     "independent initialisations (15 %, the spread one run may show); a mean over seeds whose 90 % interval "
     "stays within it is a difference nobody choosing a framework would act on. Too few seeds or too much "
     "spread give 'not shown', never 'equivalent'")

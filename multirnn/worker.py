@@ -193,6 +193,35 @@ def _seed_runs(backend: Any, config: Any, data: Any, task: WorkerTask, progress:
     return runs
 
 
+def _paired_oracle_runs(backend: Any, config: Any, data: Any, task: WorkerTask,
+                        progress: Channel) -> list[dict[str, Any]] | None:
+    """--init framework: the NumPy oracle trained from the very weights the framework's layer drew,
+    on the same batches, for the main run and every extra seed (in that order). Pairing each of the
+    row's runs with the d2l model from the same start leaves only the implementation (and float32
+    chaos) between them: the statistical verdict compares these pairs, while the distance from d2l's
+    own N(0, 0.01^2) start is the initialisers' effect, reported beside it. None when the backend
+    has no initialisers of its own (its runs already start from d2l's, like the oracle's)."""
+    from . import agreement, harness
+    from .backends.numpy_backend import NumpyBackend
+    from .errors import TrainingDivergedError
+
+    V = len(data.vocab)
+    if backend.default_params(V, config.num_hiddens, task.init_seed, config.dtype) is None:
+        return None
+    oracle = NumpyBackend(model=config.model)
+    runs = []
+    for i, (seed, init_seed) in enumerate([(config.seed, task.init_seed)] + [(s, s) for s in task.extra_seeds]):
+        progress("stage", text=f"the d2l model from the same weights, seed {seed} ({i + 1}/{len(task.extra_seeds) + 1})")
+        seeded = config.replace(seed=seed)
+        try:
+            h = harness.train(oracle, seeded, data, params=initial_params(backend, seeded, V, "framework", init_seed)).history
+            runs.append({"seed": seed, "final_perplexity": h.perplexity[-1],
+                         "median_last_perplexity": agreement.robust_final(h.perplexity)})
+        except TrainingDivergedError as exc:
+            runs.append({"seed": seed, "error": str(exc)})
+    return runs
+
+
 def run(task: WorkerTask, progress: Channel) -> None:
     """Train ``task.name`` and write its result JSON (also on a Python-level crash)."""
     from . import harness, lockstep
@@ -266,6 +295,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
                 )
         if task.extra_seeds:
             result["seed_runs"] = _seed_runs(backend, config, data, task, progress)
+        if task.init == "framework" and task.name != "numpy":
+            result["paired_oracle_runs"] = _paired_oracle_runs(backend, config, data, task, progress)
         if task.lockstep_epochs and task.name != "numpy":
             write_json_atomic(task.out_path, {**result, "peak_rss_mb": peak_rss_mb(), "lockstep": "pending"})
             result["lockstep"] = _lockstep(backend, config, data, task, progress)

@@ -241,6 +241,26 @@ def test_custom_text_and_independent_init(tmp_path):
     assert res["backends"][1]["judgement"]["checkpoints_checked"] >= 2
 
 
+def test_framework_init_pairs_each_seed_with_the_d2l_model_from_the_same_weights(tmp_path):
+    """torch's own initialisers (U(±1/√H)) train to another perplexity than d2l's N(0, 0.01²): that is
+    the initialisers' effect, a note; the verdict compares each seed's run with the oracle trained
+    from the very same weights, and agrees."""
+    require_backend("torch")
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,torch", "--impl", "layers", "--init", "framework", "--init-seeds", "2",
+                    *TINY, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = load(out)
+    row = {b["name"]: b for b in res["backends"]}["torch/layers"]
+    paired = row["paired_oracle_runs"]
+    assert [p["seed"] for p in paired] == [0, 1] and all(p["median_last_perplexity"] > 1 for p in paired)
+    j = row["judgement"]
+    assert j["status"] == "agrees" and j["equivalence"]["n"] == 2 and j["init_effect"] is not None
+    # the pairs are close (same model, same start), unlike the layer and the d2l-initialised oracle
+    assert all(abs(a / b - 1) < 1e-3 for a, b in zip(j["finals"], j["paired_finals"]))
+    assert any("initialisers" in n for n in res["verdict"]["notes"])
+
+
 def test_ctrl_c_writes_a_partial_report(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "multirnn.compare", "--backends", "numpy", "--epochs", "100000",

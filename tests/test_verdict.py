@@ -140,6 +140,43 @@ def test_independent_init_compares_final_perplexities():
     assert v.backend("torch").status == "agrees" and v.backend("numpy").final_distance == pytest.approx(0.2 / 5.2)
 
 
+def _fw_row(name, main, seeds, paired=None):
+    row = dict(oracle_row(REF["step_loss"], name=name), perplexity=[main] * 20,
+               seed_runs=[{"seed": i + 1, "median_last_perplexity": p} for i, p in enumerate(seeds)])
+    if paired is not None:
+        row["paired_oracle_runs"] = [{"seed": i, "median_last_perplexity": p} for i, p in enumerate(paired)]
+    return row
+
+
+def test_framework_init_pairs_each_run_with_the_d2l_model_from_the_same_weights():
+    """Own initialisers may train to a very different perplexity (the initialisers' effect, a note);
+    the verdict pairs each run with the oracle trained from the same weights."""
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    good = _fw_row("torch", 2.0, [2.02, 1.98], paired=[2.001, 2.03, 1.97])
+    bad = _fw_row("jax", 2.0, [2.0, 2.0], paired=[1.5, 1.52, 1.49])  # the layer trains a different model
+    v = judge([ref, good, bad], init="framework")
+    torch, jax = v.backend("torch"), v.backend("jax")
+    assert torch.status == "agrees" and torch.equivalence["equivalent"] is True
+    assert torch.init_effect == pytest.approx(2.0 / 5.0 - 1)
+    assert jax.status == "disagrees" and "same weights" in jax.reason and jax.equivalence["equivalent"] is not True
+    assert any("initialisers" in n and "torch -60%" in n for n in v.notes)
+
+
+def test_framework_init_with_one_seed_holds_the_single_pair_to_the_margin():
+    ref = _fw_row("numpy", 5.0, [])
+    near, far = _fw_row("torch", 2.0, [], paired=[2.1]), _fw_row("jax", 2.0, [], paired=[2.6])
+    v = judge([ref, near, far], init="framework")
+    assert v.backend("torch").status == "agrees" and v.backend("jax").status == "disagrees"
+    assert "one pair" in v.backend("jax").reason
+
+
+def test_framework_init_without_own_initialisers_pairs_with_the_oracles_seeds():
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    same = _fw_row("torch", 5.001, [5.1, 4.902])  # no paired runs: it started from d2l's weights too
+    v = judge([ref, same], init="framework")
+    assert v.backend("torch").status == "agrees" and v.backend("torch").paired_finals == (5.0, 5.1, 4.9)
+
+
 def test_shapes_are_checked():
     expected = agreement.expected_shapes(2, 3, 5, 4)
     bad = dict(backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])]), shapes={**expected, "state_H": [4, 2]})
