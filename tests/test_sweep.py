@@ -278,3 +278,17 @@ def test_the_sweep_imports_no_framework_and_no_ray():
             "print(sorted(m for m in ('ray', 'torch', 'jax', 'tensorflow', 'mxnet') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_framework_init_equivalence_pairs_with_the_oracle_from_the_same_weights():
+    """--init framework: a row is compared with the d2l model trained from its own initial weights
+    (the worker's paired run), not with the d2l-initialised oracle, whose start differs."""
+    from multirnn.sweep_report import _equivalence
+
+    conf = {"index": 0, "init": "framework", "rows": ["numpy", "torch/layers"]}
+    cells = [{"configuration": 0, "row": "numpy", "seed": s, "repeat": 0, "status": "ok", "median_last_perplexity": 8.4,
+              "paired_median_last_perplexity": None} for s in range(3)]
+    cells += [{"configuration": 0, "row": "torch/layers", "seed": s, "repeat": 0, "status": "ok", "median_last_perplexity": p,
+               "paired_median_last_perplexity": q} for s, (p, q) in enumerate([(7.10, 7.11), (7.20, 7.19), (7.05, 7.05)])]
+    row = _equivalence([conf], cells, 0.05)["rows"][0]
+    assert row["row"] == "torch/layers" and row["equivalent"] is True and abs(row["mean"]) < 1e-3
