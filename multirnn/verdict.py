@@ -471,14 +471,15 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                if has_lockstep else f"free-running per-step losses within {base['step_rtol']:g}")
         if base["init"] == "independent":
             how += f", final perplexities within {base['independent_rtol']:.0%} of their median"
+        stat = ""
         if base["init"] == "framework":
-            how += (f"; statistical (every layer starts from its framework's own initialisers): the median-last "
+            stat = (f"; statistical (every layer starts from its framework's own initialisers): the median-last "
                     f"perplexity of each seed's run paired with the d2l model trained from the same weights, "
                     f"equivalent within {FRAMEWORK_INIT_RTOL:.0%} by a paired TOST (alpha 0.05)")
         if others:
             n = max(b.checkpoints_checked for b in judged)
             at = f" at {n} checkpoint{'s' if n != 1 else ''}" if has_lockstep else ""
-            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}")
+            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}{stat}")
         else:
             status = "not-judged"
             parts.append("only the reference ran: nothing to compare it with")
