@@ -40,3 +40,9 @@ def test_the_python_api_snippet_runs_and_prints_what_it_promises():
     assert lines[0].startswith("[") and "numpy" in lines[0]
     assert re.match(r"perplexity after 10 epochs: \d+\.\d\d$", lines[1]), lines
     assert lines[2].startswith("time traveller") and len(lines[2]) == len("time traveller") + 30
+
+
+def test_no_placeholder_is_left_in_the_docs():
+    for doc in ("README.md", "DEVELOPERS.md", "benchmarks/README.md", "benchmarks/PROFILES.md"):
+        text = (ROOT / doc).read_text()
+        assert "⟪" not in text and "TBD" not in text, doc
