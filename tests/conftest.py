@@ -68,3 +68,15 @@ def oracle() -> multirnn.Backend:
 
 # One definition of the random test problem, shared with the importable conformance checks.
 random_problem = multirnn.testing.random_problem
+
+
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# For tests that send SIGINT to a child: a shell without job control starts background commands with
+# SIGINT ignored, and Python keeps an inherited SIG_IGN, so the child gets Ctrl-C's default back (as
+# in a terminal) whatever way the test run itself was started.
+AS_IN_A_TERMINAL = {"preexec_fn": _default_sigint}
