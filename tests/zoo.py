@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from multirnn.backends.numpy_backend import NumpyBackend, Params, _lstm_backward, _lstm_forward, sigmoid
+from multirnn.backends.numpy_backend import (
+    NumpyBackend, Params, _gru_reset_after_backward, _gru_reset_after_forward, _lstm_backward, _lstm_forward,
+)
 from multirnn.ops import log_softmax, time_major_labels
 from multirnn.params import PARAM_NAMES
 
@@ -381,6 +383,13 @@ class LstmForgetBiasOffset(_CellBug):
         return _lstm_backward(L, cache, d_state)  # the constant changes f (in the cache), not the formula
 
 
+class _AsResetAfter:
+    """d2l's GRU layer seen as the reset-after one: the candidate's weights as W_hn, no b_hn."""
+
+    def __init__(self, L):
+        self.p = {**L.p, "W_hn": L.p["W_hh"], "b_hn": np.zeros_like(L.p["b_h"])}
+
+
 class GruResetAfterMatmul(_CellBug):
     name = "gru-reset-after-matmul"
     cell = "gru"
@@ -388,22 +397,12 @@ class GruResetAfterMatmul(_CellBug):
                    "R ⊙ (H W_hh) instead of (R ⊙ H) W_hh (torch's formula, without its b_hn)")
 
     def _step(self, L, xp, state):
-        (h,) = state
-        z = sigmoid(xp["z"] + h @ L.p["W_hz"])
-        r = sigmoid(xp["r"] + h @ L.p["W_hr"])
-        hw = h @ L.p["W_hh"]
-        c = np.tanh(xp["h"] + r * hw)
-        return (z * h + (1 - z) * c,), (h, z, r, hw, c)
+        return _gru_reset_after_forward(_AsResetAfter(L), {"z": xp["z"], "r": xp["r"], "n": xp["h"]}, state)
 
     def _step_backward(self, L, cache, d_state):
-        h, z, r, hw, c = cache
-        (d_out,) = d_state
-        dac = d_out * (1 - z) * (1 - c**2)
-        d_hw = dac * r
-        daz = d_out * (h - c) * z * (1 - z)
-        dar = dac * hw * r * (1 - r)
-        d_h = d_out * z + d_hw @ L.p["W_hh"].T + daz @ L.p["W_hz"].T + dar @ L.p["W_hr"].T
-        return {"z": daz, "r": dar, "h": dac}, {"z": (h, daz), "r": (h, dar), "h": (h, d_hw)}, (d_h,)
+        da, dr, d_prev = _gru_reset_after_backward(_AsResetAfter(L), cache, d_state)
+        rename = {"z": "z", "r": "r", "n": "h"}
+        return {rename[g]: a for g, a in da.items()}, {rename[g]: a for g, a in dr.items()}, d_prev
 
 
 BUGS: tuple[type[_Bug], ...] = (
