@@ -416,10 +416,10 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     out["equivalence"] = test
     out["final_distance"] = abs(float(np.mean(diffs)))
     if len(diffs) == 1:
-        ok, how = abs(diffs[0]) <= FRAMEWORK_INIT_RTOL, f"one pair: {diffs[0]:+.1%}"
+        ok, how = abs(diffs[0]) <= FRAMEWORK_INIT_RTOL, f"{diffs[0]:+.1%} (one pair)"
     else:
         lo, hi = test["ci90"]
-        ok, how = test["equivalent"] is True, f"{len(diffs)} pairs, mean {test['mean']:+.1%}, 90% interval [{lo:+.1%}, {hi:+.1%}]"
+        ok, how = test["equivalent"] is True, f"mean {test['mean']:+.1%} over {len(diffs)} pairs, 90% interval [{lo:+.1%}, {hi:+.1%}]"
     if not ok:
         out.update(status="disagrees", reason=(
             f"statistical: the median-last perplexity is not shown within {FRAMEWORK_INIT_RTOL:.0%} of the d2l model "
@@ -495,7 +495,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if base["clipped_steps"] is not None:
         notes.append(f"the reference run clipped its gradients at {base['clipped_steps']} of {base['total_steps']} steps"
                      + ("; the probe steps forced clipping at every checkpoint" if has_lockstep else ""))
-    effects = [f"{b.name} {b.init_effect:+.0%} (d2l model from the same weights: "
+    effects = [f"{b.name} {b.init_effect:+.0%} (against the d2l model trained from the same weights: "
                f"{(b.equivalence or {}).get('summary', '-')})" for b in backends if b.init_effect is not None]
     if effects:
         notes.append("the frameworks' own initialisers, not the layers, move the final perplexity: mean median-last "
