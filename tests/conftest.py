@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 
 import pytest
 
@@ -70,13 +71,10 @@ def oracle() -> multirnn.Backend:
 random_problem = multirnn.testing.random_problem
 
 
-def _default_sigint() -> None:
-    import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-# For tests that send SIGINT to a child: a shell without job control starts background commands with
-# SIGINT ignored, and Python keeps an inherited SIG_IGN, so the child gets Ctrl-C's default back (as
-# in a terminal) whatever way the test run itself was started.
-AS_IN_A_TERMINAL = {"preexec_fn": _default_sigint}
+# Tests that send SIGINT to a child need the child to get Ctrl-C's default behaviour. A shell without job
+# control starts background commands with SIGINT *ignored*, an ignored signal stays ignored across exec,
+# and Python keeps an inherited SIG_IGN: so when this test run itself was started that way, give it a
+# handler instead (a handler, unlike SIG_IGN, is reset to the default in every child it starts).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

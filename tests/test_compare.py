@@ -21,7 +21,7 @@ import pytest
 
 import multirnn
 from multirnn import agreement, compare as compare_cli
-from tests.conftest import AS_IN_A_TERMINAL, require_backend
+from tests.conftest import require_backend
 
 TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--quiet"]
 
@@ -265,7 +265,7 @@ def test_ctrl_c_writes_a_partial_report(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "multirnn.compare", "--backends", "numpy", "--epochs", "100000",
                              "--hidden", "64", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **AS_IN_A_TERMINAL)
+                            text=True)
     time.sleep(8)  # long enough for the worker to be training (100,000 epochs take far longer)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)

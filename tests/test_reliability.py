@@ -17,7 +17,7 @@ import pytest
 
 import multirnn
 from multirnn import compare as compare_cli
-from tests.conftest import AS_IN_A_TERMINAL, require_backend
+from tests.conftest import require_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
@@ -31,7 +31,7 @@ def compare(args, timeout=300, **kw):
 
 def start(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "multirnn.compare", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **{**AS_IN_A_TERMINAL, **kw})
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
 
 
 def strict_json(path: Path) -> dict:

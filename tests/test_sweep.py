@@ -27,7 +27,7 @@ from multirnn.backends import probe
 from multirnn.sweep_report import identity
 from multirnn.sweep_spec import SpecError, expand, parse_seeds
 from multirnn.sweep_stats import mean_interval, t_ppf, t_sf, tost_paired
-from tests.conftest import AS_IN_A_TERMINAL, SELECTED, require_module
+from tests.conftest import SELECTED, require_module
 from tests.test_compare import CRASHING_MXNET
 from tests.test_reliability import processes_mentioning, wait_for
 
@@ -44,7 +44,7 @@ def sweep(args: list[str], site: str | None = None, tmp_path: Path | None = None
 
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "multirnn.sweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **AS_IN_A_TERMINAL)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 def _env(site: str | None, tmp_path: Path | None) -> dict[str, str]:
