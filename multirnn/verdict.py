@@ -394,17 +394,11 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     """
     from .sweep_stats import tost_paired
 
-    def finals_of(r: Mapping[str, Any]) -> list[float | None]:
-        main = agreement.robust_final(r["perplexity"]) if r.get("perplexity") else None
-        return [main] + [s.get("median_last_perplexity") for s in r.get("seed_runs") or []]
-
-    mine, ref = finals_of(row), finals_of(ref_row)
+    mine = run_finals(row)
     paired = row.get("paired_oracle_runs")
-    partners = [p.get("median_last_perplexity") for p in paired] if paired else ref
-    pairs = [(a, b) for a, b in zip(mine, partners)
-             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and b > 0]
-    ok_mine = [float(a) for a in mine if a is not None and math.isfinite(a)]
-    ok_ref = [float(b) for b in ref if b is not None and math.isfinite(b)]
+    partners = [p.get("median_last_perplexity") for p in paired] if paired else run_finals(ref_row)
+    pairs = [(a, b) for a, b in zip(mine, partners) if _finite(a) and _finite(b) and b > 0]
+    ok_mine, ok_ref = seed_finals(row), seed_finals(ref_row)
     out: dict[str, Any] = {"finals": tuple(ok_mine), "paired_finals": tuple(float(b) for _, b in pairs)}
     if ok_mine and ok_ref:
         out["init_effect"] = float(np.mean(ok_mine)) / float(np.mean(ok_ref)) - 1.0
@@ -413,7 +407,6 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
         return out
     diffs = [(a - b) / b for a, b in pairs]
     test = tost_paired(diffs, FRAMEWORK_INIT_RTOL)
-    out["equivalence"] = test
     out["final_distance"] = abs(float(np.mean(diffs)))
     if len(diffs) == 1:
         ok, how = abs(diffs[0]) <= FRAMEWORK_INIT_RTOL, f"{diffs[0]:+.1%} (one pair)"
@@ -428,11 +421,20 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     return out
 
 
+def run_finals(row: Mapping[str, Any]) -> list[float | None]:
+    """Final perplexity (median of the last epochs) of a row's main run, then of each extra seed's run,
+    in that order; None where a run has none (it diverged, or the row did not train)."""
+    main = agreement.robust_final(row["perplexity"]) if row.get("perplexity") else None
+    return [main] + [s.get("median_last_perplexity") for s in row.get("seed_runs") or []]
+
+
 def seed_finals(row: Mapping[str, Any]) -> list[float]:
-    """Final perplexities (median of the last epochs) of a row's main run and its extra seeds."""
-    out = [agreement.robust_final(row["perplexity"])] if row.get("perplexity") else []
-    out += [s["median_last_perplexity"] for s in row.get("seed_runs") or [] if s.get("median_last_perplexity") is not None]
-    return [float(x) for x in out if x is not None and math.isfinite(x)]
+    """The finite ones of :func:`run_finals`."""
+    return [float(x) for x in run_finals(row) if _finite(x)]
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(x)
 
 
 def _replace(v: BackendVerdict, **changes: Any) -> BackendVerdict:

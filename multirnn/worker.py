@@ -174,22 +174,26 @@ def describe_layout(backend: Any) -> dict[str, Any] | None:
     return None if layout is None else {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()}
 
 
-def _seed_runs(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Channel) -> list[dict[str, Any]]:
-    """The same training from other seeds (initial weights and batches), final perplexities only."""
+def _final_of(backend: Any, config: Any, data: Any, params: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Train ``backend`` from ``params`` with ``config``: its final perplexities, or the divergence."""
     from . import agreement, harness
     from .errors import TrainingDivergedError
 
+    try:
+        h = harness.train(backend, config, data, params=params).history
+    except TrainingDivergedError as exc:
+        return {"seed": config.seed, "error": str(exc)}
+    return {"seed": config.seed, "final_perplexity": h.perplexity[-1],
+            "median_last_perplexity": agreement.robust_final(h.perplexity)}
+
+
+def _seed_runs(backend: Any, config: Any, data: Any, task: WorkerTask, progress: Channel) -> list[dict[str, Any]]:
+    """The same training from other seeds (initial weights and batches), final perplexities only."""
     runs = []
     for i, seed in enumerate(task.extra_seeds, 1):
         progress("stage", text=f"seed {seed} ({i}/{len(task.extra_seeds)})")
         seeded = config.replace(seed=seed)
-        try:
-            h = harness.train(backend, seeded, data, params=initial_params(backend, seeded, len(data.vocab), task.init,
-                                                                            seed)).history
-            runs.append({"seed": seed, "final_perplexity": h.perplexity[-1],
-                         "median_last_perplexity": agreement.robust_final(h.perplexity)})
-        except TrainingDivergedError as exc:
-            runs.append({"seed": seed, "error": str(exc)})
+        runs.append(_final_of(backend, seeded, data, initial_params(backend, seeded, len(data.vocab), task.init, seed)))
     return runs
 
 
@@ -201,24 +205,18 @@ def _paired_oracle_runs(backend: Any, config: Any, data: Any, task: WorkerTask,
     chaos) between them: the statistical verdict compares these pairs, while the distance from d2l's
     own N(0, 0.01^2) start is the initialisers' effect, reported beside it. None when the backend
     has no initialisers of its own (its runs already start from d2l's, like the oracle's)."""
-    from . import agreement, harness
     from .backends.numpy_backend import NumpyBackend
-    from .errors import TrainingDivergedError
 
     V = len(data.vocab)
-    if backend.default_params(V, config.num_hiddens, task.init_seed, config.dtype) is None:
+    first = backend.default_params(V, config.num_hiddens, task.init_seed, config.dtype)  # the main run's start
+    if first is None:
         return None
     oracle = NumpyBackend(model=config.model)
     runs = []
-    for i, (seed, init_seed) in enumerate([(config.seed, task.init_seed)] + [(s, s) for s in task.extra_seeds]):
+    for i, seed in enumerate([config.seed, *task.extra_seeds]):
         progress("stage", text=f"the d2l model from the same weights, seed {seed} ({i + 1}/{len(task.extra_seeds) + 1})")
         seeded = config.replace(seed=seed)
-        try:
-            h = harness.train(oracle, seeded, data, params=initial_params(backend, seeded, V, "framework", init_seed)).history
-            runs.append({"seed": seed, "final_perplexity": h.perplexity[-1],
-                         "median_last_perplexity": agreement.robust_final(h.perplexity)})
-        except TrainingDivergedError as exc:
-            runs.append({"seed": seed, "error": str(exc)})
+        runs.append(_final_of(oracle, seeded, data, first if i == 0 else initial_params(backend, seeded, V, "framework", seed)))
     return runs
 
 
