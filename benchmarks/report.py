@@ -77,18 +77,17 @@ def main_table(payload: dict[str, Any]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"]
     numpy = pts.get(("numpy", "scratch/eager"))
     if numpy:
-        lines.append(f"| numpy (oracle) | {_rate(numpy)} | - | - | - | {100 * numpy.get('median', 0) / f['floor_tokens_per_sec']:.0f}% | "
-                     f"{100 * numpy.get('median', 0) / f['roofline_tokens_per_sec']:.0f}% | "
+        lines.append(f"| numpy (oracle) | {_rate(numpy)} | - | - | - | {pct_of(numpy, f['floor_tokens_per_sec'])} | "
+                     f"{pct_of(numpy, f['roofline_tokens_per_sec'])} | "
                      f"{pct_of(numpy, own_floor(f, 'numpy'))} | - | - | - | "
                      f"{numpy.get('first_epoch_seconds', 0):.2f} |")
     for b in ORDER[1:]:
         if not any(k[0] == b for k in pts):
             continue
         fast = pts.get((b, "scratch/fast"))
-        pct = lambda lim: f"{100 * fast['median'] / lim:.0f}%" if fast and "error" not in fast else "-"  # noqa: E731
         lines.append(
             f"| {b} | {_rate(pts.get((b, 'scratch/eager')))} | **{_rate(fast)}** | {_rate(pts.get((b, 'layers/eager')))} | "
-            f"{_rate(pts.get((b, 'layers/fast')))} | {pct(f['floor_tokens_per_sec'])} | {pct(f['roofline_tokens_per_sec'])} | "
+            f"{_rate(pts.get((b, 'layers/fast')))} | {pct_of(fast, f['floor_tokens_per_sec'])} | {pct_of(fast, f['roofline_tokens_per_sec'])} | "
             f"{pct_of(fast, own_floor(f, b))} | {_ratio(fast, pts.get((b, 'scratch/eager')))} | {_ratio(fast, pts.get((b, 'layers/fast')))} | "
             f"{_ratio(pts.get((b, 'layers/fast')), pts.get((b, 'layers/eager')))} | "
             f"{fast.get('first_epoch_seconds', 0):.2f} |" if fast else f"| {b} | - | - | - | - | - | - | - | - | - | - | - |")
@@ -107,11 +106,9 @@ def cells_table(payload: dict[str, Any]) -> str:
             fast = pts.get((b, "scratch/fast") if b != "numpy" else (b, "scratch/eager"))
             if not fast:
                 continue
-            ok = "error" not in fast and "floor_tokens_per_sec" in f
             layers = pts.get((b, "layers/fast"))
-            pct_floor = f"{100 * fast['median'] / f['floor_tokens_per_sec']:.0f}%" if ok else "-"
-            pct_roof = f"{100 * fast['median'] / f['roofline_tokens_per_sec']:.0f}%" if ok else "-"
-            lines.append(f"| {cell} | {b} | {_rate(fast)} | {pct_floor} | {pct_roof} | "
+            lines.append(f"| {cell} | {b} | {_rate(fast)} | {pct_of(fast, f.get('floor_tokens_per_sec'))} | "
+                         f"{pct_of(fast, f.get('roofline_tokens_per_sec'))} | "
                          f"{_rate(layers) if layers else 'n/a'} | {_ratio(fast, layers) if layers else '-'} |")
     return "\n".join(lines)
 
