@@ -72,6 +72,22 @@ def random_problem(
     return params, X, Y, h0
 
 
+def central_differences(loss: Callable[[dict[str, np.ndarray]], float], params: dict[str, np.ndarray],
+                        eps: float = 1e-6) -> dict[str, np.ndarray]:
+    """d loss / d params by central finite differences, entry by entry (float64 params)."""
+    out = {}
+    for k in params:
+        fd = np.zeros_like(params[k])
+        for idx in np.ndindex(params[k].shape):
+            shifted = {n: v.copy() for n, v in params.items()}
+            shifted[k][idx] += eps
+            up = loss(shifted)
+            shifted[k][idx] -= 2 * eps
+            fd[idx] = (up - loss(shifted)) / (2 * eps)
+        out[k] = fd
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def oracle_for(model: Model = RNN) -> NumpyBackend:
     """The NumPy oracle computing ``model``."""

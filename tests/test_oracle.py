@@ -10,7 +10,7 @@ import pytest
 import multirnn
 from multirnn.backends.numpy_backend import NumpyBackend
 from multirnn.cells import Model
-from multirnn.testing import random_model_problem
+from multirnn.testing import central_differences, random_model_problem
 from tests.conftest import random_problem
 
 
@@ -29,17 +29,8 @@ def test_gradients_match_central_finite_differences(model):
     assert set(grads) == set(model.param_names())
     # error relative to each parameter's gradient norm: an entry-wise relative error is dominated
     # by the finite differences' own rounding on tiny entries; a wrong formula is off by O(1)
-    eps, worst = 1e-6, 0.0
-    for k in model.param_names():
-        fd = np.zeros_like(params[k])
-        for idx in np.ndindex(params[k].shape):
-            shifted = {n: v.copy() for n, v in params.items()}
-            shifted[k][idx] += eps
-            up = loss(shifted)
-            shifted[k][idx] -= 2 * eps
-            down = loss(shifted)
-            fd[idx] = (up - down) / (2 * eps)
-        worst = max(worst, float(np.max(np.abs(fd - grads[k]))) / float(np.linalg.norm(fd)))
+    fds = central_differences(loss, params)
+    worst = max(float(np.max(np.abs(fd - grads[k]))) / float(np.linalg.norm(fd)) for k, fd in fds.items())
     assert worst < 1e-6, worst
 
 

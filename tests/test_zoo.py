@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from multirnn.cells import Model
-from multirnn.testing import random_model_problem, random_problem
+from multirnn.testing import central_differences, random_model_problem, random_problem
 from tests import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +37,9 @@ def test_forward_bugs_have_their_own_true_gradients(bug):
     be = bug()
     params, X, Y, h0 = random_problem(seed=3, vocab_size=6, num_hiddens=4, batch_size=2, num_steps=3, scale=0.5)
     _, grads, _ = be.loss_and_grads(params, X, Y, (h0,))
-    eps, worst = 1e-6, 0.0
-    for k in params:
-        for idx in np.ndindex(params[k].shape):
-            shifted = {n: v.copy() for n, v in params.items()}
-            shifted[k][idx] += eps
-            up = float(be.loss_and_grads(shifted, X, Y, (h0,))[0])
-            shifted[k][idx] -= 2 * eps
-            down = float(be.loss_and_grads(shifted, X, Y, (h0,))[0])
-            fd = (up - down) / (2 * eps)
-            worst = max(worst, abs(fd - grads[k][idx]) / max(abs(fd) + abs(grads[k][idx]), 1e-8))
+    fds = central_differences(lambda p: float(be.loss_and_grads(p, X, Y, (h0,))[0]), params)
+    worst = max(float(np.max(np.abs(fd - grads[k]) / np.maximum(np.abs(fd) + np.abs(grads[k]), 1e-8)))
+                for k, fd in fds.items())
     assert worst < 1e-5, worst  # a wrong gradient is off by O(1); 1e-5 is finite-difference noise here
 
 
@@ -59,17 +52,8 @@ def test_cell_bugs_have_their_own_true_gradients(bug):
     be = bug(model=Model(bug.cell, num_layers=2))
     params, X, Y, state = random_model_problem(be.model, 3, 6, 4, 2, 3, "float64", 0.5)
     _, grads, _ = be.loss_and_grads(params, X, Y, state)
-    eps, worst = 1e-6, 0.0
-    for k in params:
-        fd = np.zeros_like(params[k])
-        for idx in np.ndindex(params[k].shape):
-            shifted = {n: v.copy() for n, v in params.items()}
-            shifted[k][idx] += eps
-            up = float(be.loss_and_grads(shifted, X, Y, state)[0])
-            shifted[k][idx] -= 2 * eps
-            down = float(be.loss_and_grads(shifted, X, Y, state)[0])
-            fd[idx] = (up - down) / (2 * eps)
-        worst = max(worst, float(np.linalg.norm(fd - grads[k]) / np.linalg.norm(fd)))
+    fds = central_differences(lambda p: float(be.loss_and_grads(p, X, Y, state)[0]), params)
+    worst = max(float(np.linalg.norm(fd - grads[k]) / np.linalg.norm(fd)) for k, fd in fds.items())
     assert worst < 1e-6, worst  # of each gradient's norm, as the oracle's own check; a wrong one is O(1)
     oracle_loss = float(zoo.NumpyBackend(model=be.model).loss_and_grads(params, X, Y, state)[0])
     assert abs(float(be.loss_and_grads(params, X, Y, state)[0]) - oracle_loss) > 1e-6  # it is a different model
