@@ -225,9 +225,9 @@ def profile_torch(w: Workload, reps: int) -> tuple[list[Row], str]:
         text.append(f"torch.profiler, {mode} step, top operators by self CPU time ({2 * steps} steps):\n"
                     + events.table(sort_by="self_cpu_time_total", row_limit=12))
 
-    # Floors: the same calls the fast path makes (addmm_ into preallocated rows, W^T as a view).
+    # Floors: the same calls the fast path makes (addmm_ into preallocated rows, W^T copied once).
     x = {k: torch.from_numpy(v) for k, v in floor_operands(w).items()}
-    W, W_T = x["W"], x["W"].T
+    W, W_T = x["W"], x["W"].T.contiguous()  # as the fast path: MKL is slower with a .T view here
     hs = torch.empty((w.T + 1, w.B, w.H))
     hs[0] = x["h0"]
 
