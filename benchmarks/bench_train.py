@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write(out, payload)
 
     report.write(payload, out)
+    print(report.limits_text(payload) + "\n\n" + report.main_table(payload))  # the headline on stdout
     print(f"\nwrote {out}/report.md", file=log)
     return 0
 

@@ -365,32 +365,6 @@ def profile_mxnet(w: Workload, reps: int) -> tuple[list[Row], str]:
                     f"{gemm_flops(w)['chain'] / 2 / t_f / 1e9:.0f} GFLOP/s on the chain's half"))
     rows.append(Row("floor", "fused RNN op (oneDNN) forward + backward alone", t_fb * 1e3,
                     "includes its dW_hh, dW_xh"))
-    # A/B of the weight packing (both the fast path and Gluon's layer concatenate 1-D arrays along
-    # axis 0, measured at ~2.6 ms for 1.1 MB): the fast path again, with the same bytes packed as
-    # (1, n) rows along axis 1. Patched in this process only; results are bit-identical.
-    from multirnn.backends import mxnet_backend as mb
-
-    original = mb._fused_rnn
-
-    def packed_as_rows(F, shape, dtype, x, h0, W_xh, W_hh, b_h, W_hq, b_q):  # noqa: ANN001, ANN202, N803
-        row = lambda a: F.reshape(a, (1, -1))  # noqa: E731
-        flat = F.reshape(F.concat(row(F.transpose(W_xh)), row(F.transpose(W_hh)), row(b_h),
-                                  row(F.zeros_like(b_h)), dim=1), (-1,))
-        inputs = F.one_hot(x, shape[0], dtype=dtype)
-        outputs, h_T = F.RNN(inputs, flat, F.expand_dims(h0, axis=0), mode="rnn_tanh", state_size=shape[1],
-                             num_layers=1, state_outputs=True)
-        logits = F.broadcast_add(F.dot(F.reshape(outputs, (-3, -2)), W_hq), F.reshape(b_q, (1, -1)))
-        return logits, F.reshape(h_T, (-3, -2))
-
-    mb._fused_rnn = packed_as_rows
-    try:
-        t_rows = time_epoch(w, backend_epoch(w, "mxnet", "fast")[1], reps)
-        t_orig = time_epoch(w, variants["fast"], reps)  # re-measured now, for a same-minute A/B
-    finally:
-        mb._fused_rnn = original
-    rows.append(step_row(w, "fast train_step, re-measured (A)", t_orig))
-    rows.append(step_row(w, "fast train_step, weights packed as (1, n) rows along axis 1 (B)", t_rows,
-                         f"{t_orig / t_rows:.2f}x A"))
     text.append(f"MXNet features: {[f.name for f in mx.runtime.Features().values() if f.enabled]}")
     return rows, "\n".join(text)
 

@@ -526,7 +526,8 @@ class TorchBackend(_TorchCommon):
         # one_hot(x) @ W_xh is row x of W_xh (exact, even in float32), so all steps' input terms
         # are one gather; they are written where the hidden states go, and each step adds
         # H_{t-1} W_hh on top in place, then applies tanh in place: two kernels per step.
-        torch.index_select(W_xh, 0, tokens.reshape(-1), out=hs[1:].view(T * B, -1)).add_(b_h)  # (T*B, H)
+        # b_h is added to the V rows before the gather (the same float sums), not to all T*B rows after.
+        torch.index_select(W_xh + b_h, 0, tokens.reshape(-1), out=hs[1:].view(T * B, -1))  # (T*B, H)
         h = hs.unbind(0)  # every step's view in one call: indexing hs[t] in the loop costs a dispatch each
         for t in range(T):
             h[t + 1].addmm_(h[t], W_hh).tanh_()

@@ -1,0 +1,42 @@
+"""The benchmark report's 80 % verdict: met, ruled out by a framework's own chain kernel, or just not met."""
+
+from __future__ import annotations
+
+from benchmarks.report import main_table, target_verdict
+
+# Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched).
+FLOOR = {"floor_tokens_per_sec": 1120 / 7.5e-3, "serial_seconds": 5.5e-3, "batched_seconds": 2.0e-3,
+         "roofline_tokens_per_sec": 200_000.0,
+         "chains": [{"library": "torch", "seconds": 5.5e-3}, {"library": "slowlib", "seconds": 11.0e-3},
+                    {"library": "oklib", "seconds": 6.0e-3}]}
+
+
+def point(tokens_per_sec: float) -> dict:
+    return {"median": tokens_per_sec, "tokens_per_sec": [tokens_per_sec], "min": tokens_per_sec, "max": tokens_per_sec}
+
+
+def test_met_at_80_percent_of_the_floor() -> None:
+    assert target_verdict(point(0.81 * FLOOR["floor_tokens_per_sec"]), FLOOR, "torch") == "met"
+
+
+def test_own_chain_kernel_rules_the_target_out() -> None:
+    # slowlib: 11 + 2 = 13 ms per minibatch at best -> 7.5 / 13 = 58 % of the floor.
+    assert target_verdict(point(50_000), FLOOR, "slowlib") == "unreachable: own chain kernel allows 58%"
+
+
+def test_not_met_when_own_kernel_would_allow_it() -> None:
+    # oklib's kernels allow 7.5 / 8.0 = 94 %: falling short is the fast path's own overhead.
+    assert target_verdict(point(80_000), FLOOR, "oklib") == "not met"
+    assert target_verdict(point(80_000), FLOOR, "torch") == "not met"
+
+
+def test_failed_run_has_no_verdict() -> None:
+    assert target_verdict({"error": "boom"}, FLOOR, "torch") == "-"
+
+
+def test_main_table_carries_the_verdict_column() -> None:
+    payload = {"floors": {"rnn": FLOOR},
+               "main": [{"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1,
+                         **point(0.9 * FLOOR["floor_tokens_per_sec"])}]}
+    row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
+    assert "| met |" in row and "90%" in row
