@@ -89,6 +89,9 @@ def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
 
 def serve(spec: dict[str, Any]) -> None:
     """A warm process: warm up, then time one window of whole epochs per ``window S`` line on stdin."""
+    from multirnn.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as compare's workers do
     be, epoch, tokens = _setup(spec)
     t = time.perf_counter()
     loss = epoch()

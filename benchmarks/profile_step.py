@@ -531,6 +531,9 @@ def format_table(backend: str, w: Workload, rows: list[Row]) -> str:
 
 def run_child(backend: str, reps: int) -> None:
     """Profile one backend in this process and print its table and profiler excerpts."""
+    from multirnn.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as compare's workers and bench_train do
     w = load_workload()
     rows, text = PROFILERS[backend](w, reps)
     print(format_table(backend, w, rows))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .allocator import keep_freed_memory
 from .backends import available_backends, get_backend, known_backends, probe
 from .backends.base import Backend
 from .config import PRESETS, TrainConfig, preset
@@ -37,6 +38,7 @@ __all__ = [
     "evaluate_perplexity",
     "get_backend",
     "init_params",
+    "keep_freed_memory",
     "known_backends",
     "load_corpus",
     "load_ed2_windows",

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .files import finite_or_none, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task = WorkerTask.load(argv[0])
     die_with_parent(task.parent_pid)
+    keep_freed_memory()  # before any framework allocates: no page faults from per-step buffers
     # Ctrl-C goes to the parent, which decides; it stops us with SIGTERM when it must.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for entry in reversed(task.sys_path):  # the parent's import path: third-party backends resolve the same

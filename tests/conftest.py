@@ -17,6 +17,8 @@ import multirnn
 import multirnn.testing
 from multirnn.backends import install_hint, probe
 
+multirnn.keep_freed_memory()  # as the harness's workers do (the tests train in this process)
+
 _selected = os.getenv("MULTIRNN_BACKENDS", "").strip()
 SELECTED = [b.strip() for b in _selected.split(",") if b.strip()] if _selected else multirnn.known_backends()
 REQUIRED = os.getenv("MULTIRNN_REQUIRE_BACKENDS") == "1"
