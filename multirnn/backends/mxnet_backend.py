@@ -264,8 +264,10 @@ class _ClipSGD(gluon.HybridBlock):
         norm = F.sqrt(F.add_n(*(F.dot(F.reshape(g, (-1,)), F.reshape(g, (-1,))) for g in grads)))
         norm = F.reshape(norm, (1,))
         scale = F.broadcast_div(theta, F.broadcast_maximum(norm, theta))
-        # p - lr * (g * scale): the oracle's order of operations (clip, then step).
-        new = [p - F.broadcast_mul(lr, F.broadcast_mul(g, scale)) for p, g in zip(params, grads)]
+        # p - g * (lr * scale): one broadcast multiply per tensor, not two (MXNet's broadcast kernel
+        # is slow: 10 of them took 0.7 ms per step); lr * scale rounds once, as in torch's fast step.
+        step = F.broadcast_mul(lr, scale)
+        new = [p - F.broadcast_mul(g, step) for p, g in zip(params, grads)]
         return (*(p.as_np_ndarray() for p in new), F.np.reshape(norm.as_np_ndarray(), ()))
 
 
