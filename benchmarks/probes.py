@@ -1,0 +1,129 @@
+"""Small probes behind the claims in benchmarks/PROFILES.md (each alternates its variants in one process).
+
+    python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a contiguous copy
+    python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
+    python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
+
+Shapes: batch 32, 35 steps, hidden 512, vocab 28, float32. Run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+T, B, H, V = 35, 32, 512, 28
+
+
+def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Callable[[Any], Any] = lambda x: x) -> None:
+    """Median ms per call of each variant, the variants taking turns (so drift hits them alike)."""
+    for f in variants.values():
+        sync(f())
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, f in variants.items():
+            t = time.perf_counter()
+            sync(f())
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        print(f"{name:<44} {statistics.median(ts) * 1e3:8.3f} ms (min {min(ts) * 1e3:.3f})")
+
+
+def transpose() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(H, H, generator=g) / H**0.5
+    template, k = torch.randn(T, B, H, generator=g) * 0.5, torch.rand(T, B, H, generator=g)
+    d = template.clone()
+    rows, ks = d.unbind(0), k.unbind(0)
+
+    def chain(W_T: torch.Tensor) -> Callable[[], Any]:
+        def run() -> Any:
+            d.copy_(template)  # the same well-scaled inputs every call
+            for t in range(T - 2, -1, -1):
+                rows[t].addmm_(rows[t + 1], W_T).mul_(ks[t])
+        return run
+
+    alternate({"backward chain, W_hh.T view": chain(W.T), "backward chain, W_hh.T.contiguous()": chain(W.T.contiguous())})
+
+
+def torch_compile() -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(V, H, generator=g) * 0.01, torch.randn(H, H, generator=g) * 0.01, torch.zeros(H),
+              torch.randn(H, V, generator=g) * 0.01, torch.zeros(V)]
+    tokens, y = torch.randint(0, V, (T, B), generator=g), torch.randint(0, V, (T * B, 1), generator=g)
+    h0 = torch.zeros(B, H)
+
+    def step(W_xh, W_hh, b_h, W_hq, b_q, tokens, y, h0):  # noqa: ANN001, ANN202, N803
+        """The fast path's algebra, written functionally (no in-place writes) so that inductor can trace it."""
+        xs = (W_xh[tokens.reshape(-1)] + b_h).view(T, B, H)
+        h, hs = h0, []
+        for t in range(T):
+            h = torch.tanh(torch.addmm(xs[t], h, W_hh))
+            hs.append(h)
+        hidden = torch.stack(hs).view(T * B, H)
+        logp = torch.log_softmax(torch.addmm(b_q, hidden, W_hq), 1)
+        loss = -logp.gather(1, y).mean()
+        d_logits = logp.exp().scatter_add(1, y, torch.full_like(y, -1, dtype=logp.dtype)) / (T * B)
+        d_h = (d_logits @ W_hq.T).view(T, B, H)
+        W_T, d, ds = W_hh.T.contiguous(), None, [None] * T
+        for t in range(T - 1, -1, -1):
+            d = (d_h[t] if d is None else d_h[t] + d @ W_T) * (1 - hs[t] * hs[t])
+            ds[t] = d
+        d_pre = torch.stack(ds).view(T * B, H)
+        prev = torch.cat([h0[None], torch.stack(hs[:-1])]).view(T * B, H)
+        grads = [torch.zeros_like(W_xh).index_add(0, tokens.reshape(-1), d_pre), prev.T @ d_pre, d_pre.sum(0),
+                 hidden.T @ d_logits, d_logits.sum(0)]
+        norm = torch.sqrt(sum((x * x).sum() for x in grads))
+        scale = torch.where(norm > 1.0, 1.0 / norm, 1.0)
+        return loss, norm, [p - scale * gr for p, gr in zip((W_xh, W_hh, b_h, W_hq, b_q), grads)]
+
+    args = (*params, tokens, y, h0)
+    with torch.no_grad():
+        compiled = torch.compile(step)
+        t = time.perf_counter()
+        compiled(*args)
+        print(f"torch.compile: first call (compilation) {time.perf_counter() - t:.1f} s")
+        alternate({"functional step, eager": lambda: step(*args), "functional step, torch.compile": lambda: compiled(*args)}, 20)
+
+
+def jax_transpose() -> None:
+    import jax
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    W = jax.numpy.asarray(rng.standard_normal((H, H)).astype(np.float32) / H**0.5)
+    W_T = jax.numpy.asarray(np.ascontiguousarray(np.asarray(W).T))
+    h0 = jax.numpy.asarray(rng.standard_normal((B, H)).astype(np.float32))
+    k = jax.numpy.asarray(rng.random((T, B, H)).astype(np.float32))
+    def hoisted_fn(h: Any, W: Any, k: Any) -> Any:
+        W_T = W.T  # outside the scan body, as the backend writes it
+        return lax.scan(lambda c, kk: ((c @ W_T) * kk, None), h, k)[0]
+
+    hoisted = jax.jit(hoisted_fn)
+    in_body = jax.jit(lambda h, W, k: lax.scan(lambda c, kk: ((c @ W.T) * kk, None), h, k)[0])
+    given = jax.jit(lambda h, W_T, k: lax.scan(lambda c, kk: ((c @ W_T) * kk, None), h, k)[0])
+    contracted = jax.jit(lambda h, W, k: lax.scan(
+        lambda c, kk: (lax.dot_general(c, W, (((1,), (1,)), ((), ()))) * kk, None), h, k)[0])
+    alternate({"scan, W.T hoisted in the jitted function": lambda: hoisted(h0, W, k),
+               "scan, W.T written in the scan body": lambda: in_body(h0, W, k),
+               "scan, W^T passed in as an array": lambda: given(h0, W_T, k),
+               "scan, dot_general contracting W's axis 1": lambda: contracted(h0, W, k)},
+              sync=lambda a: a.block_until_ready())
+
+
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in PROBES:
+        print(__doc__.split("\n\n")[1])
+        sys.exit(2)
+    PROBES[sys.argv[1]]()
