@@ -87,11 +87,43 @@ def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
     return be, epoch, tokens
 
 
+def serve_floor(spec: dict[str, Any]) -> None:
+    """The floor as a variant: per ``window S`` line, time the serial chain (the library's fastest
+    form) for S seconds and the big-GEMM rate, and answer with the floor in tokens/s for that window,
+    so every round's % of the floor divides two measurements taken side by side."""
+    from benchmarks import floor as fl
+    from benchmarks.profile_step import median_seconds
+
+    B, H, G, T, L = (spec[k] for k in ("B", "H", "G", "T", "L"))
+    runners = fl.chain_runners(spec["impl"], B, H, G, T)
+    run, sync = min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5))  # compiles, then picks
+    print(json.dumps({"ready": True, "framework_version": spec["impl"], "first_epoch_seconds": 0.0,
+                      "tokens_per_epoch": 0}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        seconds, times, t0 = float(cmd[1]), [], time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            t = time.perf_counter()
+            sync(run())
+            times.append(time.perf_counter() - t)
+        chain = statistics.median(times)
+        big = max(fl.big_gemm_flops(reps=2).values())
+        floor_tps = B * T / (L * chain + spec["batched_flops"] / big)
+        print(json.dumps({"tokens_per_sec": floor_tps, "chain_seconds": chain, "big_gemm_flops": big,
+                          "chains": len(times), "seconds": time.perf_counter() - t0, "finite": True}), flush=True)
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
+
+
 def serve(spec: dict[str, Any]) -> None:
     """A warm process: warm up, then time one window of whole epochs per ``window S`` line on stdin."""
     from multirnn.allocator import keep_freed_memory
 
     keep_freed_memory()  # as compare's workers do
+    if spec["backend"] == "floor":
+        serve_floor(spec)
+        return
     be, epoch, tokens = _setup(spec)
     t = time.perf_counter()
     loss = epoch()
@@ -292,7 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         return specs
 
     print(f"main table: tanh RNN, {args.repeats} interleaved rounds of {args.window:g} s", file=log, flush=True)
-    payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log)
+    f = payload["floors"]["rnn"]
+    # The floor is timed again in every round, beside the variants: the machine's speed drifts (the
+    # torch chain measured 199 and 276 GFLOP/s an hour apart here), so a % of the floor must divide
+    # two measurements taken together.
+    floor_spec = [{"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", "B": 32, "H": 512,
+                   "G": 1, "T": 35, "L": 1, "batched_flops": f["batched_seconds"] * big_flops}] if "best_library" in f else []
+    payload["main"] = run_interleaved(specs_for("rnn", variants) + floor_spec, args.repeats, args.window,
+                                      args.timeout, log)
     _write(out, payload)
 
     if not args.no_cells:

@@ -50,8 +50,9 @@ def _operands(B: int, H: int, G: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return h0, W_f, W_b
 
 
-def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) -> float:
-    """Seconds of 2·T dependent GEMMs: T of (B, H) @ (H, G·H) alternating with T of (B, G·H) @ (G·H, H)."""
+def chain_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple[Callable[[], Any], Callable[[Any], Any]]]:
+    """``library``'s ways to run 2·T dependent GEMMs (T of (B, H) @ (H, G·H) alternating with T of
+    (B, G·H) @ (G·H, H)), each as ``(run, sync)``; compiled ones are traced on their first call."""
     h0, W_f, W_b = _operands(B, H, G)
     if library == "numpy":
         def run() -> np.ndarray:
@@ -59,7 +60,7 @@ def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) 
             for _ in range(T):
                 h = (h @ W_f) @ W_b
             return h
-        return _median(run, lambda a: a, reps)
+        return [(run, lambda a: a)]
     if library == "torch":
         import torch
 
@@ -70,14 +71,12 @@ def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) 
             for _ in range(T):
                 x = torch.mm(torch.mm(x, f), b)
             return x
-        with torch.no_grad():
-            return _median(run_t, lambda a: a, reps)
+        return [(run_t, lambda a: a)]
     if library == "mxnet":
         if "bool" not in vars(np):
             np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
         import mxnet as mx
 
-        best = float("inf")
         h, f, b = (mx.nd.array(a, dtype="float32") for a in (h0, W_f, W_b))
         fT, bT = f.T.copy(), b.T.copy()
 
@@ -93,9 +92,7 @@ def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) 
                 x = mx.nd.FullyConnected(mx.nd.FullyConnected(x, fT, no_bias=True, num_hidden=G * H), bT,
                                          no_bias=True, num_hidden=H)
             return x
-        for run_m in (run_dot, run_fc):
-            best = min(best, _median(run_m, lambda a: a.wait_to_read(), reps))
-        return best
+        return [(run_dot, lambda a: a.wait_to_read()), (run_fc, lambda a: a.wait_to_read())]
     if library == "tensorflow":
         import os
 
@@ -109,7 +106,7 @@ def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) 
             for _ in range(T):  # unrolled, as the backend's recurrence is
                 x = tf.matmul(tf.matmul(x, f), b)
             return x
-        return _median(lambda: run_tf(h), lambda a: a.numpy(), reps)
+        return [(lambda: run_tf(h), lambda a: a.numpy())]
     if library == "jax":
         import jax
         import jax.numpy as jnp
@@ -127,8 +124,13 @@ def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) 
             for _ in range(T):
                 x = (x @ f) @ b
             return x
-        return min(_median(lambda: fn(h), lambda a: a.block_until_ready(), reps) for fn in (run_scan, run_unrolled))
+        return [(lambda fn=fn: fn(h), lambda a: a.block_until_ready()) for fn in (run_scan, run_unrolled)]
     raise ValueError(f"unknown library {library!r}")
+
+
+def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) -> float:
+    """Seconds of 2·T dependent GEMMs: the fastest of ``library``'s ways (:func:`chain_runners`)."""
+    return min(_median(run, sync, reps) for run, sync in chain_runners(library, B, H, G, T))
 
 
 def big_gemm_flops(library: str = "best", n: int = 2048, reps: int = 8) -> dict[str, float]:

@@ -3,6 +3,9 @@
     python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a contiguous copy
     python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
+    python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
+    python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
+    python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
 
 Shapes: batch 32, 35 steps, hidden 512, vocab 28, float32. Run nothing else meanwhile.
 """
@@ -120,9 +123,98 @@ def jax_transpose() -> None:
               sync=lambda a: a.block_until_ready())
 
 
-PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose}
+def torch_forward() -> None:
+    import warnings
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(H, H, generator=g) / H**0.5
+    W_T = W.T.contiguous()  # nn.Linear's (out, in) layout of h @ W
+    template, xs = torch.randn(T + 1, B, H, generator=g) * 0.5, torch.randn(T, B, H, generator=g) * 0.5
+    hs = template.clone()
+    h, x = hs.unbind(0), xs.unbind(0)
+
+    def addmm() -> None:  # the fast path: the input term is already in h[t + 1]
+        hs.copy_(template)
+        hs[1:].copy_(xs)  # (the fast path gathers them there)
+        for t in range(T):
+            h[t + 1].addmm_(h[t], W).tanh_()
+
+    def loops(hs: torch.Tensor, xs: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        h, x = hs.unbind(0), xs.unbind(0)
+        for t in range(35):
+            torch.addmm(x[t], h[t], W, out=h[t + 1]).tanh_()
+        return hs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        scripted = torch.jit.script(loops)
+    variants = {"addmm_ + tanh_ (the fast path)": addmm,
+                "the same loop, TorchScript": lambda: (hs.copy_(template), scripted(hs, xs, W))}
+
+    def mkl_packed() -> None:  # what inductor's CPU freezing uses for float32 linear layers
+        hs.copy_(template)
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(W_T, B)
+        for t in range(T):
+            torch.add(torch.ops.mkl._mkl_linear(h[t], packed, W_T, None, B), x[t], out=h[t + 1]).tanh_()
+
+    def onednn() -> None:  # oneDNN linear with the input term as a fused binary post-op
+        hs.copy_(template)
+        packed = torch.ops.mkldnn._reorder_linear_weight(W_T, B)
+        for t in range(T):
+            torch.tanh(torch.ops.mkldnn._linear_pointwise.binary(h[t], x[t], packed, None, "add"), out=h[t + 1])
+
+    for name, fn in (("MKL packed GEMM (packed per step) + add + tanh", mkl_packed),
+                     ("oneDNN linear + add post-op (packed per step) + tanh", onednn)):
+        try:
+            fn()
+            variants[name] = fn
+        except (RuntimeError, AttributeError) as exc:  # an op this torch build lacks
+            print(f"{name}: unavailable ({type(exc).__name__})")
+    alternate(variants)
+
+
+def _faults_child(backend: str) -> None:
+    """One backend's fast epochs in this process: minor page faults and ms per training step."""
+    import resource
+
+    from benchmarks.bench_train import _setup
+    from multirnn.allocator import keep_freed_memory
+
+    kept = keep_freed_memory()
+    _be, epoch, tokens = _setup({"backend": backend, "impl": "scratch", "mode": "fast"})
+    epoch()
+    epoch()
+    steps, times = tokens // (B * T), []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        t = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (5 * steps)
+    print(f"{backend:<11} {'keep_freed_memory' if kept else 'malloc as is':<18} {faults:7.0f} faults/step "
+          f"{statistics.median(times) / steps * 1e3:7.2f} ms/step")
+
+
+def page_faults() -> None:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    for backend in ("numpy", "torch", "mxnet", "tensorflow", "jax"):
+        for malloc in ("default", "keep"):
+            subprocess.run([sys.executable, "-m", "benchmarks.probes", "step", backend], check=False,
+                           env={**env, "MULTIRNN_MALLOC": malloc})
+
+
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose,
+          "page-faults": page_faults, "torch-forward": torch_forward}
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "step":
+        _faults_child(sys.argv[2])
+        sys.exit(0)
     if len(sys.argv) != 2 or sys.argv[1] not in PROBES:
         print(__doc__.split("\n\n")[1])
         sys.exit(2)

@@ -40,3 +40,19 @@ def test_main_table_carries_the_verdict_column() -> None:
                          **point(0.9 * FLOOR["floor_tokens_per_sec"])}]}
     row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
     assert "| met |" in row and "90%" in row
+
+
+def test_verdict_uses_the_floor_timed_in_the_same_rounds() -> None:
+    # The machine got 20 % faster after the start-of-run floor: 130k against the start's 149k reads
+    # as 87 %, but each round's floor says 130/160 = 81 %, 120/160 = 75 %, 128/160 = 80 %.
+    fast = {"median": 128_000, "tokens_per_sec": [130_000, 120_000, 128_000], "min": 120_000, "max": 130_000}
+    floor_rounds = {"backend": "floor", "impl": "torch", "mode": "chain", "median": 160_000,
+                    "tokens_per_sec": [160_000, 160_000, 160_000], "min": 160_000, "max": 160_000}
+    assert target_verdict(fast, FLOOR, "torch") == "met"  # start-of-run floor only
+    assert target_verdict(fast, FLOOR, "torch", floor_rounds) == "met"  # median of 81, 75, 80 % = 80 %
+    slower = {**fast, "tokens_per_sec": [126_000, 120_000, 125_000]}
+    assert target_verdict(slower, FLOOR, "torch", floor_rounds) == "not met"  # median 78 %
+    payload = {"floors": {"rnn": FLOOR}, "main": [
+        {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **slower}, floor_rounds]}
+    row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
+    assert "| 78% [75–79] |" in row and "| not met |" in row
