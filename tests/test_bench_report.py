@@ -26,8 +26,8 @@ def test_own_chain_kernel_rules_the_target_out() -> None:
 
 def test_not_met_when_own_kernel_would_allow_it() -> None:
     # oklib's kernels allow 7.5 / 8.0 = 94 %: falling short is the fast path's own overhead.
-    assert target_verdict(point(80_000), FLOOR, "oklib") == "not met"
-    assert target_verdict(point(80_000), FLOOR, "torch") == "not met"
+    assert target_verdict(point(80_000), FLOOR, "oklib") == "not met (53.6%)"
+    assert target_verdict(point(80_000), FLOOR, "torch") == "not met (53.6%)"
 
 
 def test_failed_run_has_no_verdict() -> None:
@@ -51,8 +51,8 @@ def test_verdict_uses_the_floor_timed_in_the_same_rounds() -> None:
     assert target_verdict(fast, FLOOR, "torch") == "met"  # start-of-run floor only
     assert target_verdict(fast, FLOOR, "torch", floor_rounds) == "met"  # median of 81, 75, 80 % = 80 %
     slower = {**fast, "tokens_per_sec": [126_000, 120_000, 125_000]}
-    assert target_verdict(slower, FLOOR, "torch", floor_rounds) == "not met"  # median 78 %
+    assert target_verdict(slower, FLOOR, "torch", floor_rounds) == "not met (78.1%)"  # median 125/160
     payload = {"floors": {"rnn": FLOOR}, "main": [
         {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **slower}, floor_rounds]}
     row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
-    assert "| 78% [75–79] |" in row and "| not met |" in row
+    assert "| 78% [75–79] |" in row and "| not met (78.1%) |" in row
