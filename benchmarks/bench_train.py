@@ -39,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,10 @@ class Server:
         self.spec, self.error, self.info = spec, None, {}
         self.windows: list[dict[str, Any]] = []
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--serve", json.dumps(spec)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr to a file, not a pipe: nobody reads it while the variant runs, and a framework that
+        # logs more than a pipe holds (64 KiB) would block on its next write.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True, cwd=ROOT.parent)
         self.info = self._read(timeout)
         if "error" in self.info:  # the variant could not start (its reason, e.g. an unsupported model)
@@ -187,10 +191,14 @@ class Server:
                     return json.loads(line)
             elif self.proc.poll() is not None:
                 break
-        self.error = (self.proc.stderr.read().strip().splitlines() or ["no output"])[-1] if self.proc.poll() is not None \
+        self.error = (self._stderr_text().strip().splitlines() or ["no output"])[-1] if self.proc.poll() is not None \
             else f"no answer within {timeout:.0f} s"
         self.stop()
         return {}
+
+    def _stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def window(self, seconds: float, timeout: float) -> None:
         if self.error:
