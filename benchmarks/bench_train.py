@@ -253,14 +253,6 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     return [s.result() for s in servers]
 
 
-def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
-    """Median and spread of a's per-round speed over b's (interleaved rounds)."""
-    if "error" in a or "error" in b:
-        return None
-    rs = [x / y for x, y in zip(a["tokens_per_sec"], b["tokens_per_sec"])]
-    return {"median": statistics.median(rs), "min": min(rs), "max": max(rs), "n": len(rs)}
-
-
 def machine_info() -> dict[str, Any]:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "numpy": np.__version__}

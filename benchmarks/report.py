@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,17 @@ def _by(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["backend"], _key(r)): r for r in results}
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+def round_ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, float] | None:
+    """Median and spread of a's speed over b's, round by round (interleaved rounds), or None."""
     if not a or not b or "error" in a or "error" in b:
-        return "-"
-    rs = sorted(x / y for x, y in zip(a["tokens_per_sec"], b["tokens_per_sec"]))
-    med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
-    return f"{med:.2f}x [{rs[0]:.2f}–{rs[-1]:.2f}]"
+        return None
+    rs = [x / y for x, y in zip(a["tokens_per_sec"], b["tokens_per_sec"])]
+    return {"median": statistics.median(rs), "min": min(rs), "max": max(rs)} if rs else None
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    r = round_ratio(a, b)
+    return "-" if r is None else f"{r['median']:.2f}x [{r['min']:.2f}–{r['max']:.2f}]"
 
 
 def _rate(r: dict[str, Any] | None) -> str:
@@ -63,17 +69,6 @@ def round_floor(payload: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in payload.get("main", []) if r.get("backend") == "floor" and "error" not in r), None)
 
 
-def per_round_pct(point: dict[str, Any] | None, floor_point: dict[str, Any] | None) -> dict[str, float] | None:
-    """Median and spread over the rounds of the point's speed / the floor timed in the same round."""
-    if not point or not floor_point or "error" in point:
-        return None
-    rs = sorted(x / y for x, y in zip(point["tokens_per_sec"], floor_point["tokens_per_sec"]))
-    if not rs:
-        return None
-    med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
-    return {"median": med, "min": rs[0], "max": rs[-1]}
-
-
 def pct_of(point: dict[str, Any] | None, limit: float | None) -> str:
     if not point or "error" in point or not limit:
         return "-"
@@ -101,7 +96,7 @@ def target_verdict(fast: dict[str, Any] | None, f: dict[str, Any], library: str,
     lower bound on its step), leaves it below 80 % of the floor."""
     if not fast or "error" in fast or not f.get("floor_tokens_per_sec"):
         return "-"
-    pct = per_round_pct(fast, floor_point)
+    pct = round_ratio(fast, floor_point)
     share = pct["median"] if pct else fast["median"] / f["floor_tokens_per_sec"]
     if share >= TARGET:
         return "met"
@@ -117,7 +112,7 @@ def main_table(payload: dict[str, Any]) -> str:
     fp = round_floor(payload)
 
     def pct_floor(point: dict[str, Any] | None) -> str:
-        pct = per_round_pct(point, fp)
+        pct = round_ratio(point, fp)
         if pct is None:
             return pct_of(point, f["floor_tokens_per_sec"])
         return f"{100 * pct['median']:.0f}% [{100 * pct['min']:.0f}–{100 * pct['max']:.0f}]"
