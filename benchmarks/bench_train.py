@@ -129,7 +129,7 @@ def serve(spec: dict[str, Any]) -> None:
         return
     try:
         be, epoch, tokens = _setup(spec)
-    except Exception as exc:  # e.g. UnsupportedModelError: a row of its own, not a crash of the run
+    except Exception as exc:  # noqa: BLE001  (e.g. UnsupportedModelError: a row of its own, not a crash)
         print(json.dumps({"error": f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"}), flush=True)
         sys.stderr.flush()
         # No normal exit: after an exception MXNet 1.9 can hang in its engine's shutdown (seen once:
@@ -168,7 +168,7 @@ class Server:
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--serve", json.dumps(spec)]
         # stderr to a file, not a pipe: nobody reads it while the variant runs, and a framework that
         # logs more than a pipe holds (64 KiB) would block on its next write.
-        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (lives as long as the process; stop() closes it)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True, cwd=ROOT.parent)
         self.info = self._read(timeout)
@@ -220,6 +220,7 @@ class Server:
                 self.proc.wait(30)
             except (BrokenPipeError, subprocess.TimeoutExpired, ValueError):
                 self.proc.kill()
+        self._stderr.close()  # the error tail, if any, was read before stopping
 
     def result(self) -> dict[str, Any]:
         rates = [w["tokens_per_sec"] for w in self.windows]

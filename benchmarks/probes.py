@@ -65,7 +65,7 @@ def torch_compile() -> None:
     tokens, y = torch.randint(0, V, (T, B), generator=g), torch.randint(0, V, (T * B, 1), generator=g)
     h0 = torch.zeros(B, H)
 
-    def step(W_xh, W_hh, b_h, W_hq, b_q, tokens, y, h0):  # noqa: ANN001, ANN202, N803
+    def step(W_xh, W_hh, b_h, W_hq, b_q, tokens, y, h0):
         """The fast path's algebra, written functionally (no in-place writes) so that inductor can trace it."""
         xs = (W_xh[tokens.reshape(-1)] + b_h).view(T, B, H)
         h, hs = h0, []
