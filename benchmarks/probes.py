@@ -1,11 +1,12 @@
 """Small probes behind the claims in benchmarks/PROFILES.md (each alternates its variants in one process).
 
-    python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a contiguous copy
+    python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a copy; dW_hq's orientation
     python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
+    python -m benchmarks.probes ab BACKEND DIR  # BACKEND's fast step from another checkout DIR (A) against this one (B)
 
 Shapes: batch 32, 35 steps, hidden 512, vocab 28, float32. Run nothing else meanwhile.
 """
@@ -54,6 +55,9 @@ def transpose() -> None:
         return run
 
     alternate({"backward chain, W_hh.T view": chain(W.T), "backward chain, W_hh.T.contiguous()": chain(W.T.contiguous())})
+    hidden, d_logits = torch.randn(T * B, H, generator=g), torch.randn(T * B, V, generator=g)
+    alternate({"dW_hq = hidden^T d_logits": lambda: torch.mm(hidden.T, d_logits),
+               "dW_hq = (d_logits^T hidden)^T": lambda: torch.mm(d_logits.T, hidden).T}, rounds=200)
 
 
 def torch_compile() -> None:
@@ -197,6 +201,56 @@ def _faults_child(backend: str) -> None:
           f"{statistics.median(times) / steps * 1e3:7.2f} ms/step")
 
 
+def ab(backend: str, other: str, rounds: int = 12) -> None:
+    """An in-process A/B of one fast step: the backend module of checkout ``other`` (A, e.g. ``git
+    worktree add /tmp/base HEAD~1``) against this one (B), whole epochs alternating, from the same
+    weights and batches; prints the per-round ratio's median and spread, and both first-epoch losses."""
+    import importlib.util
+    from pathlib import Path
+
+    import multirnn
+    from multirnn.allocator import keep_freed_memory
+    from multirnn.backends import _REGISTRY
+
+    keep_freed_memory()
+    module_path, cls_name = _REGISTRY[backend][0]["scratch"].split(":")
+    file = Path(other) / (module_path.replace(".", "/") + ".py")
+    spec = importlib.util.spec_from_file_location(module_path.replace("_backend", "_backend_a"), file)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(old)
+    new = importlib.import_module(module_path)
+    config = multirnn.preset("d2l-ed1", num_epochs=1)
+    data = multirnn.prepare_data(config)
+    params = multirnn.init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype, config.model)
+    batches = list(data.train_batches(np.random.default_rng(config.seed)))
+
+    def epoch_of(module: Any) -> Callable[[], float]:
+        be = getattr(module, cls_name)(mode="fast", model=config.model)
+        p, state = be.params_from_numpy(params), None
+
+        def epoch() -> float:
+            nonlocal p, state
+            state = None
+            for X, Y in batches:
+                state = be.init_state(X.shape[0], config.num_hiddens, config.dtype) if state is None else state
+                p, loss, _norm, state = be.train_step(p, X, Y, state, config.lr, config.max_grad_norm)
+            return float(loss)
+        return epoch
+
+    a, b = epoch_of(old), epoch_of(new)
+    print(f"first-epoch loss: A {a()!r}, B {b()!r}")
+    ta, tb = [], []
+    for _ in range(rounds):
+        for fn, times in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) / len(batches) * 1e3)
+    rs = [x / y for x, y in zip(ta, tb)]
+    print(f"A {statistics.median(ta):.2f} ms/step, B {statistics.median(tb):.2f} ms/step; A/B {statistics.median(rs):.3f} "
+          f"[{min(rs):.3f}-{max(rs):.3f}] over {rounds} alternating epochs")
+
+
 def page_faults() -> None:
     import os
     import subprocess
@@ -214,6 +268,9 @@ PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "step":
         _faults_child(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "ab":
+        ab(sys.argv[2], sys.argv[3], *(int(n) for n in sys.argv[4:]))
         sys.exit(0)
     if len(sys.argv) != 2 or sys.argv[1] not in PROBES:
         print(__doc__.split("\n\n")[1])

@@ -559,7 +559,7 @@ class TorchBackend(_TorchCommon):
         # Backward recurrence, in place in d_h, which becomes dL/d(pre-activation) per step:
         # d_pre_t = (d_h_t + d_pre_{t+1} W_hh^T) * (1 - H_t^2).
         # A contiguous copy, not the .T view: MKL's 32x512x512 product with a transposed operand ran
-        # the 34 backward matmuls 1.3x slower here (4.3 vs 3.4 ms per step, AVX-512); the copy is 1 MB.
+        # the 34 backward matmuls 1.3x slower (`python -m benchmarks.probes transpose`, AVX-512); the copy is 1 MB.
         W_hh_T = W_hh.T.contiguous()
         d, k = d_h.unbind(0), d_tanh.unbind(0)
         d[T - 1].mul_(k[T - 1])
@@ -573,7 +573,7 @@ class TorchBackend(_TorchCommon):
             "W_hh": torch.mm(hs[:-1].reshape(N, -1).T, d_pre),  # sum_t H_{t-1}^T d_pre_t in one matmul
             "b_h": d_pre.sum(dim=0),
             # (d_logits^T hidden)^T: the same products, but MKL runs (V, N) @ (N, H) 2x faster than
-            # (H, N) @ (N, V) with V = 28 (0.16 vs 0.30 ms); the gradient is a transposed view.
+            # (H, N) @ (N, V) with V = 28 (probes transpose: 0.13 vs 0.23 ms); the gradient is a transposed view.
             "W_hq": torch.mm(d_logits.T, hidden).T,
             "b_q": d_logits.sum(dim=0),
         }
