@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
 VARIANTS = ("scratch/eager", "scratch/fast", "layers/eager", "layers/fast")
 CELLS_TABLE = ("gru", "gru-reset-after", "lstm")
+D2L_ED1 = {"B": 32, "H": 512, "T": 35}  # the main table's shape (preset d2l-ed1): its floor and the per-round one
 SCALING = {"num_hiddens": [128, 256, 512, 1024], "batch_size": [1, 8, 32, 128, 256]}
 LAYER_NAMES = {
     "torch": "torch.nn.RNN/GRU/LSTM + nn.Linear", "mxnet": "gluon.rnn.RNN/GRU/LSTM + nn.Dense",
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     payload["big_gemm"] = {"flops": big_flops, "all": big}
     print(f"  big GEMM {big_flops / 1e9:.1f} GFLOP/s", file=log, flush=True)
 
-    def floor_for(cell: str, B: int = 32, H: int = 512, T: int = 35) -> dict[str, Any]:
+    def floor_for(cell: str, B: int = D2L_ED1["B"], H: int = D2L_ED1["H"], T: int = D2L_ED1["T"]) -> dict[str, Any]:
         f = floor_mod.floor(B, H, T, 28, Model(cell), big_flops)
         print(f"  floor [{cell}, B={B}, H={H}]: {f.get('floor_tokens_per_sec', 0) / 1e3:.1f}k tokens/s "
               f"(best chain: {f.get('best_library')})", file=log, flush=True)
@@ -341,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     # The floor is timed again in every round, beside the variants: the machine's speed drifts (the
     # torch chain measured 199 and 276 GFLOP/s an hour apart here), so a % of the floor must divide
     # two measurements taken together.
-    floor_spec = [{"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", "B": 32, "H": 512,
-                   "G": 1, "T": 35, "L": 1, "batched_flops": f["batched_seconds"] * big_flops}] if "best_library" in f else []
+    floor_spec = [{"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", **D2L_ED1,
+                   "G": 1, "L": 1, "batched_flops": f["batched_seconds"] * big_flops}] if "best_library" in f else []
     payload["main"] = run_interleaved(specs_for("rnn", variants) + floor_spec, args.repeats, args.window,
                                       args.timeout, log)
     _write(out, payload)
