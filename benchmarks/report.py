@@ -187,13 +187,14 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
     backends = [b for b in ORDER[1:] if any(k[0] == b for k in pts)]
     if backends:
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        width = 0.2
-        for j, v in enumerate(VARIANTS):
-            xs = [i + (j - 1.5) * width for i in range(len(backends))]
+        variants = [v for v in VARIANTS if any((b, v) in pts for b in backends)]  # only those that ran
+        width = 0.8 / len(variants)
+        for j, v in enumerate(variants):
+            xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(backends))]
             ys = [pts[(b, v)]["median"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b in backends]
             lo = [y - pts[(b, v)]["min"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
             hi = [pts[(b, v)]["max"] / 1e3 - y if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v, color=f"C{VARIANTS.index(v)}")  # one colour per variant
         f = payload["floors"]["rnn"]
         fp = round_floor(payload)
         floor_tps = fp["median"] if fp else f["floor_tokens_per_sec"]
@@ -201,8 +202,10 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         ax.axhline(f["roofline_tokens_per_sec"] / 1e3, color="gray", linestyle=":",
                    label=f"big-GEMM roofline ({f['roofline_tokens_per_sec'] / 1e3:.0f}k)")
         ax.set_xticks(range(len(backends)), backends)
-        ax.set(ylabel="thousand tokens/s", title="Training throughput, tanh RNN, d2l ed. 1 shapes, float32 "
-               f"(median of {payload['repeats']} interleaved windows; bars: min-max)")
+        m = payload["machine"]
+        isa = m.get("isa", "?") + (" with ISA caps (see report.md)" if m.get("isa_caps") else "")
+        ax.set(ylabel="thousand tokens/s", title=f"Training throughput, tanh RNN, d2l ed. 1 shapes, float32, {isa}\n"
+               f"median of {payload['repeats']} interleaved windows; bars: min-max")
         ax.title.set_fontsize(9)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
