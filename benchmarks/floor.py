@@ -128,6 +128,48 @@ def chain_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple[Ca
     raise ValueError(f"unknown library {library!r}")
 
 
+def gradient_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple[Callable[[], Any], Callable[[Any], Any]]]:
+    """``library``'s ways to run the largest batched GEMM of a step, the recurrent weights' gradient
+    ``H_prev^T @ d_pre`` ((H, T·B) @ (T·B, G·H)), as ``(run, sync)``: with the left operand as a
+    transposed view (as the fast paths have it) and as a contiguous copy (and, for MXNet, through
+    oneDNN's FullyConnected too). The best of them bounds what the framework's own kernels give the
+    batched part of a step; the copies themselves are not timed, so the bound is generous."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T * B, H)).astype(np.float32)
+    y = rng.standard_normal((T * B, G * H)).astype(np.float32)
+    xt = np.ascontiguousarray(x.T)
+    if library == "numpy":
+        return [(lambda: x.T @ y, lambda a: a), (lambda: xt @ y, lambda a: a)]
+    if library == "torch":
+        import torch
+
+        tx, txt, ty = (torch.from_numpy(a) for a in (x, xt, y))
+        return [(lambda: torch.mm(tx.T, ty), lambda a: a), (lambda: torch.mm(txt, ty), lambda a: a)]
+    if library == "mxnet":
+        import mxnet as mx  # numpy's bool alias already restored by chain_runners
+
+        mx_x, mx_xt, mx_y, mx_yt = (mx.nd.array(a) for a in (x, xt, y, np.ascontiguousarray(y.T)))
+        wait = lambda a: a.wait_to_read()  # noqa: E731
+        return [(lambda: mx.nd.dot(mx_x, mx_y, transpose_a=True), wait), (lambda: mx.nd.dot(mx_xt, mx_y), wait),
+                (lambda: mx.nd.FullyConnected(mx_xt, mx_yt, no_bias=True, num_hidden=G * H), wait)]
+    if library == "tensorflow":
+        import tensorflow as tf
+
+        tf_x, tf_xt, tf_y = (tf.constant(a) for a in (x, xt, y))
+        fn_t = tf.function(lambda a, b: tf.matmul(a, b, transpose_a=True), autograph=False)
+        fn = tf.function(tf.matmul, autograph=False)
+        return [(lambda: fn_t(tf_x, tf_y), lambda a: a.numpy()), (lambda: fn(tf_xt, tf_y), lambda a: a.numpy())]
+    if library == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        jx, jxt, jy = (jnp.asarray(a) for a in (x, xt, y))
+        fn_t, fn = jax.jit(lambda a, b: a.T @ b), jax.jit(jnp.matmul)
+        return [(lambda: fn_t(jx, jy), lambda a: a.block_until_ready()),
+                (lambda: fn(jxt, jy), lambda a: a.block_until_ready())]
+    raise ValueError(f"unknown library {library!r}")
+
+
 def chain_seconds(library: str, B: int, H: int, G: int, T: int, reps: int = 15) -> float:
     """Seconds of 2·T dependent GEMMs: the fastest of ``library``'s ways (:func:`chain_runners`)."""
     return min(_median(run, sync, reps) for run, sync in chain_runners(library, B, H, G, T))
@@ -195,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.library == "big-gemm":
         print(json.dumps(big_gemm_flops()))
         return 0
-    s = chain_seconds(args.library, args.batch, args.hidden, args.gates, args.steps)
-    flops = 2 * args.steps * 2.0 * args.batch * args.hidden * args.gates * args.hidden
-    print(json.dumps({"library": args.library, "seconds": s, "gflops": flops / s / 1e9}))
+    B, H, G, T = args.batch, args.hidden, args.gates, args.steps
+    s = chain_seconds(args.library, B, H, G, T)
+    flops = 2 * T * 2.0 * B * H * G * H
+    g = min(_median(run, sync, 15) for run, sync in gradient_runners(args.library, B, H, G, T))
+    print(json.dumps({"library": args.library, "seconds": s, "gflops": flops / s / 1e9,
+                      "gradient_gflops": 2.0 * T * B * H * G * H / g / 1e9}))
     return 0
 
 
