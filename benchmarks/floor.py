@@ -149,7 +149,8 @@ def gradient_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple
         import mxnet as mx  # numpy's bool alias already restored by chain_runners
 
         mx_x, mx_xt, mx_y, mx_yt = (mx.nd.array(a) for a in (x, xt, y, np.ascontiguousarray(y.T)))
-        wait = lambda a: a.wait_to_read()  # noqa: E731
+        def wait(a: Any) -> Any:
+            return a.wait_to_read()
         return [(lambda: mx.nd.dot(mx_x, mx_y, transpose_a=True), wait), (lambda: mx.nd.dot(mx_xt, mx_y), wait),
                 (lambda: mx.nd.FullyConnected(mx_xt, mx_yt, no_bias=True, num_hidden=G * H), wait)]
     if library == "tensorflow":

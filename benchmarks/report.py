@@ -60,9 +60,9 @@ def limits_text(payload: dict[str, Any]) -> str:
                                      if c.get("gradient_gflops"))
              for cell, f in payload.get("floors", {}).items() if any(c.get("gradient_gflops") for c in f.get("chains", []))]
     if grads:
-        lines += ["", "Each library's own rate for the step's largest batched GEMM, the recurrent weights' gradient "
-                  "(H x T·B x G·H; GFLOP/s, best of a transposed and a contiguous operand), used for its own-kernel "
-                  "floor: " + "; ".join(grads) + "."]
+        lines += ["", ("Each library's own rate for the step's largest batched GEMM, the recurrent weights' gradient "
+                       "(H x T·B x G·H; GFLOP/s, best of a transposed and a contiguous operand), used for its own-kernel "
+                       "floor: " + "; ".join(grads) + ".")]
     fp = round_floor(payload)
     if fp:
         lines += ["", f"The rnn floor timed again in each of the main table's rounds ({fp['impl']}'s chain and the "
