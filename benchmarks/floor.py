@@ -92,7 +92,22 @@ def chain_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple[Ca
                 x = mx.nd.FullyConnected(mx.nd.FullyConnected(x, fT, no_bias=True, num_hidden=G * H), bT,
                                          no_bias=True, num_hidden=H)
             return x
-        return [(run_dot, lambda a: a.wait_to_read()), (run_fc, lambda a: a.wait_to_read())]
+        # The fused RNN operator (oneDNN's RNN primitive), which MXNet's fast path and Gluon's layers run:
+        # two forward calls are 2·T dependent (B, H) @ (H, G·H) products, the chain's FLOPs, timed
+        # with the cell's elementwise work included (so never faster than the GEMMs alone). The
+        # inputs are one zero column: the input product is negligible.
+        mode = {1: "rnn_tanh", 3: "gru", 4: "lstm"}[G]
+        flat = mx.nd.array(np.concatenate([np.zeros(G * H, np.float32), W_f.T.ravel(), np.zeros(2 * G * H, np.float32)]))
+        data = mx.nd.zeros((T, h0.shape[0], 1))
+        states = [mx.nd.array(h0[None])] + ([mx.nd.zeros((1, *h0.shape))] if mode == "lstm" else [])
+
+        def run_rnn() -> Any:
+            s = states
+            for _ in range(2):
+                s = mx.nd.RNN(data, flat, *s, state_size=H, num_layers=1, mode=mode, state_outputs=True)[1:]
+            return s[0]
+        return [(run_dot, lambda a: a.wait_to_read()), (run_fc, lambda a: a.wait_to_read()),
+                (run_rnn, lambda a: a.wait_to_read())]
     if library == "tensorflow":
         import os
 
