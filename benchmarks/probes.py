@@ -3,6 +3,7 @@
     python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a copy; dW_hq's orientation
     python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
+    python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
@@ -125,6 +126,34 @@ def jax_transpose() -> None:
                "scan, W^T passed in as an array": lambda: given(h0, W_T, k),
                "scan, dot_general contracting W's axis 1": lambda: contracted(h0, W, k)},
               sync=lambda a: a.block_until_ready())
+
+
+def tf_transpose() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    W = tf.constant(np.linalg.qr(rng.standard_normal((H, H)))[0].astype(np.float32))  # orthogonal: no blow-up
+    W_T = tf.constant(np.ascontiguousarray(W.numpy().T))
+    h0 = tf.constant((rng.standard_normal((B, H)) * 0.1).astype(np.float32))
+
+    def chain(transposed: Callable[[Any], Any]) -> Any:
+        @tf.function(autograph=False)
+        def run(h: Any, W: Any) -> Any:
+            W_t = transposed(W)
+            for _ in range(T):
+                h = tf.matmul(h, W_t)
+            return h
+        return run
+
+    plain = chain(lambda W: W)
+    bare = chain(tf.transpose)  # what the backend had: grappler turns it into MatMul(transpose_b=True)
+    snap = chain(lambda W: tf.raw_ops.Snapshot(input=tf.transpose(W)))  # the backend's _transposed
+    alternate({"35 x h @ W^T, W^T passed in": lambda: plain(h0, W_T),
+               "35 x h @ tf.transpose(W) (folded into MatMul)": lambda: bare(h0, W),
+               "35 x h @ Snapshot(tf.transpose(W))": lambda: snap(h0, W)}, sync=lambda a: a.numpy())
 
 
 def torch_forward() -> None:
@@ -262,7 +291,7 @@ def page_faults() -> None:
                            env={**env, "MULTIRNN_MALLOC": malloc})
 
 
-PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose,
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "tf-transpose": tf_transpose,
           "page-faults": page_faults, "torch-forward": torch_forward}
 
 if __name__ == "__main__":

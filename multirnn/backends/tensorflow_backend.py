@@ -137,6 +137,18 @@ def _labels(Y: np.ndarray) -> Any:
     return tf.constant(np.asarray(Y, dtype=np.int32).T.reshape(-1))
 
 
+def _transposed(W: Any) -> Any:
+    """``W^T`` as its own tensor, for the backward chains' ``d @ W^T``.
+
+    Not a bare ``tf.transpose``: grappler folds a Transpose feeding a MatMul into the MatMul's
+    ``transpose_b``, which oneDNN runs 2.2-2.8x slower at (32, 512) @ (512, 512) (35 of them: 13.5
+    against 6.3 ms on an AMD EPYC, `python -m benchmarks.probes tf-transpose`). ``Snapshot`` (a copy
+    op grappler does not look through) keeps the transposed copy, made once per step: the d2l ed. 1
+    step 1.44x faster (`python -m benchmarks.probes ab tensorflow DIR`, same first-epoch loss).
+    """
+    return tf.raw_ops.Snapshot(input=tf.transpose(W))
+
+
 @tf.custom_gradient
 def _recurrence(inputs: Any, h0: Any, W_hh: Any) -> tuple[Any, Any]:
     """``H_t = tanh(inputs[t] + H_{t-1} W_hh)`` for every ``t``, with a hand-written BPTT gradient.
@@ -159,7 +171,7 @@ def _recurrence(inputs: Any, h0: Any, W_hh: Any) -> tuple[Any, Any]:
         hs.append(h)
 
     def grad(d_hs: Any) -> tuple[Any, Any, Any]:
-        W_hh_T = tf.transpose(W_hh)  # transposed once, not in each of the T backward matmuls
+        W_hh_T = _transposed(W_hh)  # transposed once, not in each of the T backward matmuls
         d_next, d_pres = tf.zeros_like(h0), []
         for d_h, h_t in zip(reversed(tf.unstack(d_hs)), reversed(hs)):
             # Through tanh: dy * (1 - y^2) in one kernel, the op TensorFlow's own tanh gradient uses.
@@ -257,7 +269,7 @@ def _gru_recurrence(inputs: Any, h0: Any, W_h_zr: Any, W_hh: Any) -> tuple[Any, 
         hs.append(h)
 
     def grad(d_hs: Any) -> tuple[Any, Any, Any, Any]:
-        W_zr_T, W_hh_T = tf.transpose(W_h_zr), tf.transpose(W_hh)
+        W_zr_T, W_hh_T = _transposed(W_h_zr), _transposed(W_hh)
         d_next, d_zrs, d_cs = tf.zeros_like(h0), [], []
         for d_h, (h_prev, zr, hr, c) in zip(reversed(tf.unstack(d_hs)), reversed(cache)):
             d_h = d_h + d_next
@@ -303,7 +315,7 @@ def _gru_reset_after_recurrence(inputs: Any, h0: Any, W_h: Any, b_hn: Any) -> tu
         hs.append(h)
 
     def grad(d_hs: Any) -> tuple[Any, Any, Any, Any]:
-        W_h_T = tf.transpose(W_h)
+        W_h_T = _transposed(W_h)
         d_next, d_zrs, d_ns, d_hns = tf.zeros_like(h0), [], [], []
         for d_h, (h_prev, zr, hn, n) in zip(reversed(tf.unstack(d_hs)), reversed(cache)):
             d_h = d_h + d_next
@@ -349,7 +361,7 @@ def _lstm_recurrence(inputs: Any, h0: Any, c0: Any, W_h: Any) -> tuple[Any, Any]
         hs.append(h)
 
     def grad(d_hs: Any, d_c_final: Any) -> tuple[Any, Any, Any, Any]:
-        W_h_T = tf.transpose(W_h)
+        W_h_T = _transposed(W_h)
         d_next, d_c_next, d_as = tf.zeros_like(h0), _state_grad(d_c_final, c0), []
         for d_h, (ifo, g, c_prev, tc) in zip(reversed(tf.unstack(d_hs)), reversed(cache)):
             d_h = d_h + d_next
