@@ -80,12 +80,24 @@ def ray_cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="mrsweep")  # short: Ray's socket paths must stay under ~100 characters
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": temp})
+    # Ray 2.60's Cluster writes the head's address to $RAY_TMPDIR/ray/ray_current_cluster (default
+    # /tmp/ray) even when given temp_dir, without creating that folder: on a machine where Ray never
+    # ran, the fixture failed with FileNotFoundError. Point it into our folder, which we create.
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
     try:
-        cluster.add_node(num_cpus=1)
-        yield cluster
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": temp})
+        try:
+            cluster.add_node(num_cpus=1)
+            yield cluster
+        finally:
+            cluster.shutdown()
     finally:
-        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
         shutil.rmtree(temp, ignore_errors=True)
 
 
