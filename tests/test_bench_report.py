@@ -39,6 +39,11 @@ def test_no_ceiling_claimed_when_the_fast_path_beats_it() -> None:
     # slowlib's kernels would allow 58 % (86k tokens/s), but its fast path ran at 90k: the measured
     # kernel was not the one its step uses, so "unreachable" would be a false claim.
     assert target_verdict(point(90_000), FLOOR, "slowlib") == "not met (60.3%)"
+    # The same with the floor timed in the rounds: the machine slowed down to a 120k floor, so 80k
+    # tokens/s is below the 86k the start-of-run kernels allow but is 67 % of the floor beside it.
+    rounds = {"backend": "floor", "impl": "torch", "mode": "chain", **point(120_000)}
+    assert target_verdict(point(80_000), FLOOR, "slowlib", rounds) == "not met (66.7%)"
+    assert target_verdict(point(60_000), FLOOR, "slowlib", rounds) == "unreachable: own GEMM kernels allow 58%"
 
 
 def test_not_met_when_own_kernel_would_allow_it() -> None:
