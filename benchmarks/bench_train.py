@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import label
+
 ROOT = Path(__file__).resolve().parent
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
 VARIANTS = ("scratch/eager", "scratch/fast", "layers/eager", "layers/fast")
@@ -231,28 +233,37 @@ class Server:
         return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def label(spec: dict[str, Any]) -> str:
-    return f"{spec['backend']} {spec['impl']}/{spec['mode']}" + (f" [{spec['cell']}]" if spec.get("cell", "rnn") != "rnn" else "")
-
-
 def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, timeout: float,
-                    log: Any = sys.stderr) -> list[dict[str, Any]]:
-    """Warm every variant in its own process (one after another), then time them round-robin."""
+                    log: Any = sys.stderr, floor_spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Warm every variant in its own process (one after another), then time them round-robin.
+
+    With ``floor_spec``, the floor (:func:`serve_floor`) is timed too, right after the window of each
+    variant it is paired with (the scratch fast paths and the NumPy oracle), for half a window: the
+    machine's speed drifts within a round (this AMD VM's floor ranged 53k-81k tokens/s across one
+    run's rounds), so a % of the floor divides two measurements seconds apart, not a round apart.
+    """
     servers = []
-    for spec in specs:
+    for spec in [*specs, *([floor_spec] if floor_spec else [])]:
         print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
         s = Server(spec, timeout)
         print(f"FAILED: {s.error}" if s.error else f"first epoch {s.info['first_epoch_seconds']:.2f} s", file=log, flush=True)
         servers.append(s)
+    floor = servers.pop() if floor_spec else None
     for r in range(repeats):
         for s in servers:
             time.sleep(0.3)  # let the previous process's thread pools go idle (OpenMP spin-waits)
             s.window(window, timeout)
+            if floor and not s.error and s.spec["impl"] == "scratch" and (s.spec["mode"] == "fast" or s.spec["backend"] == "numpy"):
+                before = len(floor.windows)
+                time.sleep(0.3)
+                floor.window(window / 2, timeout)
+                if len(floor.windows) > before:
+                    floor.windows[-1]["paired_with"] = label(s.spec)
         done = [f"{label(s.spec)} {s.windows[-1]['tokens_per_sec'] / 1e3:.1f}k" for s in servers if s.windows and not s.error]
         print(f"  round {r + 1}/{repeats}: " + ", ".join(done), file=log, flush=True)
-    for s in servers:
+    for s in [*servers, *([floor] if floor else [])]:
         s.stop()
-    return [s.result() for s in servers]
+    return [s.result() for s in servers] + ([floor.result()] if floor else [])
 
 
 def machine_info() -> dict[str, Any]:
@@ -339,13 +350,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"main table: tanh RNN, {args.repeats} interleaved rounds of {args.window:g} s", file=log, flush=True)
     f = payload["floors"]["rnn"]
-    # The floor is timed again in every round, beside the variants: the machine's speed drifts (the
-    # torch chain measured 199 and 276 GFLOP/s an hour apart here), so a % of the floor must divide
-    # two measurements taken together.
-    floor_spec = [{"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", **D2L_ED1,
-                   "G": 1, "L": 1, "batched_flops": f["batched_seconds"] * big_flops}] if "best_library" in f else []
-    payload["main"] = run_interleaved(specs_for("rnn", variants) + floor_spec, args.repeats, args.window,
-                                      args.timeout, log)
+    # The floor is timed again beside the variants, right after each fast path's window: the machine's
+    # speed drifts (the torch chain measured 199 and 276 GFLOP/s an hour apart on one machine, the
+    # floor 53k-81k tokens/s between rounds on another), so a % of the floor must divide two
+    # measurements taken together.
+    floor_spec = {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", **D2L_ED1,
+                  "G": 1, "L": 1, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
+    payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log,
+                                      floor_spec)
     _write(out, payload)
 
     if not args.no_cells:

@@ -78,3 +78,20 @@ def test_verdict_uses_the_floor_timed_in_the_same_rounds() -> None:
         {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **slower}, floor_rounds]}
     row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
     assert "| 78% [75–79] |" in row and "| not met (78.1%) |" in row
+
+
+def test_paired_floor_windows_are_used_for_their_variant() -> None:
+    # The floor timed right after each variant's window: torch's rounds pair with 100k and 160k
+    # floors (the machine sped up), so 80k and 128k are 80 % both times, whatever numpy's pairs say.
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1,
+             "median": 104_000, "tokens_per_sec": [80_000, 128_000], "min": 80_000, "max": 128_000}
+    windows = [{"tokens_per_sec": 50_000, "paired_with": "numpy scratch/eager"},
+               {"tokens_per_sec": 100_000, "paired_with": "torch scratch/fast"},
+               {"tokens_per_sec": 50_000, "paired_with": "numpy scratch/eager"},
+               {"tokens_per_sec": 160_000, "paired_with": "torch scratch/fast"}]
+    floor_rounds = {"backend": "floor", "impl": "torch", "mode": "chain", "windows": windows, "median": 75_000,
+                    "tokens_per_sec": [w["tokens_per_sec"] for w in windows], "min": 50_000, "max": 160_000}
+    assert target_verdict(torch, FLOOR, "torch", floor_rounds) == "met"
+    row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds]}).splitlines()
+               if ln.startswith("| torch"))
+    assert "| 80% [80–80] |" in row
