@@ -5,6 +5,7 @@
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
     python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
+    python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
     python -m benchmarks.probes ab BACKEND DIR  # BACKEND's fast step from another checkout DIR (A) against this one (B)
@@ -156,6 +157,17 @@ def tf_transpose() -> None:
                "35 x h @ Snapshot(tf.transpose(W))": lambda: snap(h0, W)}, sync=lambda a: a.numpy())
 
 
+def torch_tanh() -> None:
+    import torch
+
+    x = torch.randn(B, H)
+    a = x.numpy().copy()
+    alternate({"torch tanh_ (32, 512)": lambda: x.tanh_(), "torch sigmoid_ (32, 512)": lambda: x.sigmoid_(),
+               "torch mul_ (32, 512)": lambda: x.mul_(1.0), "numpy tanh, in place (32, 512)": lambda: np.tanh(a, out=a)},
+              rounds=2000)
+    print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+
+
 def torch_forward() -> None:
     import warnings
 
@@ -292,7 +304,7 @@ def page_faults() -> None:
 
 
 PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "tf-transpose": tf_transpose,
-          "page-faults": page_faults, "torch-forward": torch_forward}
+          "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh}
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "step":
