@@ -151,7 +151,9 @@ def tf_transpose() -> None:
 
     plain = chain(lambda W: W)
     bare = chain(tf.transpose)  # what the backend had: grappler turns it into MatMul(transpose_b=True)
-    snap = chain(lambda W: tf.raw_ops.Snapshot(input=tf.transpose(W)))  # the backend's _transposed
+    from multirnn.backends.tensorflow_backend import _transposed
+
+    snap = chain(_transposed)  # the backend's: a Snapshot of tf.transpose(W)
     alternate({"35 x h @ W^T, W^T passed in": lambda: plain(h0, W_T),
                "35 x h @ tf.transpose(W) (folded into MatMul)": lambda: bare(h0, W),
                "35 x h @ Snapshot(tf.transpose(W))": lambda: snap(h0, W)}, sync=lambda a: a.numpy())

@@ -415,9 +415,7 @@ def profile_tensorflow(w: Workload, reps: int) -> tuple[list[Row], str]:
 
     @tf.function(autograph=False)
     def chain(h: Any, W: Any) -> Any:
-        # As the backend's _transposed: a bare tf.transpose is folded into MatMul(transpose_b=True),
-        # which oneDNN runs 2.2-2.8x slower (probes tf-transpose).
-        W_T = tf.raw_ops.Snapshot(input=tf.transpose(W))
+        W_T = tfb._transposed(W)  # as the backend forms it (a bare tf.transpose runs 2.2-2.8x slower)
         for _ in range(T):
             h = tf.matmul(h, W)
         for _ in range(T):
