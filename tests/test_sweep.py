@@ -83,21 +83,17 @@ def ray_cluster():
     # Ray 2.60's Cluster writes the head's address to $RAY_TMPDIR/ray/ray_current_cluster (default
     # /tmp/ray) even when given temp_dir, without creating that folder: on a machine where Ray never
     # ran, the fixture failed with FileNotFoundError. Point it into our folder, which we create.
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp
     os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": temp})
-        try:
-            cluster.add_node(num_cpus=1)
-            yield cluster
-        finally:
-            cluster.shutdown()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_TMPDIR", temp)
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": temp})
+            try:
+                cluster.add_node(num_cpus=1)
+                yield cluster
+            finally:
+                cluster.shutdown()
     finally:
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
         shutil.rmtree(temp, ignore_errors=True)
 
 
