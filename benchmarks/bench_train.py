@@ -22,8 +22,10 @@ scatter-add). Two limits are measured in the same run: the big-GEMM roofline (fl
 2048^3 GEMM / FLOPs per token) and the algorithm floor of :mod:`benchmarks.floor` (the 2·T·L
 serial small GEMMs at the best rate any installed library reaches for that shape, plus the rest at
 big-GEMM rate), which no implementation can beat. The machine's speed drifts, so in the main table the
-floor is also a "variant": a warm process times the best library's chain and the big-GEMM rate in every
-round, and the report's % of the floor is the median of the per-round ratios.
+floor is also a "variant": a warm process times the best library's chain and the big-GEMM rate right
+after each fast path's window, and the report's % of the floor is the median of those per-round ratios.
+Each fast path's own-kernel floor (its library's chain and gradient GEMM) is timed the same way, right
+after that floor window, so "its own kernels allow N %" is a ratio of windows seconds apart as well.
 
 Run one benchmark at a time: on 2 cores two concurrent runs ruin each other's numbers.
 """
@@ -96,13 +98,23 @@ def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
 def serve_floor(spec: dict[str, Any]) -> None:
     """The floor as a variant: per ``window S`` line, time the serial chain (the library's fastest
     form) for S seconds and the big-GEMM rate, and answer with the floor in tokens/s for that window,
-    so every round's % of the floor divides two measurements taken side by side."""
+    so every round's % of the floor divides two measurements taken side by side.
+
+    With ``mode: "own"`` it answers a library's own-kernel floor instead: its chain, and the batched
+    FLOPs at its own rate for the step's largest batched GEMM (the recurrent weights' gradient,
+    capped at the big-GEMM rate), both timed in the window, as report.own_floor computes it from
+    the start-of-run measurements."""
     from benchmarks import floor as fl
     from benchmarks.profile_step import median_seconds
 
     B, H, G, T, L = (spec[k] for k in ("B", "H", "G", "T", "L"))
     runners = fl.chain_runners(spec["impl"], B, H, G, T)
     run, sync = min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5))  # compiles, then picks
+    own = spec["mode"] == "own"
+    if own:
+        gradients = fl.gradient_runners(spec["impl"], B, H, G, T)
+        grad_run, grad_sync = min(gradients, key=lambda rs: median_seconds(rs[0], rs[1], 5))
+        grad_flops = 2.0 * T * B * H * G * H  # (H, T·B) @ (T·B, G·H)
     print(json.dumps({"ready": True, "framework_version": spec["impl"], "first_epoch_seconds": 0.0,
                       "tokens_per_epoch": 0}), flush=True)
     for line in sys.stdin:
@@ -116,9 +128,14 @@ def serve_floor(spec: dict[str, Any]) -> None:
             times.append(time.perf_counter() - t)
         chain = statistics.median(times)
         big = max(fl.big_gemm_flops(reps=2).values())
-        floor_tps = B * T / (L * chain + spec["batched_flops"] / big)
-        print(json.dumps({"tokens_per_sec": floor_tps, "chain_seconds": chain, "big_gemm_flops": big,
-                          "chains": len(times), "seconds": time.perf_counter() - t0, "finite": True}), flush=True)
+        reply = {"chain_seconds": chain, "big_gemm_flops": big, "chains": len(times)}
+        rate = big
+        if own:
+            reply["gradient_gflops"] = grad_flops / median_seconds(grad_run, grad_sync, 5) / 1e9
+            rate = min(rate, reply["gradient_gflops"] * 1e9)
+        floor_tps = B * T / (L * chain + spec["batched_flops"] / rate)
+        print(json.dumps({"tokens_per_sec": floor_tps, **reply, "seconds": time.perf_counter() - t0, "finite": True}),
+              flush=True)
     print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
 
 
@@ -233,6 +250,11 @@ class Server:
         return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
+def _paired(spec: dict[str, Any]) -> bool:
+    """Whether a variant gets the floor timed beside it: the scratch fast paths and the NumPy oracle."""
+    return spec["impl"] == "scratch" and (spec["mode"] == "fast" or spec["backend"] == "numpy")
+
+
 def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, timeout: float,
                     log: Any = sys.stderr, floor_spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Warm every variant in its own process (one after another), then time them round-robin.
@@ -241,29 +263,43 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     variant it is paired with (the scratch fast paths and the NumPy oracle), for half a window: the
     machine's speed drifts within a round (this AMD VM's floor ranged 53k-81k tokens/s across one
     run's rounds), so a % of the floor divides two measurements seconds apart, not a round apart.
+    Then that variant's own-kernel floor (its library's chain and gradient GEMM, ``mode: "own"``)
+    is timed the same way, so "its own kernels allow N %" compares windows of the same seconds too.
     """
+    own_specs = [{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _paired(s)] if floor_spec else []
     servers = []
-    for spec in [*specs, *([floor_spec] if floor_spec else [])]:
+    for spec in [*specs, *([floor_spec] if floor_spec else []), *own_specs]:
         print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
         s = Server(spec, timeout)
         print(f"FAILED: {s.error}" if s.error else f"first epoch {s.info['first_epoch_seconds']:.2f} s", file=log, flush=True)
         servers.append(s)
-    floor = servers.pop() if floor_spec else None
+    limits = servers[len(specs):]
+    servers = servers[:len(specs)]
+    floor = limits[0] if limits else None
+    own = {o.spec["impl"]: o for o in limits[1:]}
+
+    def beside(limit: Server | None, s: Server) -> None:
+        """Time ``limit`` for half a window right after ``s``'s window and tag it with ``s``."""
+        if limit is None:
+            return
+        before = len(limit.windows)
+        time.sleep(0.3)
+        limit.window(window / 2, timeout)
+        if len(limit.windows) > before:
+            limit.windows[-1]["paired_with"] = label(s.spec)
+
     for r in range(repeats):
         for s in servers:
             time.sleep(0.3)  # let the previous process's thread pools go idle (OpenMP spin-waits)
             s.window(window, timeout)
-            if floor and not s.error and s.spec["impl"] == "scratch" and (s.spec["mode"] == "fast" or s.spec["backend"] == "numpy"):
-                before = len(floor.windows)
-                time.sleep(0.3)
-                floor.window(window / 2, timeout)
-                if len(floor.windows) > before:
-                    floor.windows[-1]["paired_with"] = label(s.spec)
+            if floor and not s.error and _paired(s.spec):
+                beside(floor, s)
+                beside(own.get(s.spec["backend"]), s)
         done = [f"{label(s.spec)} {s.windows[-1]['tokens_per_sec'] / 1e3:.1f}k" for s in servers if s.windows and not s.error]
         print(f"  round {r + 1}/{repeats}: " + ", ".join(done), file=log, flush=True)
-    for s in [*servers, *([floor] if floor else [])]:
+    for s in [*servers, *limits]:
         s.stop()
-    return [s.result() for s in servers] + ([floor.result()] if floor else [])
+    return [s.result() for s in [*servers, *limits]]
 
 
 def machine_info() -> dict[str, Any]:

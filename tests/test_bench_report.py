@@ -96,3 +96,25 @@ def test_paired_floor_windows_are_used_for_their_variant() -> None:
     row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds]}).splitlines()
                if ln.startswith("| torch"))
     assert "| 80% [80–80] |" in row
+
+
+def test_own_kernel_floor_timed_beside_the_fast_path() -> None:
+    # At the start torch's chain was the floor's (its own kernels "allow" 100 %), but in the rounds its
+    # own-kernel floor, timed right after the floor beside its window, was 70k and 76k against floors
+    # of 100k: 70 % and 76 %, median 73 %. Its fast path's 60k and 70k (65 %) are ruled out by that.
+    def rounds(mode: str, impl: str, rates: list[float]) -> dict:
+        windows = [{"tokens_per_sec": r, "paired_with": "torch scratch/fast"} for r in rates]
+        return {"backend": "floor", "impl": impl, "mode": mode, "windows": windows, "median": sum(rates) / len(rates),
+                "tokens_per_sec": rates, "min": min(rates), "max": max(rates)}
+
+    floor_rounds, own_rounds = rounds("chain", "tensorflow", [100_000, 100_000]), rounds("own", "torch", [70_000, 76_000])
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1,
+             "median": 65_000, "tokens_per_sec": [60_000, 70_000], "min": 60_000, "max": 70_000}
+    assert target_verdict(torch, FLOOR, "torch", floor_rounds) == "not met (65.0%)"  # start-of-run own floor
+    assert target_verdict(torch, FLOOR, "torch", floor_rounds, own_rounds) == "unreachable: own GEMM kernels allow 73%"
+    faster = {**torch, "median": 75_000, "tokens_per_sec": [75_000, 75_000], "min": 75_000, "max": 75_000}
+    assert target_verdict(faster, FLOOR, "torch", floor_rounds, own_rounds) == "not met (75.0%)"  # beat its kernels' share
+    row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds, own_rounds]}).splitlines()
+               if ln.startswith("| torch"))
+    # % own-kernel floor per round: 60/70 and 70/76 -> median 89 %; the verdict as above.
+    assert "| 89% [86–92] |" in row and "| unreachable: own GEMM kernels allow 73% |" in row
