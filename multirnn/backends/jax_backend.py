@@ -126,13 +126,37 @@ def _recurrence_bwd(res, d_hs: jax.Array):
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
+@jax.custom_vjp
+def _project(h: jax.Array, W: jax.Array) -> jax.Array:
+    """``h @ W`` for the output layer, ``(T*B, H) @ (H, V)``, with a faster weight gradient.
+
+    Autodiff's ``dW = h^T g`` contracts both operands' long first axis, which XLA's CPU dot runs
+    at ~28 GFLOP/s for (512, 1120) @ (1120, 28); ``(g^T h)^T`` runs 2.6x faster (1.14 against 0.44 ms
+    here). XLA rewrites a bare ``(g^T h)^T`` back into the slow form, so the barrier keeps the
+    product and transposes only its small (V, H) result.
+    """
+    return h @ W
+
+
+def _project_fwd(h: jax.Array, W: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return h @ W, (h, W)
+
+
+def _project_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h, W = res
+    return g @ W.T, lax.optimization_barrier(g.T @ h).T
+
+
+_project.defvjp(_project_fwd, _project_bwd)
+
+
 def _fast_logits(params: Params, X: jax.Array, h0: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Logits ``(T*B, V)`` (rows time-major) and all hidden states ``(T, B, H)``."""
     # one_hot(X_t) @ W_xh is a row gather; do it (and add b_h) for every step at once.
     xw = params["W_xh"][X.T] + params["b_h"]  # (T, B, H)
     hs = _recurrence(xw, params["W_hh"], h0)
     T, B, H = hs.shape
-    logits = hs.reshape(T * B, H) @ params["W_hq"] + params["b_q"]  # one matmul for all steps
+    logits = _project(hs.reshape(T * B, H), params["W_hq"]) + params["b_q"]  # one matmul for all steps
     return logits, hs
 
 
@@ -382,7 +406,7 @@ def _model_logits(model: Model, params: Params, X: jax.Array, state: tuple) -> t
         outs, s_T = _layer_scan(cell, xw, W_A, b_A, W_B, tuple(state[layer * per:(layer + 1) * per]))
         final += list(s_T)
     H = outs.shape[-1]
-    return outs.reshape(T * B, H) @ params["W_hq"] + params["b_q"], tuple(final)
+    return _project(outs.reshape(T * B, H), params["W_hq"]) + params["b_q"], tuple(final)
 
 
 @functools.partial(jax.jit, static_argnums=0)
