@@ -3,6 +3,7 @@
     python -m benchmarks.probes transpose       # torch: the backward chain against W_hh.T (a view) vs a copy; dW_hq's orientation
     python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
+    python -m benchmarks.probes jax-output      # XLA: the output layer's weight gradient, autodiff's h^T g vs (g^T h)^T
     python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
     python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
@@ -127,6 +128,27 @@ def jax_transpose() -> None:
                "scan, W^T passed in as an array": lambda: given(h0, W_T, k),
                "scan, dot_general contracting W's axis 1": lambda: contracted(h0, W, k)},
               sync=lambda a: a.block_until_ready())
+
+
+def jax_output() -> None:
+    import jax
+    from jax import lax
+
+    from multirnn.backends.jax_backend import _project
+
+    rng = np.random.default_rng(0)
+    hs = jax.numpy.asarray(rng.standard_normal((T * B, H)).astype(np.float32))
+    W = jax.numpy.asarray(rng.standard_normal((H, V)).astype(np.float32) * 0.01)
+    g = jax.numpy.asarray(rng.standard_normal((T * B, V)).astype(np.float32))
+    autodiff = jax.jit(lambda h, W, g: jax.vjp(lambda W: h @ W, W)[1](g)[0])  # h^T g, as autodiff forms it
+    backend = jax.jit(lambda h, W, g: jax.vjp(lambda W: _project(h, W), W)[1](g)[0])  # the backend's custom VJP
+    bare = jax.jit(lambda h, g: (g.T @ h).T)  # XLA rewrites this into h^T g
+    barrier = jax.jit(lambda h, g: lax.optimization_barrier(g.T @ h).T)
+    alternate({"dW_hq by autodiff (h^T g)": lambda: autodiff(hs, W, g),
+               "dW_hq by the backend's _project": lambda: backend(hs, W, g),
+               "dW_hq as a bare (g^T h)^T": lambda: bare(hs, g),
+               "dW_hq as barrier(g^T h)^T": lambda: barrier(hs, g)},
+              rounds=200, sync=lambda a: a.block_until_ready())
 
 
 def tf_transpose() -> None:
@@ -305,8 +327,8 @@ def page_faults() -> None:
                            env={**env, "MULTIRNN_MALLOC": malloc})
 
 
-PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "tf-transpose": tf_transpose,
-          "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh}
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output,
+          "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh}
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "step":

@@ -131,9 +131,10 @@ def _project(h: jax.Array, W: jax.Array) -> jax.Array:
     """``h @ W`` for the output layer, ``(T*B, H) @ (H, V)``, with a faster weight gradient.
 
     Autodiff's ``dW = h^T g`` contracts both operands' long first axis, which XLA's CPU dot runs
-    at ~28 GFLOP/s for (512, 1120) @ (1120, 28); ``(g^T h)^T`` runs 2.6x faster (1.14 against 0.44 ms
-    here). XLA rewrites a bare ``(g^T h)^T`` back into the slow form, so the barrier keeps the
-    product and transposes only its small (V, H) result.
+    at ~28 GFLOP/s for (512, 1120) @ (1120, 28); ``(g^T h)^T`` runs ~2.9x faster (1.23 against 0.43 ms
+    on an AMD EPYC, `python -m benchmarks.probes jax-output`). XLA rewrites a bare ``(g^T h)^T`` back
+    into the slow form (1.23 ms too), so the barrier keeps the product and transposes only its
+    small (V, H) result.
     """
     return h @ W
 
