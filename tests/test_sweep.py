@@ -183,6 +183,9 @@ def test_a_local_sweep_writes_the_aggregate(local_run):
     assert set(ends(out).values()) == {1}
 
 
+# Ray starts its node processes with subprocess (fork, then exec at once), which JAX's fork hook
+# warns about when an earlier test imported JAX into this process; nothing runs between the two.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_ray_on_two_nodes_gives_the_local_aggregate(local_run, ray_cluster, tmp_path):
     out = tmp_path / "ray"
     proc = sweep([*SPEC, "--executor", "ray", "--address", ray_cluster.address, "--out", str(out), "--quiet"])
