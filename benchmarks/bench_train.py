@@ -250,7 +250,7 @@ class Server:
         return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
-def _paired(spec: dict[str, Any]) -> bool:
+def _floor_paired(spec: dict[str, Any]) -> bool:
     """Whether a variant gets the floor timed beside it: the scratch fast paths and the NumPy oracle."""
     return spec["impl"] == "scratch" and (spec["mode"] == "fast" or spec["backend"] == "numpy")
 
@@ -266,7 +266,7 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     Then that variant's own-kernel floor (its library's chain and gradient GEMM, ``mode: "own"``)
     is timed the same way, so "its own kernels allow N %" compares windows of the same seconds too.
     """
-    own_specs = [{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _paired(s)] if floor_spec else []
+    own_specs = [{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _floor_paired(s)] if floor_spec else []
     servers = []
     for spec in [*specs, *([floor_spec] if floor_spec else []), *own_specs]:
         print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
@@ -292,7 +292,7 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
         for s in servers:
             time.sleep(0.3)  # let the previous process's thread pools go idle (OpenMP spin-waits)
             s.window(window, timeout)
-            if floor and not s.error and _paired(s.spec):
+            if floor and not s.error and _floor_paired(s.spec):
                 beside(floor, s)
                 beside(own.get(s.spec["backend"]), s)
         done = [f"{label(s.spec)} {s.windows[-1]['tokens_per_sec'] / 1e3:.1f}k" for s in servers if s.windows and not s.error]

@@ -73,13 +73,14 @@ def limits_text(payload: dict[str, Any]) -> str:
                   f"{len(fp['tokens_per_sec'])} windows."]
     owns = [r for r in payload.get("main", []) if r.get("backend") == "floor" and r.get("mode") == "own" and "error" not in r]
     if owns:
-        def grad(r: dict[str, Any]) -> float:
-            return statistics.median(w["gradient_gflops"] for w in r["windows"] if "gradient_gflops" in w)
-        lines += ["", "Each fast path's own-kernel floor (its library's chain and recurrent-weight gradient GEMM, in its "
-                  "own warm process) was timed right after that floor window, so the verdict's \"own GEMM kernels allow\" and \"% own-kernel "
-                  "floor\" divide windows seconds apart: " + "; ".join(
-                      f"{r['impl']} median {r['median']:,.0f} tokens/s (chain {statistics.median(w['chain_seconds'] for w in r['windows']) * 1e3:.2f} ms, "
-                      f"gradient GEMM {grad(r):.0f} GFLOP/s)" for r in owns) + "."]
+        def median_of(r: dict[str, Any], key: str) -> float:
+            return statistics.median(w[key] for w in r["windows"] if key in w)
+
+        each = "; ".join(f"{r['impl']} median {r['median']:,.0f} tokens/s (chain {median_of(r, 'chain_seconds') * 1e3:.2f} ms, "
+                         f"gradient GEMM {median_of(r, 'gradient_gflops'):.0f} GFLOP/s)" for r in owns)
+        lines += ["", ("Each fast path's own-kernel floor (its library's chain and recurrent-weight gradient GEMM, in "
+                       "its own warm process) was timed right after that floor window, so the verdict's \"own GEMM "
+                       f"kernels allow\" and \"% own-kernel floor\" divide windows seconds apart: {each}.")]
     return "\n".join(lines)
 
 
@@ -100,15 +101,21 @@ def label(spec: dict[str, Any]) -> str:
     return f"{spec['backend']} {_key(spec)}" + (f" [{spec['cell']}]" if spec.get("cell", "rnn") != "rnn" else "")
 
 
+def paired(limit_point: dict[str, Any] | None, point: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``limit_point`` (the floor, or a library's own-kernel floor) with only the windows bench_train
+    timed right after ``point``'s, one per round (``paired_with``), or None if it did not pair them."""
+    if not limit_point or not point:
+        return None
+    rates = [w["tokens_per_sec"] for w in limit_point.get("windows", []) if w.get("paired_with") == label(point)]
+    # One pair per round, or the rounds would not line up (a limit window that got no answer).
+    aligned = rates and len(rates) == len(point.get("tokens_per_sec", []))
+    return {**limit_point, "tokens_per_sec": rates} if aligned else None
+
+
 def floor_beside(floor_point: dict[str, Any] | None, point: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The floor as timed right after ``point``'s window in each round, when bench_train paired them
-    (``paired_with``), else the floor's one window per round (older results)."""
-    if not floor_point or not point:
-        return floor_point
-    paired = [w["tokens_per_sec"] for w in floor_point.get("windows", []) if w.get("paired_with") == label(point)]
-    # One pair per round, or the rounds would not line up (a floor window that got no answer).
-    aligned = paired and len(paired) == len(point.get("tokens_per_sec", []))
-    return {**floor_point, "tokens_per_sec": paired} if aligned else floor_point
+    """The floor as timed right after ``point``'s window in each round, when bench_train paired them,
+    else the floor's one window per round (older results)."""
+    return paired(floor_point, point) or floor_point
 
 
 def pct_of(point: dict[str, Any] | None, limit: float | None) -> str:
@@ -137,15 +144,13 @@ TARGET = 0.8  # the performance issue's bar: every fast path at >= 80 % of the a
 
 
 def allowed_share(f: dict[str, Any], library: str, floor_point: dict[str, Any] | None = None,
-              own_point: dict[str, Any] | None = None, point: dict[str, Any] | None = None) -> float | None:
+                  own_point: dict[str, Any] | None = None, point: dict[str, Any] | None = None) -> float | None:
     """The share of the floor ``library``'s own GEMM kernels allow: the median of the per-round
     ratios of its own-kernel floor to the floor, both timed beside ``point`` (bench_train pairs
     them), else its start-of-run own floor over the start-of-run floor (older results)."""
-    own_rounds, floor_rounds = floor_beside(own_point, point), floor_beside(floor_point, point)
-    if own_rounds and floor_rounds and own_rounds is not own_point and floor_rounds is not floor_point:
-        r = round_ratio(own_rounds, floor_rounds)
-        if r:
-            return r["median"]
+    r = round_ratio(paired(own_point, point), paired(floor_point, point))
+    if r:
+        return r["median"]
     own = own_floor(f, library)
     return own / f["floor_tokens_per_sec"] if own is not None and f.get("floor_tokens_per_sec") else None
 
@@ -188,9 +193,7 @@ def main_table(payload: dict[str, Any]) -> str:
 
     def pct_own(point: dict[str, Any] | None, library: str) -> str:
         """% of the library's own-kernel floor: timed beside the point when it was, else the start's."""
-        own_point = round_own_floor(payload, library)
-        beside = floor_beside(own_point, point)
-        pct = round_ratio(point, beside) if beside is not own_point else None
+        pct = round_ratio(point, paired(round_own_floor(payload, library), point))
         if pct is None:
             return pct_of(point, own_floor(f, library))
         return f"{100 * pct['median']:.0f}% [{100 * pct['min']:.0f}–{100 * pct['max']:.0f}]"
