@@ -107,14 +107,15 @@ def serve_floor(spec: dict[str, Any]) -> None:
     from benchmarks import floor as fl
     from benchmarks.profile_step import median_seconds
 
+    def fastest(runners: list) -> tuple:
+        return min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5))  # compiles, then picks
+
     B, H, G, T, L = (spec[k] for k in ("B", "H", "G", "T", "L"))
-    runners = fl.chain_runners(spec["impl"], B, H, G, T)
-    run, sync = min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5))  # compiles, then picks
+    run, sync = fastest(fl.chain_runners(spec["impl"], B, H, G, T))
     own = spec["mode"] == "own"
     if own:
-        gradients = fl.gradient_runners(spec["impl"], B, H, G, T)
-        grad_run, grad_sync = min(gradients, key=lambda rs: median_seconds(rs[0], rs[1], 5))
-        grad_flops = 2.0 * T * B * H * G * H  # (H, T·B) @ (T·B, G·H)
+        grad_run, grad_sync = fastest(fl.gradient_runners(spec["impl"], B, H, G, T))
+        grad_flops = fl.gradient_gemm_flops(B, H, G, T)
     print(json.dumps({"ready": True, "framework_version": spec["impl"], "first_epoch_seconds": 0.0,
                       "tokens_per_epoch": 0}), flush=True)
     for line in sys.stdin:

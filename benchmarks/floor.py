@@ -186,6 +186,11 @@ def gradient_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple
     raise ValueError(f"unknown library {library!r}")
 
 
+def gradient_gemm_flops(B: int, H: int, G: int, T: int) -> float:
+    """FLOPs of the recurrent weights' gradient, one ``(H, T·B) @ (T·B, G·H)`` product (T of the chain's 2·T GEMMs)."""
+    return 2.0 * T * B * H * G * H
+
+
 def fastest_seconds(runners: list[tuple[Callable[[], Any], Callable[[Any], Any]]], reps: int = 15) -> float:
     """The median seconds of the fastest of ``runners`` (each ``(run, sync)``)."""
     return min(_median(run, sync, reps) for run, sync in runners)
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     B, H, G, T = args.batch, args.hidden, args.gates, args.steps
     s = chain_seconds(args.library, B, H, G, T)
-    gemm_flops = 2.0 * T * B * H * G * H  # one (H, T·B) @ (T·B, G·H) product = T of the chain's 2·T
+    gemm_flops = gradient_gemm_flops(B, H, G, T)
     g = fastest_seconds(gradient_runners(args.library, B, H, G, T))
     print(json.dumps({"library": args.library, "seconds": s, "gflops": 2 * gemm_flops / s / 1e9,
                       "gradient_gflops": gemm_flops / g / 1e9}))
