@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,6 +41,7 @@ from .files import write_json_atomic
 from .harness import TrainingData, prepare_data
 from .progress import RunProgress, backend_status
 from .runner import DEFAULT_STALL_TIMEOUT, Stopped, raise_on_signals, run_worker
+from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
 
 EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 2, 3, 4
@@ -58,6 +60,7 @@ examples:
   python -m multirnn.compare                                   # every installed backend, quick preset
   python -m multirnn.compare --backends numpy,torch --epochs 5 --out runs/try
   python -m multirnn.compare --preset d2l-ed1 --sampling random  # the book's 500 epochs
+  python -m multirnn.compare --preset d2l-ed1 --jobs 2         # two rows at a time after the oracle
   python -m multirnn.compare --text my_book.txt --eval-text war_of_the_worlds --prefix "my book"
   python -m multirnn.compare --backends numpy,mypkg.mymodule:MyBackend   # check your own translation
   python -m multirnn.compare --list-backends                   # what is installed, and how to add the rest
@@ -193,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run in --out: backends that finished are kept, the rest run")
     o.add_argument("--stall-timeout", type=number_arg(float, "a positive number of seconds"), default=DEFAULT_STALL_TIMEOUT,
                    metavar="SECONDS", help=f"end a worker that reports no progress for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
+    o.add_argument("--jobs", type=number_arg(int, "a positive integer", 64), default=1, metavar="N",
+                   help="rows trained at a time once the oracle's checkpoints exist (default 1); each row's "
+                   "frameworks then get usable cores / N threads. Shortens long runs on several cores; "
+                   "tokens/s are then measured under that sharing (benchmarks/ measures speed)")
     o.add_argument("--no-plot", action="store_true", help="do not draw perplexity.png and deviation.png")
     o.add_argument("--quiet", action="store_true", help="no progress display")
     return p
@@ -587,42 +594,74 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = [row_label(n, i) for n, i in pairs]
     units = {row_label(n, i): _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
+    jobs = min(args.jobs, len(pairs))
+    threads = max(1, usable_cores() // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
+    options.update(jobs=jobs, threads=threads, run_notes=_jobs_notes(jobs, threads, usable_cores()))
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
     progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
                      f"({config.protocol}, {config.num_epochs} epochs, {config.dtype}, mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
-    for note in data_notes + pair_notes:
+    for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}")
 
-    rows: list[dict[str, Any]] = []
+    rows: dict[int, dict[str, Any]] = {}  # by row index: the report keeps the command's order
+    started: set[int] = set()  # rows whose worker has started (a stop marks those without a record interrupted)
     stopped: str | None = None
     exit_stopped = EXIT_INTERRUPTED
     anchor: str | None = None  # the checkpoints every later backend restarts from
-    raise_on_signals()
-    name = labels[0]
-    try:
-        for i, (backend_name, impl) in enumerate(pairs):
-            name = row_label(backend_name, impl)
-            own = ckpt_root / _safe(name)
-            # The oracle anchors everyone; without it, the first backend that runs to the end does.
-            save_ckpts = bool(lock_epochs) and anchor is None and (name == verdict.ORACLE or verdict.ORACLE not in names)
-            if name in kept and not (save_ckpts and not lockstep.list_checkpoints(own)):
-                raw = kept[name]
-                progress.finish(name, f"{raw['status']} (kept from the earlier run)")
-            else:
+
+    def record(i: int, raw: dict[str, Any]) -> None:
+        if raw["status"] == "unavailable" and not named:
+            progress.message(f"{labels[i]:<10} skipped: {raw['error']}")
+        rows[i] = result_row(raw)
+        # Everything finished so far is on disk even if a later backend takes the process down.
+        write_json_atomic(out_dir / "results.json", assemble([rows[k] for k in sorted(rows)], config, options, expected))
+
+    def run_rows(indices: list[int], slots: int, threads: int | None, checkpoint_dir: Path | None = None) -> None:
+        """Train these rows, ``slots`` workers at a time (kept rows of a resumed run are recorded as they are)."""
+        pool = LocalExecutor(slots, threads, args.stall_timeout)
+        try:
+            for i in indices:
+                name, (backend_name, impl) = labels[i], pairs[i]
+                if name in kept and not (checkpoint_dir and not lockstep.list_checkpoints(checkpoint_dir)):
+                    progress.finish(name, f"{kept[name]['status']} (kept from the earlier run)")
+                    record(i, kept[name])
+                    continue
+                ckpt = str(checkpoint_dir) if checkpoint_dir else None
                 task = plan.task(backend_name, impl, str(out_dir / "backends" / f"{_safe(name)}.json"), str(data_path),
-                                 str(eval_path) if eval_path else None, i,
-                                 checkpoint_dir=str(own) if save_ckpts else None, anchor_dir=anchor)
-                raw = _run_one(task, progress, config, units[name], args.stall_timeout)
-            if raw["status"] == "unavailable" and not named:
-                progress.message(f"{name:<10} skipped: {raw['error']}")
-            rows.append(result_row(raw))
-            if save_ckpts and raw["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
+                                 str(eval_path) if eval_path else None, i, checkpoint_dir=ckpt, anchor_dir=anchor)
+                pool.submit(CellJob(cell_id=str(i), task=task, data_path=str(data_path),
+                                    eval_path=str(eval_path) if eval_path else None, anchor_id=None, anchor_dir=anchor,
+                                    checkpoint_dir=ckpt, attempt=1, num_epochs=config.num_epochs,
+                                    listener=_listener(name, progress, config, units[name], lambda i=i: started.add(i))))
+            while pool.in_flight:
+                for job, outcome, exc in pool.poll(0.5):
+                    i = int(job.cell_id)
+                    raw = outcome["raw"] if outcome else _crashed(labels[i], *pairs[i], f"{type(exc).__name__}: {exc}")
+                    progress.finish(labels[i], _finished_text(raw))
+                    record(i, raw)
+        except BaseException:
+            pool.cancel()  # end the workers in flight
+            raise
+        finally:
+            pool.close()
+
+    raise_on_signals()
+    try:
+        i = 0
+        # A row that may become the anchor (the oracle; without it, the first backend that trains to the end)
+        # runs alone, with every core: the rows after it restart from its checkpoints.
+        while (i < len(pairs) and lock_epochs and anchor is None
+               and (labels[i] == verdict.ORACLE or verdict.ORACLE not in names)):
+            own = ckpt_root / _safe(labels[i])
+            run_rows([i], 1, None, checkpoint_dir=own)
+            if rows[i]["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
                 anchor = str(own)
-            # Everything finished so far is on disk even if a later backend takes the process down.
-            write_json_atomic(out_dir / "results.json", assemble(rows, config, options, expected))
+            i += 1
+        # The other rows depend on nothing but the anchor: --jobs of them at a time.
+        run_rows(list(range(i, len(pairs))), jobs, threads)
         if config.second_bias == "trained" and verdict.ORACLE in names:
             # Context, not a row: d2l's single-bias model from the same weights and batches, to say how far
             # the book's two-bias concise code drifts from it (same run, same machine).
@@ -636,9 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         exit_stopped = 128 + int(signum)
-        progress.message(f"\nstopped by {stopped}: ending the worker and writing the partial report")
-        if not any(r["name"] == name for r in rows):
-            rows.append(result_row({"name": name, "status": "crashed", "error": f"interrupted ({stopped})"}))
+        progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report")
+        for i in sorted(started - set(rows)):
+            rows[i] = result_row(_crashed(labels[i], *pairs[i], f"interrupted ({stopped})"))
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).
@@ -646,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, signal.SIG_IGN)
     if not stopped:  # an interrupted run keeps its data and checkpoints for --resume
         shutil.rmtree(work, ignore_errors=True)
-    results = assemble(rows, config, options, expected, stopped)
+    results = assemble([rows[k] for k in sorted(rows)], config, options, expected, stopped)
     notes = report.write_all(results, out_dir, make_plots=not args.no_plot)
     print(report.terminal_report(results))
     for note in notes:
@@ -659,14 +698,18 @@ def main(argv: list[str] | None = None) -> int:
     return {"agree": EXIT_AGREE, "no-backend": EXIT_NO_BACKEND, "not-judged": EXIT_NOT_JUDGED}.get(status, EXIT_DISAGREE)
 
 
-def _run_one(task: WorkerTask, progress: RunProgress, config: TrainConfig, units: tuple[float, float],
-             stall_timeout: float) -> dict[str, Any]:
-    """One worker, with its messages turned into progress."""
+def _listener(name: str, progress: RunProgress, config: TrainConfig, units: tuple[float, float],
+              on_start: Callable[[], None]) -> Callable[[dict[str, Any]], None]:
+    """A row's worker messages turned into progress (called from the pool thread that drives it);
+    ``on_start`` runs at its first message."""
     epochs_units, lock_units = units
-    name = task.name
-    progress.start(name, "starting the worker")
+    begun = [False]
 
     def on_message(msg: dict[str, Any]) -> None:
+        if not begun[0]:  # the row's clock starts with its worker, not while it waits for a slot
+            begun[0] = True
+            on_start()
+            progress.start(name, "starting the worker")
         done, text = backend_status(msg, config.num_epochs)
         if msg.get("kind") == "lockstep" and msg.get("total"):
             done = epochs_units + lock_units * msg["done"] / msg["total"]
@@ -676,10 +719,32 @@ def _run_one(task: WorkerTask, progress: RunProgress, config: TrainConfig, units
             last_epoch = msg.get("kind") == "epoch" and msg.get("epoch") == config.num_epochs
             progress.update(name, done, text, stage=msg.get("kind") == "stage" or last_epoch)
 
-    raw = run_worker(task, on_message, stall_timeout)
-    seconds = (raw.get("train_seconds") or 0) + ((raw.get("lockstep") or {}).get("seconds", 0) if isinstance(raw.get("lockstep"), dict) else 0)
-    progress.finish(name, f"{raw['status']}" + (f" ({seconds:.3g} s training and checks)" if seconds else ""))
-    return raw
+    return on_message
+
+
+def _finished_text(raw: dict[str, Any]) -> str:
+    lock = raw.get("lockstep")
+    seconds = (raw.get("train_seconds") or 0) + (lock.get("seconds", 0) if isinstance(lock, dict) else 0)
+    return f"{raw['status']}" + (f" ({seconds:.3g} s training and checks)" if seconds else "")
+
+
+def _jobs_notes(jobs: int, threads: int | None, cores: int) -> list[str]:
+    """What --jobs changes in the figures (nothing in the checks)."""
+    if jobs <= 1:
+        return []
+    plural = "s" if threads != 1 else ""
+    notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each (--jobs {jobs}; the oracle, whose "
+              "checkpoints the others restart from, alone first): tokens/s and peak memory were measured under that "
+              "sharing, not each framework's best speed (for speed: --jobs 1, or benchmarks/)")]
+    if jobs * (threads or 1) > cores:
+        notes.append(f"{jobs} rows at a time exceed the {cores} usable cores: they competed for them")
+    return notes
+
+
+def _crashed(name: str, backend: str, impl: str, error: str) -> dict[str, Any]:
+    """The record of a row whose worker never produced one."""
+    return {"name": name, "backend": backend, "impl": impl, "status": "crashed", "framework_version": None,
+            "error": error}
 
 
 if __name__ == "__main__":

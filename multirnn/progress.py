@@ -9,6 +9,7 @@ change of stage and at most every ``LINE_SECONDS`` per backend, with no cursor c
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -44,6 +45,7 @@ class RunProgress:
         self._last_stage: dict[str, str] = {}
         self._live: Any = None
         self._tasks: dict[str, Any] = {}
+        self._lock = threading.RLock()  # rows that run side by side report from their pool threads
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -66,18 +68,24 @@ class RunProgress:
         """A line of its own, above the live display (or plain)."""
         if not self.enabled:
             return
-        if self._live is not None:
-            self._live.console.print(text, highlight=False, markup=False)
-        else:
-            print(text, file=self.stream, flush=True)
+        with self._lock:
+            if self._live is not None:
+                self._live.console.print(text, highlight=False, markup=False)
+            else:
+                print(text, file=self.stream, flush=True)
 
     def start(self, name: str, status: str = "starting") -> None:
-        if self._live is not None:
-            self._live.start_task(self._tasks[name])
-        self.update(name, 0.0, status, stage=True)
+        with self._lock:
+            if self._live is not None:
+                self._live.start_task(self._tasks[name])
+            self.update(name, 0.0, status, stage=True)
 
     def update(self, name: str, done: float, status: str, stage: bool = False) -> None:
         """``done`` units of job ``name`` are finished; ``status`` says what it is doing."""
+        with self._lock:
+            self._update(name, done, status, stage)
+
+    def _update(self, name: str, done: float, status: str, stage: bool) -> None:
         self.done[name], self.status[name] = min(done, self.jobs[name]), status
         if not self.enabled:
             return
@@ -96,9 +104,10 @@ class RunProgress:
         self.update(name, self.jobs[name], status, stage=True)
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
 
     # --- helpers --------------------------------------------------------------------------------
     def fraction(self) -> float:

@@ -171,7 +171,8 @@ def second_bias_text(results: dict[str, Any]) -> str | None:
 
 
 def notes(results: dict[str, Any]) -> list[str]:
-    out = list(results.get("options", {}).get("data_notes") or [])
+    options = results.get("options", {})
+    out = list(options.get("data_notes") or []) + list(options.get("run_notes") or [])
     if (sb := second_bias_text(results)) is not None:
         out.append(sb)
     out += list(results["verdict"].get("notes") or [])

@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class CellJob:
     checkpoint_dir: str | None  # an anchor writes its checkpoints here (local) / its tar beside it (Ray)
     attempt: int
     num_epochs: int
+    # Local pool only: called with each of the worker's progress messages, in the pool's thread.
+    listener: Callable[[dict[str, Any]], None] | None = None
 
 
 def pack_dir(directory: str | Path) -> bytes:
@@ -127,14 +130,15 @@ class _Cancelled(Exception):
 
 class LocalExecutor:
     """``jobs`` worker processes at a time, each driven by a pool thread (a thread only waits on
-    its worker's pipe: the work happens in the worker process)."""
+    its worker's pipe: the work happens in the worker process). ``threads=None`` leaves the
+    frameworks' thread pools as they are (one worker at a time has every core)."""
 
     name = "local"
     running_word = "running"
 
-    def __init__(self, jobs: int, threads: int, stall_timeout: float) -> None:
+    def __init__(self, jobs: int, threads: int | None, stall_timeout: float) -> None:
         self.slots, self.threads, self.stall_timeout = jobs, threads, stall_timeout
-        self.env = thread_env(threads)
+        self.env = thread_env(threads) if threads else None
         self._queue: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
         self._unpacking = threading.Lock()  # dependents of one anchor may start together
@@ -209,6 +213,8 @@ class LocalExecutor:
         def on_message(msg: dict[str, Any]) -> None:
             if self._cancel.is_set():
                 raise _Cancelled("stopped")  # run_worker ends the worker and re-raises
+            if job.listener is not None:
+                job.listener(msg)
             done, _ = backend_status(msg, job.num_epochs)
             if msg.get("kind") == "lockstep" and msg.get("total"):
                 self.fraction[job.cell_id] = 0.8 + 0.2 * msg["done"] / msg["total"]

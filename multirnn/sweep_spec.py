@@ -25,7 +25,7 @@ from . import compare, verdict
 # compare options the sweep does not take as they are: it has its own (out, resume, ...), --seed
 # becomes --seeds, and --list-backends/--version/--help mean nothing here.
 NOT_FROM_COMPARE = {"help", "version", "list_backends", "out", "overwrite", "resume", "quiet", "no_plot",
-                    "keep_checkpoints", "stall_timeout", "seed"}
+                    "keep_checkpoints", "stall_timeout", "seed", "jobs"}
 # compare options that keep compare's meaning: the rows of every configuration (already comma
 # lists there), and repeatable prompts.
 ROW_OPTIONS = ("backends", "impl")

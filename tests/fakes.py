@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 from multirnn.backends.numpy_backend import NumpyBackend
 
@@ -36,3 +39,33 @@ class SlowBackend(NumpyBackend):
     def train_step(self, params, X, Y, state, lr, max_grad_norm):
         time.sleep(0.05)
         return super().train_step(params, X, Y, state, lr, max_grad_norm)
+
+
+class RendezvousBackend(NumpyBackend):
+    """The oracle, whose first training step waits (up to 30 s) until another worker of the run has
+    also reached its own: it proves that two rows ran side by side. In the folder named by
+    ``MULTIRNN_TEST_RENDEZVOUS`` it leaves ``arrived-PID`` and ``CLASSNAME.json``: whether the
+    other came, and the thread cap its worker was given."""
+
+    name = "rendezvous"
+    waited = False
+
+    def version(self) -> str:
+        return "fake"
+
+    def train_step(self, params, X, Y, state, lr, max_grad_norm):
+        if not type(self).waited:
+            type(self).waited = True
+            folder = Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"])
+            (folder / f"arrived-{os.getpid()}").touch()
+            end = time.monotonic() + 30
+            while len(list(folder.glob("arrived-*"))) < 2 and time.monotonic() < end:
+                time.sleep(0.05)
+            met = len(list(folder.glob("arrived-*"))) >= 2
+            (folder / f"{type(self).__name__}.json").write_text(
+                json.dumps({"met": met, "omp": os.environ.get("OMP_NUM_THREADS")}))
+        return super().train_step(params, X, Y, state, lr, max_grad_norm)
+
+
+class RendezvousBackend2(RendezvousBackend):
+    """A second row of the same (rows need distinct names)."""

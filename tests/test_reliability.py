@@ -144,6 +144,46 @@ def test_a_hung_worker_is_ended_after_the_stall_timeout(tmp_path):
     assert processes_mentioning(str(out)) == []
 
 
+# --- rows side by side (--jobs) ---------------------------------------------------------------------
+
+
+def test_jobs_runs_rows_side_by_side_each_with_its_share_of_the_cores(tmp_path):
+    meet, out = tmp_path / "meet", tmp_path / "run"
+    meet.mkdir()
+    rows = ["numpy", "tests.fakes:RendezvousBackend", "tests.fakes:RendezvousBackend2"]
+    proc = compare(["--backends", ",".join(rows), *TINY, "--jobs", "2", "--out", str(out), "--quiet", "--no-plot"],
+                   env={**os.environ, "MULTIRNN_TEST_RENDEZVOUS": str(meet)})
+    assert proc.returncode == 0, proc.stderr
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for cls in ("RendezvousBackend", "RendezvousBackend2"):  # each waited for the other: they ran at once
+        assert json.loads((meet / f"{cls}.json").read_text()) == {"met": True, "omp": share}
+    res = strict_json(out / "results.json")
+    assert [b["name"] for b in res["backends"]] == rows  # the command's order, not the order they finished in
+    assert res["options"]["jobs"] == 2 and res["options"]["threads"] == int(share)
+    for b in res["backends"][1:]:  # re-anchored on the oracle, which ran alone first
+        assert b["judgement"]["status"] == "agrees" and b["judgement"]["checkpoints_checked"] >= 2
+    assert "--jobs 2" in proc.stdout and "--jobs 2" in (out / "report.md").read_text()
+
+
+def test_a_signal_during_jobs_ends_every_worker_and_marks_the_started_rows(tmp_path):
+    out = tmp_path / "run"
+    proc = start(["--backends", f"numpy,{COPY},tests.zoo:OracleCopy2", "--epochs", "100000", "--hidden", "16",
+                  "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--lockstep", "off",
+                  "--jobs", "2", "--out", str(out)])
+    assert wait_for(lambda: len(processes_mentioning(str(out / "backends"))) == 2, 120), "two workers never ran"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    res = strict_json(out / "results.json")
+    assert res["verdict"]["status"] == "interrupted" and "Traceback" not in err
+    rows = {b["name"]: b for b in res["backends"]}
+    assert sorted(rows) == sorted(["numpy", COPY])  # the third never started: no row
+    assert all(b["status"] == "crashed" and "interrupted (SIGTERM)" in b["error"] for b in rows.values())
+    time.sleep(5)
+    assert processes_mentioning(str(out)) == [], "a process of the run outlived it"
+
+
 # --- output folders and files ----------------------------------------------------------------------
 
 
