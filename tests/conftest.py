@@ -64,6 +64,16 @@ def require_backend_module(name: str) -> None:
     require_backend(name, module_level=True)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per usable core, at most 4 -- each worker imports
+    every framework (~2 GB) and runs their thread pools, so more would only compete."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 @pytest.fixture(scope="session")
 def oracle() -> multirnn.Backend:
     return multirnn.get_backend("numpy")
