@@ -596,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     units = {row_label(n, i): _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
     jobs = min(args.jobs, len(pairs))
     threads = max(1, usable_cores() // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
-    options.update(jobs=jobs, threads=threads, run_notes=_jobs_notes(jobs, threads, usable_cores()))
+    run_notes = _jobs_notes(jobs, threads, usable_cores(), bool(lock_epochs), verdict.ORACLE in names)
+    options.update(jobs=jobs, threads=threads, run_notes=run_notes)
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
@@ -728,14 +729,16 @@ def _finished_text(raw: dict[str, Any]) -> str:
     return f"{raw['status']}" + (f" ({seconds:.3g} s training and checks)" if seconds else "")
 
 
-def _jobs_notes(jobs: int, threads: int | None, cores: int) -> list[str]:
+def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, oracle: bool) -> list[str]:
     """What --jobs changes in the figures (nothing in the checks)."""
     if jobs <= 1:
         return []
     plural = "s" if threads != 1 else ""
-    notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each (--jobs {jobs}; the oracle, whose "
-              "checkpoints the others restart from, alone first): tokens/s and peak memory were measured under that "
-              "sharing, not each framework's best speed (for speed: --jobs 1, or benchmarks/)")]
+    anchor = "the oracle" if oracle else "the first row to train to the end"
+    first = f"; {anchor}, whose checkpoints the others restart from, alone first" if anchored else ""
+    notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each (--jobs {jobs}{first}): tokens/s "
+              "and peak memory were measured under that sharing, not each framework's best speed (for speed: "
+              "--jobs 1, or benchmarks/)")]
     if jobs * (threads or 1) > cores:
         notes.append(f"{jobs} rows at a time exceed the {cores} usable cores: they competed for them")
     return notes
