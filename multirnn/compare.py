@@ -48,6 +48,9 @@ EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129
 # Share of <unk> tokens in --eval-text above which the evaluation perplexity is flagged.
 UNK_WARNING = 0.05
+# A run that trains at least this many tokens in all (rows x epochs x tokens per epoch; the book run
+# is 22.4 M, the default 2.7 M) and runs one row at a time on several cores is told about --jobs.
+JOBS_HINT_TOKENS = 10_000_000
 # Environment variables that cap the instruction set of BLAS/oneDNN/XLA kernels (recorded per run).
 ISA_CAP_VARIABLES = ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
                      "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "XLA_FLAGS")
@@ -606,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
     for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}")
+    tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps
+    if hint := jobs_hint(jobs, usable_cores(), len(pairs), config.num_epochs * tokens_per_epoch):
+        progress.message(f"hint: {hint}")
 
     rows: dict[int, dict[str, Any]] = {}  # by row index: the report keeps the command's order
     started: set[int] = set()  # rows whose worker has started (a stop marks those without a record interrupted)
@@ -727,6 +733,15 @@ def _finished_text(raw: dict[str, Any]) -> str:
     lock = raw.get("lockstep")
     seconds = (raw.get("train_seconds") or 0) + (lock.get("seconds", 0) if isinstance(lock, dict) else 0)
     return f"{raw['status']}" + (f" ({seconds:.3g} s training and checks)" if seconds else "")
+
+
+def jobs_hint(jobs: int, cores: int, rows: int, tokens_per_row: int) -> str | None:
+    """A line for a long run that leaves cores idle: what --jobs would do (None when it would not help)."""
+    if jobs > 1 or cores < 2 or rows < 3 or rows * tokens_per_row < JOBS_HINT_TOKENS:
+        return None
+    n = min(cores, rows - 1)
+    return (f"a long run on {cores} cores: --jobs {n} would train the rows after the oracle {n} at a time "
+            "(the same checks; tokens/s then measured under that sharing)")
 
 
 def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, oracle: bool) -> list[str]:

@@ -334,3 +334,14 @@ def test_finals_use_the_last_tenth():
 def test_curves_of_different_length_disagree():
     d = agreement.compare_curve([1.0, 1.0], [1.0, 1.0, 1.0], 1e-4, [1, 1, 1])
     assert not d.agrees and d.first_step == 3
+
+
+def test_a_long_run_on_idle_cores_is_told_about_jobs():
+    book = 500 * 8 * 32 * 35  # tokens per row of the book run (8 minibatches an epoch)
+    hint = compare_cli.jobs_hint(1, 2, 5, book)
+    assert hint is not None and "--jobs 2" in hint
+    assert compare_cli.jobs_hint(1, 8, 3, book) is not None and "--jobs 2" in compare_cli.jobs_hint(1, 8, 3, book)
+    assert compare_cli.jobs_hint(2, 2, 5, book) is None  # already side by side
+    assert compare_cli.jobs_hint(1, 1, 5, book) is None  # one core: nothing to gain
+    assert compare_cli.jobs_hint(1, 2, 2, book) is None  # the oracle and one row: nothing to run side by side
+    assert compare_cli.jobs_hint(1, 2, 5, 60 * 8 * 32 * 35) is None  # the default run is short
