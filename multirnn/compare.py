@@ -504,14 +504,16 @@ class Plan:
         return [row_label(n, i) for n, i in self.pairs]
 
     def task(self, backend: str, impl: str, out_path: str, data_path: str, eval_path: str | None, index: int = 0,
-             checkpoint_dir: str | None = None, anchor_dir: str | None = None) -> WorkerTask:
+             checkpoint_dir: str | None = None, anchor_dir: str | None = None,
+             anchor_wait: str | None = None) -> WorkerTask:
         """The worker task of one row."""
         a, c = self.args, self.config
         init_seed = c.seed if a.init in ("shared", "framework") else c.seed * 100 + index + 1
         return WorkerTask(name=row_label(backend, impl), backend=backend, impl=impl, config=c.to_dict(),
                           out_path=out_path, data_path=data_path, device=a.device, mode=a.mode, init=a.init,
                           init_seed=init_seed, extra_seeds=self.seeds, eval_path=eval_path, prefixes=self.prefixes,
-                          lockstep_epochs=self.lock_epochs, checkpoint_dir=checkpoint_dir, anchor_dir=anchor_dir)
+                          lockstep_epochs=self.lock_epochs, checkpoint_dir=checkpoint_dir, anchor_dir=anchor_dir,
+                          anchor_wait=anchor_wait)
 
 
 def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
@@ -626,19 +628,30 @@ def main(argv: list[str] | None = None) -> int:
         # Everything finished so far is on disk even if a later backend takes the process down.
         write_json_atomic(out_dir / "results.json", assemble([rows[k] for k in sorted(rows)], config, options, expected))
 
-    def run_rows(indices: list[int], slots: int, threads: int | None, checkpoint_dir: Path | None = None) -> None:
-        """Train these rows, ``slots`` workers at a time (kept rows of a resumed run are recorded as they are)."""
+    def run_rows(indices: list[int], slots: int, threads: int | None, anchor_row: int | None = None) -> None:
+        """Train these rows, ``slots`` workers at a time (kept rows of a resumed run are recorded as they are).
+
+        ``anchor_row`` saves the checkpoints the others restart from; the rows run beside it wait for them
+        (its status file) before their re-anchored checks, and the later rows get them directly."""
+        nonlocal anchor
+        own = ckpt_root / _safe(labels[anchor_row]) if anchor_row is not None else None
+        status = work / "anchor.json"
+        status.unlink(missing_ok=True)  # an interrupted run's: the anchor may train again
         pool = LocalExecutor(slots, threads, args.stall_timeout)
         try:
             for i in indices:
                 name, (backend_name, impl) = labels[i], pairs[i]
-                if name in kept and not (checkpoint_dir and not lockstep.list_checkpoints(checkpoint_dir)):
+                if name in kept and not (i == anchor_row and not lockstep.list_checkpoints(own)):
                     progress.finish(name, f"{kept[name]['status']} (kept from the earlier run)")
                     record(i, kept[name])
+                    if i == anchor_row:
+                        anchor = str(own)
                     continue
-                ckpt = str(checkpoint_dir) if checkpoint_dir else None
+                ckpt = str(own) if i == anchor_row else None
+                wait = str(status) if anchor_row is not None and i != anchor_row and anchor is None else None
                 task = plan.task(backend_name, impl, str(out_dir / "backends" / f"{_safe(name)}.json"), str(data_path),
-                                 str(eval_path) if eval_path else None, i, checkpoint_dir=ckpt, anchor_dir=anchor)
+                                 str(eval_path) if eval_path else None, i, checkpoint_dir=ckpt, anchor_dir=anchor,
+                                 anchor_wait=wait)
                 pool.submit(CellJob(cell_id=str(i), task=task, data_path=str(data_path),
                                     eval_path=str(eval_path) if eval_path else None, anchor_id=None, anchor_dir=anchor,
                                     checkpoint_dir=ckpt, attempt=1, num_epochs=config.num_epochs,
@@ -649,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
                     raw = outcome["raw"] if outcome else _crashed(labels[i], *pairs[i], f"{type(exc).__name__}: {exc}")
                     progress.finish(labels[i], _finished_text(raw))
                     record(i, raw)
+                    if i == anchor_row:  # tell the rows waiting for it (they check nothing re-anchored without it)
+                        if raw["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
+                            anchor = str(own)
+                        write_json_atomic(status, {"anchor": anchor})
         except BaseException:
             pool.cancel()  # end the workers in flight
             raise
@@ -658,17 +675,19 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_signals()
     try:
         i = 0
-        # A row that may become the anchor (the oracle; without it, the first backend that trains to the end)
-        # runs alone, with every core: the rows after it restart from its checkpoints.
-        while (i < len(pairs) and lock_epochs and anchor is None
-               and (labels[i] == verdict.ORACLE or verdict.ORACLE not in names)):
-            own = ckpt_root / _safe(labels[i])
-            run_rows([i], 1, None, checkpoint_dir=own)
-            if rows[i]["status"] in ("ok", "diverged") and lockstep.list_checkpoints(own):
-                anchor = str(own)
-            i += 1
-        # The other rows depend on nothing but the anchor: --jobs of them at a time.
-        run_rows(list(range(i, len(pairs))), jobs, threads)
+        if jobs > 1 and lock_epochs and labels[0] == verdict.ORACLE:
+            # The oracle trains beside the other rows, which wait for its checkpoints only before their
+            # re-anchored checks: no core idles while it runs.
+            run_rows(list(range(len(pairs))), jobs, threads, anchor_row=0)
+        else:
+            # A row that may become the anchor (the oracle; without it, the first backend that trains to the
+            # end) runs alone, with every core: the rows after it restart from its checkpoints.
+            while (i < len(pairs) and lock_epochs and anchor is None
+                   and (labels[i] == verdict.ORACLE or verdict.ORACLE not in names)):
+                run_rows([i], 1, None, anchor_row=i)
+                i += 1
+            # The other rows depend on nothing but the anchor: --jobs of them at a time.
+            run_rows(list(range(i, len(pairs))), jobs, threads)
         if config.second_bias == "trained" and verdict.ORACLE in names:
             # Context, not a row: d2l's single-bias model from the same weights and batches, to say how far
             # the book's two-bias concise code drifts from it (same run, same machine).
@@ -749,8 +768,10 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
     if jobs <= 1:
         return []
     plural = "s" if threads != 1 else ""
-    anchor = "the oracle" if oracle else "the first row to train to the end"
-    first = f"; {anchor}, whose checkpoints the others restart from, alone first" if anchored else ""
+    first = ""
+    if anchored:
+        first = ("; the oracle beside them, their re-anchored checks waiting for its checkpoints" if oracle
+                 else "; the first row to train to the end, whose checkpoints the others restart from, alone first")
     notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each (--jobs {jobs}{first}): tokens/s "
               "and peak memory were measured under that sharing, not each framework's best speed (for speed: "
               "--jobs 1, or benchmarks/)")]

@@ -63,6 +63,9 @@ class WorkerTask:
     lockstep_epochs: tuple[int, ...] = ()
     checkpoint_dir: str | None = None
     anchor_dir: str | None = None
+    # Set when the anchor still trains beside this row: a JSON file the parent writes once it has ended,
+    # {"anchor": its checkpoint folder, or null}; the re-anchored checks wait for it (the free run does not).
+    anchor_wait: str | None = None
     parent_pid: int | None = None
     sys_path: list[str] = field(default_factory=list)  # the parent's import path (third-party backends)
 
@@ -155,6 +158,22 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
         progress("lockstep", done=i, total=len(paths), epoch=ckpt.epoch)
     return {"stretches": lockstep.as_records(stretches), "probes": lockstep.as_records(probes),
             "seconds": time.perf_counter() - start, "source": source}
+
+
+def _wait_for_anchor(status_path: str, progress: Channel) -> str | None:
+    """Block until the parent has written the anchor's status; its checkpoint folder, or None if it left none.
+
+    Heartbeats keep the parent's stall timer quiet meanwhile (the anchor may train for minutes)."""
+    status = Path(status_path)
+    if not status.exists():
+        progress("stage", text="waiting for the oracle's checkpoints")
+        beat = time.monotonic()
+        while not status.exists():
+            time.sleep(0.1)
+            if time.monotonic() - beat >= HEARTBEAT_SECONDS:
+                beat = time.monotonic()
+                progress("heartbeat")
+    return json.loads(status.read_text()).get("anchor")
 
 
 def initial_params(backend: Any, config: Any, vocab_size: int, init: str, seed: int) -> dict[str, np.ndarray]:
@@ -298,6 +317,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
             result["paired_oracle_runs"] = _paired_oracle_runs(backend, config, data, task, progress)
         if task.lockstep_epochs and task.name != "numpy":
             write_json_atomic(task.out_path, {**result, "peak_rss_mb": peak_rss_mb(), "lockstep": "pending"})
+            if task.anchor_wait:
+                task = dataclasses.replace(task, anchor_dir=_wait_for_anchor(task.anchor_wait, progress))
             result["lockstep"] = _lockstep(backend, config, data, task, progress)
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())

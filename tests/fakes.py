@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -69,3 +70,23 @@ class RendezvousBackend(NumpyBackend):
 
 class RendezvousBackend2(RendezvousBackend):
     """A second row of the same (rows need distinct names)."""
+
+
+class OracleWatcher(NumpyBackend):
+    """The oracle, which notes at its first training step whether the run's oracle worker is still
+    running (the parent keeps its task file from its start to its end) in
+    ``$MULTIRNN_TEST_RENDEZVOUS/OracleWatcher.json``."""
+
+    name = "oracle-watcher"
+    noted = False
+
+    def version(self) -> str:
+        return "fake"
+
+    def train_step(self, params, X, Y, state, lr, max_grad_norm):
+        if not type(self).noted:
+            type(self).noted = True
+            oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
+            (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
+                json.dumps({"oracle_running": oracle_task.exists()}))
+        return super().train_step(params, X, Y, state, lr, max_grad_norm)

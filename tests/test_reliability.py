@@ -165,6 +165,19 @@ def test_jobs_runs_rows_side_by_side_each_with_its_share_of_the_cores(tmp_path):
     assert "--jobs 2" in proc.stdout and "--jobs 2" in (out / "report.md").read_text()
 
 
+def test_jobs_trains_the_oracle_beside_rows_that_wait_for_its_checkpoints(tmp_path):
+    meet, out = tmp_path / "meet", tmp_path / "run"
+    meet.mkdir()
+    proc = compare(["--backends", "numpy,tests.fakes:OracleWatcher", "--epochs", "150", "--hidden", "64", "--max-tokens",
+                    "3000", "--batch-size", "8", "--num-steps", "10", "--jobs", "2", "--out", str(out), "--no-plot"],
+                   env={**os.environ, "MULTIRNN_TEST_RENDEZVOUS": str(meet)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((meet / "OracleWatcher.json").read_text()) == {"oracle_running": True}  # side by side
+    row = strict_json(out / "results.json")["backends"][1]
+    assert row["judgement"]["status"] == "agrees" and row["judgement"]["checkpoints_checked"] >= 5  # re-anchored on it
+    assert "the oracle beside them" in proc.stdout and not (out / ".work").exists()
+
+
 def test_a_signal_during_jobs_ends_every_worker_and_marks_the_started_rows(tmp_path):
     out = tmp_path / "run"
     proc = start(["--backends", f"numpy,{COPY},tests.zoo:OracleCopy2", "--epochs", "100000", "--hidden", "16",
