@@ -40,7 +40,7 @@ from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
 from .harness import TrainingData, prepare_data
 from .progress import RunProgress, backend_status
-from .runner import DEFAULT_STALL_TIMEOUT, Stopped, raise_on_signals, run_worker
+from .runner import DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, raise_on_signals, run_worker
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
 
@@ -599,9 +599,9 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = [row_label(n, i) for n, i in pairs]
     units = {row_label(n, i): _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
-    jobs = min(args.jobs, len(pairs))
-    threads = max(1, usable_cores() // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
-    run_notes = _jobs_notes(jobs, threads, usable_cores(), bool(lock_epochs), verdict.ORACLE in names)
+    cores, jobs = usable_cores(), min(args.jobs, len(pairs))
+    threads = max(1, cores // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
+    run_notes = _jobs_notes(jobs, threads, cores, bool(lock_epochs), verdict.ORACLE in names)
     options.update(jobs=jobs, threads=threads, run_notes=run_notes)
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}")
     tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps
-    if hint := jobs_hint(jobs, usable_cores(), len(pairs), config.num_epochs * tokens_per_epoch):
+    if hint := jobs_hint(jobs, cores, len(pairs), config.num_epochs * tokens_per_epoch):
         progress.message(f"hint: {hint}")
 
     rows: dict[int, dict[str, Any]] = {}  # by row index: the report keeps the command's order
@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             while pool.in_flight:
                 for job, outcome, exc in pool.poll(0.5):
                     i = int(job.cell_id)
-                    raw = outcome["raw"] if outcome else _crashed(labels[i], *pairs[i], f"{type(exc).__name__}: {exc}")
+                    raw = outcome["raw"] if outcome else crashed_record(labels[i], *pairs[i], f"{type(exc).__name__}: {exc}")
                     progress.finish(labels[i], _finished_text(raw))
                     record(i, raw)
                     if i == anchor_row:  # tell the rows waiting for it (they check nothing re-anchored without it)
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_stopped = 128 + int(signum)
         progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report")
         for i in sorted(started - set(rows)):
-            rows[i] = result_row(_crashed(labels[i], *pairs[i], f"interrupted ({stopped})"))
+            rows[i] = result_row(crashed_record(labels[i], *pairs[i], f"interrupted ({stopped})"))
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).
@@ -778,12 +778,6 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
     if jobs * (threads or 1) > cores:
         notes.append(f"{jobs} rows at a time exceed the {cores} usable cores: they competed for them")
     return notes
-
-
-def _crashed(name: str, backend: str, impl: str, error: str) -> dict[str, Any]:
-    """The record of a row whose worker never produced one."""
-    return {"name": name, "backend": backend, "impl": impl, "status": "crashed", "framework_version": None,
-            "error": error}
 
 
 if __name__ == "__main__":

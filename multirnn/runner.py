@@ -140,14 +140,20 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
         else:
             error = f"worker process died without a result ({_how(code)}); a native crash, abort or out of memory"
         tail = _tail(log_path)
-        result = {"name": task.name, "backend": task.backend or task.name, "impl": task.impl, "status": "crashed",
-                  "framework_version": None, "error": error + (f"; its last output:\n{tail}" if tail else "")}
+        result = crashed_record(task.name, task.backend or task.name, task.impl,
+                                error + (f"; its last output:\n{tail}" if tail else ""))
         write_json_atomic(out_path, result)
     result["exit_code"] = proc.returncode
     task_path.unlink(missing_ok=True)
     if log_path.exists() and log_path.stat().st_size == 0:
         log_path.unlink()
     return result
+
+
+def crashed_record(name: str, backend: str, impl: str, error: str) -> dict[str, Any]:
+    """The record of a row whose worker produced none (died, hung, interrupted, never ran)."""
+    return {"name": name, "backend": backend, "impl": impl, "status": "crashed", "framework_version": None,
+            "error": error}
 
 
 def _how(code: int | None) -> str:

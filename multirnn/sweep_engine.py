@@ -21,7 +21,7 @@ from typing import Any
 from .files import write_bytes_atomic, write_json_atomic
 from .lockstep import list_checkpoints
 from .progress import RunProgress
-from .runner import Stopped
+from .runner import Stopped, crashed_record
 from .sweep_exec import CellJob
 from .sweep_spec import Cell, Group
 
@@ -194,8 +194,7 @@ class Engine:
     # --- results ---------------------------------------------------------------------------------
     def _record(self, cell: Cell, job: CellJob, outcome: dict[str, Any] | None, error: BaseException | None) -> dict[str, Any]:
         if outcome is None:
-            raw = {"name": cell.label, "backend": cell.backend, "impl": cell.impl, "status": "crashed",
-                   "error": f"{type(error).__name__}: {first_line(str(error))}"}
+            raw = crashed_record(cell.label, cell.backend, cell.impl, f"{type(error).__name__}: {first_line(str(error))}")
             outcome = {"raw": raw}
         raw = outcome["raw"]
         previous = self.records.get(cell.id) if job.attempt > 1 else None

@@ -42,51 +42,54 @@ class SlowBackend(NumpyBackend):
         return super().train_step(params, X, Y, state, lr, max_grad_norm)
 
 
-class RendezvousBackend(NumpyBackend):
-    """The oracle, whose first training step waits (up to 30 s) until another worker of the run has
-    also reached its own: it proves that two rows ran side by side. In the folder named by
-    ``MULTIRNN_TEST_RENDEZVOUS`` it leaves ``arrived-PID`` and ``CLASSNAME.json``: whether the
-    other came, and the thread cap its worker was given."""
+class _FirstStepHook(NumpyBackend):
+    """The oracle, which runs :meth:`first_step` once, at its worker's first training step."""
 
-    name = "rendezvous"
-    waited = False
+    done = False
 
     def version(self) -> str:
         return "fake"
 
+    def first_step(self) -> None:
+        raise NotImplementedError
+
     def train_step(self, params, X, Y, state, lr, max_grad_norm):
-        if not type(self).waited:
-            type(self).waited = True
-            folder = Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"])
-            (folder / f"arrived-{os.getpid()}").touch()
-            end = time.monotonic() + 30
-            while len(list(folder.glob("arrived-*"))) < 2 and time.monotonic() < end:
-                time.sleep(0.05)
-            met = len(list(folder.glob("arrived-*"))) >= 2
-            (folder / f"{type(self).__name__}.json").write_text(
-                json.dumps({"met": met, "omp": os.environ.get("OMP_NUM_THREADS")}))
+        if not type(self).done:
+            type(self).done = True
+            self.first_step()
         return super().train_step(params, X, Y, state, lr, max_grad_norm)
+
+
+class RendezvousBackend(_FirstStepHook):
+    """Waits at its first training step (up to 30 s) until another worker of the run has also reached
+    its own: it proves that two rows ran side by side. In the folder named by
+    ``MULTIRNN_TEST_RENDEZVOUS`` it leaves ``arrived-PID`` and ``CLASSNAME.json``: whether the
+    other came, and the thread cap its worker was given."""
+
+    name = "rendezvous"
+
+    def first_step(self) -> None:
+        folder = Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"])
+        (folder / f"arrived-{os.getpid()}").touch()
+        end = time.monotonic() + 30
+        while len(list(folder.glob("arrived-*"))) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        met = len(list(folder.glob("arrived-*"))) >= 2
+        (folder / f"{type(self).__name__}.json").write_text(
+            json.dumps({"met": met, "omp": os.environ.get("OMP_NUM_THREADS")}))
 
 
 class RendezvousBackend2(RendezvousBackend):
     """A second row of the same (rows need distinct names)."""
 
 
-class OracleWatcher(NumpyBackend):
-    """The oracle, which notes at its first training step whether the run's oracle worker is still
-    running (the parent keeps its task file from its start to its end) in
-    ``$MULTIRNN_TEST_RENDEZVOUS/OracleWatcher.json``."""
+class OracleWatcher(_FirstStepHook):
+    """Notes at its first training step whether the run's oracle worker is still running (the parent
+    keeps its task file from its start to its end) in ``$MULTIRNN_TEST_RENDEZVOUS/OracleWatcher.json``."""
 
     name = "oracle-watcher"
-    noted = False
 
-    def version(self) -> str:
-        return "fake"
-
-    def train_step(self, params, X, Y, state, lr, max_grad_norm):
-        if not type(self).noted:
-            type(self).noted = True
-            oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
-            (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
-                json.dumps({"oracle_running": oracle_task.exists()}))
-        return super().train_step(params, X, Y, state, lr, max_grad_norm)
+    def first_step(self) -> None:
+        oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
+        (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
+            json.dumps({"oracle_running": oracle_task.exists()}))

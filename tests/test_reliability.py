@@ -160,7 +160,7 @@ def test_jobs_runs_rows_side_by_side_each_with_its_share_of_the_cores(tmp_path):
     res = strict_json(out / "results.json")
     assert [b["name"] for b in res["backends"]] == rows  # the command's order, not the order they finished in
     assert res["options"]["jobs"] == 2 and res["options"]["threads"] == int(share)
-    for b in res["backends"][1:]:  # re-anchored on the oracle, which ran alone first
+    for b in res["backends"][1:]:  # re-anchored on the oracle
         assert b["judgement"]["status"] == "agrees" and b["judgement"]["checkpoints_checked"] >= 2
     assert "--jobs 2" in proc.stdout and "--jobs 2" in (out / "report.md").read_text()
 
