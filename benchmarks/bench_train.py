@@ -100,10 +100,10 @@ def serve_floor(spec: dict[str, Any]) -> None:
     form) for S seconds and the big-GEMM rate, and answer with the floor in tokens/s for that window,
     so every round's % of the floor divides two measurements taken side by side.
 
-    With ``mode: "own"`` it answers a library's own-kernel floor instead: its chain, and the batched
-    FLOPs at its own rate for the step's largest batched GEMM (the recurrent weights' gradient,
-    capped at the big-GEMM rate), both timed in the window, as report.own_floor computes it from
-    the start-of-run measurements."""
+    With ``mode: "own"`` it answers a library's own-kernel floor instead: its chain, its output
+    layer's three GEMMs at their own shapes, and the other batched FLOPs at its own rate for the
+    step's largest batched GEMM (the recurrent weights' gradient, capped at the big-GEMM rate), all
+    timed in the window, as report.own_floor computes it from the start-of-run measurements."""
     from benchmarks import floor as fl
     from benchmarks.profile_step import median_seconds
 
@@ -116,6 +116,8 @@ def serve_floor(spec: dict[str, Any]) -> None:
     if own:
         grad_run, grad_sync = fastest(fl.gradient_runners(spec["impl"], B, H, G, T))
         grad_flops = fl.gradient_gemm_flops(B, H, G, T)
+        out_run, out_sync = fastest(fl.output_runners(spec["impl"], B, H, spec["V"], T))
+        out_flops = fl.output_gemm_flops(B, H, spec["V"], T)
     print(json.dumps({"ready": True, "framework_version": spec["impl"], "first_epoch_seconds": 0.0,
                       "tokens_per_epoch": 0}), flush=True)
     for line in sys.stdin:
@@ -130,11 +132,12 @@ def serve_floor(spec: dict[str, Any]) -> None:
         chain = statistics.median(times)
         big = max(fl.big_gemm_flops(reps=2).values())
         reply = {"chain_seconds": chain, "big_gemm_flops": big, "chains": len(times)}
-        rate = big
+        batched = spec["batched_flops"] / big
         if own:
             reply["gradient_gflops"] = grad_flops / median_seconds(grad_run, grad_sync, 5) / 1e9
-            rate = min(rate, reply["gradient_gflops"] * 1e9)
-        floor_tps = B * T / (L * chain + spec["batched_flops"] / rate)
+            reply["output_seconds"] = median_seconds(out_run, out_sync, 5)
+            batched = reply["output_seconds"] + (spec["batched_flops"] - out_flops) / min(big, reply["gradient_gflops"] * 1e9)
+        floor_tps = B * T / (L * chain + batched)
         print(json.dumps({"tokens_per_sec": floor_tps, **reply, "seconds": time.perf_counter() - t0, "finite": True}),
               flush=True)
     print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     # floor 53k-81k tokens/s between rounds on another), so a % of the floor must divide two
     # measurements taken together.
     floor_spec = {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", **D2L_ED1,
-                  "G": 1, "L": 1, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
+                  "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
     payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log,
                                       floor_spec)
     _write(out, payload)

@@ -186,6 +186,74 @@ def gradient_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple
     raise ValueError(f"unknown library {library!r}")
 
 
+def output_runners(library: str, B: int, H: int, V: int, T: int) -> list[tuple[Callable[[], Any], Callable[[Any], Any]]]:
+    """``library``'s ways to run the output layer's three GEMMs of a step, as ``(run, sync)``: the
+    logits ``h @ W_hq`` ((T·B, H) @ (H, V)), their input gradient ``g @ W_hqᵀ`` ((T·B, V) @ (V, H))
+    and the weight gradient ``hᵀ g`` ((H, T·B) @ (T·B, V)). With V = 28 these are thin GEMMs that
+    run far below a big GEMM's rate, so counting their FLOPs at the gradient GEMM's rate would
+    overstate what the framework's own kernels allow. Forms: the transposes as views (each
+    library's own choice of kernel for them) and as ready contiguous copies (copies not timed, so
+    the bound stays generous); compiled ones run the three in one call."""
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((T * B, H)).astype(np.float32)
+    g = (rng.standard_normal((T * B, V)) * 0.1).astype(np.float32)
+    W = (rng.standard_normal((H, V)) * 0.01).astype(np.float32)
+    hT, gT, WT = (np.ascontiguousarray(a.T) for a in (h, g, W))
+    if library == "numpy":
+        return [(lambda: (h @ W, g @ W.T, h.T @ g), lambda a: a),
+                (lambda: (h @ W, g @ WT, (gT @ h).T), lambda a: a), (lambda: (h @ W, g @ WT, hT @ g), lambda a: a)]
+    if library == "torch":
+        import torch
+
+        th, tg, tW, thT, tgT, tWT = (torch.from_numpy(a) for a in (h, g, W, hT, gT, WT))
+        return [(lambda: (torch.mm(th, tW), torch.mm(tg, tW.T), torch.mm(th.T, tg)), lambda a: a),
+                (lambda: (torch.mm(th, tW), torch.mm(tg, tWT), torch.mm(tgT, th).T), lambda a: a),
+                (lambda: (torch.mm(th, tW), torch.mm(tg, tWT), torch.mm(thT, tg)), lambda a: a)]
+    if library == "mxnet":
+        if "bool" not in vars(np):
+            np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
+        import mxnet as mx
+
+        mh, mg, mW, mhT, mgT, mWT = (mx.nd.array(a) for a in (h, g, W, hT, gT, WT))
+
+        def wait(outs: Any) -> Any:
+            return [o.wait_to_read() for o in outs]
+
+        def fc(x: Any, w: Any, n: int) -> Any:  # oneDNN: x @ w.T
+            return mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n)
+        return [(lambda: (mx.nd.dot(mh, mW), mx.nd.dot(mg, mW, transpose_b=True), mx.nd.dot(mh, mg, transpose_a=True)), wait),
+                (lambda: (fc(mh, mWT, V), fc(mg, mW, H), fc(mgT, mh.T, H).T), wait),
+                (lambda: (fc(mh, mWT, V), fc(mg, mW, H), fc(mhT, mgT, V)), wait)]
+    if library == "tensorflow":
+        import tensorflow as tf
+
+        args = tuple(tf.constant(a) for a in (h, g, W, hT, gT, WT))
+        views = tf.function(lambda h, g, W, *_: (tf.matmul(h, W), tf.matmul(g, W, transpose_b=True),
+                                                  tf.matmul(h, g, transpose_a=True)), autograph=False)
+        copies = tf.function(lambda h, g, W, hT, gT, WT: (tf.matmul(h, W), tf.matmul(g, WT), tf.matmul(hT, g)),
+                             autograph=False)
+        swapped = tf.function(lambda h, g, W, hT, gT, WT: (tf.matmul(h, W), tf.matmul(g, WT),
+                                                            tf.transpose(tf.matmul(gT, h))), autograph=False)
+        return [(lambda fn=fn: fn(*args), lambda a: [x.numpy() for x in a]) for fn in (views, copies, swapped)]
+    if library == "jax":
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        args = tuple(jnp.asarray(a) for a in (h, g, W, hT, gT, WT))
+        views = jax.jit(lambda h, g, W, *_: (h @ W, g @ W.T, h.T @ g))
+        copies = jax.jit(lambda h, g, W, hT, gT, WT: (h @ W, g @ WT, hT @ g))
+        # The backend's own form for the weight gradient (see _project in jax_backend).
+        barrier = jax.jit(lambda h, g, W, hT, gT, WT: (h @ W, g @ W.T, lax.optimization_barrier(g.T @ h).T))
+        return [(lambda fn=fn: fn(*args), lambda a: [x.block_until_ready() for x in a]) for fn in (views, copies, barrier)]
+    raise ValueError(f"unknown library {library!r}")
+
+
+def output_gemm_flops(B: int, H: int, V: int, T: int) -> float:
+    """FLOPs of the output layer's three GEMMs in one step (the 6·H·V per token of the model's count)."""
+    return 3 * 2.0 * T * B * H * V
+
+
 def gradient_gemm_flops(B: int, H: int, G: int, T: int) -> float:
     """FLOPs of the recurrent weights' gradient, one ``(H, T·B) @ (T·B, G·H)`` product (T of the chain's 2·T GEMMs)."""
     return 2.0 * T * B * H * G * H
@@ -215,10 +283,11 @@ def big_gemm_flops(library: str = "best", n: int = 2048, reps: int = 8) -> dict[
     return out
 
 
-def measure(library: str, B: int, H: int, G: int, T: int, timeout: float = 300) -> dict[str, Any]:
-    """One library's chain time, in a fresh process (libraries never share one)."""
+def measure(library: str, B: int, H: int, G: int, T: int, V: int = 28, timeout: float = 300) -> dict[str, Any]:
+    """One library's chain time, gradient GEMM rate and output-layer GEMM time, in a fresh process
+    (libraries never share one)."""
     cmd = [sys.executable, "-m", "benchmarks.floor", "--library", library, "--batch", str(B), "--hidden", str(H),
-           "--gates", str(G), "--steps", str(T)]
+           "--gates", str(G), "--steps", str(T), "--vocab", str(V)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent)
     except subprocess.TimeoutExpired:
@@ -234,7 +303,7 @@ def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, librarie
     """The algorithm floor for one shape and model: every library's serial chain, the best, and the
     floor in tokens/s (serial chain at the best rate + the batched FLOPs at big-GEMM rate)."""
     G, L = len(model.cell.gates), model.num_layers
-    chains = [measure(lib, B, H, G, T) for lib in libraries]
+    chains = [measure(lib, B, H, G, T, V) for lib in libraries]
     ok = [c for c in chains if "error" not in c]
     if not ok:
         return {"chains": chains, "error": "no library could time the chain"}
@@ -246,6 +315,7 @@ def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, librarie
     return {"chains": chains, "best_library": best["library"], "serial_seconds": t_serial,
             "serial_gflops": serial_flops / t_serial / 1e9, "batched_seconds": t_batched,
             "floor_tokens_per_sec": B * T / (t_serial + t_batched), "flops_per_token": model.flops_per_token(V, H),
+            "output_flops": output_gemm_flops(B, H, V, T),
             "roofline_tokens_per_sec": big_flops / model.flops_per_token(V, H)}
 
 
@@ -256,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--gates", type=int, default=1)
     ap.add_argument("--steps", type=int, default=35)
+    ap.add_argument("--vocab", type=int, default=28)
     args = ap.parse_args(argv)
     from multirnn.allocator import keep_freed_memory
 
@@ -267,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     s = chain_seconds(args.library, B, H, G, T)
     gemm_flops = gradient_gemm_flops(B, H, G, T)
     g = fastest_seconds(gradient_runners(args.library, B, H, G, T))
+    o = fastest_seconds(output_runners(args.library, B, H, args.vocab, T))
     print(json.dumps({"library": args.library, "seconds": s, "gflops": 2 * gemm_flops / s / 1e9,
-                      "gradient_gflops": gemm_flops / g / 1e9}))
+                      "gradient_gflops": gemm_flops / g / 1e9, "output_seconds": o,
+                      "output_gflops": output_gemm_flops(B, H, args.vocab, T) / o / 1e9}))
     return 0
 
 

@@ -63,6 +63,13 @@ def limits_text(payload: dict[str, Any]) -> str:
         lines += ["", ("Each library's own rate for the step's largest batched GEMM, the recurrent weights' gradient "
                        "(H x T·B x G·H; GFLOP/s, best of a transposed and a contiguous operand), used for its own-kernel "
                        "floor: " + "; ".join(grads) + ".")]
+    outs = [f"{cell}: " + ", ".join(f"{c['library']} {c['output_seconds'] * 1e3:.2f} ms ({c['output_gflops']:.0f} GFLOP/s)"
+                                     for c in f["chains"] if c.get("output_seconds"))
+            for cell, f in payload.get("floors", {}).items() if any(c.get("output_seconds") for c in f.get("chains", []))]
+    if outs:
+        lines += ["", ("Each library's time for the output layer's three GEMMs of a step (logits, their input "
+                       "gradient and the weight gradient: T·B x H x V, V = 28, thin GEMMs far below big-GEMM rate; best "
+                       "of views and contiguous copies), counted as such in its own-kernel floor: " + "; ".join(outs) + ".")]
     fp = round_floor(payload)
     if fp:
         paired = any(w.get("paired_with") for w in fp.get("windows", []))
@@ -77,8 +84,12 @@ def limits_text(payload: dict[str, Any]) -> str:
             return statistics.median(w[key] for w in r["windows"] if key in w)
 
         each = "; ".join(f"{r['impl']} median {r['median']:,.0f} tokens/s (chain {median_of(r, 'chain_seconds') * 1e3:.2f} ms, "
-                         f"gradient GEMM {median_of(r, 'gradient_gflops'):.0f} GFLOP/s)" for r in owns)
-        lines += ["", ("Each fast path's own-kernel floor (its library's chain and recurrent-weight gradient GEMM, in "
+                         f"gradient GEMM {median_of(r, 'gradient_gflops'):.0f} GFLOP/s"
+                         + (f", output GEMMs {median_of(r, 'output_seconds') * 1e3:.2f} ms"
+                            if any('output_seconds' in w for w in r['windows']) else "") + ")" for r in owns)
+        with_output = any("output_seconds" in w for r in owns for w in r["windows"])
+        lines += ["", ("Each fast path's own-kernel floor (its library's chain, recurrent-weight gradient GEMM"
+                       + (" and output-layer GEMMs" if with_output else "") + ", in "
                        "its own warm process) was timed right after that floor window, so the verdict's \"own GEMM "
                        f"kernels allow\" and \"% own-kernel floor\" divide windows seconds apart: {each}.")]
     return "\n".join(lines)
@@ -126,9 +137,11 @@ def pct_of(point: dict[str, Any] | None, limit: float | None) -> str:
 
 def own_floor(f: dict[str, Any], library: str) -> float | None:
     """The floor with ``library``'s own GEMM kernels instead of the best ones: its serial chain at its
-    own measured rate, and the batched FLOPs at its own rate for the step's largest batched GEMM (the
-    recurrent weights' gradient, capped at the big-GEMM rate; results without that rate count them at
-    the big-GEMM rate). How far the fast path is from it is time lost outside the GEMMs."""
+    own measured rate, its output layer's three GEMMs at their measured time (thin GEMMs, V columns
+    or a V-long inner dimension), and the other batched FLOPs at its own rate for the step's largest
+    batched GEMM (the recurrent weights' gradient, capped at the big-GEMM rate). Older results lack
+    the output time (all batched FLOPs at the gradient rate) or also that rate (the big-GEMM rate).
+    How far the fast path is from it is time lost outside the GEMMs."""
     chain = next((c for c in f.get("chains", []) if c.get("library") == library and c.get("seconds")), None)
     if chain is None or not f.get("floor_tokens_per_sec"):
         return None
@@ -136,7 +149,11 @@ def own_floor(f: dict[str, Any], library: str) -> float | None:
     batched = f["batched_seconds"]
     if chain.get("gradient_gflops") and f.get("flops_per_token"):
         big_flops = f["roofline_tokens_per_sec"] * f["flops_per_token"]
-        batched *= max(big_flops / (chain["gradient_gflops"] * 1e9), 1.0)
+        rate = min(big_flops, chain["gradient_gflops"] * 1e9)
+        if chain.get("output_seconds") and f.get("output_flops"):
+            batched = chain["output_seconds"] + max(batched * big_flops - f["output_flops"], 0.0) / rate
+        else:
+            batched *= big_flops / rate
     return tokens / (chain["seconds"] + batched)
 
 
@@ -332,8 +349,9 @@ def write(payload: dict[str, Any], out: Path) -> None:
              "% floor: of the algorithm floor (the serial chain at the best library's rate), as the median [min–max] "
              "of each round's ratio to the floor timed beside it (right after its window, or in that round, when it "
              "was); % own-kernel floor: "
-             "of the same floor with the framework's own library's GEMM rates (its serial chain, and its rate for the "
-             "recurrent weights' gradient for the batched FLOPs, where the run measured it; timed right after the floor "
+             "of the same floor with the framework's own library's GEMM rates (its serial chain, its output layer's "
+             "three thin GEMMs at their measured time and its rate for the recurrent weights' gradient for the other "
+             "batched FLOPs, where the run measured them; timed right after the floor "
              "beside the fast path, when it was), so 100 % minus it is "
              "the time the fast path loses outside its GEMMs (dispatch, elementwise work, loss, clipping). 80 % of "
              "floor: the performance target; 'unreachable' when the framework's own GEMMs alone, at the rates "

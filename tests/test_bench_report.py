@@ -36,6 +36,19 @@ def test_own_batched_gemm_rate_rules_the_target_out() -> None:
     assert target_verdict(point(50_000), FLOOR, "fastgemm") == "not met (33.5%)"
 
 
+def test_output_layer_gemms_count_at_their_measured_time() -> None:
+    # thinout: chain 6 ms and a gradient GEMM as fast as the big one (2 ms batched at best: 7.5 / 8 =
+    # 94 % without the output layer), but of the 2 ms batched the output layer's 0.2 GFLOP (1 ms at
+    # 200 GFLOP/s) measured 4 ms as three thin GEMMs: 6 + 4 + (2 - 1) = 11 ms -> 7.5 / 11 = 68 %.
+    f = {**FLOOR, "output_flops": 0.2e9,
+         "chains": [*FLOOR["chains"], {"library": "thinout", "seconds": 6.0e-3, "gradient_gflops": 200.0,
+                                       "output_seconds": 4.0e-3}]}
+    assert target_verdict(point(50_000), f, "thinout") == "unreachable: own GEMM kernels allow 68%"
+    # Without the measured output time (older results) the same library would be allowed 94 %.
+    f["chains"][-1] = {k: v for k, v in f["chains"][-1].items() if k != "output_seconds"}
+    assert target_verdict(point(50_000), f, "thinout") == "not met (33.5%)"
+
+
 def test_no_ceiling_claimed_when_the_fast_path_beats_it() -> None:
     # slowlib's kernels would allow 58 % (86k tokens/s), but its fast path ran at 90k: the measured
     # kernel was not the one its step uses, so "unreachable" would be a false claim.
