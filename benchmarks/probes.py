@@ -4,9 +4,11 @@
     python -m benchmarks.probes torch-compile   # torch: a functional d2l ed. 1 step, eager vs torch.compile
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
     python -m benchmarks.probes jax-output      # XLA: the output layer's weight gradient, autodiff's h^T g vs (g^T h)^T
+    python -m benchmarks.probes jax-loop        # XLA: the recurrence against its GEMMs alone, and the cost of a loop iteration
     python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
     python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
+    python -m benchmarks.probes torch-loops     # torch: the fast step against its serial loops, with and without their elementwise ops
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
     python -m benchmarks.probes ab BACKEND DIR  # BACKEND's fast step from another checkout DIR (A) against this one (B)
@@ -151,6 +153,38 @@ def jax_output() -> None:
               rounds=200, sync=lambda a: a.block_until_ready())
 
 
+def jax_loop() -> None:
+    """How much of XLA's recurrence is not its GEMMs: the backend's recurrence (forward scan, backward
+    scan and dW_hh, through its custom VJP) against the same scans with only their products, and a
+    scan of 2·T iterations whose body is one tiny add (the runtime's cost per loop iteration)."""
+    import jax
+    from jax import lax
+
+    from benchmarks.profile_step import orthogonal
+    from multirnn.backends.jax_backend import _recurrence
+
+    rng = np.random.default_rng(0)
+    W = jax.numpy.asarray(orthogonal(H))  # a chain of products neither explodes nor decays
+    xw = jax.numpy.asarray((rng.standard_normal((T, B, H)) * 0.5).astype(np.float32))
+    h0 = jax.numpy.asarray((rng.standard_normal((B, H)) * 0.1).astype(np.float32))
+    g = jax.numpy.asarray((rng.standard_normal((T, B, H)) * 0.1).astype(np.float32))
+
+    backend = jax.jit(lambda xw, W, h0, g: jax.vjp(_recurrence, xw, W, h0)[1](g))
+
+    def gemms_fn(xw: Any, W: Any, h0: Any, g: Any) -> Any:
+        W_T = W.T
+        _, hs = lax.scan(lambda c, _: (c @ W, c), h0, None, length=T)
+        _, ds = lax.scan(lambda c, _: (c @ W_T, c), g[-1], None, length=T - 1)
+        return ds, hs.reshape(T * B, H).T @ g.reshape(T * B, H)
+
+    gemms = jax.jit(gemms_fn)
+    tiny = jax.jit(lambda h0: lax.scan(lambda c, _: (c + 1.0, None), h0, None, length=2 * T)[0])
+    alternate({"the backend's recurrence, forward + VJP": lambda: backend(xw, W, h0, g),
+               "the same scans and dW_hh, GEMMs only": lambda: gemms(xw, W, h0, g),
+               f"a scan of {2 * T} tiny adds": lambda: tiny(h0)},
+              rounds=100, sync=lambda a: jax.block_until_ready(a))
+
+
 def tf_transpose() -> None:
     import os
 
@@ -179,6 +213,58 @@ def tf_transpose() -> None:
     alternate({"35 x h @ W^T, W^T passed in": lambda: plain(h0, W_T),
                "35 x h @ tf.transpose(W) (folded into MatMul)": lambda: bare(h0, W),
                "35 x h @ Snapshot(tf.transpose(W))": lambda: snap(h0, W)}, sync=lambda a: a.numpy())
+
+
+def torch_loops() -> None:
+    """How torch's fast step splits: the whole step against its two serial loops as the backend runs
+    them (addmm_ + tanh_ forward, addmm_ + mul_ backward) and the same loops with only their products;
+    what the loops do not explain is the step's batched part (gather, output layer, loss, weight
+    gradients, clipping, SGD). Each loop first restores its inputs, a copy timed on its own."""
+    import torch
+
+    import multirnn
+    from benchmarks.profile_step import orthogonal
+    from multirnn.backends import get_backend
+
+    be = get_backend("torch", mode="fast")
+    params = be.params_from_numpy(multirnn.init_params(V, H, seed=0))
+    rng = np.random.default_rng(0)
+    X, Y, state = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T)), be.init_state(B, H)
+    W = torch.from_numpy(orthogonal(H))
+    W_T = W.T.contiguous()
+    g = torch.Generator().manual_seed(0)
+    xw, d0 = torch.randn(T, B, H, generator=g) * 0.5, torch.randn(T, B, H, generator=g) * 0.1
+    k = torch.rand(T, B, H, generator=g)
+    hs, d = torch.zeros(T + 1, B, H), torch.empty(T, B, H)
+    h, r, kk = hs.unbind(0), d.unbind(0), k.unbind(0)
+
+    def step() -> None:
+        nonlocal params
+        params, *_ = be.train_step(params, X, Y, state, 1.0, 1.0)
+
+    def forward(tanh: bool) -> Callable[[], None]:
+        def run() -> None:
+            hs[1:].copy_(xw)
+            for t in range(T):
+                out = h[t + 1].addmm_(h[t], W)
+                if tanh:
+                    out.tanh_()
+        return run
+
+    def backward(mul: bool) -> Callable[[], None]:
+        def run() -> None:
+            d.copy_(d0)
+            for t in range(T - 2, -1, -1):
+                out = r[t].addmm_(r[t + 1], W_T)
+                if mul:
+                    out.mul_(kk[t])
+        return run
+
+    with torch.no_grad():
+        alternate({"the fast step": step, "forward loop, addmm_ + tanh_": forward(True),
+                   "forward loop, addmm_ only": forward(False), "backward loop, addmm_ + mul_": backward(True),
+                   "backward loop, addmm_ only": backward(False),
+                   "the two input copies alone": lambda: (hs[1:].copy_(xw), d.copy_(d0))}, rounds=40)
 
 
 def torch_tanh() -> None:
@@ -327,8 +413,9 @@ def page_faults() -> None:
                            env={**env, "MULTIRNN_MALLOC": malloc})
 
 
-PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output,
-          "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh}
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop,
+          "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
+          "torch-loops": torch_loops}
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "step":
