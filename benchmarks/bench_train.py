@@ -260,7 +260,8 @@ def _floor_paired(spec: dict[str, Any]) -> bool:
 
 
 def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, timeout: float,
-                    log: Any = sys.stderr, floor_spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                    log: Any = sys.stderr, floor_spec: dict[str, Any] | None = None,
+                    own: bool = True) -> list[dict[str, Any]]:
     """Warm every variant in its own process (one after another), then time them round-robin.
 
     With ``floor_spec``, the floor (:func:`serve_floor`) is timed too, right after the window of each
@@ -268,9 +269,11 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     machine's speed drifts within a round (this AMD VM's floor ranged 53k-81k tokens/s across one
     run's rounds), so a % of the floor divides two measurements seconds apart, not a round apart.
     Then that variant's own-kernel floor (its library's chain and gradient GEMM, ``mode: "own"``)
-    is timed the same way, so "its own kernels allow N %" compares windows of the same seconds too.
+    is timed the same way, so "its own kernels allow N %" compares windows of the same seconds too
+    (unless ``own`` is False: the scaling sweep pairs the floor only).
     """
-    own_specs = [{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _floor_paired(s)] if floor_spec else []
+    own_specs = ([{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _floor_paired(s)]
+                 if floor_spec and own else [])
     servers = []
     for spec in [*specs, *([floor_spec] if floor_spec else []), *own_specs]:
         print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
@@ -419,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                 specs = [{"backend": b, "impl": "scratch", "mode": "fast", "cell": "rnn", "device": args.device,
                           "overrides": {key: value, "max_tokens": tokens}} for b in backends]
                 print(f"scaling: {key}={value}", file=log, flush=True)
-                res = run_interleaved(specs, 3, max(1.0, args.window / 2), args.timeout, log)
+                # The shape's floor is timed beside each fast path too (as in the main table): measured
+                # once at the shape's start, drift alone put a fast path at 108 % of it in one run.
+                paired_floor = {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn",
+                                "B": shape["batch_size"], "H": shape["num_hiddens"], "T": D2L_ED1["T"], "G": 1, "L": 1,
+                                "V": 28, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
+                res = run_interleaved(specs, 3, max(1.0, args.window / 2), args.timeout, log, paired_floor, own=False)
                 payload["scaling"].append({"varied": key, "value": value, "floor": f, "results": res})
                 _write(out, payload)
 

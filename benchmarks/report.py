@@ -266,7 +266,14 @@ def scaling_table(payload: dict[str, Any]) -> str:
         cells = []
         for b in ORDER[1:]:
             r = pts.get(b)
-            cells.append("-" if not r or "error" in r else f"{r['median']:,.0f} ({100 * r['median'] / fl:.0f}%)" if fl else _rate(r))
+            if not r or "error" in r:
+                cells.append("-")
+                continue
+            # The median of the ratios to the floor timed right after each window, when the run paired
+            # them; else the floor measured once at the shape's start (older results).
+            pct = round_ratio(r, paired(pts.get("floor"), r))
+            share = pct["median"] if pct else (r["median"] / fl if fl else None)
+            cells.append(f"{r['median']:,.0f} ({100 * share:.0f}%)" if share is not None else _rate(r))
         lines.append(f"| {point['varied']} | {point['value']} | {fl:,.0f} | " + " | ".join(cells) + " |" if fl else "")
     return "\n".join(ln for ln in lines if ln)
 
@@ -316,7 +323,10 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         for ax, key, xlabel in zip(axes, ("num_hiddens", "batch_size"), ("hidden units H (batch 32)", "batch size B (H = 512)")):
             points = [p for p in payload["scaling"] if p["varied"] == key]
             xs = [p["value"] for p in points]
-            ax.plot(xs, [p["floor"].get("floor_tokens_per_sec", float("nan")) for p in points], "k--", label="floor")
+            # The floor as timed beside the windows (its median) when the run paired it, else the shape's start.
+            floors = [next((r["median"] for r in p["results"] if r["backend"] == "floor" and "error" not in r),
+                           p["floor"].get("floor_tokens_per_sec", float("nan"))) for p in points]
+            ax.plot(xs, floors, "k--", label="floor")
             for i, b in enumerate(ORDER[1:]):
                 ys = [next((r["median"] for r in p["results"] if r["backend"] == b and "error" not in r), float("nan"))
                       for p in points]
@@ -359,7 +369,7 @@ def write(payload: dict[str, Any], out: Path) -> None:
     if payload.get("cells"):
         parts += ["", "## GRU and LSTM (fast paths and the frameworks' own layers)", "", cells_table(payload)]
     if payload.get("scaling"):
-        parts += ["", "## Scaling (fast paths; % of the floor for that shape)", "", scaling_table(payload)]
+        parts += ["", "## Scaling (fast paths; % of the floor for that shape, timed beside each window when the run paired them)", "", scaling_table(payload)]
     made = plot(payload, out)
     parts += [""] + [f"![{name}]({name})" for name in made]
     (out / "report.md").write_text("\n".join(parts) + "\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import main_table, target_verdict
+from benchmarks.report import main_table, scaling_table, target_verdict
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
 # at the big-GEMM rate, 200k tokens/s x 1 MFLOP per token = 200 GFLOP/s).
@@ -131,3 +131,21 @@ def test_own_kernel_floor_timed_beside_the_fast_path() -> None:
                if ln.startswith("| torch"))
     # % own-kernel floor per round: 60/70 and 70/76 -> median 89 %; the verdict as above.
     assert "| 89% [86–92] |" in row and "| unreachable: own GEMM kernels allow 73% |" in row
+
+
+def test_scaling_uses_the_floor_timed_beside_each_window() -> None:
+    # The shape's floor was 100k at its start, but the machine sped up: the floor timed right after
+    # torch's two windows read 150k and 160k, so torch's 120k and 136k are 80 % and 85 % (median
+    # 82 %), not 128 % of the start's floor. jax's windows had no floor beside them: the start's.
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "median": 128_000,
+             "tokens_per_sec": [120_000, 136_000], "min": 120_000, "max": 136_000}
+    jax = {"backend": "jax", "impl": "scratch", "mode": "fast", "median": 50_000,
+           "tokens_per_sec": [50_000, 50_000], "min": 50_000, "max": 50_000}
+    windows = [{"tokens_per_sec": 150_000, "paired_with": "torch scratch/fast"},
+               {"tokens_per_sec": 160_000, "paired_with": "torch scratch/fast"}]
+    floor = {"backend": "floor", "impl": "jax", "mode": "chain", "windows": windows, "median": 155_000,
+             "tokens_per_sec": [150_000, 160_000], "min": 150_000, "max": 160_000}
+    payload = {"scaling": [{"varied": "num_hiddens", "value": 1024, "floor": {"floor_tokens_per_sec": 100_000.0},
+                            "results": [torch, jax, floor]}]}
+    row = next(ln for ln in scaling_table(payload).splitlines() if ln.startswith("| num_hiddens"))
+    assert "128,000 (82%)" in row and "50,000 (50%)" in row
