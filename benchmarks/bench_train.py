@@ -108,12 +108,12 @@ def serve_floor(spec: dict[str, Any]) -> None:
     from benchmarks.profile_step import median_seconds
 
     def fastest(runners: list) -> tuple:
-        return min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5))  # compiles, then picks
+        return min(runners, key=lambda rs: median_seconds(rs[0], rs[1], 5, 3))  # compiles, then picks
 
     B, H, G, T, L = (spec[k] for k in ("B", "H", "G", "T", "L"))
     run, sync = fastest(fl.chain_runners(spec["impl"], B, H, G, T))
-    own = spec["mode"] == "own"
-    if own:
+    own_mode = spec["mode"] == "own"
+    if own_mode:
         grad_run, grad_sync = fastest(fl.gradient_runners(spec["impl"], B, H, G, T))
         grad_flops = fl.gradient_gemm_flops(B, H, G, T)
         out_run, out_sync = fastest(fl.output_runners(spec["impl"], B, H, spec["V"], T))
@@ -132,11 +132,13 @@ def serve_floor(spec: dict[str, Any]) -> None:
         chain = statistics.median(times)
         big = max(fl.big_gemm_flops(reps=2).values())
         reply = {"chain_seconds": chain, "big_gemm_flops": big, "chains": len(times)}
-        batched = spec["batched_flops"] / big
-        if own:
-            reply["gradient_gflops"] = grad_flops / median_seconds(grad_run, grad_sync, 5) / 1e9
-            reply["output_seconds"] = median_seconds(out_run, out_sync, 5)
-            batched = reply["output_seconds"] + (spec["batched_flops"] - out_flops) / min(big, reply["gradient_gflops"] * 1e9)
+        batched = fl.own_batched_seconds(spec["batched_flops"], big)
+        if own_mode:
+            # Three back-to-back calls per repeat, as floor.py times them at the start of the run.
+            reply["gradient_gflops"] = grad_flops / median_seconds(grad_run, grad_sync, 5, 3) / 1e9
+            reply["output_seconds"] = median_seconds(out_run, out_sync, 5, 3)
+            batched = fl.own_batched_seconds(spec["batched_flops"], big, reply["gradient_gflops"] * 1e9,
+                                             reply["output_seconds"], out_flops)
         floor_tps = B * T / (L * chain + batched)
         print(json.dumps({"tokens_per_sec": floor_tps, **reply, "seconds": time.perf_counter() - t0, "finite": True}),
               flush=True)
@@ -268,7 +270,7 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     variant it is paired with (the scratch fast paths and the NumPy oracle), for half a window: the
     machine's speed drifts within a round (this AMD VM's floor ranged 53k-81k tokens/s across one
     run's rounds), so a % of the floor divides two measurements seconds apart, not a round apart.
-    Then that variant's own-kernel floor (its library's chain and gradient GEMM, ``mode: "own"``)
+    Then that variant's own-kernel floor (its library's chain, gradient GEMM and output-layer GEMMs, ``mode: "own"``)
     is timed the same way, so "its own kernels allow N %" compares windows of the same seconds too
     (unless ``own`` is False: the scaling sweep pairs the floor only).
     """

@@ -191,67 +191,91 @@ def output_runners(library: str, B: int, H: int, V: int, T: int) -> list[tuple[C
     logits ``h @ W_hq`` ((T·B, H) @ (H, V)), their input gradient ``g @ W_hqᵀ`` ((T·B, V) @ (V, H))
     and the weight gradient ``hᵀ g`` ((H, T·B) @ (T·B, V)). With V = 28 these are thin GEMMs that
     run far below a big GEMM's rate, so counting their FLOPs at the gradient GEMM's rate would
-    overstate what the framework's own kernels allow. Forms: the transposes as views (each
-    library's own choice of kernel for them) and as ready contiguous copies (copies not timed, so
-    the bound stays generous); compiled ones run the three in one call."""
+    overstate what the framework's own kernels allow. Each GEMM has several forms (transposes as
+    views, as ready contiguous copies whose copying is not timed, or the product taken the other way
+    round); every combination of forms is one runner, so the fastest runner is the sum of the best
+    form of each GEMM whichever combination a fast path uses (a generous bound). Compiled libraries
+    run a combination's three products in one call."""
+    import itertools
+
     rng = np.random.default_rng(2)
     h = rng.standard_normal((T * B, H)).astype(np.float32)
     g = (rng.standard_normal((T * B, V)) * 0.1).astype(np.float32)
     W = (rng.standard_normal((H, V)) * 0.01).astype(np.float32)
     hT, gT, WT = (np.ascontiguousarray(a.T) for a in (h, g, W))
-    if library == "numpy":
-        return [(lambda: (h @ W, g @ W.T, h.T @ g), lambda a: a),
-                (lambda: (h @ W, g @ WT, (gT @ h).T), lambda a: a), (lambda: (h @ W, g @ WT, hT @ g), lambda a: a)]
-    if library == "torch":
-        import torch
+    if library in ("numpy", "torch", "mxnet"):  # eager: each form is a function of no arguments
+        if library == "numpy":
+            logits = [lambda: h @ W]
+            d_h = [lambda: g @ W.T, lambda: g @ WT]
+            d_W = [lambda: h.T @ g, lambda: hT @ g, lambda: (gT @ h).T]
+            sync: Callable[[Any], Any] = lambda outs: outs  # noqa: E731
+        elif library == "torch":
+            import torch
 
-        th, tg, tW, thT, tgT, tWT = (torch.from_numpy(a) for a in (h, g, W, hT, gT, WT))
-        return [(lambda: (torch.mm(th, tW), torch.mm(tg, tW.T), torch.mm(th.T, tg)), lambda a: a),
-                (lambda: (torch.mm(th, tW), torch.mm(tg, tWT), torch.mm(tgT, th).T), lambda a: a),
-                (lambda: (torch.mm(th, tW), torch.mm(tg, tWT), torch.mm(thT, tg)), lambda a: a)]
-    if library == "mxnet":
-        if "bool" not in vars(np):
-            np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
-        import mxnet as mx
+            th, tg, tW, thT, tgT, tWT = (torch.from_numpy(a) for a in (h, g, W, hT, gT, WT))
+            logits = [lambda: torch.mm(th, tW)]
+            d_h = [lambda: torch.mm(tg, tW.T), lambda: torch.mm(tg, tWT)]
+            d_W = [lambda: torch.mm(th.T, tg), lambda: torch.mm(thT, tg), lambda: torch.mm(tg.T, th).T]
+            sync = lambda outs: outs  # noqa: E731
+        else:
+            if "bool" not in vars(np):
+                np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
+            import mxnet as mx
 
-        mh, mg, mW, mhT, mgT, mWT = (mx.nd.array(a) for a in (h, g, W, hT, gT, WT))
+            mh, mg, mW, mhT, mgT, mWT = (mx.nd.array(a) for a in (h, g, W, hT, gT, WT))
 
-        def wait(outs: Any) -> Any:
-            return [o.wait_to_read() for o in outs]
-
-        def fc(x: Any, w: Any, n: int) -> Any:  # oneDNN: x @ w.T
-            return mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n)
-        return [(lambda: (mx.nd.dot(mh, mW), mx.nd.dot(mg, mW, transpose_b=True), mx.nd.dot(mh, mg, transpose_a=True)), wait),
-                (lambda: (fc(mh, mWT, V), fc(mg, mW, H), fc(mgT, mh.T, H).T), wait),
-                (lambda: (fc(mh, mWT, V), fc(mg, mW, H), fc(mhT, mgT, V)), wait)]
+            def fc(x: Any, w: Any, n: int) -> Any:  # oneDNN: x @ w.T
+                return mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n)
+            logits = [lambda: mx.nd.dot(mh, mW), lambda: fc(mh, mWT, V)]
+            d_h = [lambda: mx.nd.dot(mg, mW, transpose_b=True), lambda: fc(mg, mW, H)]
+            d_W = [lambda: mx.nd.dot(mh, mg, transpose_a=True), lambda: fc(mhT, mgT, V), lambda: fc(mgT, mhT, H).T]
+            sync = lambda outs: [o.wait_to_read() for o in outs]  # noqa: E731
+        return [(lambda fs=fs: tuple(f() for f in fs), sync) for fs in itertools.product(logits, d_h, d_W)]
     if library == "tensorflow":
         import tensorflow as tf
 
         args = tuple(tf.constant(a) for a in (h, g, W, hT, gT, WT))
-        views = tf.function(lambda h, g, W, *_: (tf.matmul(h, W), tf.matmul(g, W, transpose_b=True),
-                                                  tf.matmul(h, g, transpose_a=True)), autograph=False)
-        copies = tf.function(lambda h, g, W, hT, gT, WT: (tf.matmul(h, W), tf.matmul(g, WT), tf.matmul(hT, g)),
-                             autograph=False)
-        swapped = tf.function(lambda h, g, W, hT, gT, WT: (tf.matmul(h, W), tf.matmul(g, WT),
-                                                            tf.transpose(tf.matmul(gT, h))), autograph=False)
-        return [(lambda fn=fn: fn(*args), lambda a: [x.numpy() for x in a]) for fn in (views, copies, swapped)]
+        d_h_forms = [lambda g, W, WT: tf.matmul(g, W, transpose_b=True), lambda g, W, WT: tf.matmul(g, WT)]
+        d_W_forms = [lambda h, g, hT, gT: tf.matmul(h, g, transpose_a=True), lambda h, g, hT, gT: tf.matmul(hT, g),
+                     lambda h, g, hT, gT: tf.transpose(tf.matmul(gT, h))]
+
+        def bundle(dh: Callable, dw: Callable) -> Any:
+            return tf.function(lambda h, g, W, hT, gT, WT: (tf.matmul(h, W), dh(g, W, WT), dw(h, g, hT, gT)),
+                               autograph=False)
+        fns = [bundle(dh, dw) for dh, dw in itertools.product(d_h_forms, d_W_forms)]
+        return [(lambda fn=fn: fn(*args), lambda a: [x.numpy() for x in a]) for fn in fns]
     if library == "jax":
         import jax
         import jax.numpy as jnp
         from jax import lax
 
         args = tuple(jnp.asarray(a) for a in (h, g, W, hT, gT, WT))
-        views = jax.jit(lambda h, g, W, *_: (h @ W, g @ W.T, h.T @ g))
-        copies = jax.jit(lambda h, g, W, hT, gT, WT: (h @ W, g @ WT, hT @ g))
-        # The backend's own form for the weight gradient (see _project in jax_backend).
-        barrier = jax.jit(lambda h, g, W, hT, gT, WT: (h @ W, g @ W.T, lax.optimization_barrier(g.T @ h).T))
-        return [(lambda fn=fn: fn(*args), lambda a: [x.block_until_ready() for x in a]) for fn in (views, copies, barrier)]
+        d_h_forms = [lambda g, W, WT: g @ W.T, lambda g, W, WT: g @ WT]
+        # The last is the backend's own form for the weight gradient (see _project in jax_backend).
+        d_W_forms = [lambda h, g, hT, gT: h.T @ g, lambda h, g, hT, gT: hT @ g,
+                     lambda h, g, hT, gT: lax.optimization_barrier(g.T @ h).T]
+
+        def jbundle(dh: Callable, dw: Callable) -> Any:
+            return jax.jit(lambda h, g, W, hT, gT, WT: (h @ W, dh(g, W, WT), dw(h, g, hT, gT)))
+        fns = [jbundle(dh, dw) for dh, dw in itertools.product(d_h_forms, d_W_forms)]
+        return [(lambda fn=fn: fn(*args), lambda a: [x.block_until_ready() for x in a]) for fn in fns]
     raise ValueError(f"unknown library {library!r}")
 
 
 def output_gemm_flops(B: int, H: int, V: int, T: int) -> float:
     """FLOPs of the output layer's three GEMMs in one step (the 6·H·V per token of the model's count)."""
     return 3 * 2.0 * T * B * H * V
+
+
+def own_batched_seconds(batched_flops: float, big_flops: float, gradient_flops: float | None = None,
+                        output_seconds: float | None = None, output_flops: float = 0.0) -> float:
+    """Seconds a library's own kernels need for a step's batched FLOPs: the output layer's GEMMs at
+    their measured time (when measured), the rest at the library's rate for the recurrent weights'
+    gradient GEMM, capped at the big-GEMM rate (the floor's; at that rate when not measured)."""
+    rate = min(big_flops, gradient_flops) if gradient_flops else big_flops
+    if output_seconds is None:
+        return batched_flops / rate
+    return output_seconds + max(batched_flops - output_flops, 0.0) / rate
 
 
 def gradient_gemm_flops(B: int, H: int, G: int, T: int) -> float:

@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+try:
+    from benchmarks.floor import own_batched_seconds
+except ImportError:  # run as a script (python benchmarks/report.py DIR): benchmarks/ is on sys.path
+    from floor import own_batched_seconds  # type: ignore[no-redef]
+
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
 VARIANTS = ["scratch/eager", "scratch/fast", "layers/eager", "layers/fast"]
 
@@ -149,11 +154,9 @@ def own_floor(f: dict[str, Any], library: str) -> float | None:
     batched = f["batched_seconds"]
     if chain.get("gradient_gflops") and f.get("flops_per_token"):
         big_flops = f["roofline_tokens_per_sec"] * f["flops_per_token"]
-        rate = min(big_flops, chain["gradient_gflops"] * 1e9)
-        if chain.get("output_seconds") and f.get("output_flops"):
-            batched = chain["output_seconds"] + max(batched * big_flops - f["output_flops"], 0.0) / rate
-        else:
-            batched *= big_flops / rate
+        measured = chain.get("output_seconds") is not None and f.get("output_flops")
+        batched = own_batched_seconds(batched * big_flops, big_flops, chain["gradient_gflops"] * 1e9,
+                                      chain["output_seconds"] if measured else None, f.get("output_flops", 0.0))
     return tokens / (chain["seconds"] + batched)
 
 
@@ -259,10 +262,14 @@ def cells_table(payload: dict[str, Any]) -> str:
 def scaling_table(payload: dict[str, Any]) -> str:
     if not payload.get("scaling"):
         return ""
-    lines = ["| varied | value | floor tokens/s | " + " | ".join(ORDER[1:]) + " |", "|---|---:|---:|" + "---:|" * 4]
+    paired_any = any(r.get("backend") == "floor" for p in payload["scaling"] for r in p["results"])
+    head = "floor tokens/s (at the shape's start / median beside the windows)" if paired_any else "floor tokens/s"
+    lines = [f"| varied | value | {head} | " + " | ".join(ORDER[1:]) + " |", "|---|---:|---:|" + "---:|" * 4]
     for point in payload["scaling"]:
         pts = {r["backend"]: r for r in point["results"]}
         fl = point["floor"].get("floor_tokens_per_sec")
+        beside = pts.get("floor")
+        fl_text = f"{fl:,.0f}" + (f" / {beside['median']:,.0f}" if beside and "error" not in beside else "") if fl else ""
         cells = []
         for b in ORDER[1:]:
             r = pts.get(b)
@@ -274,7 +281,7 @@ def scaling_table(payload: dict[str, Any]) -> str:
             pct = round_ratio(r, paired(pts.get("floor"), r))
             share = pct["median"] if pct else (r["median"] / fl if fl else None)
             cells.append(f"{r['median']:,.0f} ({100 * share:.0f}%)" if share is not None else _rate(r))
-        lines.append(f"| {point['varied']} | {point['value']} | {fl:,.0f} | " + " | ".join(cells) + " |" if fl else "")
+        lines.append(f"| {point['varied']} | {point['value']} | {fl_text} | " + " | ".join(cells) + " |" if fl else "")
     return "\n".join(ln for ln in lines if ln)
 
 
