@@ -208,15 +208,15 @@ def output_runners(library: str, B: int, H: int, V: int, T: int) -> list[tuple[C
             logits = [lambda: h @ W]
             d_h = [lambda: g @ W.T, lambda: g @ WT]
             d_W = [lambda: h.T @ g, lambda: hT @ g, lambda: (gT @ h).T]
-            sync: Callable[[Any], Any] = lambda outs: outs  # noqa: E731
+            sync: Callable[[Any], Any] = lambda outs: outs
         elif library == "torch":
             import torch
 
-            th, tg, tW, thT, tgT, tWT = (torch.from_numpy(a) for a in (h, g, W, hT, gT, WT))
+            th, tg, tW, thT, tWT = (torch.from_numpy(a) for a in (h, g, W, hT, WT))
             logits = [lambda: torch.mm(th, tW)]
             d_h = [lambda: torch.mm(tg, tW.T), lambda: torch.mm(tg, tWT)]
             d_W = [lambda: torch.mm(th.T, tg), lambda: torch.mm(thT, tg), lambda: torch.mm(tg.T, th).T]
-            sync = lambda outs: outs  # noqa: E731
+            sync = lambda outs: outs
         else:
             if "bool" not in vars(np):
                 np.bool = bool  # type: ignore[attr-defined]  # mxnet 1.9 reads it; numpy >= 1.24 removed it
@@ -229,7 +229,7 @@ def output_runners(library: str, B: int, H: int, V: int, T: int) -> list[tuple[C
             logits = [lambda: mx.nd.dot(mh, mW), lambda: fc(mh, mWT, V)]
             d_h = [lambda: mx.nd.dot(mg, mW, transpose_b=True), lambda: fc(mg, mW, H)]
             d_W = [lambda: mx.nd.dot(mh, mg, transpose_a=True), lambda: fc(mhT, mgT, V), lambda: fc(mgT, mhT, H).T]
-            sync = lambda outs: [o.wait_to_read() for o in outs]  # noqa: E731
+            sync = lambda outs: [o.wait_to_read() for o in outs]
         return [(lambda fs=fs: tuple(f() for f in fs), sync) for fs in itertools.product(logits, d_h, d_W)]
     if library == "tensorflow":
         import tensorflow as tf
