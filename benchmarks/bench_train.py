@@ -280,7 +280,8 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     for spec in [*specs, *([floor_spec] if floor_spec else []), *own_specs]:
         print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
         s = Server(spec, timeout)
-        print(f"FAILED: {s.error}" if s.error else f"first epoch {s.info['first_epoch_seconds']:.2f} s", file=log, flush=True)
+        ready = "ready" if spec["backend"] == "floor" else f"first epoch {s.info['first_epoch_seconds']:.2f} s"
+        print(f"FAILED: {s.error}" if s.error else ready, file=log, flush=True)
         servers.append(s)
     limits = servers[len(specs):]
     servers = servers[:len(specs)]
@@ -333,19 +334,45 @@ def _write(out: Path, payload: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", payload)  # atomic, NaN/inf as null: nothing half-written
 
 
+def _names(allowed: tuple[str, ...], *also: str) -> Any:
+    """An argparse type: a comma-separated list of names from ``allowed`` (``also`` accepted and kept),
+    so a typo fails at once with the valid names instead of after minutes of floor timing."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in allowed and n not in also]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(repr, bad)) or 'empty list'}; choose from "
+                                             f"{', '.join(allowed)}")
+        return names
+    return parse
+
+
+def _positive(kind: type) -> Any:
+    """An argparse type: a number of ``kind`` greater than 0."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
-    ap.add_argument("--backends", default=",".join(FRAMEWORKS), help="frameworks (the NumPy oracle is always timed once)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
-    ap.add_argument("--window", type=float, default=2.0, help="seconds of whole epochs per timed window (default 2)")
+    ap.add_argument("--backends", type=_names(FRAMEWORKS, "numpy"), default=",".join(FRAMEWORKS),
+                    help=f"comma-separated frameworks, of {', '.join(FRAMEWORKS)} (the NumPy oracle is always timed once)")
+    ap.add_argument("--variants", type=_names(VARIANTS), default=",".join(VARIANTS),
+                    help=f"comma-separated variants, of {', '.join(VARIANTS)} (default: all)")
+    ap.add_argument("--repeats", type=_positive(int), default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--window", type=_positive(float), default=2.0,
+                    help="seconds of whole epochs per timed window (default 2)")
     ap.add_argument("--no-cells", action="store_true", help="skip the GRU/LSTM table")
     ap.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch scaling sweep")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 s, no cells table, no scaling")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
-    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--timeout", type=_positive(float), default=900, help="seconds a process may take per answer")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = ap.parse_args(argv)
     if args.serve:
@@ -358,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.repeats, args.window, args.no_cells, args.no_scaling = 2, 1.0, True, True
-    backends = [b.strip() for b in args.backends.split(",") if b.strip() and b.strip() != "numpy"]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    backends = [b for b in args.backends if b != "numpy"]
+    variants = args.variants
     out = Path(args.out) if args.out else ROOT / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     log = sys.stderr

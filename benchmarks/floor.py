@@ -15,6 +15,11 @@ the best one defines the floor: a framework whose own kernels are slower for thi
 reach it, and the benchmark report shows by how much. FLOPs per token: :meth:`multirnn.cells.Model.flops_per_token`.
 
     python -m benchmarks.floor --library torch --batch 32 --hidden 512 --gates 1 --steps 35
+
+prints one JSON line for that library: ``seconds`` and ``gflops``, its serial chain (2·T products);
+``gradient_gflops``, its rate for the recurrent weights' gradient GEMM; ``output_seconds`` and
+``output_gflops``, its output layer's three GEMMs (the floor itself is :func:`floor`, which
+bench_train computes from every library's line).
 """
 
 from __future__ import annotations
@@ -345,13 +350,17 @@ def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, librarie
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--library", choices=[*LIBRARIES, "big-gemm"], required=True)
+    ap.add_argument("--library", choices=[*LIBRARIES, "big-gemm"], required=True,
+                    help="whose kernels to time; big-gemm: the 2048^3 GEMM rate of NumPy and torch")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--gates", type=int, default=1)
+    ap.add_argument("--gates", type=int, choices=(1, 3, 4), default=1, help="1 tanh RNN, 3 GRU, 4 LSTM")
     ap.add_argument("--steps", type=int, default=35)
     ap.add_argument("--vocab", type=int, default=28)
     args = ap.parse_args(argv)
+    for name in ("batch", "hidden", "steps", "vocab"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     from multirnn.allocator import keep_freed_memory
 
     keep_freed_memory()  # the same process setting as the training steps the floor is compared with

@@ -417,14 +417,31 @@ PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
           "torch-loops": torch_loops}
 
+def _usage(problem: str | None = None) -> None:
+    if problem:
+        print(f"python -m benchmarks.probes: {problem}", file=sys.stderr)
+    print(__doc__.split("\n\n")[1])
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "step":
-        _faults_child(sys.argv[2])
-        sys.exit(0)
-    if len(sys.argv) in (4, 5) and sys.argv[1] == "ab":
-        ab(sys.argv[2], sys.argv[3], *(int(n) for n in sys.argv[4:]))
-        sys.exit(0)
+    FAST = ("numpy", "torch", "mxnet", "tensorflow", "jax")  # the backends with a fast step to time
+    if len(sys.argv) >= 2 and sys.argv[1] in ("step", "ab"):
+        if len(sys.argv) < 3 or sys.argv[2] not in FAST:
+            _usage(f"{sys.argv[1]} needs a backend, one of {', '.join(FAST)}")
+        if sys.argv[1] == "step" and len(sys.argv) == 3:
+            _faults_child(sys.argv[2])
+            sys.exit(0)
+        if sys.argv[1] == "ab" and len(sys.argv) in (4, 5):
+            from pathlib import Path
+
+            if not (Path(sys.argv[3]) / "multirnn" / "backends").is_dir():
+                _usage(f"{sys.argv[3]!r} is not a multirnn checkout (no multirnn/backends in it)")
+            if len(sys.argv) == 5 and not (sys.argv[4].isdigit() and int(sys.argv[4]) > 0):
+                _usage(f"rounds must be a positive whole number, got {sys.argv[4]!r}")
+            ab(sys.argv[2], sys.argv[3], *(int(n) for n in sys.argv[4:]))
+            sys.exit(0)
+        _usage(f"wrong arguments for {sys.argv[1]}")
     if len(sys.argv) != 2 or sys.argv[1] not in PROBES:
-        print(__doc__.split("\n\n")[1])
-        sys.exit(2)
+        _usage(f"unknown probe {sys.argv[1]!r}" if len(sys.argv) >= 2 else None)
     PROBES[sys.argv[1]]()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import main_table, scaling_table, target_verdict
+from benchmarks.report import legend, main_table, scaling_table, target_verdict
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
 # at the big-GEMM rate, 200k tokens/s x 1 MFLOP per token = 200 GFLOP/s).
@@ -161,3 +161,16 @@ def test_own_batched_seconds() -> None:
     assert own_batched_seconds(2e9, 200e9, 100e9) == 2e9 / 100e9
     assert own_batched_seconds(2e9, 200e9, 400e9) == 2e9 / 200e9
     assert abs(own_batched_seconds(2e9, 200e9, 100e9, 4e-3, 0.5e9) - 19e-3) < 1e-12
+
+
+def test_legend_says_what_the_run_measured() -> None:
+    # A run with no floor windows and no per-GEMM rates: one start-of-run floor, the batched FLOPs at
+    # big-GEMM rate, and no word about drift between paired windows.
+    old = legend({"floors": {"rnn": {**FLOOR, "chains": [FLOOR["chains"][0]]}}, "main": []})
+    assert "once, at the start of the run" in old and "big-GEMM rate" in old and "drift" not in old
+    # Paired floor and own-kernel windows with measured output GEMMs: the legend says so.
+    chains = [{**FLOOR["chains"][0], "gradient_gflops": 150.0, "output_seconds": 1e-3}]
+    rows = [{"backend": "floor", "mode": "chain", "windows": [{"tokens_per_sec": 1.0, "paired_with": "torch scratch/fast"}]},
+            {"backend": "floor", "mode": "own", "windows": []}]
+    new = legend({"floors": {"rnn": {**FLOOR, "chains": chains}}, "main": rows})
+    assert "right after its window" in new and "output layer's three thin GEMMs" in new and "drift" in new
