@@ -39,6 +39,7 @@ def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Ca
             t = time.perf_counter()
             sync(f())
             times[name].append(time.perf_counter() - t)
+    print(f"median (and min) of {rounds} calls each, the variants taking turns:")
     for name, ts in times.items():
         print(f"{name:<44} {statistics.median(ts) * 1e3:8.3f} ms (min {min(ts) * 1e3:.3f})")
 
@@ -180,7 +181,7 @@ def jax_loop() -> None:
     gemms = jax.jit(gemms_fn)
     tiny = jax.jit(lambda h0: lax.scan(lambda c, _: (c + 1.0, None), h0, None, length=2 * T)[0])
     alternate({"the backend's recurrence, forward + VJP": lambda: backend(xw, W, h0, g),
-               "the same scans and dW_hh, GEMMs only": lambda: gemms(xw, W, h0, g),
+               "the same scans and dW_hh, GEMMs only (no dL/dh0)": lambda: gemms(xw, W, h0, g),
                f"a scan of {2 * T} tiny adds": lambda: tiny(h0)},
               rounds=100, sync=lambda a: jax.block_until_ready(a))
 
