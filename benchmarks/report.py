@@ -247,14 +247,22 @@ def main_table(payload: dict[str, Any]) -> str:
             return pct_of(point, own_floor(f, library))
         return f"{100 * pct['median']:.0f}% [{100 * pct['min']:.0f}–{100 * pct['max']:.0f}]"
 
+    def allows(point: dict[str, Any] | None, library: str) -> str:
+        """The share of the floor the library's own GEMM kernels allow (the ceiling the verdict judges by)."""
+        if not point or "error" in point:
+            return "-"
+        share = allowed_share(f, library, fp, round_own_floor(payload, library), point)
+        return f"{100 * share:.0f}%" if share is not None else "-"
+
     head = ("| backend | scratch/eager | scratch/fast | layers/eager | layers/fast | fast: % floor | fast: % roofline "
-            "| fast: % own-kernel floor | 80 % of floor | fast / eager | fast / layers-fast | layers-fast / layers-eager | 1st epoch (fast) s |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"]
+            "| fast: % own-kernel floor | own GEMM kernels allow | 80 % of floor | fast / eager | fast / layers-fast "
+            "| layers-fast / layers-eager | 1st epoch (fast) s |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|"]
     numpy = pts.get(("numpy", "scratch/eager"))
     if numpy:
         lines.append(f"| numpy (oracle) | {_rate(numpy)} | - | - | - | {pct_floor(numpy)} | "
                      f"{pct_of(numpy, f['roofline_tokens_per_sec'])} | "
-                     f"{pct_own(numpy, 'numpy')} | - | - | - | - | "
+                     f"{pct_own(numpy, 'numpy')} | {allows(numpy, 'numpy')} | - | - | - | - | "
                      f"{numpy.get('first_epoch_seconds', 0):.2f} |")
     for b in ORDER[1:]:
         if not any(k[0] == b for k in pts):
@@ -263,9 +271,10 @@ def main_table(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {b} | {_rate(pts.get((b, 'scratch/eager')))} | **{_rate(fast)}** | {_rate(pts.get((b, 'layers/eager')))} | "
             f"{_rate(pts.get((b, 'layers/fast')))} | {pct_floor(fast)} | {pct_of(fast, f['roofline_tokens_per_sec'])} | "
-            f"{pct_own(fast, b)} | {target_verdict(fast, f, b, fp, round_own_floor(payload, b))} | {_ratio(fast, pts.get((b, 'scratch/eager')))} | {_ratio(fast, pts.get((b, 'layers/fast')))} | "
+            f"{pct_own(fast, b)} | {allows(fast, b)} | {target_verdict(fast, f, b, fp, round_own_floor(payload, b))} | "
+            f"{_ratio(fast, pts.get((b, 'scratch/eager')))} | {_ratio(fast, pts.get((b, 'layers/fast')))} | "
             f"{_ratio(pts.get((b, 'layers/fast')), pts.get((b, 'layers/eager')))} | "
-            f"{fast.get('first_epoch_seconds', 0):.2f} |" if fast else f"| {b} |" + " - |" * 12)
+            f"{fast.get('first_epoch_seconds', 0):.2f} |" if fast else f"| {b} |" + " - |" * 13)
     return "\n".join(lines)
 
 
