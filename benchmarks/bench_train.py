@@ -334,6 +334,15 @@ def _write(out: Path, payload: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", payload)  # atomic, NaN/inf as null: nothing half-written
 
 
+def floor_server_spec(f: dict[str, Any], big_flops: float, B: int, H: int, T: int) -> dict[str, Any] | None:
+    """The spec of a warm process that times the tanh RNN's floor ``f`` for one shape (:func:`serve_floor`):
+    the best library's chain, and the batched FLOPs at the big-GEMM rate; None if no library timed the chain."""
+    if "best_library" not in f:
+        return None
+    return {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", "B": B, "H": H, "T": T,
+            "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops}
+
+
 def _names(allowed: tuple[str, ...], *also: str) -> Any:
     """An argparse type: a comma-separated list of names from ``allowed`` (``also`` accepted and kept),
     so a typo fails at once with the valid names instead of after minutes of floor timing."""
@@ -347,17 +356,9 @@ def _names(allowed: tuple[str, ...], *also: str) -> Any:
     return parse
 
 
-def _positive(kind: type) -> Any:
-    """An argparse type: a number of ``kind`` greater than 0."""
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        return value
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
+    from multirnn.compare import number_arg  # compare's checked numbers: positive and finite
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -365,14 +366,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated frameworks, of {', '.join(FRAMEWORKS)} (the NumPy oracle is always timed once)")
     ap.add_argument("--variants", type=_names(VARIANTS), default=",".join(VARIANTS),
                     help=f"comma-separated variants, of {', '.join(VARIANTS)} (default: all)")
-    ap.add_argument("--repeats", type=_positive(int), default=7, help="interleaved rounds (default 7)")
-    ap.add_argument("--window", type=_positive(float), default=2.0,
+    ap.add_argument("--repeats", type=number_arg(int, "a positive integer"), default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--window", type=number_arg(float, "a positive number of seconds"), default=2.0,
                     help="seconds of whole epochs per timed window (default 2)")
     ap.add_argument("--no-cells", action="store_true", help="skip the GRU/LSTM table")
     ap.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch scaling sweep")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 s, no cells table, no scaling")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
-    ap.add_argument("--timeout", type=_positive(float), default=900, help="seconds a process may take per answer")
+    ap.add_argument("--timeout", type=number_arg(float, "a positive number of seconds"), default=900, help="seconds a process may take per answer")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = ap.parse_args(argv)
     if args.serve:
@@ -426,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     # speed drifts (the torch chain measured 199 and 276 GFLOP/s an hour apart on one machine, the
     # floor 53k-81k tokens/s between rounds on another), so a % of the floor must divide two
     # measurements taken together.
-    floor_spec = {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", **D2L_ED1,
-                  "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
+    floor_spec = floor_server_spec(f, big_flops, **D2L_ED1)
     payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log,
                                       floor_spec)
     _write(out, payload)
@@ -453,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"scaling: {key}={value}", file=log, flush=True)
                 # The shape's floor is timed beside each fast path too (as in the main table): measured
                 # once at the shape's start, drift alone put a fast path at 108 % of it in one run.
-                paired_floor = {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn",
-                                "B": shape["batch_size"], "H": shape["num_hiddens"], "T": D2L_ED1["T"], "G": 1, "L": 1,
-                                "V": 28, "batched_flops": f["batched_seconds"] * big_flops} if "best_library" in f else None
+                paired_floor = floor_server_spec(f, big_flops, B=shape["batch_size"], H=shape["num_hiddens"], T=D2L_ED1["T"])
                 res = run_interleaved(specs, 3, max(1.0, args.window / 2), args.timeout, log, paired_floor, own=False)
                 payload["scaling"].append({"varied": key, "value": value, "floor": f, "results": res})
                 _write(out, payload)

@@ -349,18 +349,18 @@ def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, librarie
 
 
 def main(argv: list[str] | None = None) -> int:
+    from multirnn.compare import number_arg  # compare's checked numbers
+
     ap = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--library", choices=[*LIBRARIES, "big-gemm"], required=True,
                     help="whose kernels to time; big-gemm: the 2048^3 GEMM rate of NumPy and torch")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=512)
+    size = number_arg(int, "a positive integer")
+    ap.add_argument("--batch", type=size, default=32)
+    ap.add_argument("--hidden", type=size, default=512)
     ap.add_argument("--gates", type=int, choices=(1, 3, 4), default=1, help="1 tanh RNN, 3 GRU, 4 LSTM")
-    ap.add_argument("--steps", type=int, default=35)
-    ap.add_argument("--vocab", type=int, default=28)
+    ap.add_argument("--steps", type=size, default=35)
+    ap.add_argument("--vocab", type=size, default=28)
     args = ap.parse_args(argv)
-    for name in ("batch", "hidden", "steps", "vocab"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     from multirnn.allocator import keep_freed_memory
 
     keep_freed_memory()  # the same process setting as the training steps the floor is compared with

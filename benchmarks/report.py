@@ -297,17 +297,23 @@ def cells_table(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scaling_paired(payload: dict[str, Any]) -> bool:
+    """Whether the run timed each scaling shape's floor beside the fast paths' windows (newer runs)."""
+    return any(r.get("backend") == "floor" for p in payload.get("scaling", []) for r in p["results"])
+
+
 def scaling_table(payload: dict[str, Any]) -> str:
     if not payload.get("scaling"):
         return ""
-    paired_any = any(r.get("backend") == "floor" for p in payload["scaling"] for r in p["results"])
-    head = "floor tokens/s (at the shape's start / median beside the windows)" if paired_any else "floor tokens/s"
+    head = "floor tokens/s (at the shape's start / median beside the windows)" if scaling_paired(payload) else "floor tokens/s"
     lines = [f"| varied | value | {head} | " + " | ".join(ORDER[1:]) + " |", "|---|---:|---:|" + "---:|" * 4]
     for point in payload["scaling"]:
         pts = {r["backend"]: r for r in point["results"]}
         fl = point["floor"].get("floor_tokens_per_sec")
         beside = pts.get("floor")
-        fl_text = f"{fl:,.0f}" + (f" / {beside['median']:,.0f}" if beside and "error" not in beside else "") if fl else ""
+        fl_text = f"{fl:,.0f}" if fl else ""
+        if fl and beside and "error" not in beside:
+            fl_text += f" / {beside['median']:,.0f}"
         cells = []
         for b in ORDER[1:]:
             r = pts.get(b)
@@ -405,8 +411,7 @@ def write(payload: dict[str, Any], out: Path) -> None:
     if payload.get("cells"):
         parts += ["", "## GRU and LSTM (fast paths and the frameworks' own layers)", "", cells_table(payload)]
     if payload.get("scaling"):
-        paired_scaling = any(r.get("backend") == "floor" for p in payload["scaling"] for r in p["results"])
-        how = "timed beside each window" if paired_scaling else "measured once at the shape's start: drift can put a fast path above 100 %"
+        how = "timed beside each window" if scaling_paired(payload) else "measured once at the shape's start: drift can put a fast path above 100 %"
         parts += ["", f"## Scaling (fast paths; % of the floor for that shape, {how})", "", scaling_table(payload)]
     made = plot(payload, out)
     parts += [""] + [f"![{name}]({name})" for name in made]
