@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from benchmarks.report import legend, main_table, scaling_table, target_verdict
+from tests.conftest import require_backend
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
 # at the big-GEMM rate, 200k tokens/s x 1 MFLOP per token = 200 GFLOP/s).
@@ -174,3 +178,24 @@ def test_legend_says_what_the_run_measured() -> None:
             {"backend": "floor", "mode": "own", "windows": []}]
     new = legend({"floors": {"rnn": {**FLOOR, "chains": chains}}, "main": rows})
     assert "right after its window" in new and "output layer's three thin GEMMs" in new and "drift" in new
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch", "mxnet", "tensorflow", "jax"])
+def test_every_chain_form_computes_the_same_chain(library: str) -> None:
+    """The floor takes the fastest of a library's chain forms, so each must run the same products:
+    the feature-major forms give the batch-major state transposed. (MXNet's last form, the fused RNN
+    operator, applies tanh between the products and is not compared.)"""
+    if library != "numpy":
+        require_backend(library)
+    from benchmarks.floor import chain_runners
+
+    B, H, T = 3, 8, 4
+    runners = chain_runners(library, B, H, 1, T)
+    if library == "mxnet":
+        runners = runners[:-1]
+    outs = [np.asarray(run().asnumpy() if library == "mxnet" else sync(run())) for run, sync in runners]
+    want = outs[0]
+    assert len(outs) >= 2 and want.shape == (B, H) and np.abs(want).max() > 1e-3  # not decayed to nothing
+    for got in outs[1:]:
+        got = got.T if got.shape == (H, B) else got
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
