@@ -199,3 +199,18 @@ def test_every_chain_form_computes_the_same_chain(library: str) -> None:
     for got in outs[1:]:
         got = got.T if got.shape == (H, B) else got
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_variant_that_cannot_start_is_a_row_not_a_crash() -> None:
+    """A variant whose process reports an error at start (e.g. torch's nn.GRU for d2l's GRU) must
+    leave a row with its reason, and the other variants must still be timed."""
+    import io
+
+    from benchmarks.bench_train import run_interleaved
+
+    log = io.StringIO()
+    bad = {"backend": "nosuch", "impl": "scratch", "mode": "fast"}
+    good = {"backend": "numpy", "impl": "scratch", "mode": "eager", "overrides": {"num_hiddens": 8}}
+    rows = run_interleaved([bad, good], repeats=1, window=0.05, timeout=120, log=log)
+    assert "nosuch" in rows[0]["error"] and "FAILED" in log.getvalue()
+    assert "error" not in rows[1] and rows[1]["windows"][0]["tokens_per_sec"] > 0
