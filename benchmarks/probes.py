@@ -11,7 +11,7 @@
     python -m benchmarks.probes torch-loops     # torch: the fast step against its serial loops, with and without their elementwise ops
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
-    python -m benchmarks.probes ab BACKEND DIR  # BACKEND's fast step from another checkout DIR (A) against this one (B)
+    python -m benchmarks.probes ab BACKEND DIR [ROUNDS [CELL]]  # BACKEND's fast step from another checkout DIR (A) against this one (B)
 
 Shapes: batch 32, 35 steps, hidden 512, vocab 28, float32. Run nothing else meanwhile.
 """
@@ -353,10 +353,11 @@ def _faults_child(backend: str) -> None:
           f"{statistics.median(times) / steps * 1e3:7.2f} ms/step")
 
 
-def ab(backend: str, other: str, rounds: int = 12) -> None:
+def ab(backend: str, other: str, rounds: int = 12, cell: str = "rnn") -> None:
     """An in-process A/B of one fast step: the backend module of checkout ``other`` (A, e.g. ``git
     worktree add /tmp/base HEAD~1``) against this one (B), whole epochs alternating, from the same
-    weights and batches; prints the per-round ratio's median and spread, and both first-epoch losses."""
+    weights and batches, for the d2l ed. 1 shapes with ``cell``; prints the per-round ratio's median
+    and spread, and both first-epoch losses."""
     import importlib.util
     from pathlib import Path
 
@@ -372,7 +373,7 @@ def ab(backend: str, other: str, rounds: int = 12) -> None:
     sys.modules[spec.name] = old  # dataclasses look their module up while the file executes
     spec.loader.exec_module(old)
     new = importlib.import_module(module_path)
-    config = multirnn.preset("d2l-ed1", num_epochs=1)
+    config = multirnn.preset("d2l-ed1", num_epochs=1, cell=cell)
     data = multirnn.prepare_data(config)
     params = multirnn.init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype, config.model)
     batches = list(data.train_batches(np.random.default_rng(config.seed)))
@@ -433,14 +434,18 @@ if __name__ == "__main__":
         if sys.argv[1] == "step" and len(sys.argv) == 3:
             _faults_child(sys.argv[2])
             sys.exit(0)
-        if sys.argv[1] == "ab" and len(sys.argv) in (4, 5):
+        if sys.argv[1] == "ab" and len(sys.argv) in (4, 5, 6):
             from pathlib import Path
+
+            from multirnn.cells import CELLS
 
             if not (Path(sys.argv[3]) / "multirnn" / "backends").is_dir():
                 _usage(f"{sys.argv[3]!r} is not a multirnn checkout (no multirnn/backends in it)")
-            if len(sys.argv) == 5 and not (sys.argv[4].isdigit() and int(sys.argv[4]) > 0):
+            if len(sys.argv) >= 5 and not (sys.argv[4].isdigit() and int(sys.argv[4]) > 0):
                 _usage(f"rounds must be a positive whole number, got {sys.argv[4]!r}")
-            ab(sys.argv[2], sys.argv[3], *(int(n) for n in sys.argv[4:]))
+            if len(sys.argv) == 6 and sys.argv[5] not in CELLS:
+                _usage(f"unknown cell {sys.argv[5]!r}; cells: {', '.join(CELLS)}")
+            ab(sys.argv[2], sys.argv[3], *(int(n) for n in sys.argv[4:5]), *sys.argv[5:6])
             sys.exit(0)
         _usage(f"wrong arguments for {sys.argv[1]}")
     if len(sys.argv) != 2 or sys.argv[1] not in PROBES:
