@@ -10,8 +10,9 @@ projections of deeper layers, the output layer, every weight gradient) can be ba
                              + (FLOPs per minibatch - serial FLOPs) / big-GEMM rate
 
 and ``floor tokens/s = B·T / floor time``. The serial chain is timed in every library that is
-installed (NumPy's BLAS, torch, MXNet, TensorFlow, XLA through JAX), each in its own process, and
-the best one defines the floor: a framework whose own kernels are slower for this shape cannot
+installed (NumPy's BLAS, torch, MXNet, TensorFlow, XLA through JAX), each in its own process and
+both batch-major and feature-major (the products transposed, see :func:`chain_runners`), and the
+best one defines the floor: a framework whose own kernels are slower for this shape cannot
 reach it, and the benchmark report shows by how much. FLOPs per token: :meth:`multirnn.cells.Model.flops_per_token`.
 
     python -m benchmarks.floor --library torch --batch 32 --hidden 512 --gates 1 --steps 35
