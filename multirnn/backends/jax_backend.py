@@ -91,10 +91,11 @@ def _recurrence(xw: jax.Array, W_hh: jax.Array, h0: jax.Array) -> jax.Array:
 
 
 # Both loops run feature-major: the state as (H, B), each step h^T = tanh(xw^T + W_hh^T h^T)
-# (the same products and sums). XLA's CPU dot runs the (H, H) @ (H, B) chain ~1.6x faster than
-# (B, H) @ (H, H) (`python -m benchmarks.floor --library jax`: 6.5-6.7 against 10.4-11.3 ms for the
-# 70 products on an AMD EPYC); the loops' stacked inputs and outputs are transposed outside them,
-# which XLA runs far slower than the loops gain back if done inside (an ad-hoc A/B: no gain).
+# (the same products and sums). XLA's CPU dot runs the (H, H) @ (H, B) chain 1.5-1.7x faster than
+# (B, H) @ (H, H) (the 70 products of `benchmarks.floor.chain_runners` on an AMD EPYC: 6.46-6.70
+# against 9.68-11.28 ms; benchmarks/PROFILES.md finding 12). The loops' stacked inputs and outputs
+# are transposed outside them: transposing inside the loop bodies instead cost more than the loops
+# gained (an ad-hoc A/B: 0.993x).
 def _recurrence_fwd(xw: jax.Array, W_hh: jax.Array, h0: jax.Array):
     W_hh_T = W_hh.T
 
@@ -125,7 +126,7 @@ def _recurrence_bwd(res, d_hs: jax.Array):
     d_pre = jnp.swapaxes(jnp.concatenate([d_pres, d_last[None]]), 1, 2)  # (T, B, H)
     h_prev = jnp.concatenate([h0[None], jnp.swapaxes(hs_f[:-1], 1, 2)])  # (T, B, H): h_{t-1} for every step
     d_W_hh = h_prev.reshape(-1, H).T @ d_pre.reshape(-1, H)  # one (H, T*B) @ (T*B, H) matmul
-    return d_pre, d_W_hh, (W_hh.T @ d_first).T
+    return d_pre, d_W_hh, (W_hh @ d_first).T  # dL/dh0 = d_pre_1 W_hh^T = (W_hh d_pre_1^T)^T
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
