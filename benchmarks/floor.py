@@ -62,8 +62,9 @@ def chain_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple[Ca
 
     Each library runs the chain batch-major, as written, and feature-major: the same products
     transposed, ``W_f^T @ h^T`` with the state held as ``(H, B)``. They are the same FLOPs and the
-    same sums, but BLAS libraries run the two orientations at different speeds (MKL on an AMD EPYC:
-    feature-major ~20 % faster for these shapes), so the floor takes the faster."""
+    same sums, but libraries run the two orientations at different speeds (on an AMD EPYC, XLA ran
+    the tanh RNN's chain 1.5-1.7x faster feature-major, while OpenBLAS ran it slower), so the floor
+    takes the faster."""
     h0, W_f, W_b = _operands(B, H, G)
     # Feature-major operands: the state transposed, the weights as contiguous transposed copies.
     h0_t, W_f_t, W_b_t = (np.ascontiguousarray(a.T) for a in (h0, W_f, W_b))
@@ -191,14 +192,15 @@ def gradient_runners(library: str, B: int, H: int, G: int, T: int) -> list[tuple
     """``library``'s ways to run the largest batched GEMM of a step, the recurrent weights' gradient
     ``H_prev^T @ d_pre`` ((H, T·B) @ (T·B, G·H)), as ``(run, sync)``: with the left operand as a
     transposed view (as the fast paths have it) and as a contiguous copy (and, for MXNet, through
-    oneDNN's FullyConnected too). The best of them bounds what the framework's own kernels give the
-    batched part of a step; the copies themselves are not timed, so the bound is generous."""
+    oneDNN's FullyConnected too; for NumPy and torch also feature-major). The best of them bounds what
+    the framework's own kernels give the batched part of a step; the copies themselves are not timed,
+    so the bound is generous."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T * B, H)).astype(np.float32)
     y = rng.standard_normal((T * B, G * H)).astype(np.float32)
     xt, yt = np.ascontiguousarray(x.T), np.ascontiguousarray(y.T)
-    # NumPy and torch also with both operands feature-major, (H, T·B) and (G·H, T·B), as torch's
-    # tanh RNN fast path holds them: xt @ yt^T.
+    # NumPy and torch also with both operands feature-major, (H, T·B) and (G·H, T·B), the layout a
+    # feature-major fast path holds them in: xt @ yt^T.
     if library == "numpy":
         return [(lambda: x.T @ y, lambda a: a), (lambda: xt @ y, lambda a: a), (lambda: xt @ yt.T, lambda a: a)]
     if library == "torch":
@@ -251,8 +253,8 @@ def output_runners(library: str, B: int, H: int, V: int, T: int) -> list[tuple[C
     W = (rng.standard_normal((H, V)) * 0.01).astype(np.float32)
     hT, gT, WT = (np.ascontiguousarray(a.T) for a in (h, g, W))
     if library in ("numpy", "torch", "mxnet"):  # eager: each form is a function of no arguments
-        # NumPy and torch also feature-major (states and logits as (H, T·B) and (V, T·B)), as
-        # torch's tanh RNN fast path runs them: the last form of each GEMM.
+        # NumPy and torch also feature-major (states and logits as (H, T·B) and (V, T·B)), as a
+        # feature-major fast path would run them: the last form of each GEMM.
         if library == "numpy":
             logits = [lambda: h @ W, lambda: WT @ hT]
             d_h = [lambda: g @ W.T, lambda: g @ WT, lambda: W @ gT]

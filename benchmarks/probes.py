@@ -173,10 +173,12 @@ def jax_loop() -> None:
     backend = jax.jit(lambda xw, W, h0, g: jax.vjp(_recurrence, xw, W, h0)[1](g))
 
     def gemms_fn(xw: Any, W: Any, h0: Any, g: Any) -> Any:
+        # Feature-major, as the backend's loops run (PROFILES finding 12); dW_hh's GEMM on (T·B, H)
+        # operands that need no transpose here (the backend transposes its hidden states first).
         W_T = W.T
-        _, hs = lax.scan(lambda c, _: (c @ W, c), h0, None, length=T)
-        _, ds = lax.scan(lambda c, _: (c @ W_T, c), g[-1], None, length=T - 1)
-        return ds, hs.reshape(T * B, H).T @ g.reshape(T * B, H)
+        _, hs = lax.scan(lambda c, _: (W_T @ c, c), h0.T, None, length=T)
+        _, ds = lax.scan(lambda c, _: (W @ c, c), g[-1].T, None, length=T - 1)
+        return hs, ds, xw.reshape(T * B, H).T @ g.reshape(T * B, H)
 
     gemms = jax.jit(gemms_fn)
     tiny = jax.jit(lambda h0: lax.scan(lambda c, _: (c + 1.0, None), h0, None, length=2 * T)[0])

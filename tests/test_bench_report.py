@@ -214,3 +214,33 @@ def test_a_variant_that_cannot_start_is_a_row_not_a_crash() -> None:
     rows = run_interleaved([bad, good], repeats=1, window=0.05, timeout=120, log=log)
     assert "nosuch" in rows[0]["error"] and "FAILED" in log.getvalue()
     assert "error" not in rows[1] and rows[1]["windows"][0]["tokens_per_sec"] > 0
+
+
+def _as_array(x) -> np.ndarray:
+    return np.asarray(x.asnumpy() if hasattr(x, "asnumpy") else x)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch", "mxnet", "tensorflow", "jax"])
+def test_every_batched_gemm_form_computes_the_same_products(library: str) -> None:
+    """The own-kernel floor takes the fastest form of the recurrent weights' gradient and of each
+    output-layer GEMM, so every form must compute the same product (up to a transpose)."""
+    if library != "numpy":
+        require_backend(library)
+    from benchmarks.floor import gradient_runners, output_runners
+
+    B, H, V, T = 3, 8, 5, 4
+
+    def same(got: np.ndarray, want: np.ndarray) -> None:
+        got = got.T if got.shape != want.shape and got.T.shape == want.shape else got
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    grads = [_as_array(sync(run())) if library != "mxnet" else _as_array(run()) for run, sync in
+             gradient_runners(library, B, H, 1, T)]
+    assert len(grads) >= 2 and grads[0].shape == (H, H)
+    for got in grads[1:]:
+        same(got, grads[0])
+    outs = [[_as_array(o) for o in run()] for run, _sync in output_runners(library, B, H, V, T)]
+    assert len(outs) >= 2 and [o.shape for o in outs[0]] == [(T * B, V), (T * B, H), (H, V)]
+    for combo in outs[1:]:
+        for got, want in zip(combo, outs[0]):
+            same(got, want)
