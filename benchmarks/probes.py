@@ -429,7 +429,9 @@ def _usage(problem: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    FAST = ("numpy", "torch", "mxnet", "tensorflow", "jax")  # the backends with a fast step to time
+    from multirnn.backends import _REGISTRY
+
+    FAST = tuple(_REGISTRY)  # the built-in backends (ab loads their modules by the registry's paths)
     if len(sys.argv) >= 2 and sys.argv[1] in ("step", "ab"):
         if len(sys.argv) < 3 or sys.argv[2] not in FAST:
             _usage(f"{sys.argv[1]} needs a backend, one of {', '.join(FAST)}")

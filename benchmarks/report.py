@@ -302,6 +302,11 @@ def scaling_paired(payload: dict[str, Any]) -> bool:
     return any(r.get("backend") == "floor" for p in payload.get("scaling", []) for r in p["results"])
 
 
+def scaling_floor_beside(point: dict[str, Any]) -> dict[str, Any] | None:
+    """A scaling shape's floor as timed beside the fast paths' windows (newer runs), if it was and did not fail."""
+    return next((r for r in point["results"] if r["backend"] == "floor" and "error" not in r), None)
+
+
 def scaling_table(payload: dict[str, Any]) -> str:
     if not payload.get("scaling"):
         return ""
@@ -310,9 +315,9 @@ def scaling_table(payload: dict[str, Any]) -> str:
     for point in payload["scaling"]:
         pts = {r["backend"]: r for r in point["results"]}
         fl = point["floor"].get("floor_tokens_per_sec")
-        beside = pts.get("floor")
+        beside = scaling_floor_beside(point)
         fl_text = f"{fl:,.0f}" if fl else ""
-        if fl and beside and "error" not in beside:
+        if fl and beside:
             fl_text += f" / {beside['median']:,.0f}"
         cells = []
         for b in ORDER[1:]:
@@ -375,8 +380,8 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
             points = [p for p in payload["scaling"] if p["varied"] == key]
             xs = [p["value"] for p in points]
             # The floor as timed beside the windows (its median) when the run paired it, else the shape's start.
-            floors = [next((r["median"] for r in p["results"] if r["backend"] == "floor" and "error" not in r),
-                           p["floor"].get("floor_tokens_per_sec", float("nan"))) for p in points]
+            floors = [(scaling_floor_beside(p) or {}).get("median", p["floor"].get("floor_tokens_per_sec", float("nan")))
+                      for p in points]
             ax.plot(xs, floors, "k--", label="floor")
             for i, b in enumerate(ORDER[1:]):
                 ys = [next((r["median"] for r in p["results"] if r["backend"] == b and "error" not in r), float("nan"))

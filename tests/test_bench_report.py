@@ -180,6 +180,17 @@ def test_legend_says_what_the_run_measured() -> None:
     assert "right after its window" in new and "output layer's three thin GEMMs" in new and "drift" in new
 
 
+def _as_array(x) -> np.ndarray:
+    """Any library's array as NumPy (computing it first: MXNet's through asnumpy)."""
+    return np.asarray(x.asnumpy() if hasattr(x, "asnumpy") else x)
+
+
+def _same_up_to_transpose(got: np.ndarray, want: np.ndarray, atol: float) -> None:
+    """A feature-major form gives the batch-major result transposed."""
+    got = got.T if got.shape != want.shape and got.T.shape == want.shape else got
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+
+
 @pytest.mark.parametrize("library", ["numpy", "torch", "mxnet", "tensorflow", "jax"])
 def test_every_chain_form_computes_the_same_chain(library: str) -> None:
     """The floor takes the fastest of a library's chain forms, so each must run the same products:
@@ -193,12 +204,11 @@ def test_every_chain_form_computes_the_same_chain(library: str) -> None:
     runners = chain_runners(library, B, H, 1, T)
     if library == "mxnet":
         runners = runners[:-1]
-    outs = [np.asarray(run().asnumpy() if library == "mxnet" else sync(run())) for run, sync in runners]
+    outs = [_as_array(run()) for run, _sync in runners]
     want = outs[0]
     assert len(outs) >= 2 and want.shape == (B, H) and np.abs(want).max() > 1e-3  # not decayed to nothing
     for got in outs[1:]:
-        got = got.T if got.shape == (H, B) else got
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        _same_up_to_transpose(got, want, atol=1e-6)
 
 
 def test_a_variant_that_cannot_start_is_a_row_not_a_crash() -> None:
@@ -216,8 +226,6 @@ def test_a_variant_that_cannot_start_is_a_row_not_a_crash() -> None:
     assert "error" not in rows[1] and rows[1]["windows"][0]["tokens_per_sec"] > 0
 
 
-def _as_array(x) -> np.ndarray:
-    return np.asarray(x.asnumpy() if hasattr(x, "asnumpy") else x)
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch", "mxnet", "tensorflow", "jax"])
@@ -229,18 +237,12 @@ def test_every_batched_gemm_form_computes_the_same_products(library: str) -> Non
     from benchmarks.floor import gradient_runners, output_runners
 
     B, H, V, T = 3, 8, 5, 4
-
-    def same(got: np.ndarray, want: np.ndarray) -> None:
-        got = got.T if got.shape != want.shape and got.T.shape == want.shape else got
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-
-    grads = [_as_array(sync(run())) if library != "mxnet" else _as_array(run()) for run, sync in
-             gradient_runners(library, B, H, 1, T)]
+    grads = [_as_array(run()) for run, _sync in gradient_runners(library, B, H, 1, T)]
     assert len(grads) >= 2 and grads[0].shape == (H, H)
     for got in grads[1:]:
-        same(got, grads[0])
+        _same_up_to_transpose(got, grads[0], atol=1e-5)
     outs = [[_as_array(o) for o in run()] for run, _sync in output_runners(library, B, H, V, T)]
     assert len(outs) >= 2 and [o.shape for o in outs[0]] == [(T * B, V), (T * B, H), (H, V)]
     for combo in outs[1:]:
         for got, want in zip(combo, outs[0]):
-            same(got, want)
+            _same_up_to_transpose(got, want, atol=1e-5)
