@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_train                       # main table, cells table, scaling (about 25 min)
     python -m benchmarks.bench_train --no-scaling --no-cells   # main table only (about 8 min)
-    python -m benchmarks.bench_train --quick               # a smoke run: 2 short rounds, no cells, no scaling
+    python -m benchmarks.bench_train --quick               # a smoke run: 2 short rounds, no cells, no scaling, short ladders
 
 Variants per framework, from the same weights and batches (d2l ed. 1 shapes: batch 32, steps 35,
 hidden 512, lr 1, θ 1, float32): ``scratch/eager`` (the readable d2l translation),
@@ -26,6 +26,8 @@ floor is also a "variant": a warm process times the best library's chain and the
 after each fast path's window, and the report's % of the floor is the median of those per-round ratios.
 Each fast path's own-kernel floor (its library's chain and gradient GEMM) is timed the same way, right
 after that floor window, so "its own kernels allow N %" is a ratio of windows seconds apart as well.
+After the main table, JAX and torch build their steps up from their GEMMs (:mod:`benchmarks.ladder`),
+so the verdict can count the step's work besides the GEMMs too.
 
 Run one benchmark at a time: on 2 cores two concurrent runs ruin each other's numbers.
 """
@@ -346,6 +348,20 @@ def floor_server_spec(f: dict[str, Any], big_flops: float, B: int, H: int, T: in
             "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops}
 
 
+def run_ladder(library: str, rounds: int, timeout: float) -> dict[str, Any]:
+    """``python -m benchmarks.ladder LIBRARY --json`` in its own process: its last JSON line, or an error."""
+    cmd = [sys.executable, "-m", "benchmarks.ladder", library, "--rounds", str(rounds), "--json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent, check=False)
+    except subprocess.TimeoutExpired:
+        return {"library": library, "error": f"timed out after {timeout:g} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"library": library, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
 def _names(allowed: tuple[str, ...], *also: str) -> Any:
     """An argparse type: a comma-separated list of names from ``allowed`` (``also`` accepted and kept),
     so a typo fails at once with the valid names instead of after minutes of floor timing."""
@@ -374,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds of whole epochs per timed window (default 2)")
     ap.add_argument("--no-cells", action="store_true", help="skip the GRU/LSTM table")
     ap.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch scaling sweep")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 s, no cells table, no scaling")
+    ap.add_argument("--no-ladders", action="store_true", help="skip the ladders (benchmarks.ladder) after the main table")
+    ap.add_argument("--ladder-rounds", type=number_arg(int, "a positive integer"), default=60,
+                    help="turns per ladder (default 60)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 1 s, no cells table, no scaling, 5-round ladders")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
     ap.add_argument("--timeout", type=number_arg(float, "a positive number of seconds"), default=900, help="seconds a process may take per answer")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -384,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from benchmarks import floor as floor_mod
+    from benchmarks import ladder as ladder_mod
     from benchmarks import report
     from multirnn.cells import Model
 
     if args.quick:
-        args.repeats, args.window, args.no_cells, args.no_scaling = 2, 1.0, True, True
+        args.repeats, args.window, args.no_cells, args.no_scaling, args.ladder_rounds = 2, 1.0, True, True, 5
     backends = [b for b in args.backends if b != "numpy"]
     variants = args.variants
     out = Path(args.out) if args.out else ROOT / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -434,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     payload["main"] = run_interleaved(specs_for("rnn", variants), args.repeats, args.window, args.timeout, log,
                                       floor_spec)
     _write(out, payload)
+
+    # Where a fast path misses 80 % though its GEMMs alone would allow it, the step's other work
+    # decides: each framework with a ladder builds its step up from its GEMMs in its own process.
+    lads = [b for b in backends if b in ladder_mod.LIBRARIES] if "scratch/fast" in variants and args.device == "cpu" else []
+    if lads and not args.no_ladders:
+        payload["ladders"] = {}
+        for b in lads:
+            print(f"ladder: {b} ({args.ladder_rounds} rounds)", file=log, flush=True)
+            payload["ladders"][b] = run_ladder(b, args.ladder_rounds, args.timeout)
+            _write(out, payload)
 
     if not args.no_cells:
         payload["cells"] = {}

@@ -29,8 +29,9 @@ import numpy as np
 T, B, H, V = 35, 32, 512, 28
 
 
-def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Callable[[Any], Any] = lambda x: x) -> None:
-    """Median ms per call of each variant, the variants taking turns (so drift hits them alike)."""
+def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Callable[[Any], Any] = lambda x: x) -> dict[str, float]:
+    """Median ms per call of each variant, the variants taking turns (so drift hits them alike);
+    printed, and returned by name."""
     for f in variants.values():
         sync(f())
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -42,6 +43,7 @@ def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Ca
     print(f"median (and min) of {rounds} calls each, the variants taking turns:")
     for name, ts in times.items():
         print(f"{name:<44} {statistics.median(ts) * 1e3:8.3f} ms (min {min(ts) * 1e3:.3f})")
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def transpose() -> None:
@@ -418,6 +420,7 @@ def page_faults() -> None:
 
 
 PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop,
+
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
           "torch-loops": torch_loops}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.report import legend, main_table, scaling_table, target_verdict
+from benchmarks.report import ladders_text, legend, main_table, scaling_table, target_verdict
 from tests.conftest import require_backend
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
@@ -135,6 +135,61 @@ def test_own_kernel_floor_timed_beside_the_fast_path() -> None:
                if ln.startswith("| torch"))
     # % own-kernel floor per round: 60/70 and 70/76 -> median 89 %; the ceiling column and the verdict as above.
     assert "| 89% [86–92] | 73% | unreachable: own GEMM kernels allow 73% |" in row
+
+
+def ladder(own_ms: float, extra_ms: float, **more: object) -> dict:
+    """A ladder result (benchmarks.ladder.measure) with only what the report reads."""
+    rungs = ["L0", "L1", "L1x", "L3"]
+    ms = dict(zip(rungs, [own_ms, own_ms + extra_ms / 2, own_ms + extra_ms, own_ms + 2 * extra_ms]))
+    return {"rungs": rungs, "ms": ms, "own_ms": own_ms, "extra_ms": extra_ms, "bound_ms": own_ms + extra_ms,
+            "work_factor": own_ms / (own_ms + extra_ms), **more}
+
+
+def test_the_steps_other_work_can_rule_the_target_out() -> None:
+    # oklib's GEMMs allow 94 % (7.5 / 8 ms), but its ladder measured 3 ms of the step's other work
+    # beside an own-kernel floor of 8 ms: 93.75 % x 8 / 11 = 68.2 %, so its 53.6 % cannot reach 80 %.
+    assert target_verdict(point(80_000), FLOOR, "oklib", ladder=ladder(8.0, 3.0)) == \
+        "unreachable: own kernels with the step's other work allow 68.2%"
+    # 0.5 ms of other work leaves 94 % x 8 / 8.5 = 88 %: the ladder rules nothing out.
+    assert target_verdict(point(80_000), FLOOR, "oklib", ladder=ladder(8.0, 0.5)) == "not met (53.6%)"
+    # A fast path already above the share the ladder says its kernels allow: no ceiling is claimed.
+    assert target_verdict(point(105_000), FLOOR, "oklib", ladder=ladder(8.0, 3.0)) == "not met (70.3%)"
+    # A ladder that failed, or none: the GEMM-only verdict.
+    assert target_verdict(point(80_000), FLOOR, "oklib", ladder={"error": "boom"}) == "not met (53.6%)"
+    # The GEMMs alone rule it out already: that verdict stands, the ladder is not needed.
+    assert target_verdict(point(50_000), FLOOR, "slowlib", ladder=ladder(13.0, 3.0)) == \
+        "unreachable: own chain kernel allows 58%"
+
+
+def test_report_lists_the_ladders_and_uses_them_in_the_verdict() -> None:
+    oklib = {"backend": "oklib", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **point(80_000)}
+    payload = {"floors": {"rnn": FLOOR}, "main": [oklib],
+               "ladders": {"oklib": ladder(8.0, 3.0), "gone": {"library": "gone", "error": "exit 1: boom"}}}
+    text = ladders_text(payload)
+    assert "| oklib | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | 3.00 | 94% | 68% |" in text
+    assert "| gone | failed: exit 1: boom |" in text
+    assert ladders_text({"floors": {"rnn": FLOOR}, "main": []}) == ""
+
+
+def test_ladder_measures_each_rung_beside_the_floor_parts() -> None:
+    """benchmarks.ladder at tiny shapes, for each framework with a ladder that is installed: every rung
+    and floor part timed, and the bound is the own-kernel floor plus what L1x adds to L0."""
+    from benchmarks import ladder as lad
+
+    ran = 0
+    for library in lad.LIBRARIES:
+        try:
+            require_backend(library)
+        except pytest.skip.Exception:
+            continue
+        r = lad.measure(library, rounds=2, B=3, H=8, T=4, V=5)
+        assert r["rungs"][0].startswith("L0") and r["rungs"][2].startswith("L1x") and len(r["rungs"]) >= 4
+        assert all(r["ms"][n] > 0 for n in r["rungs"]) and all(v > 0 for v in r["parts_ms"].values())
+        assert r["extra_ms"] == pytest.approx(max(r["ms"][r["rungs"][2]] - r["ms"][r["rungs"][0]], 0.0))
+        assert r["bound_ms"] == pytest.approx(r["own_ms"] + r["extra_ms"]) and 0 < r["work_factor"] <= 1
+        ran += 1
+    if not ran:
+        pytest.skip("neither jax nor torch is installed and selected")
 
 
 def test_scaling_uses_the_floor_timed_beside_each_window() -> None:

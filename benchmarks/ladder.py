@@ -1,0 +1,257 @@
+"""What a fast path's own kernels allow once the step's work besides its GEMMs is counted.
+
+The own-kernel floor (:mod:`benchmarks.floor`) counts a framework's GEMMs only. A training step also
+has work no implementation can skip: the loops' elementwise ops (tanh forward, tanh' backward), the
+stacking of the states backprop needs, the input gather, the loss and its gradient, dW_xh's
+scatter-add, the biases' gradients, clipping and SGD. This module times a framework's step built up
+rung by rung, all rungs in turns with the framework's parts of the floor in one process:
+
+* **L0**: the step's GEMMs alone, as the backend issues them (the two loops of serial products,
+  dW_hh, the output layer's three GEMMs), on stand-in operands so nothing can be folded or skipped;
+* **L1**: + the loops' elementwise work (and, in XLA, stacking the states);
+* **L1x**: + the rest of the step's work, each piece in the layout it comes in for free (no
+  transposes or copies joining the pieces);
+* **L2/L3**: the backend's own loss and gradients, and its whole step.
+
+``bound = own-kernel floor + (L1x - L0)``: the framework's GEMMs at their fastest forms plus the
+non-GEMM work at its cheapest. No step on these kernels can be faster (a kernel that fuses the
+elementwise work into the GEMMs could; neither XLA on the CPU nor torch's eager ops do).
+
+    python -m benchmarks.ladder jax            # the ladder, as a table
+    python -m benchmarks.ladder torch --json   # one JSON line (bench_train runs this)
+
+Shapes: d2l ed. 1 (batch 32, 35 steps, hidden 512, vocab 28, float32). Run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.probes import alternate
+
+LIBRARIES = ("jax", "torch")  # the fast paths with a ladder
+Rungs = tuple[dict[str, Callable[[], Any]], Callable[[Any], Any]]
+
+
+def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
+    """JAX's rungs: L0-L1x as XLA programs, L2 the backend's loss and gradients, L3 its step."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from multirnn.backends import jax_backend as jb
+
+    rng = np.random.default_rng(0)
+
+    def f32(*shape: int, scale: float = 0.1) -> Any:
+        return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+
+    P = {"W_xh": f32(V, H, scale=0.01), "W_hh": f32(H, H, scale=0.01), "b_h": f32(H, scale=0.0),
+         "W_hq": f32(H, V, scale=0.01), "b_q": f32(V, scale=0.0)}
+    X, Y = (jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32) for _ in range(2))
+    h0 = f32(B, H, scale=0.0)
+    lr, theta = np.float32(1), np.float32(1)
+    # Stand-ins, feature-major as the backend's loops run: inputs, d_hs, d_logits, stacked states.
+    stand_in = (f32(T, H, B, scale=0.5), f32(T, H, B), f32(T * B, V), f32(T * B, H))
+
+    def output_layer(P: Any, go: Any, hb: Any) -> tuple:
+        return hb @ P["W_hq"], go @ P["W_hq"].T, lax.optimization_barrier(go.T @ hb).T  # jb._project's forms
+
+    def gemms(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
+        W_hh, W_T = P["W_hh"], P["W_hh"].T
+        h_last = lax.scan(lambda c, _: (W_T @ c, None), h0.T, None, length=T)[0]
+        d_first = lax.scan(lambda c, _: (W_hh @ c, None), g[-1], None, length=T - 1)[0]
+        return (h_last, d_first, hb.T @ hb, *output_layer(P, go, hb))
+
+    def loops(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
+        W_hh, W_T = P["W_hh"], P["W_hh"].T
+
+        def forward(h: Any, x_t: Any) -> Any:
+            h = jnp.tanh(x_t + W_T @ h)
+            return h, h
+
+        hs = lax.scan(forward, h0.T, xw)[1]
+        k = 1 - hs * hs
+
+        def backward(d: Any, xs: Any) -> Any:
+            d = (xs[0] + W_hh @ d) * xs[1]
+            return d, d
+
+        ds = lax.scan(backward, g[-1] * k[-1], (g[:-1], k[:-1]), reverse=True)[1]
+        return (hs, ds, hb.T @ hb, *output_layer(P, go, hb))
+
+    def everything(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
+        hs, ds, dW_hh, logits, d_h, dW_hq = loops(P, xw, g, go, hb)
+        x_in = P["W_xh"][X.T] + P["b_h"]
+        loss, d_logits = jax.value_and_grad(lambda z: jb._cross_entropy(z, Y.T.reshape(-1)))(logits + P["b_q"])
+        grads = {"W_xh": jax.ops.segment_sum(hb, X.T.reshape(-1), num_segments=V), "W_hh": dW_hh,
+                 "b_h": hb.sum(0), "W_hq": dW_hq, "b_q": d_logits.sum(0)}
+        grads, norm = jb._clip(grads, theta)
+        return hs, ds, d_h, x_in, loss, {k: P[k] - lr * grads[k] for k in P}, norm
+
+    l0, l1, l1x = jax.jit(gemms), jax.jit(loops), jax.jit(everything)
+    l2 = jax.jit(lambda P, X, Y: jax.value_and_grad(jb._fast_loss, has_aux=True)(P, X, Y, h0))
+    state = {"p": {k: v + 0 for k, v in P.items()}}  # the step donates its params: it trains a copy
+
+    def l3() -> Any:
+        state["p"], loss, _, _ = jb._fast_train_step(state["p"], X, Y, h0 + 0, lr, theta)
+        return loss
+
+    return ({"L0 the step's GEMMs as one XLA program": lambda: l0(P, *stand_in),
+             "L1 + the loops' elementwise work, stacking": lambda: l1(P, *stand_in),
+             "L1x + the rest, no layout changes": lambda: l1x(P, *stand_in),
+             "L2 the backend's loss and gradients": lambda: l2(P, X, Y),
+             "L3 the backend's step": l3}, jax.block_until_ready)
+
+
+def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
+    """torch's rungs: L0-L1x as the backend issues its kernels (batch-major addmm_ loops), L3 its step."""
+    import torch
+
+    import multirnn
+    from benchmarks.profile_step import orthogonal
+    from multirnn.backends import get_backend
+    from multirnn.backends.torch_backend import _clip_scale, _cross_entropy_and_grad
+
+    be = get_backend("torch", mode="fast")
+    params = be.params_from_numpy(multirnn.init_params(V, H, seed=0))
+    rng = np.random.default_rng(0)
+    X, Y, state = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T)), be.init_state(B, H)
+    tokens, labels = torch.from_numpy(X.T.copy()), torch.from_numpy(Y.T.reshape(-1, 1).copy())
+    W = torch.from_numpy(orthogonal(H))
+    W_T, W_q = W.T.contiguous(), params["W_hq"].clone()
+    g = torch.Generator().manual_seed(0)
+    hs, d = torch.zeros(T + 1, B, H), torch.randn(T, B, H, generator=g) * 0.1
+    k = torch.rand(T, B, H, generator=g)
+    hb, go = torch.randn(T * B, H, generator=g) * 0.1, torch.randn(T * B, V, generator=g) * 0.1
+    h, r, kk = hs.unbind(0), d.unbind(0), k.unbind(0)
+
+    def gemms(elementwise: bool) -> list:
+        # Without the elementwise ops the products are written, not added (torch.mm(..., out=)): the
+        # same GEMMs, but the states cannot grow from call to call (W is orthogonal).
+        for t in range(T):
+            if elementwise:
+                h[t + 1].addmm_(h[t], W).tanh_()
+            else:
+                torch.mm(h[t], W, out=h[t + 1])
+        for t in range(T - 2, -1, -1):
+            if elementwise:
+                r[t].addmm_(r[t + 1], W_T).mul_(kk[t])
+            else:
+                torch.mm(r[t + 1], W_T, out=r[t])
+        return [torch.mm(hs[:-1].reshape(T * B, H).T, d.view(T * B, H)), torch.mm(hb, W_q), torch.mm(go, W_q.T),
+                torch.mm(go.T, hb).T]
+
+    def everything() -> None:
+        dW_hh, logits, _d_h, dW_hq = gemms(True)
+        torch.index_select(params["W_xh"] + params["b_h"], 0, tokens.reshape(-1), out=hs[1:].view(T * B, -1))
+        _loss, d_logits = _cross_entropy_and_grad(logits, labels)
+        torch.addcmul(hb.new_ones(()), hb, hb, value=-1)  # tanh' for all steps at once
+        grads = [torch.zeros_like(params["W_xh"]).index_add_(0, tokens.reshape(-1), hb), dW_hh, hb.sum(0),
+                 dW_hq, d_logits.sum(0)]
+        _norm, scale = _clip_scale(grads, 1.0)
+        torch._foreach_mul_(grads, scale * -1e-9)  # a tiny step: the stand-in weights stay as they are
+        torch._foreach_add_([params[n] for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")], grads)
+
+    def step() -> None:
+        nonlocal params
+        params, *_ = be.train_step(params, X, Y, state, 1.0, 1.0)
+
+    def run(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            with torch.no_grad():
+                return fn()
+        return call
+
+    return ({"L0 the step's GEMMs as the backend issues them": run(lambda: gemms(False)),
+             "L1 + the loops' tanh_ and mul_": run(lambda: gemms(True)),
+             "L1x + the rest, no joining copies": run(everything),
+             "L3 the backend's step": step}, lambda x: x)
+
+
+RUNGS: dict[str, Callable[[int, int, int, int], Rungs]] = {"jax": jax_rungs, "torch": torch_rungs}
+
+
+def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int = 35, V: int = 28) -> dict[str, Any]:
+    """``library``'s rungs timed in turns with its parts of the floor (its fastest chain form, dW_hh
+    GEMM and output GEMMs, as :mod:`benchmarks.floor` times them); ms are medians.
+
+    Returns the rungs' and parts' ms, ``floor_ms`` (its chain + the batched FLOPs at the big-GEMM
+    rate, the mean of the rate before and after the turns: bench_train's floor with this library's
+    chain, so this or stricter), ``own_ms`` (its own-kernel floor), ``extra_ms`` (L1x - L0) and
+    ``bound_ms`` (own + extra), with ``bound_share`` = floor / bound and ``work_factor`` = own / bound,
+    the factor by which the step's other work lowers what the own GEMM kernels allow."""
+    from benchmarks import floor as fl
+    from multirnn.allocator import keep_freed_memory
+    from multirnn.cells import RNN
+
+    keep_freed_memory()  # as the training processes it is compared with
+    rungs, sync = RUNGS[library](B, H, T, V)
+
+    # Every form of each floor part takes its turns too, and each part counts its fastest form's
+    # median: picking the form beforehand, from a few calls, once picked XLA's slower chain form.
+    forms = {"chain": fl.chain_runners(library, B, H, 1, T), "dW_hh GEMM": fl.gradient_runners(library, B, H, 1, T),
+             "output GEMMs": fl.output_runners(library, B, H, V, T)}
+    parts = {f"floor part: {library}'s {k}, form {i + 1}": (lambda run=run, done=done: done(run()))
+             for k, runners in forms.items() for i, (run, done) in enumerate(runners)}
+    # The big-GEMM rate before and after the turns, averaged: timed in turns with the rest, its 90 ms
+    # of both cores at full load disturbed the calls after it (a rung's median doubled in one try).
+    before = max(fl.big_gemm_flops().values())
+    ms = alternate({**parts, **rungs}, rounds, sync)
+    after = max(fl.big_gemm_flops().values())
+    big = (before + after) / 2
+    t_chain, t_grad, t_out = (min(ms[f"floor part: {library}'s {k}, form {i + 1}"] for i in range(len(forms[k])))
+                              for k in forms)
+    batched_flops = RNN.flops_per_token(V, H) * B * T - 2 * T * 2.0 * B * H * H
+    rest = batched_flops - fl.gradient_gemm_flops(B, H, 1, T) - fl.output_gemm_flops(B, H, V, T)
+    floor_ms = t_chain + batched_flops / big * 1e3
+    own_ms = t_chain + t_grad + t_out + max(rest, 0.0) / big * 1e3  # rest: the gather's scatter-add, no GEMM FLOPs
+    names = list(rungs)
+    extra = max(ms[names[2]] - ms[names[0]], 0.0)
+    return {"library": library, "rounds": rounds, "shape": {"B": B, "H": H, "T": T, "V": V}, "ms": ms,
+            "parts_ms": {"chain": t_chain, "dW_hh GEMM": t_grad, "output GEMMs": t_out},
+            "rungs": names, "big_gemm_flops": [before, after], "floor_ms": floor_ms, "own_ms": own_ms,
+            "extra_ms": extra, "bound_ms": own_ms + extra, "bound_share": floor_ms / (own_ms + extra),
+            "work_factor": own_ms / (own_ms + extra)}
+
+
+def text(r: dict[str, Any]) -> str:
+    """The ladder as lines of text."""
+    lib, before, after = r["library"], *r["big_gemm_flops"]
+    lines = [(f"floor {r['floor_ms']:.2f} ms per step ({lib}'s fastest chain form + the batched FLOPs at the big-GEMM "
+              f"rate, {before / 1e9:.0f} GFLOP/s before the turns and {after / 1e9:.0f} after; bench_train's floor takes "
+              f"the fastest library's chain, so it is this or stricter); {lib}'s own-kernel floor {r['own_ms']:.2f} ms")]
+    for name in r["rungs"]:
+        t = r["ms"][name]
+        lines.append(f"{name:<48} {t:8.2f} ms = {r['floor_ms'] / t:4.0%} of the floor, "
+                     f"{r['own_ms'] / t:4.0%} of the own-kernel floor")
+    lines.append(f"bound: the own-kernel floor + the non-GEMM work L1x adds to L0 ({r['extra_ms']:.2f} ms) = "
+                 f"{r['bound_ms']:.2f} ms = {r['bound_share']:.0%} of the floor; the work lowers what the own GEMM "
+                 f"kernels allow by x{r['work_factor']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from multirnn.compare import number_arg
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ladder", description=__doc__.split("\n\n")[0])
+    ap.add_argument("library", choices=LIBRARIES)
+    ap.add_argument("--rounds", type=number_arg(int, "a positive integer"), default=100,
+                    help="turns of every rung and floor part (default 100)")
+    ap.add_argument("--json", action="store_true", help="print one JSON line last (for bench_train)")
+    args = ap.parse_args(argv)
+    r = measure(args.library, args.rounds)
+    print(text(r))
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
