@@ -359,7 +359,10 @@ def run_ladder(library: str, rounds: int, timeout: float) -> dict[str, Any]:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"library": library, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        return {"library": library, "error": f"unreadable result line: {exc}"}
 
 
 def _names(allowed: tuple[str, ...], *also: str) -> Any:

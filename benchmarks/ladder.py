@@ -9,13 +9,20 @@ rung by rung, all rungs in turns with the framework's parts of the floor in one 
 * **L0**: the step's GEMMs alone, as the backend issues them (the two loops of serial products,
   dW_hh, the output layer's three GEMMs), on stand-in operands so nothing can be folded or skipped;
 * **L1**: + the loops' elementwise work (and, in XLA, stacking the states);
-* **L1x**: + the rest of the step's work, each piece in the layout it comes in for free (no
-  transposes or copies joining the pieces);
+* **L1x**: + the rest of the step's work (the input gather, the loss and its gradient, dW_xh's
+  scatter-add, the biases' gradients, clipping, SGD), each piece as the backend computes it and in
+  the order a step needs them, but without the transposes or copies that join them;
 * **L2/L3**: the backend's own loss and gradients, and its whole step.
 
+Every rung keeps the real step's order: each piece waits for the one before (in XLA through
+``optimization_barrier``, which costs nothing; XLA's runtime would otherwise run independent pieces
+at the same time, as no real step can).
+
 ``bound = own-kernel floor + (L1x - L0)``: the framework's GEMMs at their fastest forms plus the
-non-GEMM work at its cheapest. No step on these kernels can be faster (a kernel that fuses the
-elementwise work into the GEMMs could; neither XLA on the CPU nor torch's eager ops do).
+step's other work as its backend computes it. No step that computes those pieces with these kernels
+can be faster. A kernel that fused the elementwise work into the GEMMs could (neither XLA on the CPU
+nor torch's public ops do; torch's private oneDNN op with a tanh post-op ran the chains 2-12 % faster
+on an AMD EPYC, benchmarks/PROFILES.md finding 9), and so could a cheaper form of a non-GEMM piece.
 
     python -m benchmarks.ladder jax            # the ladder, as a table
     python -m benchmarks.ladder torch --json   # one JSON line (bench_train runs this)
@@ -55,21 +62,33 @@ def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
     P = {"W_xh": f32(V, H, scale=0.01), "W_hh": f32(H, H, scale=0.01), "b_h": f32(H, scale=0.0),
          "W_hq": f32(H, V, scale=0.01), "b_q": f32(V, scale=0.0)}
     X, Y = (jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32) for _ in range(2))
-    h0 = f32(B, H, scale=0.0)
+    h0 = f32(B, H)  # not zeros: no product runs on exact zeros
     lr, theta = np.float32(1), np.float32(1)
     # Stand-ins, feature-major as the backend's loops run: inputs, d_hs, d_logits, stacked states.
     stand_in = (f32(T, H, B, scale=0.5), f32(T, H, B), f32(T * B, V), f32(T * B, H))
 
+    def tie(*xs: Any) -> Any:
+        # A dependency without work: what uses the results waits for all of xs. The stand-ins would
+        # otherwise free the pieces of each other, and XLA's runtime runs independent pieces at the
+        # same time, which no real step can (each waits for the one before).
+        return lax.optimization_barrier(xs)
+
     def output_layer(P: Any, go: Any, hb: Any) -> tuple:
-        return hb @ P["W_hq"], go @ P["W_hq"].T, lax.optimization_barrier(go.T @ hb).T  # jb._project's forms
+        return go @ P["W_hq"].T, lax.optimization_barrier(go.T @ hb).T  # jb._project's backward forms
 
     def gemms(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
         W_hh, W_T = P["W_hh"], P["W_hh"].T
         h_last = lax.scan(lambda c, _: (W_T @ c, None), h0.T, None, length=T)[0]
+        h_last, hb = tie(h_last, hb)  # the output layer waits for the forward loop
+        logits = hb @ P["W_hq"]
+        logits, go = tie(logits, go)  # dL/dlogits waits for the logits
+        d_h, dW_hq = output_layer(P, go, hb)
+        d_h, g = tie(d_h, g)  # the backward loop waits for dL/dh
         d_first = lax.scan(lambda c, _: (W_hh @ c, None), g[-1], None, length=T - 1)[0]
-        return (h_last, d_first, hb.T @ hb, *output_layer(P, go, hb))
+        d_first, hb = tie(d_first, hb)  # dW_hh waits for the backward loop
+        return h_last, d_first, hb.T @ hb, logits, d_h, dW_hq
 
-    def loops(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
+    def loops(P: Any, xw: Any, g: Any, go: Any, hb: Any, loss: Callable | None = None) -> Any:
         W_hh, W_T = P["W_hh"], P["W_hh"].T
 
         def forward(h: Any, x_t: Any) -> Any:
@@ -77,6 +96,13 @@ def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
             return h, h
 
         hs = lax.scan(forward, h0.T, xw)[1]
+        hs, hb = tie(hs, hb)
+        logits = hb @ P["W_hq"]
+        if loss is not None:  # L1x: the real loss gradient feeds the output layer's backward
+            loss_value, go = loss(logits)
+        logits, go = tie(logits, go)
+        d_h, dW_hq = output_layer(P, go, hb)
+        d_h, g = tie(d_h, g)
         k = 1 - hs * hs
 
         def backward(d: Any, xs: Any) -> Any:
@@ -84,23 +110,30 @@ def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
             return d, d
 
         ds = lax.scan(backward, g[-1] * k[-1], (g[:-1], k[:-1]), reverse=True)[1]
-        return (hs, ds, hb.T @ hb, *output_layer(P, go, hb))
+        ds, hb = tie(ds, hb)
+        out = (hs, ds, hb.T @ hb, logits, d_h, dW_hq)
+        return out if loss is None else (*out, loss_value, go, hb)  # go: dL/dlogits; hb: after the loop
 
     def everything(P: Any, xw: Any, g: Any, go: Any, hb: Any) -> Any:
-        hs, ds, dW_hh, logits, d_h, dW_hq = loops(P, xw, g, go, hb)
         x_in = P["W_xh"][X.T] + P["b_h"]
-        loss, d_logits = jax.value_and_grad(lambda z: jb._cross_entropy(z, Y.T.reshape(-1)))(logits + P["b_q"])
-        grads = {"W_xh": jax.ops.segment_sum(hb, X.T.reshape(-1), num_segments=V), "W_hh": dW_hh,
-                 "b_h": hb.sum(0), "W_hq": dW_hq, "b_q": d_logits.sum(0)}
+        x_in, xw = tie(x_in, xw)  # the forward loop waits for the gather
+
+        def loss(logits: Any) -> Any:
+            return jax.value_and_grad(lambda z: jb._cross_entropy(z, Y.T.reshape(-1)))(logits + P["b_q"])
+
+        hs, ds, dW_hh, _logits, d_h, dW_hq, loss_value, d_logits, d_pre = loops(P, xw, g, go, hb, loss)
+        # d_pre: the stand-in states tied after the backward loop, standing in for dL/d(pre-activation)
+        grads = {"W_xh": jax.ops.segment_sum(d_pre, X.T.reshape(-1), num_segments=V), "W_hh": dW_hh,
+                 "b_h": d_pre.sum(0), "W_hq": dW_hq, "b_q": d_logits.sum(0)}
         grads, norm = jb._clip(grads, theta)
-        return hs, ds, d_h, x_in, loss, {k: P[k] - lr * grads[k] for k in P}, norm
+        return hs, ds, d_h, x_in, loss_value, {k: P[k] - lr * grads[k] for k in P}, norm
 
     l0, l1, l1x = jax.jit(gemms), jax.jit(loops), jax.jit(everything)
     l2 = jax.jit(lambda P, X, Y: jax.value_and_grad(jb._fast_loss, has_aux=True)(P, X, Y, h0))
     state = {"p": {k: v + 0 for k, v in P.items()}}  # the step donates its params: it trains a copy
 
     def l3() -> Any:
-        state["p"], loss, _, _ = jb._fast_train_step(state["p"], X, Y, h0 + 0, lr, theta)
+        state["p"], loss, _, _ = jb._fast_train_step(state["p"], X, Y, h0 + 0, lr, theta)  # h0 is donated too
         return loss
 
     return ({"L0 the step's GEMMs as one XLA program": lambda: l0(P, *stand_in),
@@ -127,7 +160,7 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
     W = torch.from_numpy(orthogonal(H))
     W_T, W_q = W.T.contiguous(), params["W_hq"].clone()
     g = torch.Generator().manual_seed(0)
-    hs, d = torch.zeros(T + 1, B, H), torch.randn(T, B, H, generator=g) * 0.1
+    hs, d = torch.randn(T + 1, B, H, generator=g) * 0.1, torch.randn(T, B, H, generator=g) * 0.1  # never zeros
     k = torch.rand(T, B, H, generator=g)
     hb, go = torch.randn(T * B, H, generator=g) * 0.1, torch.randn(T * B, V, generator=g) * 0.1
     h, r, kk = hs.unbind(0), d.unbind(0), k.unbind(0)
@@ -178,15 +211,18 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
 RUNGS: dict[str, Callable[[int, int, int, int], Rungs]] = {"jax": jax_rungs, "torch": torch_rungs}
 
 
-def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int = 35, V: int = 28) -> dict[str, Any]:
+def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int = 35, V: int = 28,
+            big_n: int = 2048) -> dict[str, Any]:
     """``library``'s rungs timed in turns with its parts of the floor (its fastest chain form, dW_hh
     GEMM and output GEMMs, as :mod:`benchmarks.floor` times them); ms are medians.
 
     Returns the rungs' and parts' ms, ``floor_ms`` (its chain + the batched FLOPs at the big-GEMM
     rate, the mean of the rate before and after the turns: bench_train's floor with this library's
     chain, so this or stricter), ``own_ms`` (its own-kernel floor), ``extra_ms`` (L1x - L0) and
-    ``bound_ms`` (own + extra), with ``bound_share`` = floor / bound and ``work_factor`` = own / bound,
-    the factor by which the step's other work lowers what the own GEMM kernels allow."""
+    ``bound_ms`` (own + extra), with ``bound_share`` = floor / bound (of the floor built on this
+    library's chain, not bench_train's, which takes the fastest library's) and ``work_factor`` =
+    own / bound, the factor by which the step's other work lowers what the own GEMM kernels allow
+    (what bench_train's verdict uses). ``big_n``: the big GEMM's size (small only in tests)."""
     from benchmarks import floor as fl
     from multirnn.allocator import keep_freed_memory
     from multirnn.cells import RNN
@@ -202,16 +238,18 @@ def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int =
              for k, runners in forms.items() for i, (run, done) in enumerate(runners)}
     # The big-GEMM rate before and after the turns, averaged: timed in turns with the rest, its 90 ms
     # of both cores at full load disturbed the calls after it (a rung's median doubled in one try).
-    before = max(fl.big_gemm_flops().values())
+    before = max(fl.big_gemm_flops(n=big_n).values())
     ms = alternate({**parts, **rungs}, rounds, sync)
-    after = max(fl.big_gemm_flops().values())
+    after = max(fl.big_gemm_flops(n=big_n).values())
     big = (before + after) / 2
     t_chain, t_grad, t_out = (min(ms[f"floor part: {library}'s {k}, form {i + 1}"] for i in range(len(forms[k])))
                               for k in forms)
     batched_flops = RNN.flops_per_token(V, H) * B * T - 2 * T * 2.0 * B * H * H
-    rest = batched_flops - fl.gradient_gemm_flops(B, H, 1, T) - fl.output_gemm_flops(B, H, V, T)
     floor_ms = t_chain + batched_flops / big * 1e3
-    own_ms = t_chain + t_grad + t_out + max(rest, 0.0) / big * 1e3  # rest: the gather's scatter-add, no GEMM FLOPs
+    # As report.own_floor: the output GEMMs at their time, the other batched FLOPs (for the tanh RNN
+    # exactly the gradient GEMM's) at the gradient GEMM's rate, capped at the big-GEMM rate.
+    own_ms = t_chain + 1e3 * fl.own_batched_seconds(batched_flops, big, fl.gradient_gemm_flops(B, H, 1, T) / (t_grad / 1e3),
+                                                     t_out / 1e3, fl.output_gemm_flops(B, H, V, T))
     names = list(rungs)
     extra = max(ms[names[2]] - ms[names[0]], 0.0)
     return {"library": library, "rounds": rounds, "shape": {"B": B, "H": H, "T": T, "V": V}, "ms": ms,
@@ -224,7 +262,7 @@ def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int =
 def text(r: dict[str, Any]) -> str:
     """The ladder as lines of text."""
     lib, before, after = r["library"], *r["big_gemm_flops"]
-    lines = [(f"floor {r['floor_ms']:.2f} ms per step ({lib}'s fastest chain form + the batched FLOPs at the big-GEMM "
+    lines = [(f"floor {r['floor_ms']:.2f} ms per step, built on {lib}'s chain ({lib}'s fastest chain form + the batched FLOPs at the big-GEMM "
               f"rate, {before / 1e9:.0f} GFLOP/s before the turns and {after / 1e9:.0f} after; bench_train's floor takes "
               f"the fastest library's chain, so it is this or stricter); {lib}'s own-kernel floor {r['own_ms']:.2f} ms")]
     for name in r["rungs"]:
@@ -232,8 +270,8 @@ def text(r: dict[str, Any]) -> str:
         lines.append(f"{name:<48} {t:8.2f} ms = {r['floor_ms'] / t:4.0%} of the floor, "
                      f"{r['own_ms'] / t:4.0%} of the own-kernel floor")
     lines.append(f"bound: the own-kernel floor + the non-GEMM work L1x adds to L0 ({r['extra_ms']:.2f} ms) = "
-                 f"{r['bound_ms']:.2f} ms = {r['bound_share']:.0%} of the floor; the work lowers what the own GEMM "
-                 f"kernels allow by x{r['work_factor']:.3f}")
+                 f"{r['bound_ms']:.2f} ms = {r['bound_share']:.0%} of the floor built on {lib}'s chain; the work "
+                 f"lowers what {lib}'s GEMMs allow by x{r['work_factor']:.3f} (the factor bench_train's verdict uses)")
     return "\n".join(lines)
 
 

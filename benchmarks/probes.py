@@ -420,7 +420,6 @@ def page_faults() -> None:
 
 
 PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop,
-
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
           "torch-loops": torch_loops}
 

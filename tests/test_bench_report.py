@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.report import ladders_text, legend, main_table, scaling_table, target_verdict
+from benchmarks.report import ladders_text, legend, main_table, scaling_table, target_verdict, with_work_share
 from tests.conftest import require_backend
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
@@ -142,7 +142,7 @@ def ladder(own_ms: float, extra_ms: float, **more: object) -> dict:
     rungs = ["L0", "L1", "L1x", "L3"]
     ms = dict(zip(rungs, [own_ms, own_ms + extra_ms / 2, own_ms + extra_ms, own_ms + 2 * extra_ms]))
     return {"rungs": rungs, "ms": ms, "own_ms": own_ms, "extra_ms": extra_ms, "bound_ms": own_ms + extra_ms,
-            "work_factor": own_ms / (own_ms + extra_ms), **more}
+            "work_factor": own_ms / (own_ms + extra_ms), "shape": {"B": 32, "H": 512, "T": 35, "V": 28}, **more}
 
 
 def test_the_steps_other_work_can_rule_the_target_out() -> None:
@@ -159,21 +159,38 @@ def test_the_steps_other_work_can_rule_the_target_out() -> None:
     # The GEMMs alone rule it out already: that verdict stands, the ladder is not needed.
     assert target_verdict(point(50_000), FLOOR, "slowlib", ladder=ladder(13.0, 3.0)) == \
         "unreachable: own chain kernel allows 58%"
+    assert with_work_share(None, ladder(8.0, 3.0)) is None  # nothing measured the GEMMs' share
+
+
+def test_a_share_below_80_never_reads_as_80() -> None:
+    # 93.75 % x 8 / (8 + 1.37544) = 79.996 %: one decimal would round it up to "80.0".
+    assert target_verdict(point(80_000), FLOOR, "oklib", ladder=ladder(8.0, 1.37544)) == \
+        "unreachable: own kernels with the step's other work allow 79.9%"
+    assert target_verdict(point(0.79996 * FLOOR["floor_tokens_per_sec"]), FLOOR, "oklib") == "not met (79.9%)"
 
 
 def test_report_lists_the_ladders_and_uses_them_in_the_verdict() -> None:
-    oklib = {"backend": "oklib", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **point(80_000)}
-    payload = {"floors": {"rnn": FLOOR}, "main": [oklib],
-               "ladders": {"oklib": ladder(8.0, 3.0), "gone": {"library": "gone", "error": "exit 1: boom"}}}
+    # torch's chain is the floor's (its GEMMs allow 100 %); 3 ms of other work beside an own-kernel
+    # floor of 8 ms leave 100 % x 8 / 11 = 72.7 %. Its fast path: 80k tokens/s = 14 ms per 1120-token
+    # step, as the ladder's backend step (8 + 2 x 3 ms): no drift between the windows and the ladder.
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1, **point(80_000)}
+    payload = {"floors": {"rnn": FLOOR}, "main": [torch],
+               "ladders": {"torch": ladder(8.0, 3.0), "jax": {"library": "jax", "error": "exit 1: boom"}}}
     text = ladders_text(payload)
-    assert "| oklib | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | 3.00 | 94% | 68% |" in text
-    assert "| gone | failed: exit 1: boom |" in text
-    assert ladders_text({"floors": {"rnn": FLOOR}, "main": []}) == ""
+    assert "| torch | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | 3.00 | 100% | 73% | 1.00x |" in text
+    assert "| jax | failed: exit 1: boom |" in text
+    row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
+    assert "| unreachable: own kernels with the step's other work allow 72.7% |" in row
+    del payload["ladders"]
+    row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
+    assert "| not met (53.6%) |" in row  # without the ladder only the GEMMs count
+    assert ladders_text(payload) == ""
 
 
 def test_ladder_measures_each_rung_beside_the_floor_parts() -> None:
-    """benchmarks.ladder at tiny shapes, for each framework with a ladder that is installed: every rung
-    and floor part timed, and the bound is the own-kernel floor plus what L1x adds to L0."""
+    """benchmarks.ladder runs at tiny shapes for each framework with a ladder that is installed (its
+    rungs trace and run, the backend's step included), and its result holds together: every rung and
+    floor part timed, the bound the own-kernel floor plus what L1x adds to L0."""
     from benchmarks import ladder as lad
 
     ran = 0
@@ -182,7 +199,7 @@ def test_ladder_measures_each_rung_beside_the_floor_parts() -> None:
             require_backend(library)
         except pytest.skip.Exception:
             continue
-        r = lad.measure(library, rounds=2, B=3, H=8, T=4, V=5)
+        r = lad.measure(library, rounds=2, B=3, H=8, T=4, V=5, big_n=64)
         assert r["rungs"][0].startswith("L0") and r["rungs"][2].startswith("L1x") and len(r["rungs"]) >= 4
         assert all(r["ms"][n] > 0 for n in r["rungs"]) and all(v > 0 for v in r["parts_ms"].values())
         assert r["extra_ms"] == pytest.approx(max(r["ms"][r["rungs"][2]] - r["ms"][r["rungs"][0]], 0.0))
