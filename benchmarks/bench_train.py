@@ -350,19 +350,10 @@ def floor_server_spec(f: dict[str, Any], big_flops: float, B: int, H: int, T: in
 
 def run_ladder(library: str, rounds: int, timeout: float) -> dict[str, Any]:
     """``python -m benchmarks.ladder LIBRARY --json`` in its own process: its last JSON line, or an error."""
-    cmd = [sys.executable, "-m", "benchmarks.ladder", library, "--rounds", str(rounds), "--json"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent, check=False)
-    except subprocess.TimeoutExpired:
-        return {"library": library, "error": f"timed out after {timeout:g} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"library": library, "error": f"exit {proc.returncode}: {tail}"}
-    try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError as exc:
-        return {"library": library, "error": f"unreadable result line: {exc}"}
+    from benchmarks.floor import json_child
+
+    return json_child([sys.executable, "-m", "benchmarks.ladder", library, "--rounds", str(rounds), "--json"],
+                      library, timeout)
 
 
 def _names(allowed: tuple[str, ...], *also: str) -> Any:

@@ -359,20 +359,39 @@ def big_gemm_flops(library: str = "best", n: int = 2048, reps: int = 8) -> dict[
     return out
 
 
-def measure(library: str, B: int, H: int, G: int, T: int, V: int = 28, timeout: float = 300) -> dict[str, Any]:
-    """One library's chain time, gradient GEMM rate and output-layer GEMM time, in a fresh process
-    (libraries never share one)."""
-    cmd = [sys.executable, "-m", "benchmarks.floor", "--library", library, "--batch", str(B), "--hidden", str(H),
-           "--gates", str(G), "--steps", str(T), "--vocab", str(V)]
+def json_child(cmd: list[str], library: str, timeout: float) -> dict[str, Any]:
+    """Run ``cmd`` (a ``python -m benchmarks...`` measurement) from the repository root in its own
+    process and return its last JSON line, or ``{"library", "error"}`` when it failed, timed out or
+    printed no readable line."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT.parent, check=False)
     except subprocess.TimeoutExpired:
-        return {"library": library, "error": "timed out"}
+        return {"library": library, "error": f"timed out after {timeout:g} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"library": library, "error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        return {"library": library, "error": f"unreadable result line: {exc}"}
+
+
+def measure(library: str, B: int, H: int, G: int, T: int, V: int = 28, timeout: float = 300) -> dict[str, Any]:
+    """One library's chain time, gradient GEMM rate and output-layer GEMM time, in a fresh process
+    (libraries never share one)."""
+    return json_child([sys.executable, "-m", "benchmarks.floor", "--library", library, "--batch", str(B),
+                       "--hidden", str(H), "--gates", str(G), "--steps", str(T), "--vocab", str(V)], library, timeout)
+
+
+def serial_flops(B: int, H: int, T: int, model: Any) -> float:
+    """FLOPs of a step's serial chains: per layer, 2·T dependent (B, H) x (H, G·H) products."""
+    return model.num_layers * 2 * T * 2.0 * B * H * len(model.cell.gates) * H
+
+
+def batched_flops(B: int, H: int, T: int, V: int, model: Any) -> float:
+    """FLOPs of a step that can be batched over the T steps: all of them but the serial chains."""
+    return max(model.flops_per_token(V, H) * B * T - serial_flops(B, H, T, model), 0.0)
 
 
 def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, libraries: tuple[str, ...] = LIBRARIES) -> dict[str, Any]:
@@ -384,12 +403,10 @@ def floor(B: int, H: int, T: int, V: int, model: Any, big_flops: float, librarie
     if not ok:
         return {"chains": chains, "error": "no library could time the chain"}
     best = min(ok, key=lambda c: c["seconds"])
-    serial_flops = L * 2 * T * 2.0 * B * H * G * H
-    total_flops = model.flops_per_token(V, H) * B * T
     t_serial = L * best["seconds"]
-    t_batched = max(total_flops - serial_flops, 0.0) / big_flops
+    t_batched = batched_flops(B, H, T, V, model) / big_flops
     return {"chains": chains, "best_library": best["library"], "serial_seconds": t_serial,
-            "serial_gflops": serial_flops / t_serial / 1e9, "batched_seconds": t_batched,
+            "serial_gflops": serial_flops(B, H, T, model) / t_serial / 1e9, "batched_seconds": t_batched,
             "floor_tokens_per_sec": B * T / (t_serial + t_batched), "flops_per_token": model.flops_per_token(V, H),
             "output_flops": output_gemm_flops(B, H, V, T),
             "roofline_tokens_per_sec": big_flops / model.flops_per_token(V, H)}

@@ -244,11 +244,11 @@ def measure(library: str, rounds: int = 100, B: int = 32, H: int = 512, T: int =
     big = (before + after) / 2
     t_chain, t_grad, t_out = (min(ms[f"floor part: {library}'s {k}, form {i + 1}"] for i in range(len(forms[k])))
                               for k in forms)
-    batched_flops = RNN.flops_per_token(V, H) * B * T - 2 * T * 2.0 * B * H * H
-    floor_ms = t_chain + batched_flops / big * 1e3
+    batched = fl.batched_flops(B, H, T, V, RNN)
+    floor_ms = t_chain + batched / big * 1e3
     # As report.own_floor: the output GEMMs at their time, the other batched FLOPs (for the tanh RNN
     # exactly the gradient GEMM's) at the gradient GEMM's rate, capped at the big-GEMM rate.
-    own_ms = t_chain + 1e3 * fl.own_batched_seconds(batched_flops, big, fl.gradient_gemm_flops(B, H, 1, T) / (t_grad / 1e3),
+    own_ms = t_chain + 1e3 * fl.own_batched_seconds(batched, big, fl.gradient_gemm_flops(B, H, 1, T) / (t_grad / 1e3),
                                                      t_out / 1e3, fl.output_gemm_flops(B, H, V, T))
     names = list(rungs)
     extra = max(ms[names[2]] - ms[names[0]], 0.0)

@@ -123,8 +123,8 @@ def legend(payload: dict[str, Any]) -> str:
             "it is the time the fast path loses outside its GEMMs (dispatch, elementwise work, loss, clipping). 80 % "
             "of floor: the performance target; 'unreachable' when the framework's own GEMMs alone, at the rates "
             "measured in this run, already take more than 1/0.8 of the floor's time, or, where the run has the "
-            "framework's ladder, its GEMMs together with the step's other work at its cheapest; 'not met (N %)' "
-            "otherwise.")
+            "framework's ladder, its GEMMs together with the step's other work as its backend computes it; "
+            "'not met (N %)' otherwise.")
     if paired_floor or own_windows:
         text += (" A round's ratio above 100 % (a fast path faster than a bound timed seconds later) is this "
                  "machine's drift between the two windows; the verdict uses the medians.")
@@ -213,8 +213,8 @@ def target_verdict(fast: dict[str, Any] | None, f: dict[str, Any], library: str,
     timed beside it, when it was), and if not, whether its own GEMM kernels already rule it
     out: its GEMMs alone at its own measured rates (:func:`own_floor`, a lower bound on its step,
     timed beside it too when ``own_point`` is given) leave it below 80 % of the floor. With its
-    ``ladder`` (:mod:`benchmarks.ladder`), the step's work besides the GEMMs, at its cheapest in the
-    same kernels, counts too: the share the GEMMs allow times the ladder's ``work_factor``."""
+    ``ladder`` (:mod:`benchmarks.ladder`), the step's work besides the GEMMs, as the backend computes
+    it with the same kernels, counts too: the share the GEMMs allow times the ladder's ``work_factor``."""
     if not fast or "error" in fast or not f.get("floor_tokens_per_sec"):
         return "-"
     pct = round_ratio(fast, floor_beside(floor_point, fast))
@@ -262,9 +262,10 @@ def ladders_text(payload: dict[str, Any]) -> str:
     pts = _by(payload.get("main", []))
     intro = ("Each fast path's step built up in one process (`python -m benchmarks.ladder LIBRARY`; ms per step, "
              "medians of calls taken in turns): L0 its GEMMs alone, as the backend issues them; L1 + the loops' "
-             "elementwise work; L1x + the rest of the step's work (gather, loss, dW_xh, biases, clipping, SGD) "
-             "without the copies or layout changes joining it; then the backend's own step. The step's other work "
-             "(L1x - L0) added to the library's own-kernel floor is the least any step on its kernels can take; "
+             "elementwise work; L1x + the rest of the step's work (gather, loss, dW_xh, biases, clipping, SGD), "
+             "each piece as the backend computes it, in the step's order, without the copies or layout changes "
+             "joining them; then the backend's own step. The step's other work (L1x - L0) added to the library's "
+             "own-kernel floor is the least a step computing those pieces with these kernels can take; "
              "'allow with the work' is the share its GEMMs allow (beside the windows) times own / (own + work).")
     head = ("| library | own-kernel floor ms | L0 | L1 | L1x | backend's step | other work ms | GEMMs allow "
             "| allow with the work | step here / in the windows |")
