@@ -22,8 +22,9 @@ scatter-add). Two limits are measured in the same run: the big-GEMM roofline (fl
 2048^3 GEMM / FLOPs per token) and the algorithm floor of :mod:`benchmarks.floor` (the 2·T·L
 serial small GEMMs at the best rate any installed library reaches for that shape, plus the rest at
 big-GEMM rate), which no implementation can beat. The machine's speed drifts, so in the main table the
-floor is also a "variant": a warm process times the best library's chain and the big-GEMM rate right
-after each fast path's window, and the report's % of the floor is the median of those per-round ratios.
+floor is also a "variant": warm processes time the chains of the two libraries fastest at the start,
+and the big-GEMM rate, right after each fast path's window (that window's floor is the faster chain),
+and the report's % of the floor is the median of those per-round ratios.
 Each fast path's own-kernel floor (its library's chain and gradient GEMM) is timed the same way, right
 after that floor window, so "its own kernels allow N %" is a ratio of windows seconds apart as well.
 After the main table, JAX and torch build their steps up from their GEMMs (:mod:`benchmarks.ladder`),
@@ -251,11 +252,53 @@ class Server:
         self._stderr.close()  # the error tail, if any, was read before stopping
 
     def result(self) -> dict[str, Any]:
-        rates = [w["tokens_per_sec"] for w in self.windows]
-        out = {**self.spec, **{k: v for k, v in self.info.items() if k != "ready"}, "windows": self.windows}
-        if self.error or not rates:
-            return {**out, "error": self.error or "no timed window"}
-        return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+        return summarise({**self.spec, **{k: v for k, v in self.info.items() if k != "ready"}}, self.windows, self.error)
+
+
+def summarise(row: dict[str, Any], windows: list[dict[str, Any]], error: str | None) -> dict[str, Any]:
+    """A variant's row: its spec and start-up facts, its windows, and their median and range (or its error)."""
+    rates = [w["tokens_per_sec"] for w in windows]
+    out = {**row, "windows": windows}
+    if error or not rates:
+        return {**out, "error": error or "no timed window"}
+    return {**out, "tokens_per_sec": rates, "median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+class BestOf:
+    """The floor on several libraries' chains (``contenders``), one warm floor process each, timed one
+    after another in every window: a window's floor is the fastest of them at that moment, so a
+    library that measured slow at the start of the run (the machine's speed drifts) cannot leave
+    the run with a lenient floor. Behaves as one :class:`Server`."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers, self.windows = servers, []
+        self.spec = {**servers[0].spec, "libraries": [s.spec["impl"] for s in servers]}
+        live = [s for s in servers if not s.error]
+        self.error = None if live else "; ".join(f"{s.spec['impl']}: {s.error}" for s in servers)
+
+    def window(self, seconds: float, timeout: float) -> None:
+        replies = []
+        for s in self.servers:
+            if s.error:
+                continue
+            if replies:
+                time.sleep(0.3)  # as between variants: the previous library's threads go idle first
+            before = len(s.windows)
+            s.window(seconds, timeout)
+            if len(s.windows) > before:
+                replies.append((s.spec["impl"], s.windows[-1]))
+        if replies:
+            library, best = max(replies, key=lambda r: r[1]["tokens_per_sec"])
+            self.windows.append({**best, "chain_library": library,
+                                 "contenders": {lib: w["tokens_per_sec"] for lib, w in replies}})
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+    def result(self) -> dict[str, Any]:
+        failed = {s.spec["impl"]: s.error for s in self.servers if s.error}
+        return summarise({**self.spec, **({"library_errors": failed} if failed else {})}, self.windows, self.error)
 
 
 def _floor_paired(spec: dict[str, Any]) -> bool:
@@ -278,22 +321,26 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
     """
     own_specs = ([{**floor_spec, "impl": s["backend"], "mode": "own"} for s in specs if _floor_paired(s)]
                  if floor_spec and own else [])
-    servers = []
-    for spec in [*specs, *([floor_spec] if floor_spec else []), *own_specs]:
-        print(f"  warming {label(spec)} ...", file=log, end=" ", flush=True)
+    floor_specs = [{**floor_spec, "impl": lib} for lib in floor_spec.get("contenders", [floor_spec["impl"]])] \
+        if floor_spec else []
+
+    def start(spec: dict[str, Any]) -> Server:
+        print(f"  warming {label(spec)}{' ' + spec['impl'] if spec['backend'] == 'floor' else ''} ...",
+              file=log, end=" ", flush=True)
         s = Server(spec, timeout)
         if s.error:  # e.g. a layer that cannot express the cell: a row that says so, not a crash
             print(f"FAILED: {s.error}", file=log, flush=True)
         else:
             print("ready" if spec["backend"] == "floor" else f"first epoch {s.info['first_epoch_seconds']:.2f} s",
                   file=log, flush=True)
-        servers.append(s)
-    limits = servers[len(specs):]
-    servers = servers[:len(specs)]
-    floor = limits[0] if limits else None
-    own = {o.spec["impl"]: o for o in limits[1:]}
+        return s
 
-    def beside(limit: Server | None, s: Server) -> None:
+    servers = [start(spec) for spec in specs]
+    floor = BestOf([start(spec) for spec in floor_specs]) if floor_specs else None
+    own = {o.spec["impl"]: o for o in map(start, own_specs)}
+    limits = [*([floor] if floor else []), *own.values()]
+
+    def beside(limit: Server | BestOf | None, s: Server) -> None:
         """Time ``limit`` for half a window right after ``s``'s window and tag it with ``s``."""
         if limit is None:
             return
@@ -341,11 +388,13 @@ def _write(out: Path, payload: dict[str, Any]) -> None:
 
 def floor_server_spec(f: dict[str, Any], big_flops: float, B: int, H: int, T: int) -> dict[str, Any] | None:
     """The spec of a warm process that times the tanh RNN's floor ``f`` for one shape (:func:`serve_floor`):
-    the best library's chain, and the batched FLOPs at the big-GEMM rate; None if no library timed the chain."""
+    the chain of each library that was among the fastest at the start (``contenders``; the window's floor
+    is the fastest of them), and the batched FLOPs at the big-GEMM rate; None if no library timed the chain."""
     if "best_library" not in f:
         return None
     return {"backend": "floor", "impl": f["best_library"], "mode": "chain", "cell": "rnn", "B": B, "H": H, "T": T,
-            "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops}
+            "G": 1, "L": 1, "V": 28, "batched_flops": f["batched_seconds"] * big_flops,
+            "contenders": f.get("contenders", [f["best_library"]])}
 
 
 def run_ladder(library: str, rounds: int, timeout: float) -> dict[str, Any]:

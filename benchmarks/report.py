@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import sys
@@ -81,9 +82,9 @@ def limits_text(payload: dict[str, Any]) -> str:
         paired = any(w.get("paired_with") for w in fp.get("windows", []))
         where = ("right after each fast path's window (and the oracle's) in every round" if paired
                  else "in each of the main table's rounds")
-        lines += ["", f"The rnn floor timed again {where} ({fp['impl']}'s chain and the big-GEMM rate, in its own "
-                  f"warm process): median **{fp['median']:,.0f}** tokens/s, {fp['min']:,.0f}–{fp['max']:,.0f} over "
-                  f"{len(fp['tokens_per_sec'])} windows."]
+        lines += ["", f"The rnn floor timed again {where}: median **{fp['median']:,.0f}** tokens/s, "
+                  f"{fp['min']:,.0f}–{fp['max']:,.0f} over {len(fp['tokens_per_sec'])} windows; {floor_chains(fp)}, "
+                  "with the big-GEMM rate."]
     owns = [r for r in payload.get("main", []) if r.get("backend") == "floor" and r.get("mode") == "own" and "error" not in r]
     if owns:
         def median_of(r: dict[str, Any], key: str) -> float:
@@ -99,6 +100,20 @@ def limits_text(payload: dict[str, Any]) -> str:
                        "its own warm process) was timed right after that floor window, so the verdict's \"own GEMM "
                        f"kernels allow\" and \"% own-kernel floor\" divide windows seconds apart: {each}.")]
     return "\n".join(lines)
+
+
+def floor_chains(fp: dict[str, Any]) -> str:
+    """Which chains the floor timed beside the windows took: one library's (older runs), or the fastest of
+    the contenders in each window, with how often each one was."""
+    libraries = fp.get("libraries", [fp["impl"]])
+    if len(libraries) < 2:
+        return f"{libraries[0]}'s chain, in its own warm process"
+    won = collections.Counter(w.get("chain_library") for w in fp.get("windows", []))
+    failed = fp.get("library_errors", {})
+    return ("in each window the faster of " + " and ".join(f"{lib}'s" for lib in libraries) + " chains ("
+            + ", ".join(f"{lib}'s in {won.get(lib, 0)}" for lib in libraries if lib not in failed)
+            + f" of {len(fp.get('windows', []))} windows"
+            + "".join(f"; {lib} failed: {err}" for lib, err in failed.items()) + "), each library in its own warm process")
 
 
 def legend(payload: dict[str, Any]) -> str:

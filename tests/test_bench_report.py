@@ -318,3 +318,61 @@ def test_every_batched_gemm_form_computes_the_same_products(library: str) -> Non
     for combo in outs[1:]:
         for got, want in zip(combo, outs[0]):
             _same_up_to_transpose(got, want, atol=1e-5)
+
+
+class _FakeFloor:
+    """A floor server whose windows answer a scripted rate (no process)."""
+
+    def __init__(self, impl: str, rates: list[float], error: str | None = None) -> None:
+        self.spec, self.error, self.windows, self.rates = {"backend": "floor", "impl": impl, "mode": "chain"}, error, [], rates
+
+    def window(self, seconds: float, timeout: float) -> None:
+        self.windows.append({"tokens_per_sec": self.rates[len(self.windows)]})
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_floor_is_the_fastest_contender_in_each_window() -> None:
+    """A library slow at the start of the run must not set a lenient floor for the whole run: each
+    window's floor is the fastest contender's chain in that window."""
+    from benchmarks.bench_train import BestOf
+    from benchmarks.report import floor_chains
+
+    best = BestOf([_FakeFloor("torch", [90.0, 80.0, 70.0]), _FakeFloor("jax", [60.0, 100.0, 110.0])])
+    for _ in range(3):
+        best.window(0.0, 1.0)
+    row = best.result()
+    assert row["tokens_per_sec"] == [90.0, 100.0, 110.0] and row["median"] == 100.0
+    assert [w["chain_library"] for w in row["windows"]] == ["torch", "jax", "jax"]
+    assert row["windows"][1]["contenders"] == {"torch": 80.0, "jax": 100.0}
+    assert "faster of torch's and jax's chains" in floor_chains(row) and "torch's in 1, jax's in 2 of 3" in floor_chains(row)
+
+
+def test_a_contender_that_fails_leaves_the_other() -> None:
+    from benchmarks.bench_train import BestOf
+    from benchmarks.report import floor_chains
+
+    best = BestOf([_FakeFloor("mxnet", [], error="exit 1: boom"), _FakeFloor("numpy", [50.0])])
+    best.window(0.0, 1.0)
+    row = best.result()
+    assert row["median"] == 50.0 and row["library_errors"] == {"mxnet": "exit 1: boom"}
+    assert "mxnet failed: exit 1: boom" in floor_chains(row)
+    dead = BestOf([_FakeFloor("mxnet", [], error="boom"), _FakeFloor("numpy", [], error="bang")])
+    assert dead.error and "error" in dead.result()  # no contender: an error row, no windows
+
+
+def test_floor_windows_come_from_every_contender_process() -> None:
+    """End to end at a tiny shape: two floor processes (NumPy's chain twice) timed beside the oracle."""
+    import io
+
+    from benchmarks.bench_train import run_interleaved
+
+    oracle = {"backend": "numpy", "impl": "scratch", "mode": "eager", "overrides": {"num_hiddens": 8}}
+    floor = {"backend": "floor", "impl": "numpy", "mode": "chain", "cell": "rnn", "B": 2, "H": 8, "T": 3, "G": 1,
+             "L": 1, "V": 28, "batched_flops": 1e3, "contenders": ["numpy", "nosuch"]}
+    rows = run_interleaved([oracle], repeats=2, window=0.1, timeout=120, log=io.StringIO(), floor_spec=floor, own=False)
+    fl = rows[1]
+    assert fl["libraries"] == ["numpy", "nosuch"] and "nosuch" in fl["library_errors"]
+    assert len(fl["windows"]) == 2 and all(w["chain_library"] == "numpy" for w in fl["windows"])
+    assert all(w["paired_with"] == "numpy scratch/eager" and w["tokens_per_sec"] > 0 for w in fl["windows"])
