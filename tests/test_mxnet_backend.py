@@ -44,6 +44,61 @@ def test_fast_blocks_are_compiled_once_per_shape(fast):
     assert len(fast._blocks) == 3
 
 
+PACKED = [Model("rnn"), LSTM2, GRU_AFTER, Model("rnn", 1, True)]
+
+
+@pytest.mark.parametrize("model", PACKED, ids=lambda m: m.name)
+def test_packed_params_round_trip_exactly(model):
+    from multirnn.backends.mxnet_backend import pack_params, unpack_params
+
+    params, *_ = random_model_problem(model)
+    arrays = pack_params(model, params)
+    assert len(arrays) == model.num_layers + 2
+    back = unpack_params(model, arrays)
+    assert list(back) == list(model.param_names())
+    for k, v in params.items():
+        np.testing.assert_array_equal(back[k], v)
+
+
+@pytest.mark.parametrize("model", PACKED, ids=lambda m: m.name)
+def test_packed_fast_step_keeps_zero_biases_and_serves_every_method(model):
+    """The fast step keeps the fused cells' params packed between steps: the zero second biases in
+    the flat vectors must stay exactly zero, and every other method must take the packed params."""
+    from multirnn.backends.mxnet_backend import PackedParams, _layer_pieces
+
+    be = multirnn.get_backend("mxnet", mode="fast", model=model)
+    eager = multirnn.get_backend("mxnet", mode="eager", model=model)
+    params, X, Y, state = random_model_problem(model)
+    p, q, s, t = be.params_from_numpy(params), eager.params_from_numpy(params), state, state
+    for _ in range(3):
+        p, _, _, s = be.train_step(p, X, Y, s, 0.5, 1.0)
+        q, _, _, t = eager.train_step(q, X, Y, t, 0.5, 1.0)
+    assert isinstance(p, PackedParams)
+    H = params["W_hq"].shape[0]
+    for layer, flat in enumerate(p.arrays[:model.num_layers]):
+        flat, at = flat.asnumpy(), 0
+        for _, key, _ in _layer_pieces(model, layer):
+            n = int(np.prod(model.param_shapes(11, H)[key])) if key else H
+            if key is None:
+                assert not flat[at:at + n].any()  # masked: no gradient, no update
+            at += n
+        assert at == flat.size
+    got, want = be.params_to_numpy(p), eager.params_to_numpy(q)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(be.as_numpy(be.forward(p, X, s)[0]), eager.as_numpy(eager.forward(q, X, t)[0]),
+                               rtol=1e-10, atol=1e-12)
+    loss, grads, _ = be.loss_and_grads(p, X, Y, s)
+    want_loss, want_grads, _ = eager.loss_and_grads(q, X, Y, t)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-10)
+    for k, g in eager.params_to_numpy(want_grads).items():
+        np.testing.assert_allclose(be.params_to_numpy(grads)[k], g, rtol=1e-9, atol=1e-12)
+    updated = be.sgd_step(p, grads, 0.1)  # a fresh dict: the packed params and their cache unchanged
+    assert not np.array_equal(be.params_to_numpy(updated)["W_hq"], got["W_hq"])
+    np.testing.assert_array_equal(be.params_to_numpy(p)["W_hq"], got["W_hq"])
+    np.testing.assert_array_equal(be.as_numpy(p.unpacked["W_hq"]), got["W_hq"])
+
+
 # MXNet 1.9.1's native (non-oneDNN) fused RNN kernel reads uninitialised memory for the lower layers'
 # input gradients when num_layers > 1 and the input needs no gradient (one-hot inputs): the weight
 # gradients of the first layer are then wrong, by an amount that depends on what that memory held

@@ -11,7 +11,9 @@ stacked models), cross-entropy as logsumexp(o) - o[y], gradients from ``autograd
 the reset-after GRU, at any depth, run MXNet's fused ``RNN`` operator: the whole recurrence and
 its backward pass are one operator each (oneDNN RNN primitives for float32 on CPU), the output
 layer is one matmul over all time steps, and clipping plus SGD for all params is a second small
-graph. A step is three calls into MXNet's asynchronous engine (loss, backward, clip+SGD) and never
+graph. Between steps ``train_step`` keeps those cells' params packed in the operator's layout
+(:class:`PackedParams`: one flat vector per layer), so a step does not pack them and unpack their
+gradients again; the other methods take packed params too and unpack them exactly. A step is three calls into MXNet's asynchronous engine (loss, backward, clip+SGD) and never
 waits for the device. d2l's GRU applies the reset gate before the recurrent matmul, which no fused
 kernel computes: it runs as its own unrolled graph (one gather for the first layer's inputs, one
 GEMM for deeper layers' inputs over all steps, two GEMMs per step), differentiated by autograd.
@@ -100,10 +102,62 @@ def _unstack_layers(F, model: Model, stacked: list) -> list:
     return [parts[layer] for layer in range(model.num_layers) for parts in split]
 
 
-def _output_layer(F, outputs, W_hq, b_q, vocab_size: int):
+def _output_layer(F, outputs, W_out, b_q, vocab_size: int):
     """The output layer of all steps at once: one matmul, not T. FullyConnected runs on oneDNN
-    (dot on OpenBLAS was slower); it wants the weight as (out, in), i.e. W_hq transposed."""
-    return F.FullyConnected(F.reshape(outputs, (-3, -2)), F.transpose(W_hq), b_q, num_hidden=vocab_size)
+    (dot on OpenBLAS was slower); it wants the weight as (out, in): ``W_out`` is W_hq transposed."""
+    return F.FullyConnected(F.reshape(outputs, (-3, -2)), W_out, b_q, num_hidden=vocab_size)
+
+
+def _fused_layers(F, model: Model, num_hiddens: int, inputs, states: list, flats: list) -> tuple:
+    """The fused ``RNN`` operator once per layer, each layer's outputs the next one's inputs:
+    ``(top layer's outputs (T, B, H), the new flat state)``; ``flats`` holds each layer's weights in
+    the operator's layout (:func:`_pack_layer`)."""
+    mode, _ = FUSED[model.cell.name]
+    per, new_states = len(model.cell.state), []
+    for layer, flat in enumerate(flats):
+        layer_states = [F.expand_dims(h, axis=0) for h in states[layer * per : (layer + 1) * per]]  # (1, B, H)
+        out = F.RNN(inputs, flat, *layer_states, mode=mode, state_size=num_hiddens, num_layers=1, state_outputs=True)
+        inputs = out[0]
+        new_states += [F.reshape(out[i], (-3, -2)) for i in range(1, per + 1)]  # h_T (and c_T) (B, H)
+    return inputs, new_states
+
+
+def _layer_pieces(model: Model, layer: int) -> list[tuple[str, str | None, bool]]:
+    """One layer's pieces of the fused operator's flat weight vector, in its order:
+    ``(d2l name, or None for a zero second bias, transposed)``; see :func:`_fused_rnn`."""
+    _, gates = FUSED[model.cell.name]
+    s, names = layer_suffix(layer), set(model.param_names())
+    pieces = [(f"W_{side}{g}{s}", True) for side in ("x", "h") for g in gates]
+    pieces += [(f"b_{g}{s}", False) for g in gates]
+    pieces += [(f"b_h{g}{s}", False) for g in gates]
+    return [(name, name if name in names else None, t) for name, t in pieces]
+
+
+def pack_params(model: Model, params: dict[str, onp.ndarray]) -> list[onp.ndarray]:
+    """d2l's params (NumPy) -> the packed fast step's arrays: one flat vector per layer in the fused
+    operator's layout, then ``W_hq^T`` (V, H) and ``b_q``. Only copies and transposes: exact."""
+    H = params["W_hq"].shape[0]
+    flats = [onp.concatenate([(params[key].T if t else params[key]).ravel() if key else
+                              onp.zeros(H, params["W_hq"].dtype) for _, key, t in _layer_pieces(model, layer)])
+             for layer in range(model.num_layers)]
+    return [*flats, onp.ascontiguousarray(params["W_hq"].T), params["b_q"]]
+
+
+def unpack_params(model: Model, arrays: list[onp.ndarray]) -> dict[str, onp.ndarray]:
+    """The inverse of :func:`pack_params` (the zero second biases are dropped)."""
+    *flats, W_out, b_q = arrays
+    V, H = W_out.shape
+    shapes, out = model.param_shapes(V, H), {"W_hq": onp.ascontiguousarray(W_out.T), "b_q": b_q}
+    for layer, flat in enumerate(flats):
+        at = 0
+        for name, key, t in _layer_pieces(model, layer):
+            shape = shapes[key] if key else (H,)
+            n = int(onp.prod(shape))
+            piece = flat[at : at + n]
+            at += n
+            if key:
+                out[key] = onp.ascontiguousarray(piece.reshape(shape[::-1]).T if t else piece.reshape(shape))
+    return {k: out[k] for k in model.param_names()}
 
 
 def _fused_rnn(F, model: Model, shape: tuple[int, int], dtype: str, steps: int, x, states: list, p: dict):
@@ -135,24 +189,16 @@ def _fused_rnn(F, model: Model, shape: tuple[int, int], dtype: str, steps: int, 
         ``(logits, states)``: ``(T * B, V)`` with rows time-major, and the new flat state.
     """
     vocab_size, num_hiddens = shape
-    mode, gates = FUSED[model.cell.name]
-    per = len(model.cell.state)
-    inputs = F.one_hot(x, vocab_size, dtype=dtype)  # (T, B, V)
-    new_states = []
+    flats = []
     for layer in range(model.num_layers):
-        s = layer_suffix(layer)
-        pieces = [F.transpose(p[f"W_{side}{g}{s}"]) for side in ("x", "h") for g in gates]
-        pieces += [p[f"b_{g}{s}"] for g in gates]
-        pieces += [p[f"b_h{g}{s}"] if f"b_h{g}{s}" in p else F.zeros_like(p[f"b_{g}{s}"]) for g in gates]
+        zero = F.zeros_like(p[f"b_{FUSED[model.cell.name][1][0]}{layer_suffix(layer)}"])
+        pieces = [(F.transpose(p[key]) if t else p[key]) if key else zero for _, key, t in _layer_pieces(model, layer)]
         # Pieces as (1, n) rows joined along axis 1, then flattened: the same bytes in the same order,
         # but MXNet's concat along axis 0 of 1-D arrays is slow (2.6 ms for these 1.1 MB against
         # 0.08 ms for a plain copy); this layout made the whole step 1.12x faster (benchmarks/PROFILES.md).
-        flat = F.reshape(F.concat(*[F.reshape(w, (1, -1)) for w in pieces], dim=1), (-1,))
-        layer_states = [F.expand_dims(h, axis=0) for h in states[layer * per : (layer + 1) * per]]  # (1, B, H)
-        out = F.RNN(inputs, flat, *layer_states, mode=mode, state_size=num_hiddens, num_layers=1, state_outputs=True)
-        inputs = out[0]  # (T, B, H): the next layer's inputs
-        new_states += [F.reshape(out[i], (-3, -2)) for i in range(1, per + 1)]  # h_T (and c_T) (B, H)
-    return _output_layer(F, inputs, p["W_hq"], p["b_q"], vocab_size), new_states
+        flats.append(F.reshape(F.concat(*[F.reshape(w, (1, -1)) for w in pieces], dim=1), (-1,)))
+    outputs, new_states = _fused_layers(F, model, num_hiddens, F.one_hot(x, vocab_size, dtype=dtype), states, flats)
+    return _output_layer(F, outputs, F.transpose(p["W_hq"]), p["b_q"], vocab_size), new_states
 
 
 def _unrolled_gru(F, model: Model, shape: tuple[int, int], dtype: str, steps: int, x, states: list, p: dict):
@@ -196,7 +242,7 @@ def _unrolled_gru(F, model: Model, shape: tuple[int, int], dtype: str, steps: in
             outputs.append(h)
         new_states.append(h)
         layer_inputs = F.stack(*outputs, axis=0)  # (T, B, H)
-    return _output_layer(F, layer_inputs, p["W_hq"], p["b_q"], vocab_size), new_states
+    return _output_layer(F, layer_inputs, F.transpose(p["W_hq"]), p["b_q"], vocab_size), new_states
 
 
 def _logsumexp(F: Any, logits: Any) -> Any:
@@ -249,18 +295,46 @@ class _Forward(_Graph):
         return (logits.as_np_ndarray(), *(s.as_np_ndarray() for s in states))
 
 
+class _PackedLoss(gluon.HybridBlock):
+    """:class:`_Loss` on the packed params (:class:`PackedParams`): ``(x, y, *states, *flats, W_hq^T,
+    b_q)``; the graph packs nothing, so its gradients come back in the packed layout too."""
+
+    def __init__(self, model: Model, shape: tuple[int, int], dtype: str) -> None:
+        super().__init__()
+        self._model, self._shape, self._dtype = model, shape, dtype
+        self._num_states = len(model.state_names())
+
+    def hybrid_forward(self, F, x, y, *args):
+        x, y, *args = _legacy(x, y, *args)
+        n, L = self._num_states, self._model.num_layers
+        states, flats, (W_out, b_q) = args[:n], args[n : n + L], args[n + L :]
+        V, H = self._shape
+        outputs, new_states = _fused_layers(F, self._model, H, F.one_hot(x, V, dtype=self._dtype), states, flats)
+        logits = _output_layer(F, outputs, W_out, b_q, V)
+        return (_mean_cross_entropy(F, logits, y), *(s.as_np_ndarray() for s in new_states))
+
+
 class _ClipSGD(gluon.HybridBlock):
-    """d2l's gradient clipping and SGD for all params in one graph: ``(lr, θ, *params, *grads)`` ->
-    ``(*new params, norm)``.
+    """d2l's gradient clipping and SGD for all params in one graph: ``(lr, θ, *params, *grads,
+    *masks)`` -> ``(*new params, norm)``; the first ``masked`` gradients are multiplied by their 0/1
+    masks first (the packed layout's zero second biases: no gradient, no update, not in the norm).
 
     ``‖g‖²`` comes from BLAS dot products of flat views: ``sum(g * g)`` is a generic (slow)
     reduction kernel in MXNet 1.9 on CPU. θ / max(‖g‖, θ) is exactly 1 at or below the bound (so
     an unclipped step is bit-identical to plain SGD) and never 0/0 for zero gradients.
     """
 
+    def __init__(self, masked: int = 0) -> None:
+        super().__init__()
+        self._masked = masked
+
     def hybrid_forward(self, F, lr, theta, *args):
         lr, theta, *args = _legacy(lr, theta, *args)
-        params, grads = args[: len(args) // 2], args[len(args) // 2 :]
+        if self._masked:
+            masks, args = args[-self._masked :], args[: -self._masked]
+        params, grads = args[: len(args) // 2], list(args[len(args) // 2 :])
+        for i in range(self._masked):
+            grads[i] = grads[i] * masks[i]
         norm = F.sqrt(F.add_n(*(F.dot(F.reshape(g, (-1,)), F.reshape(g, (-1,))) for g in grads)))
         norm = F.reshape(norm, (1,))
         scale = F.broadcast_div(theta, F.broadcast_maximum(norm, theta))
@@ -403,6 +477,7 @@ class MXNetBackend(_MXNetBase):
         # Compiled blocks, one per (kind, steps, batch, vocab, hidden, dtype): a CachedOp with
         # static_alloc/static_shape plans its memory for exactly one set of shapes.
         self._blocks: dict[tuple, gluon.HybridBlock] = {}
+        self._packed_masks: dict[tuple, list] = {}  # (shape, dtype) -> per layer, see _masks
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
@@ -413,8 +488,21 @@ class MXNetBackend(_MXNetBase):
         validate_params(params, self.model)
         return {k: self._array(params[k]) for k in self._names}
 
-    def params_to_numpy(self, params: Params) -> dict[str, onp.ndarray]:
+    def params_to_numpy(self, params: Params | PackedParams) -> dict[str, onp.ndarray]:
+        if isinstance(params, PackedParams):
+            return unpack_params(self.model, [self.as_numpy(a) for a in params.arrays])
         return {k: self.as_numpy(params[k]) for k in self._names}
+
+    def _dict(self, params: Params | PackedParams, fresh: bool = False) -> Params:
+        """d2l's dict of params; packed ones are unpacked (exactly), once per packed params unless ``fresh``
+        (a dict the caller will update in place must not be the cached one)."""
+        if not isinstance(params, PackedParams):
+            return params
+        if fresh:
+            return self.params_from_numpy(self.params_to_numpy(params))
+        if params.unpacked is None:
+            params.unpacked = self.params_from_numpy(self.params_to_numpy(params))
+        return params.unpacked
 
     # --- the model --------------------------------------------------------------------------
     def _layer(self, params: Params, layer: int) -> dict:
@@ -440,7 +528,8 @@ class MXNetBackend(_MXNetBase):
         logits = [mnp.dot(H, W_hq) + b_q for H in inputs]
         return mnp.concatenate(logits, axis=0), tuple(new_state)  # (steps * batch, vocab), rows time-major
 
-    def forward(self, params: Params, X: onp.ndarray, state: State) -> tuple[Any, State]:
+    def forward(self, params: Params | PackedParams, X: onp.ndarray, state: State) -> tuple[Any, State]:
+        params = self._dict(params)
         if self.mode == "eager":
             return self._rnn(params, X, state)
         block = self._block(_Forward, params, X)
@@ -448,7 +537,9 @@ class MXNetBackend(_MXNetBase):
                                *self._list(params))
         return logits, tuple(state)
 
-    def loss_and_grads(self, params: Params, X: onp.ndarray, Y: onp.ndarray, state: State) -> tuple[Any, Params, State]:
+    def loss_and_grads(self, params: Params | PackedParams, X: onp.ndarray, Y: onp.ndarray,
+                       state: State) -> tuple[Any, Params, State]:
+        params = self._dict(params)
         for p in params.values():
             # A fresh gradient buffer per call: grads returned earlier are never overwritten.
             p.attach_grad()
@@ -471,7 +562,8 @@ class MXNetBackend(_MXNetBase):
         scale = max_grad_norm / mnp.maximum(norm, max_grad_norm)
         return {k: g * scale for k, g in grads.items()}, norm
 
-    def sgd_step(self, params: Params, grads: Params, lr: float) -> Params:
+    def sgd_step(self, params: Params | PackedParams, grads: Params, lr: float) -> Params:
+        params = self._dict(params, fresh=True)
         for k in self._names:
             params[k] -= lr * grads[k]  # in place, as d2l's ``param[:] = param - lr * grad``
         return params
@@ -485,12 +577,8 @@ class MXNetBackend(_MXNetBase):
         W_hq = params["W_hq"]
         H, V = W_hq.shape
         key = (kind.__name__, onp.shape(X) if X is not None else None, V, H, W_hq.dtype.name)
-        block = self._blocks.get(key)
-        if block is None:
-            block = kind() if kind is _ClipSGD else kind(self.model, (V, H), W_hq.dtype.name, onp.shape(X)[1])
-            block.hybridize(static_alloc=True, static_shape=True)
-            self._blocks[key] = block
-        return block
+        return self._compiled(key, lambda: kind() if kind is _ClipSGD else
+                              kind(self.model, (V, H), W_hq.dtype.name, onp.shape(X)[1]))
 
     def train_step(
         self, params: Params, X: onp.ndarray, Y: onp.ndarray, state: State, lr: float, max_grad_norm: float
@@ -502,6 +590,8 @@ class MXNetBackend(_MXNetBase):
         """
         if self.mode == "eager":
             return super().train_step(params, X, Y, state, lr, max_grad_norm)
+        if self.model.cell.name in FUSED:
+            return self._packed_step(params, X, Y, state, lr, max_grad_norm)
         dtype = params["W_hq"].dtype.name
         weights = self._list(params)
         for w in weights:
@@ -516,6 +606,62 @@ class MXNetBackend(_MXNetBase):
         )
         # detach(): the state was recorded; the next step must not backpropagate into this graph.
         return dict(zip(self._names, new)), loss.detach(), norm, tuple(s.detach() for s in state)
+
+
+    def _packed_step(
+        self, params: Params | PackedParams, X: onp.ndarray, Y: onp.ndarray, state: State, lr: float,
+        max_grad_norm: float,
+    ) -> tuple[PackedParams, Any, Any, State]:
+        """:meth:`train_step` on params kept packed between steps (:class:`PackedParams`)."""
+        if not isinstance(params, PackedParams):
+            params = PackedParams([self._array(a) for a in pack_params(self.model, self.params_to_numpy(params))])
+        weights, masks = params.arrays, self._masks(params)
+        loss_block = self._compiled(("_PackedLoss", onp.shape(X), params.shape, params.dtype),
+                                    lambda: _PackedLoss(self.model, params.shape, params.dtype))
+        clip_block = self._compiled(("_ClipSGD", "packed", params.shape, params.dtype), lambda: _ClipSGD(len(masks)))
+        for w in weights:
+            w.attach_grad()  # fresh buffers: every step's params are new arrays from _ClipSGD
+        with autograd.record():
+            loss, *state = loss_block(self._tokens(X, flat=False), self._tokens(Y), *self._state(state, params.dtype),
+                                      *weights)
+        loss.backward()
+        *new, norm = clip_block(self._scalar(lr, params.dtype), self._scalar(max_grad_norm, params.dtype), *weights,
+                                *(w.grad for w in weights), *masks)
+        return PackedParams(new), loss.detach(), norm, tuple(s.detach() for s in state)
+
+    def _masks(self, params: PackedParams) -> list:
+        """Per layer, 1 for every element of the flat vector the model trains and 0 for its zero
+        second biases (cached per shape and dtype)."""
+        key = (params.shape, params.dtype)
+        if key not in self._packed_masks:
+            H, shapes = params.shape[1], self.model.param_shapes(*params.shape)
+            self._packed_masks[key] = [
+                self._array(onp.concatenate([onp.full(int(onp.prod(shapes[k])) if k else H, 1.0 if k else 0.0)
+                                             for _, k, _ in _layer_pieces(self.model, layer)]), params.dtype)
+                for layer in range(self.model.num_layers)]
+        return self._packed_masks[key]
+
+    def _compiled(self, key: tuple, make: Any) -> gluon.HybridBlock:
+        """The block ``make()`` builds, hybridized once per ``key`` (kind, shapes, dtype)."""
+        if key not in self._blocks:
+            block = self._blocks[key] = make()
+            block.hybridize(static_alloc=True, static_shape=True)
+        return self._blocks[key]
+
+
+class PackedParams:
+    """The scratch fast step's params between steps, for the cells the fused operator runs: each
+    layer's weights as the operator's one flat vector (``[W_x*^T, W_h*^T, b_*, b_h* or 0]``), then
+    ``W_hq^T`` and ``b_q``, so a step packs nothing (packing them in the graph, and the gradients'
+    way back, cost every step a concat, its backward and the transposes). The backend unpacks them
+    exactly where d2l's dict is needed (``params_to_numpy``, ``forward``, the eager primitives).
+    Never updated in place: every step makes new arrays."""
+
+    def __init__(self, arrays: list) -> None:
+        self.arrays = arrays
+        self.shape: tuple[int, int] = tuple(arrays[-2].shape)  # (V, H)
+        self.dtype: str = arrays[-1].dtype.name
+        self.unpacked: Params | None = None  # d2l's dict, made once when first asked for
 
 
 # --- Gluon's own layers ------------------------------------------------------------------------------
