@@ -5,6 +5,7 @@
     python -m benchmarks.probes jax-transpose   # XLA: the backward chain with W.T hoisted, in the body, passed in, or contracted
     python -m benchmarks.probes jax-output      # XLA: the output layer's weight gradient, autodiff's h^T g vs (g^T h)^T
     python -m benchmarks.probes jax-loop        # XLA: the recurrence against its GEMMs alone, and the cost of a loop iteration
+    python -m benchmarks.probes jax-ops         # XLA: the fast step's time per HLO op, from JAX's profiler trace
     python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
     python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
@@ -408,6 +409,63 @@ def ab(backend: str, other: str, rounds: int = 12, cell: str = "rnn") -> None:
           f"[{min(rs):.3f}-{max(rs):.3f}] over {rounds} alternating epochs")
 
 
+def jax_ops(steps: int = 40) -> None:
+    """The JAX fast step's time per HLO op: ``steps`` steps under ``jax.profiler.trace`` with the host
+    tracer at level 3 (XLA's CPU runtime then records every thunk it runs), summed per op over all
+    threads. Tracing slows small ops (TransposePlan records every block it copies), so read the
+    ranking and the op count, not absolute times; `probes ab` measures a change."""
+    import collections
+    import glob
+    import tempfile
+
+    import jax
+
+    from multirnn.backends import jax_backend as jb
+
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2  # the trace's protobuf schema
+    except ImportError:
+        sys.exit("jax-ops reads the trace with TensorFlow's xplane_pb2: pip install tensorflow-cpu")
+    rng = np.random.default_rng(0)
+
+    def f32(*shape: int) -> Any:
+        return jax.numpy.asarray((rng.standard_normal(shape) * 0.01).astype(np.float32))
+
+    P = {"W_xh": f32(V, H), "W_hh": f32(H, H), "b_h": f32(H), "W_hq": f32(H, V), "b_q": f32(V)}
+    X, Y = (jax.numpy.asarray(rng.integers(0, V, (B, T)), jax.numpy.int32) for _ in range(2))
+    h, lr, theta = f32(B, H), np.float32(1), np.float32(1)
+    for _ in range(20):  # compile and warm up
+        P, _, _, h = jb._fast_train_step(P, X, Y, h, lr, theta)
+    jax.block_until_ready(P)
+    options = jax.profiler.ProfileOptions()
+    options.host_tracer_level, options.python_tracer_level = 3, 0
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir, profiler_options=options):
+            for _ in range(steps):
+                P, _, _, h = jb._fast_train_step(P, X, Y, h, lr, theta)
+            jax.block_until_ready(P)
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{log_dir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    skip = ("end:", "Threadpool", "Transpose", "ThunkExecutor", "$", "Wait", "Pjit", "PjRt", "Python", "Parse")
+    total: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        names = {k: m.name for k, m in plane.event_metadata.items()}
+        for line in plane.lines:
+            for e in line.events:
+                name = names.get(e.metadata_id, "?")
+                # XLA's CPU runtime wraps a parallel op as call.N around its body's clone: count the body
+                if name.startswith(skip) or name.startswith("call.") or name == "?":
+                    continue
+                total[name] += e.duration_ps
+                count[name] += 1
+    print(f"JAX fast step, d2l ed. 1 shapes: ms per step by HLO op over {steps} traced steps (tracing inflates them)")
+    for name, ps in total.most_common(30):
+        print(f"  {ps / 1e9 / steps:7.3f} ms  x{count[name] / steps:5.1f}  {name}")
+    print(f"  {sum(total.values()) / 1e9 / steps:7.3f} ms in all, {len(total)} distinct ops")
+
+
 def page_faults() -> None:
     import os
     import subprocess
@@ -419,7 +477,7 @@ def page_faults() -> None:
                            env={**env, "MULTIRNN_MALLOC": malloc})
 
 
-PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop,
+PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop, "jax-ops": jax_ops,
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
           "torch-loops": torch_loops}
 

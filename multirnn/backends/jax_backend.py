@@ -96,34 +96,41 @@ def _recurrence(xw: jax.Array, W_hh: jax.Array, h0: jax.Array) -> jax.Array:
 # against 9.68-11.28 ms; benchmarks/PROFILES.md finding 12). The loops' stacked inputs and outputs
 # are transposed outside them: transposing inside the loop bodies instead cost more than the loops
 # gained (an ad-hoc A/B: 0.993x).
+# Each loop overwrites its own input buffer step by step (h_t over xw_t forward, d_pre_t over
+# dL/dh_t backward) instead of scanning into new stacked outputs: lax.scan zero-fills its outputs
+# and XLA then copied, sliced and concatenated them around the loops, five passes over (T, H, B)
+# arrays per step that this form does not make (PROFILES.md finding 14).
 def _recurrence_fwd(xw: jax.Array, W_hh: jax.Array, h0: jax.Array):
     W_hh_T = W_hh.T
 
-    def step(h: jax.Array, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = jnp.tanh(x_t + W_hh_T @ h)
-        return h, h
+    def step(t: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        buf, h = carry
+        h = jnp.tanh(lax.dynamic_index_in_dim(buf, t, keepdims=False) + W_hh_T @ h)
+        return lax.dynamic_update_index_in_dim(buf, h, t, 0), h
 
-    _, hs_f = lax.scan(step, h0.T, jnp.swapaxes(xw, 1, 2))  # (T, H, B)
+    hs_f, _ = lax.fori_loop(0, xw.shape[0], step, (jnp.swapaxes(xw, 1, 2), h0.T))  # (T, H, B)
     return jnp.swapaxes(hs_f, 1, 2), (hs_f, W_hh, h0)
 
 
 def _recurrence_bwd(res, d_hs: jax.Array):
     hs_f, W_hh, h0 = res
-    H = hs_f.shape[1]
+    T, H = hs_f.shape[0], hs_f.shape[1]
     d_f = jnp.swapaxes(d_hs, 1, 2)  # (T, H, B)
-    d_tanh = 1 - hs_f * hs_f  # tanh' for all steps at once, outside the sequential loop
     # The last step has no later step feeding back, so it is peeled off: the loop then does
     # exactly T - 1 sequential matmuls and dL/dh0 is one matmul outside it (dropped by XLA when
     # unused, which it is: the initial state is detached).
-    d_last = d_f[-1] * d_tanh[-1]
+    d_last = d_f[-1] * (1 - hs_f[-1] * hs_f[-1])
 
-    def step(d_pre_next: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        d_h_t, d_tanh_t = xs
-        d_pre = (d_h_t + W_hh @ d_pre_next) * d_tanh_t  # (H, B): d_pre^T = (d_h^T + W_hh d_next^T) ⊙ k^T
-        return d_pre, d_pre
+    def step(i: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        buf, d_pre_next = carry
+        t = T - 2 - i
+        h_t = lax.dynamic_index_in_dim(hs_f, t, keepdims=False)
+        # (H, B): d_pre^T = (d_h^T + W_hh d_next^T) ⊙ tanh'^T, tanh' = 1 - h_t²
+        d_pre = (lax.dynamic_index_in_dim(buf, t, keepdims=False) + W_hh @ d_pre_next) * (1 - h_t * h_t)
+        return lax.dynamic_update_index_in_dim(buf, d_pre, t, 0), d_pre
 
-    d_first, d_pres = lax.scan(step, d_last, (d_f[:-1], d_tanh[:-1]), reverse=True)
-    d_pre = jnp.swapaxes(jnp.concatenate([d_pres, d_last[None]]), 1, 2)  # (T, B, H)
+    d_pres, d_first = lax.fori_loop(0, T - 1, step, (d_f.at[-1].set(d_last), d_last))
+    d_pre = jnp.swapaxes(d_pres, 1, 2)  # (T, B, H)
     h_prev = jnp.concatenate([h0[None], jnp.swapaxes(hs_f[:-1], 1, 2)])  # (T, B, H): h_{t-1} for every step
     d_W_hh = h_prev.reshape(-1, H).T @ d_pre.reshape(-1, H)  # one (H, T*B) @ (T*B, H) matmul
     return d_pre, d_W_hh, (W_hh @ d_first).T  # dL/dh0 = d_pre_1 W_hh^T = (W_hh d_pre_1^T)^T
