@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -376,3 +378,40 @@ def test_floor_windows_come_from_every_contender_process() -> None:
     assert fl["libraries"] == ["numpy", "nosuch"] and "nosuch" in fl["library_errors"]
     assert len(fl["windows"]) == 2 and all(w["chain_library"] == "numpy" for w in fl["windows"])
     assert all(w["paired_with"] == "numpy scratch/eager" and w["tokens_per_sec"] > 0 for w in fl["windows"])
+
+
+def test_fastest_form_is_timed_every_window_not_picked_once() -> None:
+    """The floor's chain is the fastest of its forms *in each window*: a form slow at start-up that
+    is fast later (or the reverse) must not decide the floor for the whole run."""
+    from benchmarks.bench_train import fastest_form
+
+    delays = {"slow": 0.004, "fast": 0.001}
+
+    def form(name: str) -> tuple:
+        return (lambda: time.sleep(delays[name]), lambda _: None)
+
+    seconds, calls = fastest_form([form("slow"), form("fast")], 0.1)
+    assert 0.001 <= seconds < 0.003 and calls >= 4
+    delays["slow"], delays["fast"] = 0.001, 0.004  # the forms swap speeds: the next window follows
+    seconds, _ = fastest_form([form("slow"), form("fast")], 0.1)
+    assert 0.001 <= seconds < 0.003
+    seconds, calls = fastest_form([form("slow")], 0.0)  # a window shorter than one call still times it
+    assert calls == 1 and seconds > 0
+
+
+def test_own_kernel_floor_windows_answer_every_part() -> None:
+    """End to end at a tiny shape: NumPy's own-kernel floor beside the oracle answers its chain, its
+    gradient GEMM's rate and its output GEMMs' time in every window."""
+    import io
+
+    from benchmarks.bench_train import run_interleaved
+
+    oracle = {"backend": "numpy", "impl": "scratch", "mode": "eager", "overrides": {"num_hiddens": 8}}
+    floor = {"backend": "floor", "impl": "numpy", "mode": "chain", "cell": "rnn", "B": 2, "H": 8, "T": 3, "G": 1,
+             "L": 1, "V": 28, "batched_flops": 1e3, "contenders": ["numpy"]}
+    rows = run_interleaved([oracle], repeats=2, window=0.1, timeout=120, log=io.StringIO(), floor_spec=floor, own=True)
+    own = [r for r in rows if r.get("mode") == "own"]
+    assert len(own) == 1 and len(own[0]["windows"]) == 2, rows
+    for w in own[0]["windows"]:
+        assert w["chain_seconds"] > 0 and w["gradient_gflops"] > 0 and w["output_seconds"] > 0
+        assert w["tokens_per_sec"] > 0 and w["chains"] >= 2  # numpy's chain has two forms, each timed
