@@ -122,13 +122,12 @@ def serve_floor(spec: dict[str, Any]) -> None:
     step's largest batched GEMM (the recurrent weights' gradient, capped at the big-GEMM rate), all
     timed in the window, as report.own_floor computes it from the start-of-run measurements."""
     from benchmarks import floor as fl
-    from benchmarks.profile_step import median_seconds
 
+    # Every form, every window: a pick made once at start-up is a pick on a few noisy calls, and a
+    # wrong one (seen: XLA's batch-major chain, 1.7x slower, kept by one process all run long) turned
+    # a reachable target into "unreachable". fastest_seconds: 5 repeats of three back-to-back calls.
     def best(runners: list) -> float:
-        # Every form, every window: a pick made once at start-up is a pick on a few noisy calls, and
-        # a wrong one (seen: XLA's batch-major chain, 1.7x slower, kept by one process all run long)
-        # turned a reachable target into "unreachable".
-        return min(median_seconds(run, sync, 5, 3) for run, sync in runners)
+        return fl.fastest_seconds(runners, reps=5)
 
     B, H, G, T, L = (spec[k] for k in ("B", "H", "G", "T", "L"))
     chain_forms = fl.chain_runners(spec["impl"], B, H, G, T)
@@ -152,7 +151,6 @@ def serve_floor(spec: dict[str, Any]) -> None:
         reply = {"chain_seconds": chain, "big_gemm_flops": big, "chains": calls}
         batched = fl.own_batched_seconds(spec["batched_flops"], big)
         if own_mode:
-            # Three back-to-back calls per repeat, as floor.py times them at the start of the run.
             reply["gradient_gflops"] = grad_flops / best(grad_forms) / 1e9
             reply["output_seconds"] = best(out_forms)
             batched = fl.own_batched_seconds(spec["batched_flops"], big, reply["gradient_gflops"] * 1e9,

@@ -385,16 +385,16 @@ def test_fastest_form_is_timed_every_window_not_picked_once() -> None:
     is fast later (or the reverse) must not decide the floor for the whole run."""
     from benchmarks.bench_train import fastest_form
 
-    delays = {"slow": 0.004, "fast": 0.001}
+    delays = {"slow": 0.02, "fast": 0.002}  # 10x apart: sleep's overshoot on a busy machine stays below
 
     def form(name: str) -> tuple:
         return (lambda: time.sleep(delays[name]), lambda _: None)
 
     seconds, calls = fastest_form([form("slow"), form("fast")], 0.1)
-    assert 0.001 <= seconds < 0.003 and calls >= 4
-    delays["slow"], delays["fast"] = 0.001, 0.004  # the forms swap speeds: the next window follows
+    assert 0.002 <= seconds < 0.011 and calls >= 4
+    delays["slow"], delays["fast"] = 0.002, 0.02  # the forms swap speeds: the next window follows
     seconds, _ = fastest_form([form("slow"), form("fast")], 0.1)
-    assert 0.001 <= seconds < 0.003
+    assert 0.002 <= seconds < 0.011
     seconds, calls = fastest_form([form("slow")], 0.0)  # a window shorter than one call still times it
     assert calls == 1 and seconds > 0
 
