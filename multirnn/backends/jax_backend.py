@@ -271,49 +271,50 @@ _EAGER_STEPS: dict[str, Callable[[Params, jax.Array, tuple], tuple]] = {
 
 _A_GATES = {"rnn": ("h",), "gru": ("z", "r"), "gru-reset-after": ("z", "r", "n"), "lstm": ("i", "f", "o", "c")}
 
-# The loops run feature-major, as the tanh RNN's do: the state as (H, B), a step's gates as row
-# blocks of (G*H, B) arrays, each recurrent product W^T h^T (the same sums). XLA's CPU dot runs
-# those (G*H, H) @ (H, B) products 1.2-1.5x faster than (B, H) @ (H, G*H) for G = 1-4 on an AMD
-# EPYC (35 dependent products alternating, an ad-hoc script; the tanh RNN's chain: PROFILES.md
-# finding 12). The stacked inputs, outputs and cotangents are transposed outside the loops.
+# The loops run feature-major, as the tanh RNN's do: the state as (H, B), each recurrent product
+# W^T h^T (the same sums). XLA's CPU dot runs those (G*H, H) @ (H, B) products 1.2-1.5x faster than
+# (B, H) @ (H, G*H) for G = 1-4 on an AMD EPYC (35 dependent products alternating, an ad-hoc script;
+# the tanh RNN's chain: PROFILES.md finding 12). Every gate's stacked input, saved product and
+# cotangent is its own (T, H, B) array, transposed outside the loops: a fusion that reads a gate's
+# rows out of a step's (G*H, B) slice of one stacked array cost XLA ~5 ms more per 35-step GRU
+# forward loop than reading three separate arrays (+5.5 against +1.6 ms over the loop without
+# inputs, PROFILES.md finding 16).
 
 
-def _pw_rnn(xw: jax.Array, hw: jax.Array, hb: Any, s: tuple) -> tuple:
-    return (jnp.tanh(xw + hw),)
+def _pw_rnn(x: tuple, hw: tuple, hb: Any, s: tuple) -> tuple:
+    return (jnp.tanh(x[0] + hw[0]),)
 
 
-def _pw_lstm(xw: jax.Array, hw: jax.Array, hb: Any, s: tuple) -> tuple:
+def _pw_lstm(x: tuple, hw: tuple, hb: Any, s: tuple) -> tuple:
     _, c = s
-    i, f, o, g = jnp.split(xw + hw, 4, axis=0)  # d2l's gate order i, f, o, c
+    i, f, o, g = (a + b for a, b in zip(x, hw))  # d2l's gate order i, f, o, c
     c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     return (jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new)
 
 
-def _pw_gru_reset_after(xw: jax.Array, hw: jax.Array, hb: Any, s: tuple) -> tuple:
+def _pw_gru_reset_after(x: tuple, hw: tuple, hb: Any, s: tuple) -> tuple:
     (h,) = s
-    xz, xr, xn = jnp.split(xw, 3, axis=0)
-    hz, hr, hn = jnp.split(hw, 3, axis=0)  # hn includes b_hn (b_A): it sits inside r ⊙ (...)
+    xz, xr, xn = x
+    hz, hr, hn = hw  # hn includes b_hn (b_A): it sits inside r ⊙ (...)
     z = jax.nn.sigmoid(xz + hz)
     n = jnp.tanh(xn + jax.nn.sigmoid(xr + hr) * hn)
     return (z * h + (1 - z) * n,)
 
 
-def _mid_gru(xw: jax.Array, hw: jax.Array, s: tuple) -> jax.Array:
+def _mid_gru(x: tuple, hw: tuple, s: tuple) -> jax.Array:
     """d2l's GRU: ``u = R ⊙ h``, the input of the candidate's recurrent matmul ``hb = W_hh^T u``."""
-    (h,) = s
-    H = h.shape[0]
-    return jax.nn.sigmoid(xw[H:2 * H] + hw[H:]) * h
+    return jax.nn.sigmoid(x[1] + hw[1]) * s[0]
 
 
-def _pw_gru(xw: jax.Array, hw: jax.Array, hb: jax.Array, s: tuple) -> tuple:
+def _pw_gru(x: tuple, hw: tuple, hb: jax.Array, s: tuple) -> tuple:
     (h,) = s
-    H = h.shape[0]
-    z = jax.nn.sigmoid(xw[:H] + hw[:H])
-    c = jnp.tanh(xw[2 * H:] + hb)
+    z = jax.nn.sigmoid(x[0] + hw[0])
+    c = jnp.tanh(x[2] + hb)
     return (z * h + (1 - z) * c,)
 
 
-# cell -> (pointwise step, the input u of the second recurrent matmul or None)
+# cell -> (pointwise step, the input u of the second recurrent matmul or None); x and hw are
+# tuples of the gates' (H, B) blocks, in d2l's gate order and _A_GATES' order.
 _PW: dict[str, tuple[Callable[..., tuple], Callable[..., jax.Array] | None]] = {
     "rnn": (_pw_rnn, None), "gru": (_pw_gru, _mid_gru),
     "gru-reset-after": (_pw_gru_reset_after, None), "lstm": (_pw_lstm, None),
@@ -323,6 +324,15 @@ _PW: dict[str, tuple[Callable[..., tuple], Callable[..., jax.Array] | None]] = {
 def _fm(a: jax.Array) -> jax.Array:
     """Stacked ``(T, B, n)`` <-> ``(T, n, B)``: batch-major to feature-major and back."""
     return jnp.swapaxes(a, 1, 2)
+
+
+def _gates_fm(xw: jax.Array, cell: str) -> tuple:
+    """``(T, B, G*H)`` -> one feature-major ``(T, H, B)`` array per gate."""
+    H = xw.shape[-1] // len(_GATE_COUNT[cell])
+    return tuple(_fm(xw[..., g * H:(g + 1) * H]) for g in range(len(_GATE_COUNT[cell])))
+
+
+_GATE_COUNT = {"rnn": "h", "gru": "zrh", "gru-reset-after": "zrn", "lstm": "ifoc"}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -337,64 +347,68 @@ def _layer_scan(cell: str, xw: jax.Array, W_A: jax.Array, b_A: Any, W_B: Any, s0
         W_B: d2l's GRU's ``W_hh``, applied to ``R ⊙ h``; None for the other cells.
         s0: the layer's initial state, ``(h,)`` or ``(h, c)``, each ``(B, H)``.
     """
-    s_T, (hs, *_) = _scan_layer(cell, _fm(xw), W_A, b_A, W_B, tuple(s.T for s in s0), keep=False)
+    s_T, (hs, *_) = _scan_layer(cell, _gates_fm(xw, cell), W_A, b_A, W_B, tuple(s.T for s in s0), keep=False)
     return _fm(hs), tuple(s.T for s in s_T)
 
 
-def _scan_layer(cell: str, xw: jax.Array, W_A: jax.Array, b_A: Any, W_B: Any, s0: tuple, keep: bool):
-    """The forward loop, feature-major: ``xw`` ``(T, G*H, B)``, states ``(H, B)``; ``keep`` also
-    returns what the backward loop needs (states, hw, u, hb), stacked feature-major."""
+def _scan_layer(cell: str, xs: tuple, W_A: jax.Array, b_A: Any, W_B: Any, s0: tuple, keep: bool):
+    """The forward loop, feature-major: ``xs`` one ``(T, H, B)`` array per gate, states ``(H, B)``;
+    ``keep`` also returns what the backward loop needs (states, hw per gate, u, hb), stacked."""
     pw, mid = _PW[cell]
     W_A_T = W_A.T
     W_B_T = None if W_B is None else W_B.T
     b_col = None if b_A is None else b_A[:, None]
+    n_A = len(_A_GATES[cell])
 
-    def step(s: tuple, xw_t: jax.Array) -> tuple[tuple, tuple]:
+    def step(s: tuple, x: tuple) -> tuple[tuple, tuple]:
         hw = W_A_T @ s[0]
         if b_col is not None:
             hw = hw + b_col
+        hw = tuple(jnp.split(hw, n_A, axis=0))
         u = hb = None
         if mid is not None:
-            u = mid(xw_t, hw, s)
+            u = mid(x, hw, s)
             hb = W_B_T @ u
-        s_new = pw(xw_t, hw, hb, s)
+        s_new = pw(x, hw, hb, s)
         return s_new, ((s_new, hw, u, hb) if keep else (s_new[0],))
 
-    return lax.scan(step, s0, xw)
+    return lax.scan(step, s0, xs)
 
 
 def _layer_scan_fwd(cell: str, xw: jax.Array, W_A: jax.Array, b_A: Any, W_B: Any, s0: tuple):
-    xw_f, s0_f = _fm(xw), tuple(s.T for s in s0)
-    s_T, (states, hws, us, hbs) = _scan_layer(cell, xw_f, W_A, b_A, W_B, s0_f, keep=True)
-    return (_fm(states[0]), tuple(s.T for s in s_T)), (xw_f, W_A, b_A, W_B, s0_f, states, hws, us, hbs)
+    xs, s0_f = _gates_fm(xw, cell), tuple(s.T for s in s0)
+    s_T, (states, hws, us, hbs) = _scan_layer(cell, xs, W_A, b_A, W_B, s0_f, keep=True)
+    return (_fm(states[0]), tuple(s.T for s in s_T)), (xs, W_A, b_A, W_B, s0_f, states, hws, us, hbs)
 
 
 def _layer_scan_bwd(cell: str, res: tuple, cts: tuple) -> tuple:
-    xw, W_A, b_A, W_B, s0, states, hws, us, hbs = res  # feature-major
+    xs, W_A, b_A, W_B, s0, states, hws, us, hbs = res  # feature-major
     d_hs, d_sT = cts  # batch-major, as the layer returned them
     pw, mid = _PW[cell]
     prev = tuple(jnp.concatenate([a[None], b[:-1]]) for a, b in zip(s0, states))  # s_{t-1} for every t
 
-    def step(d_s: tuple, xs: tuple) -> tuple[tuple, tuple]:
-        xw_t, hw_t, hb_t, s_prev, d_h_t = xs
+    def step(d_s: tuple, inputs: tuple) -> tuple[tuple, tuple]:
+        x_t, hw_t, hb_t, s_prev, d_h_t = inputs
         d_s = (d_s[0] + d_h_t, *d_s[1:])  # the output h_t feeds the layer above too
         # The elementwise part is recomputed from the saved matmul results (cheap, no matmul).
         if mid is None:
-            _, vjp = jax.vjp(lambda a, b, s: pw(a, b, None, s), xw_t, hw_t, s_prev)
-            d_xw, d_hw, d_prev = vjp(d_s)
+            _, vjp = jax.vjp(lambda a, b, s: pw(a, b, None, s), x_t, hw_t, s_prev)
+            d_x, d_hw, d_prev = vjp(d_s)
             d_hb = None
         else:
-            _, vjp = jax.vjp(pw, xw_t, hw_t, hb_t, s_prev)
-            d_xw, d_hw, d_hb, d_prev = vjp(d_s)
-            _, vjp_mid = jax.vjp(mid, xw_t, hw_t, s_prev)
-            d_xw2, d_hw2, d_prev2 = vjp_mid(W_B @ d_hb)
-            d_xw, d_hw = d_xw + d_xw2, d_hw + d_hw2
+            _, vjp = jax.vjp(pw, x_t, hw_t, hb_t, s_prev)
+            d_x, d_hw, d_hb, d_prev = vjp(d_s)
+            _, vjp_mid = jax.vjp(mid, x_t, hw_t, s_prev)
+            d_x2, d_hw2, d_prev2 = vjp_mid(W_B @ d_hb)
+            d_x = tuple(a + b for a, b in zip(d_x, d_x2))
+            d_hw = tuple(a + b for a, b in zip(d_hw, d_hw2))
             d_prev = tuple(a + b for a, b in zip(d_prev, d_prev2))
+        d_hw = jnp.concatenate(d_hw, axis=0)  # (G_A*H, B): one product back to dh
         d_prev = (d_prev[0] + W_A @ d_hw, *d_prev[1:])
-        return d_prev, (d_xw, d_hw, d_hb)
+        return d_prev, (d_x, d_hw, d_hb)
 
-    d_s0, (d_xw, d_hw, d_hb) = lax.scan(step, tuple(d.T for d in d_sT), (xw, hws, hbs, prev, _fm(d_hs)),
-                                        reverse=True)
+    d_s0, (d_x, d_hw, d_hb) = lax.scan(step, tuple(d.T for d in d_sT), (xs, hws, hbs, prev, _fm(d_hs)),
+                                       reverse=True)
 
     def flat(a: jax.Array) -> jax.Array:
         return _fm(a).reshape(-1, a.shape[1])  # (T, n, B) -> (T*B, n), batch-major rows
@@ -402,7 +416,8 @@ def _layer_scan_bwd(cell: str, res: tuple, cts: tuple) -> tuple:
     d_W_A = flat(prev[0]).T @ flat(d_hw)  # one matmul over all steps
     d_b_A = None if b_A is None else jnp.sum(d_hw, axis=(0, 2))
     d_W_B = None if W_B is None else flat(us).T @ flat(d_hb)
-    return _fm(d_xw), d_W_A, d_b_A, d_W_B, tuple(d.T for d in d_s0)
+    d_xw = jnp.concatenate([_fm(d) for d in d_x], axis=-1)  # (T, B, G*H)
+    return d_xw, d_W_A, d_b_A, d_W_B, tuple(d.T for d in d_s0)
 
 
 _layer_scan.defvjp(_layer_scan_fwd, _layer_scan_bwd)
