@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import label
+from benchmarks.timing import turns
 
 ROOT = Path(__file__).resolve().parent
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
@@ -102,13 +103,7 @@ def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
 def fastest_form(forms: list[tuple[Callable[[], Any], Callable[[Any], Any]]], seconds: float) -> tuple[float, int]:
     """Call every ``(run, sync)`` form in turn for ``seconds`` (so drift touches them alike): the
     fastest form's median seconds per call, and how many calls were made in all."""
-    times: list[list[float]] = [[] for _ in forms]
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds or not times[-1]:
-        for form, (run, sync) in zip(times, forms):
-            t = time.perf_counter()
-            sync(run())
-            form.append(time.perf_counter() - t)
+    times = turns([lambda run=run, sync=sync: sync(run()) for run, sync in forms], seconds=seconds)
     return min(statistics.median(form) for form in times), sum(map(len, times))
 
 

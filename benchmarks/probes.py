@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import turns
+
 T, B, H, V = 35, 32, 512, 28
 
 
@@ -35,12 +37,8 @@ def alternate(variants: dict[str, Callable[[], Any]], rounds: int = 30, sync: Ca
     printed, and returned by name."""
     for f in variants.values():
         sync(f())
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, f in variants.items():
-            t = time.perf_counter()
-            sync(f())
-            times[name].append(time.perf_counter() - t)
+    timed = turns([lambda f=f: sync(f()) for f in variants.values()], rounds=rounds)
+    times = dict(zip(variants, timed))
     print(f"median (and min) of {rounds} calls each, the variants taking turns:")
     for name, ts in times.items():
         print(f"{name:<44} {statistics.median(ts) * 1e3:8.3f} ms (min {min(ts) * 1e3:.3f})")

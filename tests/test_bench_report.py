@@ -399,6 +399,19 @@ def test_fastest_form_is_timed_every_window_not_picked_once() -> None:
     assert calls == 1 and seconds > 0
 
 
+def test_turns_interleave_variants_for_rounds_or_seconds() -> None:
+    """The shared timing loop: variants alternate call by call; ``rounds`` is exact when no time is
+    asked for, ``seconds`` extends the turns, and a variant's own call order is kept."""
+    from benchmarks.timing import turns
+
+    order: list[str] = []
+    times = turns([lambda: order.append("a"), lambda: order.append("b")], rounds=3)
+    assert order == ["a", "b"] * 3 and [len(t) for t in times] == [3, 3]
+    times = turns([lambda: time.sleep(0.002)], seconds=0.03)
+    assert 2 <= len(times[0]) <= 16 and sum(times[0]) >= 0.03 and all(t >= 0.002 for t in times[0])
+    assert [len(t) for t in turns([lambda: None])] == [1]  # neither given: one round
+
+
 def test_own_kernel_floor_windows_answer_every_part() -> None:
     """End to end at a tiny shape: NumPy's own-kernel floor beside the oracle answers its chain, its
     gradient GEMM's rate and its output GEMMs' time in every window."""
