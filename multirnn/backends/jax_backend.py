@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from ..cells import RNN, Model, layer_suffix  # noqa: E402
+from ..cells import RNN, Model, get_cell, layer_suffix  # noqa: E402
 from ..errors import BackendUnavailableError, GPUUnavailableError  # noqa: E402
 from ..params import check_dtype, validate_params  # noqa: E402
 from .base import Backend, State  # noqa: E402
@@ -272,7 +272,7 @@ _EAGER_STEPS: dict[str, Callable[[Params, jax.Array, tuple], tuple]] = {
 _A_GATES = {"rnn": ("h",), "gru": ("z", "r"), "gru-reset-after": ("z", "r", "n"), "lstm": ("i", "f", "o", "c")}
 
 # The loops run feature-major, as the tanh RNN's do: the state as (H, B), each recurrent product
-# W^T h^T (the same sums). XLA's CPU dot runs those (G*H, H) @ (H, B) products 1.2-1.5x faster than
+# W^T h^T (the same sums). XLA's CPU dot runs those (G*H, H) @ (H, B) products 1.25-1.5x faster than
 # (B, H) @ (H, G*H) for G = 1-4 on an AMD EPYC (35 dependent products alternating, an ad-hoc script;
 # the tanh RNN's chain: PROFILES.md finding 12). Every gate's stacked input, saved product and
 # cotangent is its own (T, H, B) array, transposed outside the loops: a fusion that reads a gate's
@@ -328,11 +328,9 @@ def _fm(a: jax.Array) -> jax.Array:
 
 def _gates_fm(xw: jax.Array, cell: str) -> tuple:
     """``(T, B, G*H)`` -> one feature-major ``(T, H, B)`` array per gate."""
-    H = xw.shape[-1] // len(_GATE_COUNT[cell])
-    return tuple(_fm(xw[..., g * H:(g + 1) * H]) for g in range(len(_GATE_COUNT[cell])))
-
-
-_GATE_COUNT = {"rnn": "h", "gru": "zrh", "gru-reset-after": "zrn", "lstm": "ifoc"}
+    G = len(get_cell(cell).gates)
+    H = xw.shape[-1] // G
+    return tuple(_fm(xw[..., g * H:(g + 1) * H]) for g in range(G))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
