@@ -321,6 +321,16 @@ _PW: dict[str, tuple[Callable[..., tuple], Callable[..., jax.Array] | None]] = {
 }
 
 
+# Where each gate's input cotangent dL/dx_g already is, in d2l's gate order: gate g's
+# pre-activation is x_g + (recurrent product i), so dL/dx_g is that product's cotangent, the same
+# bits (i: a block of d_hw; "hb": d2l's GRU candidate, x_h + (R ⊙ h) W_hh). None: x enters
+# otherwise (the reset-after GRU's candidate x_n + R ⊙ hn), so the backward loop stacks it itself.
+# Reusing them saves stacking and transposing G more (T, H, B) arrays per layer.
+_X_COTANGENT: dict[str, tuple[int | str | None, ...]] = {
+    "rnn": (0,), "gru": (0, 1, "hb"), "gru-reset-after": (0, 1, None), "lstm": (0, 1, 2, 3),
+}
+
+
 def _fm(a: jax.Array) -> jax.Array:
     """Stacked ``(T, B, n)`` <-> ``(T, n, B)``: batch-major to feature-major and back."""
     return jnp.swapaxes(a, 1, 2)
@@ -403,7 +413,8 @@ def _layer_scan_bwd(cell: str, res: tuple, cts: tuple) -> tuple:
             d_prev = tuple(a + b for a, b in zip(d_prev, d_prev2))
         d_hw = jnp.concatenate(d_hw, axis=0)  # (G_A*H, B): one product back to dh
         d_prev = (d_prev[0] + W_A @ d_hw, *d_prev[1:])
-        return d_prev, (d_x, d_hw, d_hb)
+        # Only the input cotangents not already stacked as d_hw or d_hb (_X_COTANGENT).
+        return d_prev, (tuple(d for d, src in zip(d_x, _X_COTANGENT[cell]) if src is None), d_hw, d_hb)
 
     d_s0, (d_x, d_hw, d_hb) = lax.scan(step, tuple(d.T for d in d_sT), (xs, hws, hbs, prev, _fm(d_hs)),
                                        reverse=True)
@@ -411,10 +422,16 @@ def _layer_scan_bwd(cell: str, res: tuple, cts: tuple) -> tuple:
     def flat(a: jax.Array) -> jax.Array:
         return _fm(a).reshape(-1, a.shape[1])  # (T, n, B) -> (T*B, n), batch-major rows
 
-    d_W_A = flat(prev[0]).T @ flat(d_hw)  # one matmul over all steps
+    d_hw_rows = flat(d_hw)  # (T*B, G_A*H)
+    d_W_A = flat(prev[0]).T @ d_hw_rows  # one matmul over all steps
     d_b_A = None if b_A is None else jnp.sum(d_hw, axis=(0, 2))
-    d_W_B = None if W_B is None else flat(us).T @ flat(d_hb)
-    d_xw = jnp.concatenate([_fm(d) for d in d_x], axis=-1)  # (T, B, G*H)
+    d_hb_rows = None if W_B is None else flat(d_hb)
+    d_W_B = None if W_B is None else flat(us).T @ d_hb_rows
+    T, H, B = d_hw.shape[0], prev[0].shape[1], d_hw.shape[2]
+    own = iter(d_x)
+    pieces = [flat(next(own)) if src is None else d_hb_rows if src == "hb" else d_hw_rows[:, src * H:(src + 1) * H]
+              for src in _X_COTANGENT[cell]]
+    d_xw = jnp.concatenate(pieces, axis=1).reshape(T, B, -1)  # (T, B, G*H)
     return d_xw, d_W_A, d_b_A, d_W_B, tuple(d.T for d in d_s0)
 
 
