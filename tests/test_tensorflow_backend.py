@@ -313,3 +313,31 @@ def test_layers_fast_mode_traces_once_per_params_and_shape():
     (fn,) = p.net.compiled.values()
     assert fn.experimental_get_tracing_count() == 1
     assert not np.array_equal(be.params_to_numpy(p)["W_hi"], params["W_hi"])
+
+
+def test_layers_params_reuse_a_dropped_params_objects_net_and_trace():
+    """A params object that is gone hands its layers and traced step to the next one of its shapes
+    (which holds its own values and trains like fresh layers); live params objects never share."""
+    import gc
+
+    model = multirnn.Model("gru-reset-after")
+    be = layers(model, "fast")
+    params, X, Y, state = random_model_problem(model)
+    other = {k: v * 0.5 for k, v in params.items()}
+    first = be.params_from_numpy(params)
+    net = first.net
+    be.train_step(first, X, Y, state, 0.5, 1.0)
+    (fn,) = net.compiled.values()
+    live = be.params_from_numpy(other)
+    assert live.net is not net and all(v is not first[k] for k, v in live.items())
+    del first
+    gc.collect()
+    again = be.params_from_numpy(other)
+    assert again.net is net  # the dropped object's layers, not new ones
+    for k, v in be.params_to_numpy(again).items():
+        np.testing.assert_array_equal(v, other[k], err_msg=k)
+    got = be.params_to_numpy(be.train_step(again, X, Y, state, 0.5, 1.0)[0])
+    want = be.params_to_numpy(be.train_step(live, X, Y, state, 0.5, 1.0)[0])
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert fn.experimental_get_tracing_count() == 1  # the first object's trace ran the new values
