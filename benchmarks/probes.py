@@ -11,6 +11,8 @@
     python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
     python -m benchmarks.probes torch-loops     # torch: the fast step against its serial loops, with and without their elementwise ops
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
+    python -m benchmarks.probes torch-lstm      # torch: the LSTM fast path's loops and their GEMMs (MKL, oneDNN) against nn.LSTM
+    python -m benchmarks.probes jax-split       # XLA: the forward loop on the whole batch against two independent halves per step
     python -m benchmarks.probes step BACKEND    # one fast path: ms per step and page faults (for trying env settings)
     python -m benchmarks.probes ab BACKEND DIR [ROUNDS [CELL]]  # BACKEND's fast step from another checkout DIR (A) against this one (B)
 
@@ -334,6 +336,99 @@ def torch_forward() -> None:
     alternate(variants)
 
 
+def torch_lstm() -> None:
+    """Why torch's LSTM fast path trails ``nn.LSTM``: its loops, their products alone through MKL (what
+    ``addmm_`` runs), the same products through oneDNN's linear (a private op; oneDNN is what
+    ``nn.LSTM`` runs on the CPU, through its fused LSTM primitive), and the layer itself."""
+    import torch
+
+    from multirnn.backends.torch_backend import _lstm_backward, _lstm_forward, _Packed
+
+    torch.set_grad_enabled(False)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(H, 4 * H, generator=g) / H**0.5 * 0.5  # (H, 4H): h @ W forward, d @ W^T backward
+    W_T = W.T.contiguous()
+    P = _Packed(None, W, None, None)
+    xp0, dH0 = torch.randn(T, B, 4 * H, generator=g) * 0.5, torch.randn(T, B, H, generator=g) * 0.1
+    xp, dH, zeros = xp0.clone(), dH0.clone(), torch.zeros(B, H)
+    hs, ds = torch.randn(T, B, H, generator=g), torch.randn(T, B, 4 * H, generator=g) * 0.1
+
+    def loops() -> None:
+        xp.copy_(xp0)
+        dH.copy_(dH0)
+        out, _, cache = _lstm_forward(xp, P, (zeros, zeros))
+        _lstm_backward(out, cache, dH, P)
+
+    def products(fwd: Callable[[torch.Tensor], Any], bwd: Callable[[torch.Tensor], Any]) -> Callable[[], Any]:
+        def run() -> Any:  # T forward and T - 1 backward products, and dW_h's one GEMM over all steps
+            for t in range(T):
+                fwd(hs[t])
+            for t in range(T - 1):
+                bwd(ds[t])
+            return torch.mm(hs.reshape(T * B, H).T, ds.view(T * B, 4 * H))
+        return run
+
+    variants = {"the fast path's loops (forward + backward)": loops,
+                "their GEMMs alone, MKL (torch.mm)": products(lambda h: torch.mm(h, W), lambda d: torch.mm(d, W_T))}
+    try:  # oneDNN's linear wants nn.Linear's (out, in) weights, reordered once
+        fw, bw = (torch.ops.mkldnn._reorder_linear_weight(w, B) for w in (W_T, W))
+        variants["their GEMMs alone, oneDNN linear"] = products(
+            lambda h: torch.ops.mkldnn._linear_pointwise(h, fw, None, "none", [], ""),
+            lambda d: torch.ops.mkldnn._linear_pointwise(d, bw, None, "none", [], ""))
+    except (RuntimeError, AttributeError) as exc:  # a build without oneDNN
+        print(f"oneDNN linear: unavailable ({type(exc).__name__})")
+    lstm = torch.nn.LSTM(V, H)
+    x = torch.nn.functional.one_hot(torch.randint(0, V, (T, B), generator=g), V).float()
+
+    def layer() -> None:
+        with torch.enable_grad():
+            lstm(x)[0].backward(dH0)
+
+    variants["nn.LSTM, forward + backward"] = layer
+    alternate(variants)
+
+
+def jax_split() -> None:
+    """Whether XLA runs independent products of one loop iteration at the same time: the feature-major
+    forward loop on the whole batch, against two independent halves of it per iteration (the same
+    products, split by batch columns), feature-major and batch-major."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from benchmarks.profile_step import orthogonal
+
+    rng = np.random.default_rng(0)
+    W = jnp.asarray(orthogonal(H))
+    xw = jnp.asarray((rng.standard_normal((T, H, B)) * 0.5).astype(np.float32))
+    h0 = jnp.asarray((rng.standard_normal((H, B)) * 0.1).astype(np.float32))
+
+    def loop(xs: tuple, hs: tuple, product: Callable[[Any], Any]) -> tuple:
+        def step(t: Any, c: tuple) -> tuple:
+            k = len(xs)
+            new = tuple(jnp.tanh(product(h) + buf[t]) for buf, h in zip(c[:k], c[k:]))
+            return tuple(buf.at[t].set(h) for buf, h in zip(c[:k], new)) + new
+        return lax.fori_loop(0, T, step, xs + hs)[: len(xs)]
+
+    def fm(xs: tuple, hs: tuple, W: Any) -> tuple:
+        W_T = W.T  # formed before the loop: XLA does not hoist it out of the body (finding 6)
+        return loop(xs, hs, lambda h: W_T @ h)
+
+    def halved(a: Any) -> tuple:
+        return a[..., : B // 2], a[..., B // 2:]
+
+    whole = jax.jit(lambda xw, W, h0: fm((xw,), (h0,), W))
+    halves = jax.jit(lambda xw, W, h0: fm(halved(xw), halved(h0), W))
+    halves_bm = jax.jit(lambda xw, W, h0: loop(tuple(jnp.swapaxes(x, 1, 2) for x in halved(xw)),
+                                               tuple(h.T for h in halved(h0)), lambda h: h @ W))
+    a, b = whole(xw, W, h0)[0], halves(xw, W, h0)
+    print(f"largest difference, whole against halves: {float(jnp.abs(a - jnp.concatenate(b, axis=2)).max())}")
+    alternate({"the whole batch, feature-major": lambda: whole(xw, W, h0),
+               "two halves per iteration, feature-major": lambda: halves(xw, W, h0),
+               "two halves per iteration, batch-major": lambda: halves_bm(xw, W, h0)},
+              rounds=60, sync=lambda a: jax.block_until_ready(a))
+
+
 def _faults_child(backend: str) -> None:
     """One backend's fast epochs in this process: minor page faults and ms per training step."""
     import resource
@@ -477,7 +572,7 @@ def page_faults() -> None:
 
 PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop, "jax-ops": jax_ops,
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
-          "torch-loops": torch_loops}
+          "torch-loops": torch_loops, "torch-lstm": torch_lstm, "jax-split": jax_split}
 
 def _usage(problem: str | None = None) -> None:
     if problem:
