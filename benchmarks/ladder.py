@@ -12,7 +12,10 @@ rung by rung, all rungs in turns with the framework's parts of the floor in one 
 * **L1x**: + the rest of the step's work (the input gather, the loss and its gradient, dW_xh's
   scatter-add, the biases' gradients, clipping, SGD), each piece as the backend computes it and in
   the order a step needs them, but without the transposes or copies that join them;
-* **L2/L3**: the backend's own loss and gradients, and its whole step.
+* **L2/L3**: the backend's own loss and gradients, and its whole step;
+* **L3-** (JAX): L3 traced with free reshapes where it transposes between the feature-major loops
+  and the batched GEMMs (wrong numbers, the same pieces otherwise): what those transposes cost in
+  the step, and the most that rearranging its data could win.
 
 Every rung keeps the real step's order: each piece waits for the one before (in XLA through
 ``optimization_barrier``, which costs nothing; XLA's runtime would otherwise run independent pieces
@@ -140,7 +143,39 @@ def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
              "L1 + the loops' elementwise work, stacking": lambda: l1(P, *stand_in),
              "L1x + the rest, no layout changes": lambda: l1x(P, *stand_in),
              "L2 the backend's loss and gradients": lambda: l2(P, X, Y),
-             "L3 the backend's step": l3}, jax.block_until_ready)
+             "L3 the backend's step": l3,
+             "L3- L3 with free reshapes for its transposes": _step_without_transposes(P, X, Y, h0, lr, theta)},
+            jax.block_until_ready)
+
+
+def _step_without_transposes(P: Any, X: Any, Y: Any, h0: Any, lr: Any, theta: Any) -> Callable[[], Any]:
+    """The backend's tanh-RNN step traced with its layout changes (``jax_backend._fm``, the
+    ``(T, B, H) <-> (T, H, B)`` transposes around the feature-major loops) replaced by reshapes to
+    the same shapes, which cost nothing: wrong numbers, every other piece as the step computes it.
+    How much the transposes cost inside the step, which L2 - L1x can only bound from above."""
+    from unittest import mock
+
+    import jax
+
+    from multirnn.backends import jax_backend as jb
+
+    # A new function object, so that neither jit's trace cache can hand this one the real trace.
+    step = jax.jit(lambda *a: jb._fast_train_step.__wrapped__(*a), donate_argnums=(0, 3))
+    real_loss = jb._fast_train_step({k: v + 0 for k, v in P.items()}, X, Y, h0 + 0, lr, theta)[1]
+    state = {"p": {k: v + 0 for k, v in P.items()}}
+    with mock.patch.object(jb, "_fm", lambda a: a.reshape(a.shape[0], a.shape[2], a.shape[1])):
+        state["p"], loss, _, _ = step(state["p"], X, Y, h0 + 0, lr, theta)  # traced here, patched
+    # The reshapes must have taken effect (the loss changes), and only in this trace.
+    if float(loss) == float(real_loss):
+        raise RuntimeError("the step without its transposes computed the real loss: the patch did not take")
+    if float(jb._fast_train_step({k: v + 0 for k, v in P.items()}, X, Y, h0 + 0, lr, theta)[1]) != float(real_loss):
+        raise RuntimeError("the backend's step changed after tracing the one without its transposes")
+
+    def run() -> Any:
+        state["p"], loss, _, _ = step(state["p"], X, Y, h0 + 0, lr, theta)
+        return loss
+
+    return run
 
 
 def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:

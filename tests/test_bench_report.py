@@ -179,8 +179,15 @@ def test_report_lists_the_ladders_and_uses_them_in_the_verdict() -> None:
     payload = {"floors": {"rnn": FLOOR}, "main": [torch],
                "ladders": {"torch": ladder(8.0, 3.0), "jax": {"library": "jax", "error": "exit 1: boom"}}}
     text = ladders_text(payload)
-    assert "| torch | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | 3.00 | 100% | 73% | 1.00x |" in text
+    assert "| torch | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | - | 3.00 | 100% | 73% | 1.00x |" in text
     assert "| jax | failed: exit 1: boom |" in text
+    # JAX's ladder times its step once more, last, with free reshapes for its transposes: the step
+    # column (and the drift) still take the backend's real step, and the extra rung gets its own column.
+    free = ladder(8.0, 3.0)
+    free["rungs"].append("L3- free transposes")
+    free["ms"]["L3- free transposes"] = 13.0
+    text = ladders_text({**payload, "ladders": {"torch": free}})
+    assert "| torch | 8.00 | 8.00 | 9.50 | 11.00 | 14.00 | 13.00 | 3.00 | 100% | 73% | 1.00x |" in text
     row = next(ln for ln in main_table(payload).splitlines() if ln.startswith("| torch"))
     assert "| unreachable: own kernels with the step's other work allow 72.7% |" in row
     del payload["ladders"]

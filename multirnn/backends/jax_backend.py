@@ -108,14 +108,14 @@ def _recurrence_fwd(xw: jax.Array, W_hh: jax.Array, h0: jax.Array):
         h = jnp.tanh(lax.dynamic_index_in_dim(buf, t, keepdims=False) + W_hh_T @ h)
         return lax.dynamic_update_index_in_dim(buf, h, t, 0), h
 
-    hs_f, _ = lax.fori_loop(0, xw.shape[0], step, (jnp.swapaxes(xw, 1, 2), h0.T))  # (T, H, B)
-    return jnp.swapaxes(hs_f, 1, 2), (hs_f, W_hh, h0)
+    hs_f, _ = lax.fori_loop(0, xw.shape[0], step, (_fm(xw), h0.T))  # (T, H, B)
+    return _fm(hs_f), (hs_f, W_hh, h0)
 
 
 def _recurrence_bwd(res, d_hs: jax.Array):
     hs_f, W_hh, h0 = res
     T, H = hs_f.shape[0], hs_f.shape[1]
-    d_f = jnp.swapaxes(d_hs, 1, 2)  # (T, H, B)
+    d_f = _fm(d_hs)  # (T, H, B)
     # The last step has no later step feeding back, so it is peeled off: the loop then does
     # exactly T - 1 sequential matmuls and dL/dh0 is one matmul outside it (dropped by XLA when
     # unused, which it is: the initial state is detached).
@@ -130,8 +130,8 @@ def _recurrence_bwd(res, d_hs: jax.Array):
         return lax.dynamic_update_index_in_dim(buf, d_pre, t, 0), d_pre
 
     d_pres, d_first = lax.fori_loop(0, T - 1, step, (d_f.at[-1].set(d_last), d_last))
-    d_pre = jnp.swapaxes(d_pres, 1, 2)  # (T, B, H)
-    h_prev = jnp.concatenate([h0[None], jnp.swapaxes(hs_f[:-1], 1, 2)])  # (T, B, H): h_{t-1} for every step
+    d_pre = _fm(d_pres)  # (T, B, H)
+    h_prev = jnp.concatenate([h0[None], _fm(hs_f[:-1])])  # (T, B, H): h_{t-1} for every step
     d_W_hh = h_prev.reshape(-1, H).T @ d_pre.reshape(-1, H)  # one (H, T*B) @ (T*B, H) matmul
     return d_pre, d_W_hh, (W_hh @ d_first).T  # dL/dh0 = d_pre_1 W_hh^T = (W_hh d_pre_1^T)^T
 
@@ -332,7 +332,10 @@ _X_COTANGENT: dict[str, tuple[int | str | None, ...]] = {
 
 
 def _fm(a: jax.Array) -> jax.Array:
-    """Stacked ``(T, B, n)`` <-> ``(T, n, B)``: batch-major to feature-major and back."""
+    """Stacked ``(T, B, n)`` <-> ``(T, n, B)``: batch-major to feature-major and back.
+
+    The tanh RNN's recurrence makes its stacked arrays' layout changes here too: ``benchmarks.ladder``
+    traces its step with this replaced by a free reshape, to time the step without them."""
     return jnp.swapaxes(a, 1, 2)
 
 
