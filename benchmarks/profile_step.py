@@ -247,7 +247,7 @@ def profile_torch(w: Workload, reps: int) -> tuple[list[Row], str]:
         torch.mm(x["A"].T, x["G"])
         return logits
 
-    none = lambda _: None  # noqa: E731  (torch on CPU is synchronous)
+    none = lambda _: None  # torch on CPU is synchronous
     times = {"chain": median_seconds(chain, none, reps, 5), "dW_hh": median_seconds(dW, none, reps, 20),
              "output": median_seconds(output, none, reps, 20)}
     rows += floor_rows(w, times)
@@ -329,7 +329,7 @@ def profile_mxnet(w: Workload, reps: int) -> tuple[list[Row], str]:
             h = mx.nd.dot(h, W, transpose_b=True)
         return h
 
-    wait = lambda a: a.wait_to_read()  # noqa: E731
+    wait = lambda a: a.wait_to_read()
     times = {"chain": median_seconds(chain, wait, reps, 3),
              "dW_hh": median_seconds(lambda: mx.nd.dot(x["A"], x["D"], transpose_a=True), wait, reps, 20)}
 
@@ -394,7 +394,7 @@ def profile_tensorflow(w: Workload, reps: int) -> tuple[list[Row], str]:
     calls = {"forward (logits, h_T)": lambda: fwd(*values, Xt, h0)[0],
              "forward + backward (loss_and_grads)": lambda: lag(*values, Xt, y, h0)[0],
              "whole step (+ clip + SGD)": lambda: stp(*values, Xt, y, h0, lr, theta)[0]}
-    sync = lambda t: t.numpy()  # noqa: E731
+    sync = lambda t: t.numpy()
     text = []
     for label, fn in calls.items():
         s = median_seconds(fn, sync, reps, 8)
@@ -455,7 +455,7 @@ def profile_jax(w: Workload, reps: int) -> tuple[list[Row], str]:
     jax, jnp, lax = jb.jax, jb.jnp, jb.lax
     rows: list[Row] = []
     text = []
-    be, epoch = backend_epoch(w, "jax", "fast")
+    _, epoch = backend_epoch(w, "jax", "fast")
     rows.append(step_row(w, "fast train_step", time_epoch(w, epoch, reps)))
     f32 = jnp.float32
     params = {k: jnp.asarray(v, f32) for k, v in w.params.items()}
@@ -470,7 +470,7 @@ def profile_jax(w: Workload, reps: int) -> tuple[list[Row], str]:
              "forward + backward (value_and_grad)": (grad_fn, (params, X, Y, h0), lambda o: o[0][0]),
              "whole step (+ clip + SGD), no donation": (step_fn, (params, X, Y, h0, lr, theta), lambda o: o[1])}
     for label, (fn, args, pick) in calls.items():
-        s = median_seconds(lambda: pick(fn(*args)), lambda a: a.block_until_ready(), reps, 8)
+        s = median_seconds(lambda fn=fn, args=args, pick=pick: pick(fn(*args)), lambda a: a.block_until_ready(), reps, 8)
         rows.append(Row("profile", f"jit {label}", s * 1e3))
         cost = fn.lower(*args).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
@@ -501,7 +501,7 @@ def profile_jax(w: Workload, reps: int) -> tuple[list[Row], str]:
 
     dW = jax.jit(lambda A, D: A.T @ D)
     output = jax.jit(lambda A, W_hq, b_q, G: (A @ W_hq + b_q, G @ W_hq.T, A.T @ G))
-    ready = lambda a: a.block_until_ready()  # noqa: E731
+    ready = lambda a: a.block_until_ready()
     times = {"chain": median_seconds(lambda: chain(x["h0"], x["W"]), ready, reps, 5),
              "dW_hh": median_seconds(lambda: dW(x["A"], x["D"]), ready, reps, 20),
              "output": median_seconds(lambda: output(x["A"], x["W_hq"], x["b_q"], x["G"])[2], ready, reps, 20)}
@@ -521,8 +521,8 @@ PROFILERS: dict[str, Callable[[Workload, int], tuple[list[Row], str]]] = {
 def format_table(backend: str, w: Workload, rows: list[Row]) -> str:
     """A Markdown table: kind, what, ms per step, % of the fast step, note."""
     fast = next((r.ms for r in rows if r.kind == "step"), float("nan"))
-    lines = [f"### {backend} (batch {w.B}, steps {w.T}, hidden {w.H}, vocab {w.V}, "
-             f"{w.tokens_per_step} tokens/step)", "",
+    lines = [(f"### {backend} (batch {w.B}, steps {w.T}, hidden {w.H}, vocab {w.V}, "
+              f"{w.tokens_per_step} tokens/step)"), "",
              "| kind | what | ms/step | % of fast step | note |", "|---|---|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r.kind} | {r.label} | {r.ms:.2f} | {100 * r.ms / fast:.0f}% | {r.note} |")
@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         # One process per framework: thread pools and allocators of another framework must not
         # compete with the one being measured.
         proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--child", backend,
-                               "--reps", str(args.reps)], cwd=ROOT.parent, text=True, capture_output=True)
+                               "--reps", str(args.reps)], cwd=ROOT.parent, text=True, capture_output=True, check=False)
         print(proc.stdout, flush=True)
         if proc.returncode != 0:
             status = 1

@@ -51,8 +51,8 @@ def _rate(r: dict[str, Any] | None) -> str:
 
 
 def limits_text(payload: dict[str, Any]) -> str:
-    lines = [f"Big-GEMM rate: **{payload['big_gemm']['flops'] / 1e9:.1f} GFLOP/s** float32 (2048³, best of "
-             f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in payload['big_gemm']['all'].items())}).", "",
+    lines = [(f"Big-GEMM rate: **{payload['big_gemm']['flops'] / 1e9:.1f} GFLOP/s** float32 (2048³, best of "
+              f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in payload['big_gemm']['all'].items())})."), "",
              "| cell | FLOPs per token | roofline tokens/s | serial chain (best library, GFLOP/s) | algorithm floor tokens/s |",
              "|---|---:|---:|---|---:|"]
     for cell, f in payload.get("floors", {}).items():
@@ -82,9 +82,9 @@ def limits_text(payload: dict[str, Any]) -> str:
         paired = any(w.get("paired_with") for w in fp.get("windows", []))
         where = ("right after each fast path's window (and the oracle's) in every round" if paired
                  else "in each of the main table's rounds")
-        lines += ["", f"The rnn floor timed again {where}: median **{fp['median']:,.0f}** tokens/s, "
-                  f"{fp['min']:,.0f}–{fp['max']:,.0f} over {len(fp['tokens_per_sec'])} windows; {floor_chains(fp)}, "
-                  "with the big-GEMM rate."]
+        lines += ["", (f"The rnn floor timed again {where}: median **{fp['median']:,.0f}** tokens/s, "
+                       f"{fp['min']:,.0f}–{fp['max']:,.0f} over {len(fp['tokens_per_sec'])} windows; {floor_chains(fp)}, "
+                       "with the big-GEMM rate.")]
     owns = [r for r in payload.get("main", []) if r.get("backend") == "floor" and r.get("mode") == "own" and "error" not in r]
     if owns:
         def median_of(r: dict[str, Any], key: str) -> float:
@@ -488,8 +488,8 @@ def write(payload: dict[str, Any], out: Path) -> None:
     m = payload["machine"]
     caps = ", capped: " + ", ".join(f"{k}={v}" for k, v in m["isa_caps"].items()) if m.get("isa_caps") else ""
     parts = ["# Benchmark report", "", f"Command: `{payload['command']}`  ",
-             f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
-             f"Python {m['python']}  ", f"Created: {payload['created']}", "", "## Limits of this machine", "",
+             (f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
+              f"Python {m['python']}  "), f"Created: {payload['created']}", "", "## Limits of this machine", "",
              limits_text(payload), "", "## Main table: tanh RNN (tokens/s, median of interleaved windows)", "",
              main_table(payload), "",
              f"Ratios: median [min–max] of per-round ratios over {payload['repeats']} interleaved rounds of "
