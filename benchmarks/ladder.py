@@ -133,11 +133,7 @@ def jax_rungs(B: int, H: int, T: int, V: int) -> Rungs:
 
     l0, l1, l1x = jax.jit(gemms), jax.jit(loops), jax.jit(everything)
     l2 = jax.jit(lambda P, X, Y: jax.value_and_grad(jb._fast_loss, has_aux=True)(P, X, Y, h0))
-    state = {"p": {k: v + 0 for k, v in P.items()}}  # the step donates its params: it trains a copy
-
-    def l3() -> Any:
-        state["p"], loss, _, _ = jb._fast_train_step(state["p"], X, Y, h0 + 0, lr, theta)  # h0 is donated too
-        return loss
+    l3 = _training(jb._fast_train_step, P, X, Y, h0, lr, theta)
 
     return ({"L0 the step's GEMMs as one XLA program": lambda: l0(P, *stand_in),
              "L1 + the loops' elementwise work, stacking": lambda: l1(P, *stand_in),
@@ -159,20 +155,29 @@ def _step_without_transposes(P: Any, X: Any, Y: Any, h0: Any, lr: Any, theta: An
 
     from multirnn.backends import jax_backend as jb
 
+    def real_loss() -> float:  # the backend's first-step loss, from a fresh copy of P
+        return float(_training(jb._fast_train_step, P, X, Y, h0, lr, theta)())
+
     # A new function object, so that neither jit's trace cache can hand this one the real trace.
     step = jax.jit(lambda *a: jb._fast_train_step.__wrapped__(*a), donate_argnums=(0, 3))
-    real_loss = jb._fast_train_step({k: v + 0 for k, v in P.items()}, X, Y, h0 + 0, lr, theta)[1]
-    state = {"p": {k: v + 0 for k, v in P.items()}}
+    run, before = _training(step, P, X, Y, h0, lr, theta), real_loss()
     with mock.patch.object(jb, "_fm", lambda a: a.reshape(a.shape[0], a.shape[2], a.shape[1])):
-        state["p"], loss, _, _ = step(state["p"], X, Y, h0 + 0, lr, theta)  # traced here, patched
+        loss = float(run())  # traced here, patched
     # The reshapes must have taken effect (the loss changes), and only in this trace.
-    if float(loss) == float(real_loss):
+    if loss == before:
         raise RuntimeError("the step without its transposes computed the real loss: the patch did not take")
-    if float(jb._fast_train_step({k: v + 0 for k, v in P.items()}, X, Y, h0 + 0, lr, theta)[1]) != float(real_loss):
+    if real_loss() != before:
         raise RuntimeError("the backend's step changed after tracing the one without its transposes")
+    return run
+
+
+def _training(step: Callable[..., Any], P: Any, X: Any, Y: Any, h0: Any, lr: Any, theta: Any) -> Callable[[], Any]:
+    """Calls of a donating train step (``jax_backend._fast_train_step``'s signature) that train a
+    copy of ``P`` on (X, Y) from ``h0``, each returning its loss."""
+    state = {"p": {k: v + 0 for k, v in P.items()}}  # the step donates its params: it trains a copy
 
     def run() -> Any:
-        state["p"], loss, _, _ = step(state["p"], X, Y, h0 + 0, lr, theta)
+        state["p"], loss, _, _ = step(state["p"], X, Y, h0 + 0, lr, theta)  # h0 is donated too
         return loss
 
     return run
