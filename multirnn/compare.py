@@ -376,6 +376,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "steps_per_epoch": raw.get("steps_per_epoch") or [],
         "shapes": raw.get("shapes"),
         "lockstep": raw.get("lockstep"),
+        "state_effects": raw.get("state_effects"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
         "seed_runs": raw.get("seed_runs") or [],

@@ -184,6 +184,46 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     return refs
 
 
+def _rel(got: float, ref: float) -> float:
+    return abs(got - ref) / abs(ref) if ref != 0 else (0.0 if got == 0 else math.inf)
+
+
+def _grad_norm(grads: dict[str, np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum(np.square(g))) for g in grads.values()))
+
+
+def state_effects(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> dict[str, float] | None:
+    """How far breaking a state rule moves one step at ``ckpt``: what the re-anchored checks can see.
+
+    By the oracle in float64 (a property of the model here, not of rounding), on the checkpoint's
+    first two minibatches, each as the larger relative change of the second one's loss and gradient
+    norm (the quantities the verdict compares): ``reset``, a fresh state in place of the first
+    minibatch's final one (a reset where the state should be carried, or the reverse); ``detach``
+    (sequential partitioning only), backpropagation running on into the first minibatch. The mean
+    loss over both joined along the steps is ``(L1 + L2) / 2``, so that gradient is
+    ``2 g_joined - g_1``. A stretch's later steps compound these (measured: its largest deviation
+    was 14-130x this), so an effect above the band is always seen; below it, maybe not. None when
+    the epoch has fewer than two equal minibatches.
+    """
+    batches = data.train_batches(_generator(ckpt.rng_state))
+    first, second = next(batches, None), next(batches, None)
+    if first is None or second is None or first[0].shape != second[0].shape:
+        return None
+    (X1, Y1), (X2, Y2) = first, second
+    params = oracle.params_from_numpy({k: v.astype(np.float64) for k, v in ckpt.params.items()})
+    fresh = oracle.init_state(X1.shape[0], config.num_hiddens, "float64")
+    _, g1, carried_state = oracle.loss_and_grads(params, X1, Y1, fresh)
+    carried = oracle.loss_and_grads(params, X2, Y2, carried_state)
+    loss, norm = float(carried[0]), _grad_norm(carried[1])
+    reset = oracle.loss_and_grads(params, X2, Y2, fresh)
+    out = {"reset": max(_rel(float(reset[0]), loss), _rel(_grad_norm(reset[1]), norm))}
+    if not config.resets_state_every_batch:
+        _, g_joined, _ = oracle.loss_and_grads(params, np.concatenate([X1, X2], axis=1),
+                                               np.concatenate([Y1, Y2], axis=1), fresh)
+        out["detach"] = _rel(_grad_norm({k: 2 * g_joined[k] - g1[k] for k in g1}), norm)  # the loss is unchanged
+    return out
+
+
 def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> list[Probe]:
     """The backend's two probe steps (clipping off, then on) on the checkpoint's first minibatch,
     against the oracle's (taken from the checkpoint when its run computed them, else computed here)."""

@@ -131,6 +131,9 @@ class Verdict:
     backends: tuple[BackendVerdict, ...] = ()
     independent_rtol: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The largest effect over the checkpoints of breaking each state rule (lockstep.state_effects):
+    # {"reset": ..., "detach": ...}; what the bands can see of such bugs. None if not measured.
+    state_effects: Mapping[str, float] | None = None
 
     def backend(self, name: str) -> BackendVerdict:
         return next(b for b in self.backends if b.name == name)
@@ -318,7 +321,8 @@ def judge(
                 lockstep_asked=lockstep,
                 norm_rtol=NORM_RTOL[dtype], probe_rtol=PROBE_RTOL[dtype], rounding=ROUNDING[dtype], clipped_steps=clipped, total_steps=total,
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
-                FRAMEWORK_INIT_RTOL if init == "framework" else None)
+                FRAMEWORK_INIT_RTOL if init == "framework" else None,
+                state_effects=largest_state_effects(ran))
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -382,6 +386,28 @@ def judge(
     diverged = [f"{r['name']} (epoch {r.get('diverged_epoch', '?')}, step {r.get('diverged_step', '?')})"
                 for r in ran if r.get("status") == "diverged"]
     return _assemble(tuple(all_rows), has_lockstep, base, diverged)
+
+
+def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Per state rule, the largest effect of breaking it over the anchor run's checkpoints."""
+    records = [e for r in rows for e in r.get("state_effects") or []]
+    if not records:
+        return None
+    return {k: max(float(e[k]) for e in records if k in e) for k in ("reset", "detach") if any(k in e for e in records)}
+
+
+def _unseen_state_rules(effects: Mapping[str, float] | None, band: float) -> str | None:
+    """A note when breaking a state rule moves no checked step outside the band at any checkpoint."""
+    if not effects:
+        return None
+    what = {"reset": "a fresh state in place of the carried one (or the reverse)",
+            "detach": "backpropagation into the previous minibatch (a state not detached)"}
+    unseen = [f"{effects[k]:.1e} with {what[k]}" for k in what if k in effects and effects[k] <= band]
+    if not unseen:
+        return None
+    return (f"at these settings the state rules barely move a step: by the oracle at each checkpoint, one step's loss "
+            f"or gradient norm changes by at most {' and '.join(unseen)}, inside the {band:g} band, so such bugs may "
+            f"pass here unless they compound over a stretch; --dtype float64 or more epochs test them")
 
 
 def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any]) -> dict[str, Any]:
@@ -502,6 +528,10 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if effects:
         notes.append("the frameworks' own initialisers, not the layers, move the final perplexity: mean median-last "
                      "perplexity over the seeds vs the oracle's from d2l's N(0, 0.01^2): " + "; ".join(effects))
+    unseen = (_unseen_state_rules(base.get("state_effects"), min(base["step_rtol"], base["norm_rtol"]))
+              if has_lockstep else None)
+    if unseen and status == "agree":
+        notes.append(unseen)
     if not base.get("lockstep_asked", True) and base["reference"] is not None and base["dtype"] == "float32":
         notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "
                      "which chaos can leave on long runs")

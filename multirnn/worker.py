@@ -288,6 +288,9 @@ def run(task: WorkerTask, progress: Channel) -> None:
 
         def save(ckpt: harness.Checkpoint) -> None:
             refs = lockstep.probe_references(oracle, config, data, ckpt)
+            effects = lockstep.state_effects(oracle, config, data, ckpt)
+            if effects is not None:  # the verdict says when the bands cannot see broken state rules
+                result.setdefault("state_effects", []).append({"epoch": ckpt.epoch, **effects})
             lockstep.save_checkpoint(save_to, dataclasses.replace(ckpt, probe_refs=refs))
 
         try:
