@@ -114,3 +114,21 @@ def test_init_params_rejects_bad_input(bad):
     kwargs = {"vocab_size": 28, "num_hiddens": 8, **bad}
     with pytest.raises(ValueError):
         multirnn.init_params(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clipping_reports_the_norm_in_the_grads_dtype(oracle, dtype):
+    """The norm is summed and rooted in float64 and θ/‖g‖ rounded to the grads' dtype (how the oracle has
+    always clipped, kept so that its training curves do not change); the norm is returned in the grads'
+    dtype, as every backend returns it."""
+    params, *_ = random_problem(dtype=dtype)
+    grads = {k: v * 10 for k, v in params.items()}
+    norm64 = np.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+    clipped, norm = oracle.clip_gradients(grads, 1.0)
+    assert np.ndim(norm) == 0 and norm.dtype == np.dtype(dtype) and norm == np.dtype(dtype).type(norm64)
+    for k, g in grads.items():
+        np.testing.assert_array_equal(clipped[k], g * np.dtype(dtype).type(1.0 / norm64), err_msg=k)
+        assert clipped[k].dtype == np.dtype(dtype)
+    _, X, Y, _ = random_problem(dtype=dtype)
+    _, _, norm, _ = oracle.train_step(params, X, Y, oracle.init_state(3, 7, dtype), 0.1, 1.0)
+    assert norm.dtype == np.dtype(dtype)

@@ -258,11 +258,15 @@ class NumpyBackend(Backend):
         return np.asarray(loss, dtype=dtype), {k: grads[k].astype(dtype, copy=False) for k in m.param_names()}, final
 
     def clip_gradients(self, grads: Params, max_grad_norm: float) -> tuple[Params, np.ndarray]:
-        norm = np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+        # Each sum of squares in the grads' dtype, their total, the root and θ/‖g‖ in float64, the scale
+        # rounded to the grads' dtype: how the oracle always clipped (NumPy 1.x promoted sum()'s int 0
+        # start to float64), spelled out so that the clipping does not hang on NumPy's promotion rules.
+        norm = np.sqrt(sum((np.sum(g * g) for g in grads.values()), np.float64(0)))
         if norm > max_grad_norm:  # zero gradients have norm 0 and are left alone: no 0/0
-            scale = np.asarray(max_grad_norm / norm, dtype=norm.dtype)
-            grads = {k: g * scale for k, g in grads.items()}
-        return grads, norm
+            scale = np.float64(max_grad_norm / norm)
+            grads = {k: g * scale.astype(g.dtype) for k, g in grads.items()}
+        # Reported in the grads' dtype, as every backend reports it (float32 for float32 params).
+        return grads, norm.astype(grads["W_hq"].dtype)
 
     def sgd_step(self, params: Params, grads: Params, lr: float) -> Params:
         for k in self.model.param_names():
