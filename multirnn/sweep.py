@@ -9,6 +9,9 @@ them, and within each (configuration, seed) the rows are compare's own (``--back
 and anchors every other row of it. See ``multirnn.sweep_spec`` (cells), ``sweep_engine`` (the
 loop and its files), ``sweep_exec`` (local pool, Ray tasks) and ``sweep_report`` (the aggregate).
 
+The folder's ``spec.json`` records what defines the sweep (its settings and cells) when it starts
+there; starting again in that folder (``--resume``, or a rerun) with other settings is refused.
+
 Exit status: 0 every group agrees, 1 a disagreement or a crashed cell, 2 bad usage (nothing
 written), 3 no backend could run, 128 + N stopped by signal N (a partial aggregate is written).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import shlex
 import signal
 import sys
@@ -27,8 +31,8 @@ from typing import Any
 from . import __version__, compare, report
 from .progress import RunProgress
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
-from .sweep_engine import Engine, Store, is_final
-from .sweep_exec import RAY_HINT, LocalExecutor, usable_cores
+from .sweep_engine import SPEC_FILE, Engine, Store, is_final
+from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
 from .sweep_spec import (
     PASS_THROUGH,
     ROW_OPTIONS,
@@ -107,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"end a worker silent for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-<timestamp>); rerunning into "
-                   "the same folder keeps every finished cell")
-    o.add_argument("--resume", action="store_true", help="continue the sweep in --out (it must exist)")
+                   "the same folder keeps every finished cell (of the same sweep)")
+    o.add_argument("--resume", action="store_true", help="continue the sweep in --out (it must exist, "
+                   "started with the same settings)")
+    o.add_argument("--overwrite", action="store_true", help="replace the sweep in --out: clear the files a sweep "
+                   "writes there (and only those)")
     o.add_argument("--dry-run", action="store_true", help="print the cells and an estimated cost, run nothing")
     o.add_argument("--keep-checkpoints", action="store_true", help="keep the oracle runs' checkpoints (checkpoints/)")
     o.add_argument("--no-plot", action="store_true", help="no perplexity_bands.png, speed_heatmap.png")
@@ -143,6 +150,7 @@ class Options:
     stall_timeout: float
     out: str | None
     resume: bool
+    overwrite: bool
     dry_run: bool
     keep_checkpoints: bool
     plots: bool
@@ -196,6 +204,13 @@ def parse_options(argv: list[str]) -> Options:
         notes.append(f"{jobs} jobs x {threads} threads exceed the {cores} usable cores: timings will be contended")
     if "address" in given and executor != "ray":
         raise SpecError("--address needs --executor ray")
+    if given.get("resume") and given.get("overwrite"):
+        raise SpecError("--resume and --overwrite exclude each other: continue the sweep in --out, or replace it")
+    if "address" in given and not given.get("dry_run"):
+        try:  # before importing ray: an unreachable address would have ray.init retry for minutes
+            check_reachable(given["address"])
+        except ConnectionError as exc:
+            raise SpecError(f"--address {given['address']}: {exc}") from None
     if executor == "ray":
         try:
             import ray  # noqa: F401
@@ -205,9 +220,9 @@ def parse_options(argv: list[str]) -> Options:
                    margin=given.get("equivalence_margin", DEFAULT_MARGIN), executor=executor,
                    address=given.get("address"), jobs=jobs, threads=threads, retries=given.get("retries", 1),
                    stall_timeout=given.get("stall_timeout", DEFAULT_STALL_TIMEOUT), out=given.get("out"),
-                   resume=given.get("resume", False), dry_run=given.get("dry_run", False),
-                   keep_checkpoints=given.get("keep_checkpoints", False), plots=not given.get("no_plot", False),
-                   quiet=given.get("quiet", False), notes=notes)
+                   resume=given.get("resume", False), overwrite=given.get("overwrite", False),
+                   dry_run=given.get("dry_run", False), keep_checkpoints=given.get("keep_checkpoints", False),
+                   plots=not given.get("no_plot", False), quiet=given.get("quiet", False), notes=notes)
 
 
 def estimate_seconds(cell: Any) -> float:
@@ -235,16 +250,100 @@ def _prepare_out(opts: Options) -> Path:
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {opts.out!r} exists and is not a folder")
-    is_sweep = (out / "cells").is_dir() or (out / "sweep.json").is_file()
+    is_sweep = Store(out).is_sweep()
+    if opts.resume and not out.exists():
+        raise SpecError(f"--resume: {opts.out!r} does not exist: no sweep to continue")
     if opts.resume and not is_sweep:
-        raise SpecError(f"--resume: {opts.out!r} holds no sweep (no cells/ folder)")
+        compare_run = " but a compare run (continue it with python -m multirnn.compare --resume)" \
+            if (out / "results.json").is_file() else ""
+        raise SpecError(f"--resume: {opts.out!r} holds no sweep (no {SPEC_FILE} or cells/){compare_run}")
     if out.is_dir() and any(out.iterdir()) and not is_sweep:
         raise SpecError(f"--out {opts.out!r} is not empty and not a sweep folder; choose another folder")
     return out
 
 
+def _settings(opts: Options) -> dict[str, Any]:
+    """What defines the sweep's cells and report (sweep.json's ``spec``). Where and how the cells run
+    (--executor, --jobs, --threads, --retries, ...) is not part of it, as it is not of a cell's id."""
+    return {"dimensions": opts.dims, "rows": opts.fixed, "seeds": opts.seeds, "repeats": opts.repeats,
+            "equivalence_margin": opts.margin}
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    """[0, 1, 2, 7] -> "0-2,7" (as --seeds takes them)."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _settings_text(settings: dict[str, Any]) -> dict[str, str]:
+    """Each setting as the option that gives it and its value ("--epochs": "10")."""
+    text = {f"--{d.replace('_', '-')}": ",".join(v) for d, v in settings.get("dimensions", {}).items()}
+    rows = settings.get("rows", [])
+    for opt, value in zip(rows[::2], rows[1::2]):  # --prefix may repeat
+        text[opt] = f"{text[opt]} {shlex.quote(value)}" if opt in text else shlex.quote(value)
+    text["--seeds"] = _seeds_text(settings.get("seeds", []))
+    text["--repeats"] = str(settings.get("repeats"))
+    text["--equivalence-margin"] = f"{settings.get('equivalence_margin')}"
+    return text
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings that differ, e.g. ["--epochs 10 (now 11)"]."""
+    a, b = _settings_text(before), _settings_text(now)
+    return [f"{opt} {a.get(opt, 'not given')} (now {b.get(opt, 'not given')})"
+            for opt in dict.fromkeys([*a, *b]) if a.get(opt) != b.get(opt)]
+
+
+def _earlier(out: Path) -> dict[str, Any] | None:
+    """What defines the sweep already in ``out``: spec.json, or the spec of the sweep.json of a sweep
+    from before spec.json existed (None if neither is there)."""
+    try:
+        found = Store(out).definition()
+        if found is None and (out / "sweep.json").is_file():
+            old = json.loads((out / "sweep.json").read_text())
+            found = {"settings": old.get("spec", {}), "command": old.get("run", {}).get("command")}
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read the sweep in {str(out)!r}: {exc}") from None
+    return found
+
+
+def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_ids: list[str]) -> None:
+    """Refuse to continue the sweep in ``out`` with other settings: its cells/ and report would then
+    mix two sweeps. Only reads the folder.
+
+    Raises:
+        SpecError: naming what differs (the settings, else the cells the same options now make).
+    """
+    store = Store(out)
+    if opts.overwrite or not store.is_sweep():
+        return
+    earlier = _earlier(out)
+    differs = _differences(earlier["settings"], settings) if earlier else []
+    if not differs and earlier and "cells" in earlier and set(earlier["cells"]) != set(cell_ids):
+        differs = ["the same options now make other cells (a --text or --eval-text file changed, or "
+                   + "multirnn's version)"]
+    stray = store.recorded() - set(cell_ids)
+    if not differs and stray:  # a folder without a record of its settings: its cells tell
+        differs = [f"cells/ holds {len(stray)} cell(s) that are not in this sweep"]
+    if not differs:
+        return
+    what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
+    command = (earlier or {}).get("command")
+    again = f"repeat its command ({command})" if command else "repeat its settings"
+    if opts.resume:
+        raise SpecError(f"--resume: the sweep in {opts.out!r} used other settings: {what}; {again} with --resume, "
+                        "or use --overwrite or another --out")
+    raise SpecError(f"--out {opts.out!r} holds a sweep with other settings: {what}; use --overwrite to replace it, "
+                    "or another --out")
+
+
 def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells: list[Any]) -> str:
-    store = Store(Path(opts.out)) if opts.out and Path(opts.out).is_dir() else None
+    store = Store(Path(opts.out)) if opts.out and Path(opts.out).is_dir() and not opts.overwrite else None
     header = ["id", "configuration", "seed", "row", "repeat", "after", "est. s", "state"]
     rows, total, todo = [], 0.0, 0
     for c in cells:
@@ -316,18 +415,25 @@ def main(argv: list[str] | None = None) -> int:
             print(_dry_run(opts, configurations, groups, cells))
             return EXIT_OK
         out = _prepare_out(opts)
+        settings = _settings(opts)
+        _check_same_sweep(out, opts, settings, [c.id for c in cells])
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     store = Store(out)
-    store.create()
     if not store.lock():
         executor.close()
         print(f"multirnn.sweep: error: another sweep is running in {str(out)!r} (pid "
               f"{(out / '.lock').read_text().strip() or '?'}); wait for it or stop it first", file=sys.stderr)
         return EXIT_USAGE
+    if opts.overwrite:  # only now, holding the lock: never under a running sweep
+        store.clear()
+    store.create()
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.sweep", *argv])
+    store.define({"multirnn_version": __version__, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                  "command": command, "settings": settings, "cells": [c.id for c in cells]})
     units = {c.id: estimate_seconds(c) for c in cells}
     order = run_order(cells)
     engine = Engine(cells, store, executor, opts.retries, None, units)
@@ -353,12 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
-           "command": " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.sweep", *argv]),
-           "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
-    spec = {"dimensions": opts.dims, "rows": opts.fixed, "seeds": opts.seeds, "repeats": opts.repeats,
-            "equivalence_margin": opts.margin}
-    sweep = sweep_report.aggregate(spec, configurations, groups, cells, engine.records, opts.retries, opts.margin, run)
-    notes = sweep_report.write_all(sweep, out, engine.records, cells, groups, opts.retries, make_plots=opts.plots)
+           "command": command, "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
+    records = engine.records
+    sweep = sweep_report.aggregate(settings, configurations, groups, cells, records, opts.retries, opts.margin, run)
+    plots, notes = sweep_report.write_all(sweep, out, records, cells, groups, opts.retries, make_plots=opts.plots)
     complete = all(is_final(engine.records.get(c.id), opts.retries) for c in cells)
     if complete and not engine.stopped:
         engine.cleanup(opts.keep_checkpoints)
@@ -366,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_summary(sweep))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"\nReport: {out / 'report.md'}  (sweep.json, cells.csv, cells/)")
+    also = ["sweep.json", "cells.csv", *plots, "cells/", *(["groups/"] if (out / "groups").is_dir() else [])]
+    print(f"\nReport: {out / 'report.md'}  ({', '.join(also)})")
     if engine.stopped:
         return 128 + engine.stop_signal
     statuses = {g["status"] for g in sweep["groups"]}

@@ -4,7 +4,9 @@ Every finished attempt is written at once, atomically, to ``out/cells/<id>.json`
 line in ``journal.jsonl``), so a driver killed at any moment loses only the cells in flight, and a
 rerun into the same folder skips every cell whose record is final. The loop hands ready cells to
 an executor (local or Ray) -- an anchor's dependents are ready once the anchor is final -- and
-retries a crashed cell until it has had ``1 + retries`` attempts.
+retries a crashed cell until it has had ``1 + retries`` attempts. ``spec.json``, written when a
+sweep first starts in a folder, records what defines it, so a later start can refuse to mix another
+sweep's cells into it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from .sweep_spec import Cell, Group
 CELL_SCHEMA_VERSION = 1
 # Worker statuses that end a cell; "crashed" ends it only once its retries are used up.
 FINAL_STATUSES = ("ok", "diverged", "unavailable", "unsupported")
+# What defines the sweep in a folder (its settings and cells), written when it first starts there.
+SPEC_FILE = "spec.json"
+# The files and folders a sweep writes into its folder (the only ones --overwrite clears).
+SWEEP_FILES = (SPEC_FILE, "sweep.json", "report.md", "cells.csv", "journal.jsonl", "perplexity_bands.png",
+               "speed_heatmap.png")
+SWEEP_DIRS = ("cells", "groups", "checkpoints", ".work")
 
 
 def first_line(error: str | None) -> str | None:
@@ -50,6 +58,35 @@ class Store:
         for d in (self.cells, self.work / "data", self.work / "runs", self.work / "checkpoints"):
             d.mkdir(parents=True, exist_ok=True)
 
+    def is_sweep(self) -> bool:
+        return self.cells.is_dir() or (self.out / SPEC_FILE).is_file() or (self.out / "sweep.json").is_file()
+
+    def clear(self) -> None:
+        """Remove everything a sweep wrote here (--overwrite); anything else in the folder stays."""
+        for name in SWEEP_FILES:
+            (self.out / name).unlink(missing_ok=True)
+        for name in SWEEP_DIRS:
+            shutil.rmtree(self.out / name, ignore_errors=True)
+
+    def definition(self) -> dict[str, Any] | None:
+        """spec.json: the settings and cell ids of the sweep that first started here (None: absent,
+        as in a folder from before it was written).
+
+        Raises:
+            OSError, ValueError: it exists but cannot be read.
+        """
+        path = self.out / SPEC_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def define(self, definition: dict[str, Any]) -> None:
+        """Record what defines this sweep, once: a resume keeps the first start's record."""
+        if not (self.out / SPEC_FILE).is_file():
+            write_json_atomic(self.out / SPEC_FILE, definition)
+
+    def recorded(self) -> set[str]:
+        """Ids of the cells that have a record here."""
+        return {p.stem for p in self.cells.glob("*.json")} if self.cells.is_dir() else set()
+
     def lock(self) -> bool:
         """Hold ``out/.lock`` for this process's lifetime (the kernel drops it however the process
         ends, SIGKILL included); False if another sweep holds it: two drivers must never share a folder."""
@@ -57,6 +94,7 @@ class Store:
             import fcntl
         except ImportError:  # not POSIX: no guard
             return True
+        self.out.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

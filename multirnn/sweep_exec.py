@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import queue
+import re
 import shutil
 import socket
 import tarfile
@@ -37,6 +38,9 @@ from .runner import TERMINATE_GRACE, run_worker
 from .worker import WorkerTask
 
 RAY_HINT = "pip install 'multirnn[ray]'"
+# Seconds a TCP connection to --address may take: Ray itself retries an unreachable cluster for
+# minutes, printing only its own log lines.
+CONNECT_TIMEOUT = 5.0
 
 
 def usable_cores() -> int:
@@ -227,6 +231,34 @@ class LocalExecutor:
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
+
+
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port that ``ray.init(address)`` connects to: ``host:port``, ``[v6]:port``, or
+    either after ``ray://`` (the Ray Client server). None for what only Ray resolves (``auto``, ``local``)."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast when nothing listens at --address (before importing ray, which would retry for minutes).
+
+    Raises:
+        ConnectionError: the host:port does not accept a TCP connection within ``timeout`` seconds.
+    """
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    if not 0 < port < 65536:
+        raise ConnectionError(f"{port} is not a port number")
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc) or type(exc).__name__
+        raise ConnectionError(f"cannot connect to {host}:{port} ({reason}); is a Ray cluster's head running "
+                              "there (ray start --head)?") from None
 
 
 def ray_cell(payload: dict[str, Any], data: bytes, eval_data: bytes | None, anchor: bytes | None) -> tuple[dict[str, Any], bytes | None]:

@@ -278,8 +278,9 @@ def _executor_text(run: dict[str, Any]) -> str:
 
 
 def write_all(sweep: dict[str, Any], out: Path, records: dict[str, Any], cells: list[Cell], groups: list[Group],
-              retries: int, make_plots: bool = True) -> list[str]:
-    """sweep.json, cells.csv, report.md, plots, and compare's report of every group; returns notes."""
+              retries: int, make_plots: bool = True) -> tuple[list[str], list[str]]:
+    """sweep.json, cells.csv, report.md, plots, and compare's report of every group; returns the plots
+    drawn (file names) and notes."""
     from . import sweep_plots
 
     notes, plots = [], []
@@ -294,4 +295,4 @@ def write_all(sweep: dict[str, Any], out: Path, records: dict[str, Any], cells: 
     write_json_atomic(out / "sweep.json", sweep)
     write_text_atomic(out / "cells.csv", cells_csv(sweep))
     write_text_atomic(out / "report.md", markdown(sweep, plots))
-    return notes
+    return plots, notes

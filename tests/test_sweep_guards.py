@@ -1,0 +1,220 @@
+"""``python -m multirnn.sweep``'s guards: a folder holds one sweep (spec.json records what defines it,
+and starting again there with other settings is refused, writing nothing), and an unreachable Ray
+--address fails at once instead of leaving Ray to retry for minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from multirnn import sweep as sweep_cli
+from multirnn import sweep_exec
+from multirnn.sweep_exec import check_reachable, ray_endpoint
+from tests.test_sweep import TINY, ends, load, sweep
+
+BASE = ["--backends", "numpy,tests.zoo:OracleCopy", *TINY, "--quiet"]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every file (contents, modification time) and folder under ``folder``: equal if nothing was written."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+            for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-cell sweep (plots included) and its run."""
+    out = tmp_path_factory.mktemp("guards") / "sweep"
+    proc = sweep([*BASE, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
+@pytest.fixture
+def folder(finished, tmp_path) -> Path:
+    """A private copy of the finished sweep's folder."""
+    out = tmp_path / "sweep"
+    shutil.copytree(finished[1], out)
+    return out
+
+
+def refused(argv: list[str], capsys) -> str:
+    """Run the CLI in this process (it returns before touching signals); assert exit 2 and one line."""
+    assert sweep_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multirnn.sweep: error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# --- one sweep per folder ----------------------------------------------------------------------------
+
+
+def test_the_folder_records_what_defines_the_sweep(finished):
+    proc, out = finished
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["settings"] == load(out)["spec"]
+    assert spec["settings"]["dimensions"]["epochs"] == ["2"] and spec["settings"]["seeds"] == [0]
+    assert sorted(spec["cells"]) == sorted(p.stem for p in (out / "cells").glob("*.json"))
+    assert "--epochs 2" in spec["command"]
+    report = next(line for line in proc.stdout.splitlines() if line.startswith("Report: "))
+    for name in ("perplexity_bands.png", "speed_heatmap.png"):
+        assert (out / name).is_file() and name in report, report
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--epochs", "3"], "--epochs 2 (now 3)"),
+    (["--seeds", "0-1"], "--seeds 0 (now 0-1)"),
+    (["--backends", "numpy"], "--backends numpy,tests.zoo:OracleCopy (now numpy)"),
+    (["--lr", "0.5"], "--lr not given (now 0.5)"),
+    (["--repeats", "2"], "--repeats 1 (now 2)"),
+    (["--equivalence-margin", "0.1"], "--equivalence-margin 0.05 (now 0.1)"),
+])
+def test_resume_with_other_settings_is_refused_and_writes_nothing(folder, capsys, change, named):
+    before = snapshot(folder)
+    err = refused([*BASE, *change, "--out", str(folder), "--resume"], capsys)
+    assert f"--resume: the sweep in {str(folder)!r} used other settings: {named};" in err, err
+    assert "repeat its command (python -m multirnn.sweep " in err and "--overwrite or another --out" in err
+    assert snapshot(folder) == before
+
+
+def test_a_rerun_without_resume_is_refused_too(folder, capsys):
+    before = snapshot(folder)
+    err = refused([*BASE, "--epochs", "3", "--out", str(folder)], capsys)
+    assert "holds a sweep with other settings: --epochs 2 (now 3); use --overwrite" in err, err
+    assert snapshot(folder) == before
+
+
+def test_a_changed_text_is_another_sweep(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the time machine by h g wells " * 400)
+    args = [*BASE, "--no-plot", "--prefix", "the", "--text", str(text), "--out", str(tmp_path / "out")]
+    assert sweep(args).returncode == 0
+    text.write_text("the time machine by h g wells " * 401)  # same options, other cells
+    before = snapshot(tmp_path / "out")
+    assert "the same options now make other cells" in refused([*args, "--resume"], capsys)
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_a_folder_from_before_spec_json_is_checked_by_its_sweep_json_then_its_cells(folder, capsys):
+    (folder / "spec.json").unlink()
+    before = snapshot(folder)
+    assert "--epochs 2 (now 3)" in refused([*BASE, "--epochs", "3", "--out", str(folder), "--resume"], capsys)
+    assert snapshot(folder) == before
+    (folder / "sweep.json").unlink()  # killed before any aggregate: only the cell records tell
+    before = snapshot(folder)
+    err = refused([*BASE, "--epochs", "3", "--out", str(folder), "--resume"], capsys)
+    assert "cells/ holds 2 cell(s) that are not in this sweep; repeat its settings with --resume" in err, err
+    assert snapshot(folder) == before
+
+
+def test_resume_with_the_same_settings_reruns_nothing_and_records_them_once(folder, tmp_path):
+    spec = (folder / "spec.json").read_text()
+    # the same settings from a TOML file: the same sweep
+    (tmp_path / "s.toml").write_text('backends = "numpy,tests.zoo:OracleCopy"\nepochs = 2\nhidden = 16\n'
+                                     'max-tokens = 3000\nbatch-size = 8\nnum-steps = 10\n')
+    proc = sweep(["--spec", str(tmp_path / "s.toml"), "--quiet", "--out", str(folder), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert sum(ends(folder).values()) == 2 and (folder / "spec.json").read_text() == spec
+
+
+def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
+    (folder / "notes.txt").write_text("mine")
+    assert sweep_cli.main([*BASE, "--epochs", "3", "--out", str(folder), "--dry-run", "--overwrite"]) == 0
+    assert "2 cell(s), 2 to run" in capsys.readouterr().out
+    proc = sweep([*BASE, "--no-plot", "--epochs", "3", "--out", str(folder), "--overwrite"])
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((folder / "spec.json").read_text())
+    assert spec["settings"]["dimensions"]["epochs"] == ["3"]
+    assert sorted(p.stem for p in (folder / "cells").glob("*.json")) == sorted(spec["cells"])
+    assert not (folder / "perplexity_bands.png").exists() and (folder / "notes.txt").read_text() == "mine"
+    assert sum(ends(folder).values()) == 2  # a new journal
+    refused([*BASE, "--out", str(folder), "--resume", "--overwrite"], capsys)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist: no sweep to continue"),
+    ("empty", "holds no sweep (no spec.json or cells/)"),
+    ("compare", "holds no sweep (no spec.json or cells/) but a compare run"),
+    ("other", "holds no sweep"),
+])
+def test_resume_of_a_folder_without_a_sweep_is_refused(tmp_path, capsys, kind, message):
+    out = tmp_path / "out"
+    if kind != "missing":
+        out.mkdir()
+    if kind == "compare":
+        (out / "results.json").write_text("{}")
+    if kind == "other":
+        (out / "data.txt").write_text("x")
+    before = snapshot(out)
+    assert message in refused([*BASE, "--out", str(out), "--resume"], capsys)
+    assert snapshot(out) == before and out.exists() == (kind != "missing")
+    assert not (tmp_path / "runs").exists()
+
+
+# --- an unreachable Ray address ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port():
+    """A port bound on 127.0.0.1 where nothing listens (connections are refused; nobody else takes it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+@pytest.mark.parametrize("ray_importable", [True, False])
+def test_an_unreachable_address_fails_at_once(tmp_path, closed_port, scheme, ray_importable):
+    address = f"{scheme}127.0.0.1:{closed_port}"
+    site = None if ray_importable else "import sys\nsys.modules['ray'] = None\n"  # checked before importing ray
+    start = time.monotonic()
+    proc = sweep([*TINY, "--executor", "ray", "--address", address, "--out", str(tmp_path / "out")], site=site,
+                 tmp_path=tmp_path, timeout=60)
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"multirnn.sweep: error: --address {address}: cannot connect to "
+                                  f"127.0.0.1:{closed_port} (Connection refused)"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_addresses_ray_resolves_itself_are_left_to_it(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("no connection expected")
+
+    monkeypatch.setattr(sweep_exec.socket, "create_connection", no_network)
+    for address in ("auto", "local", "ray://head"):
+        assert ray_endpoint(address) is None
+        check_reachable(address)
+    assert ray_endpoint("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert ray_endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert ray_endpoint("[::1]:6379") == ("::1", 6379)
+
+
+def test_a_silent_address_times_out_with_a_clear_reason(monkeypatch):
+    seen = {}
+
+    def silent(endpoint, timeout):
+        seen["timeout"] = timeout
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(sweep_exec.socket, "create_connection", silent)
+    with pytest.raises(ConnectionError, match=r"cannot connect to 10\.0\.0\.5:6379 \(timed out\)"):
+        check_reachable("ray://10.0.0.5:6379")
+    assert seen["timeout"] == sweep_exec.CONNECT_TIMEOUT
+    with pytest.raises(ConnectionError, match="not a port number"):
+        check_reachable("10.0.0.5:70000")
+
+
+def test_a_listening_address_passes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
