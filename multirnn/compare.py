@@ -38,7 +38,7 @@ from .cells import CELLS
 from .config import LIMITS, PRESETS, TrainConfig, preset
 from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
-from .harness import TrainingData, prepare_data
+from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
 from .runner import DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, raise_on_signals, run_worker
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
@@ -541,10 +541,11 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
             eval_ids = encode(eval_text, data.vocab, encoding=enc)
             if len(eval_ids) < config.batch_size * config.num_steps + 1:
                 raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
-        unknown = [p for p in prefixes if any(c.lower() not in data.vocab.token_to_idx for c in p)]
-        if unknown:
-            raise ValueError(f"--prefix {unknown[0]!r} has characters outside the vocabulary "
-                             f"({''.join(t for t in data.vocab.idx_to_token if len(t) == 1)!r})")
+        if args.prefix:  # the user's prompts: each must fit this text's vocabulary (the message names what not)
+            prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
+        else:  # the default prompts on the user's --text: keep those that fit, else its most frequent letter
+            fits = [p for p in prefixes if all(c in data.vocab.token_to_idx for c in p)]
+            prefixes = tuple(fits) or (next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1),)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.device == "gpu" and not _gpu_visible():

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from .backends.base import Backend, Params
 from .config import TrainConfig
 from .data import (
+    _NON_LETTERS,
     Ed2Windows,
     Vocab,
     check_batchable,
@@ -374,16 +375,82 @@ def evaluate_text_perplexity(
     return safe_perplexity(total / count)
 
 
+def _predict_params(backend: Backend, params: Any) -> tuple[Params, int, int, str]:
+    """``params`` as the backend's own, with ``(vocab_size, num_hiddens, dtype)``: a dict of NumPy arrays
+    is converted (validated by validate_params), the backend's own params are checked the same way."""
+    names = list(backend.model.param_names())
+    if isinstance(params, Mapping) and all(isinstance(v, np.ndarray) for v in params.values()):
+        V, H, dtype = validate_params(params, backend.model)  # before params_from_numpy: any subclass gets the message
+        return backend.params_from_numpy(params), V, H, dtype
+    try:
+        arrays, failure = backend.params_to_numpy(params), None
+    except Exception as exc:  # noqa: BLE001  (a framework's KeyError, AttributeError, ... says nothing useful)
+        arrays, failure = None, exc
+    if failure is not None:
+        if isinstance(params, Mapping):  # d2l's dict of framework arrays with a wrong entry: name it
+            try:
+                as_numpy = {k: backend.as_numpy(v) for k, v in params.items()}
+            except Exception:  # noqa: BLE001  (not arrays: the TypeError below says what is expected)
+                as_numpy = None
+            if as_numpy is not None:
+                validate_params(as_numpy, backend.model)
+        raise TypeError(f"params must be {backend.name}'s own params (TrainResult.params, "
+                        f"backend.params_from_numpy(...)) or a dict of NumPy arrays with the keys {names}; got "
+                        f"{type(params).__name__} ({type(failure).__name__}: {failure}).") from failure
+    V, H, dtype = validate_params(arrays, backend.model)
+    return params, V, H, dtype
+
+
+def clean_prefix(prefix: Any, vocab: Vocab) -> str:
+    """A prompt preprocessed as the text is (non-letter runs -> one space, lowercase), the rule of
+    ``compare --prefix``; raises ValueError if it has no letter or characters outside ``vocab``."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__} {prefix!r:.60}.")
+    cleaned = _NON_LETTERS.sub(" ", prefix).lower()
+    if not cleaned.strip():
+        raise ValueError(f"prefix must contain at least one letter, got {prefix!r}.")
+    unknown = sorted({c for c in cleaned if c not in vocab.token_to_idx})
+    if unknown:
+        known = "".join(t for t in vocab.idx_to_token if len(t) == 1)
+        raise ValueError(f"prefix {prefix!r} (preprocessed: {cleaned!r}) has characters outside the vocabulary: "
+                         f"{unknown}; the vocabulary has {known!r}.")
+    return cleaned
+
+
 def predict(
     backend: Backend, params: Params, vocab: Vocab, prefix: str, num_preds: int, dtype: str | None = None
 ) -> str:
-    """d2l's ``predict_ch8``: warm the state up on ``prefix``, then append greedy characters."""
-    if not prefix:
-        raise ValueError("prefix must contain at least one character.")
+    """d2l's ``predict_ch8``: warm the state up on ``prefix``, then append greedy characters.
+
+    Args:
+        backend: the backend computing the model.
+        params: the backend's own params (e.g. ``TrainResult.params``) or a dict of NumPy arrays by d2l name.
+        vocab: the vocabulary the params were trained with.
+        prefix: the prompt, preprocessed as the text is (and as ``compare --prefix`` does): lowercase,
+            non-letter runs -> one space.
+        num_preds: how many characters to append.
+        dtype: the state's dtype (default: the params').
+
+    Returns:
+        The preprocessed prefix followed by ``num_preds`` characters.
+
+    Raises:
+        TypeError, ValueError: an argument is not what is expected (the message names what was): params
+            with missing, unexpected or misshapen entries or for another vocabulary, a prefix without
+            letters or with characters outside the vocabulary, a ``num_preds`` that is not an int >= 0.
+    """
+    if not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be a multirnn Vocab (e.g. TrainResult.vocab), got {type(vocab).__name__}.")
+    if not isinstance(num_preds, (int, np.integer)) or isinstance(num_preds, bool):
+        raise TypeError(f"num_preds must be an int, got {type(num_preds).__name__} {num_preds!r:.60}.")
     if num_preds < 0:
         raise ValueError(f"num_preds must be >= 0, got {num_preds!r}.")
-    W_hq = backend.params_to_numpy(params)["W_hq"]  # (H, V) in every model
-    state = backend.init_state(1, W_hq.shape[0], dtype or W_hq.dtype.name)
+    prefix = clean_prefix(prefix, vocab)
+    params, V, H, params_dtype = _predict_params(backend, params)
+    if V != len(vocab):
+        raise ValueError(f"params are for vocab_size={V}, but the vocabulary has {len(vocab)} tokens: "
+                         "pass the vocab the params were trained with.")
+    state = backend.init_state(1, H, dtype or params_dtype)
     outputs = [vocab[prefix[0]]]
     for char in prefix[1:]:  # warm-up: feed the prefix, ignore the outputs
         _, state = backend.forward(params, np.array([[outputs[-1]]]), state)
