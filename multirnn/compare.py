@@ -40,7 +40,7 @@ from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
-from .runner import DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, raise_on_signals, run_worker
+from .runner import DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, interrupted_record, raise_on_signals, run_worker
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
 
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_stopped = 128 + int(signum)
         progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report")
         for i in sorted(started - set(rows)):
-            rows[i] = result_row(crashed_record(labels[i], *pairs[i], f"interrupted ({stopped})"))
+            rows[i] = result_row(interrupted_record(labels[i], *pairs[i], stopped))
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).

@@ -156,6 +156,12 @@ def crashed_record(name: str, backend: str, impl: str, error: str) -> dict[str, 
             "error": error}
 
 
+def interrupted_record(name: str, backend: str, impl: str, how: str) -> dict[str, Any]:
+    """The record of a row that was still running when the user stopped the run (not a crash)."""
+    return {"name": name, "backend": backend, "impl": impl, "status": "interrupted", "framework_version": None,
+            "error": f"interrupted ({how}) before it finished"}
+
+
 def _how(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by signal {-code} ({signal.Signals(-code).name})" if -code in signal.Signals._value2member_map_ else f"killed by signal {-code}"

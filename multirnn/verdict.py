@@ -90,7 +90,7 @@ class CheckpointResult:
 @dataclass(frozen=True)
 class BackendVerdict:
     name: str
-    status: str  # agrees | disagrees | reference | not-judged | crashed | unavailable | unsupported
+    status: str  # agrees | disagrees | reference | not-judged | crashed | interrupted | unavailable | unsupported
     reason: str | None = None
     shapes_agree: bool | None = None
     free_run_max_deviation: float | None = None  # informational over long float32 runs
@@ -147,6 +147,10 @@ class Verdict:
         return [b.name for b in self.backends if b.status == "crashed"]
 
     @property
+    def interrupted(self) -> list[str]:
+        return [b.name for b in self.backends if b.status == "interrupted"]
+
+    @property
     def unavailable(self) -> list[str]:
         return [b.name for b in self.backends if b.status == "unavailable"]
 
@@ -156,7 +160,8 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(disagreeing=self.disagreeing, crashed=self.crashed, unavailable=self.unavailable,
+        out.update(disagreeing=self.disagreeing, crashed=self.crashed, interrupted=self.interrupted,
+                   unavailable=self.unavailable,
                    unsupported=self.unsupported)
         return out
 
@@ -326,11 +331,14 @@ def judge(
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
-            status = r.get("status") if r.get("status") in ("unavailable", "unsupported") else "crashed"
+            status = r.get("status") if r.get("status") in ("unavailable", "unsupported", "interrupted") else "crashed"
             verdicts.append(BackendVerdict(r["name"], status, reason=r.get("error")))
     if not ran:
         fields = {k: v for k, v in base.items() if k != "lockstep_asked"}
-        return Verdict(status="no-backend", summary="no backend could run (see the problems below)",
+        stopped = [b.name for b in verdicts if b.status == "interrupted"]
+        summary = ("no backend finished before the run was stopped" if stopped else
+                   "no backend could run (see the problems below)")
+        return Verdict(status="no-backend", summary=summary,
                        backends=tuple(verdicts), **fields)
 
     curves = {r["name"]: r["step_loss"] for r in ran}
@@ -478,6 +486,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     judged = [b for b in backends if b.status in ("agrees", "disagrees", "reference")]
     disagree = [b.name for b in backends if b.status == "disagrees"]
     crashed = [b.name for b in backends if b.status == "crashed"]
+    interrupted = [b.name for b in backends if b.status == "interrupted"]
     unavailable = [b.name for b in backends if b.status == "unavailable"]
     unsupported = [b.name for b in backends if b.status == "unsupported"]
     parts, notes = [], []
@@ -514,6 +523,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if crashed:
         status = "disagree" if status in ("agree", "not-judged") else status
         parts.append(f"crashed: {', '.join(crashed)}")
+    if interrupted:  # stopped by the user, not failed: the run's own status says it was interrupted
+        parts.append(f"stopped before finishing: {', '.join(interrupted)}")
     if unavailable:
         parts.append(f"unavailable: {', '.join(unavailable)}")
     if unsupported:

@@ -273,7 +273,9 @@ def test_ctrl_c_writes_a_partial_report(tmp_path):
     assert proc.returncode == 130, err
     res = load(out)
     assert res["verdict"]["status"] == "interrupted"
-    assert res["backends"][0]["error"] == "interrupted (Ctrl-C)"
+    assert res["backends"][0]["status"] == "interrupted"  # stopped by the user: not a crash
+    assert res["backends"][0]["error"] == "interrupted (Ctrl-C) before it finished"
+    assert "crashed" not in res["verdict"]["summary"] and "no backend finished before the run was stopped" in res["verdict"]["summary"]
     assert (out / "report.md").exists() and "Traceback" not in err
 
 

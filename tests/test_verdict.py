@@ -207,3 +207,13 @@ def test_checkpoint_epochs_and_auto_spacing():
     every = lockstep.auto_every(8)
     assert (8 + 3) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
     assert lockstep.auto_every(1000) == 5  # one epoch per checkpoint: a quarter of the run is every 5th epoch
+
+
+def test_a_row_stopped_by_the_user_is_interrupted_not_crashed():
+    stopped = {"name": "jax", "status": "interrupted", "error": "interrupted (Ctrl-C) before it finished"}
+    v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [probe(1)]), stopped])
+    assert v.backend("jax").status == "interrupted" and v.interrupted == ["jax"] and v.crashed == []
+    assert "stopped before finishing: jax" in v.summary and "crashed" not in v.summary
+    assert v.to_dict()["interrupted"] == ["jax"]
+    v = judge([dict(stopped, name="numpy"), stopped])
+    assert v.status == "no-backend" and v.summary == "no backend finished before the run was stopped"
