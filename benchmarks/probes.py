@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -574,7 +574,8 @@ PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
           "torch-loops": torch_loops, "torch-lstm": torch_lstm, "jax-split": jax_split}
 
-def _usage(problem: str | None = None) -> None:
+def _usage(problem: str | None = None) -> NoReturn:
+    """The probes and their arguments after a mistake (or no probe at all): exit 2, as a usage error."""
     if problem:
         print(f"python -m benchmarks.probes: {problem}", file=sys.stderr)
     print(__doc__.split("\n\n")[1])
@@ -582,6 +583,9 @@ def _usage(problem: str | None = None) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print("usage: python -m benchmarks.probes PROBE [ARGS]\n\n" + __doc__.strip())
+        sys.exit(0)
     from multirnn.backends import _REGISTRY
 
     FAST = tuple(_REGISTRY)  # the built-in backends (ab loads their modules by the registry's paths)

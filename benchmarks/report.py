@@ -1,10 +1,11 @@
 """Benchmark report: results.json -> report.md, throughput.png, scaling.png (reads JSON only).
 
-    python benchmarks/report.py benchmarks/results/latest
+    python -m benchmarks.report benchmarks/results/latest   (or python benchmarks/report.py DIR)
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import statistics
@@ -508,7 +509,24 @@ def write(payload: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text("\n".join(parts) + "\n")
 
 
-if __name__ == "__main__":
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest")
-    write(json.loads((folder / "results.json").read_text()), folder)
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite a results folder's report; a folder without a readable results.json is one line and exit 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Write report.md, throughput.png and scaling.png from a benchmark folder's results.json "
+        "(reads JSON only, runs nothing).")
+    parser.add_argument("folder", nargs="?", type=Path, default=Path(__file__).parent / "results" / "latest",
+                        help="the folder of a benchmark run (default: benchmarks/results/latest)")
+    folder = parser.parse_args(argv).folder
+    try:
+        payload = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        parser.exit(2, f"{parser.prog}: error: cannot read {str(folder / 'results.json')!r}: "
+                       f"{getattr(exc, 'strerror', None) or exc}\n")
+    write(payload, folder)
     print(f"wrote {folder / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__, agreement, lockstep, report, verdict
 from .backends import canonical_name, is_builtin, known_backends, load_backend_class
 from .cells import CELLS
-from .config import LIMITS, PRESETS, TrainConfig, preset
+from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
 from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
@@ -110,9 +110,19 @@ def _lockstep_arg(text: str) -> str | int:
     return value
 
 
-def _defaults(field: str, fmt: str = "{}") -> str:
-    """The value of a config field in every preset, for --help."""
-    return "default: " + ", ".join(f"{name} {fmt.format(getattr(c, field))}" for name, c in PRESETS.items())
+def _defaults(field: str, fmt: str = "{}", protocol: str | None = None) -> str:
+    """The value of a config field in every preset (of ``protocol``, when given), for --help."""
+    return "default: " + ", ".join(f"{name} {fmt.format(getattr(c, field))}" for name, c in PRESETS.items()
+                                   if protocol is None or c.protocol == protocol)
+
+
+def _plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# Presets whose pipeline ignores the ed. 1 options (--sampling, --max-tokens), for --help and the refusal.
+_ED2_PRESETS = ", ".join(name for name, c in PRESETS.items() if c.protocol == "d2l-ed2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,9 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--clip", type=number_arg(float, "a positive number"), metavar="THETA",
                    help=f"gradient clipping threshold θ, max_grad_norm ({_defaults('max_grad_norm', '{:g}')})")
     h.add_argument("--max-tokens", type=int, metavar="N",
-                   help=f"train on the first N tokens of the text, d2l-ed1 only; <= 0: all ({_defaults('max_tokens', '{:,}')})")
+                   help="train on the first N tokens of the text; <= 0: all "
+                   f"({_defaults('max_tokens', '{:,}', 'd2l-ed1')}; "
+                   f"refused with {_ED2_PRESETS}, which trains on its own windows)")
     h.add_argument("--sampling", choices=["sequential", "random"],
-                   help="d2l-ed1 minibatch sampling (default sequential: state carried; random: reset per minibatch)")
+                   help="minibatch sampling (default sequential: state carried; random: reset per minibatch); "
+                   f"refused with {_ED2_PRESETS}, which always shuffles fixed windows")
     h.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type (default float32)")
     h.add_argument("--seed", type=number_arg(int, "a non-negative integer", allow_zero=True),
                    help="seed of the initial weights and of the batches (default 0)")
@@ -217,6 +230,22 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         return preset(args.preset, **overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _refuse_ed1_options(args: argparse.Namespace) -> None:
+    """--sampling and --max-tokens given with an ed. 2 preset: refused, since ed. 2 would ignore them.
+
+    Only compare's own command line is checked (main): the sweep plans with the same code and may
+    cross presets with these values, which then mean nothing for the ed. 2 configurations."""
+    if PRESETS[args.preset].protocol != "d2l-ed2":
+        return
+    given = [f"--{f.replace('_', '-')}" for f in ED1_ONLY if getattr(args, f) is not None]
+    if given:
+        c = PRESETS[args.preset]
+        raise UsageError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --preset "
+                         f"{args.preset}, which always trains on shuffled fixed windows ({c.num_train:,} training, "
+                         f"{c.num_val:,} validation); drop {'it' if len(given) == 1 else 'them'}, or use --preset "
+                         "d2l-ed1 or quick")
 
 
 def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
@@ -556,6 +585,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     steps_per_epoch = sum(1 for _ in data.train_batches(np.random.default_rng(config.seed)))
     every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch)}.get(args.lockstep, args.lockstep)
     lock_epochs = tuple(lockstep.checkpoint_epochs(config.num_epochs, int(every)))
+    if every and every >= config.num_epochs:
+        # A run no longer than the spacing is checked at its first and last epochs only: record that
+        # spacing, so the report does not say "every 6 epochs" of a 2-epoch run (the epochs are unchanged).
+        every = max(1, config.num_epochs - 1)
     data_notes = list(data.notes)
     if eval_ids is not None:
         unk = float(np.mean(eval_ids == data.vocab.unk)) if len(eval_ids) else 0.0
@@ -580,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.list_backends:
             return _list_backends()
+        _refuse_ed1_options(args)
         plan = make_plan(args, argv)
         out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
         kept = _resumable(out_dir, plan.config, plan.options) if args.resume else {}
@@ -609,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
     progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
-                     f"({config.protocol}, {config.num_epochs} epochs, {config.dtype}, mode {args.mode}, init {args.init}, "
+                     f"({config.protocol}, {_plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
+                     f"mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
     for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}")
@@ -778,7 +813,7 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
               "and peak memory were measured under that sharing, not each framework's best speed (for speed: "
               "--jobs 1, or benchmarks/)")]
     if jobs * (threads or 1) > cores:
-        notes.append(f"{jobs} rows at a time exceed the {cores} usable cores: they competed for them")
+        notes.append(f"{jobs} rows at a time exceed the {_plural(cores, 'usable core')}: they competed for them")
     return notes
 
 

@@ -18,6 +18,8 @@ SECOND_BIAS = ("frozen", "trained")
 LIMITS = {"batch_size": 1_000_000, "num_steps": 100_000, "num_hiddens": 65_536, "num_epochs": 1_000_000,
           "num_train": 100_000_000}
 SAMPLINGS = ("sequential", "random")
+# Fields only the d2l-ed1 pipeline reads: d2l-ed2 always shuffles its own fixed train/validation windows.
+ED1_ONLY = ("sampling", "max_tokens")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ class TrainConfig:
     def resets_state_every_batch(self) -> bool:
         """Random sampling and the ed. 2 protocol start each minibatch from a zero state."""
         return self.protocol == "d2l-ed2" or self.sampling == "random"
+
+    @property
+    def batching(self) -> str:
+        """How minibatches are drawn, for run headers: ed. 2 has no sampling mode (``sampling`` is unused)."""
+        return "shuffled windows" if self.protocol == "d2l-ed2" else f"{self.sampling} sampling"
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

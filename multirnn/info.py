@@ -7,7 +7,7 @@ import platform
 import sys
 
 from . import __version__
-from .backends import _REGISTRY, install_hint, known_backends, probe
+from .backends import _REGISTRY, TORCH_CPU_WHEEL, install_hint, known_backends, probe
 
 # The distribution whose version is shown for each built-in backend (the first one installed).
 _DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "mxnet": ("mxnet",),
@@ -37,7 +37,12 @@ def backend_table() -> str:
     rows = backend_rows()
     lines = [f"{'backend':<12} {'installed':<14} {'runs here':<10} install with", "-" * 78]
     for r in rows:
-        lines.append(f"{r['backend']:<12} {r['version'] or '-':<14} {'yes' if r['runs'] else 'NO':<10} {r['install']}")
+        # torch's CPU-wheel step goes under the table, so that every row stays one short line.
+        install = r["install"]
+        if r["backend"] == "torch":
+            install = "pip install 'multirnn[torch]' (after the CPU wheel, below)"
+        lines.append(f"{r['backend']:<12} {r['version'] or '-':<14} {'yes' if r['runs'] else 'NO':<10} {install}")
+    lines += ["", f"torch: {TORCH_CPU_WHEEL} first, or pip pulls a multi-GB CUDA build"]
     problems = [r for r in rows if r["problem"]]
     if problems:
         lines += ["", "Why not:"] + [f"  {r['backend']}: {r['problem']}" for r in problems]

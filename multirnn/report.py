@@ -110,12 +110,18 @@ def config_text(results: dict[str, Any]) -> str:
         used = f"{c['num_train']:,} training and {c['num_val']:,} validation windows of its {tokens.get('total') or '?':,} characters"
     else:
         used = f"all {tokens.get('used', '?'):,} tokens"
-    out = (f"{c['protocol']}, {c['num_epochs']} epochs, batch {c['batch_size']} x {c['num_steps']} steps, hidden "
-           f"{c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {c['sampling']} sampling, {c['dtype']}, "
+    # d2l ed. 2 shuffles fixed windows: it has no sampling mode (TrainConfig.batching)
+    batching = "shuffled windows" if c["protocol"] == "d2l-ed2" else f"{c['sampling']} sampling"
+    out = (f"{c['protocol']}, {_count(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
+           f"hidden {c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {batching}, {c['dtype']}, "
            f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")
     if o.get("eval_text"):
         out += f"; evaluated on {Path(o['eval_text']).name} ({tokens.get('eval') or '?':,} tokens)"
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def text_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -145,7 +151,7 @@ def barely_trained(results: dict[str, Any]) -> str | None:
         for prefix, text in (b.get("samples") or {}).items():
             tail = text[len(prefix):]
             if tail and len(set(tail)) <= BARELY_TRAINED_DISTINCT:
-                return (f"the model is barely trained after {results['config']['num_epochs']} epochs: its greedy "
+                return (f"the model is barely trained after {_count(results['config']['num_epochs'], 'epoch')}: its greedy "
                         "continuations repeat one or two characters (spaces, 't t t'), which is expected this early "
                         "and not a bug; train longer (--epochs) for words")
     return None

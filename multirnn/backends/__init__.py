@@ -75,12 +75,21 @@ def canonical_name(name: str) -> str:
                      "or name your own as package.module:ClassName.")
 
 
+# Unpinned, pip resolves torch>=2.2 to a multi-GB CUDA build on Linux: the README installs the CPU wheel first.
+TORCH_CPU_WHEEL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
 def install_hint(name: str) -> str:
+    """The command that installs a backend's framework: its extra, which pip adds to an installed
+    multirnn (editable checkouts included) without reinstalling it."""
     key = canonical_name(name)
     if key not in _REGISTRY:
         return f"make {key!r} importable (pip install the package that provides it)"
     extra = _REGISTRY[key][2]
-    return "pip install multirnn" if extra is None else f"pip install 'multirnn[{extra}]'"
+    if extra is None:
+        return "pip install multirnn"
+    hint = f"pip install 'multirnn[{extra}]'"
+    return f"{TORCH_CPU_WHEEL} && {hint}" if extra == "torch" else hint
 
 
 def load_backend_class(spec: str) -> type[Backend]:

@@ -1,0 +1,186 @@
+"""Guards on what the command line promises: options an ed. 2 run would ignore are refused (one line,
+exit 2, nothing written), --help is true, install hints are ones that work, the benchmark scripts
+answer --help, and the README describes the files and tests as they are."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multirnn import compare
+from multirnn.backends import TORCH_CPU_WHEEL, install_hint
+from multirnn.config import PRESETS
+from multirnn.sweep_spec import expand
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = "tests.zoo:OracleCopy"
+
+
+def run(module: str, args: list[str], env_extra: dict[str, str] | None = None, cwd: Path = ROOT,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # benchmarks/ is not installed
+    return subprocess.run([sys.executable, "-m", module, *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+# --- d2l-ed2 refuses the ed. 1 options it would ignore ---------------------------------------------
+
+
+@pytest.mark.parametrize("given, named", [
+    (["--sampling", "random"], "--sampling does not apply"),
+    (["--sampling", "sequential"], "--sampling does not apply"),  # the default value, still not what ed. 2 does
+    (["--max-tokens", "5000"], "--max-tokens does not apply"),
+    (["--max-tokens", "0"], "--max-tokens does not apply"),
+    (["--sampling", "random", "--max-tokens", "5000"], "--sampling and --max-tokens do not apply"),
+])
+def test_ed2_refuses_sampling_and_max_tokens_in_one_line_and_writes_nothing(tmp_path, capsys, given, named):
+    out = tmp_path / "never"
+    assert compare.main(["--preset", "d2l-ed2", "--backends", "numpy", *given, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and named in lines[0] and "shuffled fixed windows" in lines[0], captured.err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_ed2_refusal_is_exit_status_2_from_the_shell(tmp_path):
+    proc = run("multirnn.compare", ["--preset", "d2l-ed2", "--sampling", "random", "--out", str(tmp_path / "never")],
+               cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("multirnn.compare: error: --sampling does not apply to --preset d2l-ed2")
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []  # not even runs/
+
+
+@pytest.mark.parametrize("preset", ["quick", "d2l-ed1"])
+def test_ed1_presets_still_take_sampling_and_max_tokens(preset):
+    args = compare.build_parser().parse_args(["--preset", preset, "--sampling", "random", "--max-tokens", "3000"])
+    compare._refuse_ed1_options(args)  # no UsageError
+    config = compare._config_from_args(args)
+    assert (config.sampling, config.max_tokens) == ("random", 3000)
+
+
+def test_a_sweep_may_cross_ed2_with_sampling():
+    """The sweep plans with compare's make_plan; the refusal belongs to compare's own command line."""
+    _, groups, _ = expand({"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["random"]}, ["--backends", "numpy"], [0], 1)
+    assert [g.plan.config.protocol for g in groups] == ["d2l-ed1", "d2l-ed2"]
+
+
+def test_batching_says_what_each_protocol_does():
+    assert PRESETS["d2l-ed2"].batching == "shuffled windows"
+    assert PRESETS["d2l-ed1"].batching == "sequential sampling"
+    assert PRESETS["quick"].replace(sampling="random").batching == "random sampling"
+
+
+def test_an_ed2_run_header_names_its_windows_and_short_runs_read_right(tmp_path):
+    out = tmp_path / "run"
+    proc = run("multirnn.compare", ["--backends", f"numpy,{COPY}", "--preset", "d2l-ed2", "--epochs", "2",
+                                    "--hidden", "8", "--batch-size", "512", "--out", str(out), "--no-plot"], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    header = next(ln for ln in proc.stderr.splitlines() if ln.startswith("multirnn.compare "))
+    assert "(d2l-ed2, 2 epochs, shuffled windows, float32," in header and "sampling" not in header, header
+    # auto spacing is 5 epochs for this shape: a 2-epoch run is checked at epochs 1 and 2, i.e. every epoch
+    assert "Checkpoints every 1 epoch (2 in all)." in (out / "report.md").read_text()
+
+
+def test_short_runs_record_the_checkpoint_spacing_they_really_have():
+    argv = ["--backends", "numpy", "--epochs", "2", "--hidden", "8", "--max-tokens", "3000", "--lockstep", "6"]
+    plan = compare.make_plan(compare.build_parser().parse_args(argv), argv)
+    assert plan.lock_epochs == (1, 2) and plan.options["lockstep_every"] == 1
+    argv[3] = "20"  # longer than the spacing: unchanged
+    plan = compare.make_plan(compare.build_parser().parse_args(argv), argv)
+    assert plan.lock_epochs == (1, 7, 13, 19, 20) and plan.options["lockstep_every"] == 6
+
+
+def test_plurals():
+    assert compare._plural(1, "epoch") == "1 epoch" and compare._plural(2, "epoch") == "2 epochs"
+    assert "the 1 usable core:" in compare._jobs_notes(2, 1, 1, True, True)[-1]
+
+
+# --- --help tells the truth ---------------------------------------------------------------------------
+
+
+def test_help_lists_max_tokens_defaults_only_where_it_applies():
+    text = " ".join(run("multirnn.compare", ["--help"]).stdout.split())  # argparse wraps lines
+    sampling_at = text.index("--sampling {sequential,random} minibatch")  # the option's help, not the usage line
+    max_tokens = text[text.index("--max-tokens N train"):sampling_at]
+    assert "d2l-ed1 10,000" in max_tokens and "quick 10,000" in max_tokens
+    assert "d2l-ed2 10,000" not in max_tokens and "refused with d2l-ed2" in max_tokens
+    sampling = text[sampling_at:text.index("--dtype {float32,float64} floating")]
+    assert "refused with d2l-ed2" in sampling
+
+
+# --- install hints ----------------------------------------------------------------------------------
+
+
+def test_torch_hint_installs_the_cpu_wheel_first():
+    hint = install_hint("pytorch")
+    assert hint.startswith("pip install torch --index-url https://download.pytorch.org/whl/cpu")
+    assert hint.endswith("pip install 'multirnn[torch]'")
+
+
+def test_list_backends_rows_stay_short_and_the_cpu_wheel_is_named(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")  # torch "not installed"
+    proc = run("multirnn.compare", ["--list-backends"], {"PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    torch_row = next(ln for ln in lines if ln.startswith("torch "))
+    assert "NO" in torch_row and "pip install 'multirnn[torch]'" in torch_row and len(torch_row) <= 100
+    assert f"torch: {TORCH_CPU_WHEEL} first" in proc.stdout
+    why = next(ln for ln in lines if ln.startswith("  torch: "))
+    assert TORCH_CPU_WHEEL in why and "multirnn[torch]" in why
+
+
+# --- the benchmark scripts answer --help ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_benchmark_report_help(tmp_path, flag):
+    proc = run("benchmarks.report", [flag], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: python -m benchmarks.report") and "results.json" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_report_without_results_is_one_line(tmp_path):
+    proc = run("benchmarks.report", [str(tmp_path / "nowhere")], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and "results.json" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_probes_help(flag):
+    proc = run("benchmarks.probes", [flag])
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: python -m benchmarks.probes") and "jax-transpose" in proc.stdout
+
+
+def test_probes_unknown_is_still_a_usage_error():
+    proc = run("benchmarks.probes", ["--no-such-probe"])
+    assert proc.returncode == 2 and "unknown probe '--no-such-probe'" in proc.stderr
+
+
+# --- the README ----------------------------------------------------------------------------------
+
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_states_no_test_count_that_goes_stale():
+    assert not re.search(r"\b\d[\d,]* tests\b", README)
+
+
+def test_readme_names_where_the_parameter_layout_really_is():
+    assert "shapes table" not in README and "`param_layout` in `results.json`" in README
+
+
+def test_readme_says_an_empty_worker_log_is_deleted():
+    assert "`backends/NAME.log` (deleted when the worker printed nothing)" in README
