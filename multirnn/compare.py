@@ -110,6 +110,9 @@ def _lockstep_arg(text: str) -> str | int:
     return value
 
 
+DEFAULT_INIT_SEEDS = 3  # --init framework: seeds per row for the paired TOST
+
+
 def _defaults(field: str, fmt: str = "{}", protocol: str | None = None) -> str:
     """The value of a config field in every preset (of ``protocol``, when given), for --help."""
     return "default: " + ", ".join(f"{name} {fmt.format(getattr(c, field))}" for name, c in PRESETS.items()
@@ -162,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared (default): every backend starts from the same weights; independent: each draws "
                    "its own (final perplexities are compared; re-anchored checks still run); framework: every "
                    "layer keeps its framework's own initialisers (a statistical verdict over --init-seeds seeds)")
-    g.add_argument("--init-seeds", type=number_arg(int, "a positive integer", 100), default=3, metavar="K",
-                   help="--init framework: seeds per row for the statistical verdict (default 3)")
+    g.add_argument("--init-seeds", type=number_arg(int, "a positive integer", 100), metavar="K",
+                   help=f"--init framework only: seeds per row for the statistical verdict (default {DEFAULT_INIT_SEEDS})")
     g.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where to train (default cpu; gpu: error if none)")
     h = p.add_argument_group("hyper-parameters (override the preset)")
     h.add_argument("--epochs", type=number_arg(int, "a positive integer", LIMITS["num_epochs"]), metavar="N",
@@ -246,6 +249,17 @@ def _refuse_ed1_options(args: argparse.Namespace) -> None:
                          f"{args.preset}, which always trains on shuffled fixed windows ({c.num_train:,} training, "
                          f"{c.num_val:,} validation); drop {'it' if len(given) == 1 else 'them'}, or use --preset "
                          "d2l-ed1 or quick")
+
+
+def _refuse_conflicts(args: argparse.Namespace) -> None:
+    """Options that contradict each other or would do nothing: refused rather than silently ignored."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite starts it again: choose one")
+    if args.init_seeds is not None and args.init != "framework":
+        raise UsageError(f"--init-seeds applies to --init framework only (--init {args.init} trains one seed per row)")
+    if args.init == "framework" and "layers" not in _impls_from_args(args.impl):
+        raise UsageError("--init framework keeps each framework layer's own initialisers: it needs --impl layers "
+                         "or all (scratch rows start from d2l's N(0, 0.01^2) whatever --init says)")
 
 
 def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
@@ -595,7 +609,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         if unk > UNK_WARNING:
             data_notes.append(f"{unk:.1%} of the evaluation text's characters are not in the training vocabulary "
                               "(<unk>): its perplexity says little")
-    seeds = tuple(range(config.seed + 1, config.seed + args.init_seeds)) if args.init == "framework" else ()
+    num_seeds = args.init_seeds or DEFAULT_INIT_SEEDS
+    seeds = tuple(range(config.seed + 1, config.seed + num_seeds)) if args.init == "framework" else ()
     options = {"backends": names, "impls": impls, "init": args.init, "init_seeds": [config.seed, *seeds],
                "model": config.model.name, "mode": args.mode, "device": args.device, "text": text,
                "eval_text": eval_text, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
@@ -614,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_backends:
             return _list_backends()
         _refuse_ed1_options(args)
+        _refuse_conflicts(args)
         plan = make_plan(args, argv)
         out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
         kept = _resumable(out_dir, plan.config, plan.options) if args.resume else {}

@@ -184,3 +184,19 @@ def test_readme_names_where_the_parameter_layout_really_is():
 
 def test_readme_says_an_empty_worker_log_is_deleted():
     assert "`backends/NAME.log` (deleted when the worker printed nothing)" in README
+
+
+# --- options that contradict each other or would do nothing --------------------------------------
+
+
+@pytest.mark.parametrize("given, named", [
+    (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it again"),
+    (["--init-seeds", "5"], "--init-seeds applies to --init framework only (--init shared"),
+    (["--init", "independent", "--init-seeds", "2"], "--init-seeds applies to --init framework only"),
+    (["--init", "framework"], "--init framework keeps each framework layer's own initialisers: it needs --impl"),
+])
+def test_contradicting_or_idle_options_are_refused(tmp_path, given, named):
+    out = tmp_path / "run"
+    proc = run("multirnn.compare", ["--backends", "numpy,torch", "--epochs", "1", "--out", str(out), *given])
+    assert proc.returncode == 2 and named in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
