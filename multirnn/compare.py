@@ -403,6 +403,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "status": raw["status"],
         "framework_version": raw.get("framework_version"),
         "error": raw.get("error"),
+        "traceback": raw.get("traceback"),  # a Python-level crash in the worker: where it was raised
         "perplexity": ppl,
         "val_perplexity": raw.get("val_perplexity") or [],
         "final_perplexity": ppl[-1] if ppl else None,

@@ -158,7 +158,15 @@ def barely_trained(results: dict[str, Any]) -> str | None:
 
 
 def errors_text(results: dict[str, Any]) -> str:
-    return "\n".join(f"{b['name']}: {b['error']}" for b in results["backends"] if b.get("error"))
+    lines = []
+    for b in results["backends"]:
+        if b.get("error"):
+            lines.append(f"{b['name']}: {b['error']}")
+            # where a Python-level crash was raised (the whole traceback is in results.json)
+            frames = [ln.strip() for ln in (b.get("traceback") or "").splitlines() if ln.strip().startswith("File ")]
+            if frames:
+                lines.append(f"  raised at {frames[-1]} (traceback in results.json)")
+    return "\n".join(lines)
 
 
 def second_bias_text(results: dict[str, Any]) -> str | None:

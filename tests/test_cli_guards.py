@@ -200,3 +200,20 @@ def test_contradicting_or_idle_options_are_refused(tmp_path, given, named):
     proc = run("multirnn.compare", ["--backends", "numpy,torch", "--epochs", "1", "--out", str(out), *given])
     assert proc.returncode == 2 and named in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_python_crash_in_a_backend_says_where_it_was_raised(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "boom_backend.py").write_text(
+        "from multirnn.backends.numpy_backend import NumpyBackend\n\n\n"
+        "class Boom(NumpyBackend):\n    name = 'boom'\n\n"
+        "    def train_step(self, *args, **kwargs):\n        raise RuntimeError('kaboom in my port')\n")
+    out = tmp_path / "run"
+    proc = run("multirnn.compare", ["--backends", "numpy,boom_backend:Boom", "--epochs", "1", "--out", str(out), "--quiet"],
+               env_extra={"PYTHONPATH": str(site)})
+    assert proc.returncode == 1, proc.stderr
+    assert "boom_backend:Boom: RuntimeError: kaboom in my port" in proc.stdout
+    assert re.search(r'raised at File ".*boom_backend\.py", line 8, in train_step \(traceback in results\.json\)',
+                     proc.stdout), proc.stdout
+    assert "raised at" in (out / "report.md").read_text()
