@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     units = {row_label(n, i): _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
     cores, jobs = usable_cores(), min(args.jobs, len(pairs))
     threads = max(1, cores // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
-    run_notes = _jobs_notes(jobs, threads, cores, bool(lock_epochs), verdict.ORACLE in names)
+    run_notes = _jobs_notes(jobs, threads, cores, bool(lock_epochs), verdict.ORACLE in names, args.jobs)
     options.update(jobs=jobs, threads=threads, run_notes=run_notes)
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
@@ -817,8 +817,10 @@ def jobs_hint(jobs: int, cores: int, rows: int, tokens_per_row: int) -> str | No
             "(the same checks; tokens/s then measured under that sharing)")
 
 
-def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, oracle: bool) -> list[str]:
-    """What --jobs changes in the figures (nothing in the checks)."""
+def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, oracle: bool,
+                asked: int | None = None) -> list[str]:
+    """What --jobs changes in the figures (nothing in the checks); ``asked``: the --jobs given, when
+    there were fewer rows than that."""
     if jobs <= 1:
         return []
     plural = "s" if threads != 1 else ""
@@ -826,7 +828,8 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
     if anchored:
         first = ("; the oracle beside them, their re-anchored checks waiting for its checkpoints" if oracle
                  else "; the first row to train to the end, whose checkpoints the others restart from, alone first")
-    notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each (--jobs {jobs}{first}): tokens/s "
+    given = f"--jobs {jobs}" if not asked or asked == jobs else f"--jobs {asked}, capped at the {jobs} rows"
+    notes = [(f"rows ran up to {jobs} at a time with {threads} thread{plural} each ({given}{first}): tokens/s "
               "and peak memory were measured under that sharing, not each framework's best speed (for speed: "
               "--jobs 1, or benchmarks/)")]
     if jobs * (threads or 1) > cores:

@@ -217,3 +217,9 @@ def test_a_python_crash_in_a_backend_says_where_it_was_raised(tmp_path):
     assert re.search(r'raised at File ".*boom_backend\.py", line 8, in train_step \(traceback in results\.json\)',
                      proc.stdout), proc.stdout
     assert "raised at" in (out / "report.md").read_text()
+
+
+def test_jobs_notes_name_the_jobs_asked_for_when_there_were_fewer_rows():
+    note = compare._jobs_notes(4, 1, 2, True, True, asked=8)[0]
+    assert "(--jobs 8, capped at the 4 rows;" in note
+    assert "(--jobs 2;" in compare._jobs_notes(2, 1, 2, True, True, asked=2)[0]
