@@ -139,8 +139,10 @@ def markdown_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 def samples_text(results: dict[str, Any]) -> str:
     lines = []
     width = max((len(b["name"]) for b in results["backends"]), default=10)
+    # in the order the prompts were given (the JSON files keep their keys sorted)
+    order = {p: i for i, p in enumerate(results.get("options", {}).get("prefixes") or [])}
     for b in results["backends"]:
-        for prefix, text in (b.get("samples") or {}).items():
+        for prefix, text in sorted((b.get("samples") or {}).items(), key=lambda kv: order.get(kv[0], len(order))):
             lines.append(f"{b['name']:<{width}} {prefix!r:>17} -> {text!r}")
     return "\n".join(lines)
 

@@ -223,3 +223,11 @@ def test_jobs_notes_name_the_jobs_asked_for_when_there_were_fewer_rows():
     note = compare._jobs_notes(4, 1, 2, True, True, asked=8)[0]
     assert "(--jobs 8, capped at the 4 rows;" in note
     assert "(--jobs 2;" in compare._jobs_notes(2, 1, 2, True, True, asked=2)[0]
+
+
+def test_prompts_are_shown_in_the_order_given(tmp_path):
+    proc = run("multirnn.compare", ["--backends", "numpy", "--epochs", "1", "--hidden", "8", "--prefix", "zz top",
+                                    "--prefix", "abc", "--out", str(tmp_path / "run"), "--quiet", "--no-plot"])
+    assert proc.returncode == 4, proc.stderr  # numpy alone: nothing to compare
+    shown = [ln.split("->")[0].split(None, 1)[1].strip() for ln in proc.stdout.splitlines() if "->" in ln]
+    assert shown == ["'zz top'", "'abc'"]
