@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import re
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,13 @@ from .sweep_spec import (
     PASS_THROUGH,
     ROW_OPTIONS,
     SpecError,
+    SpecFile,
     compare_actions,
     expand,
     parse_seeds,
     read_toml,
     run_order,
+    seeds_text,
     split_values,
     swept_dests,
 )
@@ -156,6 +159,8 @@ class Options:
     plots: bool
     quiet: bool
     notes: list[str]
+    # dest -> the --spec file its value came from (not overridden on the command line): errors name it
+    sources: dict[str, SpecFile] = field(default_factory=dict)
 
 
 def _toml_argv(values: dict[str, Any], parser: argparse.ArgumentParser) -> list[str]:
@@ -168,13 +173,75 @@ def _toml_argv(values: dict[str, Any], parser: argparse.ArgumentParser) -> list[
             if value is True:
                 argv.append(opt)
             elif value is not False:
-                raise SpecError(f"--spec: {dest.replace('_', '-')} must be true or false")
+                raise SpecError("expected true or false")
         elif dest in PASS_THROUGH:
             for v in value if isinstance(value, list) else [value]:
                 argv += [opt, str(v)]
         else:
             argv += [opt, ",".join(str(v) for v in value) if isinstance(value, list) else str(value)]
     return argv
+
+
+# The option a message of argparse or compare opens with: "argument --epochs: ...", "--text 'x': ...".
+_NAMED = re.compile(r"(?:argument )?--([a-z0-9][a-z0-9-]*)(?:/-\w+)?(?::\s*|\s+)")
+
+
+def _reason(message: str, value: Any) -> str:
+    """A message about an option's value without the option, and without the value when the file's
+    own text shows it whole: "argument --epochs: expected a positive integer, got '0'" -> "expected a
+    positive integer" (a list's bad element stays named)."""
+    m = _NAMED.match(message)
+    reason = message[m.end():] if m else message
+    for whole in (repr(str(value)), repr(value)):  # as argparse and compare echo it, as parse_seeds does a list
+        reason = reason.removeprefix(f"{whole}: ")
+    if not isinstance(value, list):
+        reason = reason.removesuffix(f", got {str(value)!r}")
+    return reason
+
+
+def _check_spec_file(spec: SpecFile, parser: argparse.ArgumentParser) -> None:
+    """Every key of a --spec file on its own, before it is merged with the command line, so that a bad
+    value is named where it was written (sweep.toml: epochs = 0: ...), not as if typed as --epochs 0.
+
+    Raises:
+        SpecError: the first bad value.
+    """
+    swept, compare_parser = set(swept_dests()), compare.build_parser()
+    for dest, value in spec.values.items():
+        try:
+            parser.parse_args(_toml_argv({dest: value}, parser))  # the sweep's own types and choices
+            if dest == "seeds":
+                parse_seeds(value)
+            if dest in swept:  # compare's types and choices, value by value as each configuration gets them
+                for v in split_values(dest, value):
+                    compare_parser.parse_args([f"--{dest.replace('_', '-')}", v])
+            elif dest == "backends":
+                compare._backends_from_args(",".join(split_values(dest, value)))
+            elif dest == "impl":
+                compare._impls_from_args(",".join(split_values(dest, value)))
+        except (SpecError, compare.UsageError) as exc:
+            raise spec.error(dest, _reason(str(exc), value)) from None
+
+
+def _blame(opts: Options, exc: SpecError) -> SpecError:
+    """A later error about an option whose value came from the --spec file, named there."""
+    m = _NAMED.match(str(exc))
+    dest = m.group(1).replace("-", "_") if m else None
+    if dest not in opts.sources:
+        return exc
+    return opts.sources[dest].error(dest, _reason(str(exc), opts.sources[dest].values[dest]))
+
+
+def expand_options(opts: Options) -> tuple[list[Any], list[Any], list[Any]]:
+    """The configurations, groups and cells of the sweep (:func:`multirnn.sweep_spec.expand`).
+
+    Raises:
+        SpecError: an invalid value, named in the --spec file when it came from there.
+    """
+    try:
+        return expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)
+    except SpecError as exc:
+        raise _blame(opts, exc) from None
 
 
 def parse_options(argv: list[str]) -> Options:
@@ -185,8 +252,12 @@ def parse_options(argv: list[str]) -> Options:
     """
     parser = build_parser()
     given = vars(parser.parse_args(argv))
+    sources: dict[str, SpecFile] = {}
     if "spec" in given:
-        from_file = vars(parser.parse_args(_toml_argv(read_toml(given["spec"], parser), parser)))
+        spec = read_toml(given["spec"], parser)
+        _check_spec_file(spec, parser)
+        from_file = vars(parser.parse_args(_toml_argv(spec.values, parser)))
+        sources = {d: spec for d in spec.values if d not in given}
         given = {**from_file, **given}
     dims = {d: split_values(d, given[d]) for d in swept_dests() if d in given}
     fixed: list[str] = []
@@ -210,6 +281,8 @@ def parse_options(argv: list[str]) -> Options:
         try:  # before importing ray: an unreachable address would have ray.init retry for minutes
             check_reachable(given["address"])
         except ConnectionError as exc:
+            if "address" in sources:
+                raise sources["address"].error("address", str(exc)) from None
             raise SpecError(f"--address {given['address']}: {exc}") from None
     if executor == "ray":
         try:
@@ -222,7 +295,8 @@ def parse_options(argv: list[str]) -> Options:
                    stall_timeout=given.get("stall_timeout", DEFAULT_STALL_TIMEOUT), out=given.get("out"),
                    resume=given.get("resume", False), overwrite=given.get("overwrite", False),
                    dry_run=given.get("dry_run", False), keep_checkpoints=given.get("keep_checkpoints", False),
-                   plots=not given.get("no_plot", False), quiet=given.get("quiet", False), notes=notes)
+                   plots=not given.get("no_plot", False), quiet=given.get("quiet", False), notes=notes,
+                   sources=sources)
 
 
 def estimate_seconds(cell: Any) -> float:
@@ -269,24 +343,13 @@ def _settings(opts: Options) -> dict[str, Any]:
             "equivalence_margin": opts.margin}
 
 
-def _seeds_text(seeds: list[int]) -> str:
-    """[0, 1, 2, 7] -> "0-2,7" (as --seeds takes them)."""
-    runs: list[list[int]] = []
-    for seed in seeds:
-        if runs and seed == runs[-1][1] + 1:
-            runs[-1][1] = seed
-        else:
-            runs.append([seed, seed])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def _settings_text(settings: dict[str, Any]) -> dict[str, str]:
     """Each setting as the option that gives it and its value ("--epochs": "10")."""
     text = {f"--{d.replace('_', '-')}": ",".join(v) for d, v in settings.get("dimensions", {}).items()}
     rows = settings.get("rows", [])
     for opt, value in zip(rows[::2], rows[1::2]):  # --prefix may repeat
         text[opt] = f"{text[opt]} {shlex.quote(value)}" if opt in text else shlex.quote(value)
-    text["--seeds"] = _seeds_text(settings.get("seeds", []))
+    text["--seeds"] = seeds_text(settings.get("seeds", []))
     text["--repeats"] = str(settings.get("repeats"))
     text["--equivalence-margin"] = f"{settings.get('equivalence_margin')}"
     return text
@@ -384,14 +447,18 @@ def first_line_of(exc: BaseException) -> str:
 
 
 def _summary(sweep: dict[str, Any]) -> str:
+    from .sweep_report import partial_text
+
     confs = {c["index"]: c["label"] for c in sweep["configurations"]}
+    partial = {p["configuration"]: p for p in (sweep.get("partial") or {}).get("configurations", [])}
     lines = []
     for conf in sweep["configurations"]:
         groups = [g for g in sweep["groups"] if g["configuration"] == conf["index"]]
         counts: dict[str, int] = {}
         for g in groups:
             counts[g["status"]] = counts.get(g["status"], 0) + 1
-        lines.append(f"{confs[conf['index']]}: " + ", ".join(f"{k} {n}/{len(groups)}" for k, n in counts.items()))
+        lines.append(f"{confs[conf['index']]}: " + ", ".join(f"{k} {n}/{len(groups)}" for k, n in counts.items())
+                     + (f" ({partial_text(partial[conf['index']])})" if conf["index"] in partial else ""))
         for s in sweep["statistics"]:
             if s["configuration"] == conf["index"]:
                 m = s["median_last_perplexity"]
@@ -410,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         opts = parse_options(argv)
-        configurations, groups, cells = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)
+        configurations, groups, cells = expand_options(opts)
         if opts.dry_run:
             print(_dry_run(opts, configurations, groups, cells))
             return EXIT_OK

@@ -29,10 +29,13 @@ def plot_all(sweep: dict[str, Any], records: dict[str, Any], out: Path) -> tuple
 
 
 def _curves(sweep: dict[str, Any], records: dict[str, Any], conf: int, row: str) -> np.ndarray | None:
-    """Per-epoch perplexity of every finished seed of a row (repeat 0), seeds x epochs."""
+    """Per-epoch perplexity of every finished seed of a row (repeat 0), seeds x epochs; in a partial
+    sweep, of the seeds where every row finished (as the statistics: the rows' bands cover the same seeds)."""
+    complete = {(g["configuration"], g["seed"]) for g in sweep["groups"] if g["complete"]}
     curves = []
     for c in sweep["cells"]:
-        if c["configuration"] == conf and c["row"] == row and c["repeat"] == 0 and c["status"] == "ok":
+        if c["configuration"] == conf and c["row"] == row and c["repeat"] == 0 and c["status"] == "ok" \
+                and (conf, c["seed"]) in complete:
             ppl = (records.get(c["id"]) or {}).get("result", {}).get("perplexity") or []
             curves.append([p if isinstance(p, (int, float)) and math.isfinite(p) else np.nan for p in ppl])
     if not curves:

@@ -19,12 +19,16 @@ from typing import Any
 from . import compare, report
 from .files import write_json_atomic, write_text_atomic
 from .sweep_engine import first_line, is_final
-from .sweep_spec import Cell, Configuration, Group
+from .sweep_spec import Cell, Configuration, Group, seeds_text
 from .sweep_stats import EQUIVALENCE_TEXT, mean_interval, tost_paired
 
 SCHEMA_VERSION = 1
 NON_IDENTITY = ("run", "speed", "timings")
 ORACLE = "numpy"
+PARTIAL_RULE = ("The sweep is unfinished: each configuration's statistics, equivalence tests, speeds and plots use "
+                "only the seeds for which every cell of that configuration (each row, each repeat) finished, so that "
+                "its rows are compared on the same seeds; the other finished cells are in cells/ and cells.csv, "
+                "not in these figures")
 
 
 def identity(sweep: dict[str, Any]) -> dict[str, Any]:
@@ -85,10 +89,12 @@ def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups:
                                                                   ("executor", "node", "host", "threads", "concurrency",
                                                                    "contended", "wall_seconds", "finished")}}
 
-    group_rows = []
+    group_rows, complete_seeds = [], set()
     for g in groups:
         res = _group_results(g, by_group[g.key], final, retries)
         complete = all(c.id in final for c in by_group[g.key])
+        if complete:
+            complete_seeds.add((g.configuration.index, g.seed))
         v = res["verdict"] if res else None
         group_rows.append({"configuration": g.configuration.index, "seed": g.seed, "key": g.key, "complete": complete,
                            "status": (v["status"] if complete else "incomplete") if v else "pending",
@@ -106,12 +112,46 @@ def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups:
                           "rows": first.plan.labels})
     sweep = {"schema_version": SCHEMA_VERSION, "spec": spec, "configurations": conf_rows, "groups": group_rows,
              "cells": cell_rows}
-    sweep["statistics"] = _statistics(conf_rows, cell_rows)
-    sweep["equivalence"] = _equivalence(conf_rows, cell_rows, margin)
-    sweep["speed"] = _speed(conf_rows, cell_rows, timings)
+    # Like for like: a configuration's rows are compared over the same seeds, those where every cell
+    # finished (all of them once the sweep is complete, which leaves its output as it was).
+    counted = [c for c in cell_rows if (c["configuration"], c["seed"]) in complete_seeds]
+    partial = _partial(conf_rows, group_rows, cell_rows)
+    if partial:  # only in a partial aggregate: a complete sweep's sweep.json keeps its keys
+        sweep["partial"] = partial
+    sweep["statistics"] = _statistics(conf_rows, counted)
+    sweep["equivalence"] = _equivalence(conf_rows, counted, margin)
+    sweep["speed"] = _speed(conf_rows, counted, timings)
     sweep["timings"] = timings
     sweep["run"] = run
     return sweep
+
+
+def _partial(confs: list[dict[str, Any]], groups: list[dict[str, Any]],
+             cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The configurations whose statistics leave seeds out (some cell of those seeds is not final), or
+    None when every seed of every configuration is complete."""
+    out = []
+    for conf in confs:
+        mine = [g for g in groups if g["configuration"] == conf["index"]]
+        if all(g["complete"] for g in mine):
+            continue
+        left_out = {g["seed"] for g in mine if not g["complete"]}
+        out.append({"configuration": conf["index"], "seeds": [g["seed"] for g in mine],
+                    "complete_seeds": [g["seed"] for g in mine if g["complete"]],
+                    "finished_not_aggregated": sum(1 for c in cells if c["configuration"] == conf["index"]
+                                                   and c["seed"] in left_out and c["status"] != "pending")})
+    if not out:
+        return None
+    return {"rule": PARTIAL_RULE, "configurations": out}
+
+
+def partial_text(entry: dict[str, Any]) -> str:
+    """One configuration's entry of sweep.json's ``partial``, for people: "partial: seeds 0, 1 of 0-4
+    complete for this configuration; 3 other finished cells not aggregated"."""
+    done, n = entry["complete_seeds"], entry["finished_not_aggregated"]
+    which = ("no seed" if not done else f"seed{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
+    return (f"partial: {which} of {seeds_text(entry['seeds'])} complete for this configuration; "
+            f"{n} other finished cell{'' if n == 1 else 's'} not aggregated")
 
 
 def _by(cells: list[dict[str, Any]], conf: int, row: str, repeat0: bool = True) -> list[dict[str, Any]]:
@@ -223,6 +263,11 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
              f"Cells: {len(sweep['cells'])} ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))})"
              + (f"; STOPPED by {run['stopped']}: partial results" if run.get("stopped") else "") + "  ",
              f"Machine: {run.get('machine', {}).get('platform')}, {run.get('machine', {}).get('cpu_count')} CPUs", ""]
+    partial = sweep.get("partial")
+    if partial:
+        lines += ["## Partial aggregate", "", f"{partial['rule']}.", ""]
+        lines += [f"- {confs[p['configuration']]['label']}: {partial_text(p)}" for p in partial["configurations"]]
+        lines.append("")
     lines += ["## Verdicts per configuration and seed", "",
               "The verdict of `python -m multirnn.compare` on the same rows (same code: `compare.assemble`).", ""]
     lines.append(report.markdown_table(
@@ -264,8 +309,8 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
             lines.append(f"- `{c['id']}` ({c['row']}, {confs[c['configuration']]['label']}, seed {c['seed']}): "
                          f"{c['status']} after {t.get('attempts', '?')} attempt(s): {c['error']}")
     lines += ["", ("Files: `sweep.json` (schema 1), `cells.csv`, `cells/<id>.json` (every run's full record), "
-                   "`groups/<configuration>-s<seed>/` (compare's report of each configuration and seed), "
-                   "`journal.jsonl`."), ""]
+                   "`groups/<configuration>-s<seed>/` (compare's report of each configuration and seed"
+                   + (", complete ones only" if partial else "") + "), `journal.jsonl`."), ""]
     return "\n".join(lines)
 
 
@@ -286,7 +331,10 @@ def write_all(sweep: dict[str, Any], out: Path, records: dict[str, Any], cells: 
     notes, plots = [], []
     if make_plots:
         plots, notes = sweep_plots.plot_all(sweep, records, out)
+    complete = {(g["configuration"], g["seed"]) for g in sweep["groups"] if g["complete"]}
     for g in groups:  # compare's own files for each (configuration, seed): the drill-down
+        if (g.configuration.index, g.seed) not in complete:
+            continue  # compare's verdict over some of the rows would read as the whole comparison's
         res = _group_results(g, [c for c in cells if c.group is g], records, retries)
         if res is not None:
             folder = out / "groups" / g.folder

@@ -74,6 +74,17 @@ def parse_seeds(text: str | int | list[Any]) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def seeds_text(seeds: list[int]) -> str:
+    """[0, 1, 2, 7] -> "0-2,7" (as --seeds takes them)."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def split_values(dest: str, value: Any) -> list[str]:
     """One option's values: a comma list (CLI), or a TOML scalar or array."""
     items = value if isinstance(value, list) else str(value).split(",")
@@ -83,8 +94,32 @@ def split_values(dest: str, value: Any) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def read_toml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The options of a ``--spec`` file, keyed by argparse dest (``batch-size`` and ``batch_size`` alike).
+@dataclass
+class SpecFile:
+    """The options of a ``--spec`` file, keyed by argparse dest, and how the file spells each key."""
+
+    path: str
+    values: dict[str, Any]
+    keys: dict[str, str]  # dest -> the key as written ("batch-size" or "batch_size")
+
+    def error(self, dest: str, reason: str) -> SpecError:
+        """A bad value, named where the user wrote it: "sweep.toml: epochs = 0: expected a positive integer"."""
+        return SpecError(f"{self.path}: {self.keys[dest]} = {toml_text(self.values[dest])}: {reason}")
+
+
+def toml_text(value: Any) -> str:
+    """A TOML value as it is written in the file (0, "a", [16, -3], true)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    return str(value)  # numbers (inf and nan as TOML spells them), dates
+
+
+def read_toml(path: str, parser: argparse.ArgumentParser) -> SpecFile:
+    """The options of a ``--spec`` file (``batch-size`` and ``batch_size`` alike).
 
     Raises:
         SpecError: unreadable file, bad TOML, an unknown key.
@@ -103,7 +138,7 @@ def read_toml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"--spec {path!r}: not valid TOML: {exc}") from None
     known = {a.dest: a for a in parser._actions if a.option_strings}
-    out: dict[str, Any] = {}
+    out = SpecFile(path, {}, {})
     for key, value in data.items():
         dest = key.replace("-", "_")
         if dest not in known or dest in ("spec", "help"):
@@ -111,7 +146,7 @@ def read_toml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
                             "e.g. backends, dtype, hidden, seeds)")
         if isinstance(value, dict):
             raise SpecError(f"--spec {path!r}: {key} must be a value or a list of values, not a table")
-        out[dest] = value
+        out.values[dest], out.keys[dest] = value, key
     return out
 
 

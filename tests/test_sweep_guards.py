@@ -218,3 +218,93 @@ def test_a_listening_address_passes():
         s.bind(("127.0.0.1", 0))
         s.listen()
         check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+# --- a partial aggregate compares like for like ------------------------------------------------------
+
+
+def _synthetic_sweep(finished):
+    """Two configurations (float32, float64) x seeds 0-2 x two rows, with records for the cells
+    ``finished(cell)`` says; every run's median-last perplexity is 10 + seed (+ 0.1 off the oracle)."""
+    from multirnn.sweep_spec import expand
+
+    opts = sweep_cli.parse_options(["--backends", "numpy,tests.zoo:OracleCopy", "--init", "independent",
+                                    "--dtype", "float32,float64", "--seeds", "0-2", *TINY])
+    confs, groups, cells = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)
+    records = {}
+    for c in cells:
+        if finished(c):
+            ppl = 10.0 + c.group.seed + (0.0 if c.backend == "numpy" else 0.1)
+            records[c.id] = {"id": c.id, "status": "ok", "attempts": 1, "run": {"executor": "local", "node": "local"},
+                             "result": {"name": c.label, "backend": c.backend, "impl": c.impl, "status": "ok",
+                                        "perplexity": [ppl + 1.0, ppl, ppl], "epoch_seconds": [1.0] * 3,
+                                        "tokens_per_sec": [1000.0] * 3, "tokens_per_sec_median": 1000.0}}
+    return confs, groups, cells, records
+
+
+def test_a_partial_aggregate_uses_only_the_seeds_every_row_finished(tmp_path):
+    from multirnn import sweep_plots, sweep_report
+
+    # float64 stopped early: the oracle finished seeds 0-2, the other row seed 0 only
+    confs, groups, cells, records = _synthetic_sweep(
+        lambda c: c.group.configuration.index == 0 or c.backend == "numpy" or c.group.seed == 0)
+    s = sweep_report.aggregate({}, confs, groups, cells, records, 1, 0.05, {"stopped": "Ctrl-C"})
+    stats = {(x["configuration"], x["row"]): x for x in s["statistics"]}
+    for row in ("numpy", "tests.zoo:OracleCopy"):  # float64: seed 0 alone, for both rows
+        assert stats[(1, row)]["median_last_perplexity"]["n"] == 1 and stats[(1, row)]["statuses"] == {"ok": 1}
+        assert stats[(0, row)]["median_last_perplexity"]["n"] == 3  # float32 is complete: all its seeds
+    assert stats[(1, "numpy")]["median_last_perplexity"]["mean"] == 10.0  # not the mean of seeds 0-2 (11.0)
+    assert {r["configuration"]: r["n"] for r in s["equivalence"]["rows"]} == {0: 3, 1: 1}
+    assert {(r["configuration"], r["row"]): r["n"] for r in s["speed"]["rows"]}[(1, "numpy")] == 1
+    assert s["partial"]["configurations"] == [{"configuration": 1, "seeds": [0, 1, 2], "complete_seeds": [0],
+                                               "finished_not_aggregated": 2}]
+    assert sweep_plots._curves(s, records, 1, "numpy").shape[0] == 1
+    text = sweep_report.markdown(s, [])
+    assert "## Partial aggregate" in text
+    assert ("- dtype=float64: partial: seed 0 of 0-2 complete for this configuration; 2 other finished cells "
+            "not aggregated") in text
+    assert "dtype=float32: partial" not in text
+    assert "seed 0 of 0-2 complete" in sweep_cli._summary(s)
+    sweep_report.write_all(s, tmp_path, records, cells, groups, 1, make_plots=False)
+    assert len(list((tmp_path / "groups").iterdir())) == 4  # compare's reports: the complete groups only
+
+    # the same sweep finished: every seed counts, and nothing says partial
+    confs, groups, cells, records = _synthetic_sweep(lambda c: True)
+    s = sweep_report.aggregate({}, confs, groups, cells, records, 1, 0.05, {})
+    assert "partial" not in s and all(x["median_last_perplexity"]["n"] == 3 for x in s["statistics"])
+    assert stats[(0, "numpy")] == s["statistics"][0]
+    assert "artial" not in sweep_report.markdown(s, [])
+
+
+# --- a bad value in a --spec file is named there -----------------------------------------------------
+
+
+@pytest.mark.parametrize("line, message", [
+    ("epochs = 0", "sweep.toml: epochs = 0: expected a positive integer"),
+    ("batch-size = 0", "sweep.toml: batch-size = 0: expected a positive integer"),
+    ("hidden = [16, -3]", "sweep.toml: hidden = [16, -3]: expected a positive integer, got '-3'"),
+    ('dtype = "float16"', "sweep.toml: dtype = \"float16\": invalid choice: 'float16' (choose from 'float32', 'float64')"),
+    ("jobs = 0", "sweep.toml: jobs = 0: expected a positive integer"),
+    ('seeds = "4-1"', 'sweep.toml: seeds = "4-1": the range goes down'),
+    ("quiet = 3", "sweep.toml: quiet = 3: expected true or false"),
+    ("epochs = []", "sweep.toml: epochs = []: is empty"),
+    ('impl = "bogus"', 'sweep.toml: impl = "bogus": expected scratch, layers, all or a comma list of them'),
+    ('text = "missing.txt"', 'sweep.toml: text = "missing.txt": no such file'),  # found by compare's plan
+])
+def test_a_bad_value_in_a_spec_file_is_named_there(tmp_path, monkeypatch, capsys, line, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.toml").write_text(line + "\n")
+    err = refused(["--spec", "sweep.toml", "--backends", "numpy", "--out", "out"], capsys)
+    assert err.strip() == f"multirnn.sweep: error: {message}", err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_bad_value_on_the_command_line_is_still_the_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.toml").write_text("epochs = 2\njobs = 1\n")
+    for args, message in ((["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+                          (["--jobs", "0"], "argument --jobs: expected a positive integer, got '0'")):
+        for spec in ([], ["--spec", "sweep.toml"]):  # the command line's value wins over the file's, and its error
+            err = refused([*spec, "--backends", "numpy", *args, "--out", "out"], capsys)
+            assert err.strip() == f"multirnn.sweep: error: {message}", err
+    assert not (tmp_path / "out").exists()
