@@ -224,6 +224,14 @@ def state_effects(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt
     return out
 
 
+def state_rules_settled(records: list[dict[str, float]], band: float) -> bool:
+    """Whether every rule measured by :func:`state_effects` has moved a step past ``band`` at some
+    checkpoint of ``records`` (then the verdict's note cannot apply, and further checkpoints need not
+    be measured)."""
+    rules = {k for r in records for k in r if k != "epoch"}
+    return bool(rules) and all(max(r.get(k, 0.0) for r in records) > band for k in rules)
+
+
 def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> list[Probe]:
     """The backend's two probe steps (clipping off, then on) on the checkpoint's first minibatch,
     against the oracle's (taken from the checkpoint when its run computed them, else computed here)."""

@@ -131,7 +131,8 @@ class Verdict:
     backends: tuple[BackendVerdict, ...] = ()
     independent_rtol: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
-    # The largest effect over the checkpoints of breaking each state rule (lockstep.state_effects):
+    # The largest effect over the measured checkpoints (the anchor measures until every rule has moved a
+    # step past the band) of breaking each state rule (lockstep.state_effects):
     # {"reset": ..., "detach": ...}; what the bands can see of such bugs. None if not measured.
     state_effects: Mapping[str, float] | None = None
 

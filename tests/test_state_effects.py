@@ -110,3 +110,11 @@ def test_a_small_young_float32_run_warns_that_state_bugs_may_pass(tmp_path):
     assert "Note: at these settings the state rules barely move a step" in proc.stdout
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["verdict"]["state_effects"]["detach"] < 1e-3
+
+
+def test_measuring_stops_once_every_rule_has_moved_a_step_past_the_band():
+    assert not lockstep.state_rules_settled([], 1e-3)
+    assert not lockstep.state_rules_settled([{"epoch": 1, "reset": 5e-3, "detach": 1e-4}], 1e-3)
+    assert lockstep.state_rules_settled([{"epoch": 1, "reset": 5e-3, "detach": 1e-4},
+                                         {"epoch": 7, "reset": 1e-5, "detach": 2e-3}], 1e-3)
+    assert lockstep.state_rules_settled([{"epoch": 1, "reset": 5e-3}], 1e-3)  # random sampling: one rule
