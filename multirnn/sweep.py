@@ -386,10 +386,18 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
     if opts.overwrite or not store.is_sweep():
         return
     earlier = _earlier(out)
-    differs = _differences(earlier["settings"], settings) if earlier else []
-    if not differs and earlier and "cells" in earlier and set(earlier["cells"]) != set(cell_ids):
-        differs = ["the same options now make other cells (a --text or --eval-text file changed, or "
-                   + "multirnn's version)"]
+    if earlier and "cells" in earlier:
+        # The cell ids decide: options spelled differently (a default given explicitly) that make the
+        # same cells are the same sweep; the settings only word what differs when the cells do.
+        if set(earlier["cells"]) == set(cell_ids):  # only what the aggregate alone reads can still differ
+            margin = {"equivalence_margin": earlier["settings"].get("equivalence_margin")}
+            differs = [d for d in _differences(margin, {"equivalence_margin": settings["equivalence_margin"]})
+                       if d.startswith("--equivalence-margin")]
+        else:
+            differs = _differences(earlier["settings"], settings) or [
+                "the same options now make other cells (a --text or --eval-text file changed, or multirnn's version)"]
+    else:  # a sweep from before spec.json: only its settings (and its cells/ below) can tell
+        differs = _differences(earlier["settings"], settings) if earlier else []
     stray = store.recorded() - set(cell_ids)
     if not differs and stray:  # a folder without a record of its settings: its cells tell
         differs = [f"cells/ holds {len(stray)} cell(s) that are not in this sweep"]

@@ -45,6 +45,18 @@ def first_line(error: str | None) -> str | None:
     return error.split("; its last output:")[0].split("\n")[0]
 
 
+SPEC_KEYS = ("settings", "cells", "command")  # what every spec.json a sweep writes holds
+
+
+def _json_with(path: Path, keys: tuple[str, ...]) -> bool:
+    """``path`` is a JSON object with every one of ``keys`` (unreadable or other JSON: False)."""
+    try:
+        found = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and all(k in found for k in keys)
+
+
 class Store:
     """The sweep's output folder: cell records, journal, prepared data and anchor checkpoints."""
 
@@ -59,7 +71,10 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
 
     def is_sweep(self) -> bool:
-        return self.cells.is_dir() or (self.out / SPEC_FILE).is_file() or (self.out / "sweep.json").is_file()
+        """A sweep wrote here: its cells/, or a spec.json / sweep.json of a sweep's own shape (a file of
+        that name from anything else does not make the folder a sweep, nor --overwrite delete it)."""
+        return self.cells.is_dir() or _json_with(self.out / SPEC_FILE, SPEC_KEYS) or _json_with(
+            self.out / "sweep.json", ("spec", "cells"))
 
     def clear(self) -> None:
         """Remove everything a sweep wrote here (--overwrite); anything else in the folder stays."""
@@ -76,7 +91,12 @@ class Store:
             OSError, ValueError: it exists but cannot be read.
         """
         path = self.out / SPEC_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        found = json.loads(path.read_text())
+        if not isinstance(found, dict) or not all(k in found for k in SPEC_KEYS):
+            raise ValueError(f"{SPEC_FILE} is not a sweep's record (no {', '.join(SPEC_KEYS)})")
+        return found
 
     def define(self, definition: dict[str, Any]) -> None:
         """Record what defines this sweep, once: a resume keeps the first start's record."""

@@ -144,6 +144,7 @@ def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     ("empty", "holds no sweep (no spec.json or cells/)"),
     ("compare", "holds no sweep (no spec.json or cells/) but a compare run"),
     ("other", "holds no sweep"),
+    ("foreign-spec", "holds no sweep"),  # a spec.json of something else is not a sweep's
 ])
 def test_resume_of_a_folder_without_a_sweep_is_refused(tmp_path, capsys, kind, message):
     out = tmp_path / "out"
@@ -153,6 +154,9 @@ def test_resume_of_a_folder_without_a_sweep_is_refused(tmp_path, capsys, kind, m
         (out / "results.json").write_text("{}")
     if kind == "other":
         (out / "data.txt").write_text("x")
+    if kind == "foreign-spec":
+        (out / "spec.json").write_text('{"name": "my project"}')
+        (out / "report.md").write_text("mine")
     before = snapshot(out)
     assert message in refused([*BASE, "--out", str(out), "--resume"], capsys)
     assert snapshot(out) == before and out.exists() == (kind != "missing")
@@ -308,3 +312,20 @@ def test_a_bad_value_on_the_command_line_is_still_the_options(tmp_path, monkeypa
             err = refused([*spec, "--backends", "numpy", *args, "--out", "out"], capsys)
             assert err.strip() == f"multirnn.sweep: error: {message}", err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_foreign_spec_json_is_neither_a_sweep_nor_cleared_by_overwrite(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spec.json").write_text('{"name": "my project"}')
+    (out / "report.md").write_text("mine")
+    before = snapshot(out)
+    assert "is not empty and not a sweep folder" in refused([*BASE, "--out", str(out), "--overwrite"], capsys)
+    assert snapshot(out) == before
+
+
+def test_defaults_given_explicitly_make_the_same_cells_and_resume(folder):
+    """--dtype float32 --impl scratch are the defaults: the same cells, so the same sweep (not 'other settings')."""
+    proc = sweep([*BASE, "--dtype", "float32", "--impl", "scratch", "--out", str(folder), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert sum(ends(folder).values()) == 2  # nothing ran again
