@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import shutil
 import signal
@@ -117,11 +116,6 @@ def _defaults(field: str, fmt: str = "{}", protocol: str | None = None) -> str:
     """The value of a config field in every preset (of ``protocol``, when given), for --help."""
     return "default: " + ", ".join(f"{name} {fmt.format(getattr(c, field))}" for name, c in PRESETS.items()
                                    if protocol is None or c.protocol == protocol)
-
-
-def _plural(n: int, word: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # Presets whose pipeline ignores the ed. 1 options (--sampling, --max-tokens), for --help and the refusal.
@@ -573,10 +567,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     pairs, pair_notes = _rows_to_run(names, impls)
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
-    # prompts get the text's own preprocessing (lowercase, non-letters -> space), as d2l's vocabulary has
-    prefixes = tuple(re.sub("[^A-Za-z]+", " ", p).lower() for p in args.prefix) if args.prefix else SAMPLE_PREFIXES
-    if any(not p.strip() for p in prefixes):
-        raise UsageError("--prefix must contain at least one letter")
+    prefixes = tuple(args.prefix) if args.prefix else SAMPLE_PREFIXES  # checked against the text's vocabulary below
     try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
         data = prepare_data(config, text, args.encoding)
         eval_ids = None
@@ -585,9 +576,9 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
             eval_ids = encode(eval_text, data.vocab, encoding=enc)
             if len(eval_ids) < config.batch_size * config.num_steps + 1:
                 raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
-        if args.prefix:  # the user's prompts: each must fit this text's vocabulary (the message names what not)
+        if args.prefix:  # the user's prompts, preprocessed as the text is; each must fit its vocabulary
             prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
-        else:  # the default prompts on the user's --text: keep those that fit, else its most frequent letter
+        else:  # the default prompts on the user's --text: keep those that fit, else the vocabulary's first letter
             fits = [p for p in prefixes if all(c in data.vocab.token_to_idx for c in p)]
             prefixes = tuple(fits) or (next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1),)
     except ValueError as exc:
@@ -660,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
     progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
-                     f"({config.protocol}, {_plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
+                     f"({config.protocol}, {report.plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
                      f"mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
     for note in data_notes + pair_notes + options["run_notes"]:
@@ -833,7 +824,7 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
               "and peak memory were measured under that sharing, not each framework's best speed (for speed: "
               "--jobs 1, or benchmarks/)")]
     if jobs * (threads or 1) > cores:
-        notes.append(f"{jobs} rows at a time exceed the {_plural(cores, 'usable core')}: they competed for them")
+        notes.append(f"{jobs} rows at a time exceed the {report.plural(cores, 'usable core')}: they competed for them")
     return notes
 
 

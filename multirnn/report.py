@@ -112,7 +112,7 @@ def config_text(results: dict[str, Any]) -> str:
         used = f"all {tokens.get('used', '?'):,} tokens"
     # d2l ed. 2 shuffles fixed windows: it has no sampling mode (TrainConfig.batching)
     batching = "shuffled windows" if c["protocol"] == "d2l-ed2" else f"{c['sampling']} sampling"
-    out = (f"{c['protocol']}, {_count(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
+    out = (f"{c['protocol']}, {plural(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
            f"hidden {c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {batching}, {c['dtype']}, "
            f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")
     if o.get("eval_text"):
@@ -120,7 +120,8 @@ def config_text(results: dict[str, Any]) -> str:
     return out
 
 
-def _count(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -153,7 +154,7 @@ def barely_trained(results: dict[str, Any]) -> str | None:
         for prefix, text in (b.get("samples") or {}).items():
             tail = text[len(prefix):]
             if tail and len(set(tail)) <= BARELY_TRAINED_DISTINCT:
-                return (f"the model is barely trained after {_count(results['config']['num_epochs'], 'epoch')}: its greedy "
+                return (f"the model is barely trained after {plural(results['config']['num_epochs'], 'epoch')}: its greedy "
                         "continuations repeat one or two characters (spaces, 't t t'), which is expected this early "
                         "and not a bug; train longer (--epochs) for words")
     return None

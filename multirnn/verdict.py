@@ -400,9 +400,13 @@ def judge(
 def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
     """Per state rule, the largest effect of breaking it over the anchor run's checkpoints."""
     records = [e for r in rows for e in r.get("state_effects") or []]
-    if not records:
-        return None
-    return {k: max(float(e[k]) for e in records if k in e) for k in ("reset", "detach") if any(k in e for e in records)}
+    out = {}
+    for k in ("reset", "detach"):
+        # a non-finite effect (stored as null) is no measurement: skipped
+        values = [float(e[k]) for e in records if isinstance(e.get(k), (int, float)) and math.isfinite(e[k])]
+        if values:
+            out[k] = max(values)
+    return out or None
 
 
 def _unseen_state_rules(effects: Mapping[str, float] | None, band: float) -> str | None:

@@ -294,7 +294,11 @@ def run(task: WorkerTask, progress: Channel) -> None:
             seen = result.setdefault("state_effects", [])
             band = min(verdict.STEP_RTOL[config.dtype], verdict.NORM_RTOL[config.dtype])
             if not lockstep.state_rules_settled(seen, band):
-                effects = lockstep.state_effects(oracle, config, data, ckpt)
+                try:
+                    effects = lockstep.state_effects(oracle, config, data, ckpt)
+                except Exception as exc:  # informational only: it must not cost the row its checkpoints
+                    effects = None
+                    result.setdefault("state_effects_error", f"{type(exc).__name__}: {exc}")
                 if effects is not None:
                     seen.append({"epoch": ckpt.epoch, **effects})
             lockstep.save_checkpoint(save_to, dataclasses.replace(ckpt, probe_refs=refs))

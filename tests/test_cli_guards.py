@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from multirnn import compare
+from multirnn import compare, report
 from multirnn.backends import TORCH_CPU_WHEEL, install_hint
 from multirnn.config import PRESETS
 from multirnn.sweep_spec import expand
@@ -98,7 +98,7 @@ def test_short_runs_record_the_checkpoint_spacing_they_really_have():
 
 
 def test_plurals():
-    assert compare._plural(1, "epoch") == "1 epoch" and compare._plural(2, "epoch") == "2 epochs"
+    assert report.plural(1, "epoch") == "1 epoch" and report.plural(2, "epoch") == "2 epochs"
     assert "the 1 usable core:" in compare._jobs_notes(2, 1, 1, True, True)[-1]
 
 

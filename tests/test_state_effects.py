@@ -96,8 +96,15 @@ def test_the_verdict_says_when_the_band_cannot_see_broken_state_rules():
     assert "not detached" in note and "fresh state" not in note
     v = judge(_rows([*small, {"epoch": 3, "reset": 5e-3, "detach": 2e-3}]))
     assert not any("state rules" in n for n in v.notes)
-    # in float64 the bands are 1e-9: the same effects are seen
-    assert not any("state rules" in n for n in judge(_rows(small), dtype="float64").notes)
+    # in float64 the bands are 1e-9: the same effects are seen (the backend agreeing within them)
+    exact = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])],
+                              [probe(1, diff=1e-13), probe(2, diff=1e-13)])]
+    exact[0] = dict(exact[0], state_effects=small)
+    v = judge(exact, dtype="float64")
+    assert v.status == "agree" and not any("state rules" in n for n in v.notes)
+    assert "state rules" in (verdict._unseen_state_rules(v.state_effects, 1e-3) or "")
+    # a non-finite effect (null in JSON) is skipped, not a crash
+    assert judge(_rows([{"epoch": 1, "reset": None, "detach": 2e-6}])).state_effects == {"detach": 2e-6}
 
 
 def test_a_small_young_float32_run_warns_that_state_bugs_may_pass(tmp_path):
