@@ -14,6 +14,7 @@ final perplexities are compared: each backend's median over its last epochs must
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,13 @@ def epoch_of_step(step: int, steps_per_epoch: Sequence[int]) -> int:
     """The 1-based epoch that the 1-based global ``step`` belongs to."""
     bounds = np.cumsum(steps_per_epoch)
     return int(np.searchsorted(bounds, step) + 1)
+
+
+def relative_error(got: float, ref: float) -> float:
+    """``|got - ref| / |ref|`` of two numbers; a non-finite pair is 0 if equal, else inf."""
+    if not (math.isfinite(got) and math.isfinite(ref)):
+        return 0.0 if got == ref else math.inf
+    return abs(got - ref) / max(abs(ref), np.finfo(np.float64).tiny)
 
 
 def relative_deviation(losses: Sequence[float], reference: Sequence[float]) -> np.ndarray:

@@ -22,6 +22,11 @@ SAMPLINGS = ("sequential", "random")
 ED1_ONLY = ("sampling", "max_tokens")
 
 
+def batching_text(protocol: str, sampling: str) -> str:
+    """How minibatches are drawn, for run headers: ed. 2 has no sampling mode (``sampling`` is unused)."""
+    return "shuffled windows" if protocol == "d2l-ed2" else f"{sampling} sampling"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; one name per concept, as in d2l.
@@ -94,8 +99,8 @@ class TrainConfig:
 
     @property
     def batching(self) -> str:
-        """How minibatches are drawn, for run headers: ed. 2 has no sampling mode (``sampling`` is unused)."""
-        return "shuffled windows" if self.protocol == "d2l-ed2" else f"{self.sampling} sampling"
+        """How minibatches are drawn, for run headers (:func:`batching_text`)."""
+        return batching_text(self.protocol, self.sampling)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import agreement
 from .backends.base import Backend
 from .config import TrainConfig
 from .harness import Checkpoint, TrainingData, run_epoch
@@ -184,14 +185,6 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     return refs
 
 
-def _rel(got: float, ref: float) -> float:
-    return abs(got - ref) / abs(ref) if ref != 0 else (0.0 if got == 0 else math.inf)
-
-
-def _grad_norm(grads: dict[str, np.ndarray]) -> float:
-    return math.sqrt(sum(float(np.sum(np.square(g))) for g in grads.values()))
-
-
 def state_effects(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> dict[str, float] | None:
     """How far breaking a state rule moves one step at ``ckpt``: what the re-anchored checks can see.
 
@@ -210,17 +203,22 @@ def state_effects(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt
     if first is None or second is None or first[0].shape != second[0].shape:
         return None
     (X1, Y1), (X2, Y2) = first, second
+    rel = agreement.relative_error
+
+    def grad_norm(grads: dict[str, np.ndarray]) -> float:  # the oracle's own, unclipped
+        return float(oracle.clip_gradients(grads, math.inf)[1])
+
     params = oracle.params_from_numpy({k: v.astype(np.float64) for k, v in ckpt.params.items()})
     fresh = oracle.init_state(X1.shape[0], config.num_hiddens, "float64")
     _, g1, carried_state = oracle.loss_and_grads(params, X1, Y1, fresh)
     carried = oracle.loss_and_grads(params, X2, Y2, carried_state)
-    loss, norm = float(carried[0]), _grad_norm(carried[1])
+    loss, norm = float(carried[0]), grad_norm(carried[1])
     reset = oracle.loss_and_grads(params, X2, Y2, fresh)
-    out = {"reset": max(_rel(float(reset[0]), loss), _rel(_grad_norm(reset[1]), norm))}
+    out = {"reset": max(rel(float(reset[0]), loss), rel(grad_norm(reset[1]), norm))}
     if not config.resets_state_every_batch:
         _, g_joined, _ = oracle.loss_and_grads(params, np.concatenate([X1, X2], axis=1),
                                                np.concatenate([Y1, Y2], axis=1), fresh)
-        out["detach"] = _rel(_grad_norm({k: 2 * g_joined[k] - g1[k] for k in g1}), norm)  # the loss is unchanged
+        out["detach"] = rel(grad_norm({k: 2 * g_joined[k] - g1[k] for k in g1}), norm)  # the loss is unchanged
     return out
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import batching_text
 from .files import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 2
@@ -110,8 +111,7 @@ def config_text(results: dict[str, Any]) -> str:
         used = f"{c['num_train']:,} training and {c['num_val']:,} validation windows of its {tokens.get('total') or '?':,} characters"
     else:
         used = f"all {tokens.get('used', '?'):,} tokens"
-    # d2l ed. 2 shuffles fixed windows: it has no sampling mode (TrainConfig.batching)
-    batching = "shuffled windows" if c["protocol"] == "d2l-ed2" else f"{c['sampling']} sampling"
+    batching = batching_text(c["protocol"], c["sampling"])
     out = (f"{c['protocol']}, {plural(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
            f"hidden {c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {batching}, {c['dtype']}, "
            f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")

@@ -390,9 +390,8 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
         # The cell ids decide: options spelled differently (a default given explicitly) that make the
         # same cells are the same sweep; the settings only word what differs when the cells do.
         if set(earlier["cells"]) == set(cell_ids):  # only what the aggregate alone reads can still differ
-            margin = {"equivalence_margin": earlier["settings"].get("equivalence_margin")}
-            differs = [d for d in _differences(margin, {"equivalence_margin": settings["equivalence_margin"]})
-                       if d.startswith("--equivalence-margin")]
+            before, now = earlier["settings"].get("equivalence_margin"), settings["equivalence_margin"]
+            differs = [] if before == now else [f"--equivalence-margin {before} (now {now})"]
         else:
             differs = _differences(earlier["settings"], settings) or [
                 "the same options now make other cells (a --text or --eval-text file changed, or multirnn's version)"]

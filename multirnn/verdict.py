@@ -177,12 +177,6 @@ def _ran(row: Mapping[str, Any]) -> bool:
                                                             or lock.get("probes"))
 
 
-def _rel(got: float, ref: float) -> float:
-    if not (math.isfinite(got) and math.isfinite(ref)):
-        return 0.0 if got == ref else math.inf
-    return abs(got - ref) / max(abs(ref), np.finfo(np.float64).tiny)
-
-
 def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[int, dict[str, list[float]]]:
     """Per checkpoint epoch: the reference's losses and norms over that stretch."""
     out: dict[int, dict[str, list[float]]] = {}
@@ -232,7 +226,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
             s, r = stretches[epoch], ref[epoch]
             for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol)):
                 for i, (got, want) in enumerate(zip(s[key], r[key])):
-                    dev = _rel(got, want)
+                    dev = agreement.relative_error(got, want)
                     devs[key] = max(devs[key], dev)
                     if not dev <= tol and (first is None or (first.step or 0) > r["start"] + i + 1):
                         first = Crossing(epoch, r["start"] + i + 1, what, dev, tol)
@@ -241,8 +235,8 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                                  math.inf, rtol)
         probe_ratio = 0.0
         for p in probes.get(epoch, []):
-            checks = [("loss", _rel(p["loss"], p["ref_loss"]), rtol),
-                      ("grad norm", _rel(p["grad_norm"], p["ref_grad_norm"]), nrtol)]
+            checks = [("loss", agreement.relative_error(p["loss"], p["ref_loss"]), rtol),
+                      ("grad norm", agreement.relative_error(p["grad_norm"], p["ref_grad_norm"]), nrtol)]
             for k, (diff, update, size) in p["params"].items():
                 dev = diff / update if update > 0 else (0.0 if diff == 0 else math.inf)
                 allowed = prtol + (rounding * size / update if update > 0 else math.inf)
@@ -409,6 +403,12 @@ def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]
     return out or None
 
 
+def state_band(dtype: str) -> float:
+    """The band a state rule's one-step effect must pass to be seen: the tighter of the loss and
+    gradient-norm bands (the worker stops measuring once every rule has passed it)."""
+    return min(STEP_RTOL[dtype], NORM_RTOL[dtype])
+
+
 def _unseen_state_rules(effects: Mapping[str, float] | None, band: float) -> str | None:
     """A note when breaking a state rule moves no checked step outside the band at any checkpoint."""
     if not effects:
@@ -545,7 +545,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if effects:
         notes.append("the frameworks' own initialisers, not the layers, move the final perplexity: mean median-last "
                      "perplexity over the seeds vs the oracle's from d2l's N(0, 0.01^2): " + "; ".join(effects))
-    unseen = (_unseen_state_rules(base.get("state_effects"), min(base["step_rtol"], base["norm_rtol"]))
+    unseen = (_unseen_state_rules(base.get("state_effects"), state_band(base["dtype"]))
               if has_lockstep else None)
     if unseen and status == "agree":
         notes.append(unseen)

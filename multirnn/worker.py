@@ -292,8 +292,7 @@ def run(task: WorkerTask, progress: Channel) -> None:
             # step past the band at some checkpoint that is settled, so the rest are not measured (at the
             # book run's shapes each measurement costs ~0.3 s of the anchor's time).
             seen = result.setdefault("state_effects", [])
-            band = min(verdict.STEP_RTOL[config.dtype], verdict.NORM_RTOL[config.dtype])
-            if not lockstep.state_rules_settled(seen, band):
+            if not lockstep.state_rules_settled(seen, verdict.state_band(config.dtype)):
                 try:
                     effects = lockstep.state_effects(oracle, config, data, ckpt)
                 except Exception as exc:  # informational only: it must not cost the row its checkpoints
