@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import agreement
+from .report import plural
 
 ORACLE = "numpy"
 # Relative tolerances of the re-anchored checks, per dtype. float32: over the full d2l-ed1 run
@@ -135,6 +136,9 @@ class Verdict:
     # step past the band) of breaking each state rule (lockstep.state_effects):
     # {"reset": ..., "detach": ...}; what the bands can see of such bugs. None if not measured.
     state_effects: Mapping[str, float] | None = None
+    # Where the reference's own training diverged, and how much of the run that left to compare:
+    # {"epoch", "step", "steps_compared", "whole_stretch"}; None if it did not diverge.
+    reference_diverged: Mapping[str, Any] | None = None
 
     def backend(self, name: str) -> BackendVerdict:
         return next(b for b in self.backends if b.name == name)
@@ -191,8 +195,13 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
                 n = spe[k - 1] + (1 if k < len(spe) else 0) if k <= len(spe) else len(s["loss"])
                 if k <= len(spe):
                     a = int(bounds[k - 1])
+                # Where the oracle diverged, the stretch it cut short is not judged: steps just before a
+                # blow-up amplify rounding at every step (at lr 20 a correct backend's gradient norm left
+                # the band the step before the divergence)
+                partial = oracle.get("status") == "diverged" and not (k <= len(spe) and bounds[k] < len(oracle["step_loss"]))
                 out.setdefault(k, {"loss": list(oracle["step_loss"][a:a + n]),
-                                   "grad_norm": list(oracle["step_grad_norm"][a:a + n]), "start": a})
+                                   "grad_norm": list(oracle["step_grad_norm"][a:a + n]), "start": a,
+                                   "partial": partial})
         return out
     # median of every backend's stretch (the anchor's own is its free run over the same steps)
     by_epoch: dict[int, list[tuple[list[float], list[float], int]]] = {}
@@ -222,7 +231,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
     for epoch in sorted(set(stretches) | set(probes)):
         first: Crossing | None = None
         devs = {"loss": 0.0, "grad_norm": 0.0}
-        if epoch in stretches and epoch in ref:
+        if epoch in stretches and epoch in ref and not ref[epoch].get("partial"):
             s, r = stretches[epoch], ref[epoch]
             for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol)):
                 for i, (got, want) in enumerate(zip(s[key], r[key])):
@@ -322,7 +331,8 @@ def judge(
                 norm_rtol=NORM_RTOL[dtype], probe_rtol=PROBE_RTOL[dtype], rounding=ROUNDING[dtype], clipped_steps=clipped, total_steps=total,
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
-                state_effects=largest_state_effects(ran))
+                state_effects=largest_state_effects(ran),
+                reference_diverged=reference_divergence(ran, reference))
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -389,6 +399,29 @@ def judge(
     diverged = [f"{r['name']} (epoch {r.get('diverged_epoch', '?')}, step {r.get('diverged_step', '?')})"
                 for r in ran if r.get("status") == "diverged"]
     return _assemble(tuple(all_rows), has_lockstep, base, diverged)
+
+
+def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[str, Any] | None:
+    """Where the reference diverged, and whether one whole re-anchored stretch came before it.
+
+    A stretch is an epoch plus the next one's first step: the least that exercises both state rules
+    (carried within the epoch, reset at its boundary). The oracle's own run decides; with the median
+    as the reference, the run of the backend that got furthest (the median exists only while the others
+    have steps too), and only when every backend diverged.
+    """
+    if reference == ORACLE:
+        candidates = [r for r in rows if r["name"] == ORACLE]
+    elif reference == "median":
+        candidates = list(rows)
+    else:
+        return None
+    if not candidates or any(r.get("status") != "diverged" for r in candidates):
+        return None
+    furthest = max(candidates, key=lambda r: len(r.get("step_loss") or []))
+    done = len(furthest.get("step_loss") or [])
+    spe = list(furthest.get("steps_per_epoch") or [])
+    return {"name": furthest["name"], "epoch": furthest.get("diverged_epoch"), "step": furthest.get("diverged_step"),
+            "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0]}
 
 
 def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -518,10 +551,26 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             stat = (f"; statistical (every layer starts from its framework's own initialisers): the median-last "
                     f"perplexity of each seed's run paired with the d2l model trained from the same weights, "
                     f"equivalent within {FRAMEWORK_INIT_RTOL:.0%} by a paired TOST (alpha 0.05)")
-        if others:
+        div = base.get("reference_diverged")
+        if others and div and not div["whole_stretch"]:
+            # a step or two before the blow-up cannot show the state rules: no evidence of equivalence
+            status = "not-judged"
+            n = div["steps_compared"]
+            parts.append(f"too little to judge: {base['reference_label']} diverged at epoch {div['epoch']}, step "
+                         f"{div['step']}, before "
+                         + ("one re-anchored stretch (an epoch and the next one's first step) was complete"
+                            if has_lockstep else "its second epoch began")
+                         + f"; {_plural(others, 'agrees', 'agree')} with it "
+                         + (f"on the probe steps only (the {plural(n, 'step')} before the blow-up amplify rounding "
+                            "step by step: not judged)" if has_lockstep else f"over the {plural(n, 'step')} before it")
+                         + "; lower --lr or --clip")
+        elif others:
             n = max(b.checkpoints_checked for b in judged)
             at = f" at {n} checkpoint{'s' if n != 1 else ''}" if has_lockstep else ""
-            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}{stat}")
+            until = (f", until {base['reference_label']} diverged (epoch {div['epoch']}, step {div['step']}"
+                     + ("; the stretch it cut short is not judged)" if has_lockstep else ")") if div else "")
+            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}"
+                         f"{until}{stat}")
         else:
             status = "not-judged"
             parts.append("only the reference ran: nothing to compare it with")

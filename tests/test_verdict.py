@@ -217,3 +217,42 @@ def test_a_row_stopped_by_the_user_is_interrupted_not_crashed():
     assert v.to_dict()["interrupted"] == ["jax"]
     v = judge([dict(stopped, name="numpy"), stopped])
     assert v.status == "no-backend" and v.summary == "no backend finished before the run was stopped"
+
+
+def diverged_oracle(losses, steps_per_epoch, epoch, step):
+    row = oracle_row(losses)
+    row.update(status="diverged", steps_per_epoch=list(steps_per_epoch), diverged_epoch=epoch, diverged_step=step,
+               error="Training diverged")
+    return row
+
+
+def test_a_reference_diverging_in_its_first_stretch_is_too_little_to_judge():
+    # the oracle blew up at epoch 1, step 3: two steps and the probes are no evidence about the state rules
+    ref = diverged_oracle([3.0, 2.5], [], 1, 3)
+    rows = [ref, backend_row("torch", ref, [(1, 0, [1, 1])], [probe(1)])]
+    v = judge(rows)
+    assert v.status == "not-judged", v.summary
+    assert "too little to judge" in v.summary and "epoch 1, step 3" in v.summary
+    assert v.reference_diverged == {"name": "numpy", "epoch": 1, "step": 3, "steps_compared": 2,
+                                    "whole_stretch": False}
+    # a disagreement is still a disagreement (the probes say so), diverged or not
+    bad = [ref, backend_row("torch", ref, [(1, 0, [1, 1])], [probe(1, diff=2e-5)])]
+    assert judge(bad).status == "disagree"
+
+
+def test_the_stretch_a_diverging_reference_cut_short_is_not_judged():
+    # two whole epochs, then the blow-up at epoch 3, step 1: the stretch of epoch 2 misses its boundary step
+    ref = diverged_oracle([3.0, 2.5, 2.0, 1.5, 1.2, 1.1], [3, 3], 3, 1)
+    near_blowup = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-3, 1])])
+    v = judge([ref, near_blowup])
+    assert v.status == "agree", v.summary
+    assert "until the NumPy oracle diverged (epoch 3, step 1; the stretch it cut short is not judged)" in v.summary
+    assert v.reference_diverged["whole_stretch"] is True
+    # the whole stretch before it is still held to the band
+    wrong = backend_row("torch", ref, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])])
+    assert judge([ref, wrong]).status == "disagree"
+
+
+def test_a_reference_that_did_not_diverge_records_nothing():
+    v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])])])
+    assert v.reference_diverged is None and "diverged" not in v.summary
