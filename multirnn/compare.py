@@ -758,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results = assemble([rows[k] for k in sorted(rows)], config, options, expected, stopped)
     notes = report.write_all(results, out_dir, make_plots=not args.no_plot)
-    print(report.terminal_report(results))
+    # Fit the table to a terminal; piped output (CI logs, files) keeps every column.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(report.terminal_report(results, width))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"\nReport: {out_dir / 'report.md'}  (results.json, curves.csv"

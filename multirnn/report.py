@@ -29,6 +29,13 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _ppl(value: Any) -> str:
+    """A perplexity: three decimals, or three digits once it is astronomically large (a run blowing up)."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) >= 1e6:
+        return format(value, ".3g")
+    return _fmt(value, ".3f")
+
+
 def verdict_cell(b: dict[str, Any]) -> str:
     j = b.get("judgement") or {}
     status = j.get("status")
@@ -54,16 +61,16 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("backend", lambda b: b["name"]),
         ("version", lambda b: b.get("framework_version") or "-"),
         ("status", lambda b: b["status"]),
-        ("final ppl", lambda b: _fmt(b.get("final_perplexity"), ".3f")),
+        ("final ppl", lambda b: _ppl(b.get("final_perplexity"))),
     ]
     window = median_last_window(results)
     if window:
-        cols.append((f"median last {window}", lambda b: _fmt(b.get("median_last_perplexity"), ".3f")))
-    cols.append(("best ppl", lambda b: _fmt(b.get("best_perplexity"), ".3f")))
+        cols.append((f"median last {window}", lambda b: _ppl(b.get("median_last_perplexity"))))
+    cols.append(("best ppl", lambda b: _ppl(b.get("best_perplexity"))))
     if any(b.get("val_perplexity") for b in backends):
-        cols.append(("val ppl", lambda b: _fmt((b.get("val_perplexity") or [None])[-1], ".3f")))
+        cols.append(("val ppl", lambda b: _ppl((b.get("val_perplexity") or [None])[-1])))
     if any(b.get("eval_perplexity") is not None for b in backends):
-        cols.append(("eval ppl", lambda b: _fmt(b.get("eval_perplexity"), ".3f")))
+        cols.append(("eval ppl", lambda b: _ppl(b.get("eval_perplexity"))))
     cols += [
         ("tokens/s", lambda b: _fmt(b.get("tokens_per_sec"), ",.0f")),
         ("1st epoch s", lambda b: _fmt(b.get("first_epoch_seconds"), ".2f")),
@@ -198,11 +205,34 @@ def notes(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def terminal_report(results: dict[str, Any]) -> str:
+# What a narrow terminal drops first: detail that report.md keeps (never the verdict or the perplexity).
+NARROW_DROP_ORDER = ("version", "peak MB", "1st epoch s", "best ppl", "free-run dev", "checkpoints", "tokens/s")
+
+
+def fit_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int | None
+              ) -> tuple[list[str], list[list[str]], list[str]]:
+    """Leave out columns (in ``NARROW_DROP_ORDER``) until the text table fits ``width``; what was left out."""
+    header, rows, dropped = list(header), [list(r) for r in rows], []
+    for name in NARROW_DROP_ORDER:
+        if width is None or max(map(len, text_table(rows, header).splitlines())) <= width:
+            break
+        if name in header:
+            i = header.index(name)
+            del header[i]
+            for r in rows:
+                del r[i]
+            dropped.append(name)
+    return header, rows, dropped
+
+
+def terminal_report(results: dict[str, Any], width: int | None = None) -> str:
+    """The console summary; with ``width`` (a terminal's), the table leaves out detail to fit it."""
     v = results["verdict"]
-    header, rows = table(results)
-    parts = [f"Config: {config_text(results)}", "", text_table(rows, header), "", f"Verdict: {v['summary']}",
-             bands_text(results)]
+    header, rows, dropped = fit_table(*table(results), width)
+    parts = [f"Config: {config_text(results)}", "", text_table(rows, header)]
+    if dropped:
+        parts.append(f"(left out to fit {width} columns: {', '.join(dropped)}; report.md has them)")
+    parts += ["", f"Verdict: {v['summary']}", bands_text(results)]
     parts += [f"Note: {n}" for n in notes(results)]
     if samples_text(results):
         parts += ["", "Greedy continuations:", samples_text(results)]

@@ -231,3 +231,20 @@ def test_prompts_are_shown_in_the_order_given(tmp_path):
     assert proc.returncode == 4, proc.stderr  # numpy alone: nothing to compare
     shown = [ln.split("->")[0].split(None, 1)[1].strip() for ln in proc.stdout.splitlines() if "->" in ln]
     assert shown == ["'zz top'", "'abc'"]
+
+
+def test_a_narrow_terminal_gets_the_table_without_detail_and_is_told_so():
+    header = ["backend", "version", "status", "final ppl", "peak MB", "verdict"]
+    rows = [["torch", "2.13.0+cpu", "ok", "1.035", "261", "agrees"]]
+    full = report.text_table(rows, header)
+    h, r, dropped = report.fit_table(header, rows, None)  # piped output keeps every column
+    assert (h, dropped) == (header, [])
+    h, r, dropped = report.fit_table(header, rows, len(full.splitlines()[0]) - 1)
+    assert dropped == ["version"] and "version" not in h and r == [["torch", "ok", "1.035", "261", "agrees"]]
+    h, r, dropped = report.fit_table(header, rows, 10)  # never below the verdict and the perplexity
+    assert h == ["backend", "status", "final ppl", "verdict"] and dropped == ["version", "peak MB"]
+
+
+def test_blown_up_perplexities_print_in_three_digits():
+    assert report._ppl(5.136594789e117) == "5.14e+117" and report._ppl(1.0354) == "1.035"
+    assert report._ppl(None) == "-" and report._ppl(float("inf")) == "inf"
