@@ -102,10 +102,16 @@ def bands_text(results: dict[str, Any]) -> str:
         return (f"Re-anchored checks were off: free-running per-step losses were held to {v['step_rtol']:g} "
                 f"(relative) of {v['reference_label']}.")
     every = opts.get("lockstep_every")
+    planned = list(opts.get("lockstep_epochs") or [])
+    count = f"{len(planned)} in all"
+    div = v.get("reference_diverged")
+    if div and div.get("epoch") is not None:
+        reached = sum(1 for e in planned if e <= div["epoch"])
+        count = f"{len(planned)} planned, {reached} before {v['reference_label']} diverged"
     return (f"Bands applied ({results['config']['dtype']}): re-anchored per-step loss {v['step_rtol']:g} and gradient "
             f"norm {v['norm_rtol']:g} (relative to {v['reference_label']}); probe updates {v['probe_rtol']:g} of the "
             f"update's size + {v['rounding']:.1e} of the parameter's size (rounding). Checkpoints every {every} "
-            f"epoch{'s' if every != 1 else ''} ({len(opts.get('lockstep_epochs') or [])} in all).")
+            f"epoch{'s' if every != 1 else ''} ({count}).")
 
 
 def config_text(results: dict[str, Any]) -> str:

@@ -248,3 +248,13 @@ def test_a_narrow_terminal_gets_the_table_without_detail_and_is_told_so():
 def test_blown_up_perplexities_print_in_three_digits():
     assert report._ppl(5.136594789e117) == "5.14e+117" and report._ppl(1.0354) == "1.035"
     assert report._ppl(None) == "-" and report._ppl(float("inf")) == "inf"
+
+
+def test_the_checkpoint_count_says_how_many_came_before_the_oracle_diverged():
+    v = {"reference": "numpy", "reference_label": "the NumPy oracle", "step_rtol": 1e-3, "norm_rtol": 1e-3,
+         "probe_rtol": 1e-3, "rounding": 2.4e-7, "reference_diverged": None}
+    results = {"verdict": v, "config": {"dtype": "float32"},
+               "options": {"lockstep": "auto", "lockstep_every": 1, "lockstep_epochs": list(range(1, 13))}}
+    assert report.bands_text(results).endswith("Checkpoints every 1 epoch (12 in all).")
+    v["reference_diverged"] = {"epoch": 4, "step": 7}
+    assert report.bands_text(results).endswith("(12 planned, 4 before the NumPy oracle diverged).")
