@@ -50,7 +50,7 @@ from .sweep_spec import (
 )
 from .sweep_stats import DEFAULT_MARGIN
 
-EXIT_OK, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND = 0, 1, 2, 3
+EXIT_OK, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 2, 3, 4
 
 EXAMPLES = """\
 examples:
@@ -61,7 +61,8 @@ examples:
   python -m multirnn.sweep --spec sweep.toml --executor ray --address auto   # on a running Ray cluster
 
 exit status: 0 every configuration and seed agrees, 1 a disagreement or a crashed cell, 2 bad usage,
-3 no backend could run, 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; a partial aggregate is written).
+3 no backend could run, 4 nothing disagreed but some group had nothing to compare (as compare's exit 4),
+128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; a partial aggregate is written).
 """
 
 # Nominal speeds for --dry-run's estimate: tokens/s of each backend on the quick preset (hidden 512,
@@ -552,7 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     if statuses == {"no-backend"}:
         return EXIT_NO_BACKEND
     crashed = any(c["status"] == "crashed" for c in sweep["cells"])
-    return EXIT_OK if statuses <= {"agree"} and not crashed else EXIT_DISAGREE
+    if crashed or not statuses <= {"agree", "not-judged"}:
+        return EXIT_DISAGREE
+    return EXIT_NOT_JUDGED if "not-judged" in statuses else EXIT_OK
 
 
 if __name__ == "__main__":

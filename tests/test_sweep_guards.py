@@ -329,3 +329,10 @@ def test_defaults_given_explicitly_make_the_same_cells_and_resume(folder):
     proc = sweep([*BASE, "--dtype", "float32", "--impl", "scratch", "--out", str(folder), "--resume"])
     assert proc.returncode == 0, proc.stderr
     assert sum(ends(folder).values()) == 2  # nothing ran again
+
+
+def test_a_sweep_with_nothing_to_compare_is_exit_4_not_agreement(tmp_path):
+    # one backend and no oracle: every group is not-judged, as compare's exit 4 (it used to be 1)
+    proc = sweep(["--backends", "tests.zoo:OracleCopy", *TINY, "--quiet", "--out", str(tmp_path / "out")])
+    assert proc.returncode == 4, proc.stderr
+    assert [g["status"] for g in load(tmp_path / "out")["groups"]] == ["not-judged"]
