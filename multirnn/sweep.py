@@ -41,6 +41,7 @@ from .sweep_spec import (
     SpecFile,
     compare_actions,
     expand,
+    ignored_by_presets,
     parse_seeds,
     read_toml,
     run_order,
@@ -272,6 +273,8 @@ def parse_options(argv: list[str]) -> Options:
     jobs, threads = given.get("jobs"), given.get("threads")
     threads = threads or max(1, cores // (jobs or cores))
     jobs = jobs or max(1, cores // threads)
+    if (ignored := ignored_by_presets(dims)) is not None:
+        notes.append(ignored)
     if executor == "local" and jobs * threads > cores:
         notes.append(f"{jobs} jobs x {threads} threads exceed the {cores} usable cores: timings will be contended")
     if "address" in given and executor != "ray":
@@ -488,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         configurations, groups, cells = expand_options(opts)
         if opts.dry_run:
             print(_dry_run(opts, configurations, groups, cells))
+            for note in opts.notes:
+                print(f"note: {note}")
             return EXIT_OK
         out = _prepare_out(opts)
         settings = _settings(opts)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compare, verdict
+from .config import ED1_ONLY, PRESETS
 
 # compare options the sweep does not take as they are: it has its own (out, resume, ...), --seed
 # becomes --seeds, and --list-backends/--version/--help mean nothing here.
@@ -254,6 +255,24 @@ def cells_of(group: Group, repeats: int) -> list[Cell]:
     return cells
 
 
+def effective_values(values: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A configuration's values without those its preset ignores (ed. 2: --sampling, --max-tokens)."""
+    preset = dict(values).get("preset", compare.build_parser().get_default("preset"))
+    if preset in PRESETS and PRESETS[preset].protocol == "d2l-ed2":
+        return tuple((d, v) for d, v in values if d not in ED1_ONLY)
+    return values
+
+
+def ignored_by_presets(dims: dict[str, list[str]]) -> str | None:
+    """A note when some swept preset ignores swept values (their configurations then run once), else None."""
+    ed2 = [p for p in dims.get("preset", []) if p in PRESETS and PRESETS[p].protocol == "d2l-ed2"]
+    swept = [f"--{d.replace('_', '-')}" for d in ED1_ONLY if len(dims.get(d, [])) > 1]
+    if not ed2 or not swept:
+        return None
+    return (f"--preset {', '.join(ed2)} ignores {' and '.join(swept)} (shuffled fixed windows): its configurations "
+            "run once, not once per value")
+
+
 def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repeats: int) -> tuple[
         list[Configuration], list[Group], list[Cell]]:
     """Every configuration, every (configuration, seed) planned and validated by compare, every cell.
@@ -274,11 +293,14 @@ def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repea
         total *= len(values)
     if total * len(seeds) * repeats > MAX_CELLS:
         raise SpecError(f"the spec makes over {MAX_CELLS:,} runs; narrow it")
-    configurations = []
-    for index, combo in enumerate(itertools.product(*(dims[d] for d in names))):
-        values = tuple(zip(names, combo))
+    configurations, seen = [], set()
+    for combo in itertools.product(*(dims[d] for d in names)):
+        values = effective_values(tuple(zip(names, combo)))
+        if values in seen:  # an ed. 2 configuration that differed only in a value ed. 2 ignores
+            continue
+        seen.add(values)
         label = " ".join(f"{d.replace('_', '-')}={v}" for d, v in values if d in varying) or "all"
-        configurations.append(Configuration(index, values, label))
+        configurations.append(Configuration(len(configurations), values, label))
     groups, cells = [], []
     parser = compare.build_parser()
     for conf in configurations:

@@ -15,7 +15,7 @@ import pytest
 from multirnn import compare, report
 from multirnn.backends import TORCH_CPU_WHEEL, install_hint
 from multirnn.config import PRESETS
-from multirnn.sweep_spec import expand
+from multirnn.sweep_spec import expand, ignored_by_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = "tests.zoo:OracleCopy"
@@ -69,6 +69,17 @@ def test_a_sweep_may_cross_ed2_with_sampling():
     """The sweep plans with compare's make_plan; the refusal belongs to compare's own command line."""
     _, groups, _ = expand({"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["random"]}, ["--backends", "numpy"], [0], 1)
     assert [g.plan.config.protocol for g in groups] == ["d2l-ed1", "d2l-ed2"]
+
+
+def test_a_sweep_runs_ed2_once_whatever_sampling_values_it_crosses():
+    dims = {"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["sequential", "random"]}
+    confs, groups, _ = expand(dims, ["--backends", "numpy"], [0], 1)
+    assert [c.label for c in confs] == ["preset=d2l-ed1 sampling=sequential", "preset=d2l-ed1 sampling=random",
+                                       "preset=d2l-ed2"]
+    assert [c.index for c in confs] == [0, 1, 2] and len(groups) == 3
+    assert "ignores --sampling" in ignored_by_presets(dims)
+    assert ignored_by_presets({"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["random"]}) is None
+    assert ignored_by_presets({"preset": ["quick"], "sampling": ["sequential", "random"]}) is None
 
 
 def test_batching_says_what_each_protocol_does():
