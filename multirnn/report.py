@@ -327,9 +327,15 @@ def _integer_epochs(ax: Any) -> None:
 
 
 def _log_ticks(ax: Any) -> None:
-    """Ticks at 1, 2, 5 x 10^k with plain numbers: a perplexity axis spanning 8-30 gets 10, 20."""
+    """Ticks at 1, 2, 5 x 10^k with plain numbers: a perplexity axis spanning 8-30 gets 10, 20.
+
+    Over more than four decades (a run blowing up to 1e100) matplotlib's own powers of ten stay:
+    plain numbers there had no tick at all."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo > 1e4:
+        return
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     fmt = ScalarFormatter()
     fmt.set_scientific(False)

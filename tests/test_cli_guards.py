@@ -269,3 +269,20 @@ def test_the_checkpoint_count_says_how_many_came_before_the_oracle_diverged():
     assert report.bands_text(results).endswith("Checkpoints every 1 epoch (12 in all).")
     v["reference_diverged"] = {"epoch": 4, "step": 7}
     assert report.bands_text(results).endswith("(12 planned, 4 before the NumPy oracle diverged).")
+
+
+def test_a_perplexity_axis_over_a_hundred_decades_keeps_its_tick_labels():
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib draws the plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for top, plain in ((30.0, True), (1e120, False)):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [8.0, 12.0, top])
+        ax.set_yscale("log")
+        report._log_ticks(ax)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        plt.close(fig)
+        assert labels, top  # plain-number ticks over 120 decades drew none at all
+        assert all("10^" not in t and "times" not in t for t in labels) == plain, labels
