@@ -400,13 +400,15 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         epochs = [c["epoch"] for c in cps]
         st = _style(i, len(epochs))
         st.update(markevery=1)
-        ax_loss.plot(epochs, [max(c["loss_deviation"], floor) for c in cps], label=f"{b['name']} loss", **st)
-        ax_loss.plot(epochs, [max(c["norm_deviation"], floor) for c in cps], label=f"{b['name']} grad norm",
+        # a stretch that was not judged (the reference diverged in it) has no point: NaN leaves a gap
+        stretch = lambda c, k: math.nan if c[k] is None else max(c[k], floor)  # noqa: E731
+        ax_loss.plot(epochs, [stretch(c, "loss_deviation") for c in cps], label=f"{b['name']} loss", **st)
+        ax_loss.plot(epochs, [stretch(c, "norm_deviation") for c in cps], label=f"{b['name']} grad norm",
                      **{**st, "linestyle": ":", "alpha": 0.7})
         ax_probe.plot(epochs, [max(c["probe_ratio"], floor) for c in cps], label=b["name"], **st)
         bad = [c for c in cps if c["outside"]]
         if bad:
-            ax_loss.scatter([c["epoch"] for c in bad], [max(c["loss_deviation"], c["norm_deviation"], floor) for c in bad],
+            ax_loss.scatter([c["epoch"] for c in bad], [max(c["loss_deviation"] or 0.0, c["norm_deviation"] or 0.0, floor) for c in bad],
                             s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
             ax_probe.scatter([c["epoch"] for c in bad], [max(c["probe_ratio"], floor) for c in bad], s=140,
                              facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)

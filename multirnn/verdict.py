@@ -82,8 +82,10 @@ class CheckpointResult:
     """One checkpoint's worst deviations (for the report's table and plot)."""
 
     epoch: int
-    loss_deviation: float  # worst relative deviation of the loss over the stretch
-    norm_deviation: float  # worst relative deviation of the gradient norm over the stretch
+    # worst relative deviation of the loss / gradient norm over the stretch; None where the stretch was not
+    # judged (the reference diverged in it): only the probes were
+    loss_deviation: float | None
+    norm_deviation: float | None
     probe_ratio: float  # worst probe deviation as a multiple of its band (<= 1 inside)
     outside: bool
 
@@ -231,7 +233,8 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
     for epoch in sorted(set(stretches) | set(probes)):
         first: Crossing | None = None
         devs = {"loss": 0.0, "grad_norm": 0.0}
-        if epoch in stretches and epoch in ref and not ref[epoch].get("partial"):
+        judged = epoch in stretches and epoch in ref and not ref[epoch].get("partial")
+        if judged:
             s, r = stretches[epoch], ref[epoch]
             for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol)):
                 for i, (got, want) in enumerate(zip(s[key], r[key])):
@@ -258,7 +261,8 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                                      f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed)
         max_loss, max_norm = max(max_loss, devs["loss"]), max(max_norm, devs["grad_norm"])
         max_probe = max(max_probe, probe_ratio)
-        results.append(CheckpointResult(epoch, devs["loss"], devs["grad_norm"], probe_ratio, first is not None))
+        results.append(CheckpointResult(epoch, devs["loss"] if judged else None, devs["grad_norm"] if judged else None,
+                                        probe_ratio, first is not None))
         if first is not None:
             crossings.append(first)
     first_crossing = crossings[0] if crossings else None

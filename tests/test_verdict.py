@@ -248,6 +248,8 @@ def test_the_stretch_a_diverging_reference_cut_short_is_not_judged():
     assert v.status == "agree", v.summary
     assert "until the NumPy oracle diverged (epoch 3, step 1; the stretch it cut short is not judged)" in v.summary
     assert v.reference_diverged["whole_stretch"] is True
+    # the report's plot leaves a gap there, not a point at "exact"
+    assert [c.loss_deviation is None for c in v.backend("torch").checkpoints] == [False, True]
     # the whole stretch before it is still held to the band
     wrong = backend_row("torch", ref, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])])
     assert judge([ref, wrong]).status == "disagree"
