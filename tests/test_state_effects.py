@@ -107,6 +107,17 @@ def test_the_verdict_says_when_the_band_cannot_see_broken_state_rules():
     assert judge(_rows([{"epoch": 1, "reset": None, "detach": 2e-6}])).state_effects == {"detach": 2e-6}
 
 
+def test_the_note_stays_when_another_row_disagrees():
+    # a row that agrees may still hide a state bug, whatever the other rows do
+    small = [{"epoch": 1, "reset": 1e-6, "detach": 2e-6}]
+    rows = [*_rows(small), backend_row("mxnet", REF, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])])]
+    v = judge(rows)
+    assert v.status == "disagree" and v.backend("torch").status == "agrees"
+    assert any("state rules" in n for n in v.notes)
+    rows[1] = backend_row("torch", REF, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])])
+    assert not any("state rules" in n for n in judge(rows).notes)  # no row agrees: nothing to hide
+
+
 def test_a_small_young_float32_run_warns_that_state_bugs_may_pass(tmp_path):
     """End to end (worker -> row -> verdict -> terminal): at hidden 64 after 2 epochs the zoo's
     not-detached state moves the re-anchored checks by ~2e-4 at most, inside the 1e-3 band."""
