@@ -286,3 +286,13 @@ def test_a_perplexity_axis_over_a_hundred_decades_keeps_its_tick_labels():
         plt.close(fig)
         assert labels, top  # plain-number ticks over 120 decades drew none at all
         assert all("10^" not in t and "times" not in t for t in labels) == plain, labels
+
+
+@pytest.mark.parametrize("init, says", [("shared", "free-running per-step losses were held to 0.001"),
+                                        ("independent", "final perplexities were held to 15% of their median"),
+                                        ("framework", "only each run's median-last perplexity was compared")])
+def test_the_bands_line_without_lockstep_names_only_what_was_checked(init, says):
+    v = {"reference": "numpy", "reference_label": "the NumPy oracle", "step_rtol": 1e-3, "init": init,
+         "independent_rtol": 0.15}
+    line = report.bands_text({"verdict": v, "config": {"dtype": "float32"}, "options": {"lockstep": "off"}})
+    assert says in line and (init == "shared") == ("free-running" in line)

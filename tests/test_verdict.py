@@ -170,6 +170,17 @@ def test_framework_init_with_one_seed_holds_the_single_pair_to_the_margin():
     assert "one pair" in v.backend("jax").reason
 
 
+def test_without_lockstep_other_inits_claim_no_curve_check():
+    # own initialisers (or independent seeds) start elsewhere: no curve was compared, so none is claimed
+    ref = _fw_row("numpy", 5.0, [])
+    v = judge([ref, _fw_row("torch", 2.0, [], paired=[2.1])], init="framework", lockstep=False)
+    assert v.status == "agree" and "free-running" not in v.summary and "statistical" in v.summary
+    assert not any("free-running float32 curves" in n for n in v.notes)
+    a, b = (dict(oracle_row(REF["step_loss"], name=n), perplexity=[p] * 20) for n, p in (("numpy", 5.0), ("torch", 5.2)))
+    v = judge([a, b], init="independent", lockstep=False)
+    assert "free-running" not in v.summary and "final perplexities within 15%" in v.summary
+
+
 def test_framework_init_without_own_initialisers_pairs_with_the_oracles_seeds():
     ref = _fw_row("numpy", 5.0, [5.1, 4.9])
     same = _fw_row("torch", 5.001, [5.1, 4.902])  # no paired runs: it started from d2l's weights too
