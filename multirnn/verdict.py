@@ -476,7 +476,7 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     pairs = [(a, b) for a, b in zip(mine, partners) if _finite(a) and _finite(b) and b > 0]
     ok_mine, ok_ref = seed_finals(row), seed_finals(ref_row)
     out: dict[str, Any] = {"finals": tuple(ok_mine), "paired_finals": tuple(float(b) for _, b in pairs)}
-    if ok_mine and ok_ref:
+    if ok_mine and ok_ref and paired:  # a row without initialisers of its own (scratch) starts from d2l's: no effect
         out["init_effect"] = float(np.mean(ok_mine)) / float(np.mean(ok_ref)) - 1.0
     if not pairs:
         out.update(status="disagrees", reason="statistical: no finished pair of runs to compare")

@@ -186,6 +186,8 @@ def test_framework_init_without_own_initialisers_pairs_with_the_oracles_seeds():
     same = _fw_row("torch", 5.001, [5.1, 4.902])  # no paired runs: it started from d2l's weights too
     v = judge([ref, same], init="framework")
     assert v.backend("torch").status == "agrees" and v.backend("torch").paired_finals == (5.0, 5.1, 4.9)
+    # it started from d2l's weights: no initialisers' effect is reported for it
+    assert v.backend("torch").init_effect is None and not any("initialisers, not the layers" in n for n in v.notes)
 
 
 def test_shapes_are_checked():
