@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "trains beside them and their re-anchored checks wait for its checkpoints. Shortens long runs "
                    "on several cores; tokens/s are then measured under that sharing (benchmarks/ measures speed)")
     o.add_argument("--no-plot", action="store_true", help="do not draw perplexity.png and deviation.png")
-    o.add_argument("--quiet", action="store_true", help="no progress display")
+    o.add_argument("--quiet", action="store_true", help="no progress display and no run header on stderr (notes still print; the report's Config line names the run)")
     return p
 
 
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
     for note in data_notes + pair_notes + options["run_notes"]:
-        progress.message(f"note: {note}")
+        progress.message(f"note: {note}", always=True)
     tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps
     if hint := jobs_hint(jobs, cores, len(pairs), config.num_epochs * tokens_per_epoch):
         progress.message(f"hint: {hint}")
@@ -746,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         exit_stopped = 128 + int(signum)
-        progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report")
+        progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report", always=True)
         for i in sorted(started - set(rows)):
             rows[i] = result_row(interrupted_record(labels[i], *pairs[i], stopped))
     finally:

@@ -64,9 +64,12 @@ class RunProgress:
             self._live.start()
 
     # --- what happened --------------------------------------------------------------------------
-    def message(self, text: str) -> None:
-        """A line of its own, above the live display (or plain)."""
+    def message(self, text: str, always: bool = False) -> None:
+        """A line of its own, above the live display (or plain); ``always``: also when progress is off
+        (--quiet silences progress, not what the run is or notes about it)."""
         if not self.enabled:
+            if always:
+                print(text, file=self.stream, flush=True)
             return
         with self._lock:
             if self._live is not None:

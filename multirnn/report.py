@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cells import CELLS, Model
 from .config import batching_text
 from .files import write_json_atomic, write_text_atomic
 
@@ -131,7 +132,8 @@ def config_text(results: dict[str, Any]) -> str:
     else:
         used = f"all {tokens.get('used', '?'):,} tokens"
     batching = batching_text(c["protocol"], c["sampling"])
-    out = (f"{c['protocol']}, {plural(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
+    model = Model(CELLS[c.get("cell", "rnn")], c.get("num_layers", 1), c.get("second_bias") == "trained").name
+    out = (f"{c['protocol']}, {model}, {plural(c['num_epochs'], 'epoch')}, batch {c['batch_size']} x {c['num_steps']} steps, "
            f"hidden {c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {batching}, {c['dtype']}, "
            f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")
     if o.get("eval_text"):

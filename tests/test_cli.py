@@ -44,6 +44,16 @@ def test_progress_lines_without_a_terminal_are_plain_and_time_stamped(tmp_path):
 def test_quiet_prints_no_progress(tmp_path):
     proc = compare(["--backends", "numpy", *TINY, "--out", str(tmp_path / "run"), "--quiet", "--no-plot"])
     assert proc.returncode == 4 and proc.stderr == ""
+    assert "Config: d2l-ed1, rnn, 3 epochs" in proc.stdout  # the model is named where --quiet leaves it
+
+
+def test_quiet_still_prints_the_notes_and_the_config_names_the_model(tmp_path):
+    proc = compare(["--backends", "numpy", "--impl", "layers", "--cell", "lstm", "--num-layers", "2", *TINY,
+                    "--out", str(tmp_path / "run"), "--quiet", "--no-plot"])
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.splitlines() == ["note: numpy has no 'layers' row: it is the oracle, written from scratch, "
+                                        "and the reference of every row"]
+    assert "Config: d2l-ed1, lstm x2, 3 epochs" in proc.stdout
 
 
 def test_live_display_on_a_terminal_uses_rich():
