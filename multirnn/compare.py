@@ -492,9 +492,13 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any]) -> d
     same = {k: options[k] for k in ("init", "init_seeds", "mode", "device", "text", "eval_text", "lockstep_epochs",
                                     "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}
-    if earlier.get("config") != config.to_dict() or json.loads(json.dumps(same)) != before:
-        raise UsageError("--resume: the earlier run in this folder used other settings; repeat its command "
-                         f"({earlier.get('command', '?')}) with --resume, or start a new run")
+    then, now = {**(earlier.get("config") or {}), **before}, {**config.to_dict(), **json.loads(json.dumps(same))}
+    differs = [f"{k} {then.get(k, 'not set')} (now {now.get(k, 'not set')})"
+               for k in dict.fromkeys([*then, *now]) if then.get(k) != now.get(k)]
+    if differs:
+        what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
+        raise UsageError(f"--resume: the earlier run in this folder used other settings ({what}); repeat its "
+                         f"command ({earlier.get('command', '?')}) with --resume, or start a new run")
     keep = {}
     for row in earlier.get("backends", []):
         path = out_dir / "backends" / f"{_safe(row['name'])}.json"

@@ -251,7 +251,7 @@ def test_resume_keeps_finished_backends(tmp_path):
     assert rows["tests.zoo:OracleCopy2"]["judgement"]["checkpoints_checked"] >= 2  # anchored on the kept checkpoints
     assert not (out / ".work").exists()
     other = compare([*args[:1], "numpy", *args[2:6], "--hidden", "32", *args[8:], "--resume"])
-    assert other.returncode == 2 and "other settings" in other.stderr
+    assert other.returncode == 2 and "used other settings (max_tokens 3000 (now 10000); num_hiddens 16 (now 32));" in other.stderr, other.stderr
 
 
 # --- text input ---------------------------------------------------------------------------------------
