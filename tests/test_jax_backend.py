@@ -329,3 +329,60 @@ def test_layers_without_flax_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "flax", None)  # import flax now raises ImportError
     with pytest.raises(multirnn.BackendUnavailableError, match=r"pip install 'multirnn\[jax\]'"):
         multirnn.get_backend("jax", impl="layers")
+
+
+def _scalar_reductions_per_kernel(hlo: str) -> dict[str, int]:
+    """Compiled HLO text -> the computations (fusion kernels) holding more than one reduce to a scalar."""
+    import re
+
+    counts = {}
+    for m in re.finditer(r"^(%\S+) \(.*?\) -> .*?\{\n(.*?)^\}", hlo, re.M | re.S):
+        n = len(re.findall(r"= [a-z0-9]+\[\] reduce\(", m.group(2)))
+        if n > 1:
+            counts[m.group(1)] = n
+    return counts
+
+
+@pytest.mark.parametrize("model", [Model("lstm", 2), Model("gru-reset-after", 2), Model("rnn", 2)],
+                         ids=lambda m: m.name.replace(" ", ""))
+def test_layers_fast_step_keeps_norm_reductions_apart(model):
+    # Each gradient's sum of squares must be its own kernel. When XLA:CPU fused them (up to six,
+    # with the sum and sqrt), LLVM took ~33 s over that one kernel for the 2-layer LSTM layers at
+    # H=32 in float32 (six (32, 32) reductions: ~55 s, one: 0.4 s), paid again per batch shape.
+    # The kernel structure is the same at this small size, where it compiles in ~1 s either way.
+    be = _layers("fast", model)
+    params, X, Y, _ = random_model_problem(model, dtype="float32")
+    variables = be.params_from_numpy(params)
+    fm = be._model_of(variables)
+    one = np.float32(1)
+    carries = fm.carries(be.init_state(X.shape[0], 7, "float32"))
+    hlo = fm.train_step.lower(variables, X.astype(np.int32), Y.astype(np.int32), carries, one, one).compile().as_text()
+    assert _scalar_reductions_per_kernel(hlo) == {}
+    assert _scalar_reductions_per_kernel("%f (a: f32[2]) -> f32[] {\n  %r = f32[] reduce(%a, %z)\n"
+                                         "  %s = f32[] reduce(%a, %z)\n}\n") == {"%f": 2}  # the parser sees them
+
+
+def test_layers_fast_step_is_compiled_once_across_steps(caplog):
+    # Steps of one shape reuse one executable: a carried or fresh state, a new lr or clipping bound
+    # (traced scalars) must not retrace or recompile the step, nor anything else per step.
+    import logging
+
+    model = Model("lstm", 2)
+    be = _layers("fast", model)
+    params, X, Y, state = random_model_problem(model, dtype="float32")
+    p = be.params_from_numpy(params)
+    s = be.init_state(X.shape[0], 7, "float32")
+    p, _, _, s = be.train_step(p, X, Y, s, 0.5, 1.0)  # may compile (the model is shared per process)
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.DEBUG), jax.log_compiles(True):
+        for step in range(4):
+            if step == 2:
+                s = be.init_state(X.shape[0], 7, "float32")  # d2l's fresh state per minibatch
+            Xs, Ys = (rng.integers(0, 11, X.shape) for _ in range(2))
+            p, loss, norm, s = be.train_step(p, Xs, Ys, s, 0.5 / (step + 1), 1.0 + step)
+        float(loss), float(norm)
+    with jax.log_compiles(True):
+        jax.jit(lambda a: a + 1)(np.zeros(step + 3))  # the log is captured: a fresh compile shows up
+    logged = [r.getMessage().split(" with ")[0] for r in caplog.records]
+    assert any(m.startswith("Compiling jit(<lambda>)") for m in logged), logged
+    assert [m for m in logged if "train_step" in m or ("Compiling" in m and "lambda" not in m)] == []

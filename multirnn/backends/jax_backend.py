@@ -62,17 +62,29 @@ def _cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
 
 
-def _clip(grads: Params, max_grad_norm: Any) -> tuple[Params, jax.Array]:
-    """d2l's global-norm clipping, entirely on the device (no host sync, no Python ``if``)."""
+def _global_norm(leaves: Any) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """``sqrt(sum_k sum(g_k * g_k))`` over the gradients in the given order, and the per-leaf sums
+    (which a compiled step may need to return: see :func:`_clip_tree_squares`)."""
     # jnp.sum(g * g), not jnp.vdot(g, g): XLA on the CPU lowers vdot to one sequential float32 dot,
     # whose rounding error on real gradients reached 1.8e-4 of ||dW_hh||^2 (sum: 1.7e-7), and the
     # clipping scale carried that error into every update: in the book run it alone pushed the
     # re-anchored loss deviation to 6.6e-4 where the other frameworks stayed below 2.6e-5.
-    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
+    squares = tuple(jnp.sum(g * g) for g in leaves)
+    return jnp.sqrt(sum(squares)), squares
+
+
+def _clip_scale(norm: jax.Array, max_grad_norm: Any) -> jax.Array:
+    """d2l's clipping factor ``min(1, theta / norm)``."""
     theta = jnp.asarray(max_grad_norm, dtype=norm.dtype)  # a Python float must not widen float32
     # Zero grads give theta / 0 = inf, but jnp.where then picks 1: no NaN. Below the bound the
     # scale is exactly 1, so the grads come back bit-for-bit unchanged, as d2l's rule requires.
-    scale = jnp.where(norm > theta, theta / norm, jnp.ones_like(norm))
+    return jnp.where(norm > theta, theta / norm, jnp.ones_like(norm))
+
+
+def _clip(grads: Params, max_grad_norm: Any) -> tuple[Params, jax.Array]:
+    """d2l's global-norm clipping, entirely on the device (no host sync, no Python ``if``)."""
+    norm, _ = _global_norm(grads.values())
+    scale = _clip_scale(norm, max_grad_norm)
     return {k: g * scale for k, g in grads.items()}, norm
 
 
@@ -197,12 +209,29 @@ def _fast_train_step(
     return new_params, loss, norm, h
 
 
+def _clip_tree_squares(grads: Any, max_grad_norm: Any) -> tuple[Any, jax.Array, tuple[jax.Array, ...]]:
+    """:func:`_clip_tree`, plus every leaf's sum of squares, for a compiled step to return.
+
+    Returning the sums (the caller drops them) makes XLA materialise each one in its own small
+    kernel. Otherwise XLA:CPU fuses up to six of these reductions, with the additions and the
+    sqrt after them, into one kernel (its limit, kMaxReductionsInFusion, exists for this very
+    reason), and LLVM spends a superlinear time on it: 1, 2, 4 and 6 float32 (32, 32) reductions in
+    one kernel took 0.4, 1.6, 15 and 55 s to compile. The layers' leaves are sorted by name, so
+    the last six, the ones fused, were the second LSTM layer's five (H, H) kernels and a bias:
+    ~33 s of the first step at H=32 in float32, for each batch shape (2 GRU layers: three, ~6 s).
+    Same bits either way: each reduction is the same loop, fused or not (checked for every cell).
+    The scratch steps keep :func:`_clip`: there the fused ones are biases, cheap to compile, and
+    the extra outputs would cost ~1% of a step.
+    """
+    norm, squares = _global_norm(jax.tree_util.tree_leaves(grads))
+    scale = _clip_scale(norm, max_grad_norm)
+    return jax.tree_util.tree_map(lambda g: g * scale, grads), norm, squares
+
+
 def _clip_tree(grads: Any, max_grad_norm: Any) -> tuple[Any, jax.Array]:
     """:func:`_clip` for any pytree of gradients (the flax layers' nested params)."""
-    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))  # not vdot: see _clip
-    theta = jnp.asarray(max_grad_norm, dtype=norm.dtype)
-    scale = jnp.where(norm > theta, theta / norm, jnp.ones_like(norm))
-    return jax.tree_util.tree_map(lambda g: g * scale, grads), norm
+    clipped, norm, _ = _clip_tree_squares(grads, max_grad_norm)
+    return clipped, norm
 
 
 # --- eager mode, every model: d2l's cell steps -------------------------------------------------
@@ -798,10 +827,13 @@ class _FlaxModel:
             return _cross_entropy(logits, Y.T.reshape(-1)), finals
 
         def train_step(variables: Any, X: jax.Array, Y: jax.Array, carries: tuple, lr: jax.Array,
-                       max_grad_norm: jax.Array) -> tuple[Any, jax.Array, jax.Array, tuple]:
+                       max_grad_norm: jax.Array) -> tuple[Any, jax.Array, jax.Array, tuple, tuple]:
             (value, finals), grads = jax.value_and_grad(loss, has_aux=True)(variables, X, Y, carries)
-            grads, norm = _clip_tree(grads, max_grad_norm)
-            return _sgd(optax, variables, grads, lr), value, norm, finals
+            # The per-leaf sums of squares are returned only to keep XLA from fusing their
+            # reductions into one kernel: the 2-layer LSTM's step then took ~33 s to compile
+            # at H=32 in float32 (_clip_tree_squares).
+            grads, norm, squares = _clip_tree_squares(grads, max_grad_norm)
+            return _sgd(optax, variables, grads, lr), value, norm, finals, squares
 
         self.loss = loss
         self.loss_and_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -960,7 +992,7 @@ class JaxLayersBackend(_JaxBase):
             return super().train_step(params, X, Y, state, lr, max_grad_norm)
         fm = self._model_of(params)
         carries = fm.carries(self._state_in(state, fm.dtype))
-        new, loss, norm, finals = fm.train_step(
+        new, loss, norm, finals, _ = fm.train_step(
             params, self._put(X, np.int32), self._put(Y, np.int32), carries,
             np.asarray(lr, dtype=fm.dtype), np.asarray(max_grad_norm, dtype=fm.dtype))
         params.update(new)
