@@ -6,9 +6,10 @@ states, and its logits and final state are compared in float64 with every NumPy 
 that cell family: d2l's GRU (reset gate before the recurrent matmul) and the cuDNN/torch one
 (after it), d2l's LSTM. The variant it matches to 1e-9 is the formula it computes; the others
 are off by O(0.1). Beside it: the gate order and bias layout (from the backend's parameter
-layout, i.e. the layer's own parameter names and which d2l parameters they hold) and the default
-initialisers, measured from a draw of the layer's own initialisers (uniform or normal and its
-scale, recurrent blocks orthogonal or not, biases zero or not).
+layout, i.e. the layer's own parameter names, symbolic shapes and which d2l parameters they hold)
+and the default initialisers, measured from a draw of the layer's own initialisers at V = 28,
+H = 64 (uniform or normal and its scale, each stored recurrent kernel orthogonal or not, biases
+zero or not).
 
 Each framework runs in its own process (frameworks never share one). The table goes to stdout as
 Markdown; ``--json FILE`` keeps the numbers.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from typing import Any
@@ -32,6 +34,30 @@ FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
 # What each layer implementation is asked to compute, and the oracle variants it is compared with.
 FAMILIES = {"gru": ("gru", "gru-reset-after"), "lstm": ("lstm",), "rnn": ("rnn",)}
 MATCH = 1e-9
+# The forward check's problem; V and H differ and no multiple of H equals V, so a numeric shape
+# maps back to one symbol.
+V_FORWARD, H_FORWARD, B_FORWARD, T_FORWARD = 7, 5, 3, 4
+# The initialisers' draw: the Time Machine's 28 characters, a hidden width of 64. The scales quoted
+# depend on it (torch ±1/√H, Keras' Glorot ±√(6/(fan_in + fan_out)), flax's std 1/√fan_in).
+V_INIT, H_INIT = 28, 64
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_MEASURED = 0, 1, 2, 3
+
+EPILOG = f"""\
+examples:
+  python -m multirnn.conformance                        # every framework: {', '.join(FRAMEWORKS)}
+  python -m multirnn.conformance --frameworks torch,tf  # aliases work (tf, pytorch, mx, flax)
+  python -m multirnn.conformance --json runs/conformance.json
+
+exit status: 0 every framework was measured (a cell a layer cannot compute is a finding, not a
+failure); 1 a framework's run crashed or a layer matched none of the oracle variants; 2 bad usage
+(e.g. an unknown framework name); 3 a framework named in --frameworks could not be measured (not
+installed, or, like numpy, no layers of its own), or, without --frameworks, none could. Either way a
+known framework that cannot be measured is a row saying why.
+"""
+
+_D2L_NAME = re.compile(r"\b[Wb]_\w+")  # W_xr, b_hn, W_hh_l1 ("^T" and "]" end a name)
+_ZERO_SLICE = re.compile(r"(?:^|[\[|,])\s*0(?=\s*(?:$|[\]|,(]))")  # a "0" slot: a slice held at zero
+_UNSUPPORTED_PREFIX = re.compile(r"^\w+ cannot compute [\w-]+: ")  # Backend.__init__'s wording
 
 
 def _variant_params(params: dict[str, np.ndarray], variant: str) -> dict[str, np.ndarray]:
@@ -52,20 +78,77 @@ def _variant_params(params: dict[str, np.ndarray], variant: str) -> dict[str, np
     return dict(params)
 
 
-def _describe_init(arrays: dict[str, np.ndarray], H: int) -> dict[str, str]:
-    """Input weights, recurrent weights and biases of a draw of the default initialisers, in words."""
+def _symbolic(dim: int | str, V: int, H: int) -> str:
+    """One dimension of the forward problem's shapes in the letters V and H (3H, not 15)."""
+    if isinstance(dim, str):
+        return dim
+    if dim == V:
+        return "V"
+    if dim % H == 0:
+        return "H" if dim == H else f"{dim // H}H"
+    return str(dim)
+
+
+def _layout_entry(entry: dict[str, Any], V: int, H: int) -> dict[str, Any]:
+    """A backend's layout entry, normalised: symbolic shape, the d2l names it holds, and the remark
+    (a backend may append it to ``holds`` in parentheses, as Gluon's does, or give it as ``note``)."""
+    holds = str(entry.get("holds", ""))
+    note = entry.get("note")
+    tail = re.fullmatch(r"(.*?) \(([^()]+)\)", holds)
+    if tail and note is None:
+        holds, note = tail.group(1), tail.group(2)
+    return {"shape": [_symbolic(d, V, H) for d in entry.get("shape") or []], "holds": holds,
+            "trained": entry.get("trained", True), "note": note,
+            "zero_slices": bool(_ZERO_SLICE.search(holds)), "names": _D2L_NAME.findall(holds)}
+
+
+def _recurrent_kernels(layout: dict[str, dict[str, Any]], arrays: dict[str, np.ndarray]) -> list[tuple[np.ndarray, str]]:
+    """Each recurrent kernel as the framework stores it, rebuilt from d2l's blocks, with its symbolic
+    shape: Keras' ``(H, 3H)`` recurrent_kernel, torch's ``(3H, H)`` weight_hh, flax's ``(H, H)`` per gate.
+    Without a layout, every d2l block is its own kernel."""
+    recurrent = sorted(k for k in arrays if k.startswith("W_h") and k != "W_hq")
+    kernels, covered = [], set()
+    for entry in layout.values():
+        names = entry["names"]
+        if not names or not all(n in recurrent for n in names):
+            continue
+        K = np.concatenate([arrays[n] for n in names], axis=1)  # d2l's (H, H) blocks side by side: (H, GH)
+        transposed = entry["holds"].endswith("^T")
+        G = f"{len(names)}H" if len(names) > 1 else "H"
+        kernels.append((K.T, f"({G}, H)") if transposed else (K, f"(H, {G})"))
+        covered.update(names)
+    kernels += [(arrays[n], "(H, H)") for n in recurrent if n not in covered]
+    return kernels
+
+
+def _orthogonality(kernels: list[tuple[np.ndarray, str]]) -> str | None:
+    """Says "orthogonal (...)" when every stored recurrent kernel has orthonormal rows or columns."""
+    if not kernels:
+        return None
+    found = set()
+    for K, shape in kernels:
+        K = K.astype(np.float64)
+        rows = np.allclose(K @ K.T, np.eye(K.shape[0]), atol=1e-5)
+        cols = np.allclose(K.T @ K, np.eye(K.shape[1]), atol=1e-5)
+        if not (rows or cols):
+            return None
+        found.add((shape, "square" if rows and cols else "rows" if rows else "columns"))
+    which = "the" if len(kernels) == 1 else "each"
+    parts = [f"{which} {shape} kernel" if kind == "square" else f"{kind} of {which} {shape} kernel orthonormal"
+             for shape, kind in sorted(found)]
+    return f"orthogonal ({'; '.join(parts)})"
+
+
+def _describe_init(arrays: dict[str, np.ndarray], layout: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """Input weights, recurrent weights and biases of a draw of the default initialisers, in words.
+    Orthogonality is judged on each recurrent kernel as the layout says the framework stores it
+    (``_layout_entry`` entries): Keras' ``Orthogonal`` makes the rows of its whole ``(H, 3H)``
+    kernel orthonormal, and none of its ``(H, H)`` gate blocks is then orthogonal."""
     groups: dict[str, list[np.ndarray]] = {"input weights": [], "recurrent weights": [], "biases": []}
-    orthogonal = []
     for k, v in arrays.items():
         if k in ("W_hq", "b_q"):
             continue
-        if k.startswith("W_x"):
-            groups["input weights"].append(v)
-        elif k.startswith("W_h"):
-            groups["recurrent weights"].append(v)
-            orthogonal.append(np.allclose(v.T @ v, np.eye(H), atol=1e-5))
-        else:
-            groups["biases"].append(v)
+        groups["input weights" if k.startswith("W_x") else "recurrent weights" if k.startswith("W_h") else "biases"].append(v)
     out = {}
     for name, vs in groups.items():
         if not vs:
@@ -78,8 +161,8 @@ def _describe_init(arrays: dict[str, np.ndarray], H: int) -> dict[str, str]:
             text = f"uniform ±{peak:.3g}"  # a uniform's max/std is √3 ≈ 1.73; a normal's is far larger
         else:
             text = f"normal, std {std:.3g}"
-        if name == "recurrent weights" and orthogonal and all(orthogonal):
-            text = f"orthogonal ({text})"
+        if name == "recurrent weights":
+            text = _orthogonality(_recurrent_kernels(layout or {}, arrays)) or text
         if name == "biases":
             nonzero = sorted({k for k, v in arrays.items() if k.startswith("b_") and k != "b_q" and np.any(v != 0)})
             if nonzero and len(nonzero) < len(vs):
@@ -89,17 +172,22 @@ def _describe_init(arrays: dict[str, np.ndarray], H: int) -> dict[str, str]:
 
 
 def measure_framework(framework: str) -> list[dict[str, Any]]:
-    """Every cell's layer of one framework (run in this process)."""
+    """Every cell's layer of one framework (run in this process); one row saying why when the
+    framework cannot be measured at all (not installed, or no layers implementation)."""
     import multirnn
+    from multirnn.backends import canonical_name, probe
     from multirnn.errors import BackendUnavailableError, UnsupportedModelError
 
     from .backends.numpy_backend import NumpyBackend
 
+    framework = canonical_name(framework)
+    reason = probe(framework, "layers")
+    if reason is not None:
+        return [{"framework": framework, "unavailable": reason}]
     rows = []
-    V, H, B, T = 7, 5, 3, 4
-    for family, variants in FAMILIES.items():
-        asked = {"gru": ("gru", "gru-reset-after"), "lstm": ("lstm",), "rnn": ("rnn",)}[family]
-        for cell in asked:
+    V, H, B, T = V_FORWARD, H_FORWARD, B_FORWARD, T_FORWARD
+    for variants in FAMILIES.values():
+        for cell in variants:
             model = Model(cell)
             row: dict[str, Any] = {"framework": framework, "asked": cell}
             try:
@@ -110,6 +198,8 @@ def measure_framework(framework: str) -> list[dict[str, Any]]:
             except BackendUnavailableError as exc:
                 rows.append({**row, "unavailable": str(exc)})
                 continue
+            # Before any params are built: TF and flax give numeric shapes once they have seen some.
+            layout = {k: _layout_entry(v, V, H) for k, v in (be.param_layout() or {}).items()}
             params, X, _, state = random_model_problem(model, seed=5, vocab_size=V, num_hiddens=H, batch_size=B,
                                                        num_steps=T, dtype="float64", scale=0.5)
             if "b_hn" in params:  # d2l's GRU has no b_hn: at 0 the variants differ only in where the reset acts
@@ -124,18 +214,19 @@ def measure_framework(framework: str) -> list[dict[str, Any]]:
                 want = np.concatenate([want_logits.ravel(), *(s.ravel() for s in want_final)])
                 devs[variant] = float(np.max(np.abs(got - want)))
             matches = [v for v, d in devs.items() if d <= MATCH]
-            layout = be.param_layout() or {}
-            own = be.default_params(28, 64, 0, "float64")
-            rows.append({**row, "version": be.version(), "deviations": devs, "computes": matches,
-                         "layout": {k: {"shape": v.get("shape"), "holds": v.get("holds"), "trained": v.get("trained", True)}
-                                    for k, v in layout.items()},
-                         "init": _describe_init(own, 64) if own is not None else {}})
+            own = be.default_params(V_INIT, H_INIT, 0, "float64")
+            rows.append({**row, "version": be.version(), "deviations": devs, "computes": matches, "layout": layout,
+                         "init_shape": {"V": V_INIT, "H": H_INIT},
+                         "init": _describe_init(own, layout) if own is not None else {}})
     return rows
 
 
 def _run_child(framework: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "multirnn.conformance", "--child", framework], capture_output=True,
-                          text=True, timeout=900)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "multirnn.conformance", "--child", framework],
+                              check=False, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return [{"framework": framework, "error": "timed out after 900 s"}]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -143,44 +234,131 @@ def _run_child(framework: str) -> list[dict[str, Any]]:
     return json.loads(lines[-1])
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: an unescaped | would end the cell (GFM)."""
+    return text.replace("|", "\\|")
+
+
+def _held_remark(entry: dict[str, Any]) -> str:
+    """The entry's remark, saying "held at 0" whenever it holds a slice held at zero (an
+    untrained entry, or a "0" slot), whatever words the backend's own note uses."""
+    note = entry.get("note") or ""
+    untrained = not entry.get("trained", True)
+    if not (untrained or entry.get("zero_slices")) or "held at 0" in note:
+        return note
+    whole = untrained or not entry.get("names")
+    held = "held at 0" if whole else "the 0 slices are held at 0"
+    return f"{held}; {note}" if note else held
+
+
+def _layout_text(layout: dict[str, dict[str, Any]]) -> str:
+    """The recurrent layer's parameters (the output layer's W_hq, b_q are the same everywhere)."""
+    out = []
+    for k, v in layout.items():
+        if v.get("names") and all(n in ("W_hq", "b_q") for n in v["names"]):
+            continue
+        remark = _held_remark(v)
+        out.append(_cell(f"`{k}` ({', '.join(v['shape'])}): {v['holds']}" + (f" ({remark})" if remark else "")))
+    return "<br>".join(out)
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| framework | layer asked for | computes (float64, max deviation from each oracle variant) | "
-           "parameters (the layer's own names: what they hold) | default initialisers |",
+    """The table: one row per framework and cell asked for."""
+    out = [("| framework | layer asked for | computes (float64, max deviation from each oracle variant) | "
+            "parameters (the layer's own names, shapes: what they hold) | "
+            f"default initialisers (drawn at V = {V_INIT}, H = {H_INIT}) |"),
            "|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['framework']} | - | could not run: {r['error']} | | |")
+            out.append(f"| {r['framework']} | - | could not run: {_cell(r['error'])} | | |")
             continue
         if "unsupported" in r or "unavailable" in r:
-            why = r.get("unsupported") or r.get("unavailable")
-            out.append(f"| {r['framework']} | {r['asked']} | **not available**: {why.split(': ', 1)[-1]} | | |")
+            why = _UNSUPPORTED_PREFIX.sub("", r.get("unsupported") or r.get("unavailable") or "")
+            out.append(f"| {r['framework']} | {r.get('asked', '-')} | **not available**: {_cell(why)} | | |")
             continue
         devs = ", ".join(f"{v} {d:.0e}" for v, d in r["deviations"].items())
         computes = " and ".join(f"**{c}**" for c in r["computes"]) or "**none of the variants**"
-        layout = "<br>".join(f"`{k}` {v['shape']}: {v['holds']}" + ("" if v.get("trained", True) else " (held at 0)")
-                             for k, v in r["layout"].items() if not k.endswith(("W_hq", "b_q")) and "dense" not in k.lower()
-                             and "linear" not in k.lower() and "output" not in k.lower())
         init = "; ".join(f"{k}: {v}" for k, v in r["init"].items())
-        out.append(f"| {r['framework']} {r.get('version', '')} | {r['asked']} | {computes} ({devs}) | {layout} | {init} |")
+        out.append(f"| {r['framework']} {r.get('version', '')} | {r['asked']} | {computes} ({devs}) | "
+                   f"{_layout_text(r['layout'])} | {_cell(init)} |")
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m multirnn.conformance", description=__doc__.split("\n\n")[0])
+def exit_status(rows: list[dict[str, Any]], named: bool) -> int:
+    """See EPILOG. ``named``: the user listed the frameworks, so one that cannot be measured fails
+    the run (as compare's named backends do); the default list only needs one measured."""
+    if any("error" in r or ("computes" in r and not r["computes"]) for r in rows):
+        return EXIT_FAILED
+    measured = {r["framework"] for r in rows if "computes" in r}
+    if not measured or (named and any(r["framework"] not in measured for r in rows)):
+        return EXIT_NOT_MEASURED
+    return EXIT_OK
+
+
+def _frameworks(text: str) -> list[str]:
+    """``--frameworks``, resolved to backend ids (aliases too), in order, once each."""
+    from .backends import canonical_name, is_builtin, known_backends, load_backend_class
+    from .compare import UsageError
+
+    names: list[str] = []
+    for name in (n.strip() for n in text.split(",")):
+        if not name:
+            continue
+        try:
+            key = canonical_name(name)
+        except ValueError:
+            raise UsageError(f"unknown framework {name!r} in --frameworks; choose from "
+                             f"{', '.join(known_backends())} (comma-separated)") from None
+        if not is_builtin(key):  # package.module:Class: imported now, so a bad spec is a usage error (as in compare)
+            try:
+                load_backend_class(key)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise UsageError(f"--frameworks is empty; choose from {', '.join(known_backends())}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import known_backends
+    from .compare import ArgParser
+
+    ap = ArgParser(prog="python -m multirnn.conformance", epilog=EPILOG,
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   description="Measure what each framework's own GRU, LSTM and tanh-RNN layer computes (the "
+                   "oracle variant it matches in float64), its parameters and its default initialisers; "
+                   "prints a Markdown table.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
-    ap.add_argument("--json", help="also write the measurements to this file")
-    args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(measure_framework(args.child), default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)))
-        return 0
-    rows = [r for fw in args.frameworks.split(",") if fw.strip() for r in _run_child(fw.strip())]
+    ap.add_argument("--frameworks", metavar="LIST",
+                    help=f"comma-separated frameworks to measure, each in its own process (default: "
+                    f"{','.join(FRAMEWORKS)}; known: {', '.join(known_backends())}; aliases such as tf work; "
+                    "package.module:Class measures your own layers backend)")
+    ap.add_argument("--json", metavar="FILE", help="also write the measurements to this file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .compare import UsageError
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.child:
+            print(json.dumps(measure_framework(args.child),
+                             default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)))
+            return EXIT_OK
+        frameworks = _frameworks(",".join(FRAMEWORKS) if args.frameworks is None else args.frameworks)
+    except UsageError as exc:
+        print(f"multirnn.conformance: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = [r for fw in frameworks for r in _run_child(fw)]
     print(markdown(rows))
     if args.json:
         from .files import write_json_atomic
 
         write_json_atomic(args.json, {"rows": rows})
-    return 0
+    return exit_status(rows, named=args.frameworks is not None)
 
 
 if __name__ == "__main__":
