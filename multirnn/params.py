@@ -27,9 +27,19 @@ def check_dtype(dtype: str | np.dtype) -> str:
     return name
 
 
+def check_model(model: Any) -> Model:
+    """Return ``model`` if it is a :class:`~multirnn.cells.Model`, else raise TypeError (a cell name
+    such as ``"lstm"`` would otherwise fail far away, as ``'str' object has no attribute ...``)."""
+    if isinstance(model, Model):
+        return model
+    hint = f" (for a cell name: Model({model!r}))" if isinstance(model, str) else ""
+    raise TypeError(f"model must be a multirnn.Model, e.g. Model('lstm', num_layers=2) or TrainConfig.model; "
+                    f"got {type(model).__name__} {model!r:.60}{hint}.")
+
+
 def param_shapes(vocab_size: int, num_hiddens: int, model: Model = RNN) -> dict[str, tuple[int, ...]]:
     """The model's parameter shapes, by d2l name, in canonical order (the tanh RNN's five by default)."""
-    return model.param_shapes(vocab_size, num_hiddens)
+    return check_model(model).param_shapes(vocab_size, num_hiddens)
 
 
 def validate_params(params: Any, model: Model = RNN) -> tuple[int, int, str]:
@@ -41,11 +51,14 @@ def validate_params(params: Any, model: Model = RNN) -> tuple[int, int, str]:
     Returns:
         ``(vocab_size, num_hiddens, dtype)``.
 
+    Backends call it first thing in ``params_from_numpy``: its messages (``missing ['b_q']``,
+    ``unexpected ['W_extra']``, the wrong shapes) are what the conformance suite expects.
+
     Raises:
-        TypeError: not a mapping.
+        TypeError: not a mapping, or ``model`` not a Model.
         ValueError: missing or unexpected names, wrong shapes or dtypes (all of them named).
     """
-    names = model.param_names()
+    names = check_model(model).param_names()
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict of arrays with the keys {list(names)}, got {type(params).__name__}.")
     missing = [k for k in names if k not in params]
@@ -93,6 +106,7 @@ def init_params(vocab_size: int, num_hiddens: int, seed: int = 0, dtype: str = "
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     dtype = check_dtype(dtype)
+    check_model(model)
     rng = np.random.default_rng(seed)
     params: Params = {}
     for name, shape in model.param_shapes(vocab_size, num_hiddens).items():

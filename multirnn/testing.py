@@ -128,6 +128,30 @@ def _copy(state: tuple) -> tuple:
     return tuple(np.array(s, copy=True) for s in state)
 
 
+def _given_numpy_state(be: Backend, method: str, call: Callable[[tuple], Any], state: tuple) -> Any:
+    """``call(state)`` with ``state`` a tuple of NumPy arrays, which the contract allows.
+
+    A backend that only takes its own state objects fails inside its framework with a raw error
+    (``numpy.ndarray @ Tensor``); if the same call runs from ``init_state``'s objects, that is the
+    cause, and the failure says so and what the contract is."""
+    try:
+        return call(state)
+    except Exception as exc:
+        try:
+            call(be.init_state(*np.shape(state[0]), np.asarray(state[0]).dtype.name))
+            own_state_runs = True
+        except Exception:  # noqa: BLE001  (fails from its own state too: the first error is the news)
+            own_state_runs = False
+        if not own_state_runs:
+            raise
+        raise AssertionError(
+            f"{method} failed on a state given as NumPy arrays ({type(exc).__name__}: {exc}), but runs "
+            "from init_state's: the contract (multirnn/backends/base.py) lets every state argument of "
+            "forward, loss_and_grads and train_step be a tuple of NumPy arrays as well as what the backend "
+            "returned; convert each entry on the way in (torch.as_tensor, jnp.asarray, ...)."
+        ) from exc
+
+
 # --- the checks (each reads the backend's model: every cell, depth and bias layout) --------------------
 
 
@@ -178,7 +202,8 @@ def check_forward(be: Backend, dtype: str, batch_size: int = 3, num_steps: int =
     """Logits (time-major rows) and the final state equal the oracle's, from a non-zero NumPy state."""
     params, X, _, state = _problem(be, seed=11, dtype=dtype, batch_size=batch_size, num_steps=num_steps)
     want_logits, want_state = oracle_for(be.model).forward(params, X, _copy(state))
-    logits, got_state = be.forward(be.params_from_numpy(params), X, _copy(state))
+    p = be.params_from_numpy(params)
+    logits, got_state = _given_numpy_state(be, "forward", lambda s: be.forward(p, X, s), _copy(state))
     got = _np(be, logits)
     assert got.shape == want_logits.shape and got.dtype == np.dtype(dtype), (got.shape, got.dtype)
     _close(got, want_logits, FWD_RTOL[dtype], "logits")
@@ -191,7 +216,9 @@ def check_loss_and_grads(be: Backend, dtype: str, batch_size: int = 3, num_steps
     """Mean cross-entropy, every gradient and the new state equal the oracle's."""
     params, X, Y, state = _problem(be, seed=seed, dtype=dtype, batch_size=batch_size, num_steps=num_steps)
     want_loss, want_grads, want_state = oracle_for(be.model).loss_and_grads(params, X, Y, _copy(state))
-    loss, grads, got_state = be.loss_and_grads(be.params_from_numpy(params), X, Y, _copy(state))
+    p = be.params_from_numpy(params)
+    loss, grads, got_state = _given_numpy_state(be, "loss_and_grads", lambda s: be.loss_and_grads(p, X, Y, s),
+                                                _copy(state))
     assert np.ndim(_np(be, loss)) == 0, "the loss must be a scalar"
     _close(float(loss), float(want_loss), FWD_RTOL[dtype], "loss")
     got = be.params_to_numpy(grads)
@@ -267,7 +294,8 @@ def check_state_detached(be: Backend) -> None:
     p = be.params_from_numpy(params)
     _, _, state = be.loss_and_grads(p, X, Y, be.init_state(3, 7, "float64"))
     _, carried, _ = be.loss_and_grads(p, X, Y, state)
-    _, fresh, _ = be.loss_and_grads(p, X, Y, tuple(a.copy() for a in _state_np(be, state)))
+    _, fresh, _ = _given_numpy_state(be, "loss_and_grads", lambda s: be.loss_and_grads(p, X, Y, s),
+                                     tuple(a.copy() for a in _state_np(be, state)))
     assert_grads_close(be.params_to_numpy(carried), be.params_to_numpy(fresh), 1e-12)
 
 
@@ -329,7 +357,8 @@ def check_float32_step(be: Backend) -> None:
     params, X, Y, state = _problem(be, dtype="float32", num_hiddens=24, num_steps=10, batch_size=4)
     oracle = oracle_for(be.model)
     p_want, l_want, n_want, _ = oracle.train_step(oracle.params_from_numpy(params), X, Y, _copy(state), 0.5, 1.0)
-    p, loss, norm, new_state = be.train_step(be.params_from_numpy(params), X, Y, _copy(state), 0.5, 1.0)
+    p, loss, norm, new_state = _given_numpy_state(
+        be, "train_step", lambda s: be.train_step(be.params_from_numpy(params), X, Y, s, 0.5, 1.0), _copy(state))
     for what, scalar in (("loss", loss), ("norm", norm)):
         a = _np(be, scalar)
         assert np.ndim(a) == 0 and a.dtype == np.float32, f"{what}: shape {np.shape(a)}, dtype {a.dtype}"

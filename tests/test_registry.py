@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import multirnn
@@ -104,3 +105,93 @@ def test_a_backend_imports_only_its_own_framework_and_trains_quietly(name):
     # keras ships inside tensorflow's own import
     assert set(eval(proc.stdout.strip().splitlines()[-1])) == ({name, "keras"} if name == "tensorflow" else {name})
     assert proc.stderr == ""
+
+
+# --- wrong arguments are TypeErrors naming what was expected, not errors deep inside a backend ------
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+def test_a_cell_name_as_model_is_a_type_error_naming_model(name):
+    require_backend(name)
+    with pytest.raises(TypeError, match=r"model must be a multirnn\.Model.*got str 'lstm' \(for a cell name: Model\('lstm'\)\)"):
+        multirnn.get_backend(name, model="lstm")
+    with pytest.raises(TypeError, match="got dict"):
+        multirnn.get_backend(name, model={"cell": "lstm"})
+    assert multirnn.get_backend(name, model=multirnn.Model("lstm")).model.cell.name == "lstm"
+
+
+def test_params_helpers_refuse_a_cell_name_as_model():
+    from multirnn.params import param_shapes, validate_params
+
+    params = multirnn.init_params(5, 3)
+    for call in (lambda: multirnn.init_params(5, 3, model="gru"), lambda: validate_params(params, "gru"),
+                 lambda: param_shapes(5, 3, "gru")):
+        with pytest.raises(TypeError, match=r"Model\('gru'\)"):
+            call()
+
+
+def test_a_third_party_backend_without_a_name_is_named_after_its_class():
+    from multirnn.backends.numpy_backend import NumpyBackend
+
+    class Plain(multirnn.Backend):  # abstract: only the class attribute matters here
+        pass
+
+    class Sub(NumpyBackend):
+        pass
+
+    assert Plain.name == "Plain" and Sub.name == "numpy"  # an inherited name is kept
+
+
+# --- the conformance suite says what the contract is when a backend takes no NumPy state ------------
+
+
+def _own_state_only_backend(fails_anyway: bool = False) -> type:
+    """The NumPy oracle with a state type of its own, refusing NumPy state as a framework would."""
+    from multirnn.backends.numpy_backend import NumpyBackend
+
+    class Own(np.ndarray):
+        pass
+
+    def own(state: tuple) -> tuple:
+        if not all(isinstance(s, Own) for s in state):
+            raise TypeError("unsupported operand type(s) for @: 'numpy.ndarray' and 'Own'")
+        if fails_anyway:
+            raise RuntimeError("a bug of its own")
+        return state
+
+    class OwnStateOnly(NumpyBackend):
+        def init_state(self, batch_size, num_hiddens, dtype="float32"):
+            return tuple(s.view(Own) for s in super().init_state(batch_size, num_hiddens, dtype))
+
+        def forward(self, params, X, state):
+            logits, new = super().forward(params, X, own(state))
+            return logits, tuple(s.view(Own) for s in new)
+
+        def loss_and_grads(self, params, X, Y, state):
+            loss, grads, new = super().loss_and_grads(params, X, Y, own(state))
+            return loss, grads, tuple(s.view(Own) for s in new)
+
+    return OwnStateOnly
+
+
+def test_conformance_names_the_state_contract_when_numpy_state_is_refused():
+    from multirnn.testing import CONFORMANCE, run_conformance
+
+    be = _own_state_only_backend()()
+    checks = tuple(c for c in CONFORMANCE if str(c) in ("forward[float64,3,5]", "loss_and_grads[float32,1,1]",
+                                                        "state_detached", "float32_step", "state_carry"))
+    failures = dict(run_conformance(be, checks))
+    assert sorted(failures) == ["float32_step", "forward[float64,3,5]", "loss_and_grads[float32,1,1]", "state_detached"]
+    for message in failures.values():
+        assert message.startswith("AssertionError: "), message
+        assert "failed on a state given as NumPy arrays (TypeError: unsupported operand" in message, message
+        assert "multirnn/backends/base.py" in message and "convert each entry on the way in" in message, message
+
+
+def test_conformance_keeps_a_backends_own_error_when_its_own_state_fails_too():
+    from multirnn.testing import CONFORMANCE, run_conformance
+
+    be = _own_state_only_backend(fails_anyway=True)()
+    check = next(c for c in CONFORMANCE if str(c) == "forward[float64,3,5]")
+    own_error = "TypeError: unsupported operand type(s) for @: 'numpy.ndarray' and 'Own'"
+    assert run_conformance(be, (check,)) == [(str(check), own_error)]

@@ -175,11 +175,13 @@ def get_backend(name: str, impl: str = "scratch", **options: Any) -> Backend:
             ``package.module:ClassName`` for any Backend subclass.
         impl: ``"scratch"`` (d2l's model written from scratch, the default) or ``"layers"`` (the
             framework's own recurrent layer); ignored for ``module:Class`` specs (the class is one).
-        **options: passed to the backend's constructor: ``device``, ``mode``, ``model``.
+        **options: passed to the backend's constructor: ``device``, ``mode``, ``model`` (a
+            :class:`multirnn.Model`, e.g. ``Model("lstm")`` or ``TrainConfig.model``, not a cell name).
 
     Raises:
-        ValueError: unknown name (the message lists the known ones); BackendSpecError (a
-            ValueError) for a ``module:Class`` spec that cannot be used.
+        ValueError: unknown name (the message lists the known ones), device or mode;
+            BackendSpecError (a ValueError) for a ``module:Class`` spec that cannot be used.
+        TypeError: ``model`` not a Model, or an option the constructor does not take.
         BackendUnavailableError: known, but its framework is not installed or fails to import.
         GPUUnavailableError: ``device="gpu"`` and the framework sees no GPU.
         UnsupportedModelError: no such implementation, or one that cannot compute ``model``.

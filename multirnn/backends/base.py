@@ -1,9 +1,31 @@
 """The backend contract: the d2l RNN-from-scratch primitives, once per framework.
 
-NumPy goes in, and ``params_to_numpy`` / ``as_numpy`` bring NumPy back out. Everything in
-between (params, grads, state, logits) stays a framework object, so a backend decides where
-and when it synchronises with the host. Scalars (loss, gradient norm) may stay framework
-scalars; ``float(x)`` must work on them.
+What goes in and what comes out:
+
+* **Params** enter as a dict of NumPy arrays through ``params_from_numpy`` (validated with
+  :func:`multirnn.params.validate_params`, then copied); after that they are the backend's own
+  objects, in the structure it chooses. **Grads** share that structure: ``params_from_numpy`` and
+  ``params_to_numpy`` must convert them too (the conformance suite builds the gradients it clips
+  and applies that way).
+* **Inputs** ``X`` and labels ``Y`` are always NumPy int arrays ``(batch, steps)``.
+* **State** is a tuple with one ``(batch, hiddens)`` array per entry of
+  ``model.state_names()``, in the params' dtype. Every method that takes a state (``forward``,
+  ``loss_and_grads``, ``train_step``, ``evaluate_loss``) gets either what this backend itself
+  returned (from ``init_state`` or an earlier call: the harness carries it from step to step
+  without a host round trip) or plain NumPy arrays (the conformance suite starts from a random
+  non-zero NumPy state to compare with the oracle, and ``run_conformance`` fails a backend that
+  cannot take one). So convert each entry on the way in (``torch.as_tensor``, ``jnp.asarray``);
+  the state a method returns may stay a framework object.
+* **Outputs** (logits, grads, state, scalars) may stay framework objects, so a backend decides where
+  and when it synchronises with the host; ``as_numpy`` and ``params_to_numpy`` bring NumPy back.
+  Scalars (loss, gradient norm) are 0-d, in the params' dtype; ``float(x)`` must work on them.
+* Callers use only the params and state a method returns: a backend may update or reuse (donate)
+  the ones it was given. It must never modify the NumPy arrays it is given (the harness converts
+  the same checkpoint's params more than once).
+
+A subclass implements the abstract methods below; ``train_step`` and ``evaluate_loss`` have
+composed defaults. Models other than the one-layer tanh RNN also need :meth:`Backend.unsupported`
+overridden. ``multirnn.testing.run_conformance`` checks all of this against the NumPy oracle.
 """
 
 from __future__ import annotations
@@ -16,6 +38,7 @@ import numpy as np
 from ..cells import RNN, Model
 from ..errors import UnsupportedModelError
 from ..ops import cross_entropy
+from ..params import check_model
 
 Params = Any  # a dict keyed by the model's d2l names (W_xh, W_hh, b_h, W_hq, b_q for the tanh RNN)
 State = tuple  # one array per entry of model.state_names(): (H,) for one tanh layer, (H, C, H_l1, C_l1)...
@@ -25,18 +48,20 @@ IMPLS = ("scratch", "layers")
 
 
 class Backend(abc.ABC):
-    """One framework's version of the RNN-from-scratch primitives.
+    """One framework's version of the RNN-from-scratch primitives (the contract: this module's docstring).
 
     Args:
         device: ``"cpu"`` (default) or ``"gpu"``; a GPU that is not there raises
             :class:`multirnn.GPUUnavailableError`, never a silent fallback.
         mode: ``"eager"`` composes the primitives one by one, as d2l writes them (readable);
             ``"fast"`` lets the backend fuse or compile ``train_step`` (same maths, same results).
-        model: the cell and layers to compute (default: d2l's one-layer tanh RNN); one the class
-            cannot compute raises :class:`multirnn.UnsupportedModelError` with the reason.
+        model: the cell and layers to compute, a :class:`multirnn.Model` (default: d2l's one-layer
+            tanh RNN; ``Model("lstm", num_layers=2)``, ``TrainConfig.model``); anything else is a
+            TypeError. One the class cannot compute raises :class:`multirnn.UnsupportedModelError`
+            with the reason.
     """
 
-    name: ClassVar[str]  # the id used by get_backend, e.g. "torch"
+    name: ClassVar[str]  # the id used by get_backend and in messages, e.g. "torch"; default: the class name
     framework: ClassVar[str]  # the framework's import name, e.g. "torch"
     impl: ClassVar[str] = "scratch"  # "scratch" (d2l from scratch) or "layers" (the framework's own RNN layer)
 
@@ -45,17 +70,28 @@ class Backend(abc.ABC):
             raise ValueError(f"Unknown device {device!r}; expected one of {list(DEVICES)}.")
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; expected one of {list(MODES)}.")
+        # Checked here, not where a subclass first reads it: a str fails there as an AttributeError.
+        self.model = RNN if model is None else check_model(model)
         self.device = device
         self.mode = mode
-        self.model = model if model is not None else RNN
         reason = self.unsupported(self.model)
         if reason is not None:
             raise UnsupportedModelError(f"{type(self).__name__} cannot compute {self.model.name}: {reason}")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Messages (e.g. a diverged run's) name backend.name: a third-party class need not set it.
+        if not isinstance(getattr(cls, "name", None), str):
+            cls.name = cls.__name__
+
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
         """Why this implementation cannot compute ``model``, or None if it can (the default: only
-        the one-layer tanh RNN, the contract's original model)."""
+        the one-layer tanh RNN, the contract's original model).
+
+        Override it to accept GRU, LSTM or deep models (``model.cell.name``, ``model.num_layers``,
+        ``model.second_bias``); ``compare`` reports a model refused here as an ``unsupported`` row.
+        """
         return None if model == RNN else "only the one-layer tanh RNN is implemented here"
 
     def __repr__(self) -> str:
@@ -68,7 +104,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> Params:
-        """Copy NumPy params to the framework; the dtype (float32/float64) is kept."""
+        """Copy NumPy params (or grads) to the framework; the dtype (float32/float64) is kept.
+
+        Call :func:`multirnn.params.validate_params` ``(params, self.model)`` first: a wrong dict
+        must be a ValueError/TypeError naming what is wrong (e.g. ``missing ['b_q']``), not an
+        error inside the framework; the conformance suite checks those words.
+        """
 
     @abc.abstractmethod
     def params_to_numpy(self, params: Params) -> dict[str, np.ndarray]:
@@ -76,7 +117,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def as_numpy(self, x: Any) -> np.ndarray:
-        """One framework array (or scalar) as a NumPy array."""
+        """One array or scalar this backend returned (logits, a state entry, the loss) as NumPy."""
 
     # --- the model --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -86,11 +127,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def init_state(self, batch_size: int, num_hiddens: int, dtype: str = "float32") -> State:
         """Zeros ``(batch_size, num_hiddens)``, one per entry of ``self.model.state_names()``
-        (``(H,)`` for the tanh RNN)."""
+        (``(H,)`` for the tanh RNN), as this backend's own arrays (or NumPy)."""
 
     @abc.abstractmethod
     def forward(self, params: Params, X: np.ndarray, state: State) -> tuple[Any, State]:
-        """Run the recurrence over ``X`` ``(batch, steps)``.
+        """Run the recurrence over ``X`` ``(batch, steps)`` from ``state``.
+
+        ``state`` is what this backend returned or a tuple of NumPy arrays (module docstring).
 
         Returns:
             ``(logits, new_state)``: logits ``(steps * batch, vocab)``, rows time-major.
@@ -99,6 +142,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def loss_and_grads(self, params: Params, X: np.ndarray, Y: np.ndarray, state: State) -> tuple[Any, Params, State]:
         """Mean cross-entropy over all ``steps * batch`` tokens and its gradients.
+
+        ``state`` is what this backend returned or a tuple of NumPy arrays (module docstring);
+        no gradient flows into it.
 
         Returns:
             ``(loss, grads, new_state)``; ``grads`` has the params' structure and ``new_state``
@@ -109,13 +155,16 @@ class Backend(abc.ABC):
     def clip_gradients(self, grads: Params, max_grad_norm: float) -> tuple[Params, Any]:
         """d2l's rule: scale every gradient by θ/‖g‖ only when the global L2 norm ‖g‖ > θ.
 
+        ``grads`` come from ``loss_and_grads`` or ``params_from_numpy``.
+
         Returns:
-            ``(clipped grads, global norm before clipping)``.
+            ``(clipped grads, global norm before clipping)``; below θ the grads are unchanged
+            bit for bit, and zero grads give norm 0 (no NaN).
         """
 
     @abc.abstractmethod
     def sgd_step(self, params: Params, grads: Params, lr: float) -> Params:
-        """``p <- p - lr * g`` for every parameter (in place where the framework allows)."""
+        """``p <- p - lr * g`` for every parameter (in place where the framework allows); returns the params."""
 
     # --- optional: what a framework's own layer brings ----------------------------------------
     def default_params(self, vocab_size: int, num_hiddens: int, seed: int, dtype: str = "float32") -> dict[str, np.ndarray] | None:
@@ -133,7 +182,9 @@ class Backend(abc.ABC):
     def train_step(
         self, params: Params, X: np.ndarray, Y: np.ndarray, state: State, lr: float, max_grad_norm: float
     ) -> tuple[Params, Any, Any, State]:
-        """One d2l training step: loss and grads, clip, SGD.
+        """One d2l training step: loss and grads, clip, SGD (a fast mode may fuse them).
+
+        ``state`` is what this backend returned or a tuple of NumPy arrays (module docstring).
 
         Returns:
             ``(params, loss, grad_norm_before_clipping, new_state)``.
