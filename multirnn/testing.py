@@ -175,9 +175,11 @@ def check_param_validation(be: Backend) -> None:
         try:
             be.params_from_numpy(bad)
         except (ValueError, TypeError) as exc:
-            assert words in str(exc), f"{exc!r} does not say {words!r}"
+            assert words in str(exc), (f"{exc!r} does not say {words!r}: call multirnn.params.validate_params"
+                                       "(params, self.model) first in params_from_numpy")
         else:
-            raise AssertionError(f"params_from_numpy accepted a wrong dict ({words})")
+            raise AssertionError(f"params_from_numpy accepted a wrong dict ({words}): call "
+                                 "multirnn.params.validate_params(params, self.model) first in it")
 
 
 def check_one_hot(be: Backend) -> None:

@@ -46,3 +46,26 @@ def test_no_placeholder_is_left_in_the_docs():
     for doc in ("README.md", "DEVELOPERS.md", "benchmarks/README.md", "benchmarks/PROFILES.md"):
         text = (ROOT / doc).read_text()
         assert "⟪" not in text and "TBD" not in text, doc
+
+
+def test_the_readme_example_backend_passes_compare_and_every_conformance_check(tmp_path):
+    """The 'Checking your own backend' example, as printed: no stale contract in the docs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import require_backend
+
+    require_backend("torch")
+    text = (ROOT / "README.md").read_text()
+    example = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class MyBackend(Backend)" in b)
+    (tmp_path / "mymodule.py").write_text(example)
+    check = ("from multirnn.testing import run_conformance\nfrom mymodule import MyBackend\n"
+             "for mode in ('eager', 'fast'):\n    failures = run_conformance(MyBackend(mode=mode))\n"
+             "    assert failures == [], failures\nprint('conformant')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "conformant" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "multirnn.compare", "--backends", "numpy,mymodule:MyBackend",
+                           "--epochs", "2", "--hidden", "16", "--max-tokens", "3000", "--out", str(tmp_path / "run"),
+                           "--quiet", "--no-plot"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "mymodule:MyBackend agrees" in proc.stdout, proc.stdout[-3000:] + proc.stderr
