@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stacked recurrent layers, d2l's deep RNN (default 1)")
     g.add_argument("--second-bias", choices=["frozen", "trained"], default=None,
                    help="frozen (default): the second, hidden-side bias of torch/Gluon layers is held at zero, "
-                   "so the model is d2l's; trained: both biases train, as the book's concise code does (the "
-                   "oracle then computes that two-bias model)")
+                   "so the model is d2l's; trained: every gate gets a trained second bias, as the book's concise "
+                   "torch/Gluon code has: the model of every row (scratch ones and the oracle too) becomes that "
+                   "two-bias model, and layers without such a bias (Keras, flax) are unsupported")
     g.add_argument("--mode", choices=["fast", "eager"], default="fast",
                    help="fast: each backend's fused/compiled step (default); eager: the d2l-style translation")
     g.add_argument("--init", choices=["shared", "independent", "framework"], default="shared",

@@ -69,12 +69,14 @@ class Crossing:
     what: str  # e.g. "loss", "grad norm", "probe clip: W_hh update", "missing steps"
     deviation: float
     band: float
+    also: tuple[str, ...] = ()  # other measurements outside their bands in the same probe step
 
     def describe(self) -> str:
         where = f"epoch {self.epoch}" + (f", step {self.step}" if self.step is not None else "")
+        also = f"; also outside: {', '.join(self.also)}" if self.also else ""
         if not math.isfinite(self.deviation):
-            return f"{where}: {self.what}"
-        return f"{where}: {self.what} deviates by {self.deviation:.2e} (band {self.band:.1e})"
+            return f"{where}: {self.what}{also}"
+        return f"{where}: {self.what} deviates by {self.deviation:.2e} (band {self.band:.1e}){also}"
 
 
 @dataclass(frozen=True)
@@ -253,12 +255,18 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 dev = diff / update if update > 0 else (0.0 if diff == 0 else math.inf)
                 allowed = prtol + (rounding * size / update if update > 0 else math.inf)
                 checks.append((f"{k} update", dev, allowed))
+            outside = []
             for what, dev, allowed in checks:
                 ratio = dev / allowed if allowed > 0 else math.inf
                 probe_ratio = max(probe_ratio, ratio if math.isfinite(ratio) else math.inf)
-                if not dev <= allowed and first is None:
-                    first = Crossing(epoch, None, f"probe step with clipping {'on' if p['kind'] == 'clip' else 'off'} "
-                                     f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed)
+                if not dev <= allowed:
+                    outside.append((what, dev, allowed))
+            if outside and first is None:
+                # the worst one leads; the others are named too (a transposed one-hot moves W_xh and W_hh alike)
+                what, dev, allowed = max(outside, key=lambda o: o[1] / o[2] if o[2] > 0 else math.inf)
+                also = [o[0] for o in outside if o[0] != what]
+                first = Crossing(epoch, None, f"probe step with clipping {'on' if p['kind'] == 'clip' else 'off'} "
+                                 f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed, tuple(also))
         max_loss, max_norm = max(max_loss, devs["loss"]), max(max_norm, devs["grad_norm"])
         max_probe = max(max_probe, probe_ratio)
         results.append(CheckpointResult(epoch, devs["loss"] if judged else None, devs["grad_norm"] if judged else None,

@@ -76,6 +76,14 @@ def test_a_probe_outside_its_band_is_a_disagreement_and_rounding_is_allowed():
     assert c.step is None and "W_hh update" in c.what and "clipping on" in c.what
 
 
+def test_a_probe_names_every_update_outside_its_band_the_worst_first():
+    p = probe(1, diff=2e-5, update=1e-2, size=1.0)
+    p["params"]["W_xh"] = [5e-5, 1e-2, 1.0]  # 5e-3 of its update: worse than W_hh's 2e-3
+    c = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("jax").first_crossing
+    assert c.what.endswith("W_xh update") and c.also == ("W_hh update",)
+    assert c.describe().endswith("; also outside: W_hh update")
+
+
 def test_float64_bands_are_strict():
     rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1 + 5e-9, 1, 1])])]
     assert judge(rows, dtype="float64").status == "disagree"
