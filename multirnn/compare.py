@@ -39,7 +39,8 @@ from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
-from .runner import DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, interrupted_record, raise_on_signals, run_worker
+from .runner import (DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, interrupted_record, raise_on_signals, refused_record,
+                     run_worker)
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
 
@@ -702,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
                 task = plan.task(backend_name, impl, str(out_dir / "backends" / f"{_safe(name)}.json"), str(data_path),
                                  str(eval_path) if eval_path else None, i, checkpoint_dir=ckpt, anchor_dir=anchor,
                                  anchor_wait=wait)
+                if refused := refused_record(task):
+                    progress.finish(name, "unsupported")
+                    record(i, refused)
+                    continue
                 pool.submit(CellJob(cell_id=str(i), task=task, data_path=str(data_path),
                                     eval_path=str(eval_path) if eval_path else None, anchor_id=None, anchor_dir=anchor,
                                     checkpoint_dir=ckpt, attempt=1, num_epochs=config.num_epochs,

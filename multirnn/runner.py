@@ -156,6 +156,21 @@ def crashed_record(name: str, backend: str, impl: str, error: str) -> dict[str, 
             "error": error}
 
 
+def refused_record(task: WorkerTask) -> dict[str, Any] | None:
+    """The ``unsupported`` record of a built-in layer that cannot compute the task's model, decided
+    without a worker (the rules are framework-neutral, :mod:`multirnn.backends.layer_limits`); None
+    when the row must run (its worker refuses anything these rules do not know)."""
+    from .backends import refusal
+    from .config import TrainConfig
+
+    backend = task.backend or task.name
+    error = refusal(backend, task.impl, TrainConfig(**task.config).model)
+    if error is None:
+        return None
+    return {"name": task.name, "backend": backend, "impl": task.impl, "status": "unsupported",
+            "framework_version": None, "error": error}
+
+
 def interrupted_record(name: str, backend: str, impl: str, how: str) -> dict[str, Any]:
     """The record of a row that was still running when the user stopped the run (not a crash)."""
     return {"name": name, "backend": backend, "impl": impl, "status": "interrupted", "framework_version": None,

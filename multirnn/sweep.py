@@ -478,7 +478,8 @@ def _summary(sweep: dict[str, Any]) -> str:
                 ci = f" [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else ""
                 ratio = sp.get("ratio_to_fastest")
                 lines.append(f"  {s['row']:<16} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
-                             else f"  {s['row']:<16} no finished run")
+                             else f"  {s['row']:<16} no finished run ("
+                             + ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items())) + ")")
                 if ratio is not None:
                     lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from typing import Any
 from .files import write_bytes_atomic, write_json_atomic
 from .lockstep import list_checkpoints
 from .progress import RunProgress
-from .runner import Stopped, crashed_record
+from .runner import Stopped, crashed_record, refused_record
 from .sweep_exec import CellJob
 from .sweep_spec import Cell, Group
 
@@ -247,7 +247,11 @@ class Engine:
             attempt = self._attempt(cell)
             self.store.log("start", cell=cell.id, attempt=attempt, executor=self.executor.name)
             self.running.add(cell.id)
-            self.executor.submit(self._job(cell, attempt))
+            job = self._job(cell, attempt)
+            if refused := refused_record(job.task):  # a layer that cannot compute the model: no worker
+                self._finish(job, {"raw": refused}, None)
+                continue
+            self.executor.submit(job)
 
     # --- results ---------------------------------------------------------------------------------
     def _record(self, cell: Cell, job: CellJob, outcome: dict[str, Any] | None, error: BaseException | None) -> dict[str, Any]:

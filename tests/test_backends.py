@@ -17,9 +17,14 @@ finite differences in ``test_oracle.py``).
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 import multirnn
+import multirnn.backends
 from multirnn import GPUUnavailableError, UnsupportedModelError
 from multirnn.cells import CELLS, Model
 from multirnn.testing import (
@@ -121,6 +126,35 @@ def test_unsupported_models_say_why(name: str, impl: str, model: Model) -> None:
     require_backend(name)
     with pytest.raises(UnsupportedModelError, match=_expected_unsupported(name, impl, model)):
         multirnn.get_backend(name, impl=impl, model=model)
+
+
+ALL_ROWS = [(n, i, m) for m in MODELS for n in FRAMEWORKS for i in IMPLS]
+
+
+@pytest.mark.parametrize("name, impl, model", ALL_ROWS, ids=[f"{n}-{i}-{m.name}" for n, i, m in ALL_ROWS])
+def test_the_parent_refuses_exactly_what_the_backend_refuses(name: str, impl: str, model: Model) -> None:
+    """compare and sweep refuse an unsupported layer without starting its worker: their rule
+    (backends.refusal, framework-neutral) must say what the class itself raises, word for word."""
+    told = multirnn.backends.refusal(name, impl, model)
+    expected = _expected_unsupported(name, impl, model)
+    assert (told is not None) == bool(expected), (told, expected)
+    if told:
+        assert re.search(expected, told), told
+    if multirnn.backends.probe(name, impl) is None:  # installed: the class says the same
+        try:
+            multirnn.get_backend(name, impl=impl, model=model)
+            raised = None
+        except UnsupportedModelError as exc:
+            raised = str(exc)
+        assert raised == told
+
+
+def test_refusal_imports_no_framework() -> None:
+    code = ("import sys, multirnn.backends as b; from multirnn.cells import Model; "
+            "assert b.refusal('torch', 'layers', Model('gru')); "
+            "print(sorted(m for m in ('torch', 'jax', 'mxnet', 'tensorflow', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
 
 
 @pytest.mark.parametrize("name", SELECTED)

@@ -157,6 +157,18 @@ def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path)
     assert not (out / "perplexity.png").exists()
 
 
+def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_path):
+    """torch.nn.GRU is reset-after: the row is unsupported, decided in the parent (torch made
+    unimportable here, so a worker would have called it unavailable), with no memory figure."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,torch", "--impl", "layers", "--cell", "gru", *TINY, "--out", str(out),
+                    "--no-plot"], "import sys\nsys.modules['torch'] = None\n", tmp_path)
+    assert proc.returncode == 4, proc.stderr  # nothing left to compare the oracle with
+    row = {b["name"]: b for b in load(out)["backends"]}["torch/layers"]
+    assert row["status"] == "unsupported" and "--cell gru-reset-after" in row["error"], row
+    assert row["peak_rss_mb"] is None and row["framework_version"] is None
+
+
 def test_a_translation_bug_is_caught_at_its_first_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = compare(["--backends", "numpy,jax", *TINY, "--out", str(out), "--no-plot"], STATELESS_JAX, tmp_path)

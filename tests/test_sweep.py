@@ -237,6 +237,17 @@ def test_a_crashing_cell_is_retried_recorded_and_the_rest_finish(tmp_path):
     assert again.returncode == 1 and sum(ends(out).values()) == 3
 
 
+def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_path):
+    out = tmp_path / "gru"
+    args = ["--backends", "numpy,torch", "--impl", "layers", "--cell", "gru", *TINY, "--out", str(out), "--quiet",
+            "--no-plot"]
+    proc = sweep(args, site="import sys\nsys.modules['torch'] = None\n", tmp_path=tmp_path)  # a worker: unavailable
+    cells = {c["row"]: c for c in load(out)["cells"]}
+    assert cells["torch/layers"]["status"] == "unsupported", (proc.stderr, cells)
+    assert "--cell gru-reset-after" in cells["torch/layers"]["error"]
+    assert "torch/layers     no finished run (unsupported 1)" in proc.stdout, proc.stdout
+
+
 def test_two_drivers_never_share_a_folder(tmp_path, capsys):
     fcntl = pytest.importorskip("fcntl")
     out = tmp_path / "out"

@@ -15,8 +15,10 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
+from ..cells import Model
 from ..errors import BackendUnavailableError, UnsupportedModelError
 from .base import Backend
+from .layer_limits import layers_unsupported
 
 # id -> ({impl: module:class}, the framework modules it needs, the pip extra that installs them).
 # "scratch" is d2l's model from scratch; "layers" the framework's own recurrent and dense layers.
@@ -36,7 +38,7 @@ _ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow"
 ENTRY_POINT_GROUP = "multirnn.backends"
 
 __all__ = ["Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "impls",
-           "install_hint", "is_builtin", "known_backends", "load_backend_class", "probe"]
+           "install_hint", "is_builtin", "known_backends", "load_backend_class", "probe", "refusal"]
 
 
 class BackendSpecError(ValueError):
@@ -187,6 +189,18 @@ def get_backend(name: str, impl: str = "scratch", **options: Any) -> Backend:
         UnsupportedModelError: no such implementation, or one that cannot compute ``model``.
     """
     return _load_class(canonical_name(name), impl)(**options)
+
+
+def refusal(name: str, impl: str, model: Model) -> str | None:
+    """The :class:`UnsupportedModelError` message a built-in backend's ``impl`` would raise for
+    ``model``, found without importing its framework; None if it computes ``model``, or if only
+    importing the class could tell (backends from outside the package)."""
+    key = canonical_name(name)
+    if key not in _REGISTRY or impl != "layers" or impl not in _REGISTRY[key][0]:
+        return None  # the scratch backends compute every model
+    reason = layers_unsupported(key, model)
+    class_name = _REGISTRY[key][0][impl].split(":")[1]
+    return f"{class_name} cannot compute {model.name}: {reason}" if reason else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,6 +44,7 @@ from jax import lax  # noqa: E402
 from ..cells import RNN, Model, get_cell, layer_suffix  # noqa: E402
 from ..errors import BackendUnavailableError, GPUUnavailableError  # noqa: E402
 from ..params import check_dtype, validate_params  # noqa: E402
+from . import layer_limits  # noqa: E402
 from .base import Backend, State  # noqa: E402
 
 # Without x64, jnp.asarray(float64 array) silently becomes float32 and float64 runs could not
@@ -896,20 +897,7 @@ class JaxLayersBackend(_JaxBase):
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
-        if model.cell.name == "gru":
-            return ("flax.linen.GRUCell applies the reset gate after the recurrent matmul "
-                    "(n = tanh(x W_in + b_in + r * (h W_hn + b_hn)), cuDNN's formula); d2l's GRU applies it "
-                    "before: use --cell gru-reset-after")
-        if model.second_bias:  # flax cells: one Dense per gate and side, only one of the two biased
-            return {
-                "rnn": "flax.linen.SimpleCell has one bias (its input Dense 'i'; the recurrent Dense 'h' has "
-                       "none): a trained second bias b_hh has nowhere to live",
-                "gru-reset-after": "flax.linen.GRUCell's recurrent Dense 'hr' and 'hz' have no bias (only 'hn', "
-                                   "which holds b_hn): trained second biases b_hr, b_hz have nowhere to live",
-                "lstm": "flax.linen.LSTMCell has one bias per gate (on the recurrent Dense 'hi', 'hf', 'hg', "
-                        "'ho'; the input Dense have none): a trained second bias has nowhere to live",
-            }[model.cell.name]
-        return None
+        return layer_limits.layers_unsupported("jax", model)
 
     def version(self) -> str:
         return f"{jax.__version__} (flax {self._flax.__version__})"

@@ -57,6 +57,7 @@ with warnings.catch_warnings():
 from ..cells import Model, layer_suffix
 from ..errors import GPUUnavailableError
 from ..params import check_dtype, validate_params
+from . import layer_limits
 from .base import Backend, State
 
 # NumPy semantics for the whole process: ``shape`` makes 0-d arrays (the mean loss, the gradient
@@ -845,10 +846,7 @@ class MXNetLayersBackend(_MXNetBase):
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
-        if model.cell.name == "gru":
-            return ("Gluon's rnn.GRU (MXNet's fused RNN operator) applies the reset gate after the recurrent "
-                    "matmul (cuDNN's formula); d2l's GRU applies it before: use --cell gru-reset-after")
-        return None
+        return layer_limits.layers_unsupported("mxnet", model)
 
     # --- the model and its params ---------------------------------------------------------------
     def _build(self, vocab_size: int, num_hiddens: int, dtype: str) -> _LayersLM:

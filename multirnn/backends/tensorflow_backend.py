@@ -32,6 +32,7 @@ import numpy as np
 from ..cells import RNN, Model, layer_suffix
 from ..errors import BackendUnavailableError, GPUUnavailableError
 from ..params import PARAM_NAMES, check_dtype, validate_params
+from . import layer_limits
 from .base import Backend, Params, State
 
 # TensorFlow reads these when its C++ runtime loads, so they must be set before the import.
@@ -1002,12 +1003,7 @@ class TensorFlowLayersBackend(Backend):
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
-        if not model.second_bias:
-            return None
-        if model.cell.name == "gru-reset-after":
-            return None  # GRU(reset_after=True) has a recurrent bias row: b_hz, b_hr, b_hn all train
-        layer = {"rnn": "SimpleRNN", "gru": "GRU(reset_after=False)", "lstm": "LSTM"}[model.cell.name]
-        return f"keras.layers.{layer} has one bias per gate: a trained second (hidden-side) bias has nowhere to live"
+        return layer_limits.layers_unsupported("tensorflow", model)
 
     # --- conversion -------------------------------------------------------------------------
     def version(self) -> str:

@@ -34,6 +34,7 @@ from ..cells import RNN, Model, layer_suffix  # noqa: E402
 from ..errors import GPUUnavailableError  # noqa: E402
 from ..ops import time_major_labels  # noqa: E402
 from ..params import check_dtype, validate_params  # noqa: E402
+from . import layer_limits  # noqa: E402
 from .base import Backend, State  # noqa: E402
 
 Params = dict[str, torch.Tensor]
@@ -764,10 +765,7 @@ class TorchLayersBackend(_TorchCommon):
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
-        if model.cell.name == "gru":
-            return ("torch.nn.GRU applies the reset gate after the recurrent matmul (cuDNN's formula); "
-                    "d2l's GRU applies it before: use --cell gru-reset-after")
-        return None  # two biases per gate: the second is held at 0 or trained (model.second_bias)
+        return layer_limits.layers_unsupported("torch", model)
 
     # --- conversion -------------------------------------------------------------------------
     def _build(self, vocab_size: int, num_hiddens: int, dtype: torch.dtype) -> tuple[_Net, dict[str, torch.nn.Parameter]]:

@@ -1,0 +1,42 @@
+"""What each framework's own recurrent layer cannot compute, without importing the framework.
+
+The ``layers`` backends' :meth:`~multirnn.backends.base.Backend.unsupported` read these rules, and
+``compare`` and ``sweep`` read them too, to refuse such a row in the parent process: a worker that
+would import a framework only to refuse the model costs seconds and reports a misleading peak memory.
+"""
+
+from __future__ import annotations
+
+from ..cells import Model
+
+# flax's cells: one Dense per gate and side, only one of the two biased.
+_FLAX_ONE_BIAS = {
+    "rnn": "flax.linen.SimpleCell has one bias (its input Dense 'i'; the recurrent Dense 'h' has "
+           "none): a trained second bias b_hh has nowhere to live",
+    "gru-reset-after": "flax.linen.GRUCell's recurrent Dense 'hr' and 'hz' have no bias (only 'hn', "
+                       "which holds b_hn): trained second biases b_hr, b_hz have nowhere to live",
+    "lstm": "flax.linen.LSTMCell has one bias per gate (on the recurrent Dense 'hi', 'hf', 'hg', "
+            "'ho'; the input Dense have none): a trained second bias has nowhere to live",
+}
+_KERAS_LAYER = {"rnn": "SimpleRNN", "gru": "GRU(reset_after=False)", "lstm": "LSTM"}
+_RESET_AFTER = {
+    "torch": "torch.nn.GRU applies the reset gate after the recurrent matmul (cuDNN's formula)",
+    "mxnet": "Gluon's rnn.GRU (MXNet's fused RNN operator) applies the reset gate after the recurrent matmul "
+             "(cuDNN's formula)",
+    "jax": "flax.linen.GRUCell applies the reset gate after the recurrent matmul "
+           "(n = tanh(x W_in + b_in + r * (h W_hn + b_hn)), cuDNN's formula)",
+}
+
+
+def layers_unsupported(framework: str, model: Model) -> str | None:
+    """Why ``framework``'s own layer cannot compute ``model`` (None if it can)."""
+    if framework in _RESET_AFTER and model.cell.name == "gru":
+        return f"{_RESET_AFTER[framework]}; d2l's GRU applies it before: use --cell gru-reset-after"
+    if not model.second_bias:
+        return None
+    if framework == "jax":
+        return _FLAX_ONE_BIAS[model.cell.name]
+    if framework == "tensorflow" and model.cell.name != "gru-reset-after":  # reset_after=True has a bias row
+        return (f"keras.layers.{_KERAS_LAYER[model.cell.name]} has one bias per gate: a trained second "
+                "(hidden-side) bias has nowhere to live")
+    return None  # torch's and MXNet's layers have two biases per gate
