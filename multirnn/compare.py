@@ -39,8 +39,15 @@ from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
-from .runner import (DEFAULT_STALL_TIMEOUT, Stopped, crashed_record, interrupted_record, raise_on_signals, refused_record,
-                     run_worker)
+from .runner import (
+    DEFAULT_STALL_TIMEOUT,
+    Stopped,
+    crashed_record,
+    interrupted_record,
+    raise_on_signals,
+    refused_record,
+    run_worker,
+)
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
 
