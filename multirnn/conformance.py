@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import subprocess
 import sys
@@ -273,10 +272,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             out.append(f"| {r['framework']} | - | could not run: {_cell(r['error'])} | | |")
             continue
         if "unsupported" in r or "unavailable" in r:
+            # unsupported: the layer cannot compute this cell; unavailable: the framework is not installed
+            kind = "unsupported" if "unsupported" in r else "not available"
             why = _UNSUPPORTED_PREFIX.sub("", r.get("unsupported") or r.get("unavailable") or "")
-            out.append(f"| {r['framework']} | {r.get('asked', '-')} | **not available**: {_cell(why)} | | |")
+            out.append(f"| {r['framework']} | {r.get('asked', '-')} | **{kind}**: {_cell(why)} | | |")
             continue
-        devs = ", ".join(f"{v} {d:.0e}" for v, d in r["deviations"].items())
+        devs = ", ".join(f"{v} {d:.0e}" if d is not None else f"{v} NaN" for v, d in r["deviations"].items())
         computes = " and ".join(f"**{c}**" for c in r["computes"]) or "**none of the variants**"
         init = "; ".join(f"{k}: {v}" for k, v in r["init"].items())
         out.append(f"| {r['framework']} {r.get('version', '')} | {r['asked']} | {computes} ({devs}) | "
@@ -345,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.child:
-            print(json.dumps(measure_framework(args.child),
-                             default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)))
+            from .files import finite_or_none
+
+            # Strict JSON (a NaN deviation becomes null); str() for anything else JSON has no type for.
+            print(json.dumps(finite_or_none(measure_framework(args.child)), allow_nan=False, default=str))
             return EXIT_OK
         frameworks = _frameworks(",".join(FRAMEWORKS) if args.frameworks is None else args.frameworks)
     except UsageError as exc:

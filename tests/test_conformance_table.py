@@ -208,7 +208,7 @@ def test_numpys_reason_is_quoted_whole_and_exits_3() -> None:
 def test_an_unsupported_cell_quotes_the_reason_without_the_class_name(measured: Any) -> None:
     _, table, _ = measured("torch")
     line = next(ln for ln in table.splitlines() if ln.startswith("| torch | gru |"))
-    assert "**not available**: torch.nn.GRU applies the reset gate after the recurrent matmul" in line
+    assert "**unsupported**: torch.nn.GRU applies the reset gate after the recurrent matmul" in line
     assert "TorchLayersBackend" not in line
 
 
@@ -265,3 +265,18 @@ def test_every_table_line_has_five_cells(measured: Any, framework: str) -> None:
     lines = table.strip().splitlines()
     assert len(lines) == 2 + len(CELLS)
     assert all(len(_cells(ln)) == 5 for ln in lines), [ln for ln in lines if len(_cells(ln)) != 5]
+
+
+def test_a_nan_deviation_is_strict_json_from_the_child_and_a_readable_cell(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    row = {"framework": "torch", "asked": "rnn", "version": "x", "deviations": {"rnn": float("nan")},
+           "computes": [], "layout": {}, "init": {}}
+    monkeypatch.setattr(conformance, "measure_framework", lambda framework: [row])
+    assert conformance.main(["--child", "torch"]) == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in the child's JSON")
+
+    parsed = json.loads(capsys.readouterr().out, parse_constant=refuse)  # NaN/Infinity would raise
+    assert parsed[0]["deviations"] == {"rnn": None}
+    assert "**none of the variants** (rnn NaN)" in conformance.markdown(parsed)

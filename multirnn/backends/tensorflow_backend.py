@@ -867,7 +867,7 @@ def _keras_layout(model: Model, vocab_size: int | str = "V", num_hiddens: int | 
         layout[f"{prefix}/kernel"] = {"shape": [V if layer == 0 else H, GH], "holds": row("W_x{g}{s}", s)}
         layout[f"{prefix}/recurrent_kernel"] = {"shape": [H, GH], "holds": row("W_h{g}{s}", s)}
         if model.cell.name == "gru-reset-after":
-            rec = "[" + " | ".join(f"b_h{g}{s}" if g in hidden else "0 (frozen)" for g in gates) + "]"
+            rec = "[" + " | ".join(f"b_h{g}{s}" if g in hidden else "0" for g in gates) + "]"
             layout[f"{prefix}/bias"] = {"shape": [2, GH], "holds": f"[{row('b_{g}{s}', s)}, {rec}]"}
         else:
             layout[f"{prefix}/bias"] = {"shape": [GH], "holds": row("b_{g}{s}", s)}
