@@ -562,7 +562,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         how = ", ".join(checks)
         stat = ""
         if base["init"] == "framework":
-            stat = (f"{'; ' if checks else ''}statistical (every layer starts from its framework's own initialisers): "
+            stat = (f"{'; ' if checks else ''}statistical (layers start from their framework's own initialisers, other rows from "
+                    f"d2l's N(0, 0.01^2)): "
                     f"the median-last perplexity of each seed's run paired with the d2l model trained from the same "
                     f"weights, equivalent within {FRAMEWORK_INIT_RTOL:.0%} by a paired TOST (alpha 0.05; with one "
                     f"seed, the difference itself)")
