@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("the verdict")
     v.add_argument("--lockstep", default="auto", type=_lockstep_arg, metavar="auto|off|N",
                    help="re-anchored checks: every backend restarts from the oracle's checkpoints every N epochs "
-                   "and trains one epoch plus probe steps (default auto: spaced to cost about a quarter of the "
-                   "run; off: judge the free-running curves only)")
+                   f"and trains one epoch (at most {lockstep.MAX_STRETCH_STEPS} steps of it) plus probe steps "
+                   "(default auto: spaced to cost about a quarter of the run; off: judge the free-running curves only)")
     v.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the reference run's checkpoints (checkpoints/ in the output folder)")
     d = p.add_argument_group("text")

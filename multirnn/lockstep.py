@@ -5,8 +5,9 @@ chaotic: one-ulp differences grow to ~1e-2 within 100 epochs), so they cannot ca
 verdict over a long run. Here each backend restarts, at checkpoints spread over the whole run,
 from the anchor run's own parameters (bit-identical, same dtype) and data-generator state, and
 trains a short stretch: that epoch plus the first step of the next (so the epoch boundary's state
-reset is exercised). Chaos has no time to amplify, so the per-step losses and gradient norms must
-match the anchor's over the stretch within a fixed band, at epoch 3 as at epoch 500.
+reset is exercised), or only the epoch's first ``MAX_STRETCH_STEPS`` steps where it is longer.
+Chaos has no time to amplify, so the per-step losses and gradient norms must match the anchor's
+over the stretch within a fixed band, at epoch 3 as at epoch 500.
 
 Two probe steps per checkpoint exercise what the run itself may never do: a step with the
 clipping threshold set *below* the current gradient norm (clipping active, through the backend's
@@ -41,17 +42,30 @@ DEFAULT_BUDGET = 0.25
 PROBE_CLIP_FACTORS = {"clip": 0.5, "no-clip": 2.0}
 PROBE_LR_FACTOR = 0.5
 _CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
+# The longest stretch. Rounding differences compound over a stretch too, the faster the longer the
+# run has trained. Worst relative deviation of correct torch/jax rows (float32, AVX2) within a
+# stretch's first 16 / 32 / 128 steps: batch 1, 1 step, hidden 64 (399-step epochs) 6.3e-7 / 1.9e-6 /
+# 6.0e-3, and both rows left the 1e-3 band at steps 232-240; hidden 8 (199 steps) 1.3e-6 / 1.3e-6 /
+# 4.3e-5, 1.15e-3 by step 199; the book's shapes with 53-step epochs 1.6e-6 / 3.0e-5. 16 steps keep
+# the book's stretches (9 steps, d2l-ed2's 5) whole with a wide margin, and still compound a state
+# bug's one-step effect over the later steps.
+MAX_STRETCH_STEPS = 16
 
 
 def auto_every(steps_per_epoch: int, budget: float = DEFAULT_BUDGET) -> int:
     """Checkpoint spacing (in epochs) that keeps the lockstep work near ``budget`` of a run.
 
-    Each checkpoint costs one epoch, one boundary step and two probe steps of the backend.
+    Each checkpoint costs a stretch (see :func:`stretch_steps`) and two probe steps of the backend.
     """
-    # one epoch + one boundary step + two probe steps (the oracle's probe steps are computed once,
-    # by the run that saves the checkpoints)
-    cost = (steps_per_epoch + 3) / max(steps_per_epoch, 1)  # in epochs of the free run
+    # the oracle's probe steps are computed once, by the run that saves the checkpoints
+    cost = (stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)  # in epochs of the free run
     return max(1, math.ceil(cost / budget))
+
+
+def stretch_steps(steps_in_epoch: int, has_next_epoch: bool) -> int:
+    """Steps in a stretch from a checkpoint: the epoch, plus the next one's first step if there is
+    one, capped at :data:`MAX_STRETCH_STEPS`."""
+    return min(steps_in_epoch + (1 if has_next_epoch else 0), MAX_STRETCH_STEPS)
 
 
 def checkpoint_epochs(num_epochs: int, every: int) -> list[int]:
@@ -115,7 +129,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 @dataclass
 class Stretch:
-    """A backend's steps from one checkpoint: the epoch, plus the next epoch's first step."""
+    """A backend's steps from one checkpoint: the epoch, plus the next epoch's first step (at most
+    :data:`MAX_STRETCH_STEPS` steps)."""
 
     epoch: int
     start_step: int  # 0-based global index of the first step (the anchor's step numbering)
@@ -147,11 +162,12 @@ def _generator(state: dict[str, Any]) -> np.random.Generator:
 
 
 def run_stretch(backend: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> Stretch:
-    """Train from ``ckpt`` through its epoch and the first step of the next one (if any)."""
+    """Train from ``ckpt`` through its epoch and the first step of the next one (if any), stopping
+    after :data:`MAX_STRETCH_STEPS` steps."""
     rng = _generator(ckpt.rng_state)
-    epoch = run_epoch(backend, config, data, backend.params_from_numpy(ckpt.params), rng)
+    epoch = run_epoch(backend, config, data, backend.params_from_numpy(ckpt.params), rng, max_steps=MAX_STRETCH_STEPS)
     loss, norm = list(epoch.losses), list(epoch.norms)
-    if ckpt.epoch < config.num_epochs:
+    if ckpt.epoch < config.num_epochs and len(loss) < MAX_STRETCH_STEPS:
         boundary = run_epoch(backend, config, data, epoch.params, rng, max_steps=1)
         loss += boundary.losses
         norm += boundary.norms

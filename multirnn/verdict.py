@@ -10,8 +10,9 @@ How a backend is judged (``--init shared`` and ``independent`` alike):
 
 * **Shapes** of one-hot inputs, logits, state and every gradient on the first minibatch.
 * **Re-anchored stretches**: from each checkpoint of the reference run the backend trains one
-  epoch plus one step; every step's loss and gradient norm must lie within ``STEP_RTOL[dtype]``
-  (relative) of the reference's. The band is fixed: stretches are short, chaos cannot widen it.
+  epoch plus one step (at most ``lockstep.MAX_STRETCH_STEPS``); every step's loss and gradient norm
+  must lie within ``STEP_RTOL[dtype]`` (relative) of the reference's. The band is fixed: stretches
+  are short, chaos cannot widen it.
 * **Probe steps** (clipping forced on, then off, at half the lr): each parameter's update must
   match the NumPy oracle's within ``PROBE_RTOL[dtype]`` of the update's size, plus the rounding
   of the updated parameter itself (``ROUNDING[dtype]`` x its norm).
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import agreement
+from .lockstep import MAX_STRETCH_STEPS
 from .report import plural
 
 ORACLE = "numpy"
@@ -64,15 +66,18 @@ FRAMEWORK_INIT_RTOL = 0.15
 class Crossing:
     """The first measurement of a backend outside its band."""
 
-    epoch: int
-    step: int | None  # 1-based global step of the reference run (None for a probe)
+    epoch: int  # the epoch the step belongs to (a probe's: its checkpoint's)
+    step: int | None  # 1-based step within that epoch (None for a probe)
     what: str  # e.g. "loss", "grad norm", "probe clip: W_hh update", "missing steps"
     deviation: float
     band: float
     also: tuple[str, ...] = ()  # other measurements outside their bands in the same probe step
+    global_step: int | None = None  # 1-based step of the whole run (None for a probe)
 
     def describe(self) -> str:
         where = f"epoch {self.epoch}" + (f", step {self.step}" if self.step is not None else "")
+        if self.global_step is not None and self.global_step != self.step:
+            where += f" (step {self.global_step} of the run)"
         also = f"; also outside: {', '.join(self.also)}" if self.also else ""
         if not math.isfinite(self.deviation):
             return f"{where}: {self.what}{also}"
@@ -143,6 +148,9 @@ class Verdict:
     # Where the reference's own training diverged, and how much of the run that left to compare:
     # {"epoch", "step", "steps_compared", "whole_stretch"}; None if it did not diverge.
     reference_diverged: Mapping[str, Any] | None = None
+    # The reference's longest epoch in steps where it is longer than a stretch (lockstep.MAX_STRETCH_STEPS):
+    # stretches then covered only its first steps. None otherwise.
+    long_epoch_steps: int | None = None
 
     def backend(self, name: str) -> BackendVerdict:
         return next(b for b in self.backends if b.name == name)
@@ -195,8 +203,9 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
         for r in rows:
             for s in (r.get("lockstep") or {}).get("stretches", []):
                 k, a = s["epoch"], s["start_step"]
-                # the stretch is epoch k plus the first step of epoch k + 1, as far as the oracle got
-                n = spe[k - 1] + (1 if k < len(spe) else 0) if k <= len(spe) else len(s["loss"])
+                # the stretch is epoch k plus the first step of epoch k + 1 (capped), as far as the oracle got
+                n = (min(spe[k - 1] + (1 if k < len(spe) else 0), MAX_STRETCH_STEPS) if k <= len(spe)
+                     else len(s["loss"]))
                 if k <= len(spe):
                     a = int(bounds[k - 1])
                 # Where the oracle diverged, the stretch it cut short is not judged: steps just before a
@@ -221,8 +230,31 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
     return out
 
 
-def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]], dtype: str) -> BackendVerdict:
-    """A backend's re-anchored stretches and probes against the reference, in epoch order."""
+def locate(global_step: int, steps_per_epoch: Sequence[int]) -> tuple[int, int]:
+    """(epoch, step within it), both 1-based, of the 1-based ``global_step``; past the recorded
+    epochs, counted on in epochs as long as the last one."""
+    bounds = np.concatenate([[0], np.cumsum(steps_per_epoch)]).astype(int) if steps_per_epoch else np.zeros(1, int)
+    if global_step <= bounds[-1]:
+        epoch = agreement.epoch_of_step(global_step, steps_per_epoch)
+        return epoch, global_step - int(bounds[epoch - 1])
+    last = int(steps_per_epoch[-1]) if steps_per_epoch else 0
+    if last <= 0:
+        return max(len(steps_per_epoch), 1), global_step - int(bounds[-1])
+    beyond = global_step - int(bounds[-1]) - 1
+    return len(steps_per_epoch) + 1 + beyond // last, beyond % last + 1
+
+
+def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]], dtype: str,
+                   steps_per_epoch: Sequence[int] = ()) -> BackendVerdict:
+    """A backend's re-anchored stretches and probes against the reference, in epoch order.
+
+    ``steps_per_epoch`` (the reference run's) names where a step lies: epoch and step within it.
+    """
+
+    def crossing(global_step: int, what: str, dev: float, tol: float) -> Crossing:
+        epoch, step = locate(global_step, steps_per_epoch)
+        return Crossing(epoch, step, what, dev, tol, global_step=global_step)
+
     rtol, nrtol, prtol, rounding = STEP_RTOL[dtype], NORM_RTOL[dtype], PROBE_RTOL[dtype], ROUNDING[dtype]
     lock = row.get("lockstep") or {}
     stretches = {s["epoch"]: s for s in lock.get("stretches", [])}
@@ -242,10 +274,10 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 for i, (got, want) in enumerate(zip(s[key], r[key])):
                     dev = agreement.relative_error(got, want)
                     devs[key] = max(devs[key], dev)
-                    if not dev <= tol and (first is None or (first.step or 0) > r["start"] + i + 1):
-                        first = Crossing(epoch, r["start"] + i + 1, what, dev, tol)
+                    if not dev <= tol and (first is None or (first.global_step or 0) > r["start"] + i + 1):
+                        first = crossing(r["start"] + i + 1, what, dev, tol)
             if len(s["loss"]) < len(r["loss"]) and first is None:
-                first = Crossing(epoch, r["start"] + len(s["loss"]) + 1, "missing steps (the stretch stopped early)",
+                first = crossing(r["start"] + len(s["loss"]) + 1, "missing steps (the stretch stopped early)",
                                  math.inf, rtol)
         probe_ratio = 0.0
         for p in probes.get(epoch, []):
@@ -293,9 +325,11 @@ def _free_run(row: Mapping[str, Any], reference_curve: np.ndarray | None, dtype:
     if strict:
         d = agreement.compare_curve(row["step_loss"], reference_curve, STEP_RTOL[dtype], row.get("steps_per_epoch") or [])
         if not d.agrees:
-            out["crossing"] = Crossing(d.first_epoch or 0, d.first_step, "free-running loss",
+            spe = row.get("steps_per_epoch") or []
+            epoch, step = locate(d.first_step, spe) if d.first_step else (d.first_epoch or 0, None)
+            out["crossing"] = Crossing(epoch, step, "free-running loss",
                                        float(dev[d.first_step - 1]) if d.first_step and d.first_step <= dev.size else math.inf,
-                                       STEP_RTOL[dtype])
+                                       STEP_RTOL[dtype], global_step=d.first_step)
     return out
 
 
@@ -344,7 +378,7 @@ def judge(
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
                 state_effects=largest_state_effects(ran),
-                reference_diverged=reference_divergence(ran, reference))
+                reference_diverged=reference_divergence(ran, reference), long_epoch_steps=None)
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -363,6 +397,10 @@ def judge(
     if init == "shared" and reference is not None:
         ref_curve = agreement.reference_curve(curves, ORACLE if reference == ORACLE else None)
     stretch_ref = stretch_reference(ran, reference) if reference is not None else {}
+    # where steps lie: the oracle's epochs, else the longest run's (all share the data)
+    ref_epochs = list((ref_row or max(ran, key=lambda r: len(r.get("step_loss") or []))).get("steps_per_epoch") or [])
+    if ref_epochs and max(ref_epochs) + 1 > MAX_STRETCH_STEPS:
+        base["long_epoch_steps"] = int(max(ref_epochs))
     finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r.get("perplexity")}
     has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
                                     for r in ran)
@@ -376,7 +414,7 @@ def judge(
         elif r["name"] == ORACLE:
             v = BackendVerdict(r["name"], "reference", shapes_agree=shapes_agree)
         elif has_lockstep:
-            v = judge_lockstep(r, stretch_ref, dtype)
+            v = judge_lockstep(r, stretch_ref, dtype, ref_epochs)
             if not v.checkpoints_checked:
                 v = BackendVerdict(r["name"], "disagrees", reason="no re-anchored checkpoint could be checked "
                                    "(the run stopped before the first one)")
@@ -416,8 +454,8 @@ def judge(
 def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[str, Any] | None:
     """Where the reference diverged, and whether one whole re-anchored stretch came before it.
 
-    A stretch is an epoch plus the next one's first step: the least that exercises both state rules
-    (carried within the epoch, reset at its boundary). The oracle's own run decides; with the median
+    A stretch is an epoch plus the next one's first step (at most ``MAX_STRETCH_STEPS``): the least
+    that exercises both state rules (carried within the epoch, reset at its boundary). The oracle's own run decides; with the median
     as the reference, the run of the backend that got furthest (the median exists only while the others
     have steps too), and only when every backend diverged.
     """
@@ -433,7 +471,7 @@ def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | Non
     done = len(furthest.get("step_loss") or [])
     spe = list(furthest.get("steps_per_epoch") or [])
     return {"name": furthest["name"], "epoch": furthest.get("diverged_epoch"), "step": furthest.get("diverged_step"),
-            "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0]}
+            "steps_compared": done, "whole_stretch": bool(spe) and done >= min(spe[0] + 1, MAX_STRETCH_STEPS)}
 
 
 def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -574,7 +612,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             n = div["steps_compared"]
             parts.append(f"too little to judge: {base['reference_label']} diverged at epoch {div['epoch']}, step "
                          f"{div['step']}, before "
-                         + ("one re-anchored stretch (an epoch and the next one's first step) was complete"
+                         + (f"one re-anchored stretch (an epoch and the next one's first step, at most {MAX_STRETCH_STEPS} steps) "
+                            "was complete"
                             if has_lockstep else "its second epoch began")
                          + f"; {_plural(others, 'agrees', 'agree')} with it "
                          + (f"on the probe steps only (the {plural(n, 'step')} before the blow-up amplify rounding "
@@ -614,6 +653,11 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
               if has_lockstep else None)
     if unseen and status != "not-judged" and any(b.status == "agrees" for b in backends):  # they may hide one
         notes.append(unseen)
+    long = base.get("long_epoch_steps")
+    if has_lockstep and long and status != "not-judged":
+        notes.append(f"epochs of up to {long} steps are longer than a re-anchored stretch: each covered its epoch's first "
+                     f"{MAX_STRETCH_STEPS} steps (rounding differences compound over longer ones, enough to leave the band), "
+                     "so the step into the next epoch was not re-anchored")
     if (not base.get("lockstep_asked", True) and base["reference"] is not None and base["dtype"] == "float32"
             and base["init"] == "shared"):  # other inits compare no curves
         notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "

@@ -169,16 +169,20 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     assert row["peak_rss_mb"] is None and row["framework_version"] is None
 
 
-def test_a_translation_bug_is_caught_at_its_first_checkpoint(tmp_path):
+def test_a_translation_bug_is_caught_in_a_re_anchored_stretch(tmp_path):
+    from multirnn.lockstep import MAX_STRETCH_STEPS
+
     out = tmp_path / "run"
     proc = compare(["--backends", "numpy,jax", *TINY, "--out", str(out), "--no-plot"], STATELESS_JAX, tmp_path)
     assert proc.returncode == 1, proc.stderr
     res = load(out)
     jax = res["backends"][1]
     assert jax["status"] == "ok" and jax["agrees"] is False
-    assert jax["judgement"]["first_crossing"]["epoch"] == 1  # the first checkpoint
+    c = jax["judgement"]["first_crossing"]
+    # TINY's epochs have 37 steps: a stretch is a checkpoint epoch's first 16, named by epoch and step within it
+    assert c["epoch"] in res["options"]["lockstep_epochs"] and 2 <= c["step"] <= MAX_STRETCH_STEPS
     assert "jax disagrees with the NumPy oracle" in res["verdict"]["summary"]
-    assert "DISAGREES (epoch 1" in proc.stdout
+    assert f"DISAGREES (epoch {c['epoch']}, step {c['step']})" in proc.stdout
 
 
 def test_no_backend_could_run_exits_3(tmp_path):

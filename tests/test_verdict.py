@@ -61,8 +61,9 @@ def test_the_first_crossing_is_named_with_epoch_and_step():
     v = judge(rows)
     assert v.status == "disagree" and v.disagreeing == ["torch"]
     c = v.backend("torch").first_crossing
-    assert (c.epoch, c.step, c.what) == (2, 5, "loss") and c.deviation == pytest.approx(3e-3)
-    assert "epoch 2, step 5" in v.summary
+    # global step 5 is epoch 2's second step: named by its epoch's count, the run's in brackets
+    assert (c.epoch, c.step, c.global_step, c.what) == (2, 2, 5, "loss") and c.deviation == pytest.approx(3e-3)
+    assert "epoch 2, step 2 (step 5 of the run)" in v.summary
 
 
 def test_a_probe_outside_its_band_is_a_disagreement_and_rounding_is_allowed():
@@ -128,14 +129,14 @@ def test_a_stretch_that_stopped_early_disagrees():
     rows[1]["lockstep"]["stretches"][0]["loss"] = rows[1]["lockstep"]["stretches"][0]["loss"][:2]
     rows[1]["lockstep"]["stretches"][0]["grad_norm"] = rows[1]["lockstep"]["stretches"][0]["grad_norm"][:2]
     c = judge(rows).backend("torch").first_crossing
-    assert c.what.startswith("missing steps") and c.step == 3 and c.epoch == 1
+    assert c.what.startswith("missing steps") and c.step == 3 and c.epoch == 1 and c.global_step == 3
 
 
 def test_without_lockstep_the_free_run_is_held_to_the_fixed_band():
     row = oracle_row([3.0, 2.5 * (1 + 5e-4), 2.0 * (1 + 3e-3), 1.5, 1.2, 1.1], REF["step_grad_norm"], "torch")
     v = judge([REF, row], lockstep=False)
     torch = v.backend("torch")
-    assert torch.status == "disagrees" and torch.first_crossing.step == 3
+    assert torch.status == "disagrees" and torch.first_crossing.step == 3 and torch.first_crossing.global_step == 3
     assert torch.free_run_max_deviation == pytest.approx(3e-3)
     assert any("free-running float32 curves" in n for n in v.notes)
 
@@ -227,7 +228,8 @@ def test_checkpoint_epochs_and_auto_spacing():
     assert lockstep.checkpoint_epochs(3, 1) == [1, 2, 3] and lockstep.checkpoint_epochs(5, 0) == []
     every = lockstep.auto_every(8)
     assert (8 + 3) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
-    assert lockstep.auto_every(1000) == 5  # one epoch per checkpoint: a quarter of the run is every 5th epoch
+    # a stretch stops at MAX_STRETCH_STEPS: 16 + 2 probe steps in a 1000-step epoch fit every epoch
+    assert lockstep.MAX_STRETCH_STEPS == 16 and lockstep.auto_every(1000) == 1 and lockstep.auto_every(40) == 2
 
 
 def test_a_row_stopped_by_the_user_is_interrupted_not_crashed():
@@ -279,3 +281,37 @@ def test_the_stretch_a_diverging_reference_cut_short_is_not_judged():
 def test_a_reference_that_did_not_diverge_records_nothing():
     v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])])])
     assert v.reference_diverged is None and "diverged" not in v.summary
+
+
+def test_a_long_epoch_is_re_anchored_for_its_first_steps_only():
+    """Rounding compounds over a stretch as over a free run: a stretch stops at MAX_STRETCH_STEPS."""
+    from multirnn import lockstep
+    from multirnn.backends.numpy_backend import NumpyBackend
+    from multirnn.config import preset
+    from multirnn.harness import prepare_data, train
+
+    cap = lockstep.MAX_STRETCH_STEPS
+    config = preset("quick", num_hiddens=8, num_epochs=2, max_tokens=200, batch_size=1, num_steps=1, dtype="float64")
+    data = prepare_data(config)
+    found = []
+    result = train(NumpyBackend(), config, data, checkpoint_epochs=[1], on_checkpoint=found.append)
+    stretch = lockstep.run_stretch(NumpyBackend(), config, data, found[0])
+    assert result.history.steps_per_epoch[0] > cap + 1 and len(stretch.loss) == cap
+    assert stretch.loss == result.history.step_loss[:cap]  # the same steps as the run's, bit for bit
+
+    n = 3 * cap
+    ref = {"name": "numpy", "status": "ok", "step_loss": [2.0] * n, "step_grad_norm": [0.5] * n,
+           "steps_per_epoch": [n], "perplexity": [2.0], "shapes": None}
+    good = backend_row("torch", ref, [(1, 0, [1.0] * cap)])
+    v = judge([ref, good])
+    assert v.status == "agree" and v.long_epoch_steps == n
+    assert any(f"first {cap} steps" in note and "not re-anchored" in note for note in v.notes)
+    off = [1.0] * cap
+    off[9] = 1 + 3e-3
+    c = judge([ref, backend_row("torch", ref, [(1, 0, off)])]).backend("torch").first_crossing
+    assert (c.epoch, c.step, c.what) == (1, 10, "loss")
+    short = backend_row("torch", ref, [(1, 0, [1.0] * (cap - 4))])  # the cap does not excuse stopping early
+    c = judge([ref, short]).backend("torch").first_crossing
+    assert c.what.startswith("missing steps") and c.step == cap - 3
+    # epochs that fit a stretch whole get no such note
+    assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]).long_epoch_steps is None
