@@ -48,6 +48,37 @@ def verdict_cell(b: dict[str, Any]) -> str:
     return {"agrees": "agrees", "reference": "reference", "not-judged": "not judged"}.get(status, "-")
 
 
+def reanchored_cell(b: dict[str, Any], verdict: dict[str, Any]) -> str:
+    """The worst re-anchored deviation and which quantity it is: the loss alone hid a row that failed on
+    its gradient norm. Worst is taken relative to each quantity's band; a probe step shows only when it
+    is outside its band (its number is a multiple of the band, not a relative deviation)."""
+    j = b.get("judgement") or {}
+    candidates = [(j.get("max_loss_deviation"), verdict.get("step_rtol") or 1.0, "loss"),
+                  (j.get("max_norm_deviation"), verdict.get("norm_rtol") or 1.0, "norm")]
+    # NaN (a blown-up stretch) ranks worst
+    candidates = [(math.inf if math.isnan(dev) else dev / band, dev, what) for dev, band, what in candidates
+                  if dev is not None]
+    probe = j.get("max_probe_ratio")
+    if probe is not None and not probe <= 1.0:
+        candidates.append((math.inf if math.isnan(probe) else probe, probe, "probe"))
+    if not candidates:
+        return "-"
+    _, dev, what = max(candidates, key=lambda c: c[0])  # ties: the first, the loss
+    return f"{_fmt(dev, '.1f')}x band (probe)" if what == "probe" else f"{_fmt(dev, '.1e')} ({what})"
+
+
+def reanchored_legend(results: dict[str, Any]) -> str | None:
+    """What the 're-anchored dev' column means, or None when no row has a value in it."""
+    v = results["verdict"]
+    if not any((b.get("judgement") or {}).get("checkpoints_checked") for b in results["backends"]):
+        return None
+    bands = (f"band {v['step_rtol']:g}" if v["step_rtol"] == v["norm_rtol"]
+             else f"bands {v['step_rtol']:g} (loss), {v['norm_rtol']:g} (norm)")
+    return ("re-anchored dev: worst relative deviation |x - ref| / ref of the per-step loss or gradient norm (named) "
+            f"from {v.get('reference_label')}, every backend restarted from the same weights at each checkpoint; "
+            f"{bands}; 'Nx band (probe)': a probe step outside its band")
+
+
 def median_last_window(results: dict[str, Any]) -> int | None:
     """How many final epochs the 'median last' column spans, or None when that is the whole run."""
     n = results["config"]["num_epochs"]
@@ -77,7 +108,7 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("1st epoch s", lambda b: _fmt(b.get("first_epoch_seconds"), ".2f")),
         ("peak MB", lambda b: _fmt(b.get("peak_rss_mb"), ".0f")),
         ("checkpoints", lambda b: str((b.get("judgement") or {}).get("checkpoints_checked") or "-")),
-        ("re-anchored dev", lambda b: _fmt((b.get("judgement") or {}).get("max_loss_deviation"), ".1e")),
+        ("re-anchored dev", lambda b: reanchored_cell(b, results["verdict"])),
         ("free-run dev", lambda b: _fmt((b.get("judgement") or {}).get("free_run_max_deviation"), ".1e")),
         ("verdict", verdict_cell),
     ]
@@ -148,7 +179,7 @@ def plural(n: int, noun: str) -> str:
 
 def text_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -246,6 +277,8 @@ def terminal_report(results: dict[str, Any], width: int | None = None) -> str:
     parts = [f"Config: {config_text(results)}", "", text_table(rows, header)]
     if dropped:
         parts.append(f"(left out to fit {width} columns: {', '.join(dropped)}; report.md has them)")
+    if "re-anchored dev" in header and (legend := reanchored_legend(results)):
+        parts.append(legend)
     parts += ["", f"Verdict: {v['summary']}", bands_text(results)]
     parts += [f"Note: {n}" for n in notes(results)]
     if samples_text(results):
@@ -283,9 +316,10 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         (f"median last {window}: median perplexity over the last {window} epochs (one spiking epoch does not "
          "decide); " if window else "")
         + "tokens/s: median over the epochs after the first; checkpoints: re-anchored checkpoints checked; "
-        "re-anchored dev: worst relative per-step loss deviation over those stretches; free-run dev: worst relative "
-        "deviation of the free-running loss curve (informational: over long float32 runs it measures chaos, not "
-        "correctness).",
+        "re-anchored dev: worst relative per-step loss or gradient-norm deviation over those stretches (which one "
+        "is named; the worse for its band), or a probe step outside its band as a multiple of it; free-run dev: "
+        "worst relative deviation of the free-running loss curve (informational: over long float32 runs it "
+        "measures chaos, not correctness).",
     ]
     crossings = [(b["name"], (b.get("judgement") or {}).get("reason")) for b in results["backends"]
                  if (b.get("judgement") or {}).get("status") == "disagrees"]
@@ -334,6 +368,33 @@ def _integer_epochs(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _checkpoint_ticks(ax: Any, epochs: Sequence[int]) -> None:
+    """Ticks on the checkpoint epochs themselves, so each marker reads off its checkpoint (locator ticks
+    at 0, 8, 16 under checkpoints 1, 7, 13 did not); every k-th one labelled when there are many, every
+    one still a minor tick."""
+    ticks = sorted(set(epochs))
+    if not ticks:
+        _integer_epochs(ax)
+        return
+    ax.set_xticks(ticks[::max(1, math.ceil(len(ticks) / 12))])
+    ax.set_xticks(ticks, minor=True)
+
+
+def _at_floor(values: Sequence[float | None], floor: float, clamped: set[int], ax: Any) -> list[float]:
+    """``values`` for a log axis: None as NaN (a gap), anything below ``floor`` (an exact 0) at it; the
+    axis is remembered in ``clamped`` so that :func:`_floor_legend` can say so."""
+    out = [math.nan if x is None else x for x in values]
+    if any(x < floor for x in out):
+        clamped.add(id(ax))
+    return [x if math.isnan(x) else max(x, floor) for x in out]
+
+
+def _floor_legend(ax: Any, floor: float, clamped: set[int]) -> None:
+    """A legend entry (and faint line) where exact zeros were drawn: a log axis cannot show 0."""
+    if id(ax) in clamped:
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=0.8, label=f"0 drawn at {floor:g}")
+
+
 def _log_ticks(ax: Any) -> None:
     """Ticks at 1, 2, 5 x 10^k with plain numbers: a perplexity axis spanning 8-30 gets 10, 20.
 
@@ -356,6 +417,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     ran = [b for b in results["backends"] if b.get("perplexity")]
     ref_name = results["verdict"].get("reference")
     ref = next((b for b in ran if b["name"] == ref_name), None)
+    # an exact match has no place on a log axis: drawn at the floor, which the legend names
+    floor = 1e-9 if results["config"]["dtype"] == "float32" else 1e-16
+    clamped: set[int] = set()
+    evaluated = False
     fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
     for i, b in enumerate(ran):
         epochs = list(range(1, len(b["perplexity"]) + 1))
@@ -364,25 +429,42 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         if b.get("val_perplexity"):
             ax.plot(epochs[:len(b["val_perplexity"])], b["val_perplexity"], label=f"{b['name']} (validation)",
                     **{**_style(i, len(epochs)), "linestyle": ":", "alpha": 0.8})
+        ev = b.get("eval_perplexity")
+        if isinstance(ev, (int, float)) and math.isfinite(ev):
+            # one number, the final model's on --eval-text: a star at the last epoch, no line
+            st = _style(i, len(epochs))
+            ax.plot([len(epochs)], [ev], color=st["color"], marker="*", linestyle="none",
+                    markersize=st["markersize"] + 4, fillstyle="none", markeredgewidth=1.2,
+                    label=f"{b['name']} (eval text)")
+            evaluated = True
         if ref is not None and b is not ref:
             n = min(len(ppl), len(ref["perplexity"]))
             diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
                     else float("nan") for k in range(n)]
-            # an exact match has no place on a log axis: draw it at the floor, named in the axis label
-            floor = 1e-9 if results["config"]["dtype"] == "float32" else 1e-16
-            ax_diff.plot(epochs[:n], [max(d, floor) for d in diff], label=b["name"], **_style(i, n))
-    ax.set(yscale="log", ylabel="perplexity", title=f"Perplexity per epoch ({results['config']['protocol']}, "
-           f"{results['config']['dtype']})")
+            ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"], **_style(i, n))
+    title = f"Perplexity per epoch ({results['config']['protocol']}, {results['config']['dtype']})"
+    if evaluated:  # the file named once here keeps the legend narrow
+        eval_name = Path(results.get("options", {}).get("eval_text") or "--eval-text").name
+        title += f"\nstars: the final model's perplexity on {eval_name}"
+    ax.set(yscale="log", ylabel="perplexity", title=title)
     _log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if ref is not None and len(ran) > 1:
-        ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref\n(exact: bottom line)",
+        ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref",
                     title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)")
+        _floor_legend(ax_diff, floor, clamped)
         ax_diff.grid(True, which="both", alpha=0.3)
         ax_diff.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
-        ax_diff.text(0.5, 0.5, "no reference to compare with", ha="center", va="center", transform=ax_diff.transAxes)
+        if ref is not None:  # the reference is the only curve: the others did not finish an epoch
+            why = (f"only the reference ({results['verdict'].get('reference_label')}) finished: "
+                   "nothing to compare with it")
+        elif ref_name is not None:  # a per-step median is no curve of its own here
+            why = f"the reference is {results['verdict'].get('reference_label')}: deviation.png compares with it"
+        else:
+            why = "no reference to compare with"
+        ax_diff.text(0.5, 0.5, why, ha="center", va="center", transform=ax_diff.transAxes)
         ax_diff.set_yticks([])
     ax_diff.set_xlabel("epoch")
     _integer_epochs(ax_diff)
@@ -400,26 +482,39 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     rows = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
     fig, axes = plt.subplots(3, 1, figsize=(8, 9.5))
     ax_loss, ax_probe, ax_free = axes
+    clamped: set[int] = set()
+    checkpoint_epochs: list[int] = []
+    # Outside per quantity: a checkpoint's one "outside" flag circled every panel, even an in-band one.
+    # None: a stretch not judged (the reference diverged in it); NaN counts as outside, as in the verdict.
+    beyond = lambda x, band: x is not None and not x <= band
+    circle = {"s": 140, "facecolors": "none", "edgecolors": "red", "linewidths": 1.8, "zorder": 5}
     for b in rows:
         i = index[b["name"]]
         cps = b["judgement"].get("checkpoints") or []
         if not cps:
             continue
         epochs = [c["epoch"] for c in cps]
+        checkpoint_epochs += epochs
         st = _style(i, len(epochs))
         st.update(markevery=1)
         # a stretch that was not judged (the reference diverged in it) has no point: NaN leaves a gap
-        stretch = lambda c, k: math.nan if c[k] is None else max(c[k], floor)  # noqa: E731
-        ax_loss.plot(epochs, [stretch(c, "loss_deviation") for c in cps], label=f"{b['name']} loss", **st)
-        ax_loss.plot(epochs, [stretch(c, "norm_deviation") for c in cps], label=f"{b['name']} grad norm",
-                     **{**st, "linestyle": ":", "alpha": 0.7})
-        ax_probe.plot(epochs, [max(c["probe_ratio"], floor) for c in cps], label=b["name"], **st)
-        bad = [c for c in cps if c["outside"]]
-        if bad:
-            ax_loss.scatter([c["epoch"] for c in bad], [max(c["loss_deviation"] or 0.0, c["norm_deviation"] or 0.0, floor) for c in bad],
-                            s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
-            ax_probe.scatter([c["epoch"] for c in bad], [max(c["probe_ratio"], floor) for c in bad], s=140,
-                             facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
+        loss = _at_floor([c["loss_deviation"] for c in cps], floor, clamped, ax_loss)
+        norm = _at_floor([c["norm_deviation"] for c in cps], floor, clamped, ax_loss)
+        probe = _at_floor([c["probe_ratio"] for c in cps], floor, clamped, ax_probe)
+        ax_loss.plot(epochs, loss, label=f"{b['name']} loss", **st)
+        ax_loss.plot(epochs, norm, label=f"{b['name']} grad norm", **{**st, "linestyle": ":", "alpha": 0.7})
+        ax_probe.plot(epochs, probe, label=b["name"], **st)
+        marks: list[tuple[Any, int, float]] = []
+        for k, c in enumerate(cps):
+            flagged = [(ax, ys[k]) for ax, ys, x, band in ((ax_loss, loss, c["loss_deviation"], v["step_rtol"]),
+                                                           (ax_loss, norm, c["norm_deviation"], v["norm_rtol"]),
+                                                           (ax_probe, probe, c["probe_ratio"], 1.0)) if beyond(x, band)]
+            if c["outside"] and not flagged:  # e.g. a stretch that stopped early: no value left its band
+                flagged = [(ax_loss, max((y for y in (loss[k], norm[k]) if not math.isnan(y)), default=floor))]
+            marks += [(ax, c["epoch"], y) for ax, y in flagged]
+        for ax in (ax_loss, ax_probe):
+            if pts := [(e, y) for a, e, y in marks if a is ax]:
+                ax.scatter([e for e, _ in pts], [y for _, y in pts], **circle)
     if v["step_rtol"] == v["norm_rtol"]:
         ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"band {v['step_rtol']:g}")
     else:
@@ -432,15 +527,16 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     ax_probe.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="deviation / band",
                  title="Probe steps (clipping on and off, half lr): worst update error / its band")
     for ax in (ax_loss, ax_probe):
-        _integer_epochs(ax)
+        _checkpoint_ticks(ax, checkpoint_epochs)
     for i, b in enumerate(results["backends"]):
         if not b.get("free_run_deviation") or (b.get("judgement") or {}).get("status") == "reference":
             continue
-        ax_free.plot([max(d, floor) for d in b["free_run_deviation"]], linewidth=0.8, label=b["name"],
+        ax_free.plot(_at_floor(b["free_run_deviation"], floor, clamped, ax_free), linewidth=0.8, label=b["name"],
                      linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}")
     ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
                 title="Free-running curves (context only: chaos, not correctness, widens them)")
     for ax in axes:
+        _floor_legend(ax, floor, clamped)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -1,0 +1,143 @@
+"""What the terminal table and the plots show a reader: report.py on the results of one tiny real run
+(the oracle and a copy of it), edited per test to the case at hand."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multirnn import report
+from tests.test_compare import TINY, compare, load
+
+COPY = "tests.zoo:OracleCopy"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("report") / "run"
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--lockstep", "1", "--eval-text", "war_of_the_worlds",
+                    "--no-plot", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return load(out)
+
+
+@pytest.fixture
+def results(base: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(base)
+
+
+def _judgement(results: dict[str, Any]) -> dict[str, Any]:
+    return next(b for b in results["backends"] if b["name"] == COPY)["judgement"]
+
+
+class _KeepFigures:
+    """A pyplot stand-in that keeps the figures the report closes, to look at what was drawn."""
+
+    def __init__(self) -> None:
+        matplotlib = pytest.importorskip("matplotlib", reason="matplotlib draws the plots")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.figs = plt, []
+
+    def subplots(self, *args: Any, **kwargs: Any) -> Any:
+        return self.plt.subplots(*args, **kwargs)
+
+    def close(self, fig: Any) -> None:
+        self.figs.append(fig)
+
+
+def _draw(plot: Any, results: dict[str, Any], tmp_path: Path) -> list[Any]:
+    keep = _KeepFigures()
+    plot(results, tmp_path / "plot.png", keep)
+    fig = keep.figs[0]
+    fig.canvas.draw()
+    keep.plt.close(fig)
+    return fig.axes
+
+
+def _red_circles(ax: Any) -> list[tuple[float, float]]:
+    return [tuple(p) for c in ax.collections if len(c.get_edgecolor()) and tuple(c.get_edgecolor()[0]) == (1, 0, 0, 1)
+            for p in c.get_offsets()]
+
+
+def _labels(ax: Any) -> list[str]:
+    return ax.get_legend_handles_labels()[1]
+
+
+# --- 5: the terminal table's re-anchored column ----------------------------------------------------
+
+
+def test_the_reanchored_column_shows_the_worst_quantity_and_is_defined(results):
+    j = _judgement(results)
+    j.update(status="disagrees", max_loss_deviation=2e-4, max_norm_deviation=7.3e-3,
+             first_crossing={"epoch": 2, "step": 40})
+    text = report.terminal_report(results)
+    row = next(ln for ln in text.splitlines() if ln.startswith(COPY))
+    assert "7.3e-03 (norm)" in row and "2.0e-04" not in row
+    legend = [ln for ln in text.splitlines() if ln.startswith("re-anchored dev:")]
+    assert len(legend) == 1 and "relative deviation" in legend[0] and "band 0.001" in legend[0], text
+    j.update(max_loss_deviation=3e-6, max_norm_deviation=1e-6)
+    assert "3.0e-06 (loss)" in report.terminal_report(results)
+    j.update(max_probe_ratio=4.0)  # a probe outside its band, the stretches inside theirs
+    assert "4.0x band (probe)" in report.terminal_report(results)
+
+
+# --- 6: red circles only on the panel whose quantity left its band -----------------------------------
+
+
+def test_outside_band_circles_mark_only_the_quantity_outside(results, tmp_path):
+    _judgement(results)["checkpoints"] = [
+        {"epoch": 1, "loss_deviation": 2e-4, "norm_deviation": 7.3e-3, "probe_ratio": 0.1, "outside": True},
+        {"epoch": 2, "loss_deviation": 1e-6, "norm_deviation": 1e-6, "probe_ratio": 3.0, "outside": True},
+        {"epoch": 3, "loss_deviation": 1e-6, "norm_deviation": 1e-6, "probe_ratio": 0.1, "outside": False},
+    ]
+    ax_loss, ax_probe, _ = _draw(report.deviation_plot, results, tmp_path)
+    assert _red_circles(ax_loss) == [pytest.approx((1, 7.3e-3))]  # the norm, not the in-band loss
+    assert _red_circles(ax_probe) == [pytest.approx((2, 3.0))]
+
+
+# --- 12: only the reference finished -----------------------------------------------------------------
+
+
+def test_perplexity_plot_says_only_the_reference_finished(results, tmp_path):
+    row = next(b for b in results["backends"] if b["name"] == COPY)
+    row.update(status="crashed", perplexity=[], eval_perplexity=None)
+    _, ax_diff = _draw(report.perplexity_plot, results, tmp_path)
+    texts = [t.get_text() for t in ax_diff.texts]
+    assert any("only the reference" in t for t in texts) and not any("no reference" in t for t in texts), texts
+
+
+# --- 13: floors, checkpoint ticks, evaluation perplexity --------------------------------------------
+
+
+def test_exact_zeros_drawn_at_the_floor_are_labelled(results, tmp_path):
+    # the copy matches the oracle exactly: every deviation is 0
+    ax_loss, ax_probe, ax_free = _draw(report.deviation_plot, results, tmp_path)
+    for ax in (ax_loss, ax_probe, ax_free):
+        assert "0 drawn at 1e-10" in _labels(ax), _labels(ax)
+    _, ax_diff = _draw(report.perplexity_plot, results, tmp_path)
+    assert "0 drawn at 1e-09" in _labels(ax_diff), _labels(ax_diff)
+
+
+def test_checkpoint_panels_have_ticks_at_the_checkpoint_epochs(results, tmp_path):
+    cps = _judgement(results)["checkpoints"]
+    for c, epoch in zip(cps, (1, 7, 13)):
+        c.update(epoch=epoch, loss_deviation=1e-6, norm_deviation=2e-6, probe_ratio=0.1)
+    ax_loss, ax_probe, _ = _draw(report.deviation_plot, results, tmp_path)
+    for ax in (ax_loss, ax_probe):
+        assert list(ax.get_xticks()) == [1, 7, 13]
+
+
+def test_evaluation_perplexity_is_plotted_when_measured(results, tmp_path):
+    ax, _ = _draw(report.perplexity_plot, results, tmp_path)
+    evals = [label for label in _labels(ax) if "eval" in label]
+    assert evals == ["numpy (eval text)", f"{COPY} (eval text)"], _labels(ax)
+    assert "war_of_the_worlds.txt" in ax.get_title()
+    for b in results["backends"]:
+        b["eval_perplexity"] = None
+    ax, _ = _draw(report.perplexity_plot, results, tmp_path)
+    assert not [label for label in _labels(ax) if "eval" in label] and "war_of" not in ax.get_title()
