@@ -32,7 +32,7 @@ from typing import Any
 from . import __version__, compare, report
 from .progress import RunProgress
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
-from .sweep_engine import SPEC_FILE, Engine, Store, is_final
+from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
 from .sweep_spec import (
     PASS_THROUGH,
@@ -44,6 +44,7 @@ from .sweep_spec import (
     ignored_by_presets,
     parse_seeds,
     read_toml,
+    refuse_ed1_options,
     run_order,
     seeds_text,
     split_values,
@@ -74,8 +75,9 @@ NOMINAL_STARTUP_SECONDS = {"numpy": 1.0, "torch": 4.0, "mxnet": 3.0, "tensorflow
 GATES = {"rnn": 1, "gru": 3, "gru-reset-after": 3, "lstm": 4}
 ESTIMATE_TEXT = ("estimate: per cell, a worker start-up ({startup}) plus tokens x epochs (x seeds of --init framework, "
                  "+ the re-anchored checks) at a nominal tokens/s per backend (README's quick-preset speeds on a "
-                 "2-core machine), scaled by hidden/512 x gates x layers; wall time = cell time / parallel cells. "
-                 "Real speeds vary by 2x or more")
+                 "2-core machine), scaled by hidden/512 x gates x layers; wall time: those cell times scheduled as "
+                 "the sweep runs them ({slots}; in each configuration and seed, the row the others restart from, the "
+                 "NumPy oracle, first and the others once it has ended). Real speeds vary by 2x or more")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +275,7 @@ def parse_options(argv: list[str]) -> Options:
     jobs, threads = given.get("jobs"), given.get("threads")
     threads = threads or max(1, cores // (jobs or cores))
     jobs = jobs or max(1, cores // threads)
+    refuse_ed1_options(dims)  # as compare does, when no configuration would use them
     if (ignored := ignored_by_presets(dims)) is not None:
         notes.append(ignored)
     if executor == "local" and jobs * threads > cores:
@@ -417,26 +420,33 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
 
 
 def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells: list[Any]) -> str:
-    store = Store(Path(opts.out)) if opts.out and Path(opts.out).is_dir() and not opts.overwrite else None
+    order = run_order(cells)
+    # The cells the real run would run (Engine.plan: unfinished ones, and an anchor whose checkpoints
+    # a pending row still needs), read from --out without writing to it.
+    if opts.out and not opts.overwrite:
+        to_run = Engine(cells, Store(Path(opts.out)), None, opts.retries, None, {}).plan(order)
+    else:
+        to_run = order
+    pending = {c.id for c in to_run}
     header = ["id", "configuration", "seed", "row", "repeat", "after", "est. s", "state"]
-    rows, total, todo = [], 0.0, 0
+    rows, est = [], {c.id: estimate_seconds(c) for c in cells}
     for c in cells:
-        done = store is not None and is_final(store.record(c.id), opts.retries)
-        est = estimate_seconds(c)
-        if not done:
-            total += est
-            todo += 1
         rows.append([c.id, c.group.configuration.label, str(c.group.seed), c.label, str(c.repeat), c.anchor or "-",
-                     f"{est:.1f}", "done" if done else "to run"])
-    slots = opts.jobs if opts.executor == "local" else None
+                     f"{est[c.id]:.1f}", "to run" if c.id in pending else "done"])
+    total = sum(est[c] for c in pending)
     startup = ", ".join(f"{k} {v:g} s" for k, v in NOMINAL_STARTUP_SECONDS.items())
+    if opts.executor == "local":
+        slots = f"{opts.jobs} at a time"
+        wall = f", about {estimate_wall(to_run, est, opts.jobs):,.0f} s wall with {opts.jobs} job(s) at a time"
+    else:  # how many cells the cluster runs at once is known only once connected: the dependency chains bound it
+        slots = "as many at a time as the Ray cluster takes"
+        wall = (f", at least {estimate_wall(to_run, est, None):,.0f} s wall (every oracle and then its slowest row; "
+                "more when the Ray cluster runs fewer cells at once)")
     lines = [report.text_table(rows, header), "",
              (f"{len(configurations)} configuration(s) x {len(opts.seeds)} seed(s) = {len(groups)} group(s), "
-              f"{len(cells)} cell(s), {todo} to run"),
-             f"Estimated cost: {total:,.0f} s of cell time" + (
-                 f", about {total / slots:,.0f} s wall with {slots} job(s) at a time" if slots else
-                 " (wall time: divided by the cells the Ray cluster runs at once)"),
-             f"({ESTIMATE_TEXT.format(startup=startup)})"]
+              f"{len(cells)} cell(s), {len(pending)} to run"),
+             f"Estimated cost: {total:,.0f} s of cell time{wall}",
+             f"({ESTIMATE_TEXT.format(startup=startup, slots=slots)})"]
     return "\n".join(lines)
 
 
@@ -477,9 +487,9 @@ def _summary(sweep: dict[str, Any]) -> str:
                            and r["row"] == s["row"]), {})
                 ci = f" [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else ""
                 ratio = sp.get("ratio_to_fastest")
+                statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
                 lines.append(f"  {s['row']:<16} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
-                             else f"  {s['row']:<16} no finished run ("
-                             + ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items())) + ")")
+                             else f"  {s['row']:<16} no finished run" + (f" ({statuses})" if statuses else ""))
                 if ratio is not None:
                     lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
     return "\n".join(lines)
@@ -490,14 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_options(argv)
         configurations, groups, cells = expand_options(opts)
+        out = _prepare_out(opts)  # reads --out only: the dry run refuses what the real run would
+        settings = _settings(opts)
+        _check_same_sweep(out, opts, settings, [c.id for c in cells])
         if opts.dry_run:
             print(_dry_run(opts, configurations, groups, cells))
             for note in opts.notes:
                 print(f"note: {note}")
             return EXIT_OK
-        out = _prepare_out(opts)
-        settings = _settings(opts)
-        _check_same_sweep(out, opts, settings, [c.id for c in cells])
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ sweep's cells into it.
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import json
 import os
 import shutil
@@ -181,6 +182,27 @@ class Store:
         return bool(list_checkpoints(path)) or Path(path + ".tar").is_file()
 
 
+def estimate_wall(order: list[Cell], seconds: dict[str, float], slots: int | None) -> float:
+    """Wall seconds to run ``order`` if every cell took ``seconds[id]``, scheduled as :class:`Engine`
+    does: ``slots`` cells at a time (None: no limit), a freed slot going to the first cell in order
+    whose anchor (when it is in ``order``) has ended. An estimate for --dry-run: no retries, no overhead."""
+    todo, unfinished = list(order), {c.id for c in order}
+    running: list[tuple[float, str]] = []
+    now = 0.0
+    while todo or running:
+        while todo and (slots is None or len(running) < slots):
+            cell = next((c for c in todo if c.anchor not in unfinished), None)
+            if cell is None:
+                break
+            todo.remove(cell)
+            heapq.heappush(running, (now + seconds[cell.id], cell.id))
+        if not running:  # only a cell waiting for an anchor outside ``order``: cannot happen with Engine.plan
+            break
+        now, ended = heapq.heappop(running)
+        unfinished.discard(ended)
+    return now
+
+
 def is_final(record: dict[str, Any] | None, retries: int) -> bool:
     if record is None:
         return False
@@ -332,8 +354,18 @@ class Engine:
 
     def cleanup(self, keep_checkpoints: bool) -> None:
         """A finished sweep keeps no work files (an unfinished one keeps them for --resume)."""
-        if keep_checkpoints:
+        src = self.store.work / "checkpoints"
+        # Only what this session's anchors wrote: a resume of a finished sweep has none, and must neither
+        # leave an empty checkpoints/ nor drop the ones an earlier --keep-checkpoints kept there.
+        written = [p for p in src.iterdir() if p.is_file() or any(p.iterdir())] if src.is_dir() else []
+        if keep_checkpoints and written:
             dest = self.store.out / "checkpoints"
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.move(str(self.store.work / "checkpoints"), dest)
+            dest.mkdir(exist_ok=True)
+            for path in written:
+                target = dest / path.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+                shutil.move(str(path), target)
         shutil.rmtree(self.store.work, ignore_errors=True)

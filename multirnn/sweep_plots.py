@@ -9,6 +9,12 @@ from typing import Any
 import numpy as np
 
 MAX_PANELS = 12
+MISSING = "no finished run"
+
+
+def _partial(sweep: dict[str, Any]) -> set[int]:
+    """The configurations whose figures leave seeds out (sweep.json's ``partial``)."""
+    return {p["configuration"] for p in (sweep.get("partial") or {}).get("configurations", [])}
 
 
 def plot_all(sweep: dict[str, Any], records: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
@@ -67,11 +73,14 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 1.5, 3.6 * rows), squeeze=False)
     drawn = False
     labels_all: list[str] = []
+    partial = _partial(sweep)
     for k, conf in enumerate(confs):
         ax = axes[k // cols][k % cols]
+        missing = []
         for i, row in enumerate(conf["rows"]):
             curves = _curves(sweep, records, conf["index"], row)
             if curves is None:
+                missing.append(row)
                 continue
             drawn = True
             epochs = np.arange(1, curves.shape[1] + 1)
@@ -84,7 +93,15 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
             if row not in labels_all:
                 labels_all.append(row)
         _perplexity_axis(ax)
-        ax.set_title(conf["label"], fontsize=9)
+        if len(missing) == len(conf["rows"]):  # an empty axis would read as a plotting failure
+            ax.text(0.5, 0.5, MISSING, transform=ax.transAxes, ha="center", va="center", color="0.4")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        elif missing:  # named in the legend rather than silently absent
+            for row in missing:
+                ax.plot([], [], linestyle="none", label=f"{row}: {MISSING}")
+        ax.set_title(conf["label"] + (" (partial: some seeds unfinished)" if conf["index"] in partial else ""),
+                     fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("perplexity")
         ax.grid(True, which="both", alpha=0.3)
@@ -92,7 +109,8 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
             ax.legend(fontsize=7)
     for k in range(len(confs), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.suptitle("Perplexity per epoch: mean over seeds (line), lowest to highest seed (band)", fontsize=10)
+    fig.suptitle(("Partial sweep. " if partial else "")
+                 + "Perplexity per epoch: mean over seeds (line), lowest to highest seed (band)", fontsize=10)
     fig.tight_layout()
     if drawn:
         fig.savefig(path, dpi=100)
@@ -122,10 +140,15 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
             if not np.isnan(ratio[i, j]):
                 ax.text(j, i, f"{rate[i, j] / 1000:.1f}k\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if ratio[i, j] < 0.6 else "black")
-    ax.set_xticks(range(len(confs)), [c["label"] for c in confs], rotation=30, ha="right", fontsize=8)
+            elif rows[i] in confs[j]["rows"]:  # a blank square would read as zero or as a drawing fault
+                ax.text(j, i, MISSING, ha="center", va="center", fontsize=6, color="0.4")
+    partial = _partial(sweep)
+    ax.set_xticks(range(len(confs)), [c["label"] + ("\n(partial)" if c["index"] in partial else "") for c in confs],
+                  rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""
-    ax.set_title(f"Median tokens/s (k) and ratio to the fastest row\nof each configuration{contended}", fontsize=9)
+    ax.set_title(("Partial sweep. " if partial else "")
+                 + f"Median tokens/s (k) and ratio to the fastest row\nof each configuration{contended}", fontsize=9)
     fig.colorbar(im, ax=ax, label="ratio to fastest")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

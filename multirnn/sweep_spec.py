@@ -157,7 +157,7 @@ class Configuration:
 
     index: int
     values: tuple[tuple[str, str], ...]  # (dest, value) of every option the spec gives, compare's order
-    label: str  # the options that vary across the sweep, e.g. "dtype=float64 hidden=128" ("all" if none)
+    label: str  # the options that vary across the sweep, e.g. "dtype=float64 hidden=128" (the only one: all it sets)
 
     @property
     def key(self) -> str:
@@ -263,14 +263,43 @@ def effective_values(values: tuple[tuple[str, str], ...]) -> tuple[tuple[str, st
     return values
 
 
+def _is_ed2(preset: str) -> bool:
+    return preset in PRESETS and PRESETS[preset].protocol == "d2l-ed2"
+
+
+def refuse_ed1_options(dims: dict[str, list[str]]) -> None:
+    """--sampling or --max-tokens given when every configuration's preset is ed. 2: no configuration
+    would use them, so they are refused in compare's own words, as compare refuses them. (Crossed
+    with an ed. 1 preset they mean something for its configurations: :func:`ignored_by_presets` notes it.)
+
+    Raises:
+        SpecError: compare's refusal.
+    """
+    presets = dims.get("preset", [compare.build_parser().get_default("preset")])
+    given = {d: dims[d][0] for d in ED1_ONLY if d in dims}
+    if not given or not all(_is_ed2(p) for p in presets):
+        return
+    try:
+        compare._refuse_ed1_options(argparse.Namespace(preset=presets[0], **{d: given.get(d) for d in ED1_ONLY}))
+    except compare.UsageError as exc:
+        raise SpecError(str(exc)) from None
+
+
 def ignored_by_presets(dims: dict[str, list[str]]) -> str | None:
-    """A note when some swept preset ignores swept values (their configurations then run once), else None."""
-    ed2 = [p for p in dims.get("preset", []) if p in PRESETS and PRESETS[p].protocol == "d2l-ed2"]
+    """A note when some swept preset ignores given values (--sampling, --max-tokens), else None;
+    swept ones also make its configurations run once, not once per value."""
+    ed2 = [p for p in dims.get("preset", []) if _is_ed2(p)]
+    given = [f"--{d.replace('_', '-')}" for d in ED1_ONLY if d in dims]
     swept = [f"--{d.replace('_', '-')}" for d in ED1_ONLY if len(dims.get(d, [])) > 1]
-    if not ed2 or not swept:
+    if not ed2 or not given:
         return None
-    return (f"--preset {', '.join(ed2)} ignores {' and '.join(swept)} (shuffled fixed windows): its configurations "
-            "run once, not once per value")
+    note = f"--preset {', '.join(ed2)} ignores {' and '.join(given)} (shuffled fixed windows)"
+    return note + (f": its configurations run once, not once per {' or '.join(swept)} value" if swept else "")
+
+
+def single_label(values: tuple[tuple[str, str], ...]) -> str:
+    """The label of a sweep's only configuration: its own settings ("all" read like --impl all)."""
+    return " ".join(f"{d.replace('_', '-')}={v}" for d, v in values) or "default settings"
 
 
 def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repeats: int) -> tuple[
@@ -299,8 +328,10 @@ def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repea
         if values in seen:  # an ed. 2 configuration that differed only in a value ed. 2 ignores
             continue
         seen.add(values)
-        label = " ".join(f"{d.replace('_', '-')}={v}" for d, v in values if d in varying) or "all"
+        label = " ".join(f"{d.replace('_', '-')}={v}" for d, v in values if d in varying)
         configurations.append(Configuration(len(configurations), values, label))
+    if len(configurations) == 1:  # nothing varies: name it by what it is
+        configurations[0] = dataclasses.replace(configurations[0], label=single_label(configurations[0].values))
     groups, cells = [], []
     parser = compare.build_parser()
     for conf in configurations:
@@ -309,7 +340,7 @@ def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repea
             try:
                 plan = compare.make_plan(parser.parse_args(argv), argv)
             except compare.UsageError as exc:
-                where = f" (configuration {conf.label}, seed {seed})" if conf.label != "all" else ""
+                where = f" (configuration {conf.label}, seed {seed})" if len(configurations) > 1 else ""
                 raise SpecError(f"{exc}{where}") from None
             group = Group(conf, seed, plan, argv)
             groups.append(group)

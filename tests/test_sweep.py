@@ -314,3 +314,178 @@ def test_framework_init_equivalence_pairs_with_the_oracle_from_the_same_weights(
                "paired_median_last_perplexity": q} for s, (p, q) in enumerate([(7.10, 7.11), (7.20, 7.19), (7.05, 7.05)])]
     row = _equivalence([conf], cells, 0.05)["rows"][0]
     assert row["row"] == "torch/layers" and row["equivalent"] is True and abs(row["mean"]) < 1e-3
+
+
+# --- what a new user ran into ------------------------------------------------------------------------
+
+
+def _refusal(capsys, argv: list[str]) -> tuple[int, str]:
+    code = sweep_cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_dry_run_refuses_a_folder_holding_another_sweep_as_the_real_run_does(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = sweep_cli.parse_options([*TINY, "--backends", "numpy", "--epochs", "3"])
+    cells = expand(before.dims, before.fixed, before.seeds, before.repeats)[2]
+    out.mkdir()
+    (out / "spec.json").write_text(json.dumps({"settings": sweep_cli._settings(before), "cells": [c.id for c in cells],
+                                               "command": "python -m multirnn.sweep --epochs 3"}))
+    argv = [*TINY, "--backends", "numpy", "--out", str(out), "--quiet"]
+    real, real_err = _refusal(capsys, argv)
+    dry, dry_err = _refusal(capsys, [*argv, "--dry-run"])
+    assert real == dry == 2 and dry_err == real_err and len(dry_err.strip().splitlines()) == 1, dry_err
+    assert "holds a sweep with other settings: --epochs 3 (now 2)" in dry_err
+    assert sorted(p.name for p in out.iterdir()) == ["spec.json"]  # nothing written by either
+
+
+@pytest.mark.parametrize("given, as_compare", [
+    (["--max-tokens", "3000"], ["--max-tokens", "3000"]), (["--sampling", "random"], ["--sampling", "random"]),
+    (["--sampling", "sequential,random", "--max-tokens", "3000"], ["--sampling", "random", "--max-tokens", "3000"])])
+def test_ed2_preset_refuses_ed1_options_as_compare_does(tmp_path, capsys, monkeypatch, given, as_compare):
+    from multirnn import compare
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--backends", "numpy", "--preset", "d2l-ed2", "--epochs", "1", "--quiet"]
+    assert sweep_cli.main([*base, *given, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multirnn.sweep: error: ") and len(err.strip().splitlines()) == 1, err
+    assert compare.main([*base, *as_compare]) == 2
+    assert err.split("error: ", 1)[1] == capsys.readouterr().err.split("error: ", 1)[1]  # compare's own words
+    assert sweep_cli.main([*base, *given, "--out", str(tmp_path / "out")]) == 2  # the real run too, nothing written
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_mixed_presets_note_every_ed1_option_ed2_ignores(capsys):
+    base = ["--backends", "numpy", "--preset", "d2l-ed1,d2l-ed2", "--epochs", "1", "--dry-run"]
+    assert sweep_cli.main([*base, "--max-tokens", "3000"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert any("d2l-ed2 ignores --max-tokens" in n for n in notes), notes
+    assert sweep_cli.main([*base, "--sampling", "sequential,random", "--max-tokens", "3000"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert any("ignores --sampling and --max-tokens" in n and "once per --sampling value" in n for n in notes), notes
+
+
+def _wall(text: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith("Estimated cost"))
+    return float(line.split("about ")[1].split(" s wall")[0].replace(",", ""))
+
+
+def test_dry_run_wall_time_waits_for_the_oracle(capsys):
+    """A row restarts from its oracle's checkpoints: it cannot start before the oracle ends, however many jobs."""
+    one = [*TINY, "--backends", f"numpy,{SECOND}", "--jobs", "4", "--dry-run"]
+    assert sweep_cli.main(one) == 0
+    text = capsys.readouterr().out
+    est = [float(line.split()[-3]) for line in text.splitlines() if line.endswith("  to run")]
+    assert len(est) == 2 and abs(_wall(text) - sum(est)) <= 1, text  # a chain: oracle, then its row
+    assert sweep_cli.main([*one, "--dtype", "float32,float64"]) == 0  # two chains side by side
+    text = capsys.readouterr().out
+    est = [float(line.split()[-3]) for line in text.splitlines() if line.endswith("  to run")]
+    assert len(est) == 4 and abs(_wall(text) - max(est[0] + est[1], est[2] + est[3])) <= 1, text
+    assert "estimate" in text.lower()
+
+
+class _KeepFigures:
+    """matplotlib.pyplot that keeps the figures it makes open, to read their texts."""
+
+    def __init__(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.figures = plt, []
+
+    def __getattr__(self, name):
+        return getattr(self.plt, name)
+
+    def subplots(self, *args, **kwargs):
+        fig, axes = self.plt.subplots(*args, **kwargs)
+        self.figures.append(fig)
+        return fig, axes
+
+    def close(self, fig):
+        pass
+
+    def texts(self) -> str:
+        from matplotlib.text import Text
+
+        return "\n".join(t.get_text() for f in self.figures for t in f.findobj(Text))
+
+
+def _partial_sweep() -> tuple[dict, dict]:
+    """Two configurations; the second has no finished seed (a sweep stopped early)."""
+    confs = [{"index": i, "label": f"dtype={d}", "rows": ["numpy", "torch/scratch"]} for i, d in enumerate(["float32", "float64"])]
+    groups = [{"configuration": 0, "seed": 0, "complete": True}, {"configuration": 1, "seed": 0, "complete": False}]
+    cells = [{"id": f"{row}-{c}", "configuration": c, "seed": 0, "repeat": 0, "row": row,
+              "status": "ok" if c == 0 else "pending"} for c in (0, 1) for row in ("numpy", "torch/scratch")]
+    records = {f"{row}-0": {"result": {"perplexity": [30.0, 20.0]}} for row in ("numpy", "torch/scratch")}
+    speed = [{"configuration": 0, "row": "numpy", "median": 3e4, "ratio_to_fastest": 0.5},
+             {"configuration": 0, "row": "torch/scratch", "median": 6e4, "ratio_to_fastest": 1.0},
+             *({"configuration": 1, "row": r, "median": None, "ratio_to_fastest": None} for r in ("numpy", "torch/scratch"))]
+    sweep = {"configurations": confs, "groups": groups, "cells": cells, "speed": {"contended": False, "rows": speed},
+             "partial": {"rule": "", "configurations": [{"configuration": 1, "seeds": [0], "complete_seeds": [],
+                                                         "finished_not_aggregated": 0}]}}
+    return sweep, records
+
+
+def test_partial_plots_say_what_is_missing(tmp_path):
+    pytest.importorskip("matplotlib")
+    from multirnn import sweep_plots
+
+    sweep, records = _partial_sweep()
+    plt = _KeepFigures()
+    assert sweep_plots.perplexity_bands(sweep, records, tmp_path / "bands.png", plt, [])
+    bands = plt.texts()
+    assert "no finished run" in bands and "partial" in bands.lower(), bands
+    plt = _KeepFigures()
+    assert sweep_plots.speed_heatmap(sweep, tmp_path / "speed.png", plt)
+    speed = plt.texts()
+    assert "no finished run" in speed and "partial" in speed.lower(), speed
+
+
+def test_summary_omits_empty_parentheses():
+    none = {"mean": None}
+    sweep = {"configurations": [{"index": 0, "label": "dtype=float32"}], "groups": [],
+             "statistics": [{"configuration": 0, "row": "numpy", "statuses": {}, "median_last_perplexity": none}],
+             "speed": {"rows": []}}
+    text = sweep_cli._summary(sweep)
+    assert "numpy            no finished run" in text and "()" not in text, text
+
+
+def test_a_single_configuration_is_named_by_its_settings(capsys):
+    opts = sweep_cli.parse_options([*TINY, "--backends", "numpy"])
+    confs = expand(opts.dims, opts.fixed, opts.seeds, opts.repeats)[0]
+    assert confs[0].label == "epochs=2 hidden=16 batch-size=8 num-steps=10 max-tokens=3000" or \
+        set(confs[0].label.split()) == {"epochs=2", "hidden=16", "batch-size=8", "num-steps=10", "max-tokens=3000"}
+    bare = sweep_cli.parse_options(["--backends", "numpy"])
+    label = expand(bare.dims, bare.fixed, bare.seeds, bare.repeats)[0][0].label
+    assert label != "all" and "default" in label, label
+    assert sweep_cli.main([*TINY, "--backends", "numpy", "--dry-run"]) == 0
+    assert " all " not in capsys.readouterr().out
+
+
+def test_keep_checkpoints_on_a_finished_sweep_writes_no_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    args = [*TINY, "--backends", "numpy", "--out", str(out), "--quiet", "--no-plot"]
+    assert sweep(args).returncode == 4
+    again = sweep([*args, "--resume", "--keep-checkpoints"])
+    assert again.returncode == 4, again.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def test_keep_checkpoints_on_resume_keeps_the_ones_kept_before(tmp_path):
+    from multirnn.sweep_engine import Engine, Store
+
+    store = Store(tmp_path)
+    kept = tmp_path / "checkpoints" / "numpy-abc" / "epoch-00001.npz"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"x")
+    store.create()  # a resume: nothing new in .work/checkpoints
+    Engine([], store, None, 0, None, {}).cleanup(keep_checkpoints=True)
+    assert kept.is_file() and not store.work.exists()
+    store.create()
+    (store.work / "checkpoints" / "numpy-def").mkdir()
+    (store.work / "checkpoints" / "numpy-def" / "epoch-00001.npz").write_bytes(b"y")
+    Engine([], store, None, 0, None, {}).cleanup(keep_checkpoints=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["numpy-abc", "numpy-def"]
