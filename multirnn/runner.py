@@ -123,6 +123,7 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
         proc.wait()
     except BaseException:
         terminate(proc)
+        _tidy(task_path, log_path)  # stopped: no work file left behind, nor a log of nothing
         raise
     finally:
         sel.close()
@@ -144,10 +145,15 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
                                 error + (f"; its last output:\n{tail}" if tail else ""))
         write_json_atomic(out_path, result)
     result["exit_code"] = proc.returncode
+    _tidy(task_path, log_path)
+    return result
+
+
+def _tidy(task_path: Path, log_path: Path) -> None:
+    """Remove the worker's task file, and its log when the worker printed nothing."""
     task_path.unlink(missing_ok=True)
     if log_path.exists() and log_path.stat().st_size == 0:
         log_path.unlink()
-    return result
 
 
 def crashed_record(name: str, backend: str, impl: str, error: str) -> dict[str, Any]:

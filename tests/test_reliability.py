@@ -114,6 +114,9 @@ def test_a_signal_writes_a_partial_report_and_ends_every_process(tmp_path, sig, 
     res = strict_json(out / "results.json")
     assert res["verdict"]["status"] == "interrupted"
     assert (out / "report.md").exists() and "Traceback" not in err
+    # no work file of the stopped worker is left, nor a log of nothing (README: deleted when empty)
+    left = sorted(p.name for p in (out / "backends").iterdir())
+    assert "numpy.task.json" not in left and all((out / "backends" / n).stat().st_size for n in left if n.endswith(".log")), left
     time.sleep(5)
     assert processes_mentioning(str(out)) == [], "a process of the run outlived it"
 
