@@ -35,7 +35,7 @@ from . import __version__, agreement, lockstep, report, verdict
 from .backends import canonical_name, is_builtin, known_backends, load_backend_class
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
-from .data import BUNDLED_ENCODINGS, bundled_text_path, encode
+from .data import BUNDLED_TEXTS, TextTooShortError, bundled_text_path, encode_eval_text, resolve_text, with_dropped_note
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
@@ -201,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the reference run's checkpoints (checkpoints/ in the output folder)")
     d = p.add_argument_group("text")
-    d.add_argument("--text", metavar="FILE", help="train on this text file instead of the bundled Time Machine "
-                   "(UTF-8, or UTF-16/32 with a byte-order mark; else give --encoding)")
-    d.add_argument("--eval-text", metavar="FILE", help="after training, report perplexity on this text file "
-                   "(or 'war_of_the_worlds' for the bundled one)")
+    d.add_argument("--text", metavar="FILE|NAME", help="train on this text file (UTF-8, or UTF-16/32 with a "
+                   f"byte-order mark; else give --encoding) or bundled text ({', '.join(BUNDLED_TEXTS)}; default "
+                   "timemachine, d2l's Time Machine)")
+    d.add_argument("--eval-text", metavar="FILE|NAME", help="after training, report perplexity on this text file "
+                   f"or bundled text ({', '.join(BUNDLED_TEXTS)}), cleaned as the preset cleans the training text")
     d.add_argument("--encoding", help="encoding of --text and --eval-text when they are neither UTF-8 nor marked "
                    "by a byte-order mark (e.g. cp1252, latin-1)")
     d.add_argument("--prefix", action="append", metavar="TEXT",
@@ -333,14 +334,12 @@ def _gpu_visible() -> bool:
 def _resolve_text(path: str | None, flag: str) -> str | None:
     if path is None:
         return None
-    if path == "war_of_the_worlds":
-        return str(bundled_text_path("war_of_the_worlds"))
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{flag} {path!r} is a directory; give a text file")
-    if not p.is_file():
-        raise UsageError(f"{flag} {path!r}: no such file")
-    return str(p.resolve())
+    try:
+        resolved = resolve_text(path, flag)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    # --text timemachine is the default text: recorded as no --text, so reports and --resume see one run
+    return None if flag == "--text" and resolved == bundled_text_path("timemachine") else str(resolved)
 
 
 def _existing_run_files(out_dir: Path) -> list[str]:
@@ -582,13 +581,14 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     prefixes = tuple(args.prefix) if args.prefix else SAMPLE_PREFIXES  # checked against the text's vocabulary below
     try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
-        data = prepare_data(config, text, args.encoding)
+        try:
+            data = prepare_data(config, text, args.encoding)
+        except TextTooShortError as exc:  # say so when preprocessing dropped much of the text
+            raise ValueError(with_dropped_note(str(exc), text, args.encoding)) from None
         eval_ids = None
-        if eval_text is not None:
-            enc = args.encoding if args.eval_text != "war_of_the_worlds" else BUNDLED_ENCODINGS["war_of_the_worlds"]
-            eval_ids = encode(eval_text, data.vocab, encoding=enc)
-            if len(eval_ids) < config.batch_size * config.num_steps + 1:
-                raise ValueError(f"--eval-text {eval_text!r} is too short for one minibatch")
+        if eval_text is not None:  # cleaned like the training text; refused here if shorter than the worker needs
+            eval_ids = encode_eval_text(eval_text, data.vocab, config.protocol, config.batch_size, config.num_steps,
+                                        args.encoding, label=f"--eval-text {args.eval_text!r}")
         if args.prefix:  # the user's prompts, preprocessed as the text is; each must fit its vocabulary
             prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
         else:  # the default prompts on the user's --text: keep those that fit, else the vocabulary's first letter

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import codecs
 import collections
+import difflib
 import hashlib
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -28,20 +30,25 @@ import numpy as np
 
 __all__ = [
     "BUNDLED_TEXTS",
+    "TextTooShortError",
     "Vocab",
     "bundled_text_path",
+    "clean_text",
     "load_corpus",
     "load_ed2_windows",
     "load_time_machine",
     "decode_text",
     "ed1_corpus",
     "ed2_windows",
+    "encode_eval_text",
     "read_text",
+    "resolve_text",
     "read_lines",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
     "iter_windows",
     "tokenize",
+    "with_dropped_note",
 ]
 
 # SHA-256 of the texts shipped inside the package (the Time Machine file is d2l's own,
@@ -62,6 +69,49 @@ def bundled_text_path(name: str) -> Path:
     if name not in BUNDLED_TEXTS:
         raise ValueError(f"Unknown bundled text {name!r}. Bundled texts: {sorted(BUNDLED_TEXTS)}.")
     return Path(str(resources.files("multirnn") / "texts" / f"{name}.txt"))
+
+
+_FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _bundled_hint(path: Path, label: str) -> str:
+    """For a missing file named like a bundled text ("war_of_the_worlds.txt"): that text's name."""
+    stem = path.name.lower().removesuffix(".txt").replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(stem, BUNDLED_TEXTS, n=1, cutoff=0.8)
+    if not close:
+        return ""
+    use = f" ({label} {close[0]})" if label.startswith("--") else ""
+    return f"; did you mean the bundled text {close[0]!r}{use}?"
+
+
+def resolve_text(spec: str | Path, label: str = "text") -> Path:
+    """The file a text argument names: a bundled text by name (``"timemachine"``,
+    ``"war_of_the_worlds"``), else a path (``./timemachine`` for a file of that name).
+
+    ``label`` opens every message, e.g. ``"--eval-text"``.
+
+    Raises:
+        ValueError: no such file (naming a bundled text the argument resembles), a directory, not a
+            regular file (``/dev/null``, a pipe: a text is read more than once) or an empty file.
+    """
+    if isinstance(spec, str) and spec in BUNDLED_TEXTS:
+        return bundled_text_path(spec)
+    path, subject = Path(spec), f"{label} {str(spec)!r}"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{subject}: no such file{_bundled_hint(path, label)}") from None
+    except OSError as exc:
+        raise ValueError(f"{subject}: cannot read it: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{subject} is a directory; give a text file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for is_kind, k in _FILE_KINDS if is_kind(st.st_mode)), "not a file")
+        raise ValueError(f"{subject} is not a regular file ({kind}); give a text file")
+    if st.st_size == 0:
+        raise ValueError(f"{subject} is empty (0 bytes): no letters A-Z to read")
+    return path.resolve()
 
 
 # Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
@@ -118,7 +168,7 @@ def _bundled_name(path: Path) -> str | None:
 def _read_text(path: str | Path, expected_sha256: str | None = None, encoding: str | None = None) -> str:
     path = Path(path)
     bundled = _bundled_name(path)
-    if bundled is not None and encoding is None:  # a bundled text: its encoding and checksum are known
+    if bundled is not None:  # a bundled text: its encoding and checksum are known, whatever encoding is asked
         encoding, expected_sha256 = BUNDLED_ENCODINGS[bundled], expected_sha256 or BUNDLED_TEXTS[bundled]
     if path.is_dir():
         raise ValueError(f"{str(path)!r} is a directory, not a text file.")
@@ -133,6 +183,8 @@ def _read_text(path: str | Path, expected_sha256: str | None = None, encoding: s
                 f"Checksum mismatch for {str(path)!r}: sha256 {digest}, expected {expected_sha256}. "
                 "The bundled file is damaged; reinstall multirnn."
             )
+    if not raw:
+        raise ValueError(f"Text file {str(path)!r} is empty (0 bytes): no letters A-Z to read.")
     text = decode_text(raw, f"Text file {str(path)!r}", encoding)
     if not _ASCII_LETTERS.search(text):
         raise ValueError(f"Text file {str(path)!r} contains no letters A-Z (empty, or not English text).")
@@ -156,6 +208,20 @@ def clean_ed1(text: str) -> str:
     lines = "\n".join(text.splitlines())  # every line break splitlines knows becomes one "\n"
     spaced = re.sub("[^A-Za-z\n]+", " ", lines)  # runs stop at line ends, as per-line cleaning does
     return re.sub(" ?\n ?", "", spaced).strip().lower()
+
+
+def clean_ed2(text: str) -> str:
+    """d2l ed. 2 preprocessing: the whole text at once, non-letter runs -> one space, lowercase (no strip)."""
+    return _NON_LETTERS.sub(" ", text).lower()
+
+
+def clean_text(text: str, protocol: str = "d2l-ed1") -> str:
+    """``text`` preprocessed as ``protocol`` (``"d2l-ed1"`` or ``"d2l-ed2"``) preprocesses its training text."""
+    if protocol == "d2l-ed1":
+        return clean_ed1(text)
+    if protocol == "d2l-ed2":
+        return clean_ed2(text)
+    raise ValueError(f"Unknown protocol {protocol!r}; expected 'd2l-ed1' or 'd2l-ed2'.")
 
 
 def _char_ids(chars: str, vocab: Vocab) -> np.ndarray:
@@ -311,10 +377,51 @@ def load_time_machine(max_tokens: int = -1, token: str = "char") -> tuple[np.nda
     return load_corpus(bundled_text_path(name), max_tokens, token, BUNDLED_TEXTS[name])
 
 
-def encode(text_path: str | Path, vocab: Vocab, max_tokens: int = -1, encoding: str | None = None) -> np.ndarray:
-    """Token ids of another text under an existing vocabulary (unknown characters -> ``<unk>``)."""
-    chars = clean_ed1(_read_text(text_path, encoding=encoding))
+class TextTooShortError(ValueError):
+    """A text (or corpus) too short for the minibatches asked of it."""
+
+
+def encode(text_path: str | Path, vocab: Vocab, max_tokens: int = -1, encoding: str | None = None,
+           protocol: str = "d2l-ed1") -> np.ndarray:
+    """Token ids of another text under an existing vocabulary (unknown characters -> ``<unk>``),
+    preprocessed as ``protocol`` preprocesses its training text."""
+    chars = clean_text(_read_text(text_path, encoding=encoding), protocol)
     return _char_ids(chars[:max_tokens] if max_tokens > 0 else chars, vocab)
+
+
+def encode_eval_text(text_path: str | Path, vocab: Vocab, protocol: str, batch_size: int, num_steps: int,
+                     encoding: str | None = None, label: str | None = None) -> np.ndarray:
+    """Token ids of an evaluation text, preprocessed like the training text of ``protocol``, checked to
+    hold the minibatch that ``harness.evaluate_text_perplexity`` needs.
+
+    Raises:
+        TextTooShortError: fewer tokens than that (the message gives both counts, and what preprocessing
+            dropped when that is a large share).
+        ValueError: unreadable, undecodable or letter-free text.
+    """
+    text = _read_text(text_path, encoding=encoding)
+    ids = _char_ids(clean_text(text, protocol), vocab)
+    needed = min_batchable_tokens(batch_size, num_steps)
+    if len(ids) < needed:
+        raise TextTooShortError(_noted(
+            f"{label or f'Text file {str(text_path)!r}'} has {len(ids):,} tokens after preprocessing, too few to "
+            f"evaluate one minibatch of batch_size={batch_size} x num_steps={num_steps}: at least {needed:,} "
+            "are needed. Use a longer evaluation text or a smaller batch_size/num_steps.", text))
+    return ids
+
+
+def _noted(message: str, text: str) -> str:
+    notes = text_notes(text)
+    return f"{message} Note: {'; '.join(notes)}." if notes else message
+
+
+def with_dropped_note(message: str, text_path: str | Path | None, encoding: str | None = None) -> str:
+    """``message`` (a :class:`TextTooShortError`'s) plus what d2l's preprocessing dropped from the text,
+    when that is a large share: often why the text is short (the default text when ``text_path`` is None)."""
+    try:
+        return _noted(message, read_text(text_path, encoding))
+    except ValueError:  # the text read before; if it no longer does, the message stands alone
+        return message
 
 
 def _check_positive(**sizes: int) -> None:
@@ -323,12 +430,17 @@ def _check_positive(**sizes: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def check_batchable(num_tokens: int, batch_size: int, num_steps: int) -> None:
-    """Raise ValueError unless every random offset leaves at least one full minibatch."""
+def min_batchable_tokens(batch_size: int, num_steps: int) -> int:
+    """The fewest tokens :func:`check_batchable` accepts."""
     _check_positive(batch_size=batch_size, num_steps=num_steps)
-    needed = batch_size * num_steps + num_steps + 1
+    return batch_size * num_steps + num_steps + 1
+
+
+def check_batchable(num_tokens: int, batch_size: int, num_steps: int) -> None:
+    """Raise TextTooShortError unless every random offset leaves at least one full minibatch."""
+    needed = min_batchable_tokens(batch_size, num_steps)
     if num_tokens < needed:
-        raise ValueError(
+        raise TextTooShortError(
             f"The corpus has {num_tokens} tokens, too few for one minibatch of batch_size={batch_size} "
             f"x num_steps={num_steps}: at least {needed} are needed. Use a longer text, more "
             "tokens (max_tokens) or a smaller batch_size/num_steps."
@@ -424,11 +536,11 @@ def ed2_windows(text: str, num_steps: int, num_train: int = 10000, num_val: int 
     if num_val < 0:
         raise ValueError(f"num_val must be >= 0, got {num_val!r}.")
     # Only as much text as the windows need; the vocabulary still counts the whole text, as d2l's.
-    chars = _NON_LETTERS.sub(" ", text).lower()
+    chars = clean_ed2(text)
     vocab = _char_vocab(chars, order="alphabetical")
     num_windows = len(chars) - num_steps
     if num_windows < num_train + num_val:
-        raise ValueError(
+        raise TextTooShortError(
             f"The text gives {max(num_windows, 0)} windows of {num_steps + 1} characters, fewer than "
             f"num_train + num_val = {num_train + num_val}. Use a longer text or fewer windows."
         )

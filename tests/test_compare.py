@@ -363,3 +363,47 @@ def test_a_long_run_on_idle_cores_is_told_about_jobs():
     assert compare_cli.jobs_hint(1, 1, 5, book) is None  # one core: nothing to gain
     assert compare_cli.jobs_hint(1, 2, 1, 5 * book) is None  # one row: nothing to run beside it
     assert compare_cli.jobs_hint(1, 2, 5, 60 * 8 * 32 * 35) is None  # the default run is short
+
+
+def test_eval_text_under_d2l_ed2_is_cleaned_the_ed2_way(tmp_path):
+    """Ed. 2 cleans the whole text, so each line break is a space: 3 tokens a line here, not ed. 1's 2."""
+    book = tmp_path / "eval.txt"
+    book.write_text("Ab,\n" * 400)
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", "--preset", "d2l-ed2", "--epochs", "1", "--hidden", "16", "--batch-size", "8",
+                    "--num-steps", "10", "--quiet", "--no-plot", "--eval-text", str(book), "--out", str(out)])
+    assert proc.returncode == 4, proc.stderr
+    assert load(out)["options"]["tokens"]["eval"] == 3 * 400
+
+
+@pytest.mark.parametrize("args, messages", [
+    (["--text", "/dev/null"], ["--text '/dev/null' is not a regular file (a character device)"]),
+    (["--eval-text", "war_of_the_worlds.txt"], ["did you mean the bundled text 'war_of_the_worlds'",
+                                                "(--eval-text war_of_the_worlds)"]),
+    (["--eval-text", "SHORT"], ["has 91 tokens after preprocessing, too few to evaluate one minibatch",
+                                "batch_size=32 x num_steps=35: at least 1,156 are needed"]),
+    # short because its Cyrillic letters became spaces: the error says so
+    (["--text", "CYRILLIC"], ["too few for one minibatch", "letters outside A-Z"]),
+])
+def test_text_input_errors_say_what_is_wrong(tmp_path, args, messages):
+    files = {"SHORT": "a tiny evaluation text " * 4, "CYRILLIC": "Привет мир, hello " * 100}
+    if args[1] in files:
+        path = tmp_path / "book.txt"
+        path.write_text(files[args[1]], encoding="utf-8")
+        args = [args[0], str(path)]
+    proc = compare([*args, "--backends", "numpy", "--out", str(tmp_path / "never")], timeout=60)
+    assert proc.returncode == 2 and all(m in proc.stderr for m in messages), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+def test_bundled_texts_by_name_for_text_and_eval_text_and_in_help(tmp_path):
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--no-plot", "--text", "timemachine", "--eval-text", "timemachine",
+                    "--out", str(out)])
+    assert proc.returncode == 4, proc.stderr
+    res = load(out)
+    assert res["options"]["text"] is None  # the default text, recorded as the default
+    assert res["options"]["eval_text"] == str(multirnn.bundled_text_path("timemachine"))
+    assert res["backends"][0]["eval_perplexity"] > 1
+    usage = compare(["--help"]).stdout
+    assert "timemachine" in usage and "war_of_the_worlds" in usage

@@ -133,3 +133,46 @@ def test_too_short_corpus_or_bad_sizes_are_clear_errors(make):
         next(make(np.arange(100), 0, 10, rng))
     with pytest.raises(ValueError, match="num_steps must be a positive integer"):
         next(make(np.arange(100), 2, -1, rng))
+
+
+def test_eval_text_is_cleaned_like_the_training_text_of_its_edition(tmp_path):
+    """Ed. 2 cleans the whole text (a line break is a space), ed. 1 each line (line breaks vanish)."""
+    path = tmp_path / "eval.txt"
+    path.write_text("Ab,\ncd\n" * 20, encoding="utf-8")
+    w = multirnn.load_ed2_windows(num_steps=4, num_train=10, num_val=0)
+    ed2 = mdata.encode_eval_text(path, w.vocab, "d2l-ed2", 2, 4)
+    assert "".join(w.vocab.to_tokens(ed2[:6])) == "ab cd "
+    _, vocab = multirnn.load_time_machine(max_tokens=10)
+    ed1 = mdata.encode_eval_text(path, vocab, "d2l-ed1", 2, 4)
+    assert "".join(vocab.to_tokens(ed1[:6])) == "abcdab"
+
+
+def test_bundled_texts_resolve_by_name_and_bad_paths_say_what_is_wrong(tmp_path):
+    for name in mdata.BUNDLED_TEXTS:
+        assert mdata.resolve_text(name) == mdata.bundled_text_path(name)
+    # a bundled text is read in its own encoding whatever --encoding says (it applies to the user's files)
+    assert "Martians" in mdata.read_text(mdata.resolve_text("war_of_the_worlds"), encoding="utf-16")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"--text '/dev/null' is not a regular file \(a character device\)"):
+        mdata.resolve_text("/dev/null", "--text")
+    with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
+        mdata.resolve_text(empty, "--text")
+    with pytest.raises(ValueError, match="is a directory"):
+        mdata.resolve_text(tmp_path, "--text")
+    with pytest.raises(ValueError, match=r"no such file; did you mean the bundled text 'war_of_the_worlds' "
+                                         r"\(--eval-text war_of_the_worlds\)"):
+        mdata.resolve_text(str(tmp_path / "war_of_the_worlds.txt"), "--eval-text")
+    with pytest.raises(ValueError, match="no such file$"):
+        mdata.resolve_text(str(tmp_path / "my_book.txt"), "--text")
+
+
+def test_too_short_texts_give_counts_and_what_preprocessing_dropped(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("Привет мир, hello " * 10, encoding="utf-8")
+    _, vocab = multirnn.load_time_machine(max_tokens=10)
+    with pytest.raises(mdata.TextTooShortError, match=r"has 59 tokens .* at least 1,156 are needed\. .*"
+                                                      "letters outside A-Z"):
+        mdata.encode_eval_text(path, vocab, "d2l-ed1", 32, 35, label="--eval-text 'short.txt'")
+    assert "letters outside A-Z" in mdata.with_dropped_note("The corpus has 70 tokens.", path)
+    assert mdata.with_dropped_note("The corpus has 70 tokens.", None) == "The corpus has 70 tokens."
