@@ -24,7 +24,7 @@ import shlex
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__, agreement, lockstep, report, verdict
-from .backends import canonical_name, is_builtin, known_backends, load_backend_class
+from .backends import BACKEND_ALIASES, canonical_name, is_builtin, known_backends, load_backend_class, refusal
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
 from .data import BUNDLED_TEXTS, TextTooShortError, bundled_text_path, encode_eval_text, resolve_text, with_dropped_note
@@ -86,6 +86,10 @@ class UsageError(Exception):
 
 
 class ArgParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # '--ep 1' must not quietly mean --epochs
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
         raise UsageError(message)
 
@@ -144,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list every backend: installed version, whether it runs here, how to install it; then exit")
     g = p.add_argument_group("what to compare")
     g.add_argument("--backends", help=f"comma-separated backends (default: all of {','.join(known_backends())}; "
-                   "missing ones are reported as unavailable); package.module:Class loads your own Backend")
+                   "missing ones are reported as unavailable; also "
+                   f"{', '.join(f'{a} for {n}' for a, n in BACKEND_ALIASES.items())}); "
+                   "package.module:Class loads your own Backend")
     g.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help=f"hyper-parameters (default: quick = d2l ed. 1 for {PRESETS['quick'].num_epochs} epochs; "
                    "d2l-ed1: the book's 500 epochs; d2l-ed2: batch 1024, hidden 32, train/validation split)")
@@ -270,7 +276,7 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
     """The backends to run, and whether the user named them (then missing ones are failures)."""
     if spec is None:
         return known_backends(), False
-    names = [s for s in (part.strip() for part in spec.split(",")) if s]
+    names = comma_list(spec, "--backends")
     if not names:
         raise UsageError("--backends is empty; name at least one of " + ", ".join(known_backends()))
     try:
@@ -288,8 +294,19 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
 IMPL_CHOICES = ("scratch", "layers")
 
 
+def comma_list(spec: str, flag: str) -> list[str]:
+    """The items of a comma list; an empty one between commas ('numpy,', '32,,64') is refused, as a
+    value left out by mistake. An empty list is []."""
+    parts = [p.strip() for p in spec.split(",")]
+    if parts == [""]:
+        return []
+    if "" in parts:
+        raise UsageError(f"{flag} {spec!r} has an empty item (a doubled, leading or trailing comma)")
+    return parts
+
+
 def _impls_from_args(spec: str) -> list[str]:
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    parts = comma_list(spec, "--impl")
     out: list[str] = []
     for p in parts:
         if p == "all":
@@ -346,6 +363,12 @@ def _existing_run_files(out_dir: Path) -> list[str]:
     return sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
 
 
+def _holds_sweep(out_dir: Path) -> bool:
+    from .sweep_engine import Store  # the sweep imports compare: not at module level
+
+    return Store(out_dir).is_sweep()
+
+
 def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
     """The output folder: a new timestamped one by default; an existing non-empty one only with
     --overwrite (its run files cleared) or --resume."""
@@ -368,6 +391,9 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
         present = _existing_run_files(out_dir) if out_dir.exists() else []
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {out!r} exists and is not a folder")
+        if present and _holds_sweep(out_dir):  # --overwrite would mix a compare run into the sweep's files
+            raise UsageError(f"--out {out!r} holds a sweep (python -m multirnn.sweep); compare does not write into "
+                             "it: choose another folder")
         if resume:
             if not (out_dir / "results.json").is_file():
                 raise UsageError(f"--resume: {out!r} holds no results.json of an earlier run")
@@ -491,8 +517,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Rows of the earlier run in ``out_dir`` that need not run again (same configuration only)."""
+def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
+               labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Rows of the earlier run in ``out_dir`` that need not run again (same configuration only).
+
+    ``labels``: this run's rows. Rows may be added, and interrupted ones left out; leaving out a row the
+    earlier run finished is refused (its results.json would lose it while its files stayed).
+    """
     try:
         earlier = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError) as exc:
@@ -501,12 +532,22 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any]) -> d
                                     "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}
     then, now = {**(earlier.get("config") or {}), **before}, {**config.to_dict(), **json.loads(json.dumps(same))}
-    differs = [f"{k} {then.get(k, 'not set')} (now {now.get(k, 'not set')})"
+    def short(v: Any) -> str:  # a long list (the checkpoint epochs) by its ends and length
+        return f"[{v[0]}, {v[1]}, ..., {v[-1]}] ({len(v)})" if isinstance(v, list) and len(v) > 6 else str(v)
+
+    differs = [f"{k} {short(then.get(k, 'not set'))} (now {short(now.get(k, 'not set'))})"
                for k in dict.fromkeys([*then, *now]) if then.get(k) != now.get(k)]
     if differs:
         what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
         raise UsageError(f"--resume: the earlier run in this folder used other settings ({what}); repeat its "
                          f"command ({earlier.get('command', '?')}) with --resume, or start a new run")
+    # an interrupted row may be dropped; a finished one (a crash too: evidence) may not
+    left_out = [row["name"] for row in earlier.get("backends", [])
+                if row["name"] not in labels and row.get("status") != "interrupted"]
+    if left_out:
+        raise UsageError(f"--resume: the earlier run in this folder also has {', '.join(left_out)}, which this "
+                         f"command leaves out; name every row of it (its command: {earlier.get('command', '?')}), "
+                         "or start a new run")
     keep = {}
     for row in earlier.get("backends", []):
         path = out_dir / "backends" / f"{_safe(row['name'])}.json"
@@ -525,7 +566,7 @@ def _list_backends() -> int:
 def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epoch: int, name: str,
                 extra_seeds: int = 0) -> tuple[float, float]:
     """Progress units of one row: its epochs (every seed's), and its re-anchored checks in epoch equivalents."""
-    per_ckpt = (steps_per_epoch + 3) / max(steps_per_epoch, 1)
+    per_ckpt = (lockstep.stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)
     return float(config.num_epochs), (0.0 if name == verdict.ORACLE else len(lock_epochs) * per_ckpt) + \
         extra_seeds * config.num_epochs
 
@@ -637,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_conflicts(args)
         plan = make_plan(args, argv)
         out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
-        kept = _resumable(out_dir, plan.config, plan.options) if args.resume else {}
+        kept = _resumable(out_dir, plan.config, plan.options, plan.labels) if args.resume else {}
     except UsageError as exc:
         print(f"multirnn.compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -693,13 +734,17 @@ def main(argv: list[str] | None = None) -> int:
         (its status file) before their re-anchored checks, and the later rows get them directly."""
         nonlocal anchor
         own = ckpt_root / _safe(labels[anchor_row]) if anchor_row is not None else None
+        # A kept anchor trains again for its checkpoints only when a row still to run restarts from them
+        # (resuming a finished run retrained the oracle every time).
+        restarts = anchor_row is not None and any(
+            labels[k] not in kept and refusal(*pairs[k], config.model) is None for k in range(len(pairs)) if k != anchor_row)
         status = work / "anchor.json"
         status.unlink(missing_ok=True)  # an interrupted run's: the anchor may train again
         pool = LocalExecutor(slots, threads, args.stall_timeout)
         try:
             for i in indices:
                 name, (backend_name, impl) = labels[i], pairs[i]
-                if name in kept and not (i == anchor_row and not lockstep.list_checkpoints(own)):
+                if name in kept and not (i == anchor_row and restarts and not lockstep.list_checkpoints(own)):
                     progress.finish(name, f"{kept[name]['status']} (kept from the earlier run)")
                     record(i, kept[name])
                     if i == anchor_row:

@@ -302,9 +302,9 @@ def _frameworks(text: str) -> list[str]:
     from .compare import UsageError
 
     names: list[str] = []
-    for name in (n.strip() for n in text.split(",")):
-        if not name:
-            continue
+    from .compare import comma_list
+
+    for name in comma_list(text, "--frameworks"):
         try:
             key = canonical_name(name)
         except ValueError:

@@ -89,9 +89,11 @@ def seeds_text(seeds: list[int]) -> str:
 def split_values(dest: str, value: Any) -> list[str]:
     """One option's values: a comma list (CLI), or a TOML scalar or array."""
     items = value if isinstance(value, list) else str(value).split(",")
-    out = [str(v).strip() for v in items if str(v).strip()]
-    if not out:
+    out = [str(v).strip() for v in items]
+    if not any(out):
         raise SpecError(f"--{dest.replace('_', '-')} is empty")
+    if "" in out:  # '32,,64': a value left out by mistake is not quietly skipped
+        raise SpecError(f"--{dest.replace('_', '-')} {value!r} has an empty item (a doubled, leading or trailing comma)")
     return list(dict.fromkeys(out))
 
 

@@ -78,7 +78,9 @@ def test_a_sweep_runs_ed2_once_whatever_sampling_values_it_crosses():
                                        "preset=d2l-ed2"]
     assert [c.index for c in confs] == [0, 1, 2] and len(groups) == 3
     assert "ignores --sampling" in ignored_by_presets(dims)
-    assert ignored_by_presets({"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["random"]}) is None
+    # one value: still ignored by the ed. 2 configurations (said), but they are not multiplied by it
+    one = ignored_by_presets({"preset": ["d2l-ed1", "d2l-ed2"], "sampling": ["random"]})
+    assert one == "--preset d2l-ed2 ignores --sampling (shuffled fixed windows)"
     assert ignored_by_presets({"preset": ["quick"], "sampling": ["sequential", "random"]}) is None
 
 
@@ -296,3 +298,29 @@ def test_the_bands_line_without_lockstep_names_only_what_was_checked(init, says)
          "independent_rtol": 0.15}
     line = report.bands_text({"verdict": v, "config": {"dtype": "float32"}, "options": {"lockstep": "off"}})
     assert says in line and (init == "shared") == ("free-running" in line)
+
+
+# --- sloppy input is refused, not guessed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("multirnn.compare", ["--ep", "1"], "unrecognized arguments: --ep 1"),  # no abbreviations
+    ("multirnn.compare", ["--backends", "numpy,"], "--backends 'numpy,' has an empty item"),
+    ("multirnn.compare", ["--backends", "numpy,,torch"], "has an empty item"),
+    ("multirnn.compare", ["--impl", ",layers"], "--impl ',layers' has an empty item"),
+    ("multirnn.sweep", ["--hidden", "32,,64", "--dry-run"], "--hidden '32,,64' has an empty item"),
+    ("multirnn.sweep", ["--hid", "32", "--dry-run"], "unrecognized arguments: --hid 32"),
+    ("multirnn.conformance", ["--frameworks", "torch,"], "--frameworks 'torch,' has an empty item"),
+])
+def test_abbreviations_and_empty_list_items_are_refused(tmp_path, module, args, message):
+    proc = run(module, [*args, "--out", str(tmp_path / "never")] if module != "multirnn.conformance" else args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
+
+
+def test_help_names_the_backend_aliases():
+    from multirnn.backends import BACKEND_ALIASES, canonical_name
+
+    text = " ".join(compare.build_parser().format_help().split())
+    for alias, name in BACKEND_ALIASES.items():
+        assert f"{alias} for {name}" in text and canonical_name(alias) == name

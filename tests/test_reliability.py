@@ -253,8 +253,19 @@ def test_resume_keeps_finished_backends(tmp_path):
     assert (out / "backends" / "numpy.json").stat().st_mtime_ns == numpy_mtime  # not run again
     assert rows["tests.zoo:OracleCopy2"]["judgement"]["checkpoints_checked"] >= 2  # anchored on the kept checkpoints
     assert not (out / ".work").exists()
+    # resuming the finished run trains nothing again, the oracle included (its checkpoints are gone)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "backends").glob("*.json")}
+    again = compare([*args[:1], f"numpy,{COPY},tests.zoo:OracleCopy2", *args[2:], "--resume"])
+    assert again.returncode == 0, again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "backends").glob("*.json")} == mtimes
+    # leaving out a finished row would drop it from results.json while its files stay: refused
+    fewer = compare([*args[:1], "numpy,tests.zoo:OracleCopy2", *args[2:], "--resume"])
+    assert fewer.returncode == 2 and f"also has {COPY}, which this command leaves out" in fewer.stderr, fewer.stderr
+    assert len(strict_json(out / "results.json")["backends"]) == 3
     other = compare([*args[:1], "numpy", *args[2:6], "--hidden", "32", *args[8:], "--resume"])
-    assert other.returncode == 2 and "used other settings (max_tokens 3000 (now 10000); num_hiddens 16 (now 32));" in other.stderr, other.stderr
+    want = ("used other settings (max_tokens 3000 (now 10000); num_hiddens 16 (now 32); "
+            "lockstep_epochs [1, 3, ..., 40] (21) (now [1, 2, ..., 40] (40)))")  # long lists by their ends
+    assert other.returncode == 2 and want in other.stderr, other.stderr
 
 
 # --- text input ---------------------------------------------------------------------------------------

@@ -336,3 +336,15 @@ def test_a_sweep_with_nothing_to_compare_is_exit_4_not_agreement(tmp_path):
     proc = sweep(["--backends", "tests.zoo:OracleCopy", *TINY, "--quiet", "--out", str(tmp_path / "out")])
     assert proc.returncode == 4, proc.stderr
     assert [g["status"] for g in load(tmp_path / "out")["groups"]] == ["not-judged"]
+
+
+def test_compare_does_not_write_into_a_sweep_folder(folder, capsys):
+    """The sweep refuses a compare run's folder; compare --overwrite refuses a sweep's the same way."""
+    from multirnn import compare as compare_cli
+
+    before = snapshot(folder)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert compare_cli.main(["--backends", "numpy", *TINY, "--out", str(folder), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert "holds a sweep" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(folder) == before

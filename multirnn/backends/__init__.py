@@ -33,11 +33,12 @@ _REGISTRY: dict[str, tuple[dict[str, str], tuple[str, ...], str | None]] = {
     "jax": ({"scratch": "multirnn.backends.jax_backend:JaxBackend",
              "layers": "multirnn.backends.jax_backend:JaxLayersBackend"}, ("jax",), "jax"),
 }
-_ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
+BACKEND_ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
+_ALIASES = BACKEND_ALIASES
 
 ENTRY_POINT_GROUP = "multirnn.backends"
 
-__all__ = ["Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "impls",
+__all__ = ["BACKEND_ALIASES", "Backend", "BackendSpecError", "available_backends", "canonical_name", "get_backend", "impls",
            "install_hint", "is_builtin", "known_backends", "load_backend_class", "probe", "refusal"]
 
 
