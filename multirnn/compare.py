@@ -643,7 +643,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     first_batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
     expected = agreement.expected_shapes(first_batch, config.num_steps, len(data.vocab), config.num_hiddens, config.model)
     steps_per_epoch = sum(1 for _ in data.train_batches(np.random.default_rng(config.seed)))
-    every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch)}.get(args.lockstep, args.lockstep)
+    every = {"off": 0, "auto": lockstep.auto_every(steps_per_epoch, config.num_epochs)}.get(args.lockstep, args.lockstep)
     lock_epochs = tuple(lockstep.checkpoint_epochs(config.num_epochs, int(every)))
     if every and every >= config.num_epochs:
         # A run no longer than the spacing is checked at its first and last epochs only: record that

@@ -50,16 +50,24 @@ _CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
 # the book's stretches (9 steps, d2l-ed2's 5) whole with a wide margin, and still compound a state
 # bug's one-step effect over the later steps.
 MAX_STRETCH_STEPS = 16
+# Long epochs make a capped stretch cheap, so the budget alone would checkpoint every epoch; each
+# checkpoint is also the oracle's work (probe references, a file of ~3.5 MB at hidden 512) and a
+# reload per row. The book run needs 85 (every 6th of 500 epochs): this bound leaves it unchanged.
+MAX_AUTO_CHECKPOINTS = 100
 
 
-def auto_every(steps_per_epoch: int, budget: float = DEFAULT_BUDGET) -> int:
-    """Checkpoint spacing (in epochs) that keeps the lockstep work near ``budget`` of a run.
+def auto_every(steps_per_epoch: int, num_epochs: int | None = None, budget: float = DEFAULT_BUDGET) -> int:
+    """Checkpoint spacing (in epochs) that keeps the lockstep work near ``budget`` of a run, and the
+    checkpoints of ``num_epochs`` at most about :data:`MAX_AUTO_CHECKPOINTS`.
 
     Each checkpoint costs a stretch (see :func:`stretch_steps`) and two probe steps of the backend.
     """
     # the oracle's probe steps are computed once, by the run that saves the checkpoints
     cost = (stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)  # in epochs of the free run
-    return max(1, math.ceil(cost / budget))
+    every = max(1, math.ceil(cost / budget))
+    if num_epochs:
+        every = max(every, math.ceil(num_epochs / MAX_AUTO_CHECKPOINTS))
+    return every
 
 
 def stretch_steps(steps_in_epoch: int, has_next_epoch: bool) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, compare, report
+from . import __version__, compare, lockstep, report
 from .progress import RunProgress
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
@@ -314,8 +314,9 @@ def estimate_seconds(cell: Any) -> float:
     scale = max(c.num_hiddens / 512, 1 / 16) * GATES.get(c.cell, 1) * c.num_layers
     per_epoch = plan.steps_per_epoch * c.batch_size * c.num_steps * scale / rate
     epochs = c.num_epochs * (1 + len(plan.seeds))
-    if cell.anchor:  # re-anchored stretches: about one epoch per checkpoint
-        epochs += len(plan.lock_epochs) * (plan.steps_per_epoch + 3) / max(plan.steps_per_epoch, 1)
+    if cell.anchor:  # re-anchored checks: a (capped) stretch and two probe steps per checkpoint
+        epochs += len(plan.lock_epochs) * (lockstep.stretch_steps(plan.steps_per_epoch, True) + 2) / max(
+            plan.steps_per_epoch, 1)
     return NOMINAL_STARTUP_SECONDS.get(cell.backend, 2.0) + per_epoch * epochs
 
 

@@ -397,7 +397,8 @@ def check_lockstep(be: Backend, dtype: str = "float32") -> None:
            "lockstep": {"stretches": lockstep.as_records(stretches), "probes": lockstep.as_records(probes)}}
     oracle_row = {"name": verdict.ORACLE, "step_loss": ref.step_loss, "step_grad_norm": ref.step_grad_norm,
                   "steps_per_epoch": ref.steps_per_epoch}
-    judged = verdict.judge_lockstep(row, verdict.stretch_reference([oracle_row, row], verdict.ORACLE), dtype)
+    judged = verdict.judge_lockstep(row, verdict.stretch_reference([oracle_row, row], verdict.ORACLE), dtype,
+                                    ref.steps_per_epoch)
     assert judged.checkpoints_checked == 3, judged
     assert judged.status == "agrees", judged.reason
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import agreement
-from .lockstep import MAX_STRETCH_STEPS
+from .lockstep import MAX_STRETCH_STEPS, stretch_steps
 from .report import plural
 
 ORACLE = "numpy"
@@ -79,8 +79,9 @@ class Crossing:
         if self.global_step is not None and self.global_step != self.step:
             where += f" (step {self.global_step} of the run)"
         also = f"; also outside: {', '.join(self.also)}" if self.also else ""
-        if not math.isfinite(self.deviation):
-            return f"{where}: {self.what}{also}"
+        if not math.isfinite(self.deviation):  # missing steps, or a value that is not a number
+            return f"{where}: {self.what}{also}" if self.what.startswith("missing") else \
+                f"{where}: {self.what} is NaN or infinite{also}"
         return f"{where}: {self.what} deviates by {self.deviation:.2e} (band {self.band:.1e}){also}"
 
 
@@ -200,18 +201,19 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
         oracle = next(r for r in rows if r["name"] == ORACLE)
         spe = list(oracle.get("steps_per_epoch") or [])
         bounds = np.concatenate([[0], np.cumsum(spe)]).astype(int)
+        diverged = oracle.get("status") == "diverged"
         for r in rows:
             for s in (r.get("lockstep") or {}).get("stretches", []):
                 k, a = s["epoch"], s["start_step"]
-                # the stretch is epoch k plus the first step of epoch k + 1 (capped), as far as the oracle got
-                n = (min(spe[k - 1] + (1 if k < len(spe) else 0), MAX_STRETCH_STEPS) if k <= len(spe)
-                     else len(s["loss"]))
+                # the stretch is epoch k plus the first step of epoch k + 1 (capped), as far as the oracle got;
+                # a diverged oracle's run had a next epoch even where it did not finish it
+                n = stretch_steps(spe[k - 1], k < len(spe) or diverged) if k <= len(spe) else len(s["loss"])
                 if k <= len(spe):
                     a = int(bounds[k - 1])
                 # Where the oracle diverged, the stretch it cut short is not judged: steps just before a
                 # blow-up amplify rounding at every step (at lr 20 a correct backend's gradient norm left
                 # the band the step before the divergence)
-                partial = oracle.get("status") == "diverged" and not (k <= len(spe) and bounds[k] < len(oracle["step_loss"]))
+                partial = diverged and not (k <= len(spe) and bounds[k] < len(oracle["step_loss"]))
                 out.setdefault(k, {"loss": list(oracle["step_loss"][a:a + n]),
                                    "grad_norm": list(oracle["step_grad_norm"][a:a + n]), "start": a,
                                    "partial": partial})
@@ -222,12 +224,19 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
         for s in (r.get("lockstep") or {}).get("stretches", []):
             by_epoch.setdefault(s["epoch"], []).append((s["loss"], s["grad_norm"], s["start_step"]))
     for epoch, items in by_epoch.items():
-        full = max(len(x[0]) for x in items)  # a backend that stopped early is judged on the missing steps
-        items = [x for x in items if len(x[0]) == full]
-        n = full
+        # a backend that stopped early is judged on the missing steps; records from before the stretch cap
+        # (a resumed run's) are judged on its steps only
+        n = min(max(len(x[0]) for x in items), MAX_STRETCH_STEPS)
+        items = [x for x in items if len(x[0]) >= n]
         out[epoch] = {"loss": np.median([x[0][:n] for x in items], axis=0).tolist(),
                       "grad_norm": np.median([x[1][:n] for x in items], axis=0).tolist(), "start": items[0][2]}
     return out
+
+
+def _num(x: Any) -> float:
+    """A recorded number: results.json writes NaN and infinities as null, read back as NaN here
+    (so they count as outside every band instead of failing the arithmetic)."""
+    return math.nan if x is None else float(x)
 
 
 def locate(global_step: int, steps_per_epoch: Sequence[int]) -> tuple[int, int]:
@@ -264,15 +273,17 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
     crossings: list[Crossing] = []
     results: list[CheckpointResult] = []
     max_loss = max_norm = max_probe = 0.0
+    any_judged = False
     for epoch in sorted(set(stretches) | set(probes)):
         first: Crossing | None = None
         devs = {"loss": 0.0, "grad_norm": 0.0}
         judged = epoch in stretches and epoch in ref and not ref[epoch].get("partial")
+        any_judged = any_judged or judged
         if judged:
             s, r = stretches[epoch], ref[epoch]
             for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol)):
                 for i, (got, want) in enumerate(zip(s[key], r[key])):
-                    dev = agreement.relative_error(got, want)
+                    dev = agreement.relative_error(_num(got), _num(want))
                     devs[key] = max(devs[key], dev)
                     if not dev <= tol and (first is None or (first.global_step or 0) > r["start"] + i + 1):
                         first = crossing(r["start"] + i + 1, what, dev, tol)
@@ -281,9 +292,13 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                                  math.inf, rtol)
         probe_ratio = 0.0
         for p in probes.get(epoch, []):
-            checks = [("loss", agreement.relative_error(p["loss"], p["ref_loss"]), rtol),
-                      ("grad norm", agreement.relative_error(p["grad_norm"], p["ref_grad_norm"]), nrtol)]
+            checks = [("loss", agreement.relative_error(_num(p["loss"]), _num(p["ref_loss"])), rtol),
+                      ("grad norm", agreement.relative_error(_num(p["grad_norm"]), _num(p["ref_grad_norm"])), nrtol)]
             for k, (diff, update, size) in p["params"].items():
+                diff, update, size = _num(diff), _num(update), _num(size)
+                if not (math.isfinite(diff) and math.isfinite(update) and math.isfinite(size)):
+                    checks.append((f"{k} update", math.inf, prtol))  # a NaN update is outside any band
+                    continue
                 dev = diff / update if update > 0 else (0.0 if diff == 0 else math.inf)
                 allowed = prtol + (rounding * size / update if update > 0 else math.inf)
                 checks.append((f"{k} update", dev, allowed))
@@ -309,8 +324,9 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
     return BackendVerdict(
         name=row["name"], status="disagrees" if first_crossing else "agrees",
         reason=f"first outside the band at {first_crossing.describe()}" if first_crossing else None,
-        checkpoints_checked=len(results), max_loss_deviation=max_loss if results else None,
-        max_norm_deviation=max_norm if results else None,
+        # None, not 0, where no stretch was compared (every one cut short by the reference's divergence)
+        checkpoints_checked=len(results), max_loss_deviation=max_loss if any_judged else None,
+        max_norm_deviation=max_norm if any_judged else None,
         max_probe_ratio=max_probe if results else None, first_crossing=first_crossing, checkpoints=tuple(results),
     )
 
@@ -385,7 +401,7 @@ def judge(
             status = r.get("status") if r.get("status") in ("unavailable", "unsupported", "interrupted") else "crashed"
             verdicts.append(BackendVerdict(r["name"], status, reason=r.get("error")))
     if not ran:
-        fields = {k: v for k, v in base.items() if k != "lockstep_asked"}
+        fields = {k: v for k, v in base.items() if k not in ("lockstep_asked", "epochs_run")}
         stopped = [b.name for b in verdicts if b.status == "interrupted"]
         summary = ("no backend finished before the run was stopped" if stopped else
                    "no backend could run (see the problems below)")
@@ -399,8 +415,10 @@ def judge(
     stretch_ref = stretch_reference(ran, reference) if reference is not None else {}
     # where steps lie: the oracle's epochs, else the longest run's (all share the data)
     ref_epochs = list((ref_row or max(ran, key=lambda r: len(r.get("step_loss") or []))).get("steps_per_epoch") or [])
-    if ref_epochs and max(ref_epochs) + 1 > MAX_STRETCH_STEPS:
+    # an epoch a stretch does not cover whole, with the step into the next one where there is one
+    if ref_epochs and stretch_steps(max(ref_epochs), len(ref_epochs) > 1) < max(ref_epochs) + (len(ref_epochs) > 1):
         base["long_epoch_steps"] = int(max(ref_epochs))
+    base["epochs_run"] = len(ref_epochs)
     finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r.get("perplexity")}
     has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
                                     for r in ran)
@@ -454,8 +472,9 @@ def judge(
 def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[str, Any] | None:
     """Where the reference diverged, and whether one whole re-anchored stretch came before it.
 
-    A stretch is an epoch plus the next one's first step (at most ``MAX_STRETCH_STEPS``): the least
-    that exercises both state rules (carried within the epoch, reset at its boundary). The oracle's own run decides; with the median
+    A stretch is judged only where the reference got past its epoch into the next one (the steps just
+    before a blow-up amplify rounding): the least that exercises both state rules (carried within the
+    epoch, reset at its boundary) is the first epoch and the next one's first step. The oracle's own run decides; with the median
     as the reference, the run of the backend that got furthest (the median exists only while the others
     have steps too), and only when every backend diverged.
     """
@@ -471,7 +490,7 @@ def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | Non
     done = len(furthest.get("step_loss") or [])
     spe = list(furthest.get("steps_per_epoch") or [])
     return {"name": furthest["name"], "epoch": furthest.get("diverged_epoch"), "step": furthest.get("diverged_step"),
-            "steps_compared": done, "whole_stretch": bool(spe) and done >= min(spe[0] + 1, MAX_STRETCH_STEPS)}
+            "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0]}
 
 
 def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -612,8 +631,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             n = div["steps_compared"]
             parts.append(f"too little to judge: {base['reference_label']} diverged at epoch {div['epoch']}, step "
                          f"{div['step']}, before "
-                         + (f"one re-anchored stretch (an epoch and the next one's first step, at most {MAX_STRETCH_STEPS} steps) "
-                            "was complete"
+                         + ("its first epoch and the next one's first step were done (the least a re-anchored "
+                            "stretch needs to be judged)"
                             if has_lockstep else "its second epoch began")
                          + f"; {_plural(others, 'agrees', 'agree')} with it "
                          + (f"on the probe steps only (the {plural(n, 'step')} before the blow-up amplify rounding "
@@ -655,12 +674,14 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         notes.append(unseen)
     long = base.get("long_epoch_steps")
     if has_lockstep and long and status != "not-judged":
-        notes.append(f"epochs of up to {long} steps are longer than a re-anchored stretch: each covered its epoch's first "
-                     f"{MAX_STRETCH_STEPS} steps (rounding differences compound over longer ones, enough to leave the band), "
-                     "so the step into the next epoch was not re-anchored")
+        notes.append(f"a re-anchored stretch is at most {MAX_STRETCH_STEPS} steps (rounding differences compound over "
+                     f"longer ones, enough to leave the band) and epochs here have up to {long}: each stretch covered "
+                     f"its epoch's first {min(long, MAX_STRETCH_STEPS)} steps"
+                     + (", so the step into the next epoch was not re-anchored" if long >= MAX_STRETCH_STEPS and
+                        base.get("epochs_run", 0) > 1 else ""))
     if (not base.get("lockstep_asked", True) and base["reference"] is not None and base["dtype"] == "float32"
             and base["init"] == "shared"):  # other inits compare no curves
         notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "
                      "which chaos can leave on long runs")
-    fields = {k: v for k, v in base.items() if k != "lockstep_asked"}
+    fields = {k: v for k, v in base.items() if k not in ("lockstep_asked", "epochs_run")}
     return Verdict(status=status, summary="; ".join(parts), backends=backends, notes=tuple(notes), **fields)

@@ -230,6 +230,8 @@ def test_checkpoint_epochs_and_auto_spacing():
     assert (8 + 3) / 8 / every <= lockstep.DEFAULT_BUDGET  # near the budget, never above it
     # a stretch stops at MAX_STRETCH_STEPS: 16 + 2 probe steps in a 1000-step epoch fit every epoch
     assert lockstep.MAX_STRETCH_STEPS == 16 and lockstep.auto_every(1000) == 1 and lockstep.auto_every(40) == 2
+    # ... but not more than about MAX_AUTO_CHECKPOINTS of them; the book run (8-step epochs) keeps every 6th
+    assert lockstep.auto_every(1000, 500) == 5 and lockstep.auto_every(8, 500) == 6 == lockstep.auto_every(8)
 
 
 def test_a_row_stopped_by_the_user_is_interrupted_not_crashed():
@@ -305,7 +307,7 @@ def test_a_long_epoch_is_re_anchored_for_its_first_steps_only():
     good = backend_row("torch", ref, [(1, 0, [1.0] * cap)])
     v = judge([ref, good])
     assert v.status == "agree" and v.long_epoch_steps == n
-    assert any(f"first {cap} steps" in note and "not re-anchored" in note for note in v.notes)
+    assert any(f"first {cap} steps" in note for note in v.notes)
     off = [1.0] * cap
     off[9] = 1 + 3e-3
     c = judge([ref, backend_row("torch", ref, [(1, 0, off)])]).backend("torch").first_crossing
@@ -315,3 +317,69 @@ def test_a_long_epoch_is_re_anchored_for_its_first_steps_only():
     assert c.what.startswith("missing steps") and c.step == cap - 3
     # epochs that fit a stretch whole get no such note
     assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]).long_epoch_steps is None
+
+
+def _long_ref(spe, status="ok", extra=0):
+    n = sum(spe) + extra
+    return {"name": "numpy", "status": status, "step_loss": [2.0 + 0.01 * i for i in range(n)],
+            "step_grad_norm": [0.5] * n, "steps_per_epoch": list(spe), "perplexity": [2.0], "shapes": None}
+
+
+def test_a_nan_recorded_as_null_is_outside_the_band_not_a_crash():
+    """results.json writes NaN as null: a stretch or probe holding one disagrees, and the verdict is written."""
+    row = backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [probe(1)])
+    row["lockstep"]["stretches"][0]["loss"][2] = None
+    c = judge([REF, row]).backend("torch").first_crossing
+    assert (c.epoch, c.step, c.what) == (1, 3, "loss") and c.deviation == math.inf
+    assert c.describe() == "epoch 1, step 3: loss is NaN or infinite"
+    bad_probe = probe(1)
+    bad_probe["loss"] = None
+    bad_probe["params"]["W_hh"] = [None, 1e-2, 1.0]
+    v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [bad_probe])]).backend("torch")
+    assert v.status == "disagrees" and "probe step" in v.first_crossing.what
+
+
+def test_an_oracle_that_diverged_at_the_next_epochs_first_step_leaves_nothing_judged():
+    """Epochs longer than a stretch: the oracle blew up at epoch 2, step 1, so epoch 1's stretch is cut
+    short (not judged), and 'agrees' on the probes alone would be no evidence."""
+    ref = _long_ref([20], "diverged")
+    ref.update(diverged_epoch=2, diverged_step=1)
+    off = [1.0] * 16
+    off[4] = 1.5
+    v = judge([ref, backend_row("torch", ref, [(1, 0, off)], [probe(1)])])
+    assert v.status == "not-judged" and "too little to judge" in v.summary
+    torch = v.backend("torch")
+    assert torch.max_loss_deviation is None and torch.max_norm_deviation is None  # no stretch was compared
+
+
+def test_the_boundary_step_is_judged_when_the_oracle_diverged_later_in_the_next_epoch():
+    ref = _long_ref([3], "diverged", extra=2)  # epoch 2 had two good steps, then blew up
+    ref.update(diverged_epoch=2, diverged_step=3)
+    v = judge([ref, backend_row("torch", ref, [(1, 0, [1, 1, 1, 1.5])])])
+    c = v.backend("torch").first_crossing
+    assert v.status == "disagree" and (c.epoch, c.step, c.global_step) == (2, 1, 4)
+
+
+def test_the_median_reference_judges_older_longer_stretches_on_the_capped_steps():
+    from multirnn.lockstep import MAX_STRETCH_STEPS as cap
+
+    ref = _long_ref([50, 50])
+    rows = [backend_row(n, ref, [(1, 0, [1.0] * k)]) for n, k in (("torch", cap), ("mxnet", cap), ("jax", 51))]
+    v = judge(rows)
+    assert v.reference == "median" and v.status == "agree", v.summary
+
+
+@pytest.mark.parametrize("spe, note", [
+    ([15, 15], None),  # every stretch holds its epoch and the step into the next
+    ([16, 16], "first 16 steps, so the step into the next epoch was not re-anchored"),
+    ([20], "first 16 steps"),  # one epoch: there is no next one to speak of
+])
+def test_the_long_epoch_note_at_its_edges(spe, note):
+    ref = _long_ref(spe)
+    v = judge([ref, backend_row("torch", ref, [(1, 0, [1.0] * min(spe[0] + (len(spe) > 1), 16))])])
+    found = [n for n in v.notes if "re-anchored stretch is at most" in n]
+    assert v.status == "agree", v.summary
+    if note is None:
+        assert not found
+    else:
+        assert len(found) == 1 and found[0].endswith(note), found
