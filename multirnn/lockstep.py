@@ -43,12 +43,13 @@ PROBE_CLIP_FACTORS = {"clip": 0.5, "no-clip": 2.0}
 PROBE_LR_FACTOR = 0.5
 _CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
 # The longest stretch. Rounding differences compound over a stretch too, the faster the longer the
-# run has trained. Worst relative deviation of correct torch/jax rows (float32, AVX2) within a
-# stretch's first 16 / 32 / 128 steps: batch 1, 1 step, hidden 64 (399-step epochs) 6.3e-7 / 1.9e-6 /
-# 6.0e-3, and both rows left the 1e-3 band at steps 232-240; hidden 8 (199 steps) 1.3e-6 / 1.3e-6 /
-# 4.3e-5, 1.15e-3 by step 199; the book's shapes with 53-step epochs 1.6e-6 / 3.0e-5. 16 steps keep
-# the book's stretches (9 steps, d2l-ed2's 5) whole with a wide margin, and still compound a state
-# bug's one-step effect over the later steps.
+# run has trained. Worst relative deviation of correct torch/jax rows (float32, AVX-512 kernels)
+# within a stretch's first 16 / 32 / 128 steps: batch 1, 1 step, hidden 64 (399-step epochs) 6.3e-7 /
+# 1.9e-6 / 6.0e-3, and both rows left the 1e-3 band at steps 232-240; hidden 8 (199 steps) 1.3e-6 /
+# 1.3e-6 / 4.3e-5, 1.15e-3 by step 199; the book's shapes with 53-step epochs 1.6e-6 / 3.0e-5. With
+# the 16-step cap all four frameworks agreed on those three runs with AVX-512 kernels and with every
+# library capped to AVX2 (DEVELOPERS.md): worst 4.8e-6. 16 steps keep the book's stretches (9 steps,
+# d2l-ed2's 5) whole, and still compound a state bug's one-step effect over the later steps.
 MAX_STRETCH_STEPS = 16
 # Long epochs make a capped stretch cheap, so the budget alone would checkpoint every epoch; each
 # checkpoint is also the oracle's work (probe references, a file of ~3.5 MB at hidden 512) and a
