@@ -276,7 +276,7 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
     """The backends to run, and whether the user named them (then missing ones are failures)."""
     if spec is None:
         return known_backends(), False
-    names = comma_list(spec, "--backends")
+    names = comma_list(spec, "--backends", known_backends())
     if not names:
         raise UsageError("--backends is empty; name at least one of " + ", ".join(known_backends()))
     try:
@@ -294,19 +294,20 @@ def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
 IMPL_CHOICES = ("scratch", "layers")
 
 
-def comma_list(spec: str, flag: str) -> list[str]:
+def comma_list(spec: str, flag: str, choices: Sequence[str] = ()) -> list[str]:
     """The items of a comma list; an empty one between commas ('numpy,', '32,,64') is refused, as a
-    value left out by mistake. An empty list is []."""
+    value left out by mistake (the message names ``choices``). An empty list is []."""
     parts = [p.strip() for p in spec.split(",")]
     if parts == [""]:
         return []
     if "" in parts:
-        raise UsageError(f"{flag} {spec!r} has an empty item (a doubled, leading or trailing comma)")
+        raise UsageError(f"{flag} {spec!r} has an empty item (a doubled, leading or trailing comma)"
+                         + (f"; choose from {', '.join(choices)}" if choices else ""))
     return parts
 
 
 def _impls_from_args(spec: str) -> list[str]:
-    parts = comma_list(spec, "--impl")
+    parts = comma_list(spec, "--impl", ("scratch", "layers", "all"))
     out: list[str] = []
     for p in parts:
         if p == "all":

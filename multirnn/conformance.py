@@ -304,7 +304,7 @@ def _frameworks(text: str) -> list[str]:
     names: list[str] = []
     from .compare import comma_list
 
-    for name in comma_list(text, "--frameworks"):
+    for name in comma_list(text, "--frameworks", known_backends()):
         try:
             key = canonical_name(name)
         except ValueError:
