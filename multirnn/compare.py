@@ -567,7 +567,7 @@ def _list_backends() -> int:
 def _work_units(config: TrainConfig, lock_epochs: tuple[int, ...], steps_per_epoch: int, name: str,
                 extra_seeds: int = 0) -> tuple[float, float]:
     """Progress units of one row: its epochs (every seed's), and its re-anchored checks in epoch equivalents."""
-    per_ckpt = (lockstep.stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)
+    per_ckpt = lockstep.checkpoint_cost(steps_per_epoch)
     return float(config.num_epochs), (0.0 if name == verdict.ORACLE else len(lock_epochs) * per_ckpt) + \
         extra_seeds * config.num_epochs
 

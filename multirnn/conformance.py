@@ -299,11 +299,9 @@ def exit_status(rows: list[dict[str, Any]], named: bool) -> int:
 def _frameworks(text: str) -> list[str]:
     """``--frameworks``, resolved to backend ids (aliases too), in order, once each."""
     from .backends import canonical_name, is_builtin, known_backends, load_backend_class
-    from .compare import UsageError
+    from .compare import UsageError, comma_list
 
     names: list[str] = []
-    from .compare import comma_list
-
     for name in comma_list(text, "--frameworks", known_backends()):
         try:
             key = canonical_name(name)

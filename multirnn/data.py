@@ -399,29 +399,24 @@ def encode_eval_text(text_path: str | Path, vocab: Vocab, protocol: str, batch_s
             dropped when that is a large share).
         ValueError: unreadable, undecodable or letter-free text.
     """
-    text = _read_text(text_path, encoding=encoding)
-    ids = _char_ids(clean_text(text, protocol), vocab)
+    ids = encode(text_path, vocab, encoding=encoding, protocol=protocol)
     needed = min_batchable_tokens(batch_size, num_steps)
     if len(ids) < needed:
-        raise TextTooShortError(_noted(
+        raise TextTooShortError(with_dropped_note(
             f"{label or f'Text file {str(text_path)!r}'} has {len(ids):,} tokens after preprocessing, too few to "
             f"evaluate one minibatch of batch_size={batch_size} x num_steps={num_steps}: at least {needed:,} "
-            "are needed. Use a longer evaluation text or a smaller batch_size/num_steps.", text))
+            "are needed. Use a longer evaluation text or a smaller batch_size/num_steps.", text_path, encoding))
     return ids
-
-
-def _noted(message: str, text: str) -> str:
-    notes = text_notes(text)
-    return f"{message} Note: {'; '.join(notes)}." if notes else message
 
 
 def with_dropped_note(message: str, text_path: str | Path | None, encoding: str | None = None) -> str:
     """``message`` (a :class:`TextTooShortError`'s) plus what d2l's preprocessing dropped from the text,
     when that is a large share: often why the text is short (the default text when ``text_path`` is None)."""
     try:
-        return _noted(message, read_text(text_path, encoding))
+        notes = text_notes(read_text(text_path, encoding))
     except ValueError:  # the text read before; if it no longer does, the message stands alone
         return message
+    return f"{message} Note: {'; '.join(notes)}." if notes else message
 
 
 def _check_positive(**sizes: int) -> None:

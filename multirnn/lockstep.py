@@ -61,14 +61,18 @@ def auto_every(steps_per_epoch: int, num_epochs: int | None = None, budget: floa
     """Checkpoint spacing (in epochs) that keeps the lockstep work near ``budget`` of a run, and the
     checkpoints of ``num_epochs`` at most about :data:`MAX_AUTO_CHECKPOINTS`.
 
-    Each checkpoint costs a stretch (see :func:`stretch_steps`) and two probe steps of the backend.
     """
-    # the oracle's probe steps are computed once, by the run that saves the checkpoints
-    cost = (stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)  # in epochs of the free run
-    every = max(1, math.ceil(cost / budget))
+    every = max(1, math.ceil(checkpoint_cost(steps_per_epoch) / budget))
     if num_epochs:
         every = max(every, math.ceil(num_epochs / MAX_AUTO_CHECKPOINTS))
     return every
+
+
+def checkpoint_cost(steps_per_epoch: int) -> float:
+    """A row's re-anchored work per checkpoint, in epochs of its free run: a stretch (see
+    :func:`stretch_steps`) and two probe steps (the oracle's probe steps are computed once, by the
+    run that saves the checkpoints)."""
+    return (stretch_steps(steps_per_epoch, True) + 2) / max(steps_per_epoch, 1)
 
 
 def stretch_steps(steps_in_epoch: int, has_next_epoch: bool) -> int:

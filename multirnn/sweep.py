@@ -315,8 +315,7 @@ def estimate_seconds(cell: Any) -> float:
     per_epoch = plan.steps_per_epoch * c.batch_size * c.num_steps * scale / rate
     epochs = c.num_epochs * (1 + len(plan.seeds))
     if cell.anchor:  # re-anchored checks: a (capped) stretch and two probe steps per checkpoint
-        epochs += len(plan.lock_epochs) * (lockstep.stretch_steps(plan.steps_per_epoch, True) + 2) / max(
-            plan.steps_per_epoch, 1)
+        epochs += len(plan.lock_epochs) * lockstep.checkpoint_cost(plan.steps_per_epoch)
     return NOMINAL_STARTUP_SECONDS.get(cell.backend, 2.0) + per_epoch * epochs
 
 

@@ -34,7 +34,6 @@ _REGISTRY: dict[str, tuple[dict[str, str], tuple[str, ...], str | None]] = {
              "layers": "multirnn.backends.jax_backend:JaxLayersBackend"}, ("jax",), "jax"),
 }
 BACKEND_ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
-_ALIASES = BACKEND_ALIASES
 
 ENTRY_POINT_GROUP = "multirnn.backends"
 
@@ -69,7 +68,7 @@ def canonical_name(name: str) -> str:
     text = str(name).strip()
     if ":" in text:
         return text
-    key = _ALIASES.get(text.lower(), text.lower())
+    key = BACKEND_ALIASES.get(text.lower(), text.lower())
     if key in _REGISTRY:
         return key
     if text in _entry_points():
