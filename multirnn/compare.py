@@ -35,7 +35,7 @@ from . import __version__, agreement, lockstep, report, verdict
 from .backends import BACKEND_ALIASES, canonical_name, is_builtin, known_backends, load_backend_class, refusal
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
-from .data import BUNDLED_TEXTS, TextTooShortError, bundled_text_path, encode_eval_text, resolve_text, with_dropped_note
+from .data import BUNDLED_TEXTS, bundled_text_path, encode_eval_text, resolve_text
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
@@ -623,10 +623,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     prefixes = tuple(args.prefix) if args.prefix else SAMPLE_PREFIXES  # checked against the text's vocabulary below
     try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
-        try:
-            data = prepare_data(config, text, args.encoding)
-        except TextTooShortError as exc:  # say so when preprocessing dropped much of the text
-            raise ValueError(with_dropped_note(str(exc), text, args.encoding)) from None
+        data = prepare_data(config, text, args.encoding)  # a too-short text's message says what preprocessing dropped
         eval_ids = None
         if eval_text is not None:  # cleaned like the training text; refused here if shorter than the worker needs
             eval_ids = encode_eval_text(eval_text, data.vocab, config.protocol, config.batch_size, config.num_steps,

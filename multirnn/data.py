@@ -49,6 +49,7 @@ __all__ = [
     "iter_windows",
     "tokenize",
     "with_dropped_note",
+    "with_notes",
 ]
 
 # SHA-256 of the texts shipped inside the package (the Time Machine file is d2l's own,
@@ -416,6 +417,11 @@ def with_dropped_note(message: str, text_path: str | Path | None, encoding: str 
         notes = text_notes(read_text(text_path, encoding))
     except ValueError:  # the text read before; if it no longer does, the message stands alone
         return message
+    return with_notes(message, notes)
+
+
+def with_notes(message: str, notes: Sequence[str]) -> str:
+    """``message`` followed by :func:`text_notes`' findings, if any."""
     return f"{message} Note: {'; '.join(notes)}." if notes else message
 
 

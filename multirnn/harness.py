@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import (
     _NON_LETTERS,
     Ed2Windows,
+    TextTooShortError,
     Vocab,
     check_batchable,
     ed1_corpus,
@@ -31,6 +32,7 @@ from .data import (
     seq_data_iter_random,
     seq_data_iter_sequential,
     text_notes,
+    with_notes,
 )
 from .errors import TrainingDivergedError
 from .params import init_params, validate_params
@@ -114,11 +116,14 @@ def prepare_data(config: TrainConfig, text: str | Path | None = None, encoding: 
         raise TypeError(f"config must be a TrainConfig (e.g. multirnn.preset('quick')), got {type(config).__name__}.")
     raw = read_text(text, encoding)
     notes = text_notes(raw)
-    if config.protocol == "d2l-ed2":
-        windows = ed2_windows(raw, config.num_steps, config.num_train, config.num_val)
-        return TrainingData(config, windows.vocab, windows=windows, total_tokens=windows.num_chars, notes=notes)
-    corpus, vocab, total = ed1_corpus(raw, config.max_tokens)
-    check_batchable(len(corpus), config.batch_size, config.num_steps)
+    try:
+        if config.protocol == "d2l-ed2":
+            windows = ed2_windows(raw, config.num_steps, config.num_train, config.num_val)
+            return TrainingData(config, windows.vocab, windows=windows, total_tokens=windows.num_chars, notes=notes)
+        corpus, vocab, total = ed1_corpus(raw, config.max_tokens)
+        check_batchable(len(corpus), config.batch_size, config.num_steps)
+    except TextTooShortError as exc:  # often short because preprocessing dropped most of it: say so
+        raise TextTooShortError(with_notes(str(exc), notes)) from None
     return TrainingData(config, vocab, corpus=corpus, total_tokens=total, notes=notes)
 
 

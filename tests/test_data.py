@@ -176,3 +176,7 @@ def test_too_short_texts_give_counts_and_what_preprocessing_dropped(tmp_path):
         mdata.encode_eval_text(path, vocab, "d2l-ed1", 32, 35, label="--eval-text 'short.txt'")
     assert "letters outside A-Z" in mdata.with_dropped_note("The corpus has 70 tokens.", path)
     assert mdata.with_dropped_note("The corpus has 70 tokens.", None) == "The corpus has 70 tokens."
+    # the library's own entry point says it too, under both protocols (not only the command line)
+    for preset in ("quick", "d2l-ed2"):
+        with pytest.raises(mdata.TextTooShortError, match="letters outside A-Z"):
+            multirnn.prepare_data(multirnn.preset(preset), path)
