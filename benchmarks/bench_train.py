@@ -382,9 +382,12 @@ def machine_info() -> dict[str, Any]:
         info["isa"] = "avx512" if " avx512f" in text else "avx2" if " avx2" in text else platform.machine()
     except OSError:
         pass
+    from multirnn import blas
     from multirnn.compare import ISA_CAP_VARIABLES
 
-    info["isa_caps"] = {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
+    info["isa_caps"] = blas.user_environ(ISA_CAP_VARIABLES)
+    if blas.chosen_core():  # the timed processes' NumPy ran other kernels than OpenBLAS would have picked
+        info["openblas"] = blas.chosen_core()
     return info
 
 
@@ -456,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import floor as floor_mod
     from benchmarks import ladder as ladder_mod
     from benchmarks import report
+    from multirnn import blas
     from multirnn.cells import Model
 
+    blas.name_openblas_core()  # as compare does: the timed processes' NumPy on kernels this CPU can run
     if args.quick:
         args.repeats, args.window, args.no_cells, args.no_scaling, args.ladder_rounds = 2, 1.0, True, True, 5
     backends = [b for b in args.backends if b != "numpy"]

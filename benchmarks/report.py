@@ -17,6 +17,7 @@ try:
     from benchmarks.floor import own_batched_seconds
 except ImportError:  # run as a script (python benchmarks/report.py DIR): benchmarks/ is on sys.path
     from floor import own_batched_seconds  # type: ignore[no-redef]
+from multirnn.report import openblas_note
 
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
 VARIANTS = ["scratch/eager", "scratch/fast", "layers/eager", "layers/fast"]
@@ -490,7 +491,7 @@ def write(payload: dict[str, Any], out: Path) -> None:
     caps = ", capped: " + ", ".join(f"{k}={v}" for k, v in m["isa_caps"].items()) if m.get("isa_caps") else ""
     parts = ["# Benchmark report", "", f"Command: `{payload['command']}`  ",
              (f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
-              f"Python {m['python']}  "), f"Created: {payload['created']}", "", "## Limits of this machine", "",
+              f"Python {m['python']}{openblas_note(m)}  "), f"Created: {payload['created']}", "", "## Limits of this machine", "",
              limits_text(payload), "", "## Main table: tanh RNN (tokens/s, median of interleaved windows)", "",
              main_table(payload), "",
              f"Ratios: median [min–max] of per-round ratios over {payload['repeats']} interleaved rounds of "

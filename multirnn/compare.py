@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__, agreement, lockstep, report, verdict
+from . import __version__, agreement, blas, lockstep, report, verdict
 from .backends import BACKEND_ALIASES, canonical_name, is_builtin, known_backends, load_backend_class, refusal
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
@@ -485,10 +485,13 @@ def machine_info() -> dict[str, Any]:
         pass
     isa = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else (platform.machine() or "unknown")
     # Kernel-family caps set in the environment change float32 results and speed: record them.
-    caps = {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+    caps = blas.user_environ(ISA_CAP_VARIABLES)
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "numpy": np.__version__, "processor": platform.processor() or platform.machine(), "isa": isa,
             "isa_caps": caps}
+    if blas.chosen_core():  # the workers' NumPy ran other kernels than OpenBLAS would have picked
+        info["openblas"] = blas.chosen_core()
+    return info
 
 
 def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str, Any],
@@ -680,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"multirnn.compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    blas.name_openblas_core()  # before any worker starts: its NumPy loads OpenBLAS with the name
     config, data, eval_ids, options, expected = plan.config, plan.data, plan.eval_ids, plan.options, plan.expected
     names, named, pairs, lock_epochs, seeds = plan.names, plan.named, plan.pairs, plan.lock_epochs, plan.seeds
     text, data_notes, pair_notes = options["text"], options["data_notes"], plan.pair_notes

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,15 @@ SCHEMA_VERSION = 2
 # Greedy continuations with at most this many distinct characters look broken to a new user; on a
 # model trained for a few epochs they are expected, and the report says so.
 BARELY_TRAINED_DISTINCT = 2
+
+
+def openblas_note(machine: Mapping[str, Any]) -> str:
+    """The Machine line's note where multirnn named NumPy's OpenBLAS kernels (``multirnn.blas``), else ''."""
+    chosen = machine.get("openblas")
+    if not chosen:
+        return ""
+    return (f"; NumPy's OpenBLAS ran its {chosen['core']} kernels (it picked {chosen['detected']} on this CPU; "
+            "MULTIRNN_OPENBLAS=default leaves its choice)")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -302,7 +311,7 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         f"({results['machine'].get('isa', '?')}"
         + (f", capped: {', '.join(f'{k}={v}' for k, v in results['machine']['isa_caps'].items())}"
            if results["machine"].get("isa_caps") else "") + f"), Python {results['machine']['python']}, "
-        f"multirnn {results.get('multirnn_version', '?')}",
+        f"multirnn {results.get('multirnn_version', '?')}" + openblas_note(results["machine"]),
         "",
         "## Verdict",
         "",

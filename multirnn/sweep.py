@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, compare, lockstep, report
+from . import __version__, blas, compare, lockstep, report
 from .progress import RunProgress
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             for note in opts.notes:
                 print(f"note: {note}")
             return EXIT_OK
+        blas.name_openblas_core()  # before any worker loads NumPy (local ones, and a local Ray cluster's, inherit it)
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)

@@ -1,0 +1,98 @@
+"""NumPy's OpenBLAS on a CPU newer than it knows: name the kernels for the processes started later.
+
+OpenBLAS (built with DYNAMIC_ARCH, as NumPy's wheels are) picks its kernels from the CPU's family and
+model when it loads. A model newer than the bundled OpenBLAS falls back to a generic SSE3 core: NumPy
+1.26's OpenBLAS 0.3.23 calls Intel's Emerald Rapids (family 6, model 207) "Prescott", and there NumPy's
+float32 2048³ product ran at ~50 GFLOP/s against ~260 with ``OPENBLAS_CORETYPE=SkylakeX``, 70 of the
+recurrence's (32, 512) x (512, 512) products in ~28-42 ms against ~11 (``benchmarks/PROFILES.md``). The
+NumPy oracle trains in every comparison, so on such a machine it was the run's slowest row by far.
+
+``OPENBLAS_CORETYPE`` only acts when OpenBLAS loads, so :func:`name_openblas_core` sets it in this
+process's environment for the processes it starts afterwards (compare's and the sweep's workers, the
+benchmarks' timed processes), and only when OpenBLAS chose a core without AVX2 on a CPU that has it.
+Set ``MULTIRNN_OPENBLAS=default`` to leave OpenBLAS's own choice, or set ``OPENBLAS_CORETYPE`` yourself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# OpenBLAS's x86-64 cores whose kernels stop short of AVX2 (its driver/others/dynamic.c names).
+NO_AVX2_CORES = frozenset({
+    "katmai", "coppermine", "northwood", "prescott", "banias", "core2", "penryn", "dunnington", "nehalem",
+    "sandybridge", "atom", "opteron", "opteron_sse3", "barcelona", "bobcat", "bulldozer", "piledriver",
+    "steamroller",
+})
+_CORENAME_SYMBOLS = ("openblas_get_corename64_", "openblas_get_corename", "scipy_openblas_get_corename64_",
+                     "scipy_openblas_get_corename")
+# What this process decided, for machine_info: None until name_openblas_core ran.
+_CHOICE: dict[str, Any] | None = None
+
+
+def openblas_core() -> str | None:
+    """The core whose kernels NumPy's bundled OpenBLAS runs in this process (e.g. ``"SkylakeX"``), or None
+    where NumPy has no bundled OpenBLAS that says (another BLAS, another platform)."""
+    libs_dir = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in sorted(glob.glob(str(libs_dir / "*openblas*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: this returns the same library
+        except OSError:
+            continue
+        for symbol in _CORENAME_SYMBOLS:
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                name = fn()
+                return name.decode() if name else None
+    return None
+
+
+def wanted_core() -> str | None:
+    """The OpenBLAS core this CPU can run: ``"SkylakeX"`` with AVX-512 (F, CD, BW, DQ, VL), ``"Haswell"``
+    with AVX2 and FMA, else None."""
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":  # NumPy 2 moved it (numpy.core warns there)
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    else:
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    if features.get("AVX512_SKX"):
+        return "SkylakeX"
+    if features.get("AVX2") and features.get("FMA3"):
+        return "Haswell"
+    return None
+
+
+def name_openblas_core() -> dict[str, Any] | None:
+    """Set ``OPENBLAS_CORETYPE`` for child processes where OpenBLAS picked a core without AVX2 on a CPU
+    with it (see the module's docstring). Idempotent.
+
+    Returns:
+        ``{"detected": core OpenBLAS chose here, "core": the name set}`` when it set one, else None.
+    """
+    global _CHOICE
+    if _CHOICE is not None:
+        return _CHOICE or None
+    _CHOICE = {}
+    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    detected, wanted = openblas_core(), wanted_core()
+    if detected and wanted and detected.lower() in NO_AVX2_CORES:
+        os.environ["OPENBLAS_CORETYPE"] = wanted
+        _CHOICE = {"detected": detected, "core": wanted}
+    return _CHOICE or None
+
+
+def chosen_core() -> dict[str, Any] | None:
+    """What :func:`name_openblas_core` set in this process, or None (not run, or nothing set)."""
+    return _CHOICE or None
+
+
+def user_environ(names: tuple[str, ...]) -> dict[str, str]:
+    """Those of ``names`` set in the environment by the user (not by :func:`name_openblas_core`)."""
+    set_here = {"OPENBLAS_CORETYPE"} if _CHOICE else set()
+    return {k: os.environ[k] for k in names if k in os.environ and k not in set_here}

@@ -1,0 +1,69 @@
+"""multirnn.blas: NumPy's OpenBLAS named for child processes only where it fell back to pre-AVX2 kernels."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from multirnn import blas
+from multirnn.compare import ISA_CAP_VARIABLES, machine_info
+from multirnn.report import openblas_note
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """A process that has not decided yet, with neither variable set by the user."""
+    monkeypatch.setattr(blas, "_CHOICE", None)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv("MULTIRNN_OPENBLAS", raising=False)
+    return monkeypatch
+
+
+def test_a_generic_core_on_an_avx512_cpu_is_named_for_children(fresh):
+    fresh.setattr(blas, "openblas_core", lambda: "Prescott")
+    fresh.setattr(blas, "wanted_core", lambda: "SkylakeX")
+    assert blas.name_openblas_core() == {"detected": "Prescott", "core": "SkylakeX"}
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    # recorded as multirnn's choice, not as the user's ISA cap
+    assert "OPENBLAS_CORETYPE" not in blas.user_environ(ISA_CAP_VARIABLES)
+    info = machine_info()
+    assert info["openblas"] == {"detected": "Prescott", "core": "SkylakeX"}
+    assert "OPENBLAS_CORETYPE" not in info["isa_caps"]
+    assert "SkylakeX kernels (it picked Prescott" in openblas_note(info)
+
+
+@pytest.mark.parametrize(("detected", "wanted", "env"), [
+    ("SkylakeX", "SkylakeX", {}),  # OpenBLAS knew the CPU
+    ("Zen", "Haswell", {}),  # an AVX2 core already
+    ("Prescott", None, {}),  # the CPU has no AVX2: Prescott is right
+    (None, "SkylakeX", {}),  # no bundled OpenBLAS to ask
+    ("Prescott", "SkylakeX", {"MULTIRNN_OPENBLAS": "default"}),  # opted out
+    ("Prescott", "SkylakeX", {"OPENBLAS_CORETYPE": "Haswell"}),  # the user's own choice stands
+])
+def test_otherwise_openblas_is_left_alone(fresh, detected, wanted, env):
+    fresh.setattr(blas, "openblas_core", lambda: detected)
+    fresh.setattr(blas, "wanted_core", lambda: wanted)
+    for k, v in env.items():
+        fresh.setenv(k, v)
+    assert blas.name_openblas_core() is None
+    assert os.environ.get("OPENBLAS_CORETYPE") == env.get("OPENBLAS_CORETYPE")
+    assert openblas_note(machine_info()) == ""
+    if "OPENBLAS_CORETYPE" in env:  # a user's setting is an ISA cap of the run
+        assert blas.user_environ(ISA_CAP_VARIABLES) == {"OPENBLAS_CORETYPE": "Haswell"}
+
+
+def test_the_name_reaches_a_child_process_openblas():
+    """What the mechanism rests on: a child's OpenBLAS runs the kernels named in OPENBLAS_CORETYPE."""
+    if blas.openblas_core() is None:
+        pytest.skip("NumPy here has no bundled OpenBLAS that reports its core")
+    wanted = blas.wanted_core()
+    if wanted is None:
+        pytest.skip("this CPU has no AVX2: no core to name")
+    code = "import json; from multirnn import blas; print(json.dumps(blas.openblas_core()))"
+    env = {**os.environ, "OPENBLAS_CORETYPE": wanted}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == wanted
