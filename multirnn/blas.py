@@ -19,7 +19,6 @@ import ctypes
 import glob
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,8 +30,9 @@ NO_AVX2_CORES = frozenset({
 })
 _CORENAME_SYMBOLS = ("openblas_get_corename64_", "openblas_get_corename", "scipy_openblas_get_corename64_",
                      "scipy_openblas_get_corename")
-# What this process decided, for machine_info: None until name_openblas_core ran.
-_CHOICE: dict[str, Any] | None = None
+# Set beside OPENBLAS_CORETYPE when multirnn named the core (the core OpenBLAS had picked), so that
+# descendants (workers, xdist's processes) tell multirnn's choice from a user's ISA cap.
+DETECTED_VARIABLE = "MULTIRNN_OPENBLAS_DETECTED"
 
 
 def openblas_core() -> str | None:
@@ -67,32 +67,31 @@ def wanted_core() -> str | None:
     return None
 
 
-def name_openblas_core() -> dict[str, Any] | None:
+def name_openblas_core() -> dict[str, str] | None:
     """Set ``OPENBLAS_CORETYPE`` for child processes where OpenBLAS picked a core without AVX2 on a CPU
-    with it (see the module's docstring). Idempotent.
+    with it (see the module's docstring).
 
     Returns:
-        ``{"detected": core OpenBLAS chose here, "core": the name set}`` when it set one, else None.
+        :func:`chosen_core`: what multirnn named here or in an ancestor process, else None.
     """
-    global _CHOICE
-    if _CHOICE is not None:
-        return _CHOICE or None
-    _CHOICE = {}
     if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
-        return None
+        return chosen_core()
     detected, wanted = openblas_core(), wanted_core()
     if detected and wanted and detected.lower() in NO_AVX2_CORES:
         os.environ["OPENBLAS_CORETYPE"] = wanted
-        _CHOICE = {"detected": detected, "core": wanted}
-    return _CHOICE or None
+        os.environ[DETECTED_VARIABLE] = detected
+    return chosen_core()
 
 
-def chosen_core() -> dict[str, Any] | None:
-    """What :func:`name_openblas_core` set in this process, or None (not run, or nothing set)."""
-    return _CHOICE or None
+def chosen_core() -> dict[str, str] | None:
+    """``{"detected": the core OpenBLAS picked, "core": the one named}`` where :func:`name_openblas_core`
+    named it (in this process or an ancestor), else None."""
+    if DETECTED_VARIABLE in os.environ and "OPENBLAS_CORETYPE" in os.environ:
+        return {"detected": os.environ[DETECTED_VARIABLE], "core": os.environ["OPENBLAS_CORETYPE"]}
+    return None
 
 
 def user_environ(names: tuple[str, ...]) -> dict[str, str]:
     """Those of ``names`` set in the environment by the user (not by :func:`name_openblas_core`)."""
-    set_here = {"OPENBLAS_CORETYPE"} if _CHOICE else set()
+    set_here = {"OPENBLAS_CORETYPE"} if chosen_core() else set()
     return {k: os.environ[k] for k in names if k in os.environ and k not in set_here}

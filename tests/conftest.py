@@ -14,10 +14,12 @@ import signal
 import pytest
 
 import multirnn
+import multirnn.blas
 import multirnn.testing
 from multirnn.backends import install_hint, probe
 
 multirnn.keep_freed_memory()  # as the harness's workers do (the tests train in this process)
+multirnn.blas.name_openblas_core()  # as compare does: xdist's workers, started after this, inherit it
 
 _selected = os.getenv("MULTIRNN_BACKENDS", "").strip()
 SELECTED = [b.strip() for b in _selected.split(",") if b.strip()] if _selected else multirnn.known_backends()

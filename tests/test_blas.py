@@ -17,8 +17,8 @@ from multirnn.report import openblas_note
 @pytest.fixture
 def fresh(monkeypatch):
     """A process that has not decided yet, with neither variable set by the user."""
-    monkeypatch.setattr(blas, "_CHOICE", None)
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv(blas.DETECTED_VARIABLE, raising=False)
     monkeypatch.delenv("MULTIRNN_OPENBLAS", raising=False)
     return monkeypatch
 
@@ -34,6 +34,8 @@ def test_a_generic_core_on_an_avx512_cpu_is_named_for_children(fresh):
     assert info["openblas"] == {"detected": "Prescott", "core": "SkylakeX"}
     assert "OPENBLAS_CORETYPE" not in info["isa_caps"]
     assert "SkylakeX kernels (it picked Prescott" in openblas_note(info)
+    # a descendant (a worker, an xdist process) sees the same choice, and does not name it again
+    assert blas.name_openblas_core() == {"detected": "Prescott", "core": "SkylakeX"}
 
 
 @pytest.mark.parametrize(("detected", "wanted", "env"), [
