@@ -463,11 +463,15 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
         for ax, key, xlabel in zip(axes, ("num_hiddens", "batch_size"), ("hidden units H (batch 32)", "batch size B (H = 512)")):
             points = [p for p in payload["scaling"] if p["varied"] == key]
+            if not points:  # a run stopped (or still running) before this half of the sweep
+                ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
+                ax.set(xticks=[], yticks=[], xlabel=xlabel)
+                continue
             xs = [p["value"] for p in points]
             # The floor as timed beside the windows (its median) when the run paired it, else the shape's start.
             floors = [(scaling_floor_beside(p) or {}).get("median", p["floor"].get("floor_tokens_per_sec", float("nan")))
                       for p in points]
-            ax.plot(xs, floors, "k--", label="floor")
+            ax.plot(xs, floors, "k--", marker="_", markersize=12, label="floor")  # the marker shows a lone point
             for i, b in enumerate(ORDER[1:]):
                 ys = [next((r["median"] for r in p["results"] if r["backend"] == b and "error" not in r), float("nan"))
                       for p in points]
@@ -478,7 +482,7 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
             ax.grid(True, which="both", alpha=0.3)
         axes[0].set_title("dispatch-bound (small H) to GEMM-bound (large H)", fontsize=9)
         axes[1].set_title("per-step overhead amortised over the batch", fontsize=9)
-        axes[1].legend(fontsize=8)
+        next(ax for ax in axes[::-1] if ax.get_lines() or ax is axes[0]).legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "scaling.png", dpi=100)
         plt.close(fig)

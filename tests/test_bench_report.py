@@ -236,6 +236,19 @@ def test_scaling_uses_the_floor_timed_beside_each_window() -> None:
     assert "| 100,000 / 155,000 |" in row and "126,000 (81%)" in row and "50,000 (50%)" in row
 
 
+def test_a_scaling_sweep_cut_short_still_plots(tmp_path) -> None:
+    """results.json is written after every shape; a run stopped before the batch sizes (or a report of
+    one still running) plotted an empty log axis and crashed."""
+    pytest.importorskip("matplotlib")
+    from benchmarks.report import plot
+
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "median": 126_000}
+    payload = {"scaling": [{"varied": "num_hiddens", "value": 128, "floor": {"floor_tokens_per_sec": 200_000.0},
+                            "results": [torch]}]}
+    assert plot(payload, tmp_path) == ["scaling.png"]
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
 def test_own_batched_seconds() -> None:
     from benchmarks.floor import own_batched_seconds
 
