@@ -401,7 +401,7 @@ def encode_eval_text(text_path: str | Path, vocab: Vocab, protocol: str, batch_s
         ValueError: unreadable, undecodable or letter-free text.
     """
     ids = encode(text_path, vocab, encoding=encoding, protocol=protocol)
-    needed = min_batchable_tokens(batch_size, num_steps)
+    needed = min_in_order_tokens(batch_size, num_steps)
     if len(ids) < needed:
         raise TextTooShortError(with_dropped_note(
             f"{label or f'Text file {str(text_path)!r}'} has {len(ids):,} tokens after preprocessing, too few to "
@@ -435,6 +435,13 @@ def min_batchable_tokens(batch_size: int, num_steps: int) -> int:
     """The fewest tokens :func:`check_batchable` accepts."""
     _check_positive(batch_size=batch_size, num_steps=num_steps)
     return batch_size * num_steps + num_steps + 1
+
+
+def min_in_order_tokens(batch_size: int, num_steps: int) -> int:
+    """The fewest tokens one minibatch read in order from the first token needs (an evaluation text: no
+    random offset, so ``num_steps`` fewer than :func:`min_batchable_tokens`)."""
+    _check_positive(batch_size=batch_size, num_steps=num_steps)
+    return batch_size * num_steps + 1
 
 
 def check_batchable(num_tokens: int, batch_size: int, num_steps: int) -> None:

@@ -28,6 +28,7 @@ from .data import (
     check_batchable,
     ed1_corpus,
     ed2_windows,
+    min_in_order_tokens,
     read_text,
     seq_data_iter_random,
     seq_data_iter_sequential,
@@ -365,8 +366,15 @@ def evaluate_text_perplexity(
     backend: Backend, params: Params, ids: np.ndarray, num_hiddens: int, num_steps: int = 35,
     batch_size: int = 32, dtype: str = "float32",
 ) -> float:
-    """Perplexity on a held-out token sequence, read in order with the state carried (ed. 1 style)."""
-    check_batchable(len(ids), batch_size, num_steps)
+    """Perplexity on a held-out token sequence, read in order with the state carried (ed. 1 style).
+
+    Raises:
+        TextTooShortError: fewer than ``batch_size x num_steps + 1`` tokens (one minibatch and its labels).
+    """
+    needed = min_in_order_tokens(batch_size, num_steps)
+    if len(ids) < needed:
+        raise TextTooShortError(f"The evaluation text has {len(ids):,} tokens, too few to evaluate one minibatch of "
+                                f"batch_size={batch_size} x num_steps={num_steps}: at least {needed:,} are needed.")
     num_tokens = ((len(ids) - 1) // batch_size) * batch_size
     Xs = ids[:num_tokens].reshape(batch_size, -1)
     Ys = ids[1 : num_tokens + 1].reshape(batch_size, -1)

@@ -381,7 +381,7 @@ def test_eval_text_under_d2l_ed2_is_cleaned_the_ed2_way(tmp_path):
     (["--eval-text", "war_of_the_worlds.txt"], ["did you mean the bundled text 'war_of_the_worlds'",
                                                 "(--eval-text war_of_the_worlds)"]),
     (["--eval-text", "SHORT"], ["has 91 tokens after preprocessing, too few to evaluate one minibatch",
-                                "batch_size=32 x num_steps=35: at least 1,156 are needed"]),
+                                "batch_size=32 x num_steps=35: at least 1,121 are needed"]),
     # short because its Cyrillic letters became spaces: the error says so
     (["--text", "CYRILLIC"], ["too few for one minibatch", "letters outside A-Z"]),
 ])

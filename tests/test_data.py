@@ -171,7 +171,7 @@ def test_too_short_texts_give_counts_and_what_preprocessing_dropped(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("Привет мир, hello " * 10, encoding="utf-8")
     _, vocab = multirnn.load_time_machine(max_tokens=10)
-    with pytest.raises(mdata.TextTooShortError, match=r"has 59 tokens .* at least 1,156 are needed\. .*"
+    with pytest.raises(mdata.TextTooShortError, match=r"has 59 tokens .* at least 1,121 are needed\. .*"
                                                       "letters outside A-Z"):
         mdata.encode_eval_text(path, vocab, "d2l-ed1", 32, 35, label="--eval-text 'short.txt'")
     assert "letters outside A-Z" in mdata.with_dropped_note("The corpus has 70 tokens.", path)
@@ -180,3 +180,20 @@ def test_too_short_texts_give_counts_and_what_preprocessing_dropped(tmp_path):
     for preset in ("quick", "d2l-ed2"):
         with pytest.raises(mdata.TextTooShortError, match="letters outside A-Z"):
             multirnn.prepare_data(multirnn.preset(preset), path)
+
+
+def test_an_evaluation_text_needs_one_minibatch_read_in_order_not_a_random_offset():
+    """An eval text is read from its first token, so batch x steps + 1 tokens are enough; the worker and
+    compare's check once asked for num_steps more (the random-sampling rule), refusing texts in between."""
+    from multirnn import get_backend, harness
+
+    B, T, H = 4, 5, 8
+    assert mdata.min_in_order_tokens(B, T) == B * T + 1 == mdata.min_batchable_tokens(B, T) - T
+    be = get_backend("numpy")
+    rng = np.random.default_rng(0)
+    params = be.params_from_numpy(multirnn.init_params(28, H, seed=0))
+    ids = rng.integers(0, 28, B * T + 1)
+    ppl = harness.evaluate_text_perplexity(be, params, ids, H, T, B)
+    assert np.isfinite(ppl) and 1 < ppl < 28 * 1.01  # near-zero weights: close to uniform over 28 tokens
+    with pytest.raises(mdata.TextTooShortError, match=f"at least {B * T + 1} are needed"):
+        harness.evaluate_text_perplexity(be, params, ids[:-1], H, T, B)
