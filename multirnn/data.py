@@ -401,12 +401,10 @@ def encode_eval_text(text_path: str | Path, vocab: Vocab, protocol: str, batch_s
         ValueError: unreadable, undecodable or letter-free text.
     """
     ids = encode(text_path, vocab, encoding=encoding, protocol=protocol)
-    needed = min_in_order_tokens(batch_size, num_steps)
-    if len(ids) < needed:
-        raise TextTooShortError(with_dropped_note(
-            f"{label or f'Text file {str(text_path)!r}'} has {len(ids):,} tokens after preprocessing, too few to "
-            f"evaluate one minibatch of batch_size={batch_size} x num_steps={num_steps}: at least {needed:,} "
-            "are needed. Use a longer evaluation text or a smaller batch_size/num_steps.", text_path, encoding))
+    try:
+        check_evaluable(len(ids), batch_size, num_steps, label or f"Text file {str(text_path)!r}", " after preprocessing")
+    except TextTooShortError as exc:
+        raise TextTooShortError(with_dropped_note(str(exc), text_path, encoding)) from None
     return ids
 
 
@@ -442,6 +440,18 @@ def min_in_order_tokens(batch_size: int, num_steps: int) -> int:
     random offset, so ``num_steps`` fewer than :func:`min_batchable_tokens`)."""
     _check_positive(batch_size=batch_size, num_steps=num_steps)
     return batch_size * num_steps + 1
+
+
+def check_evaluable(num_tokens: int, batch_size: int, num_steps: int, what: str = "The evaluation text",
+                    counted: str = "") -> None:
+    """Raise TextTooShortError unless ``num_tokens`` hold one minibatch read in order (an evaluation text);
+    the message names ``what`` and how its tokens were ``counted`` (e.g. " after preprocessing")."""
+    needed = min_in_order_tokens(batch_size, num_steps)
+    if num_tokens < needed:
+        raise TextTooShortError(
+            f"{what} has {num_tokens:,} tokens{counted}, too few to evaluate one minibatch of batch_size={batch_size} "
+            f"x num_steps={num_steps}: at least {needed:,} are needed. Use a longer evaluation text or a smaller "
+            "batch_size/num_steps.")
 
 
 def check_batchable(num_tokens: int, batch_size: int, num_steps: int) -> None:

@@ -26,9 +26,9 @@ from .data import (
     TextTooShortError,
     Vocab,
     check_batchable,
+    check_evaluable,
     ed1_corpus,
     ed2_windows,
-    min_in_order_tokens,
     read_text,
     seq_data_iter_random,
     seq_data_iter_sequential,
@@ -371,10 +371,7 @@ def evaluate_text_perplexity(
     Raises:
         TextTooShortError: fewer than ``batch_size x num_steps + 1`` tokens (one minibatch and its labels).
     """
-    needed = min_in_order_tokens(batch_size, num_steps)
-    if len(ids) < needed:
-        raise TextTooShortError(f"The evaluation text has {len(ids):,} tokens, too few to evaluate one minibatch of "
-                                f"batch_size={batch_size} x num_steps={num_steps}: at least {needed:,} are needed.")
+    check_evaluable(len(ids), batch_size, num_steps)
     num_tokens = ((len(ids) - 1) // batch_size) * batch_size
     Xs = ids[:num_tokens].reshape(batch_size, -1)
     Ys = ids[1 : num_tokens + 1].reshape(batch_size, -1)
