@@ -39,7 +39,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -373,21 +372,15 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
 
 
 def machine_info() -> dict[str, Any]:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "numpy": np.__version__}
+    """compare's machine record (ISA, its caps, NumPy's OpenBLAS as named) plus the CPU's model name."""
+    from multirnn.compare import machine_info as compare_machine_info
+
+    info = compare_machine_info()
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-        info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
-        info["isa"] = "avx512" if " avx512f" in text else "avx2" if " avx2" in text else platform.machine()
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
     except OSError:
         pass
-    from multirnn import blas
-    from multirnn.compare import ISA_CAP_VARIABLES
-
-    info["isa_caps"] = blas.user_environ(ISA_CAP_VARIABLES)
-    if blas.chosen_core():  # the timed processes' NumPy ran other kernels than OpenBLAS would have picked
-        info["openblas"] = blas.chosen_core()
     return info
 
 

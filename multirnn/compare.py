@@ -489,8 +489,8 @@ def machine_info() -> dict[str, Any]:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "numpy": np.__version__, "processor": platform.processor() or platform.machine(), "isa": isa,
             "isa_caps": caps}
-    if blas.chosen_core():  # the workers' NumPy ran other kernels than OpenBLAS would have picked
-        info["openblas"] = blas.chosen_core()
+    if openblas := blas.chosen_core():  # the workers' NumPy ran other kernels than OpenBLAS would have picked
+        info["openblas"] = openblas
     return info
 
 
