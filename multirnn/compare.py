@@ -39,6 +39,7 @@ from .data import BUNDLED_TEXTS, bundled_text_path, encode_eval_text, resolve_te
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
+from .provenance import code_version
 from .runner import (
     DEFAULT_STALL_TIMEOUT,
     Stopped,
@@ -506,6 +507,7 @@ def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str,
     return {
         "schema_version": report.SCHEMA_VERSION,
         "multirnn_version": __version__,
+        "code_version": code_version(),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.compare", *options["argv"]]),
         "config": config.to_dict(),
@@ -532,6 +534,12 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
         earlier = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume: cannot read {str(out_dir / 'results.json')!r}: {exc}") from None
+    if earlier.get("code_version") != code_version():
+        # Rows of other code would be judged beside this code's as one run (a fixed bug kept, or a new one hidden).
+        then = earlier.get("code_version") or f"{earlier.get('multirnn_version', '?')}, from before code versions were recorded"
+        raise UsageError(f"--resume: the earlier run in this folder was made by other multirnn code ({then}; now "
+                         f"{code_version()}), so its rows cannot be kept beside new ones; start a new run (--overwrite "
+                         "or another --out)")
     same = {k: options[k] for k in ("init", "init_seeds", "mode", "device", "text", "eval_text", "lockstep_epochs",
                                     "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}

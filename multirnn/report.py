@@ -311,7 +311,7 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         f"({results['machine'].get('isa', '?')}"
         + (f", capped: {', '.join(f'{k}={v}' for k, v in results['machine']['isa_caps'].items())}"
            if results["machine"].get("isa_caps") else "") + f"), Python {results['machine']['python']}, "
-        f"multirnn {results.get('multirnn_version', '?')}" + openblas_note(results["machine"]),
+        f"multirnn {results.get('code_version') or results.get('multirnn_version', '?')}" + openblas_note(results["machine"]),
         "",
         "## Verdict",
         "",

@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__, blas, compare, lockstep, report
 from .progress import RunProgress
+from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
@@ -400,8 +401,10 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
             before, now = earlier["settings"].get("equivalence_margin"), settings["equivalence_margin"]
             differs = [] if before == now else [f"--equivalence-margin {before} (now {now})"]
         else:
-            differs = _differences(earlier["settings"], settings) or [
-                "the same options now make other cells (a --text or --eval-text file changed, or multirnn's version)"]
+            code = earlier.get("code_version") or f"{earlier.get('multirnn_version', '?')}, not recorded"
+            differs = _differences(earlier["settings"], settings) or (
+                [f"multirnn's code {code} (now {code_version()})"] if code != code_version() else
+                ["the same options now make other cells (a --text or --eval-text file changed)"])
     else:  # a sweep from before spec.json: only its settings (and its cells/ below) can tell
         differs = _differences(earlier["settings"], settings) if earlier else []
     stray = store.recorded() - set(cell_ids)
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         store.clear()
     store.create()
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.sweep", *argv])
-    store.define({"multirnn_version": __version__, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    store.define({"multirnn_version": __version__, "code_version": code_version(), "created": _dt.datetime.now().isoformat(timespec="seconds"),
                   "command": command, "settings": settings, "cells": [c.id for c in cells]})
     units = {c.id: estimate_seconds(c) for c in cells}
     order = run_order(cells)
@@ -551,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
-           "command": command, "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
+           "code_version": code_version(), "command": command, "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
     records = engine.records
     sweep = sweep_report.aggregate(settings, configurations, groups, cells, records, opts.retries, opts.margin, run)
     plots, notes = sweep_report.write_all(sweep, out, records, cells, groups, opts.retries, make_plots=opts.plots)

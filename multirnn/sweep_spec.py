@@ -4,8 +4,8 @@ A *configuration* is one value of every swept option; with a seed it is one ``co
 rows (backend, impl) ``compare.make_plan`` decides and validates -- the sweep never re-implements
 that. A *cell* is one row of one (configuration, seed), optionally repeated: one training run in
 one worker process. Its id is a hash of everything that decides its result (the worker task minus
-file paths, the texts' contents, the id of the run it is re-anchored to), so a rerun or a resume
-finds it again and a changed spec never reuses a stale result.
+file paths, the texts' contents, multirnn's code version, the id of the run it is re-anchored to), so
+a rerun or a resume finds it again and a changed spec or code never reuses a stale result.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from . import compare, verdict
 from .config import ED1_ONLY, PRESETS
+from .provenance import code_version
 
 # compare options the sweep does not take as they are: it has its own (out, resume, ...), --seed
 # becomes --seeds, and --list-backends/--version/--help mean nothing here.
@@ -238,8 +239,9 @@ def cells_of(group: Group, repeats: int) -> list[Cell]:
     """The group's cells, in compare's row order; the first row anchors the others when
     re-anchored checks are on (the oracle when numpy is among the backends, as in compare)."""
     plan = group.plan
+    # The code too: a cell of older code is not this code's result (its id is found again only by the same code).
     texts = {"text": file_digest(plan.options["text"]), "eval_text": file_digest(plan.options["eval_text"]),
-             "encoding": plan.options["encoding"]}
+             "encoding": plan.options["encoding"], "code": code_version()}
     cells: list[Cell] = []
     anchor_id: str | None = None
     for index, (backend, impl) in enumerate(plan.pairs):
