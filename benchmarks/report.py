@@ -17,6 +17,7 @@ try:
     from benchmarks.floor import own_batched_seconds
 except ImportError:  # run as a script (python benchmarks/report.py DIR): benchmarks/ is on sys.path
     from floor import own_batched_seconds  # type: ignore[no-redef]
+from multirnn.cells import CELLS
 from multirnn.report import openblas_note
 
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
@@ -490,7 +491,23 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
+def in_run_order(obj: Any) -> Any:
+    """``obj`` with every mapping keyed only by cells or libraries in the run's order (:data:`CELLS`,
+    :data:`ORDER`): results.json is written with sorted keys, so a report rendered again from it would
+    otherwise list them alphabetically, unlike the one the run wrote."""
+    if isinstance(obj, list):
+        return [in_run_order(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    rank = {k: i for i, k in enumerate([*CELLS, *ORDER])}
+    items = [(k, in_run_order(v)) for k, v in obj.items()]
+    if items and all(k in rank for k, _ in items):
+        items.sort(key=lambda kv: rank[kv[0]])
+    return dict(items)
+
+
 def write(payload: dict[str, Any], out: Path) -> None:
+    payload = in_run_order(payload)
     m = payload["machine"]
     caps = ", capped: " + ", ".join(f"{k}={v}" for k, v in m["isa_caps"].items()) if m.get("isa_caps") else ""
     parts = ["# Benchmark report", "", f"Command: `{payload['command']}`  ",

@@ -249,6 +249,35 @@ def test_a_scaling_sweep_cut_short_still_plots(tmp_path) -> None:
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
+def test_a_report_rendered_again_from_results_json_lists_rows_in_the_run_order(tmp_path) -> None:
+    """results.json is written with sorted keys; `python -m benchmarks.report DIR` listed the cells
+    (gru before rnn) and the ladders (jax before torch) alphabetically, unlike the run's own report."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.report import write
+
+    saved = Path(__file__).parents[1] / "benchmarks" / "results" / "latest" / "results.json"
+    payload = json.loads(saved.read_text())  # keys sorted, as bench_train writes them
+    assert list(payload["floors"]) == sorted(payload["floors"]) and list(payload["ladders"]) == ["jax", "torch"]
+
+    def reversed_keys(obj):
+        if isinstance(obj, dict):
+            return {k: reversed_keys(obj[k]) for k in reversed(list(obj))}
+        return [reversed_keys(x) for x in obj] if isinstance(obj, list) else obj
+
+    reports = []
+    for i, p in enumerate((payload, reversed_keys(payload))):
+        (tmp_path / str(i)).mkdir()
+        write(p, tmp_path / str(i))
+        reports.append((tmp_path / str(i) / "report.md").read_text())
+    assert reports[0] == reports[1]
+    text = reports[0]
+    assert text.index("| rnn | 1.659 M") < text.index("| gru |")  # the floors: the tanh RNN first
+    ladders = text[text.index("## What the step's other work leaves"):]
+    assert ladders.index("| torch |") < ladders.index("| jax |")
+
+
 def test_own_batched_seconds() -> None:
     from benchmarks.floor import own_batched_seconds
 
