@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"byte-order mark; else give --encoding) or bundled text ({', '.join(BUNDLED_TEXTS)}; default "
                    "timemachine, d2l's Time Machine)")
     d.add_argument("--eval-text", metavar="FILE|NAME", help="after training, report perplexity on this text file "
-                   f"or bundled text ({', '.join(BUNDLED_TEXTS)}), cleaned as the preset cleans the training text")
+                   f"or bundled text ({', '.join(BUNDLED_TEXTS)}), cleaned as the preset cleans the training text and "
+                   "scored as it scores held-out text (ed. 1: read in order; ed. 2: every window from a zero state)")
     d.add_argument("--encoding", help="encoding of --text and --eval-text when they are neither UTF-8 nor marked "
                    "by a byte-order mark (e.g. cp1252, latin-1)")
     d.add_argument("--prefix", action="append", metavar="TEXT",

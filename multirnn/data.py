@@ -41,6 +41,7 @@ __all__ = [
     "ed1_corpus",
     "ed2_windows",
     "encode_eval_text",
+    "text_windows",
     "read_text",
     "resolve_text",
     "read_lines",
@@ -402,7 +403,8 @@ def encode_eval_text(text_path: str | Path, vocab: Vocab, protocol: str, batch_s
     """
     ids = encode(text_path, vocab, encoding=encoding, protocol=protocol)
     try:
-        check_evaluable(len(ids), batch_size, num_steps, label or f"Text file {str(text_path)!r}", " after preprocessing")
+        check_evaluable(len(ids), batch_size, num_steps, label or f"Text file {str(text_path)!r}", " after preprocessing",
+                        protocol)
     except TextTooShortError as exc:
         raise TextTooShortError(with_dropped_note(str(exc), text_path, encoding)) from None
     return ids
@@ -443,9 +445,18 @@ def min_in_order_tokens(batch_size: int, num_steps: int) -> int:
 
 
 def check_evaluable(num_tokens: int, batch_size: int, num_steps: int, what: str = "The evaluation text",
-                    counted: str = "") -> None:
-    """Raise TextTooShortError unless ``num_tokens`` hold one minibatch read in order (an evaluation text);
+                    counted: str = "", protocol: str = "d2l-ed1") -> None:
+    """Raise TextTooShortError unless ``num_tokens`` are enough to evaluate: under d2l ed. 1 one minibatch
+    read in order, under ed. 2 one window of ``num_steps + 1`` (``harness.evaluate_text_perplexity``);
     the message names ``what`` and how its tokens were ``counted`` (e.g. " after preprocessing")."""
+    if protocol == "d2l-ed2":
+        _check_positive(num_steps=num_steps)
+        if num_tokens < num_steps + 1:
+            raise TextTooShortError(
+                f"{what} has {num_tokens:,} tokens{counted}, too few for one window of num_steps={num_steps} "
+                f"(d2l ed. 2): at least {num_steps + 1:,} are needed. Use a longer evaluation text or a smaller "
+                "num_steps.")
+        return
     needed = min_in_order_tokens(batch_size, num_steps)
     if num_tokens < needed:
         raise TextTooShortError(
@@ -518,6 +529,15 @@ class Ed2Windows:
     def val_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         sl = slice(self.num_train, self.num_train + self.num_val)
         yield from iter_windows(self.X[sl], self.Y[sl], batch_size, None)
+
+
+def text_windows(ids: np.ndarray, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of ``num_steps + 1`` tokens, one token apart, as d2l ed. 2 cuts its text:
+    ``(X, Y)``, each ``(len(ids) - num_steps, num_steps)``. Read-only views of ``ids``, no copies (a
+    book has ~10^5 windows; :func:`iter_windows` copies one minibatch at a time)."""
+    _check_positive(num_steps=num_steps)
+    w = np.lib.stride_tricks.sliding_window_view(np.asarray(ids), num_steps + 1)
+    return w[:, :-1], w[:, 1:]
 
 
 def iter_windows(

@@ -29,10 +29,12 @@ from .data import (
     check_evaluable,
     ed1_corpus,
     ed2_windows,
+    iter_windows,
     read_text,
     seq_data_iter_random,
     seq_data_iter_sequential,
     text_notes,
+    text_windows,
     with_notes,
 )
 from .errors import TrainingDivergedError
@@ -364,14 +366,22 @@ def evaluate_perplexity(
 
 def evaluate_text_perplexity(
     backend: Backend, params: Params, ids: np.ndarray, num_hiddens: int, num_steps: int = 35,
-    batch_size: int = 32, dtype: str = "float32",
+    batch_size: int = 32, dtype: str = "float32", protocol: str = "d2l-ed1",
 ) -> float:
-    """Perplexity on a held-out token sequence, read in order with the state carried (ed. 1 style).
+    """Perplexity on a held-out token sequence, measured as the protocol measures held-out text.
+
+    d2l ed. 1: read in order in ``batch_size`` rows with the state carried (its sequential reading).
+    d2l ed. 2: every window of ``num_steps + 1`` tokens, one token apart, each from a zero state, in
+    minibatches of ``batch_size`` (the last may be smaller): how ed. 2 builds and scores its validation set.
 
     Raises:
-        TextTooShortError: fewer than ``batch_size x num_steps + 1`` tokens (one minibatch and its labels).
+        TextTooShortError: fewer tokens than one minibatch and its labels (ed. 1, ``batch_size x num_steps
+            + 1``) or one window (ed. 2, ``num_steps + 1``).
     """
-    check_evaluable(len(ids), batch_size, num_steps)
+    check_evaluable(len(ids), batch_size, num_steps, protocol=protocol)
+    if protocol == "d2l-ed2":
+        X, Y = text_windows(ids, num_steps)
+        return evaluate_perplexity(backend, params, iter_windows(X, Y, batch_size, None), num_hiddens, dtype)
     num_tokens = ((len(ids) - 1) // batch_size) * batch_size
     Xs = ids[:num_tokens].reshape(batch_size, -1)
     Ys = ids[1 : num_tokens + 1].reshape(batch_size, -1)

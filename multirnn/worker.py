@@ -321,8 +321,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
             if task.eval_path:
                 ids = np.load(task.eval_path)
                 result["eval_perplexity"] = harness.evaluate_text_perplexity(
-                    backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype
-                )
+                    backend, params, ids, config.num_hiddens, config.num_steps, config.batch_size, config.dtype,
+                    config.protocol)
         if task.extra_seeds:
             result["seed_runs"] = _seed_runs(backend, config, data, task, progress)
         if task.init == "framework" and task.name != "numpy":

@@ -376,6 +376,21 @@ def test_eval_text_under_d2l_ed2_is_cleaned_the_ed2_way(tmp_path):
     assert load(out)["options"]["tokens"]["eval"] == 3 * 400
 
 
+def test_eval_text_under_d2l_ed2_needs_one_window_not_one_ed1_minibatch(tmp_path):
+    """300 tokens: fewer than batch 64 x 10 steps + 1 (what reading it the ed. 1 way needs), more than
+    one ed. 2 window of 11; every row scores it."""
+    book = tmp_path / "eval.txt"
+    book.write_text("Ab,\n" * 100)
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"numpy,{COPY}", "--preset", "d2l-ed2", "--epochs", "1", "--hidden", "16",
+                    "--batch-size", "64", "--num-steps", "10", "--quiet", "--no-plot", "--eval-text", str(book),
+                    "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    rows = load(out)["backends"]
+    evals = [r["eval_perplexity"] for r in rows]
+    assert all(e is not None and 1 < e < 28 for e in evals) and evals[0] == pytest.approx(evals[1], rel=1e-4)
+
+
 @pytest.mark.parametrize("args, messages", [
     (["--text", "/dev/null"], ["--text '/dev/null' is not a regular file (a character device)"]),
     (["--eval-text", "war_of_the_worlds.txt"], ["did you mean the bundled text 'war_of_the_worlds'",

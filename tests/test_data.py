@@ -197,3 +197,28 @@ def test_an_evaluation_text_needs_one_minibatch_read_in_order_not_a_random_offse
     assert np.isfinite(ppl) and 1 < ppl < 28 * 1.01  # near-zero weights: close to uniform over 28 tokens
     with pytest.raises(mdata.TextTooShortError, match=f"at least {B * T + 1} are needed"):
         harness.evaluate_text_perplexity(be, params, ids[:-1], H, T, B)
+
+
+def test_under_d2l_ed2_an_evaluation_text_is_scored_as_ed2_scores_its_validation_windows():
+    """Ed. 2 cuts a text into windows one token apart and scores each from a zero state; its eval text
+    was read the ed. 1 way (in order, state carried), which also asked for batch x steps + 1 tokens
+    (32,769 at the preset's batch 1024) where one window is enough."""
+    from multirnn import get_backend, harness
+
+    B, T, H = 4, 5, 8
+    be = get_backend("numpy")
+    params = be.params_from_numpy(multirnn.init_params(28, H, seed=1))
+    ids = np.random.default_rng(0).integers(0, 28, 23)
+    X, Y = mdata.text_windows(ids, T)
+    assert X.shape == Y.shape == (23 - T, T) and not X.flags.writeable  # views, not copies
+    assert all((X[i] == ids[i:i + T]).all() and (Y[i] == ids[i + 1:i + T + 1]).all() for i in range(len(X)))
+    # by hand: every window from a zero state, the mean over all their tokens
+    losses = [be.evaluate_loss(params, X[i:i + 1], Y[i:i + 1], be.init_state(1, H))[0] for i in range(len(X))]
+    want = float(np.exp(np.mean(losses)))
+    got = harness.evaluate_text_perplexity(be, params, ids, H, T, B, protocol="d2l-ed2")  # 18 windows: 4+4+4+4+2
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(harness.evaluate_text_perplexity(be, params, ids, H, T, B), rel=1e-7)
+    assert np.isfinite(harness.evaluate_text_perplexity(be, params, ids[:T + 1], H, T, 1024, protocol="d2l-ed2"))
+    with pytest.raises(mdata.TextTooShortError, match=r"has 5 tokens, too few for one window of num_steps=5 "
+                                                      r"\(d2l ed. 2\): at least 6 are needed"):
+        harness.evaluate_text_perplexity(be, params, ids[:T], H, T, B, protocol="d2l-ed2")
