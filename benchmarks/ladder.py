@@ -201,9 +201,11 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
     W_T, W_q = W.T.contiguous(), params["W_hq"].clone()
     g = torch.Generator().manual_seed(0)
     hs, d = torch.randn(T + 1, B, H, generator=g) * 0.1, torch.randn(T, B, H, generator=g) * 0.1  # never zeros
-    k = torch.rand(T, B, H, generator=g)
+    k = torch.rand(T + 1, B, H, generator=g)  # stand-in states for tanh' (hs changes as the loops run)
     hb, go = torch.randn(T * B, H, generator=g) * 0.1, torch.randn(T * B, V, generator=g) * 0.1
     h, r, kk = hs.unbind(0), d.unbind(0), k.unbind(0)
+    tanh_backward = torch.ops.aten.tanh_backward.grad_input
+    last = torch.empty(B, H)
 
     def gemms(elementwise: bool) -> list:
         # Without the elementwise ops the products are written, not added (torch.mm(..., out=)): the
@@ -215,7 +217,7 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
                 torch.mm(h[t], W, out=h[t + 1])
         for t in range(T - 2, -1, -1):
             if elementwise:
-                r[t].addmm_(r[t + 1], W_T).mul_(kk[t])
+                tanh_backward(r[t].addmm_(r[t + 1], W_T), kk[t + 1], grad_input=r[t])
             else:
                 torch.mm(r[t + 1], W_T, out=r[t])
         return [torch.mm(hs[:-1].reshape(T * B, H).T, d.view(T * B, H)), torch.mm(hb, W_q), torch.mm(go, W_q.T),
@@ -225,12 +227,15 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
         dW_hh, logits, _d_h, dW_hq = gemms(True)
         torch.index_select(params["W_xh"] + params["b_h"], 0, tokens.reshape(-1), out=hs[1:].view(T * B, -1))
         _loss, d_logits = _cross_entropy_and_grad(logits, labels)
-        torch.addcmul(hb.new_ones(()), hb, hb, value=-1)  # tanh' for all steps at once
-        grads = [torch.zeros_like(params["W_xh"]).index_add_(0, tokens.reshape(-1), hb), dW_hh, hb.sum(0),
-                 dW_hq, d_logits.sum(0)]
+        # the backward loop's first step, written aside: in place, r[T-1] would shrink call after call
+        # into subnormals, which slow every product after it
+        tanh_backward(r[T - 1], kk[T], grad_input=last)
+        dW_xh = torch.zeros_like(params["W_xh"]).index_add_(0, tokens.reshape(-1), hb)
+        grads = [dW_xh, dW_hh, dW_xh.sum(0), dW_hq, d_logits.sum(0)]
         _norm, scale = _clip_scale(grads, 1.0)
-        torch._foreach_mul_(grads, scale * -1e-9)  # a tiny step: the stand-in weights stay as they are
-        torch._foreach_add_([params[n] for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")], grads)
+        # a tiny step: the stand-in weights stay as they are
+        torch._foreach_addcmul_([params[n] for n in ("W_xh", "W_hh", "b_h", "W_hq", "b_q")], grads,
+                                [scale * -1e-9] * len(grads))
 
     def step() -> None:
         nonlocal params
@@ -243,7 +248,7 @@ def torch_rungs(B: int, H: int, T: int, V: int) -> Rungs:
         return call
 
     return ({"L0 the step's GEMMs as the backend issues them": run(lambda: gemms(False)),
-             "L1 + the loops' tanh_ and mul_": run(lambda: gemms(True)),
+             "L1 + the loops' tanh_ and tanh_backward": run(lambda: gemms(True)),
              "L1x + the rest, no joining copies": run(everything),
              "L3 the backend's step": step}, lambda x: x)
 

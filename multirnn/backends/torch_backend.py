@@ -481,10 +481,9 @@ class TorchBackend(_TorchCommon):
             loss, grads, state = self._fast_loss_and_grads(params, X, Y, state)
             g = [grads[k] for k in self._names]
             norm, scale = _clip_scale(g, max_grad_norm)
-            # Fold -lr into the clipping scale: one fused multiply and one fused add update every
-            # tensor, with the scale read on the device (no host sync).
-            torch._foreach_mul_(g, scale * -lr)
-            torch._foreach_add_([params[k] for k in self._names], g)
+            # Fold -lr into the clipping scale: p += g * (-lr * scale), one pass per tensor, with the
+            # scale read on the device (no host sync).
+            torch._foreach_addcmul_([params[k] for k in self._names], g, [scale * -lr] * len(g))
         return params, loss, norm, state
 
     # --- eager: d2l's rnn(), every cell, layer after layer ------------------------------------------
@@ -555,24 +554,27 @@ class TorchBackend(_TorchCommon):
 
         hidden = hs[1:].reshape(N, -1)  # (N, H), every step's output state
         d_h = torch.mm(d_logits, W_hq.T).view(T, B, -1)  # dL/dH_t through the output layer
-        # tanh' = 1 - H_t^2 for all steps at once, in one fused pass (addcmul broadcasts the 1).
-        d_tanh = torch.addcmul(hidden.new_ones(()), hidden, hidden, value=-1).view(T, B, -1)
         # Backward recurrence, in place in d_h, which becomes dL/d(pre-activation) per step:
         # d_pre_t = (d_h_t + d_pre_{t+1} W_hh^T) * (1 - H_t^2).
         # A contiguous copy, not the .T view: MKL's 32x512x512 product with a transposed operand ran
         # the 34 backward matmuls 1.3x slower (`python -m benchmarks.probes transpose`, AVX-512); the copy is 1 MB.
         W_hh_T = W_hh.T.contiguous()
-        d, k = d_h.unbind(0), d_tanh.unbind(0)
-        d[T - 1].mul_(k[T - 1])
+        # tanh_backward(d, H) = d * (1 - H^2) in one kernel per step: no pass computing tanh' for all
+        # steps first, and no (T, B, H) buffer of it to read back (it left the caches between the loops).
+        d, h = d_h.unbind(0), hs.unbind(0)
+        tanh_backward = torch.ops.aten.tanh_backward.grad_input
+        tanh_backward(d[T - 1], h[T], grad_input=d[T - 1])
         for t in range(T - 2, -1, -1):
-            d[t].addmm_(d[t + 1], W_hh_T).mul_(k[t])
+            tanh_backward(d[t].addmm_(d[t + 1], W_hh_T), h[t + 1], grad_input=d[t])
         d_pre = d_h.view(N, -1)  # (N, H)
+        # one_hot(x)^T @ d_pre is a scatter-add of d_pre's rows into W_xh's shape.
+        d_W_xh = torch.zeros_like(params["W_xh"]).index_add_(0, tokens.reshape(-1), d_pre)
 
         grads = {
-            # one_hot(x)^T @ d_pre is a scatter-add of d_pre's rows into W_xh's shape.
-            "W_xh": torch.zeros_like(params["W_xh"]).index_add_(0, tokens.reshape(-1), d_pre),
+            "W_xh": d_W_xh,
             "W_hh": torch.mm(hs[:-1].reshape(N, -1).T, d_pre),  # sum_t H_{t-1}^T d_pre_t in one matmul
-            "b_h": d_pre.sum(dim=0),
+            # the sum of d_pre's rows, from the V rows they were scattered into, not the T*B rows again
+            "b_h": d_W_xh.sum(dim=0),
             # (d_logits^T hidden)^T: the same products, but MKL runs (V, N) @ (N, H) 2x faster than
             # (H, N) @ (N, V) with V = 28 (probes transpose: 0.13 vs 0.23 ms); the gradient is a transposed view.
             "W_hq": torch.mm(d_logits.T, hidden).T,
