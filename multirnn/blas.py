@@ -83,6 +83,22 @@ def name_openblas_core() -> dict[str, str] | None:
     return chosen_core()
 
 
+def generic_kernels_note() -> str | None:
+    """Why this process's NumPy runs slowly, where its OpenBLAS loaded on a core without AVX2 on a CPU with
+    it and nobody named the core (too late to fix here: a script that trains the NumPy backend in-process,
+    not one of compare's workers). None otherwise, or with ``MULTIRNN_OPENBLAS=default``."""
+    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    detected, wanted = openblas_core(), wanted_core()
+    if not (detected and wanted and detected.lower() in NO_AVX2_CORES):
+        return None
+    return (f"NumPy's OpenBLAS runs its generic {detected} kernels on this CPU, which can run its {wanted} ones "
+            "(OpenBLAS does not know this CPU), so the NumPy backend trains several times slower (the oracle "
+            f"3.1x in compare's default run on an Emerald Rapids). Set OPENBLAS_CORETYPE={wanted} before Python "
+            "starts (python -m multirnn.compare and the sweep do it for their workers), or "
+            "MULTIRNN_OPENBLAS=default to keep OpenBLAS's choice without this warning.")
+
+
 def chosen_core() -> dict[str, str] | None:
     """``{"detected": the core OpenBLAS picked, "core": the one named}`` where :func:`name_openblas_core`
     named it (in this process or an ancestor), else None."""

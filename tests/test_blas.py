@@ -69,3 +69,34 @@ def test_the_name_reaches_a_child_process_openblas():
     env = {**os.environ, "OPENBLAS_CORETYPE": wanted}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == wanted
+
+
+def test_training_numpy_in_a_process_whose_openblas_runs_generic_kernels_warns_once(fresh):
+    """A script's own process loaded OpenBLAS before anyone could name its core: the NumPy backend says so
+    (once), and how to fix it; nothing is said where the core is named, or with MULTIRNN_OPENBLAS=default."""
+    import warnings
+
+    from multirnn import get_backend
+    from multirnn.backends import numpy_backend
+
+    fresh.setattr(blas, "openblas_core", lambda: "Prescott")
+    fresh.setattr(blas, "wanted_core", lambda: "SkylakeX")
+    fresh.setattr(numpy_backend, "_BLAS_CHECKED", False)
+    with pytest.warns(RuntimeWarning, match="generic Prescott kernels .* Set OPENBLAS_CORETYPE=SkylakeX before "
+                                            "Python starts") as caught:
+        get_backend("numpy")
+    assert caught[0].filename == __file__  # points at the caller's get_backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_backend("numpy")  # once per process
+        fresh.setattr(numpy_backend, "_BLAS_CHECKED", False)
+        fresh.setenv("MULTIRNN_OPENBLAS", "default")
+        get_backend("numpy")
+        fresh.setattr(numpy_backend, "_BLAS_CHECKED", False)
+        fresh.delenv("MULTIRNN_OPENBLAS")
+        fresh.setenv("OPENBLAS_CORETYPE", "Haswell")  # the user's own choice (or multirnn's, for a worker)
+        get_backend("numpy")
+        fresh.setattr(numpy_backend, "_BLAS_CHECKED", False)
+        fresh.delenv("OPENBLAS_CORETYPE")
+        fresh.setattr(blas, "openblas_core", lambda: "SkylakeX")  # OpenBLAS knew the CPU
+        get_backend("numpy")

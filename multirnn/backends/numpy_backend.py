@@ -10,11 +10,13 @@ layer below. Gradients are checked against central finite differences in ``tests
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .. import blas
 from ..cells import Model, layer_suffix
 from ..errors import GPUUnavailableError
 from ..ops import log_softmax, time_major_labels
@@ -140,6 +142,18 @@ STEPS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
 }
 
 
+_BLAS_CHECKED = False
+
+
+def _warn_generic_blas() -> None:
+    """Once per process: warn when NumPy's OpenBLAS runs generic kernels here (multirnn.blas)."""
+    global _BLAS_CHECKED
+    if not _BLAS_CHECKED:
+        _BLAS_CHECKED = True
+        if note := blas.generic_kernels_note():
+            warnings.warn(note, RuntimeWarning, stacklevel=4)  # at get_backend's caller
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     framework = "numpy"
@@ -150,6 +164,7 @@ class NumpyBackend(Backend):
         if device == "gpu":
             raise GPUUnavailableError("device='gpu' was requested, but the NumPy backend runs on the CPU only; use device='cpu'.")
         self._forward_step, self._backward_step = STEPS[self.model.cell.name]
+        _warn_generic_blas()
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
