@@ -74,24 +74,28 @@ def name_openblas_core() -> dict[str, str] | None:
     Returns:
         :func:`chosen_core`: what multirnn named here or in an ancestor process, else None.
     """
-    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
-        return chosen_core()
-    detected, wanted = openblas_core(), wanted_core()
-    if detected and wanted and detected.lower() in NO_AVX2_CORES:
-        os.environ["OPENBLAS_CORETYPE"] = wanted
-        os.environ[DETECTED_VARIABLE] = detected
+    if cores := _generic_cores():
+        os.environ[DETECTED_VARIABLE], os.environ["OPENBLAS_CORETYPE"] = cores
     return chosen_core()
+
+
+def _generic_cores() -> tuple[str, str] | None:
+    """``(the core OpenBLAS picked, the one this CPU can run)`` where the first lacks AVX2 and the second
+    has it, and neither the user (``OPENBLAS_CORETYPE``, ``MULTIRNN_OPENBLAS=default``) nor an ancestor
+    process named the core; else None."""
+    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    detected, wanted = openblas_core(), wanted_core()
+    return (detected, wanted) if detected and wanted and detected.lower() in NO_AVX2_CORES else None
 
 
 def generic_kernels_note() -> str | None:
     """Why this process's NumPy runs slowly, where its OpenBLAS loaded on a core without AVX2 on a CPU with
     it and nobody named the core (too late to fix here: a script that trains the NumPy backend in-process,
     not one of compare's workers). None otherwise, or with ``MULTIRNN_OPENBLAS=default``."""
-    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() == "default" or "OPENBLAS_CORETYPE" in os.environ:
+    if not (cores := _generic_cores()):
         return None
-    detected, wanted = openblas_core(), wanted_core()
-    if not (detected and wanted and detected.lower() in NO_AVX2_CORES):
-        return None
+    detected, wanted = cores
     return (f"NumPy's OpenBLAS runs its generic {detected} kernels on this CPU, which can run its {wanted} ones "
             "(OpenBLAS does not know this CPU), so the NumPy backend trains several times slower (the oracle "
             f"3.1x in compare's default run on an Emerald Rapids). Set OPENBLAS_CORETYPE={wanted} before Python "
