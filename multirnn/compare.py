@@ -32,10 +32,18 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__, agreement, blas, lockstep, report, verdict
-from .backends import BACKEND_ALIASES, canonical_name, is_builtin, known_backends, load_backend_class, refusal
+from .backends import (
+    BACKEND_ALIASES,
+    canonical_name,
+    is_builtin,
+    known_backends,
+    load_backend_class,
+    refusal,
+    source_digest,
+)
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
-from .data import BUNDLED_TEXTS, bundled_text_path, encode_eval_text, resolve_text
+from .data import BUNDLED_TEXTS, bundled_text_path, encode_eval_text, file_sha256, resolve_text
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
@@ -524,12 +532,21 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
+def _without_resume(command: str) -> str:
+    """An earlier run's command without its own --resume (the message asks to add one)."""
+    try:
+        return shlex.join(a for a in shlex.split(command) if a != "--resume")
+    except ValueError:
+        return command
+
+
 def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
-               labels: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Rows of the earlier run in ``out_dir`` that need not run again (same configuration only).
+               labels: Sequence[str], notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Rows of the earlier run in ``out_dir`` that need not run again (same configuration, code and texts
+    only; rows of a third-party backend whose source changed run again, said in ``notes``).
 
     ``labels``: this run's rows. Rows may be added, and interrupted ones left out; leaving out a row the
-    earlier run finished is refused (its results.json would lose it while its files stayed).
+    earlier run finished is refused (its results.json would lose it while its files stayed). Only reads.
     """
     try:
         earlier = json.loads((out_dir / "results.json").read_text())
@@ -541,6 +558,12 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
         raise UsageError(f"--resume: the earlier run in this folder was made by other multirnn code ({then}; now "
                          f"{code_version()}), so its rows cannot be kept beside new ones; start a new run (--overwrite "
                          "or another --out)")
+    for flag, key in (("--text", "text"), ("--eval-text", "eval_text")):
+        then = earlier.get("options", {}).get(f"{key}_sha256")
+        if options[key] is not None and options[key] == earlier.get("options", {}).get(key) \
+                and then != options[f"{key}_sha256"]:
+            raise UsageError(f"--resume: {flag} {options[key]!r} changed since the earlier run (its contents differ), so "
+                             "its rows cannot be kept beside new ones; start a new run (--overwrite or another --out)")
     same = {k: options[k] for k in ("init", "init_seeds", "mode", "device", "text", "eval_text", "lockstep_epochs",
                                     "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}
@@ -553,19 +576,27 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     if differs:
         what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
         raise UsageError(f"--resume: the earlier run in this folder used other settings ({what}); repeat its "
-                         f"command ({earlier.get('command', '?')}) with --resume, or start a new run")
+                         f"command ({_without_resume(earlier.get('command', '?'))}) with --resume, or start a new run")
     # an interrupted row may be dropped; a finished one (a crash too: evidence) may not
     left_out = [row["name"] for row in earlier.get("backends", [])
                 if row["name"] not in labels and row.get("status") != "interrupted"]
     if left_out:
         raise UsageError(f"--resume: the earlier run in this folder also has {', '.join(left_out)}, which this "
-                         f"command leaves out; name every row of it (its command: {earlier.get('command', '?')}), "
-                         "or start a new run")
+                         f"command leaves out; name every row of it (its command: "
+                         f"{_without_resume(earlier.get('command', '?'))}), or start a new run")
     keep = {}
+    sources, changed = earlier.get("options", {}).get("backend_sources") or {}, []
     for row in earlier.get("backends", []):
         path = out_dir / "backends" / f"{_safe(row['name'])}.json"
         if row.get("status") in ("ok", "diverged") and path.is_file():
+            backend = row.get("backend") or row["name"]
+            if sources.get(backend) != options["backend_sources"].get(backend):
+                changed.append(row["name"])  # a third-party backend's file changed: its rows train again
+                continue
             keep[row["name"]] = json.loads(path.read_text())
+    if changed:
+        notes.append(f"the source of {', '.join(changed)} changed since the earlier run: "
+                     f"{'it trains' if len(changed) == 1 else 'they train'} again")
     return keep
 
 
@@ -667,9 +698,14 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
                               "(<unk>): its perplexity says little")
     num_seeds = args.init_seeds or DEFAULT_INIT_SEEDS
     seeds = tuple(range(config.seed + 1, config.seed + num_seeds)) if args.init == "framework" else ()
+    try:  # what a resume or a sweep compares: a file changed in place is another run
+        digests = {"text_sha256": file_sha256(text), "eval_text_sha256": file_sha256(eval_text),
+                   "backend_sources": {n: d for n in names if (d := source_digest(n))}}
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
     options = {"backends": names, "impls": impls, "init": args.init, "init_seeds": [config.seed, *seeds],
                "model": config.model.name, "mode": args.mode, "device": args.device, "text": text,
-               "eval_text": eval_text, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
+               "eval_text": eval_text, **digests, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
                "lockstep_epochs": list(lock_epochs), "prefixes": list(prefixes),
                "tokens": {"used": data.used_tokens, "total": data.total_tokens,
                           "eval": None if eval_ids is None else int(len(eval_ids))},
@@ -687,8 +723,11 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_ed1_options(args)
         _refuse_conflicts(args)
         plan = make_plan(args, argv)
+        kept, resume_notes = {}, []
+        if args.resume and args.out is not None and (Path(args.out) / "results.json").is_file():
+            # checked before _prepare_out_dir writes anything: a refused resume leaves the folder as it was
+            kept = _resumable(Path(args.out), plan.config, plan.options, plan.labels, resume_notes)
         out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
-        kept = _resumable(out_dir, plan.config, plan.options, plan.labels) if args.resume else {}
     except UsageError as exc:
         print(f"multirnn.compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -719,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({config.protocol}, {report.plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
                      f"mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
-    for note in data_notes + pair_notes + options["run_notes"]:
+    for note in data_notes + pair_notes + options["run_notes"] + resume_notes:
         progress.message(f"note: {note}", always=True)
     tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps
     if hint := jobs_hint(jobs, cores, len(pairs), config.num_epochs * tokens_per_epoch):

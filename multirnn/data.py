@@ -41,6 +41,7 @@ __all__ = [
     "ed1_corpus",
     "ed2_windows",
     "encode_eval_text",
+    "file_sha256",
     "text_windows",
     "read_text",
     "resolve_text",
@@ -586,6 +587,12 @@ def ed2_windows(text: str, num_steps: int, num_train: int = 10000, num_val: int 
     idx = np.arange(num_train + num_val)[:, None] + np.arange(num_steps + 1)
     windows = corpus[idx]  # (num_train + num_val, num_steps + 1)
     return Ed2Windows(windows[:, :-1], windows[:, 1:], vocab, num_train, num_val, len(chars))
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """sha256 of a text file's bytes; None for None (the bundled default text, which multirnn's code
+    version covers). A resumed run or a sweep compares it to tell a changed file from the same one."""
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_text(path: str | Path | None = None, encoding: str | None = None) -> str:

@@ -394,6 +394,7 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
     if opts.overwrite or not store.is_sweep():
         return
     earlier = _earlier(out)
+    files_changed = False  # the same options, other code or files: repeating the command cannot help
     if earlier and "cells" in earlier:
         # The cell ids decide: options spelled differently (a default given explicitly) that make the
         # same cells are the same sweep; the settings only word what differs when the cells do.
@@ -402,9 +403,12 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
             differs = [] if before == now else [f"--equivalence-margin {before} (now {now})"]
         else:
             code = earlier.get("code_version") or f"{earlier.get('multirnn_version', '?')}, not recorded"
-            differs = _differences(earlier["settings"], settings) or (
-                [f"multirnn's code {code} (now {code_version()})"] if code != code_version() else
-                ["the same options now make other cells (a --text or --eval-text file changed)"])
+            differs = _differences(earlier["settings"], settings)
+            if not differs:
+                files_changed = True
+                other_files = ("the same options now make other cells (a --text or --eval-text file, or a "
+                               "third-party backend's source file, changed)")
+                differs = [f"multirnn's code {code} (now {code_version()})" if code != code_version() else other_files]
     else:  # a sweep from before spec.json: only its settings (and its cells/ below) can tell
         differs = _differences(earlier["settings"], settings) if earlier else []
     stray = store.recorded() - set(cell_ids)
@@ -415,6 +419,9 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
     what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
     command = (earlier or {}).get("command")
     again = f"repeat its command ({command})" if command else "repeat its settings"
+    if files_changed:  # its cells' results came from what is no longer there
+        raise SpecError(f"--out {opts.out!r} holds a sweep of other code or files: {'; '.join(differs)}; its cells "
+                        "cannot be reused: use --overwrite to start it again, or another --out")
     if opts.resume:
         raise SpecError(f"--resume: the sweep in {opts.out!r} used other settings: {what}; {again} with --resume, "
                         "or use --overwrite or another --out")

@@ -4,8 +4,9 @@ A *configuration* is one value of every swept option; with a seed it is one ``co
 rows (backend, impl) ``compare.make_plan`` decides and validates -- the sweep never re-implements
 that. A *cell* is one row of one (configuration, seed), optionally repeated: one training run in
 one worker process. Its id is a hash of everything that decides its result (the worker task minus
-file paths, the texts' contents, multirnn's code version, the id of the run it is re-anchored to), so
-a rerun or a resume finds it again and a changed spec or code never reuses a stale result.
+file paths, the texts' contents, multirnn's code version and a third-party backend's source file, the
+id of the run it is re-anchored to), so a rerun or a resume finds it again and a changed spec or code
+never reuses a stale result.
 """
 
 from __future__ import annotations
@@ -215,18 +216,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-_FILE_DIGESTS: dict[str, str] = {}
-
-
-def file_digest(path: str | None) -> str | None:
-    """sha256 of a text's bytes (None: the bundled text of this multirnn version)."""
-    if path is None:
-        return None
-    if path not in _FILE_DIGESTS:
-        _FILE_DIGESTS[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return _FILE_DIGESTS[path]
-
-
 # WorkerTask fields that are places, not what is computed: left out of a cell's identity.
 _PATH_FIELDS = {"out_path", "data_path", "eval_path", "checkpoint_dir", "anchor_dir", "parent_pid", "sys_path", "label"}
 
@@ -239,8 +228,9 @@ def cells_of(group: Group, repeats: int) -> list[Cell]:
     """The group's cells, in compare's row order; the first row anchors the others when
     re-anchored checks are on (the oracle when numpy is among the backends, as in compare)."""
     plan = group.plan
-    # The code too: a cell of older code is not this code's result (its id is found again only by the same code).
-    texts = {"text": file_digest(plan.options["text"]), "eval_text": file_digest(plan.options["eval_text"]),
+    # The code too: a cell of older code is not this code's result (its id is found again only by the same
+    # code); the texts' digests are compare's (None: the bundled default text, which the code covers).
+    texts = {"text": plan.options["text_sha256"], "eval_text": plan.options["eval_text_sha256"],
              "encoding": plan.options["encoding"], "code": code_version()}
     cells: list[Cell] = []
     anchor_id: str | None = None
@@ -252,6 +242,8 @@ def cells_of(group: Group, repeats: int) -> list[Cell]:
             anchor = None if is_anchor or oracle_repeat or not plan.lock_epochs else anchor_id
             spec = {**{k: v for k, v in task.items() if k not in _PATH_FIELDS}, **texts, "repeat": repeat,
                     "saves_checkpoints": is_anchor, "anchor": anchor}
+            if source := plan.options["backend_sources"].get(backend):  # a third-party backend's own file
+                spec["backend_source"] = source
             cell_id = f"{_safe(task['name'])}-{_digest(spec)[:16]}"
             cells.append(Cell(cell_id, group, backend, impl, task["name"], index, repeat, anchor, is_anchor, spec))
             if is_anchor:

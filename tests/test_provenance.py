@@ -3,14 +3,17 @@ package, and a resumed compare run or sweep refuses results of other code instea
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 
+import multirnn
 from multirnn import __version__, provenance, sweep_spec
 from multirnn import compare as compare_cli
 from multirnn import sweep as sweep_cli
-from tests.test_reliability import compare
+from tests.test_reliability import ROOT, compare
 from tests.test_sweep import sweep
 
 
@@ -100,4 +103,44 @@ def test_a_sweep_of_other_code_makes_other_cells_and_says_so(tmp_path, capsys, m
         monkeypatch.setattr(module, "code_version", lambda: "9.9.9+ffffffffffff")
     assert sweep_cli.main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert f"used other settings: multirnn's code {provenance.code_version()} (now 9.9.9+ffffffffffff)" in err, err
+    assert (f"holds a sweep of other code or files: multirnn's code {provenance.code_version()} (now "
+            "9.9.9+ffffffffffff); its cells cannot be reused: use --overwrite") in err, err
+
+
+def test_resume_refuses_a_changed_text_and_retrains_a_changed_third_party_backend(tmp_path, capsys):
+    """A --text or --eval-text file edited in place, or a backend module's file, made a resume keep rows
+    of the old file beside new ones (false disagreements, or a bug added to your backend passing)."""
+    book, other = tmp_path / "book.txt", tmp_path / "other.txt"
+    text = multirnn.bundled_text_path("timemachine").read_text()[:20000]
+    book.write_text(text)
+    other.write_text(text[:5000])
+    module = tmp_path / "mybackend.py"
+    module.write_text("from tests.zoo import OracleCopy as Mine\n")
+    out = tmp_path / "run"
+    args = ["--backends", "numpy,mybackend:Mine,tests.zoo:OracleCopy2", *TINY, "--text", str(book), "--eval-text", str(other),
+            "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    first = compare(args, env=env)
+    assert first.returncode == 0, first.stderr
+    options = json.loads((out / "results.json").read_text())["options"]
+    assert options["text_sha256"] == hashlib.sha256(book.read_bytes()).hexdigest()
+    assert set(options["backend_sources"]) == {"mybackend:Mine", "tests.zoo:OracleCopy2"}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for path in (book, other):
+        saved = path.read_text()
+        path.write_text(saved.replace("Time", "Tyme"))
+        refused = compare([*args, "--resume"], env=env)
+        flag = "--text" if path == book else "--eval-text"
+        assert refused.returncode == 2 and f"--resume: {flag} {str(path)!r} changed since the earlier run (its contents " \
+            "differ), so its rows cannot be kept beside new ones; start a new run" in refused.stderr, refused.stderr
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written, no .work/ either
+        path.write_text(saved)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "backends").glob("*.json")}
+    module.write_text("from tests.zoo import OracleCopy as Mine  # edited\n")
+    again = compare([*args, "--resume"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert "the source of mybackend:Mine changed since the earlier run: it trains again" in again.stdout + again.stderr
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "backends").glob("*.json")}
+    # the changed row trained again (and the oracle, for the checkpoints it restarts from); the other was kept
+    assert now["tests_zoo_OracleCopy2.json"] == mtimes["tests_zoo_OracleCopy2.json"]
+    assert now["mybackend_Mine.json"] != mtimes["mybackend_Mine.json"]

@@ -99,7 +99,9 @@ def test_a_changed_text_is_another_sweep(tmp_path, capsys):
     assert sweep(args).returncode == 0
     text.write_text("the time machine by h g wells " * 401)  # same options, other cells
     before = snapshot(tmp_path / "out")
-    assert "the same options now make other cells" in refused([*args, "--resume"], capsys)
+    err = refused([*args, "--resume"], capsys)
+    assert "holds a sweep of other code or files: the same options now make other cells" in err, err
+    assert "use --overwrite to start it again" in err and "repeat its" not in err, err  # repeating cannot help
     assert snapshot(tmp_path / "out") == before
 
 

@@ -10,9 +10,11 @@ point group ``multirnn.backends`` (``name = "package.module:Class"``), then usab
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ..cells import Model
@@ -124,6 +126,20 @@ def load_backend_class(spec: str) -> type[Backend]:
         raise BackendSpecError(f"Backend {spec!r}: {class_name} does not implement "
                                f"{', '.join(sorted(cls.__abstractmethods__))}.")
     return cls
+
+
+def source_digest(name: str) -> str | None:
+    """sha256 of the source file of a third-party backend's module (``package.module:Class`` or an entry
+    point), so a resumed run or a sweep never keeps its results from before the file changed; None for
+    a built-in backend (multirnn's own code version covers it) or a module without a source file."""
+    if canonical_name(name) in _REGISTRY:
+        return None
+    module_name = _entry_points().get(name, name).partition(":")[0]
+    try:
+        origin = importlib.util.find_spec(module_name).origin  # type: ignore[union-attr]
+        return hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin else None
+    except (ImportError, ValueError, AttributeError, OSError):  # not importable: the row fails with its own message
+        return None
 
 
 def _importable(module: str) -> bool:
