@@ -43,7 +43,15 @@ from .backends import (
 )
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
-from .data import BUNDLED_TEXTS, bundled_text_path, encode_eval_text, file_sha256, resolve_text
+from .data import (
+    BUNDLED_TEXTS,
+    bundled_text_path,
+    encode_eval_text,
+    file_sha256,
+    read_text,
+    resolve_text,
+    text_notes,
+)
 from .files import write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
@@ -692,6 +700,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         every = max(1, config.num_epochs - 1)
     data_notes = list(data.notes)
     if eval_ids is not None:
+        # what preprocessing dropped, said for the evaluation text as prepare_data says it for --text
+        data_notes += [f"--eval-text: {n}" for n in text_notes(read_text(eval_text, args.encoding))]
         unk = float(np.mean(eval_ids == data.vocab.unk)) if len(eval_ids) else 0.0
         if unk > UNK_WARNING:
             data_notes.append(f"{unk:.1%} of the evaluation text's characters are not in the training vocabulary "

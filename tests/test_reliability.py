@@ -320,6 +320,16 @@ def test_eval_text_outside_the_vocabulary_is_flagged(tmp_path):
     assert res["backends"][0]["eval_perplexity"] is not None
 
 
+def test_eval_text_letters_dropped_by_preprocessing_are_noted_as_for_the_training_text(tmp_path):
+    other = tmp_path / "greek.txt"
+    other.write_text("καλημέρα κόσμε hello world " * 400, encoding="utf-8")
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--eval-text", str(other), "--out", str(out), "--quiet"])
+    assert proc.returncode == 4, proc.stderr
+    assert "Note: --eval-text: 5,200 letters outside A-Z (56.5% of all letters" in proc.stdout, proc.stdout
+    assert any(n.startswith("--eval-text: 5,200 letters") for n in strict_json(out / "results.json")["options"]["data_notes"])
+
+
 # --- API misuse ----------------------------------------------------------------------------------------
 
 
