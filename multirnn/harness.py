@@ -22,9 +22,11 @@ from .backends.base import Backend, Params
 from .config import TrainConfig
 from .data import (
     _NON_LETTERS,
+    BUNDLED_TEXTS,
     Ed2Windows,
     TextTooShortError,
     Vocab,
+    bundled_text_path,
     check_batchable,
     check_evaluable,
     ed1_corpus,
@@ -108,7 +110,8 @@ def prepare_data(config: TrainConfig, text: str | Path | None = None, encoding: 
 
     Args:
         config: the run's configuration.
-        text: a text file: UTF-8, or UTF-16/32 with a byte-order mark, or in ``encoding``.
+        text: a text file: UTF-8, or UTF-16/32 with a byte-order mark, or in ``encoding``; or a bundled
+            text by name (``"war_of_the_worlds"``), as the command line takes it.
         encoding: the file's encoding when it is neither of those.
 
     Raises:
@@ -117,6 +120,8 @@ def prepare_data(config: TrainConfig, text: str | Path | None = None, encoding: 
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (e.g. multirnn.preset('quick')), got {type(config).__name__}.")
+    if isinstance(text, str) and text in BUNDLED_TEXTS:
+        text = bundled_text_path(text)
     raw = read_text(text, encoding)
     notes = text_notes(raw)
     try:

@@ -222,3 +222,9 @@ def test_under_d2l_ed2_an_evaluation_text_is_scored_as_ed2_scores_its_validation
     with pytest.raises(mdata.TextTooShortError, match=r"has 5 tokens, too few for one window of num_steps=5 "
                                                       r"\(d2l ed. 2\): at least 6 are needed"):
         harness.evaluate_text_perplexity(be, params, ids[:T], H, T, B, protocol="d2l-ed2")
+
+
+def test_prepare_data_takes_a_bundled_text_by_name_as_the_command_line_does():
+    by_name = multirnn.prepare_data(multirnn.preset("quick"), "war_of_the_worlds")
+    by_path = multirnn.prepare_data(multirnn.preset("quick"), mdata.bundled_text_path("war_of_the_worlds"))
+    assert (by_name.corpus == by_path.corpus).all() and by_name.vocab.idx_to_token == by_path.vocab.idx_to_token
