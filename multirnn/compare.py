@@ -476,6 +476,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "diverged_epoch": raw.get("diverged_epoch"),
         "diverged_step": raw.get("diverged_step"),
         "exit_code": raw.get("exit_code"),
+        "rows_at_a_time": raw.get("rows_at_a_time"),  # the sharing its tokens/s were measured under (--jobs)
     }
 
 
@@ -605,6 +606,15 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     if changed:
         notes.append(f"the source of {', '.join(changed)} changed since the earlier run: "
                      f"{'it trains' if len(changed) == 1 else 'they train'} again")
+    # This run's --jobs says nothing of how the kept rows were timed: each keeps its own sharing.
+    sharing = {row["name"]: row.get("rows_at_a_time") or (earlier.get("options") or {}).get("jobs") or 1
+               for row in earlier.get("backends", []) if row["name"] in keep}
+    for name in keep:
+        keep[name]["rows_at_a_time"] = sharing[name]
+    if shared := sorted(n for n, k in sharing.items() if k > 1):
+        notes.append(f"{', '.join(shared)} {'was' if len(shared) == 1 else 'were'} kept from an earlier run that ran "
+                     f"up to {max(sharing[n] for n in shared)} rows at a time: {'its' if len(shared) == 1 else 'their'} "
+                     "tokens/s and peak memory were measured under that sharing")
     return keep
 
 
@@ -760,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     cores, jobs = usable_cores(), min(args.jobs, len(pairs))
     threads = max(1, cores // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
     run_notes = _jobs_notes(jobs, threads, cores, bool(lock_epochs), verdict.ORACLE in names, args.jobs)
-    options.update(jobs=jobs, threads=threads, run_notes=run_notes)
+    options.update(jobs=jobs, threads=threads, run_notes=run_notes + resume_notes)  # the report says them too
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
@@ -768,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"({config.protocol}, {report.plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
                      f"mode {args.mode}, init {args.init}, "
                      f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
-    for note in data_notes + pair_notes + options["run_notes"] + resume_notes:
+    for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}", always=True)
     tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps
     if hint := jobs_hint(jobs, cores, len(pairs), config.num_epochs * tokens_per_epoch):
@@ -781,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor: str | None = None  # the checkpoints every later backend restarts from
 
     def record(i: int, raw: dict[str, Any]) -> None:
+        raw.setdefault("rows_at_a_time", jobs)  # kept rows bring their own
         if raw["status"] == "unavailable" and not named:
             progress.message(f"{labels[i]:<10} skipped: {raw['error']}")
         rows[i] = result_row(raw)

@@ -268,6 +268,25 @@ def test_resume_keeps_finished_backends(tmp_path):
     assert other.returncode == 2 and want in other.stderr, other.stderr
 
 
+def test_rows_kept_by_a_resume_keep_the_sharing_they_were_timed_under(tmp_path):
+    """Resuming a --jobs 2 run without --jobs dropped the note that its rows' tokens/s were measured two
+    at a time, though every kept row still carried those figures."""
+    out = tmp_path / "run"
+    args = ["--backends", f"numpy,{COPY}", "--epochs", "2", "--hidden", "8", "--max-tokens", "600", "--batch-size",
+            "4", "--num-steps", "5", "--no-plot", "--quiet", "--out", str(out)]
+    first = compare([*args, "--jobs", "2"])
+    assert first.returncode == 0, first.stderr
+    assert {r["rows_at_a_time"] for r in strict_json(out / "results.json")["backends"]} == {2}
+    for _ in range(2):  # and again: the second resume's earlier run ran one row at a time
+        again = compare([*args, "--resume"])
+        assert again.returncode == 0, again.stderr
+        res = strict_json(out / "results.json")
+        assert {r["rows_at_a_time"] for r in res["backends"]} == {2} and res["options"]["jobs"] == 1
+        note = (f"numpy, {COPY} were kept from an earlier run that ran up to 2 rows at a time: their tokens/s and "
+                "peak memory were measured under that sharing")
+        assert note in res["options"]["run_notes"] and note in again.stdout, again.stdout
+
+
 # --- text input ---------------------------------------------------------------------------------------
 
 
