@@ -880,8 +880,12 @@ def main(argv: list[str] | None = None) -> int:
         stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         exit_stopped = 128 + int(signum)
         progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report", always=True)
-        for i in sorted(started - set(rows)):
-            rows[i] = result_row(interrupted_record(labels[i], *pairs[i], stopped))
+        for i in range(len(pairs)):  # every row without a record: the report lists all the command asked for
+            if i not in rows:
+                record = interrupted_record(labels[i], *pairs[i], stopped)
+                if i not in started:
+                    record["error"] = f"stopped ({stopped}) before it started"
+                rows[i] = result_row(record)
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).
@@ -896,8 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.terminal_report(results, width))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"\nReport: {out_dir / 'report.md'}  (results.json, curves.csv"
-          f"{'' if args.no_plot or notes else ', perplexity.png, deviation.png'})")
+    written = [n for n in ("results.json", "curves.csv", "perplexity.png", "deviation.png") if (out_dir / n).is_file()]
+    print(f"\nReport: {out_dir / 'report.md'}  ({', '.join(written)})")  # what this run wrote: no plot of no curve
     if stopped:
         return exit_stopped
     status = results["verdict"]["status"]

@@ -121,6 +121,25 @@ def test_a_signal_writes_a_partial_report_and_ends_every_process(tmp_path, sig, 
     assert processes_mentioning(str(out)) == [], "a process of the run outlived it"
 
 
+def test_a_stopped_run_lists_the_rows_that_never_started(tmp_path):
+    """The partial report named only rows that had started: one stopped during the oracle left the
+    others out of the table and the verdict, and "no backend could run (see the problems below)" had
+    nothing below it; the Report line also named plots that were not written."""
+    out = tmp_path / "run"
+    proc = start(["--backends", f"numpy,{COPY}", "--epochs", "100000", "--hidden", "16", "--max-tokens", "3000",
+                  "--batch-size", "8", "--num-steps", "10", "--out", str(out), "--quiet", "--no-plot"])
+    assert wait_for(lambda: processes_mentioning(str(out / "backends" / "numpy.task.json")) != [], 120)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = {r["name"]: r for r in strict_json(out / "results.json")["backends"]}
+    assert rows[COPY]["status"] == "interrupted" and rows[COPY]["error"] == "stopped (Ctrl-C) before it started"
+    assert rows["numpy"]["error"] == "interrupted (Ctrl-C) before it finished"
+    assert "no backend finished before the run was stopped" in stdout and f"{COPY}: stopped (Ctrl-C) before" in stdout
+    assert "(results.json, curves.csv)" in stdout  # --no-plot: no plot named
+
+
 def test_sigkill_of_the_parent_ends_the_worker(tmp_path):
     out = tmp_path / "run"
     proc = start(["--backends", "numpy", "--epochs", "100000", "--hidden", "64", "--out", str(out), "--quiet"])
