@@ -49,7 +49,15 @@ def backend_table() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """List the backends; ``--help`` says so, anything else is refused (exit 2) rather than ignored."""
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m multirnn",
+        description="Which backends this installation has, their versions, whether each runs here and how to "
+        "install the rest. The comparison itself: python -m multirnn.compare; a matrix of them: python -m "
+        "multirnn.sweep.").parse_args(sys.argv[1:] if argv is None else argv)
     print(f"multirnn {__version__} (Python {platform.python_version()}, {sys.platform})\n")
     print(backend_table())
     print("\nRun the comparison: python -m multirnn.compare   (--help for every option)")

@@ -101,6 +101,18 @@ def test_list_backends_names_the_missing_one_and_its_extra(tmp_path):
     assert info.returncode == 0 and "tensorflow" in info.stdout and multirnn.__version__ in info.stdout
 
 
+def test_python_m_multirnn_has_help_and_refuses_unknown_options():
+    """It printed the backend list, exit 0, for --help and for a mistyped option alike."""
+    from multirnn import info
+
+    with pytest.raises(SystemExit) as done:
+        info.main(["--help"])
+    assert done.value.code == 0
+    with pytest.raises(SystemExit) as refused:
+        info.main(["--bogus"])
+    assert refused.value.code == 2
+
+
 def test_prefixes_and_every_result_on_screen(tmp_path):
     out = tmp_path / "run"
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--eval-text", "war_of_the_worlds", "--prefix", "The Martians,",
