@@ -683,6 +683,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     prefixes = tuple(args.prefix) if args.prefix else SAMPLE_PREFIXES  # checked against the text's vocabulary below
+    prompt_note = None
     try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
         data = prepare_data(config, text, args.encoding)  # a too-short text's message says what preprocessing dropped
         eval_ids = None
@@ -693,6 +694,12 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
             prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
         else:  # the default prompts on the user's --text: keep those that fit, else the vocabulary's first letter
             fits = [p for p in prefixes if all(c in data.vocab.token_to_idx for c in p)]
+            if len(fits) < len(prefixes):
+                dropped = [p for p in prefixes if p not in fits]
+                prompt_note = (f"the default prompts {', '.join(map(repr, dropped))} use letters this text does not have: "
+                               + ("left out" if fits else "the continuations start from "
+                                  f"{next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1)!r}")
+                               + " (give your own with --prefix)")
             prefixes = tuple(fits) or (next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1),)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -708,7 +715,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         # A run no longer than the spacing is checked at its first and last epochs only: record that
         # spacing, so the report does not say "every 6 epochs" of a 2-epoch run (the epochs are unchanged).
         every = max(1, config.num_epochs - 1)
-    data_notes = list(data.notes)
+    data_notes = list(data.notes) + ([prompt_note] if prompt_note else [])
     if eval_ids is not None:
         # what preprocessing dropped, said for the evaluation text as prepare_data says it for --text
         data_notes += [f"--eval-text: {n}" for n in text_notes(read_text(eval_text, args.encoding))]

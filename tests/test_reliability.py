@@ -369,6 +369,17 @@ def test_eval_text_letters_dropped_by_preprocessing_are_noted_as_for_the_trainin
     assert any(n.startswith("--eval-text: 5,200 letters") for n in strict_json(out / "results.json")["options"]["data_notes"])
 
 
+def test_default_prompts_that_do_not_fit_the_text_are_replaced_with_a_note(tmp_path):
+    book = tmp_path / "abc.txt"
+    book.write_text("abc abd bad cab dab " * 400)
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--text", str(book), "--out", str(out), "--quiet", "--no-plot"])
+    assert proc.returncode == 4, proc.stderr
+    note = ("the default prompts 'time traveller', 'traveller' use letters this text does not have: the continuations "
+            "start from 'a' (give your own with --prefix)")
+    assert note in strict_json(out / "results.json")["options"]["data_notes"] and note in proc.stdout
+
+
 # --- API misuse ----------------------------------------------------------------------------------------
 
 
