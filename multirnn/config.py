@@ -130,4 +130,9 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     unknown = set(changes) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"Unknown config fields {sorted(unknown)}.")
-    return PRESETS[name].replace(**changes)
+    base = PRESETS[name]
+    ignored = [k for k in ED1_ONLY if k in changes and changes[k] != getattr(base, k)]
+    if (changes.get("protocol") or base.protocol) == "d2l-ed2" and ignored:  # as the command line refuses them
+        raise ValueError(f"{' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to the d2l-ed2 "
+                         "protocol (shuffled fixed windows of the whole text; num_train and num_val set how many)")
+    return base.replace(**changes)

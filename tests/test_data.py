@@ -228,3 +228,11 @@ def test_prepare_data_takes_a_bundled_text_by_name_as_the_command_line_does():
     by_name = multirnn.prepare_data(multirnn.preset("quick"), "war_of_the_worlds")
     by_path = multirnn.prepare_data(multirnn.preset("quick"), mdata.bundled_text_path("war_of_the_worlds"))
     assert (by_name.corpus == by_path.corpus).all() and by_name.vocab.idx_to_token == by_path.vocab.idx_to_token
+
+
+def test_preset_refuses_ed1_only_fields_under_d2l_ed2_as_the_command_line_does():
+    for field, value in (("max_tokens", 100), ("sampling", "random")):
+        with pytest.raises(ValueError, match=f"{field} does not apply to the d2l-ed2 protocol"):
+            multirnn.preset("d2l-ed2", **{field: value})
+    assert multirnn.preset("d2l-ed2", max_tokens=None).protocol == "d2l-ed2"  # None: not given
+    assert multirnn.preset("d2l-ed1", max_tokens=100).max_tokens == 100
