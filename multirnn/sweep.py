@@ -500,6 +500,8 @@ def _summary(sweep: dict[str, Any]) -> str:
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
                 lines.append(f"  {s['row']:<16} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
                              else f"  {s['row']:<16} no finished run" + (f" ({statuses})" if statuses else ""))
+                if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
+                    lines[-1] += f"  eval-text ppl {ev['mean']:.3f}"
                 if ratio is not None:
                     lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
     return "\n".join(lines)

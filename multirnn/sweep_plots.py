@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,8 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
         elif missing:  # named in the legend rather than silently absent
             for row in missing:
                 ax.plot([], [], linestyle="none", label=f"{row}: {MISSING}")
-        ax.set_title(conf["label"] + (" (partial: some seeds unfinished)" if conf["index"] in partial else ""),
-                     fontsize=9)
+        ax.set_title(textwrap.fill(conf["label"] + (" (partial: some seeds unfinished)" if conf["index"] in partial
+                                                    else ""), 60, break_on_hyphens=False), fontsize=9)  # long labels wrap, not cut
         ax.set_xlabel("epoch")
         ax.set_ylabel("perplexity")
         ax.grid(True, which="both", alpha=0.3)
@@ -143,7 +144,8 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
             elif rows[i] in confs[j]["rows"]:  # a blank square would read as zero or as a drawing fault
                 ax.text(j, i, MISSING, ha="center", va="center", fontsize=6, color="0.4")
     partial = _partial(sweep)
-    ax.set_xticks(range(len(confs)), [c["label"] + ("\n(partial)" if c["index"] in partial else "") for c in confs],
+    ax.set_xticks(range(len(confs)), [textwrap.fill(c["label"], 28, break_on_hyphens=False)
+                                      + ("\n(partial)" if c["index"] in partial else "") for c in confs],
                   rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""

@@ -169,7 +169,8 @@ def _statistics(confs: list[dict[str, Any]], cells: list[dict[str, Any]]) -> lis
             out.append({"configuration": conf["index"], "row": row, "seeds": len(runs),
                         "statuses": dict(sorted(Counter(c["status"] for c in runs).items())),
                         "final_perplexity": mean_interval([c["final_perplexity"] for c in ok]),
-                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok])})
+                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok]),
+                        "eval_perplexity": mean_interval([c["eval_perplexity"] for c in ok])})  # n 0 without --eval-text
     return out
 
 
@@ -277,10 +278,14 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
               ("Mean over seeds and its 95 % interval from Student's t distribution (n - 1 degrees of freedom), of the "
                "final epoch's perplexity and of the median over the last 10 % of epochs (at least 10); runs that did "
                "not finish are counted in `runs`, not averaged."), ""]
+    # --eval-text's perplexity (the final model's, on the other text) where any configuration has one
+    evaluated = any((s.get("eval_perplexity") or {}).get("n") for s in sweep["statistics"])
     lines.append(report.markdown_table(
         [[confs[s["configuration"]]["label"], s["row"], ", ".join(f"{n} {k}" for k, n in s["statuses"].items()),
-          _ci(s["final_perplexity"]), _ci(s["median_last_perplexity"])] for s in sweep["statistics"]],
-        ["configuration", "row", "runs", "final ppl, mean [95 % CI]", "median last, mean [95 % CI]"]))
+          _ci(s["final_perplexity"]), _ci(s["median_last_perplexity"])]
+         + ([_ci(s.get("eval_perplexity") or {"mean": None})] if evaluated else []) for s in sweep["statistics"]],
+        ["configuration", "row", "runs", "final ppl, mean [95 % CI]", "median last, mean [95 % CI]"]
+        + (["eval text ppl, mean [95 % CI]"] if evaluated else [])))
     eq = sweep.get("equivalence")
     if eq:
         lines += ["", "## Equivalence (independent / framework initialisation)", "", f"Test: {eq['test']}.", ""]

@@ -489,3 +489,15 @@ def test_keep_checkpoints_on_resume_keeps_the_ones_kept_before(tmp_path):
     (store.work / "checkpoints" / "numpy-def" / "epoch-00001.npz").write_bytes(b"y")
     Engine([], store, None, 0, None, {}).cleanup(keep_checkpoints=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["numpy-abc", "numpy-def"]
+
+
+def test_the_sweep_reports_the_eval_text_perplexity_across_seeds(tmp_path):
+    """--eval-text's perplexity was only in cells.csv and each group's report."""
+    out = tmp_path / "sweep"
+    proc = sweep(["--backends", "numpy,tests.zoo:OracleCopy", *TINY, "--seeds", "0-1", "--eval-text",
+                  "war_of_the_worlds", "--out", str(out), "--no-plot"])
+    assert proc.returncode == 0, proc.stderr
+    cells = load(out)["cells"]
+    mean = sum(c["eval_perplexity"] for c in cells if c["row"] == "numpy") / 2
+    assert "eval text ppl, mean [95 % CI]" in (out / "report.md").read_text()
+    assert f"eval-text ppl {mean:.3f}" in proc.stdout, proc.stdout
