@@ -488,7 +488,9 @@ def _summary(sweep: dict[str, Any]) -> str:
         counts: dict[str, int] = {}
         for g in groups:
             counts[g["status"]] = counts.get(g["status"], 0) + 1
+        # per verdict, how many of the configuration's seeds (a group is one seed's compare run)
         lines.append(f"{confs[conf['index']]}: " + ", ".join(f"{k} {n}/{len(groups)}" for k, n in counts.items())
+                     + f" seed{'s' if len(groups) != 1 else ''}"
                      + (f" ({partial_text(partial[conf['index']])})" if conf["index"] in partial else ""))
         for s in sweep["statistics"]:
             if s["configuration"] == conf["index"]:

@@ -281,7 +281,8 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
     # --eval-text's perplexity (the final model's, on the other text) where any configuration has one
     evaluated = any((s.get("eval_perplexity") or {}).get("n") for s in sweep["statistics"])
     lines.append(report.markdown_table(
-        [[confs[s["configuration"]]["label"], s["row"], ", ".join(f"{n} {k}" for k, n in s["statuses"].items()),
+        [[confs[s["configuration"]]["label"], s["row"],
+          ", ".join(f"{n} {k}" for k, n in s["statuses"].items()) or "none recorded (stopped first)",
           _ci(s["final_perplexity"]), _ci(s["median_last_perplexity"])]
          + ([_ci(s.get("eval_perplexity") or {"mean": None})] if evaluated else []) for s in sweep["statistics"]],
         ["configuration", "row", "runs", "final ppl, mean [95 % CI]", "median last, mean [95 % CI]"]
