@@ -50,6 +50,7 @@ from .data import (
     file_sha256,
     read_text,
     resolve_text,
+    text_label,
     text_notes,
 )
 from .files import write_json_atomic
@@ -784,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
                      f"({config.protocol}, {report.plural(config.num_epochs, 'epoch')}, {config.batching}, {config.dtype}, "
                      f"mode {args.mode}, init {args.init}, "
-                     f"{used} of {Path(text).name if text else 'The Time Machine'}) -> {out_dir}")
+                     f"{used} of {text_label(text)}) -> {out_dir}")
     for note in data_notes + pair_notes + options["run_notes"]:
         progress.message(f"note: {note}", always=True)
     tokens_per_epoch = plan.steps_per_epoch * config.batch_size * config.num_steps

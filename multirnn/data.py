@@ -41,6 +41,7 @@ __all__ = [
     "ed1_corpus",
     "ed2_windows",
     "encode_eval_text",
+    "text_label",
     "file_sha256",
     "text_windows",
     "read_text",
@@ -65,6 +66,18 @@ BUNDLED_TEXTS: dict[str, str] = {
 BUNDLED_ENCODINGS: dict[str, str] = {"timemachine": "utf-8", "war_of_the_worlds": "cp1252"}
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
+
+
+BUNDLED_TITLES = {"timemachine": "The Time Machine", "war_of_the_worlds": "The War of the Worlds"}
+
+
+def text_label(path: str | Path | None) -> str:
+    """How reports name a text: a bundled one by its title (``None``: the default, The Time Machine), a
+    file by its name."""
+    if path is None:
+        return f"{BUNDLED_TITLES['timemachine']} (bundled)"
+    bundled = next((n for n in BUNDLED_TEXTS if Path(path) == bundled_text_path(n)), None)
+    return f"{BUNDLED_TITLES[bundled]} (bundled)" if bundled else Path(path).name
 
 
 def bundled_text_path(name: str) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .cells import CELLS, Model
 from .config import batching_text
+from .data import text_label
 from .files import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 2
@@ -164,7 +165,7 @@ def bands_text(results: dict[str, Any]) -> str:
 def config_text(results: dict[str, Any]) -> str:
     c, o = results["config"], results.get("options", {})
     tokens = o.get("tokens") or {}
-    text = Path(o["text"]).name if o.get("text") else "The Time Machine (bundled)"
+    text = text_label(o.get("text"))
     if c["protocol"] == "d2l-ed1" and tokens.get("total") and tokens.get("used", 0) < tokens["total"]:
         used = f"the first {tokens['used']:,} of its {tokens['total']:,} tokens (--max-tokens {c['max_tokens']})"
     elif c["protocol"] == "d2l-ed2":
@@ -177,7 +178,7 @@ def config_text(results: dict[str, Any]) -> str:
            f"hidden {c['num_hiddens']}, lr {c['lr']:g}, θ {c['max_grad_norm']:g}, {batching}, {c['dtype']}, "
            f"seed {c['seed']}, init {o.get('init')}, mode {o.get('mode')}; text: {text}, {used}")
     if o.get("eval_text"):
-        out += f"; evaluated on {Path(o['eval_text']).name} ({tokens.get('eval') or '?':,} tokens)"
+        out += f"; evaluated on {text_label(o['eval_text'])} ({tokens.get('eval') or '?':,} tokens)"
     return out
 
 

@@ -236,3 +236,9 @@ def test_preset_refuses_ed1_only_fields_under_d2l_ed2_as_the_command_line_does()
             multirnn.preset("d2l-ed2", **{field: value})
     assert multirnn.preset("d2l-ed2", max_tokens=None).protocol == "d2l-ed2"  # None: not given
     assert multirnn.preset("d2l-ed1", max_tokens=100).max_tokens == 100
+
+
+def test_reports_name_a_bundled_text_by_its_title_and_a_file_by_its_name(tmp_path):
+    assert mdata.text_label(None) == "The Time Machine (bundled)"
+    assert mdata.text_label(str(mdata.bundled_text_path("war_of_the_worlds"))) == "The War of the Worlds (bundled)"
+    assert mdata.text_label(tmp_path / "war_of_the_worlds.txt") == "war_of_the_worlds.txt"  # a user's own copy
