@@ -610,8 +610,8 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     # This run's --jobs says nothing of how the kept rows were timed: each keeps its own sharing.
     sharing = {row["name"]: row.get("rows_at_a_time") or (earlier.get("options") or {}).get("jobs") or 1
                for row in earlier.get("backends", []) if row["name"] in keep}
-    for name in keep:
-        keep[name]["rows_at_a_time"] = sharing[name]
+    for name, raw in keep.items():
+        raw["rows_at_a_time"] = sharing[name]
     if shared := sorted(n for n, k in sharing.items() if k > 1):
         notes.append(f"{', '.join(shared)} {'was' if len(shared) == 1 else 'were'} kept from an earlier run that ran "
                      f"up to {max(sharing[n] for n in shared)} rows at a time: {'its' if len(shared) == 1 else 'their'} "
