@@ -253,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The option that sets each recorded setting, for messages (fields the preset alone sets keep their names).
+_OPTION_OF = {"num_epochs": "--epochs", "num_hiddens": "--hidden", "batch_size": "--batch-size",
+              "num_steps": "--num-steps", "lr": "--lr", "max_grad_norm": "--clip", "max_tokens": "--max-tokens",
+              "sampling": "--sampling", "dtype": "--dtype", "seed": "--seed", "cell": "--cell",
+              "num_layers": "--num-layers", "second_bias": "--second-bias", "init": "--init",
+              "init_seeds": "--init-seeds (seeds)", "mode": "--mode", "device": "--device", "text": "--text",
+              "eval_text": "--eval-text", "lockstep_epochs": "--lockstep (checkpoint epochs)", "prefixes": "--prefix",
+              "protocol": "--preset (protocol)"}
+
+
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = dict(num_epochs=args.epochs, num_hiddens=args.hidden, batch_size=args.batch_size,
                      num_steps=args.num_steps, lr=args.lr, max_grad_norm=args.clip, max_tokens=args.max_tokens,
@@ -581,7 +591,7 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     def short(v: Any) -> str:  # a long list (the checkpoint epochs) by its ends and length
         return f"[{v[0]}, {v[1]}, ..., {v[-1]}] ({len(v)})" if isinstance(v, list) and len(v) > 6 else str(v)
 
-    differs = [f"{k} {short(then.get(k, 'not set'))} (now {short(now.get(k, 'not set'))})"
+    differs = [f"{_OPTION_OF.get(k, k)} {short(then.get(k, 'not set'))} (now {short(now.get(k, 'not set'))})"
                for k in dict.fromkeys([*then, *now]) if then.get(k) != now.get(k)]
     if differs:
         what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")

@@ -283,8 +283,8 @@ def test_resume_keeps_finished_backends(tmp_path):
     assert fewer.returncode == 2 and f"also has {COPY}, which this command leaves out" in fewer.stderr, fewer.stderr
     assert len(strict_json(out / "results.json")["backends"]) == 3
     other = compare([*args[:1], "numpy", *args[2:6], "--hidden", "32", *args[8:], "--resume"])
-    want = ("used other settings (max_tokens 3000 (now 10000); num_hiddens 16 (now 32); "
-            "lockstep_epochs [1, 3, ..., 40] (21) (now [1, 2, ..., 40] (40)))")  # long lists by their ends
+    want = ("used other settings (--max-tokens 3000 (now 10000); --hidden 16 (now 32); "
+            "--lockstep (checkpoint epochs) [1, 3, ..., 40] (21) (now [1, 2, ..., 40] (40)))")  # long lists by their ends
     assert other.returncode == 2 and want in other.stderr, other.stderr
 
 
