@@ -652,8 +652,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         else:
             status = "not-judged"
             parts.append("only the reference ran: nothing to compare it with")
-    if crashed:
-        status = "disagree" if status in ("agree", "not-judged") else status
+    if crashed:  # a failure (exit 1) without a disagreement is named as what it is
+        status = "crashed" if status in ("agree", "not-judged") else status
         parts.append(f"crashed: {', '.join(crashed)}")
     if interrupted:  # stopped by the user, not failed: the run's own status says it was interrupted
         parts.append(f"stopped before finishing: {', '.join(interrupted)}")

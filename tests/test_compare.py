@@ -154,6 +154,7 @@ def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path)
     assert rows["mxnet"]["status"] == "crashed" and "signal 11" in rows["mxnet"]["error"]
     assert rows["tensorflow"]["status"] == "unavailable" and "multirnn[tensorflow]" in rows["tensorflow"]["error"]
     assert "crashed: mxnet" in load(out)["verdict"]["summary"]
+    assert load(out)["verdict"]["status"] == "crashed"  # nothing disagreed: named as what it is
     assert not (out / "perplexity.png").exists()
 
 

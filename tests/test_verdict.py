@@ -112,7 +112,8 @@ def test_crashed_and_unavailable_rows():
     rows = [REF, {"name": "mxnet", "status": "crashed", "error": "signal 11"},
             {"name": "tensorflow", "status": "unavailable", "error": "not installed"}]
     v = judge(rows)
-    assert v.status == "disagree" and v.crashed == ["mxnet"] and v.unavailable == ["tensorflow"]
+    # a crash fails the run (exit 1) but is no disagreement: its own status
+    assert v.status == "crashed" and v.crashed == ["mxnet"] and v.unavailable == ["tensorflow"]
     assert "crashed: mxnet" in v.summary
     assert judge([{"name": "jax", "status": "crashed"}]).status == "no-backend"
 
