@@ -82,6 +82,10 @@ class Model:
             object.__setattr__(self, "cell", get_cell(self.cell))
         if not isinstance(self.num_layers, int) or isinstance(self.num_layers, bool) or not 1 <= self.num_layers <= 16:
             raise ValueError(f"num_layers must be an integer from 1 to 16, got {self.num_layers!r}.")
+        # any truthy value built the two-bias model: Model("rnn", second_bias="frozen") too
+        if not isinstance(self.second_bias, bool):
+            raise TypeError(f"second_bias must be True or False, got {self.second_bias!r} (TrainConfig and "
+                            "preset() spell it 'trained' or 'frozen'; Model takes the bool).")
 
     @property
     def name(self) -> str:

@@ -152,3 +152,11 @@ def test_float32_bias_gradients_stay_accurate_over_many_rows(cell):
     for name in (n for n in g32 if n.startswith("b_")):
         error = np.abs(g32[name] - g64[name]).max() / np.abs(g64[name]).max()
         assert error < 1e-5, (name, error)
+
+
+@pytest.mark.parametrize("value", ["frozen", "trained", "yes", 1])
+def test_model_takes_second_bias_as_a_bool_only(value):
+    """Model("rnn", second_bias="frozen") built the two-bias model (any truthy value did)."""
+    with pytest.raises(TypeError, match="second_bias must be True or False"):
+        Model("rnn", second_bias=value)
+    assert Model("rnn", second_bias=False).name == "rnn" and Model("rnn", second_bias=True).name == "rnn (two biases)"
