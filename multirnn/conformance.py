@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -350,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(finite_or_none(measure_framework(args.child)), allow_nan=False, default=str))
             return EXIT_OK
         frameworks = _frameworks(",".join(FRAMEWORKS) if args.frameworks is None else args.frameworks)
+        if args.json:  # checked before minutes of measuring, not after them
+            folder = Path(args.json).resolve().parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise UsageError(f"--json {args.json!r}: cannot write there ({str(folder)!r} is not a writable folder)")
     except UsageError as exc:
         print(f"multirnn.conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -195,6 +195,13 @@ def test_help_describes_the_tool_the_frameworks_option_and_the_exit_statuses(cap
         assert status in text, status
 
 
+def test_an_unwritable_json_path_is_refused_before_measuring(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """It measured every framework, printed the table, then raised FileNotFoundError with a traceback."""
+    assert conformance.main(["--frameworks", "torch", "--json", str(tmp_path / "missing" / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multirnn.conformance: error: --json ") and "is not a writable folder" in err, err
+
+
 # --- 4. reasons are quoted whole -------------------------------------------------------------------------
 
 
