@@ -358,7 +358,15 @@ def train(
 def evaluate_perplexity(
     backend: Backend, params: Params, batches: Iterator[Batch], num_hiddens: int, dtype: str = "float32"
 ) -> float:
-    """exp(mean token cross-entropy) over ``batches``, each from a zero state (as d2l ed. 2)."""
+    """exp(mean token cross-entropy) over ``batches``, each from a zero state (as d2l ed. 2).
+
+    ``params``: the backend's own, or a dict of NumPy arrays (as :func:`predict` takes them).
+
+    Raises:
+        TypeError: params of another kind (each framework failed in its own words).
+        ValueError: params that do not fit ``num_hiddens``/``dtype``, or no batches.
+    """
+    params = _checked_params(backend, params, num_hiddens, dtype)
     total, count = 0.0, 0
     for X, Y in batches:
         loss, _ = backend.evaluate_loss(params, X, Y, backend.init_state(X.shape[0], num_hiddens, dtype))
@@ -384,6 +392,7 @@ def evaluate_text_perplexity(
             + 1``) or one window (ed. 2, ``num_steps + 1``).
     """
     check_evaluable(len(ids), batch_size, num_steps, protocol=protocol)
+    params = _checked_params(backend, params, num_hiddens, dtype)
     if protocol == "d2l-ed2":
         X, Y = text_windows(ids, num_steps)
         return evaluate_perplexity(backend, params, iter_windows(X, Y, batch_size, None), num_hiddens, dtype)
@@ -398,6 +407,16 @@ def evaluate_text_perplexity(
         total += loss * X.size
         count += X.size
     return safe_perplexity(total / count)
+
+
+def _checked_params(backend: Backend, params: Any, num_hiddens: int, dtype: str) -> Params:
+    """``params`` as the backend's own (see :func:`_predict_params`), checked against the hidden size and
+    dtype the caller names (a mismatch failed deep inside each framework, in its own words)."""
+    params, _, H, got = _predict_params(backend, params)
+    if H != num_hiddens or got != dtype:
+        raise ValueError(f"params have hidden size {H} and dtype {got}, but num_hiddens={num_hiddens} and "
+                         f"dtype={dtype!r} were given.")
+    return params
 
 
 def _predict_params(backend: Backend, params: Any) -> tuple[Params, int, int, str]:

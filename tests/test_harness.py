@@ -117,3 +117,22 @@ def test_predict_after_training(oracle):
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 10
     with pytest.raises(ValueError, match="prefix"):
         multirnn.predict(oracle, result.params, result.vocab, "", 10)
+
+
+def test_evaluate_perplexity_takes_numpy_params_and_refuses_ones_that_do_not_fit():
+    """It checked nothing: a dict of NumPy arrays (what predict takes) or a wrong num_hiddens failed
+    inside each framework in its own words (torch: as_tensor's dtype; MXNet: a dump of the array)."""
+    import multirnn
+    from multirnn import evaluate_perplexity, get_backend
+
+    be = get_backend("numpy")
+    params = multirnn.init_params(28, 16, seed=0)
+    X = np.random.default_rng(0).integers(0, 28, (4, 5))
+    as_numpy = evaluate_perplexity(be, params, iter([(X, X)]), 16)
+    assert as_numpy == evaluate_perplexity(be, be.params_from_numpy(params), iter([(X, X)]), 16)
+    with pytest.raises(ValueError, match="params have hidden size 16 and dtype float32, but num_hiddens=17"):
+        evaluate_perplexity(be, params, iter([(X, X)]), 17)
+    with pytest.raises(ValueError, match="dtype='float64' were given"):
+        evaluate_perplexity(be, params, iter([(X, X)]), 16, "float64")
+    with pytest.raises(TypeError, match="params must be numpy's own params"):
+        evaluate_perplexity(be, [1, 2], iter([(X, X)]), 16)
