@@ -39,7 +39,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import numpy as np
 
 from benchmarks.report import label
 from benchmarks.timing import turns
+from multirnn.worker import peak_rss_mb  # VmHWM: this process's own peak, not its parent's
 
 ROOT = Path(__file__).resolve().parent
 FRAMEWORKS = ("torch", "mxnet", "tensorflow", "jax")
@@ -67,10 +67,6 @@ LAYER_NAMES = {
 
 
 # ----------------------------------------------------------------------------- child process
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _setup(spec: dict[str, Any]) -> tuple[Any, Any, int]:
@@ -152,7 +148,7 @@ def serve_floor(spec: dict[str, Any]) -> None:
         floor_tps = B * T / (L * chain + batched)
         print(json.dumps({"tokens_per_sec": floor_tps, **reply, "seconds": time.perf_counter() - t0, "finite": True}),
               flush=True)
-    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 def serve(spec: dict[str, Any]) -> None:
@@ -189,7 +185,7 @@ def serve(spec: dict[str, Any]) -> None:
                 break
         print(json.dumps({"tokens_per_sec": n * tokens / dt, "epochs": n, "seconds": dt, "loss": loss,
                           "finite": bool(np.isfinite(loss))}), flush=True)
-    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 # ----------------------------------------------------------------------------- parent process
