@@ -480,8 +480,10 @@ def predict(
 
     Raises:
         TypeError, ValueError: an argument is not what is expected (the message names what was): params
-            with missing, unexpected or misshapen entries or for another vocabulary, a prefix without
-            letters or with characters outside the vocabulary, a ``num_preds`` that is not an int >= 0.
+            with missing, unexpected or misshapen entries or for a vocabulary of another size, a prefix
+            without letters or with characters outside the vocabulary, a ``num_preds`` that is not an int
+            >= 0. A vocabulary of the same size from another text cannot be told apart from the params
+            (they carry no vocabulary): pass the ``vocab`` they were trained with (``TrainResult.vocab``).
     """
     if not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be a multirnn Vocab (e.g. TrainResult.vocab), got {type(vocab).__name__}.")
