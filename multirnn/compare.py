@@ -367,6 +367,9 @@ def _rows_to_run(names: list[str], impls: list[str]) -> tuple[list[tuple[str, st
             continue
         if not is_builtin(name):  # a third-party class is one implementation
             rows.append((name, "scratch"))
+            if impls != ["scratch"]:
+                notes.append(f"{name} is one class, one row, whatever --impl says (--impl {','.join(impls)} chooses "
+                             "among the built-in backends' implementations)")
             continue
         for impl in impls:
             rows.append((name, impl))

@@ -423,3 +423,12 @@ def test_bundled_texts_by_name_for_text_and_eval_text_and_in_help(tmp_path):
     assert res["backends"][0]["eval_perplexity"] > 1
     usage = compare(["--help"]).stdout
     assert "timemachine" in usage and "war_of_the_worlds" in usage
+
+
+def test_impl_layers_with_a_third_party_backend_says_it_runs_the_class_as_given():
+    """--impl layers ran a package.module:Class row without a word (results.json: impls ['layers'], the
+    row's impl 'scratch')."""
+    rows, notes = compare_cli._rows_to_run(["numpy", COPY, "torch"], ["layers"])
+    assert rows == [("numpy", "scratch"), (COPY, "scratch"), ("torch", "layers")]
+    assert any(n.startswith(f"{COPY} is one class, one row, whatever --impl says") for n in notes), notes
+    assert compare_cli._rows_to_run(["numpy", COPY], ["scratch"])[1] == []
