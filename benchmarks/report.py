@@ -21,6 +21,7 @@ from multirnn.cells import CELLS
 from multirnn.report import openblas_note
 
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
+_RUN_ORDER = {k: i for i, k in enumerate([*CELLS, *ORDER])}  # how a run lists cells, then libraries
 VARIANTS = ["scratch/eager", "scratch/fast", "layers/eager", "layers/fast"]
 
 
@@ -499,10 +500,9 @@ def in_run_order(obj: Any) -> Any:
         return [in_run_order(x) for x in obj]
     if not isinstance(obj, dict):
         return obj
-    rank = {k: i for i, k in enumerate([*CELLS, *ORDER])}
     items = [(k, in_run_order(v)) for k, v in obj.items()]
-    if items and all(k in rank for k, _ in items):
-        items.sort(key=lambda kv: rank[kv[0]])
+    if items and all(k in _RUN_ORDER for k, _ in items):
+        items.sort(key=lambda kv: _RUN_ORDER[kv[0]])
     return dict(items)
 
 

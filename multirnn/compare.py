@@ -708,13 +708,13 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
             prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
         else:  # the default prompts on the user's --text: keep those that fit, else the vocabulary's first letter
             fits = [p for p in prefixes if all(c in data.vocab.token_to_idx for c in p)]
+            first_letter = next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1)
             if len(fits) < len(prefixes):
                 dropped = [p for p in prefixes if p not in fits]
                 prompt_note = (f"the default prompts {', '.join(map(repr, dropped))} use letters this text does not have: "
-                               + ("left out" if fits else "the continuations start from "
-                                  f"{next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1)!r}")
+                               + ("left out" if fits else f"the continuations start from {first_letter!r}")
                                + " (give your own with --prefix)")
-            prefixes = tuple(fits) or (next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1),)
+            prefixes = tuple(fits) or (first_letter,)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.device == "gpu" and not _gpu_visible():
@@ -903,10 +903,10 @@ def main(argv: list[str] | None = None) -> int:
         progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report", always=True)
         for i in range(len(pairs)):  # every row without a record: the report lists all the command asked for
             if i not in rows:
-                record = interrupted_record(labels[i], *pairs[i], stopped)
+                raw = interrupted_record(labels[i], *pairs[i], stopped)
                 if i not in started:
-                    record["error"] = f"stopped ({stopped}) before it started"
-                rows[i] = result_row(record)
+                    raw["error"] = f"stopped ({stopped}) before it started"
+                rows[i] = result_row(raw)
     finally:
         progress.close()
     # Ignore further signals while the report is written (a second Ctrl-C must not lose it).

@@ -348,8 +348,9 @@ def train(
         history.epoch_seconds.append(seconds)
         history.tokens_per_sec.append(sum(steps.sizes) / seconds)
         if data.windows is not None and data.windows.num_val:
-            history.val_perplexity.append(evaluate_perplexity(backend, p, data.val_batches(), config.num_hiddens,
-                                                              config.dtype))
+            # the training loop's own params: no check (it converts them to NumPy) every epoch
+            history.val_perplexity.append(_zero_state_perplexity(backend, p, data.val_batches(), config.num_hiddens,
+                                                                 config.dtype))
         if callback is not None:
             callback(epoch, history)
     return TrainResult(backend, config, history, p, data.vocab)
@@ -366,7 +367,13 @@ def evaluate_perplexity(
         TypeError: params of another kind (each framework failed in its own words).
         ValueError: params that do not fit ``num_hiddens``/``dtype``, or no batches.
     """
-    params = _checked_params(backend, params, num_hiddens, dtype)
+    return _zero_state_perplexity(backend, _checked_params(backend, params, num_hiddens, dtype), batches, num_hiddens,
+                                  dtype)
+
+
+def _zero_state_perplexity(backend: Backend, params: Params, batches: Iterator[Batch], num_hiddens: int,
+                           dtype: str) -> float:
+    """:func:`evaluate_perplexity` on params already the backend's own and checked."""
     total, count = 0.0, 0
     for X, Y in batches:
         loss, _ = backend.evaluate_loss(params, X, Y, backend.init_state(X.shape[0], num_hiddens, dtype))
@@ -395,7 +402,7 @@ def evaluate_text_perplexity(
     params = _checked_params(backend, params, num_hiddens, dtype)
     if protocol == "d2l-ed2":
         X, Y = text_windows(ids, num_steps)
-        return evaluate_perplexity(backend, params, iter_windows(X, Y, batch_size, None), num_hiddens, dtype)
+        return _zero_state_perplexity(backend, params, iter_windows(X, Y, batch_size, None), num_hiddens, dtype)
     num_tokens = ((len(ids) - 1) // batch_size) * batch_size
     Xs = ids[:num_tokens].reshape(batch_size, -1)
     Ys = ids[1 : num_tokens + 1].reshape(batch_size, -1)
