@@ -32,6 +32,7 @@ from typing import Any
 from . import __version__, blas, compare, lockstep, report
 from .progress import RunProgress
 from .provenance import code_version
+from .backends import refusal
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
@@ -76,7 +77,8 @@ NOMINAL_STARTUP_SECONDS = {"numpy": 1.0, "torch": 4.0, "mxnet": 3.0, "tensorflow
 GATES = {"rnn": 1, "gru": 3, "gru-reset-after": 3, "lstm": 4}
 ESTIMATE_TEXT = ("estimate: per cell, a worker start-up ({startup}) plus tokens x epochs (x seeds of --init framework, "
                  "+ the re-anchored checks) at a nominal tokens/s per backend (README's quick-preset speeds on a "
-                 "2-core machine), scaled by hidden/512 x gates x layers; wall time: those cell times scheduled as "
+                 "2-core machine), scaled by hidden/512 x gates x layers, and an --eval-text read at half that cost "
+                 "per token (d2l ed. 2: once per window a token is in); wall time: those cell times scheduled as "
                  "the sweep runs them ({slots}; in each configuration and seed, the row the others restart from, the "
                  "NumPy oracle, first and the others once it has ended). Real speeds vary by 2x or more")
 
@@ -317,7 +319,13 @@ def estimate_seconds(cell: Any) -> float:
     epochs = c.num_epochs * (1 + len(plan.seeds))
     if cell.anchor:  # re-anchored checks: a (capped) stretch and two probe steps per checkpoint
         epochs += len(plan.lock_epochs) * lockstep.checkpoint_cost(plan.steps_per_epoch)
-    return NOMINAL_STARTUP_SECONDS.get(cell.backend, 2.0) + per_epoch * epochs
+    seconds = NOMINAL_STARTUP_SECONDS.get(cell.backend, 2.0) + per_epoch * epochs
+    if plan.eval_ids is not None:  # --eval-text: a forward pass at about half a training step's cost per token
+        n = len(plan.eval_ids)
+        # ed. 2 scores every window one token apart: each token is read num_steps times
+        tokens = (n - c.num_steps) * c.num_steps if c.protocol == "d2l-ed2" else n
+        seconds += tokens * scale / rate / 2  # the main run only: extra seeds are not scored on it
+    return seconds
 
 
 def _prepare_out(opts: Options) -> Path:
@@ -437,12 +445,17 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
         to_run = Engine(cells, Store(Path(opts.out)), None, opts.retries, None, {}).plan(order)
     else:
         to_run = order
+    # A layer that cannot compute the model is refused without a worker (as the real run does): no cost.
+    refused = {c.id for c in cells if refusal(c.backend, c.impl, c.group.plan.config.model)}
+    to_run = [c for c in to_run if c.id not in refused]
     pending = {c.id for c in to_run}
     header = ["id", "configuration", "seed", "row", "repeat", "after", "est. s", "state"]
-    rows, est = [], {c.id: estimate_seconds(c) for c in cells}
+    est = {c.id: 0.0 if c.id in refused else estimate_seconds(c) for c in cells}
+    rows = []
     for c in cells:
+        state = "unsupported" if c.id in refused else "to run" if c.id in pending else "done"
         rows.append([c.id, c.group.configuration.label, str(c.group.seed), c.label, str(c.repeat), c.anchor or "-",
-                     f"{est[c.id]:.1f}", "to run" if c.id in pending else "done"])
+                     f"{est[c.id]:.1f}", state])
     total = sum(est[c] for c in pending)
     startup = ", ".join(f"{k} {v:g} s" for k, v in NOMINAL_STARTUP_SECONDS.items())
     if opts.executor == "local":
@@ -454,7 +467,9 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
                 "more when the Ray cluster runs fewer cells at once)")
     lines = [report.text_table(rows, header), "",
              (f"{len(configurations)} configuration(s) x {len(opts.seeds)} seed(s) = {len(groups)} group(s), "
-              f"{len(cells)} cell(s), {len(pending)} to run"),
+              f"{len(cells)} cell(s), {len(pending)} to run"
+              + (f", {len(refused)} unsupported (a layer that cannot compute the model; refused without a worker)"
+                 if refused else "")),
              f"Estimated cost: {total:,.0f} s of cell time{wall}",
              f"({ESTIMATE_TEXT.format(startup=startup, slots=slots)})"]
     return "\n".join(lines)

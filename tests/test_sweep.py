@@ -385,6 +385,29 @@ def test_dry_run_wall_time_waits_for_the_oracle(capsys):
     assert "estimate" in text.lower()
 
 
+def test_dry_run_marks_a_layer_that_cannot_compute_the_model_and_costs_it_nothing(capsys):
+    """The real run refuses such a row without a worker: the dry run must not list it as to run."""
+    args = [*TINY, "--backends", "numpy,torch", "--impl", "scratch,layers", "--cell", "gru", "--dry-run"]
+    assert sweep_cli.main(args) == 0
+    text = capsys.readouterr().out
+    refused = [line for line in text.splitlines() if line.endswith("  unsupported")]
+    assert len(refused) == 1 and " torch/layers " in refused[0] and float(refused[0].split()[-2]) == 0.0, text
+    assert "3 cell(s), 2 to run, 1 unsupported" in text
+    est = [float(line.split()[-3]) for line in text.splitlines() if line.endswith("  to run")]
+    assert abs(_wall(text) - sum(est)) <= 1, text  # torch's scratch row after the oracle, nothing for the refused one
+
+
+def test_dry_run_counts_an_eval_text(capsys):
+    base = [*TINY, "--backends", "numpy", "--dry-run"]
+    costs = []
+    for extra in ([], ["--eval-text", "war_of_the_worlds"]):
+        assert sweep_cli.main([*base, *extra]) == 0
+        costs.append(next(float(line.split()[-3]) for line in capsys.readouterr().out.splitlines()
+                          if line.endswith("  to run")))
+    # a whole book (~330k characters) read once through a 16-unit model: 330k/16 units at 30k tokens/s, halved
+    assert 0.2 < costs[1] - costs[0] < 0.6, costs
+
+
 class _KeepFigures:
     """matplotlib.pyplot that keeps the figures it makes open, to read their texts."""
 
