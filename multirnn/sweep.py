@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, blas, compare, lockstep, report
+from .backends import refusal
 from .progress import RunProgress
 from .provenance import code_version
-from .backends import refusal
 from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
