@@ -498,6 +498,7 @@ def _summary(sweep: dict[str, Any]) -> str:
     confs = {c["index"]: c["label"] for c in sweep["configurations"]}
     partial = {p["configuration"]: p for p in (sweep.get("partial") or {}).get("configurations", [])}
     lines = []
+    width = max((len(s["row"]) for s in sweep["statistics"]), default=0) + 1  # rows line up, however long a name
     for conf in sweep["configurations"]:
         groups = [g for g in sweep["groups"] if g["configuration"] == conf["index"]]
         counts: dict[str, int] = {}
@@ -515,8 +516,8 @@ def _summary(sweep: dict[str, Any]) -> str:
                 ci = f" [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else ""
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
-                lines.append(f"  {s['row']:<16} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
-                             else f"  {s['row']:<16} no finished run" + (f" ({statuses})" if statuses else ""))
+                lines.append(f"  {s['row']:<{width}} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
+                             else f"  {s['row']:<{width}} no finished run" + (f" ({statuses})" if statuses else ""))
                 if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
                     lines[-1] += f"  eval-text ppl {ev['mean']:.3f}"
                 if ratio is not None:

@@ -524,3 +524,11 @@ def test_the_sweep_reports_the_eval_text_perplexity_across_seeds(tmp_path):
     mean = sum(c["eval_perplexity"] for c in cells if c["row"] == "numpy") / 2
     assert "eval text ppl, mean [95 % CI]" in (out / "report.md").read_text()
     assert f"eval-text ppl {mean:.3f}" in proc.stdout, proc.stdout
+
+
+def test_the_summary_lines_up_long_row_names():
+    stat = {"configuration": 0, "median_last_perplexity": {"mean": 5.0, "ci95": None}}
+    sweep = {"configurations": [{"index": 0, "label": "epochs=2"}], "groups": [{"configuration": 0, "status": "agree"}],
+             "statistics": [{**stat, "row": "numpy"}, {**stat, "row": "tensorflow/layers"}], "speed": {"rows": []}}
+    rows = [line for line in sweep_cli._summary(sweep).splitlines() if "median-last" in line]
+    assert len(rows) == 2 and len({line.index("median-last") for line in rows}) == 1, rows
