@@ -545,6 +545,12 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                      linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}")
     ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
                 title="Free-running curves (context only: chaos, not correctness, widens them)")
+    if not ax_free.lines:  # an empty panel would look like a plotting failure: say why it is empty
+        init = results["verdict"].get("init") or "shared"
+        why = (f"no free-running comparison with --init {init}:\nnot every row starts from the reference's weights"
+               if init != "shared" else "no free-running curve to compare with the reference")
+        ax_free.text(0.5, 0.5, why, ha="center", va="center", transform=ax_free.transAxes)
+        ax_free.set(yscale="linear", xticks=[], yticks=[], ylabel="")
     for ax in axes:
         _floor_legend(ax, floor, clamped)
         ax.grid(True, which="both", alpha=0.3)

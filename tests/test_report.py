@@ -123,6 +123,14 @@ def test_exact_zeros_drawn_at_the_floor_are_labelled(results, tmp_path):
     assert "0 drawn at 1e-09" in _labels(ax_diff), _labels(ax_diff)
 
 
+def test_an_empty_free_running_panel_says_why(results, tmp_path):
+    for b in results["backends"]:
+        b["free_run_deviation"] = []  # --init framework / independent: no curve to compare
+    results["verdict"]["init"] = "framework"
+    *_, ax_free = _draw(report.deviation_plot, results, tmp_path)
+    assert not ax_free.lines and any("--init framework" in t.get_text() for t in ax_free.texts), ax_free.texts
+
+
 def test_checkpoint_panels_have_ticks_at_the_checkpoint_epochs(results, tmp_path):
     cps = _judgement(results)["checkpoints"]
     for c, epoch in zip(cps, (1, 7, 13)):
