@@ -237,6 +237,30 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
     return out
 
 
+def with_anchor_stretches(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` with the anchor's stretches filled in from its free run.
+
+    The anchor (the row whose checkpoints the others restart from) runs no stretch of its own: restarting
+    from its own checkpoint would replay the steps its free run already took. Without the oracle the
+    reference is the per-step median of every row's stretch, the anchor's included: left out, three rows
+    made a median of two (the mean of a correct row and a wrong one), and a correct row disagreed.
+    """
+    spans: dict[int, tuple[int, int]] = {}
+    for r in rows:
+        for st in (r.get("lockstep") or {}).get("stretches", []):
+            start, n = spans.get(st["epoch"], (st["start_step"], 0))
+            spans[st["epoch"]] = (start, max(n, len(st["loss"])))
+    out: list[Mapping[str, Any]] = []
+    for r in rows:
+        lock = r.get("lockstep") or {}
+        if lock.get("anchor") and not lock.get("stretches") and spans:
+            own = [{"epoch": k, "start_step": a, "loss": [_num(x) for x in r["step_loss"][a:a + n]],
+                    "grad_norm": [_num(x) for x in r["step_grad_norm"][a:a + n]]} for k, (a, n) in sorted(spans.items())]
+            r = {**r, "lockstep": {**lock, "stretches": own}}
+        out.append(r)
+    return out
+
+
 def _num(x: Any) -> float:
     """A recorded number: results.json writes NaN and infinities as null, read back as NaN here
     (so they count as outside every band instead of failing the arithmetic)."""
@@ -412,6 +436,8 @@ def judge(
         return Verdict(status="no-backend", summary=summary,
                        backends=tuple(verdicts), **fields)
 
+    if reference == "median":
+        ran = with_anchor_stretches(ran)
     curves = {r["name"]: r["step_loss"] for r in ran}
     ref_curve = None
     if init == "shared" and reference is not None:

@@ -168,8 +168,9 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
             stretches.append(lockstep.run_stretch(backend, config, data, ckpt))
         probes += lockstep.run_probes(backend, oracle, config, data, ckpt)
         progress("lockstep", done=i, total=len(paths), epoch=ckpt.epoch)
+    # anchor: the row the others restart from (its own stretches are its free run, see verdict.py)
     return {"stretches": lockstep.as_records(stretches), "probes": lockstep.as_records(probes),
-            "seconds": time.perf_counter() - start, "source": source}
+            "seconds": time.perf_counter() - start, "source": source, "anchor": not task.anchor_dir}
 
 
 def _wait_for_anchor(status_path: str, progress: Channel) -> str | None:

@@ -137,6 +137,19 @@ def test_nothing_to_compare_is_not_agreement(tmp_path, backends):
     assert "agree" not in proc.stdout.split("Verdict:")[1].splitlines()[0].replace("not-judged", "")
 
 
+def test_without_the_oracle_three_rows_judge_the_wrong_one_whatever_their_order(tmp_path):
+    """The median of three needs the anchor's (first row's) own steps: without them the median of a correct
+    row and a wrong one was their mean, and the correct row disagreed."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"{COPY},tests.zoo:OracleCopy2,tests.zoo:OutputBiasTwice", *TINY, "--out", str(out),
+                    "--no-plot"])
+    assert proc.returncode == 1, proc.stderr
+    res = load(out)
+    assert res["verdict"]["reference"] == "median"
+    status = {b["name"]: b["judgement"]["status"] for b in res["backends"]}
+    assert status == {COPY: "agrees", "tests.zoo:OracleCopy2": "agrees", "tests.zoo:OutputBiasTwice": "disagrees"}
+
+
 def test_torch_alone_is_not_judged(tmp_path):
     require_backend("torch")
     proc = compare(["--backends", "torch", *TINY, "--out", str(tmp_path / "run"), "--no-plot"])

@@ -108,6 +108,20 @@ def test_median_of_three_backends_is_the_reference_without_the_oracle():
     assert v.backend("torch").status == "agrees"
 
 
+def test_without_the_oracle_the_anchor_s_free_run_joins_the_median():
+    """The row the others restart from runs no stretch: its free run over the same steps is its stretch.
+    Left out, the median of a correct row and a wrong one is their mean, and the correct row disagreed."""
+    anchor = backend_row("torch", REF, [])
+    anchor["lockstep"]["anchor"] = True
+    rows = [anchor, backend_row("mxnet", REF, [(1, 0, [1, 1, 1, 1])]),
+            backend_row("bug", REF, [(1, 0, [1, 1.1, 1, 1])])]
+    v = judge(rows)
+    assert v.reference == "median" and v.disagreeing == ["bug"], v.summary
+    assert v.backend("mxnet").status == "agrees" and v.backend("torch").status == "agrees"
+    assert v.backend("torch").checkpoints_checked == 1  # the anchor is judged on its free run too
+    assert rows[0]["lockstep"]["stretches"] == []  # the input is not modified
+
+
 def test_crashed_and_unavailable_rows():
     rows = [REF, {"name": "mxnet", "status": "crashed", "error": "signal 11"},
             {"name": "tensorflow", "status": "unavailable", "error": "not installed"}]
