@@ -155,7 +155,8 @@ def bands_text(results: dict[str, Any]) -> str:
     div = v.get("reference_diverged")
     if div and div.get("epoch") is not None:
         reached = sum(1 for e in planned if e <= div["epoch"])
-        count = f"{len(planned)} planned, {reached} before {v['reference_label']} diverged"
+        how = div.get("how", "diverged")
+        count = f"{len(planned)} planned, {reached} before {v['reference_label']} {how}"
     return (f"Bands applied ({results['config']['dtype']}): re-anchored per-step loss {v['step_rtol']:g} and gradient "
             f"norm {v['norm_rtol']:g} (relative to {v['reference_label']}); probe updates {v['probe_rtol']:g} of the "
             f"update's size + {v['rounding']:.1e} of the parameter's size (rounding). Checkpoints every {every} "

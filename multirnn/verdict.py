@@ -51,6 +51,12 @@ PROBE_RTOL: dict[str, float] = {"float32": 1e-3, "float64": 1e-9}
 # The updated parameter is rounded once to the dtype by every implementation: allow that much.
 ROUNDING: dict[str, float] = {"float32": 2 * float(np.finfo(np.float32).eps), "float64": 2 * float(np.finfo(np.float64).eps)}
 MIN_MEDIAN_BACKENDS = 3
+# A reference whose loss passes this many times a uniform guess's (ln V) has blown up: its logits are so
+# large that float32 rounding no longer matches between correct implementations (at --lr 4 --clip 1e9 the
+# oracle's loss jumped from 2.9 to 353 in one step and stayed there, never overflowing, and a correct
+# torch's gradient norm left the band by 3.9e-3). Judged as a divergence there. A d2l run at lr 1 with
+# clipping never passes 1.1 ln V.
+BLOWUP_FACTOR = 10
 # --init framework: every layer starts from its framework's own initialisers, so curves cannot match
 # the oracle's d2l-initialised ones; and the initialisers alone move the final perplexity a lot
 # (measured, quick preset: flax's from 8.37 to 1.69). So each of the row's runs is paired with the
@@ -195,7 +201,7 @@ def _ran(row: Mapping[str, Any]) -> bool:
 
 
 # judge()'s working values that are not Verdict fields
-_NOT_FIELDS = ("lockstep_asked", "epochs_run")
+_NOT_FIELDS = ("lockstep_asked", "epochs_run", "blown_up")
 
 
 def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[int, dict[str, list[float]]]:
@@ -235,6 +241,32 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) 
         out[epoch] = {"loss": np.median([x[0][:n] for x in items], axis=0).tolist(),
                       "grad_norm": np.median([x[1][:n] for x in items], axis=0).tolist(), "start": items[0][2]}
     return out
+
+
+def blow_up(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where ``row``'s loss first passed :data:`BLOWUP_FACTOR` x ln V (None: never, or V unknown)."""
+    vocab = ((row.get("shapes") or {}).get("logits") or [None])[-1]
+    losses = row.get("step_loss") or []
+    if not vocab or vocab < 2 or row.get("status") != "ok":
+        return None
+    limit = BLOWUP_FACTOR * math.log(vocab)
+    i = next((i for i, x in enumerate(losses) if x is not None and x > limit), None)
+    if i is None:
+        return None
+    epoch, step = locate(i + 1, row.get("steps_per_epoch") or [])
+    return {"index": i, "epoch": epoch, "step": step, "loss": float(losses[i]), "limit": limit}
+
+
+def as_diverged_at_blow_up(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``row`` as the reference computations see it: a run that blew up (see :func:`blow_up`) as one that
+    diverged at that step. The row's own judgement still uses all its steps."""
+    b = blow_up(row)
+    if b is None:
+        return row
+    i, spe = b["index"], list(row.get("steps_per_epoch") or [])
+    return {**row, "status": "diverged", "diverged_epoch": b["epoch"], "diverged_step": b["step"],
+            "blew_up": b, "step_loss": list(row["step_loss"][:i]), "step_grad_norm": list(row["step_grad_norm"][:i]),
+            "steps_per_epoch": spe[: b["epoch"] - 1]}
 
 
 def with_anchor_stretches(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -422,7 +454,7 @@ def judge(
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
                 state_effects=largest_state_effects(ran),
-                reference_diverged=reference_divergence(ran, reference), long_epoch_steps=None)
+                reference_diverged=None, long_epoch_steps=None)
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -438,11 +470,14 @@ def judge(
 
     if reference == "median":
         ran = with_anchor_stretches(ran)
-    curves = {r["name"]: r["step_loss"] for r in ran}
+    # the reference's steps from a blow-up on are not judged, as after a divergence (BLOWUP_FACTOR)
+    as_reference = [as_diverged_at_blow_up(r) for r in ran]
+    base["reference_diverged"] = reference_divergence(as_reference, reference)
+    curves = {r["name"]: r["step_loss"] for r in as_reference}
     ref_curve = None
     if init == "shared" and reference is not None:
         ref_curve = agreement.reference_curve(curves, ORACLE if reference == ORACLE else None)
-    stretch_ref = stretch_reference(ran, reference) if reference is not None else {}
+    stretch_ref = stretch_reference(as_reference, reference) if reference is not None else {}
     # where steps lie: the oracle's epochs, else the longest run's (all share the data)
     ref_epochs = list((ref_row or max(ran, key=lambda r: len(r.get("step_loss") or []))).get("steps_per_epoch") or [])
     # an epoch a stretch does not cover whole, with the step into the next one where there is one
@@ -496,6 +531,8 @@ def judge(
     all_rows.sort(key=lambda b: order.get(b.name, len(order)))
     diverged = [f"{r['name']} (epoch {r.get('diverged_epoch', '?')}, step {r.get('diverged_step', '?')})"
                 for r in ran if r.get("status") == "diverged"]
+    base["blown_up"] = [f"{r['name']} (loss {b['loss']:.4g} at epoch {b['epoch']}, step {b['step']})"
+                        for r in ran if (b := blow_up(r))]
     return _assemble(tuple(all_rows), has_lockstep, base, diverged)
 
 
@@ -519,8 +556,12 @@ def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | Non
     furthest = max(candidates, key=lambda r: len(r.get("step_loss") or []))
     done = len(furthest.get("step_loss") or [])
     spe = list(furthest.get("steps_per_epoch") or [])
+    b = furthest.get("blew_up")
     return {"name": furthest["name"], "epoch": furthest.get("diverged_epoch"), "step": furthest.get("diverged_step"),
-            "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0]}
+            "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0],
+            "how": "blew up" if b else "diverged",
+            "detail": f"loss {b['loss']:.4g}, over {BLOWUP_FACTOR}x a uniform guess's {b['limit'] / BLOWUP_FACTOR:.3g}"
+            if b else None}
 
 
 def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
@@ -659,8 +700,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             # a step or two before the blow-up cannot show the state rules: no evidence of equivalence
             status = "not-judged"
             n = div["steps_compared"]
-            parts.append(f"too little to judge: {base['reference_label']} diverged at epoch {div['epoch']}, step "
-                         f"{div['step']}, before "
+            parts.append(f"too little to judge: {base['reference_label']} {div.get('how', 'diverged')} at epoch {div['epoch']}, step "
+                         f"{div['step']}" + (f" ({div['detail']})" if div.get("detail") else "") + ", before "
                          + ("its first epoch and the next one's first step were done (the least a re-anchored "
                             "stretch needs to be judged)"
                             if has_lockstep else "its second epoch began")
@@ -673,6 +714,11 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             at = f" at {n} checkpoint{'s' if n != 1 else ''}" if has_lockstep else ""
             until = (f", until {base['reference_label']} diverged (epoch {div['epoch']}, step {div['step']}"
                      + ("; the stretch it cut short is not judged)" if has_lockstep else ")") if div else "")
+            if div and div.get("how") == "blew up":  # it trained on: later checkpoints' probe steps were judged
+                until = (f" ({'stretches' if has_lockstep else 'losses'} until {base['reference_label']} blew up at "
+                         f"epoch {div['epoch']}, step {div['step']}: {div['detail']}; "
+                         + ("the stretch that reached it and later ones are not judged)" if has_lockstep
+                            else "later steps are not judged)"))
             parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}"
                          f"{until}{stat}")
         else:
@@ -689,6 +735,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         parts.append(f"unsupported (the layer cannot compute this model): {', '.join(unsupported)}")
     if diverged:
         parts.append(f"training diverged (loss not finite or perplexity overflowing) in {', '.join(diverged)}")
+    if base.get("blown_up"):
+        parts.append(f"training blew up (loss over {BLOWUP_FACTOR}x a uniform guess's) in {', '.join(base['blown_up'])}")
     if base["clipped_steps"] is not None:
         notes.append(f"the reference run clipped its gradients at {base['clipped_steps']} of {base['total_steps']} "
                      f"step{'' if base['total_steps'] == 1 else 's'}"

@@ -274,7 +274,7 @@ def test_a_reference_diverging_in_its_first_stretch_is_too_little_to_judge():
     assert v.status == "not-judged", v.summary
     assert "too little to judge" in v.summary and "epoch 1, step 3" in v.summary
     assert v.reference_diverged == {"name": "numpy", "epoch": 1, "step": 3, "steps_compared": 2,
-                                    "whole_stretch": False}
+                                    "whole_stretch": False, "how": "diverged", "detail": None}
     # a disagreement is still a disagreement (the probes say so), diverged or not
     bad = [ref, backend_row("torch", ref, [(1, 0, [1, 1])], [probe(1, diff=2e-5)])]
     assert judge(bad).status == "disagree"
@@ -293,6 +293,28 @@ def test_the_stretch_a_diverging_reference_cut_short_is_not_judged():
     # the whole stretch before it is still held to the band
     wrong = backend_row("torch", ref, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])])
     assert judge([ref, wrong]).status == "disagree"
+
+
+def test_a_reference_that_blew_up_without_overflowing_is_judged_as_diverged_there():
+    """At --lr 4 --clip 1e9 the oracle's loss jumped to ~350 nats and stayed finite: float32 rounding of such
+    logits differs between correct implementations, so its steps from the blow-up on are not judged."""
+    shapes = {"logits": [12, 28]}  # V = 28: a uniform guess scores ln 28 = 3.33, the blow-up line 33.3
+    ref = oracle_row([3.0, 2.5, 2.0, 1.5, 350.0, 400.0])
+    ref["shapes"] = shapes
+    noisy = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-3, 1])], shapes=shapes)
+    v = judge([ref, noisy], expected_shapes=shapes)
+    assert v.status == "agree", v.summary
+    assert v.reference_diverged["how"] == "blew up" and (v.reference_diverged["epoch"], v.reference_diverged["step"]) == (2, 2)
+    assert "until the NumPy oracle blew up at epoch 2, step 2: loss 350" in v.summary
+    assert "training blew up" in v.summary and "numpy (loss 350 at epoch 2, step 2)" in v.summary
+    # the stretch before the blow-up is still held to the band
+    wrong = backend_row("torch", ref, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])], shapes=shapes)
+    assert judge([ref, wrong], expected_shapes=shapes).status == "disagree"
+    # a backend that blows up where the oracle does not is judged on every step
+    calm = oracle_row([3.0, 2.5, 2.0, 1.5, 1.2, 1.1])
+    calm["shapes"] = shapes
+    wild = backend_row("torch", calm, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 300, 1])], shapes=shapes)
+    assert judge([calm, wild], expected_shapes=shapes).status == "disagree"
 
 
 def test_a_reference_that_did_not_diverge_records_nothing():
