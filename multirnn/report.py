@@ -484,13 +484,20 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     plt.close(fig)
 
 
+def _checked(row: dict[str, Any]) -> bool:
+    """Judged against the reference, or measured at checkpoints though too little to judge (a reference
+    that diverged before one whole stretch): deviation.png shows what was measured."""
+    j = row.get("judgement") or {}
+    return j.get("status") in ("agrees", "disagrees") or (j.get("status") == "not-judged" and bool(j.get("checkpoints")))
+
+
 def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     """Re-anchored deviations per checkpoint against their bands (crossings marked), probe steps
     as a multiple of their band, and the free-running curves' deviation for context."""
     v, dtype = results["verdict"], results["config"]["dtype"]
     floor = 1e-10 if dtype == "float32" else 1e-17  # an exact match cannot be drawn on a log axis
     index = {b["name"]: i for i, b in enumerate(results["backends"])}  # the same style as in perplexity.png
-    rows = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
+    rows = [b for b in results["backends"] if _checked(b)]
     fig, axes = plt.subplots(3, 1, figsize=(8, 9.5))
     ax_loss, ax_probe, ax_free = axes
     clamped: set[int] = set()
@@ -539,13 +546,22 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                  title="Probe steps (clipping on and off, half lr): worst update error / its band")
     for ax in (ax_loss, ax_probe):
         _checkpoint_ticks(ax, checkpoint_epochs)
+    if not any(c.get("loss_deviation") is not None for b in rows for c in b["judgement"].get("checkpoints") or []):
+        div = v.get("reference_diverged")
+        ax_loss.text(0.5, 0.5, "no stretch judged" + (f": the reference {div.get('how', 'diverged')} before one whole "
+                                                        "stretch" if div else ""),
+                     ha="center", va="center", transform=ax_loss.transAxes)
     for i, b in enumerate(results["backends"]):
         if not b.get("free_run_deviation") or (b.get("judgement") or {}).get("status") == "reference":
             continue
         ax_free.plot(_at_floor(b["free_run_deviation"], floor, clamped, ax_free), linewidth=0.8, label=b["name"],
-                     linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}")
+                     linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}",
+                     marker="o" if len(b["free_run_deviation"]) == 1 else None)  # one step: a line draws nothing
     ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
                 title="Free-running curves (context only: chaos, not correctness, widens them)")
+    _integer_epochs(ax_free)  # steps, not epochs: whole numbers all the same
+    if ax_free.lines and max(len(line.get_xdata()) for line in ax_free.lines) == 1:
+        ax_free.set(xlim=(-1, 1), xticks=[0])  # one step: the locator would tick fractions of it
     if not ax_free.lines:  # an empty panel would look like a plotting failure: say why it is empty
         init = results["verdict"].get("init") or "shared"
         why = (f"no free-running comparison with --init {init}:\nnot every row starts from the reference's weights"
@@ -573,7 +589,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
         return ["matplotlib is not installed (pip install 'multirnn[report]'): no plots written"]
     if any(b.get("perplexity") for b in results["backends"]):
         perplexity_plot(results, out_dir / "perplexity.png", plt)
-    judged = [b for b in results["backends"] if (b.get("judgement") or {}).get("status") in ("agrees", "disagrees")]
+    judged = [b for b in results["backends"] if _checked(b)]
     if judged:
         deviation_plot(results, out_dir / "deviation.png", plt)
     return []

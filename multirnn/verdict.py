@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -533,7 +533,16 @@ def judge(
                 for r in ran if r.get("status") == "diverged"]
     base["blown_up"] = [f"{r['name']} (loss {b['loss']:.4g} at epoch {b['epoch']}, step {b['step']})"
                         for r in ran if (b := blow_up(r))]
-    return _assemble(tuple(all_rows), has_lockstep, base, diverged)
+    out = _assemble(tuple(all_rows), has_lockstep, base, diverged)
+    div = base["reference_diverged"]
+    if out.status == "not-judged" and div and not div["whole_stretch"]:
+        # too little to judge: no row "agrees" on a step or two either (the table and results.json say so)
+        why = (f"too little to judge: {out.reference_label} {div['how']} at epoch {div['epoch']}, step {div['step']}, "
+               + ("before one whole re-anchored stretch" if has_lockstep else "before its second epoch began"))
+        rows_out = tuple(_replace(b, status="not-judged", reason=why) if b.status == "agrees" else b
+                         for b in out.backends)
+        out = replace(out, backends=rows_out)
+    return out
 
 
 def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[str, Any] | None:

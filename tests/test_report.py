@@ -131,6 +131,22 @@ def test_an_empty_free_running_panel_says_why(results, tmp_path):
     assert not ax_free.lines and any("--init framework" in t.get_text() for t in ax_free.texts), ax_free.texts
 
 
+def test_too_little_to_judge_still_plots_what_was_measured(results, tmp_path):
+    """A reference that diverged before one whole stretch: rows are not-judged, but their probes and their
+    one free-running step were measured and are drawn (a one-point line drew nothing)."""
+    row = next(b for b in results["backends"] if b["name"] == COPY)
+    row["judgement"]["status"] = "not-judged"
+    for c in row["judgement"]["checkpoints"]:
+        c.update(loss_deviation=None, norm_deviation=None)
+    row["free_run_deviation"] = [7.2e-8]
+    results["verdict"]["reference_diverged"] = {"how": "diverged", "epoch": 1, "step": 2, "whole_stretch": False}
+    report.plot(results, tmp_path)
+    assert (tmp_path / "deviation.png").is_file()
+    ax_loss, _, ax_free = _draw(report.deviation_plot, results, tmp_path)
+    assert any("no stretch judged: the reference diverged" in t.get_text() for t in ax_loss.texts)
+    assert [line.get_marker() for line in ax_free.lines] == ["o"] and list(ax_free.get_xticks()) == [0]
+
+
 def test_checkpoint_panels_have_ticks_at_the_checkpoint_epochs(results, tmp_path):
     cps = _judgement(results)["checkpoints"]
     for c, epoch in zip(cps, (1, 7, 13)):

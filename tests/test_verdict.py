@@ -273,6 +273,8 @@ def test_a_reference_diverging_in_its_first_stretch_is_too_little_to_judge():
     v = judge(rows)
     assert v.status == "not-judged", v.summary
     assert "too little to judge" in v.summary and "epoch 1, step 3" in v.summary
+    assert v.backend("torch").status == "not-judged" and v.backend("torch").agrees is None  # not "agrees" either
+    assert "too little to judge" in v.backend("torch").reason
     assert v.reference_diverged == {"name": "numpy", "epoch": 1, "step": 3, "steps_compared": 2,
                                     "whole_stretch": False, "how": "diverged", "detail": None}
     # a disagreement is still a disagreement (the probes say so), diverged or not
