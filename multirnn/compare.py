@@ -690,6 +690,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     Raises:
         UsageError: anything wrong with the options or the texts (one line for the user).
     """
+    _refuse_conflicts(args)  # here, not in main: the sweep plans every configuration through this function
     config = _config_from_args(args)
     names, named = _backends_from_args(args.backends)
     impls = _impls_from_args(args.impl)
@@ -762,7 +763,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_backends:
             return _list_backends()
         _refuse_ed1_options(args)
-        _refuse_conflicts(args)
         plan = make_plan(args, argv)
         kept, resume_notes = {}, []
         if args.resume and args.out is not None and (Path(args.out) / "results.json").is_file():

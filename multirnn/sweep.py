@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import re
 import shlex
 import signal
@@ -352,6 +353,17 @@ def _prepare_out(opts: Options) -> Path:
     return out
 
 
+def _check_writable(out: Path) -> None:
+    """``out`` can be created and written (a file in the way, a read-only or pseudo file system)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"cannot write to output folder {str(out)!r}: {exc.strerror or exc}") from None
+
+
 def _settings(opts: Options) -> dict[str, Any]:
     """What defines the sweep's cells and report (sweep.json's ``spec``). Where and how the cells run
     (--executor, --jobs, --threads, --retries, ...) is not part of it, as it is not of a cell's id."""
@@ -538,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             for note in opts.notes:
                 print(f"note: {note}")
             return EXIT_OK
+        _check_writable(out)  # before a cluster is reached or a lock taken: a one-line error, as compare's
         blas.name_openblas_core()  # before any worker loads NumPy (local ones, and a local Ray cluster's, inherit it)
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:

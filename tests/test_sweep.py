@@ -136,6 +136,8 @@ def test_a_toml_spec_is_the_same_sweep(tmp_path):
     ["--dtype", "float32,float16"], ["--seeds", "4-1"], ["--hidden", "16,-3"], ["--jobs", "0"],
     ["--address", "auto"], ["--backends", "numpy,nosuchframework"], ["--retries", "x"], ["--bogus"],
     ["--spec", "/nonexistent/sweep.toml"],
+    # compare's own refusals of contradicting options apply to every configuration
+    ["--init", "framework", "--backends", "numpy"], ["--init-seeds", "2"],
 ])
 def test_invalid_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
@@ -144,6 +146,13 @@ def test_invalid_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("multirnn.sweep: error: ") and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("in the way")
+    assert sweep_cli.main([*TINY, "--backends", "numpy", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multirnn.sweep: error: cannot write to output folder") and len(err.strip().splitlines()) == 1, err
 
 
 def test_dry_run_lists_the_cells_and_an_estimate(tmp_path, capsys):
