@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import pytest
 
@@ -144,3 +145,28 @@ def test_resume_refuses_a_changed_text_and_retrains_a_changed_third_party_backen
     # the changed row trained again (and the oracle, for the checkpoints it restarts from); the other was kept
     assert now["tests_zoo_OracleCopy2.json"] == mtimes["tests_zoo_OracleCopy2.json"]
     assert now["mybackend_Mine.json"] != mtimes["mybackend_Mine.json"]
+
+
+def test_a_third_party_backend_s_digest_follows_its_own_imports(tmp_path, monkeypatch):
+    """A subclass whose base (with the bug) lives in another file: editing that file changed nothing the
+    digest read, so a resume and a sweep kept the old results."""
+    from multirnn.backends import source_digest
+
+    (tmp_path / "base_impl.py").write_text("from tests.zoo import OracleCopy as MyBackend\n")
+    (tmp_path / "helpers.py").write_text("SCALE = 1\n")
+    (tmp_path / "sub.py").write_text("import helpers\nfrom base_impl import MyBackend\n\nclass Sub(MyBackend):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def digest() -> str:
+        for name in ("sub", "base_impl", "helpers"):
+            sys.modules.pop(name, None)
+        return source_digest("sub:Sub")
+
+    first = digest()
+    assert first is not None and source_digest("tests.zoo:OracleCopy") is not None
+    (tmp_path / "base_impl.py").write_text("from tests.zoo import OracleCopy as MyBackend  # edited\n")
+    second = digest()
+    (tmp_path / "helpers.py").write_text("SCALE = 2\n")
+    third = digest()
+    assert len({first, second, third}) == 3
+    assert digest() == third  # the same files, the same digest

@@ -9,11 +9,15 @@ point group ``multirnn.backends`` (``name = "package.module:Class"``), then usab
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
+import sysconfig
+import types
 from pathlib import Path
 from typing import Any
 
@@ -129,17 +133,84 @@ def load_backend_class(spec: str) -> type[Backend]:
 
 
 def source_digest(name: str) -> str | None:
-    """sha256 of the source file of a third-party backend's module (``package.module:Class`` or an entry
-    point), so a resumed run or a sweep never keeps its results from before the file changed; None for
-    a built-in backend (multirnn's own code version covers it) or a module without a source file."""
+    """sha256 of a third-party backend's source (``package.module:Class`` or an entry point): its module's
+    file and every file of the user's own code it imports, directly or through other such modules (a base
+    class in another file, a helper module), so a resumed run or a sweep never keeps its results from
+    before one of them changed. None for a built-in backend (multirnn's own code version covers it) or a
+    module without a source file. Installed packages and the standard library are not followed."""
     if canonical_name(name) in _REGISTRY:
         return None
     module_name = _entry_points().get(name, name).partition(":")[0]
     try:
-        origin = importlib.util.find_spec(module_name).origin  # type: ignore[union-attr]
-        return hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin else None
-    except (ImportError, ValueError, AttributeError, OSError):  # not importable: the row fails with its own message
+        module = importlib.import_module(module_name)
+        files = _own_code_files(module)
+        if not files:
+            return None
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
+        return digest.hexdigest()
+    except Exception:  # noqa: BLE001  (not importable, or failing on import: the row fails with its own message)
         return None
+
+
+def _own_code_files(root: types.ModuleType) -> list[Path]:
+    """``root``'s source file and those of the user modules its import statements name, followed through
+    them (read from the source: ``from base import MyBackend`` leaves no trace of ``base`` in the globals)."""
+    seen: set[str] = set()
+    stack, files = [root], []
+    while stack:
+        module = stack.pop()
+        if module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        origin = getattr(module, "__file__", None)
+        if not origin or (module is not root and not _is_user_file(origin)):
+            continue
+        path = Path(origin).resolve()
+        files.append(path)
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for name in _imported_names(tree, module.__package__ or ""):
+            dep = sys.modules.get(name)
+            if dep is not None and dep.__name__ not in seen:
+                stack.append(dep)
+    return sorted(set(files))
+
+
+def _imported_names(tree: ast.AST, package: str) -> list[str]:
+    """Module names a source imports (``import a.b``, ``from a import b`` as ``a`` and ``a.b``, relative ones
+    resolved against ``package``); whether each was imported is for ``sys.modules`` to say."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join([*parts, base] if base else parts)
+            if base:
+                names.append(base)
+                names += [f"{base}.{a.name}" for a in node.names]
+    return names
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[Path, ...]:
+    """The standard library, site-packages and multirnn itself: code that is not the user's own backend's."""
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(Path(__file__).resolve().parents[1])  # multirnn's package: its code version covers it
+    return tuple(roots)
+
+
+def _is_user_file(origin: str) -> bool:
+    path = Path(origin).resolve()
+    return path.suffix == ".py" and not any(path.is_relative_to(r) for r in _installed_roots())
 
 
 def _importable(module: str) -> bool:
@@ -219,7 +290,7 @@ def refusal(name: str, impl: str, model: Model) -> str | None:
     return f"{class_name} cannot compute {model.name}: {reason}" if reason else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe(name: str, impl: str = "scratch") -> str | None:
     """``None`` if the backend (and implementation) imports here, else a one-line reason (cached)."""
     try:
