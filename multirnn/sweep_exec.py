@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import blas
 from .lockstep import list_checkpoints
 from .progress import backend_status
 from .runner import TERMINATE_GRACE, run_worker
@@ -276,7 +277,11 @@ def ray_cell(payload: dict[str, Any], data: bytes, eval_data: bytes | None, anch
     """
     import ray  # on the Ray worker
 
-    tmp = Path(tempfile.mkdtemp(prefix="multirnn-cell-"))
+    # Decided on this node, for this node's CPU: the driver's environment does not reach a cluster
+    # started by `ray start`, and another node's OpenBLAS may pick another core.
+    blas.name_openblas_core()
+    _remove_orphaned_cell_folders()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{CELL_FOLDER_PREFIX}{os.getpid()}-"))
     try:
         (tmp / "data.npz").write_bytes(data)
         eval_path = None
@@ -300,6 +305,28 @@ def ray_cell(payload: dict[str, Any], data: bytes, eval_data: bytes | None, anch
         return outcome, packed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+CELL_FOLDER_PREFIX = "multirnn-cell-"
+
+
+def _remove_orphaned_cell_folders() -> None:
+    """Remove the cell folders of Ray workers that are gone: a task Ray cancels (the driver stopped) or
+    kills never reaches its ``finally``. Each folder is named after the process that made it."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{CELL_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(CELL_FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to clean
+        return True
+    return True
 
 
 class RayExecutor:

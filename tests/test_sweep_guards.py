@@ -5,9 +5,12 @@ and starting again there with other settings is refused, writing nothing), and a
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -350,3 +353,36 @@ def test_compare_does_not_write_into_a_sweep_folder(folder, capsys):
         err = capsys.readouterr().err
         assert "holds a sweep" in err and len(err.strip().splitlines()) == 1, err
     assert snapshot(folder) == before
+
+
+def test_a_ray_task_names_openblas_s_core_on_its_own_node(tmp_path, monkeypatch):
+    """A cluster started by `ray start` never sees the driver's environment: each task decides for its
+    node, before its worker loads NumPy (a hand-started cluster ran the oracle on generic kernels)."""
+    import types
+
+    from multirnn import blas
+    from multirnn.worker import WorkerTask
+
+    seen = {}
+
+    def fake_worker(task, channel, stall, env):
+        seen["core"] = os.environ.get("OPENBLAS_CORETYPE")
+        seen["folder"] = Path(task.data_path).parent.name
+        return {"status": "ok"}
+
+    fake_ray = types.SimpleNamespace(get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "node"))
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setattr(sweep_exec, "run_worker", fake_worker)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv(blas.DETECTED_VARIABLE, raising=False)
+    monkeypatch.setattr(blas, "_generic_cores", lambda: ("Prescott", "SkylakeX"))
+    monkeypatch.setattr(sweep_exec.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(sweep_exec.tempfile, "tempdir", str(tmp_path))
+    orphan = tmp_path / f"{sweep_exec.CELL_FOLDER_PREFIX}999999999-x"  # a Ray worker killed with its task
+    (orphan / "anchor").mkdir(parents=True)
+    task = {f.name: None for f in dataclasses.fields(WorkerTask)}
+    outcome, packed = sweep_exec.ray_cell({"task": task, "saves_checkpoints": False, "stall_timeout": 1.0, "env": {}},
+                                          b"data", None, None)
+    assert seen["core"] == "SkylakeX" and outcome["raw"] == {"status": "ok"} and packed is None
+    assert seen["folder"].startswith(f"{sweep_exec.CELL_FOLDER_PREFIX}{os.getpid()}-")
+    assert not orphan.exists() and not list(tmp_path.glob(f"{sweep_exec.CELL_FOLDER_PREFIX}*"))  # its own: removed
