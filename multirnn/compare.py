@@ -53,7 +53,7 @@ from .data import (
     text_label,
     text_notes,
 )
-from .files import write_json_atomic
+from .files import clear_written, write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
 from .provenance import code_version
@@ -436,8 +436,9 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
         elif present and overwrite:
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-            for name in RUN_DIRS:
-                shutil.rmtree(out_dir / name, ignore_errors=True)
+            shutil.rmtree(out_dir / ".work", ignore_errors=True)  # the run's scratch: nobody else's
+            for name in RUN_DIRS:  # only what a run writes in them: a user's own files stay
+                clear_written(out_dir / name)
     try:
         (out_dir / "backends").mkdir(parents=True, exist_ok=True)
         (out_dir / ".work").mkdir(exist_ok=True)

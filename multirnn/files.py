@@ -56,3 +56,27 @@ def finite_or_none(obj: Any) -> Any:
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Strict JSON (NaN and infinities stored as null), written atomically."""
     write_text_atomic(path, json.dumps(finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))
+
+
+# What compare and the sweep write inside their own folders (results, logs, task files, checkpoints,
+# reports, plots, atomic writes' temporaries): --overwrite removes these and nothing else.
+WRITTEN_SUFFIXES = (".json", ".jsonl", ".log", ".npz", ".npy", ".md", ".csv", ".png", ".tmp")
+
+
+def clear_written(folder: Path) -> None:
+    """Remove the files multirnn writes (:data:`WRITTEN_SUFFIXES`) under ``folder``, then the folders that
+    this left empty; a user's own files, and the folders holding them, stay."""
+    if not folder.is_dir():
+        return
+    emptied: list[Path] = []
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        if path.is_file() and not path.is_symlink() and path.suffix in WRITTEN_SUFFIXES:
+            path.unlink(missing_ok=True)
+            emptied.append(path.parent)
+    for d in sorted({*emptied, folder}, key=lambda p: len(p.parts), reverse=True):
+        while d != folder.parent and d.is_relative_to(folder):
+            try:
+                d.rmdir()  # only if empty
+            except OSError:
+                break
+            d = d.parent

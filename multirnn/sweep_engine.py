@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .files import write_bytes_atomic, write_json_atomic
+from .files import clear_written, write_bytes_atomic, write_json_atomic
 from .lockstep import list_checkpoints
 from .progress import RunProgress
 from .runner import Stopped, crashed_record, refused_record
@@ -81,8 +81,9 @@ class Store:
         """Remove everything a sweep wrote here (--overwrite); anything else in the folder stays."""
         for name in SWEEP_FILES:
             (self.out / name).unlink(missing_ok=True)
-        for name in SWEEP_DIRS:
-            shutil.rmtree(self.out / name, ignore_errors=True)
+        shutil.rmtree(self.out / ".work", ignore_errors=True)  # the sweep's scratch: nobody else's
+        for name in SWEEP_DIRS:  # only what a sweep writes in them: a user's own files stay
+            clear_written(self.out / name)
 
     def definition(self) -> dict[str, Any] | None:
         """spec.json: the settings and cell ids of the sweep that first started here (None: absent,

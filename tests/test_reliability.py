@@ -229,12 +229,17 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     assert compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot"]).returncode == 0
     (out / "backends" / "torch.json").write_text("{}")  # a stale file of an earlier, different run
     (out / "my notes.txt").write_text("mine")
+    (out / "backends" / "mine" / "deep").mkdir(parents=True)  # the user's own files inside the run's folders
+    (out / "backends" / "mine" / "deep" / "keep.txt").write_text("mine")
+    (out / "backends" / "README.txt").write_text("mine")
     proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
     assert proc.returncode == 0, proc.stderr
     assert not (out / "backends" / "torch.json").exists()  # cleared: it belonged to the earlier run
     assert (out / "my notes.txt").read_text() == "mine"  # not a run file: untouched
+    assert (out / "backends" / "README.txt").read_text() == "mine"
+    assert (out / "backends" / "mine" / "deep" / "keep.txt").read_text() == "mine"
 
 
 def test_default_folders_never_collide(tmp_path, monkeypatch):

@@ -132,6 +132,9 @@ def test_resume_with_the_same_settings_reruns_nothing_and_records_them_once(fold
 
 def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     (folder / "notes.txt").write_text("mine")
+    (folder / "cells" / "README.txt").write_text("mine")  # inside the sweep's own folders, too
+    (folder / "groups" / "mine").mkdir(parents=True)
+    (folder / "groups" / "mine" / "keep.txt").write_text("mine")
     assert sweep_cli.main([*BASE, "--epochs", "3", "--out", str(folder), "--dry-run", "--overwrite"]) == 0
     assert "2 cell(s), 2 to run" in capsys.readouterr().out
     proc = sweep([*BASE, "--no-plot", "--epochs", "3", "--out", str(folder), "--overwrite"])
@@ -140,6 +143,7 @@ def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     assert spec["settings"]["dimensions"]["epochs"] == ["3"]
     assert sorted(p.stem for p in (folder / "cells").glob("*.json")) == sorted(spec["cells"])
     assert not (folder / "perplexity_bands.png").exists() and (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "cells" / "README.txt").read_text() == (folder / "groups" / "mine" / "keep.txt").read_text() == "mine"
     assert sum(ends(folder).values()) == 2  # a new journal
     refused([*BASE, "--out", str(folder), "--resume", "--overwrite"], capsys)
 
