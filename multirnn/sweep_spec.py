@@ -162,6 +162,7 @@ class Configuration:
     index: int
     values: tuple[tuple[str, str], ...]  # (dest, value) of every option the spec gives, compare's order
     label: str  # the options that vary across the sweep, e.g. "dtype=float64 hidden=128" (the only one: all it sets)
+    folder: str = ""  # its groups' folder name stem, unique in the sweep (set by expand)
 
     @property
     def key(self) -> str:
@@ -187,7 +188,7 @@ class Group:
     @property
     def folder(self) -> str:
         """A readable folder name, unique within the sweep (labels differ in some value)."""
-        return f"{_safe(self.configuration.label)}-s{self.seed}"
+        return f"{self.configuration.folder or _safe(self.configuration.label)}-s{self.seed}"
 
 
 @dataclass(eq=False)
@@ -328,6 +329,12 @@ def expand(dims: dict[str, list[str]], fixed: list[str], seeds: list[int], repea
         configurations.append(Configuration(len(configurations), values, label))
     if len(configurations) == 1:  # nothing varies: name it by what it is
         configurations[0] = dataclasses.replace(configurations[0], label=single_label(configurations[0].values))
+    # Folder names: the label made safe for a path, and where two labels became the same name (paths whose
+    # separators were replaced, a long label cut short) each also the configuration's own key.
+    stems = [_safe(c.label) for c in configurations]
+    taken = {stem for stem in stems if stems.count(stem) > 1}
+    configurations = [dataclasses.replace(c, folder=f"{stem}-{c.key}" if stem in taken else stem)
+                      for c, stem in zip(configurations, stems)]
     groups, cells = [], []
     parser = compare.build_parser()
     for conf in configurations:

@@ -541,3 +541,17 @@ def test_the_summary_lines_up_long_row_names():
              "statistics": [{**stat, "row": "numpy"}, {**stat, "row": "tensorflow/layers"}], "speed": {"rows": []}}
     rows = [line for line in sweep_cli._summary(sweep).splitlines() if "median-last" in line]
     assert len(rows) == 2 and len({line.index("median-last") for line in rows}) == 1, rows
+
+
+def test_configurations_whose_labels_make_the_same_folder_name_get_their_own(tmp_path):
+    """'/x/b.txt' and '/x_b.txt' both become 'text=_x_b.txt': one group's report overwrote the other's."""
+    text = (ROOT / "multirnn" / "texts" / "timemachine.txt").read_text()[:60000]
+    (tmp_path / "x").mkdir()
+    a, b = tmp_path / "x" / "b.txt", tmp_path / "x_b.txt"
+    a.write_text(text)
+    b.write_text(text[:50000])
+    opts = sweep_cli.parse_options(["--backends", "numpy", "--text", f"{a},{b}", *TINY])
+    groups = sweep_cli.expand_options(opts)[1]
+    assert len(groups) == 2 and len({g.folder for g in groups}) == 2, [g.folder for g in groups]
+    plain = sweep_cli.expand_options(sweep_cli.parse_options(["--backends", "numpy", *TINY[:2], "--hidden", "8,16"]))[1]
+    assert [g.folder for g in plain] == ["hidden=8-s0", "hidden=16-s0"]  # readable names where they are unique
