@@ -505,7 +505,7 @@ def first_line_of(exc: BaseException) -> str:
 
 
 def _summary(sweep: dict[str, Any]) -> str:
-    from .sweep_report import partial_text
+    from .sweep_report import no_runs_text, partial_text
 
     confs = {c["index"]: c["label"] for c in sweep["configurations"]}
     partial = {p["configuration"]: p for p in (sweep.get("partial") or {}).get("configurations", [])}
@@ -529,7 +529,8 @@ def _summary(sweep: dict[str, Any]) -> str:
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
                 lines.append(f"  {s['row']:<{width}} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
-                             else f"  {s['row']:<{width}} no finished run" + (f" ({statuses})" if statuses else ""))
+                             else f"  {s['row']:<{width}} " + (f"no finished run ({statuses})" if statuses
+                                                                   else no_runs_text(sweep, conf["index"])))
                 if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
                     lines[-1] += f"  eval-text ppl {ev['mean']:.3f}"
                 if ratio is not None:

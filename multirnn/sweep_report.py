@@ -154,6 +154,14 @@ def partial_text(entry: dict[str, Any]) -> str:
             f"{n} other finished cell{'' if n == 1 else 's'} not aggregated")
 
 
+def no_runs_text(sweep: dict[str, Any], configuration: int) -> str:
+    """A row with no run in the aggregate: a partial one aggregates complete seeds only, so a row may have
+    finished in seeds that are not (yet) complete."""
+    partial = {p["configuration"] for p in (sweep.get("partial") or {}).get("configurations", [])}
+    return ("none aggregated (no seed of this configuration is complete)" if configuration in partial
+            else "none recorded (stopped first)")
+
+
 def _by(cells: list[dict[str, Any]], conf: int, row: str, repeat0: bool = True) -> list[dict[str, Any]]:
     return [c for c in cells if c["configuration"] == conf and c["row"] == row and (c["repeat"] == 0 or not repeat0)]
 
@@ -282,7 +290,7 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
     evaluated = any((s.get("eval_perplexity") or {}).get("n") for s in sweep["statistics"])
     lines.append(report.markdown_table(
         [[confs[s["configuration"]]["label"], s["row"],
-          ", ".join(f"{n} {k}" for k, n in s["statuses"].items()) or "none recorded (stopped first)",
+          ", ".join(f"{n} {k}" for k, n in s["statuses"].items()) or no_runs_text(sweep, s["configuration"]),
           _ci(s["final_perplexity"]), _ci(s["median_last_perplexity"])]
          + ([_ci(s.get("eval_perplexity") or {"mean": None})] if evaluated else []) for s in sweep["statistics"]],
         ["configuration", "row", "runs", "final ppl, mean [95 % CI]", "median last, mean [95 % CI]"]

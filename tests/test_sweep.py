@@ -555,3 +555,14 @@ def test_configurations_whose_labels_make_the_same_folder_name_get_their_own(tmp
     assert len(groups) == 2 and len({g.folder for g in groups}) == 2, [g.folder for g in groups]
     plain = sweep_cli.expand_options(sweep_cli.parse_options(["--backends", "numpy", *TINY[:2], "--hidden", "8,16"]))[1]
     assert [g.folder for g in plain] == ["hidden=8-s0", "hidden=16-s0"]  # readable names where they are unique
+
+
+def test_a_partial_aggregate_does_not_say_a_finished_row_has_no_runs():
+    """Stopped before any seed was complete: numpy had finished every seed, yet read 'no finished run'."""
+    stat = {"configuration": 0, "row": "numpy", "statuses": {}, "median_last_perplexity": {"mean": None}}
+    sweep = {"configurations": [{"index": 0, "label": "epochs=2"}], "groups": [{"configuration": 0, "status": "stopped"}],
+             "statistics": [stat], "speed": {"rows": []},
+             "partial": {"configurations": [{"configuration": 0, "seeds": [0, 1], "complete_seeds": [],
+                                             "finished_not_aggregated": 2}]}}
+    text = sweep_cli._summary(sweep)
+    assert "no finished run" not in text and "none aggregated (no seed of this configuration is complete)" in text, text
