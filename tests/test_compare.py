@@ -333,6 +333,10 @@ def test_a_backend_module_that_fails_to_import_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "multirnn.compare", "--backends", "broken_backend:B", *TINY,
                            "--out", str(tmp_path / "never")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "RuntimeError: this module is broken" in proc.stderr, proc.stderr
+    (site / "exiting_backend.py").write_text("import sys\nsys.exit(3)\n")  # exit 3 meant "no backend could run"
+    proc = subprocess.run([sys.executable, "-m", "multirnn.compare", "--backends", "exiting_backend:B", *TINY,
+                           "--out", str(tmp_path / "never")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "importing 'exiting_backend' called sys.exit(3)" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

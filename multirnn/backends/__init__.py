@@ -121,6 +121,8 @@ def load_backend_class(spec: str) -> type[Backend]:
                                f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise BackendSpecError(f"Backend {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:  # a module that exits on import must not end the caller with its own status
+        raise BackendSpecError(f"Backend {spec!r}: importing {module_name!r} called sys.exit({exc.code!r})") from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise BackendSpecError(f"Backend {spec!r}: module {module_name!r} has no attribute {class_name!r}.")
