@@ -136,3 +136,23 @@ def test_evaluate_perplexity_takes_numpy_params_and_refuses_ones_that_do_not_fit
         evaluate_perplexity(be, params, iter([(X, X)]), 16, "float64")
     with pytest.raises(TypeError, match="params must be numpy's own params"):
         evaluate_perplexity(be, [1, 2], iter([(X, X)]), 16)
+
+
+@pytest.mark.parametrize("name, impl", [("torch", "scratch"), ("tensorflow", "scratch"), ("mxnet", "layers")])
+def test_training_goes_on_from_a_train_result_s_own_params(name, impl):
+    """train(be, config, params=result.params): torch's tensors failed in NumPy's asarray (requires_grad),
+    TensorFlow's in a dtype check, MXNet's layer params as an unknown type."""
+    from tests.conftest import require_backend
+
+    require_backend(name)
+    config = multirnn.preset("quick", num_hiddens=16, num_epochs=1, max_tokens=2000, batch_size=8, num_steps=10)
+    be = multirnn.get_backend(name, impl=impl, mode="fast", model=config.model)
+    first = multirnn.train(be, config)
+    before = be.params_to_numpy(first.params)
+    again = multirnn.train(be, config, params=first.params)
+    from_numpy = multirnn.train(be, config, params=before)
+    assert again.history.step_loss == from_numpy.history.step_loss  # the same as from the NumPy copy
+    after = be.params_to_numpy(first.params)
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # the caller's params are left as they were
+    with pytest.raises(TypeError, match=f"params must be {name}'s own params"):
+        multirnn.train(be, config, params=[1, 2])
