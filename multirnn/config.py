@@ -80,7 +80,8 @@ class TrainConfig:
             raise ValueError(f"num_val must be a non-negative integer, got {self.num_val!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
-        check_dtype(self.dtype)
+        # np.float32 or np.dtype("float32") is stored by name: the config is compared, hashed and written as JSON
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))
         if self.cell not in CELLS:
             raise ValueError(f"Unknown cell {self.cell!r}; expected one of {list(CELLS)}.")
         if self.second_bias not in SECOND_BIAS:

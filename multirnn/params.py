@@ -21,7 +21,10 @@ Params = dict[str, np.ndarray]
 
 def check_dtype(dtype: str | np.dtype) -> str:
     """Return the dtype's name if it is one multirnn supports, else raise ValueError."""
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except (TypeError, ValueError):  # not a dtype at all (np.dtype's own message names its internals)
+        name = None
     if name not in DTYPES:
         raise ValueError(f"Unsupported dtype {dtype!r}; expected one of {list(DTYPES)}.")
     return name

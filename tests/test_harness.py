@@ -94,11 +94,22 @@ def test_presets_match_the_book():
     "change, match",
     [({"batch_size": 0}, "batch_size"), ({"num_steps": -1}, "num_steps"), ({"lr": 0.0}, "lr"),
      ({"lr": float("nan")}, "lr"), ({"max_grad_norm": -1.0}, "max_grad_norm"), ({"sampling": "shuffle"}, "sampling"),
-     ({"dtype": "int8"}, "dtype"), ({"protocol": "d2l-ed3"}, "protocol"), ({"num_epochs": 1.5}, "num_epochs")],
+     ({"dtype": "int8"}, "dtype"), ({"protocol": "d2l-ed3"}, "protocol"), ({"num_epochs": 1.5}, "num_epochs"),
+     ({"dtype": [1, 2]}, "Unsupported dtype")],
 )
 def test_bad_config_is_a_clear_error(change, match):
     with pytest.raises(ValueError, match=match):
         multirnn.TrainConfig(**change)
+
+
+def test_a_numpy_dtype_is_stored_by_name():
+    """np.float32 was kept as a class: the config then failed to serialise and compared unequal."""
+    import json
+
+    config = multirnn.preset("quick", dtype=np.float32)
+    assert config.dtype == "float32" and config == multirnn.preset("quick")
+    assert json.loads(json.dumps(config.to_dict()))["dtype"] == "float32"
+    assert multirnn.TrainConfig(dtype=np.dtype("float64")).dtype == "float64"
 
 
 def test_unknown_preset_lists_known_ones():
