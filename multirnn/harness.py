@@ -40,7 +40,7 @@ from .data import (
     with_notes,
 )
 from .errors import TrainingDivergedError
-from .params import init_params, validate_params
+from .params import check_dtype, init_params, validate_params
 
 Batch = tuple[np.ndarray, np.ndarray]
 # Largest mean loss whose perplexity exp(loss) is finite in float64; beyond it a run has blown up.
@@ -424,6 +424,7 @@ def evaluate_text_perplexity(
 def _checked_params(backend: Backend, params: Any, num_hiddens: int, dtype: str) -> Params:
     """``params`` as the backend's own (see :func:`_predict_params`), checked against the hidden size and
     dtype the caller names (a mismatch failed deep inside each framework, in its own words)."""
+    dtype = check_dtype(dtype)  # float16: unsupported, not "the params are float32"
     params, _, H, got = _predict_params(backend, params)
     if H != num_hiddens or got != dtype:
         raise ValueError(f"params have hidden size {H} and dtype {got}, but num_hiddens={num_hiddens} and "
@@ -508,6 +509,10 @@ def predict(
     if V != len(vocab):
         raise ValueError(f"params are for vocab_size={V}, but the vocabulary has {len(vocab)} tokens: "
                          "pass the vocab the params were trained with.")
+    # NaN logits make every greedy choice token 0: '<unk>' repeated, a continuation that looks like output
+    bad = [k for k, v in backend.params_to_numpy(params).items() if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"params hold NaN or infinite values ({', '.join(bad)}; a diverged run's?): nothing to predict.")
     state = backend.init_state(1, H, dtype or params_dtype)
     outputs = [vocab[prefix[0]]]
     for char in prefix[1:]:  # warm-up: feed the prefix, ignore the outputs

@@ -128,6 +128,11 @@ def test_predict_after_training(oracle):
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 10
     with pytest.raises(ValueError, match="prefix"):
         multirnn.predict(oracle, result.params, result.vocab, "", 10)
+    broken = {**oracle.params_to_numpy(result.params)}
+    broken["W_hh"] = broken["W_hh"].copy()
+    broken["W_hh"][0, 0] = np.nan  # was a greedy '<unk><unk>...' continuation, as if the model said it
+    with pytest.raises(ValueError, match=r"params hold NaN or infinite values \(W_hh"):
+        multirnn.predict(oracle, broken, result.vocab, "time traveller", 10)
 
 
 def test_evaluate_perplexity_takes_numpy_params_and_refuses_ones_that_do_not_fit():
@@ -145,6 +150,8 @@ def test_evaluate_perplexity_takes_numpy_params_and_refuses_ones_that_do_not_fit
         evaluate_perplexity(be, params, iter([(X, X)]), 17)
     with pytest.raises(ValueError, match="dtype='float64' were given"):
         evaluate_perplexity(be, params, iter([(X, X)]), 16, "float64")
+    with pytest.raises(ValueError, match="Unsupported dtype 'float16'"):  # not "the params are float32"
+        evaluate_perplexity(be, params, iter([(X, X)]), 16, "float16")
     with pytest.raises(TypeError, match="params must be numpy's own params"):
         evaluate_perplexity(be, [1, 2], iter([(X, X)]), 16)
 
