@@ -31,6 +31,7 @@ overridden. ``multirnn.testing.run_conformance`` checks all of this against the 
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -83,6 +84,11 @@ class Backend(abc.ABC):
         # Messages (e.g. a diverged run's) name backend.name: a third-party class need not set it.
         if not isinstance(getattr(cls, "name", None), str):
             cls.name = cls.__name__
+        # Every implementation's entry points check their inputs the same way: labels of another shape,
+        # negative ids or a non-positive clipping bound were silently wrong numbers in some backends.
+        for method, check in _CHECKS.items():
+            if method in cls.__dict__ and not getattr(cls.__dict__[method], "_checks_inputs", False):
+                setattr(cls, method, _checking(cls.__dict__[method], check))
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
@@ -197,3 +203,69 @@ class Backend(abc.ABC):
         """Mean cross-entropy without gradients (validation), computed on the host in float64."""
         logits, state = self.forward(params, X, state)
         return cross_entropy(self.as_numpy(logits), Y), state
+
+
+# --- input checks, applied to every subclass's own forward / loss_and_grads / train_step / evaluate_loss /
+# clip_gradients (Backend.__init_subclass__) -------------------------------------------------------------
+
+
+def check_batch(X: Any, Y: Any = None) -> None:
+    """``X`` (and ``Y``) are what the contract says: NumPy int arrays ``(batch, steps)`` of the same
+    shape with no negative id (NumPy and MXNet index from the end with one and return a loss)."""
+    for name, a in (("X", X), ("Y", Y)):
+        if a is None or not isinstance(a, np.ndarray):
+            continue  # the frameworks' own errors for other types; None: no labels here
+        if a.ndim != 2 or a.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array (batch, steps) of token ids, got shape {a.shape} "
+                             f"dtype {a.dtype}.")
+        if a.size and a.min() < 0:
+            raise ValueError(f"{name} holds negative token ids (min {a.min()}); ids are 0 .. vocab_size - 1.")
+    if isinstance(X, np.ndarray) and isinstance(Y, np.ndarray) and X.shape != Y.shape:
+        raise ValueError(f"Y has shape {Y.shape} but X has {X.shape}: Y holds the next token of every input, "
+                         "in the same (batch, steps) layout.")
+
+
+def check_max_grad_norm(max_grad_norm: Any) -> None:
+    """θ > 0: at 0 the clipping scale is 0/0, below it every gradient is flipped."""
+    if not (isinstance(max_grad_norm, (int, float, np.number)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}.")
+
+
+# ``args`` are a call's positional arguments, ``self`` first: (self, params, X, Y, state, lr, max_grad_norm)
+def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
+    X = args[2] if len(args) > 2 else kwargs.get("X")
+    Y = (args[3] if len(args) > 3 else kwargs.get("Y")) if labels else None
+    check_batch(X, Y)
+
+
+def _check_train_args(args: tuple, kwargs: dict) -> None:
+    _check_batch_args(args, kwargs, True)
+    check_max_grad_norm(args[6] if len(args) > 6 else kwargs.get("max_grad_norm"))
+
+
+def _check_clip_args(args: tuple, kwargs: dict) -> None:  # (self, grads, max_grad_norm)
+    check_max_grad_norm(args[2] if len(args) > 2 else kwargs.get("max_grad_norm"))
+
+
+_CHECKS = {
+    "forward": lambda a, k: _check_batch_args(a, k, False),
+    "loss_and_grads": lambda a, k: _check_batch_args(a, k, True),
+    "evaluate_loss": lambda a, k: _check_batch_args(a, k, True),
+    "train_step": _check_train_args,
+    "clip_gradients": _check_clip_args,
+}
+
+
+def _checking(method: Any, check: Any) -> Any:
+    @functools.wraps(method)
+    def checked(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        check((self, *args), kwargs)
+        return method(self, *args, **kwargs)
+
+    checked._checks_inputs = True  # type: ignore[attr-defined]
+    return checked
+
+
+# The composed defaults are entry points too (a subclass that keeps them gets them checked)
+for _name in ("train_step", "evaluate_loss"):
+    setattr(Backend, _name, _checking(getattr(Backend, _name), _CHECKS[_name]))

@@ -1,0 +1,53 @@
+"""Every backend's entry points check their inputs the same way (Backend.__init_subclass__): labels of
+another shape and negative ids gave silent losses in some backends (torch's fast gather read the first
+rows; NumPy and MXNet index from the end), and a clipping bound <= 0 flips or zeroes the gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import multirnn
+from tests.conftest import require_backend
+
+BACKENDS = [("numpy", "scratch"), ("torch", "scratch"), ("torch", "layers"), ("mxnet", "scratch"),
+            ("tensorflow", "scratch"), ("jax", "scratch")]
+V, H, B, T = 28, 8, 4, 5
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda p: "/".join(p))
+def setup(request):
+    name, impl = request.param
+    require_backend(name)
+    be = multirnn.get_backend(name, impl=impl, mode="fast")
+    rng = np.random.default_rng(0)
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    return be, be.params_from_numpy(multirnn.init_params(V, H, seed=0)), X, Y
+
+
+@pytest.mark.parametrize("labels, message", [
+    (lambda Y: Y[:, :3], r"Y has shape \(4, 3\) but X has \(4, 5\)"),
+    (lambda Y: Y.reshape(-1)[:20].reshape(5, 4), r"Y has shape \(5, 4\) but X has \(4, 5\)"),  # batch-major mix-up
+    (lambda Y: -Y - 1, "Y holds negative token ids"),
+    (lambda Y: Y.astype(np.float32), "Y must be an integer array"),
+])
+def test_labels_that_do_not_fit_the_inputs_are_refused(setup, labels, message):
+    be, p, X, Y = setup
+    for call in (lambda: be.loss_and_grads(p, X, labels(Y), be.init_state(B, H)),
+                 lambda: be.train_step(p, X, labels(Y), be.init_state(B, H), 0.5, 1.0),
+                 lambda: be.evaluate_loss(p, X, labels(Y), be.init_state(B, H))):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_negative_inputs_and_non_positive_clipping_bounds_are_refused(setup):
+    be, p, X, Y = setup
+    with pytest.raises(ValueError, match="X holds negative token ids"):
+        be.forward(p, -X - 1, be.init_state(B, H))
+    for theta in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
+            be.train_step(p, X, Y, be.init_state(B, H), 0.5, theta)
+    _, grads, _ = be.loss_and_grads(p, X, Y, be.init_state(B, H))
+    with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
+        be.clip_gradients(grads, -1.0)
+    be.train_step(p, X, Y, be.init_state(B, H), 0.5, 1.0)  # what fits still runs
