@@ -770,5 +770,10 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             and base["init"] == "shared"):  # other inits compare no curves
         notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "
                      "which chaos can leave on long runs")
+    if not has_lockstep and base["reference"] is not None and any(b.status == "agrees" for b in backends):
+        # the probe steps are what force clipping and another lr: without them a bug there can pass
+        notes.append("without re-anchored checks no probe step forced gradient clipping or changed lr: a bug in "
+                     "clipping, or one that scales the lr (at lr 1, lr^2 = lr), can pass; --lockstep auto (the "
+                     "default) tests them")
     fields = {k: v for k, v in base.items() if k not in _NOT_FIELDS}
     return Verdict(status=status, summary="; ".join(parts), backends=backends, notes=tuple(notes), **fields)

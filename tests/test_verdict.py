@@ -154,6 +154,9 @@ def test_without_lockstep_the_free_run_is_held_to_the_fixed_band():
     assert torch.status == "disagrees" and torch.first_crossing.step == 3 and torch.first_crossing.global_step == 3
     assert torch.free_run_max_deviation == pytest.approx(3e-3)
     assert any("free-running float32 curves" in n for n in v.notes)
+    agreeing = judge([REF, oracle_row(REF["step_loss"], REF["step_grad_norm"], "torch")], lockstep=False)
+    assert agreeing.status == "agree"  # and it says what an agreement without probe steps cannot show
+    assert any("no probe step forced gradient clipping or changed lr" in n for n in agreeing.notes), agreeing.notes
 
 
 def test_independent_init_compares_final_perplexities():
