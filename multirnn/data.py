@@ -485,7 +485,7 @@ def check_batchable(num_tokens: int, batch_size: int, num_steps: int) -> None:
     if num_tokens < needed:
         raise TextTooShortError(
             f"The corpus has {num_tokens} tokens, too few for one minibatch of batch_size={batch_size} "
-            f"x num_steps={num_steps}: at least {needed} are needed. Use a longer text, more "
+            f"x num_steps={num_steps}: at least {needed:,} are needed. Use a longer text, more "
             "tokens (max_tokens) or a smaller batch_size/num_steps."
         )
 

@@ -137,7 +137,7 @@ def run_worker(task: WorkerTask, on_message: Callable[[dict[str, Any]], None] | 
     else:
         code = proc.returncode
         if hung:
-            error = f"hung: no progress for {stall_timeout:.0f} s, so the worker was ended"
+            error = f"hung: no progress for {stall_timeout:g} s, so the worker was ended"
         else:
             error = f"worker process died without a result ({_how(code)}); a native crash, abort or out of memory"
         tail = _tail(log_path)

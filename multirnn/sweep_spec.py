@@ -151,6 +151,8 @@ def read_toml(path: str, parser: argparse.ArgumentParser) -> SpecFile:
                             "e.g. backends, dtype, hidden, seeds)")
         if isinstance(value, dict):
             raise SpecError(f"--spec {path!r}: {key} must be a value or a list of values, not a table")
+        if dest in out.values:  # batch_size and batch-size: one would silently win
+            raise SpecError(f"--spec {path!r}: {out.keys[dest]!r} and {key!r} are the same option; give it once")
         out.values[dest], out.keys[dest] = value, key
     return out
 

@@ -148,6 +148,12 @@ def test_invalid_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_spec_giving_one_option_twice_is_refused(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text('backends = ["numpy"]\nbatch_size = 16\nbatch-size = 8\n')
+    assert sweep_cli.main(["--spec", str(tmp_path / "s.toml"), "--dry-run"]) == 2
+    assert "'batch_size' and 'batch-size' are the same option; give it once" in capsys.readouterr().err
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("in the way")
     assert sweep_cli.main([*TINY, "--backends", "numpy", "--out", str(tmp_path / "afile" / "sub")]) == 2
