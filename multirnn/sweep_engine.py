@@ -288,13 +288,15 @@ class Engine:
             errors.append(first_line(raw.get("error")))
         node = outcome.get("node")
         concurrency = self.executor.concurrency(node)
+        # contended: other cells at once, or more threads than the node has cores (--threads 4 on 2 cores)
+        contended = concurrency > 1 or (self.executor.threads or 1) * concurrency > self.executor.node_cpus(node)
         return {
             "schema_version": CELL_SCHEMA_VERSION, "id": cell.id, "label": cell.label, "backend": cell.backend,
             "impl": cell.impl, "configuration": cell.group.configuration.label, "seed": cell.group.seed,
             "repeat": cell.repeat, "spec": cell.spec, "status": raw.get("status"), "attempts": job.attempt,
             "errors": errors, "result": raw,
             "run": {"executor": self.executor.name, "node": node, "host": outcome.get("host"),
-                    "threads": self.executor.threads, "concurrency": concurrency, "contended": concurrency > 1,
+                    "threads": self.executor.threads, "concurrency": concurrency, "contended": contended,
                     "wall_seconds": outcome.get("wall_seconds"),
                     "finished": _dt.datetime.now().isoformat(timespec="seconds")},
         }

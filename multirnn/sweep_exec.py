@@ -161,6 +161,9 @@ class LocalExecutor:
     def concurrency(self, node: str | None) -> int:
         return self.slots
 
+    def node_cpus(self, node: str | None) -> int:
+        return usable_cores()
+
     def submit(self, job: CellJob) -> None:
         fut: cf.Future = cf.Future()
         self._futures[fut] = job
@@ -368,8 +371,12 @@ class RayExecutor:
 
     def concurrency(self, node: str | None) -> int:
         """How many cells could share that node at once."""
+        return max(1, self.node_cpus(node) // self.threads)
+
+    def node_cpus(self, node: str | None) -> int:
+        """The CPUs Ray counts on that node."""
         n = self._nodes.get(node or "")
-        return max(1, int((n or {}).get("Resources", {}).get("CPU", 1)) // self.threads)
+        return max(1, int((n or {}).get("Resources", {}).get("CPU", 1)))
 
     @property
     def in_flight(self) -> int:

@@ -390,3 +390,19 @@ def test_a_ray_task_names_openblas_s_core_on_its_own_node(tmp_path, monkeypatch)
     assert seen["core"] == "SkylakeX" and outcome["raw"] == {"status": "ok"} and packed is None
     assert seen["folder"].startswith(f"{sweep_exec.CELL_FOLDER_PREFIX}{os.getpid()}-")
     assert not orphan.exists() and not list(tmp_path.glob(f"{sweep_exec.CELL_FOLDER_PREFIX}*"))  # its own: removed
+
+
+@pytest.mark.parametrize("jobs, threads, contended", [(1, 1, False), (2, 1, True), (1, 64, True)])
+def test_a_cell_is_contended_when_it_shares_the_machine_or_has_more_threads_than_cores(jobs, threads, contended):
+    """--jobs 1 --threads 4 on 2 cores printed "timings will be contended" and then recorded "no"."""
+    import types
+
+    from multirnn.sweep_engine import Engine
+
+    executor = sweep_exec.LocalExecutor(jobs, threads, 10.0)
+    engine = types.SimpleNamespace(executor=executor, records={})
+    cell = types.SimpleNamespace(id="c", label="numpy", backend="numpy", impl="scratch", repeat=0, spec={},
+                                 group=types.SimpleNamespace(configuration=types.SimpleNamespace(label="x"), seed=0))
+    job = types.SimpleNamespace(attempt=1)
+    record = Engine._record(engine, cell, job, {"raw": {"status": "ok"}}, None)
+    assert record["run"]["contended"] is contended  # 64 threads: more than this machine's cores
