@@ -268,7 +268,8 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
     contended = sweep["speed"]["contended"]
     lines = ["# multirnn sweep", "",
              f"Command: `{run.get('command', '?')}`  ", f"Written: {run.get('created')}  ",
-             f"Executor: {run.get('executor', {}).get('executor')} ({_executor_text(run)})  ",
+             f"Executor: {run.get('executor', {}).get('executor')} ({_executor_text(run)})"
+             + _cells_ran_text(sweep) + "  ",
              f"Cells: {len(sweep['cells'])} ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))})"
              + (f"; STOPPED by {run['stopped']}: partial results" if run.get("stopped") else "") + "  ",
              f"Machine: {run.get('machine', {}).get('platform')}, {run.get('machine', {}).get('cpu_count')} CPUs", ""]
@@ -326,6 +327,20 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
                    "`groups/<configuration>-s<seed>/` (compare's report of each configuration and seed"
                    + (", complete ones only" if partial else "") + "), `journal.jsonl`."), ""]
     return "\n".join(lines)
+
+
+def _cells_ran_text(sweep: dict[str, Any]) -> str:
+    """How the cells really ran, where that differs from this start's executor (a resume with other
+    --jobs/--threads, or cells run on Ray and then locally)."""
+    e = sweep["run"].get("executor", {})
+    ways = Counter((t.get("executor"), t.get("threads"), t.get("concurrency")) for t in sweep.get("timings", {}).values()
+                   if t.get("executor"))
+    now = (e.get("executor"), e.get("threads"), e.get("jobs") if e.get("executor") == "local" else None)
+    if not ways or all(w[:2] == now[:2] and (now[2] is None or w[2] == now[2]) for w in ways):
+        return ""
+    parts = [f"{n} on {ex}, {th} thread(s)" + (f", {c} at a time" if c else "") for (ex, th, c), n in sorted(
+        ways.items(), key=lambda kv: -kv[1])]
+    return f"; the cells ran: {'; '.join(parts)}"
 
 
 def _executor_text(run: dict[str, Any]) -> str:

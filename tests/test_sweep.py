@@ -572,3 +572,18 @@ def test_a_partial_aggregate_does_not_say_a_finished_row_has_no_runs():
                                              "finished_not_aggregated": 2}]}}
     text = sweep_cli._summary(sweep)
     assert "no finished run" not in text and "none aggregated (no seed of this configuration is complete)" in text, text
+
+
+def test_the_report_says_how_the_cells_ran_when_this_start_differs():
+    """A finished sweep started again with --jobs 2 --threads 1 ran nothing, yet the report said every cell
+    ran that way; cells run on Ray and then locally were all "local"."""
+    from multirnn.sweep_report import _cells_ran_text
+
+    timings = {"a": {"executor": "local", "threads": 2, "concurrency": 1},
+               "b": {"executor": "local", "threads": 2, "concurrency": 1}}
+    same = {"run": {"executor": {"executor": "local", "jobs": 1, "threads": 2}}, "timings": timings}
+    assert _cells_ran_text(same) == ""
+    other = {**same, "run": {"executor": {"executor": "local", "jobs": 2, "threads": 1}}}
+    assert _cells_ran_text(other) == "; the cells ran: 2 on local, 2 thread(s), 1 at a time"
+    mixed = {**same, "timings": {**timings, "c": {"executor": "ray", "threads": 2, "concurrency": 1}}}
+    assert "2 on local" in _cells_ran_text(mixed) and "1 on ray" in _cells_ran_text(mixed)
