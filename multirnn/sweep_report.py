@@ -360,6 +360,9 @@ def write_all(sweep: dict[str, Any], out: Path, records: dict[str, Any], cells: 
     notes, plots = [], []
     if make_plots:
         plots, notes = sweep_plots.plot_all(sweep, records, out)
+    for stale in ("perplexity_bands.png", "speed_heatmap.png"):  # an earlier start's, no longer of these results
+        if stale not in plots:
+            (out / stale).unlink(missing_ok=True)
     complete = {(g["configuration"], g["seed"]) for g in sweep["groups"] if g["complete"]}
     for g in groups:  # compare's own files for each (configuration, seed): the drill-down
         if (g.configuration.index, g.seed) not in complete:

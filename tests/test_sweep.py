@@ -587,3 +587,11 @@ def test_the_report_says_how_the_cells_ran_when_this_start_differs():
     assert _cells_ran_text(other) == "; the cells ran: 2 on local, 2 thread(s), 1 at a time"
     mixed = {**same, "timings": {**timings, "c": {"executor": "ray", "threads": 2, "concurrency": 1}}}
     assert "2 on local" in _cells_ran_text(mixed) and "1 on ray" in _cells_ran_text(mixed)
+
+
+def test_a_re_run_without_plots_leaves_no_plot_of_earlier_results(tmp_path):
+    out = tmp_path / "out"
+    args = [*TINY, "--backends", "numpy", "--out", str(out), "--quiet"]
+    assert sweep(args).returncode == 4 and (out / "perplexity_bands.png").is_file()
+    assert sweep([*args, "--no-plot"]).returncode == 4
+    assert not (out / "perplexity_bands.png").exists() and "perplexity_bands.png" not in (out / "report.md").read_text()
