@@ -498,7 +498,10 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     floor = 1e-10 if dtype == "float32" else 1e-17  # an exact match cannot be drawn on a log axis
     index = {b["name"]: i for i, b in enumerate(results["backends"])}  # the same style as in perplexity.png
     rows = [b for b in results["backends"] if _checked(b)]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9.5))
+    # Taller panels for many rows (a legend entry each), wider for long names: 15 zoo rows overflowed the legends
+    panel = max(3.0, 0.19 * (len(results["backends"]) + 3))
+    longest = max((len(b["name"]) for b in results["backends"]), default=0)
+    fig, axes = plt.subplots(3, 1, figsize=(8 + max(0, longest - 16) * 0.06, 3 * panel + 0.5))
     ax_loss, ax_probe, ax_free = axes
     clamped: set[int] = set()
     checkpoint_epochs: list[int] = []
@@ -519,8 +522,8 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         loss = _at_floor([c["loss_deviation"] for c in cps], floor, clamped, ax_loss)
         norm = _at_floor([c["norm_deviation"] for c in cps], floor, clamped, ax_loss)
         probe = _at_floor([c["probe_ratio"] for c in cps], floor, clamped, ax_probe)
-        ax_loss.plot(epochs, loss, label=f"{b['name']} loss", **st)
-        ax_loss.plot(epochs, norm, label=f"{b['name']} grad norm", **{**st, "linestyle": ":", "alpha": 0.7})
+        ax_loss.plot(epochs, loss, label=b["name"], **st)  # one legend entry per row: its norm is the dotted twin
+        ax_loss.plot(epochs, norm, label="_nolegend_", **{**st, "linestyle": ":", "alpha": 0.7})
         ax_probe.plot(epochs, probe, label=b["name"], **st)
         marks: list[tuple[Any, int, float]] = []
         for k, c in enumerate(cps):
@@ -533,6 +536,8 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         for ax in (ax_loss, ax_probe):
             if pts := [(e, y) for a, e, y in marks if a is ax]:
                 ax.scatter([e for e, _ in pts], [y for _, y in pts], **circle)
+    if rows:
+        ax_loss.plot([], [], color="gray", linestyle=":", alpha=0.7, label="dotted, faint: a row's grad norm")
     if v["step_rtol"] == v["norm_rtol"]:
         ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"band {v['step_rtol']:g}")
     else:
