@@ -14,7 +14,7 @@ _DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "mxnet": ("mxnet",),
                   "tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",)}
 
 
-def _installed_version(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
     for dist in _DISTRIBUTIONS.get(name, ()):
         try:
             return importlib.metadata.version(dist)
@@ -28,7 +28,7 @@ def backend_rows() -> list[dict[str, str | bool | None]]:
     rows = []
     for name in known_backends():
         reason = probe(name)  # imports the framework: the only honest "can it run" check
-        rows.append({"backend": name, "version": _installed_version(name) if name in _REGISTRY else "(entry point)",
+        rows.append({"backend": name, "version": installed_version(name) if name in _REGISTRY else "(entry point)",
                      "runs": reason is None, "install": install_hint(name), "problem": reason})
     return rows
 

@@ -173,8 +173,10 @@ def refused_record(task: WorkerTask) -> dict[str, Any] | None:
     error = refusal(backend, task.impl, TrainConfig(**task.config).model)
     if error is None:
         return None
+    from .info import installed_version  # the version without importing the framework, as the table shows it
+
     return {"name": task.name, "backend": backend, "impl": task.impl, "status": "unsupported",
-            "framework_version": None, "error": error}
+            "framework_version": installed_version(backend), "error": error}
 
 
 def interrupted_record(name: str, backend: str, impl: str, how: str) -> dict[str, Any]:
