@@ -728,8 +728,9 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                          f"epoch {div['epoch']}, step {div['step']}: {div['detail']}; "
                          + ("the stretch that reached it and later ones are not judged)" if has_lockstep
                             else "later steps are not judged)"))
-            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {how}{at}"
-                         f"{until}{stat}")
+            # "at N checkpoints" belongs to the re-anchored checks, not to --init independent's final perplexities
+            checked = ", ".join([checks[0] + at + until, *checks[1:]]) if checks and has_lockstep else how + until
+            parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {checked}{stat}")
         else:
             status = "not-judged"
             parts.append("only the reference ran: nothing to compare it with")

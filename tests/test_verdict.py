@@ -159,6 +159,13 @@ def test_without_lockstep_the_free_run_is_held_to_the_fixed_band():
     assert any("no probe step forced gradient clipping or changed lr" in n for n in agreeing.notes), agreeing.notes
 
 
+def test_the_checkpoint_count_goes_with_the_re_anchored_checks():
+    rows = [dict(REF, perplexity=[5.0] * 20)] + [dict(backend_row(n, REF, [(1, 0, [1, 1, 1, 1])]), perplexity=[p] * 20)
+                                                 for n, p in (("torch", 5.2), ("jax", 5.1))]
+    v = judge(rows, init="independent")
+    assert "probe updates within 0.001 at 1 checkpoint, final perplexities within 15% of their median" in v.summary, v.summary
+
+
 def test_independent_init_compares_final_perplexities():
     a, b, c = (dict(oracle_row(REF["step_loss"], name=n), perplexity=[p] * 20) for n, p in
                (("numpy", 5.0), ("torch", 5.2), ("jax", 7.0)))
