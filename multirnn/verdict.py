@@ -742,7 +742,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if unavailable:
         parts.append(f"unavailable: {', '.join(unavailable)}")
     if unsupported:
-        parts.append(f"unsupported (the layer cannot compute this model): {', '.join(unsupported)}")
+        parts.append(f"unsupported (the implementation cannot compute this model): {', '.join(unsupported)}")
     if diverged:
         parts.append(f"training diverged (loss not finite or perplexity overflowing) in {', '.join(diverged)}")
     if base.get("blown_up"):
