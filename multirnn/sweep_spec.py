@@ -108,8 +108,8 @@ class SpecFile:
     keys: dict[str, str]  # dest -> the key as written ("batch-size" or "batch_size")
 
     def error(self, dest: str, reason: str) -> SpecError:
-        """A bad value, named where the user wrote it: "sweep.toml: epochs = 0: expected a positive integer"."""
-        return SpecError(f"{self.path}: {self.keys[dest]} = {toml_text(self.values[dest])}: {reason}")
+        """A bad value, named where the user wrote it: "--spec 'sweep.toml': epochs = 0: expected a positive integer"."""
+        return SpecError(f"--spec {self.path!r}: {self.keys[dest]} = {toml_text(self.values[dest])}: {reason}")
 
 
 def toml_text(value: Any) -> str:
