@@ -298,11 +298,11 @@ def test_a_partial_aggregate_uses_only_the_seeds_every_row_finished(tmp_path):
     ("hidden = [16, -3]", "--spec 'sweep.toml': hidden = [16, -3]: expected a positive integer, got '-3'"),
     ('dtype = "float16"', "--spec 'sweep.toml': dtype = \"float16\": invalid choice: 'float16' (choose from 'float32', 'float64')"),
     ("jobs = 0", "--spec 'sweep.toml': jobs = 0: expected a positive integer"),
-    ('seeds = "4-1"', "--spec 'sweep.toml': " 'seeds = "4-1": the range goes down'),
+    ('seeds = "4-1"', "--spec 'sweep.toml': seeds = \"4-1\": the range goes down"),
     ("quiet = 3", "--spec 'sweep.toml': quiet = 3: expected true or false"),
     ("epochs = []", "--spec 'sweep.toml': epochs = []: is empty"),
-    ('impl = "bogus"', "--spec 'sweep.toml': " 'impl = "bogus": expected scratch, layers, all or a comma list of them'),
-    ('text = "missing.txt"', "--spec 'sweep.toml': " 'text = "missing.txt": no such file'),  # found by compare's plan
+    ('impl = "bogus"', "--spec 'sweep.toml': impl = \"bogus\": expected scratch, layers, all or a comma list of them"),
+    ('text = "missing.txt"', "--spec 'sweep.toml': text = \"missing.txt\": no such file"),  # found by compare's plan
 ])
 def test_a_bad_value_in_a_spec_file_is_named_there(tmp_path, monkeypatch, capsys, line, message):
     monkeypatch.chdir(tmp_path)
