@@ -247,7 +247,7 @@ def blow_up(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """Where ``row``'s loss first passed :data:`BLOWUP_FACTOR` x ln V (None: never, or V unknown)."""
     vocab = ((row.get("shapes") or {}).get("logits") or [None])[-1]
     losses = row.get("step_loss") or []
-    if not vocab or vocab < 2 or row.get("status") != "ok":
+    if not vocab or vocab < 2 or row.get("status") not in ("ok", "diverged"):
         return None
     limit = BLOWUP_FACTOR * math.log(vocab)
     i = next((i for i, x in enumerate(losses) if x is not None and x > limit), None)
@@ -532,7 +532,7 @@ def judge(
     diverged = [f"{r['name']} (epoch {r.get('diverged_epoch', '?')}, step {r.get('diverged_step', '?')})"
                 for r in ran if r.get("status") == "diverged"]
     base["blown_up"] = [f"{r['name']} (loss {b['loss']:.4g} at epoch {b['epoch']}, step {b['step']})"
-                        for r in ran if (b := blow_up(r))]
+                        for r in ran if r.get("status") == "ok" and (b := blow_up(r))]  # diverged ones are named so
     out = _assemble(tuple(all_rows), has_lockstep, base, diverged)
     div = base["reference_diverged"]
     if out.status == "not-judged" and div and not div["whole_stretch"]:

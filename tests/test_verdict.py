@@ -329,6 +329,16 @@ def test_a_reference_that_blew_up_without_overflowing_is_judged_as_diverged_ther
     assert judge([calm, wild], expected_shapes=shapes).status == "disagree"
 
 
+def test_a_diverged_reference_is_judged_until_it_blew_up_not_until_it_overflowed():
+    shapes = {"logits": [12, 28]}
+    ref = diverged_oracle([3.0, 2.5, 2.0, 1.5, 300.0], [3], 2, 3)  # blew up at epoch 2, step 2; overflowed at step 3
+    ref["shapes"] = shapes
+    noisy = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1 + 3e-3])], shapes=shapes)
+    v = judge([ref, noisy], expected_shapes=shapes)
+    assert v.status == "agree" and (v.reference_diverged["epoch"], v.reference_diverged["step"]) == (2, 2), v.summary
+    assert "in torch (loss 300" in v.summary and "numpy (loss 300" not in v.summary  # the diverged one is named so
+
+
 def test_a_reference_that_did_not_diverge_records_nothing():
     v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])])])
     assert v.reference_diverged is None and "diverged" not in v.summary
