@@ -133,6 +133,8 @@ def resolve_text(spec: str | Path, label: str = "text") -> Path:
 # Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# C0 controls other than tab, line feed, vertical tab, form feed, carriage return; and DEL.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 # Letters outside A-Z (accents, other scripts): d2l's preprocessing turns them into spaces.
 _OTHER_LETTERS = re.compile(r"[^\W\d_A-Za-z]")
 _ASCII_LETTERS = re.compile("[A-Za-z]")
@@ -141,36 +143,48 @@ DROPPED_LETTERS_WARNING = 0.01
 
 
 def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> str:
-    """Decode a text file's bytes: in ``encoding`` when given, else by its byte-order mark
-    (UTF-8/16/32), else as UTF-8; never a guess.
+    """Decode a text file's bytes: by its byte-order mark (UTF-8/16/32) when it has one, else in
+    ``encoding`` when given, else as UTF-8; never a guess.
 
     Raises:
-        ValueError: binary data, or bytes that are not valid in the encoding (the message gives the
+        ValueError: binary data (NUL bytes outside UTF-16/32, or many control characters), an encoding that
+            is not a text encoding, or bytes that are not valid in the encoding (the message gives the
             offset and how to convert the file).
     """
-    if encoding is not None:
+    given = encoding
+    if given is not None:
         try:
-            codecs.lookup(encoding)
+            info = codecs.lookup(given)
         except LookupError:
-            raise ValueError(f"Unknown text encoding {encoding!r} (e.g. utf-8, utf-16, cp1252, latin-1).") from None
-        body = raw
+            raise ValueError(f"Unknown text encoding {given!r} (e.g. utf-8, utf-16, cp1252, latin-1).") from None
+        if not getattr(info, "_is_text_encoding", True):  # rot13, base64, zlib: codecs, not text encodings
+            raise ValueError(f"{given!r} is not a text encoding (e.g. utf-8, utf-16, cp1252, latin-1).")
+    # A byte-order mark says what the file is, whatever --encoding says (its help promises as much)
+    bom = next(((b, e) for b, e in _BOMS if raw.startswith(b)), None)
+    if bom is not None:
+        encoding, body = bom[1], raw[len(bom[0]):]
+    elif given is not None:
+        encoding, body = codecs.lookup(given).name, raw
     else:
-        for bom, encoding in _BOMS:
-            if raw.startswith(bom):
-                body = raw[len(bom):]
-                break
-        else:
-            encoding, body = "utf-8", raw
-    if encoding == "utf-8" and b"\x00" in raw[:65536]:
-            raise ValueError(f"{name} looks binary (it contains NUL bytes), not text. If it is UTF-16 or UTF-32 "
-                             "without a byte-order mark, convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8).")
+        encoding, body = "utf-8", raw
+    wide = encoding.replace("_", "-").startswith(("utf-16", "utf-32"))
+    if not wide and b"\x00" in body[:65536]:
+        raise ValueError(f"{name} looks binary (it contains NUL bytes), not text. If it is UTF-16 or UTF-32 "
+                         "without a byte-order mark, give --encoding utf-16 (or utf-32), or convert it to UTF-8 "
+                         "(e.g. iconv -f UTF-16LE -t UTF-8).")
     try:
-        return body.decode(encoding)
+        text = body.decode(encoding)
     except UnicodeDecodeError as exc:
         bad = body[exc.start:exc.start + 1].hex()
         raise ValueError(f"{name} is not valid {encoding.upper()} text (byte 0x{bad} at offset {exc.start}). "
                          "Give its encoding (--encoding cp1252, latin-1, ...) or convert it to UTF-8 "
                          "(iconv -f CP1252 -t UTF-8).") from None
+    # Single-byte encodings decode any bytes: random data read as latin-1 is ~13 % control characters
+    controls = len(_CONTROL_CHARACTERS.findall(text[:65536]))
+    if controls > max(10, 0.005 * min(len(text), 65536)):
+        raise ValueError(f"{name} looks binary ({controls:,} control characters in its first "
+                         f"{min(len(text), 65536):,} characters as {encoding}), not text.")
+    return text
 
 
 def _bundled_name(path: Path) -> str | None:
@@ -203,7 +217,9 @@ def _read_text(path: str | Path, expected_sha256: str | None = None, encoding: s
         raise ValueError(f"Text file {str(path)!r} is empty (0 bytes): no letters A-Z to read.")
     text = decode_text(raw, f"Text file {str(path)!r}", encoding)
     if not _ASCII_LETTERS.search(text):
-        raise ValueError(f"Text file {str(path)!r} contains no letters A-Z (empty, or not English text).")
+        hint = (f"; read as --encoding {encoding}: is that its encoding?" if encoding is not None and bundled is None
+                else "")
+        raise ValueError(f"Text file {str(path)!r} contains no letters A-Z (empty, or not English text{hint}).")
     return text
 
 

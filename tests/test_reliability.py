@@ -356,6 +356,27 @@ def test_undecodable_or_binary_text_is_exit_2(tmp_path, make, message):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("make, encoding, message", [
+    # a byte-order mark wins over --encoding (it trained on NUL-spaced letters, 30,759 tokens for 18,766)
+    (lambda p: _book(p, "utf-16-le", bom=b"\xff\xfe"), "latin-1", None),
+    (lambda p: _book(p, "utf-16-le"), "utf8", "looks binary (it contains NUL bytes)"),  # every spelling of UTF-8
+    (lambda p: Path("/bin/ls"), "latin-1", "looks binary"),  # any single-byte encoding decodes any bytes
+    (lambda p: _book(p, "utf-8"), "rot13", "'rot13' is not a text encoding"),  # was a LookupError traceback
+    (lambda p: _book(p, "utf-8"), "utf-16", "read as --encoding utf-16: is that its encoding?"),
+])
+def test_an_encoding_never_turns_binary_or_another_encoding_into_text(tmp_path, make, encoding, message):
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", *TINY, "--text", str(make(tmp_path)), "--encoding", encoding, "--out", str(out),
+                    "--quiet", "--no-plot"])
+    if message is None:  # read by its mark: the same tokens as the UTF-8 file
+        assert proc.returncode == 4, proc.stderr
+        want = len(multirnn.load_corpus(_book(tmp_path, "utf-8"))[0])
+        assert strict_json(out / "results.json")["options"]["tokens"]["total"] == want
+    else:
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_an_encoding_can_be_named_and_dropped_letters_are_counted(tmp_path):
     text = ("the caf\xe9 na\xefve r\xe9sum\xe9 of a time traveller " * 800)
     book = _book(tmp_path, "latin-1", text)
