@@ -910,9 +910,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows[i] = result_row(raw)
     finally:
         progress.close()
-    # Ignore further signals while the report is written (a second Ctrl-C must not lose it).
+    # A signal while the report is written must not lose it: noted, acted on once it is written (the exit
+    # status still says the run was stopped, as the README's table promises).
+    late: list[int] = []
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, lambda signum, frame: late.append(signum))
     if not stopped:  # an interrupted run keeps its data and checkpoints for --resume
         shutil.rmtree(work, ignore_errors=True)
     results = assemble([rows[k] for k in sorted(rows)], config, options, expected, stopped)
@@ -926,6 +928,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nReport: {out_dir / 'report.md'}  ({', '.join(written)})")  # what this run wrote: no plot of no curve
     if stopped:
         return exit_stopped
+    if late:
+        name = "Ctrl-C" if late[0] == signal.SIGINT else signal.Signals(late[0]).name
+        print(f"multirnn.compare: stopped by {name} while the report was written: every row had finished and the "
+              "report is complete", file=sys.stderr)
+        return 128 + int(late[0])
     status = results["verdict"]["status"]
     return {"agree": EXIT_AGREE, "no-backend": EXIT_NO_BACKEND, "not-judged": EXIT_NOT_JUDGED}.get(status, EXIT_DISAGREE)
 

@@ -589,9 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         progress.close()
         executor.close()
-    # A second Ctrl-C must not lose the aggregate being written.
+    # A signal while the aggregate is written must not lose it: noted, acted on once it is written.
+    late: list[int] = []
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, lambda signum, frame: late.append(signum))
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
@@ -610,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nReport: {out / 'report.md'}  ({', '.join(also)})")
     if engine.stopped:
         return 128 + engine.stop_signal
+    if late:
+        print(f"multirnn.sweep: stopped by signal {late[0]} ({signal.Signals(late[0]).name}) while the aggregate was "
+              "written: every cell had ended and the aggregate is complete", file=sys.stderr)
+        return 128 + int(late[0])
     statuses = {g["status"] for g in sweep["groups"]}
     if statuses == {"no-backend"}:
         return EXIT_NO_BACKEND

@@ -242,6 +242,30 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     assert (out / "backends" / "mine" / "deep" / "keep.txt").read_text() == "mine"
 
 
+def test_a_signal_while_the_report_is_written_still_ends_the_run_with_its_status(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a scheduler's) or Ctrl-C after the last row, while the report and plots were written, was
+    ignored: exit 0, as if nobody had asked the run to stop."""
+    from multirnn import report
+
+    write_all = report.write_all
+
+    def interrupted_write_all(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return write_all(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_all", interrupted_write_all)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    out = tmp_path / "run"
+    try:
+        code = compare_cli.main(["--backends", "numpy", *TINY, "--out", str(out), "--quiet", "--no-plot"])
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert code == 143, capsys.readouterr().err
+    assert "stopped by SIGTERM while the report was written" in capsys.readouterr().err
+    assert strict_json(out / "results.json")["verdict"]["status"] == "not-judged"  # the report is whole
+
+
 def test_default_folders_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = compare_cli._prepare_out_dir(None, False, False)
