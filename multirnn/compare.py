@@ -927,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
     written = [n for n in ("results.json", "curves.csv", "perplexity.png", "deviation.png") if (out_dir / n).is_file()]
     print(f"\nReport: {out_dir / 'report.md'}  ({', '.join(written)})")  # what this run wrote: no plot of no curve
     if stopped:
+        again = shlex.join(["python", "-m", "multirnn.compare", *(a for a in argv if a not in ("--resume", "--overwrite")),
+                            *([] if args.out else ["--out", str(out_dir)]), "--resume"])
+        print(f"Continue it (finished rows are kept): {again}")
         return exit_stopped
     if late:
         name = "Ctrl-C" if late[0] == signal.SIGINT else signal.Signals(late[0]).name

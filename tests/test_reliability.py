@@ -109,8 +109,9 @@ def test_a_signal_writes_a_partial_report_and_ends_every_process(tmp_path, sig, 
     time.sleep(3)  # training (100,000 epochs take far longer)
     assert proc.poll() is None
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    stdout, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
+    assert f"--out {out} --resume" in stdout  # how to continue it
     res = strict_json(out / "results.json")
     assert res["verdict"]["status"] == "interrupted"
     assert (out / "report.md").exists() and "Traceback" not in err
