@@ -296,6 +296,9 @@ def _refuse_conflicts(args: argparse.Namespace) -> None:
         raise UsageError("--resume continues the run in --out and --overwrite starts it again: choose one")
     if args.init_seeds is not None and args.init != "framework":
         raise UsageError(f"--init-seeds applies to --init framework only (--init {args.init} trains one seed per row)")
+    if args.keep_checkpoints and args.lockstep == "off":
+        raise UsageError("--keep-checkpoints keeps the checkpoints of the re-anchored checks: with --lockstep off "
+                         "none are written")
     if args.init == "framework" and "layers" not in _impls_from_args(args.impl):
         raise UsageError("--init framework keeps each framework layer's own initialisers: it needs --impl layers "
                          "or all (scratch rows start from d2l's N(0, 0.01^2) whatever --init says)")

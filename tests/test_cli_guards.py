@@ -204,6 +204,7 @@ def test_readme_says_an_empty_worker_log_is_deleted():
 
 @pytest.mark.parametrize("given, named", [
     (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite starts it again"),
+    (["--keep-checkpoints", "--lockstep", "off"], "with --lockstep off none are written"),
     (["--init-seeds", "5"], "--init-seeds applies to --init framework only (--init shared"),
     (["--init", "independent", "--init-seeds", "2"], "--init-seeds applies to --init framework only"),
     (["--init", "framework"], "--init framework keeps each framework layer's own initialisers: it needs --impl"),
