@@ -152,6 +152,9 @@ def bands_text(results: dict[str, Any]) -> str:
     every = opts.get("lockstep_every")
     planned = list(opts.get("lockstep_epochs") or [])
     count = f"{len(planned)} in all"
+    # a few checkpoints are named (--lockstep 100 of a 3-epoch run checks epochs 1 and 3, not "every 2 epochs")
+    spacing = (f"at epoch{'s' if len(planned) != 1 else ''} {', '.join(map(str, planned))}" if 0 < len(planned) <= 6
+               else f"every {every} epoch{'s' if every != 1 else ''}")
     div = v.get("reference_diverged")
     if div and div.get("epoch") is not None:
         reached = sum(1 for e in planned if e <= div["epoch"])
@@ -159,8 +162,7 @@ def bands_text(results: dict[str, Any]) -> str:
         count = f"{len(planned)} planned, {reached} before {v['reference_label']} {how}"
     return (f"Bands applied ({results['config']['dtype']}): re-anchored per-step loss {v['step_rtol']:g} and gradient "
             f"norm {v['norm_rtol']:g} (relative to {v['reference_label']}); probe updates {v['probe_rtol']:g} of the "
-            f"update's size + {v['rounding']:.1e} of the parameter's size (rounding). Checkpoints every {every} "
-            f"epoch{'s' if every != 1 else ''} ({count}).")
+            f"update's size + {v['rounding']:.1e} of the parameter's size (rounding). Checkpoints {spacing} ({count}).")
 
 
 def config_text(results: dict[str, Any]) -> str:

@@ -97,8 +97,8 @@ def test_an_ed2_run_header_names_its_windows_and_short_runs_read_right(tmp_path)
     assert proc.returncode == 0, proc.stderr
     header = next(ln for ln in proc.stderr.splitlines() if ln.startswith("multirnn.compare "))
     assert "(d2l-ed2, 2 epochs, shuffled windows, float32," in header and "sampling" not in header, header
-    # auto spacing is 5 epochs for this shape: a 2-epoch run is checked at epochs 1 and 2, i.e. every epoch
-    assert "Checkpoints every 1 epoch (2 in all)." in (out / "report.md").read_text()
+    # auto spacing is 5 epochs for this shape: a 2-epoch run is checked at epochs 1 and 2, named as such
+    assert "Checkpoints at epochs 1, 2 (2 in all)." in (out / "report.md").read_text()
 
 
 def test_short_runs_record_the_checkpoint_spacing_they_really_have():
@@ -272,6 +272,10 @@ def test_the_checkpoint_count_says_how_many_came_before_the_oracle_diverged():
     assert report.bands_text(results).endswith("Checkpoints every 1 epoch (12 in all).")
     v["reference_diverged"] = {"epoch": 4, "step": 7}
     assert report.bands_text(results).endswith("(12 planned, 4 before the NumPy oracle diverged).")
+    # --lockstep 100 of a 3-epoch run checks epochs 1 and 3: named, not "every 2 epochs"
+    results["options"].update(lockstep=100, lockstep_every=2, lockstep_epochs=[1, 3])
+    v["reference_diverged"] = None
+    assert report.bands_text(results).endswith("Checkpoints at epochs 1, 3 (2 in all).")
 
 
 def test_a_perplexity_axis_over_a_hundred_decades_keeps_its_tick_labels():
