@@ -710,7 +710,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
             eval_ids = encode_eval_text(eval_text, data.vocab, config.protocol, config.batch_size, config.num_steps,
                                         args.encoding, label=f"--eval-text {args.eval_text!r}")
         if args.prefix:  # the user's prompts, preprocessed as the text is; each must fit its vocabulary
-            prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
+            try:
+                prefixes = tuple(clean_prefix(p, data.vocab) for p in prefixes)
+            except ValueError as exc:
+                raise UsageError(f"--prefix: {exc}") from None
         else:  # the default prompts on the user's --text: keep those that fit, else the vocabulary's first letter
             fits = [p for p in prefixes if all(c in data.vocab.token_to_idx for c in p)]
             first_letter = next(t for t in data.vocab.idx_to_token if t.isalpha() and len(t) == 1)

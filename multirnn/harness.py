@@ -465,7 +465,8 @@ def clean_prefix(prefix: Any, vocab: Vocab) -> str:
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__} {prefix!r:.60}.")
     cleaned = _NON_LETTERS.sub(" ", prefix).lower()
     if not cleaned.strip():
-        raise ValueError(f"prefix must contain at least one letter, got {prefix!r}.")
+        raise ValueError(f"prefix must contain at least one letter A-Z (the others become spaces, as in the text), "
+                         f"got {prefix!r}.")
     unknown = sorted({c for c in cleaned if c not in vocab.token_to_idx})
     if unknown:
         known = "".join(t for t in vocab.idx_to_token if len(t) == 1)

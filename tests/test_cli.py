@@ -139,3 +139,5 @@ def test_validation_perplexity_and_median_window_in_the_table(tmp_path):
 def test_a_prefix_outside_the_vocabulary_is_a_usage_error(tmp_path):
     proc = compare(["--prefix", "...", "--out", str(tmp_path / "never")])
     assert proc.returncode == 2 and "at least one letter" in proc.stderr
+    proc = compare(["--prefix", "Привет", "--out", str(tmp_path / "never")])  # letters, but none of A-Z
+    assert proc.returncode == 2 and "--prefix: prefix must contain at least one letter A-Z" in proc.stderr, proc.stderr
