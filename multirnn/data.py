@@ -609,8 +609,8 @@ def ed2_windows(text: str, num_steps: int, num_train: int = 10000, num_val: int 
     num_windows = len(chars) - num_steps
     if num_windows < num_train + num_val:
         raise TextTooShortError(
-            f"The text gives {max(num_windows, 0)} windows of {num_steps + 1} characters, fewer than "
-            f"num_train + num_val = {num_train + num_val}. Use a longer text (one of at least "
+            f"The text gives {max(num_windows, 0):,} windows of {num_steps + 1} characters, fewer than "
+            f"num_train + num_val = {num_train + num_val:,}. Use a longer text (one of at least "
             f"{num_train + num_val + num_steps:,} characters after preprocessing), or fewer windows (num_train and "
             "num_val of the Python API's TrainConfig)."
         )

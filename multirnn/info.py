@@ -53,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     """List the backends; ``--help`` says so, anything else is refused (exit 2) rather than ignored."""
     import argparse
 
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m multirnn",
         description="Which backends this installation has, their versions, whether each runs here and how to "
         "install the rest. The comparison itself: python -m multirnn.compare; a matrix of them: python -m "
-        "multirnn.sweep.").parse_args(sys.argv[1:] if argv is None else argv)
+        "multirnn.sweep.")
+    parser.add_argument("--version", action="version", version=f"multirnn {__version__}")  # as compare's and sweep's
+    parser.parse_args(sys.argv[1:] if argv is None else argv)
     print(f"multirnn {__version__} (Python {platform.python_version()}, {sys.platform})\n")
     print(backend_table())
     print("\nRun the comparison: python -m multirnn.compare   (--help for every option)")
