@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sysconfig
 import tempfile
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +188,7 @@ def check_one_hot(be: Backend) -> None:
     """one_hot is time-major: (batch, steps) ids -> (steps, batch, vocab)."""
     X = np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
     out = _np(be, be.one_hot(X, 28))
-    assert out.shape == (5, 2, 28), out.shape
+    assert out.shape == (5, 2, 28), f"one_hot of (batch 2, steps 5) ids: got shape {out.shape}, expected (5, 2, 28)"
     np.testing.assert_array_equal(out.argmax(-1), X.T)
     np.testing.assert_array_equal(out.sum(-1), np.ones((5, 2)))
 
@@ -197,7 +199,8 @@ def check_init_state(be: Backend, dtype: str) -> None:
     n = len(be.model.state_names())
     assert isinstance(state, tuple) and len(state) == n, f"a tuple of {n} arrays expected, got {state!r:.80}"
     for s in _state_np(be, state):
-        assert s.shape == (4, 6) and s.dtype == np.dtype(dtype) and not s.any(), (s.shape, s.dtype)
+        assert s.shape == (4, 6) and s.dtype == np.dtype(dtype) and not s.any(), \
+            f"init_state(4, 6, {dtype!r}): got shape {s.shape} dtype {s.dtype}, expected zeros (4, 6) {dtype}"
 
 
 def check_forward(be: Backend, dtype: str, batch_size: int = 3, num_steps: int = 5) -> None:
@@ -207,8 +210,11 @@ def check_forward(be: Backend, dtype: str, batch_size: int = 3, num_steps: int =
     p = be.params_from_numpy(params)
     logits, got_state = _given_numpy_state(be, "forward", lambda s: be.forward(p, X, s), _copy(state))
     got = _np(be, logits)
-    assert got.shape == want_logits.shape and got.dtype == np.dtype(dtype), (got.shape, got.dtype)
+    assert got.shape == want_logits.shape and got.dtype == np.dtype(dtype), \
+        f"logits: got shape {got.shape} dtype {got.dtype}, expected {want_logits.shape} {dtype}"
     _close(got, want_logits, FWD_RTOL[dtype], "logits")
+    assert isinstance(got_state, (tuple, list)), \
+        f"the state must be a tuple of one array per entry of model.state_names(), got {type(got_state).__name__}"
     assert len(got_state) == len(want_state), f"{len(got_state)} state arrays, expected {len(want_state)}"
     for name, g, w in zip(be.model.state_names(), _state_np(be, got_state), want_state):
         _close(g, w, FWD_RTOL[dtype], f"final state {name}")
@@ -224,10 +230,23 @@ def check_loss_and_grads(be: Backend, dtype: str, batch_size: int = 3, num_steps
     assert np.ndim(_np(be, loss)) == 0, "the loss must be a scalar"
     _close(float(loss), float(want_loss), FWD_RTOL[dtype], "loss")
     got = be.params_to_numpy(grads)
-    assert all(v.dtype == np.dtype(dtype) for v in got.values()), {k: v.dtype for k, v in got.items()}
+    assert all(v.dtype == np.dtype(dtype) for v in got.values()), \
+        f"gradient dtypes {({k: str(v.dtype) for k, v in got.items()})}, expected {dtype}"
     assert_grads_close(got, want_grads, GRAD_RTOL[dtype])
     for name, g, w in zip(be.model.state_names(), _state_np(be, got_state), want_state):
         _close(g, w, FWD_RTOL[dtype], f"new state {name}")
+
+
+def check_evaluate_loss(be: Backend, dtype: str) -> None:
+    """``evaluate_loss`` (validation and --eval-text perplexities) gives the oracle's loss and new state;
+    an override of the composed default is held to it too."""
+    params, X, Y, state = _problem(be, seed=13, dtype=dtype, batch_size=3, num_steps=5)
+    want_loss, _, want_state = oracle_for(be.model).loss_and_grads(params, X, Y, _copy(state))
+    p = be.params_from_numpy(params)
+    loss, got_state = _given_numpy_state(be, "evaluate_loss", lambda s: be.evaluate_loss(p, X, Y, s), _copy(state))
+    _close(float(loss), float(want_loss), FWD_RTOL[dtype], "evaluate_loss's loss")
+    for name, g, w in zip(be.model.state_names(), _state_np(be, got_state), want_state):
+        _close(g, w, FWD_RTOL[dtype], f"evaluate_loss's new state {name}")
 
 
 def check_random_shapes(be: Backend) -> None:
@@ -452,6 +471,7 @@ CONFORMANCE: tuple[Check, ...] = (
     *(Check(check_init_state, {"dtype": d}, against_oracle=False) for d in DTYPES),
     *(Check(check_forward, {"dtype": d, "batch_size": b, "num_steps": t}) for d in DTYPES for b, t in ((3, 5), (4, 7), (1, 1))),
     *(Check(check_loss_and_grads, {"dtype": d, "batch_size": b, "num_steps": t}) for d in DTYPES for b, t in ((3, 5), (4, 7), (1, 1))),
+    *(Check(check_evaluate_loss, {"dtype": d}) for d in DTYPES),
     Check(check_random_shapes),
     *(Check(check_clipping, {"dtype": d}, against_oracle=False) for d in DTYPES),
     *(Check(check_sgd, {"dtype": d}, against_oracle=False) for d in DTYPES),
@@ -466,11 +486,34 @@ CONFORMANCE: tuple[Check, ...] = (
 
 
 def run_conformance(backend: Backend, checks: tuple[Check, ...] = CONFORMANCE) -> list[tuple[str, str]]:
-    """Run every check on ``backend``; returns ``(check, error message)`` for each failure (empty: all pass)."""
+    """Run every check on ``backend``; returns ``(check, error message)`` for each failure (empty: all pass).
+
+    Raises:
+        TypeError: ``backend`` is not a Backend instance (a class or a name failed every check alike).
+    """
+    if not isinstance(backend, Backend):
+        hint = " (an instance: MyBackend(mode=...))" if isinstance(backend, type) else ""
+        raise TypeError(f"run_conformance needs a multirnn.Backend instance{hint}, got {type(backend).__name__} "
+                        f"{backend!r:.60}.")
     failures = []
     for check in checks:
         try:
             check(backend)
         except Exception as exc:  # report every failing check, not only the first
-            failures.append((str(check), f"{type(exc).__name__}: {exc}"))
+            failures.append((str(check), f"{type(exc).__name__}: {exc}{_where(exc)}"))
     return failures
+
+
+def _where(exc: BaseException) -> str:
+    """Where an error other than a check's own assertion was raised: the innermost frame outside this module,
+    so a framework's error inside your backend reads with your file and line."""
+    if isinstance(exc, AssertionError):
+        return ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    # the innermost frame in a backend's code, not in a framework or Python's own library
+    own = [f for f in frames if not f.filename.startswith(_LIBRARY_ROOTS)] or frames
+    return f" (raised at {own[-1].filename}:{own[-1].lineno}, in {own[-1].name})" if own else ""
+
+
+_LIBRARY_ROOTS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                               if k in sysconfig.get_paths()}))

@@ -22,3 +22,29 @@ from tests.test_backends import MODELS
 def test_the_oracle_passes_every_conformance_check(model: Model, mode: str) -> None:
     assert len(CONFORMANCE) >= 30  # the whole suite, not a subset
     assert run_conformance(NumpyBackend(mode=mode, model=model)) == []
+
+
+class _EvalLossScaled(NumpyBackend):
+    """evaluate_loss overridden wrongly: validation and --eval-text perplexities off, every other check passing."""
+
+    def evaluate_loss(self, params, X, Y, state):
+        loss, state = super().evaluate_loss(params, X, Y, state)
+        return 1.5 * loss, state
+
+
+class _RaisesInForward(NumpyBackend):
+    def forward(self, params, X, state):
+        return {}["no such key"]  # a bug of the backend's own: its file and line must show
+
+
+def test_a_wrong_evaluate_loss_override_is_caught():
+    failures = dict(run_conformance(_EvalLossScaled()))
+    assert sorted(failures) == ["evaluate_loss[float32]", "evaluate_loss[float64]"], failures
+    assert "evaluate_loss's loss" in failures["evaluate_loss[float64]"]
+
+
+def test_a_backend_s_own_error_is_reported_with_its_location_and_a_class_is_refused_at_once():
+    failures = dict(run_conformance(_RaisesInForward()))
+    assert f"(raised at {__file__}:" in failures["forward[float64,3,5]"] and "in forward)" in failures["forward[float64,3,5]"]
+    with pytest.raises(TypeError, match=r"needs a multirnn.Backend instance \(an instance: MyBackend\(mode=...\)\)"):
+        run_conformance(NumpyBackend)
