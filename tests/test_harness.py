@@ -71,6 +71,10 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_history():
     assert (err.epoch, err.step) == (2, 3)
     assert len(err.history.perplexity) == 1 and len(err.history.step_loss) == steps + 2
     assert all(np.isfinite(err.history.step_loss))
+    assert "Try a smaller lr" in str(err)
+    with pytest.raises(multirnn.TrainingDivergedError, match="no update has happened yet") as info:
+        multirnn.train(NaNBackend(bad_step=1), config)  # a NaN before any update: not the lr's doing
+    assert "smaller lr" not in str(info.value)
 
 
 def test_ed2_protocol_reports_validation_perplexity(oracle):
