@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import tempfile
 from pathlib import Path
@@ -58,21 +59,45 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))
 
 
-# What compare and the sweep write inside their own folders (results, logs, task files, checkpoints,
-# reports, plots, atomic writes' temporaries): --overwrite removes these and nothing else.
-WRITTEN_SUFFIXES = (".json", ".jsonl", ".log", ".npz", ".npy", ".md", ".csv", ".png", ".tmp")
+# The files compare and the sweep write inside their own folders, by name: a run's reports, checkpoints and
+# atomic writes' temporaries. Other JSON and logs count only when their contents say they are a run's.
+REPORT_FILES = frozenset({"results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png"})
+_CHECKPOINT = re.compile(r"epoch-\d{5}\.npz")
+_TEMPORARY = re.compile(r"\..+\.tmp")
+
+
+def written_by_multirnn(path: Path) -> bool:
+    """Whether multirnn wrote ``path`` (a file under one of its output folders): a report file, a checkpoint,
+    a temporary, a worker's task, a row's or a cell's record (read to tell it from your own JSON), or the log
+    beside such a record."""
+    name = path.name
+    if name in REPORT_FILES or _CHECKPOINT.fullmatch(name) or _TEMPORARY.fullmatch(name) or name.endswith(".task.json"):
+        return True
+    if name.endswith(".log"):
+        return _is_record(path.with_suffix(".json"))
+    return name.endswith(".json") and _is_record(path)
+
+
+def _is_record(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # a worker's row (compare's backends/) or a sweep's cell (cells/)
+    return isinstance(record, dict) and ({"name", "status"} <= record.keys() or {"id", "spec", "result"} <= record.keys())
 
 
 def clear_written(folder: Path) -> None:
-    """Remove the files multirnn writes (:data:`WRITTEN_SUFFIXES`) under ``folder``, then the folders that
+    """Remove the files multirnn wrote under ``folder`` (:func:`written_by_multirnn`), then the folders that
     this left empty; a user's own files, and the folders holding them, stay."""
     if not folder.is_dir():
         return
-    emptied: list[Path] = []
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
-        if path.is_file() and not path.is_symlink() and path.suffix in WRITTEN_SUFFIXES:
-            path.unlink(missing_ok=True)
-            emptied.append(path.parent)
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    doomed = [p for p in files if written_by_multirnn(p)]  # decided before any is removed (a log reads its record)
+    emptied: set[Path] = set()
+    for path in doomed:
+        path.unlink(missing_ok=True)
+        emptied.add(path.parent)
     for d in sorted({*emptied, folder}, key=lambda p: len(p.parts), reverse=True):
         while d != folder.parent and d.is_relative_to(folder):
             try:

@@ -228,11 +228,14 @@ def test_a_signal_during_jobs_ends_every_worker_and_marks_the_started_rows(tmp_p
 def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
     assert compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot"]).returncode == 0
-    (out / "backends" / "torch.json").write_text("{}")  # a stale file of an earlier, different run
+    (out / "backends" / "torch.json").write_text('{"name": "torch", "status": "ok"}')  # an earlier, different run's row
     (out / "my notes.txt").write_text("mine")
     (out / "backends" / "mine" / "deep").mkdir(parents=True)  # the user's own files inside the run's folders
     (out / "backends" / "mine" / "deep" / "keep.txt").write_text("mine")
     (out / "backends" / "README.txt").write_text("mine")
+    (out / "backends" / "notes.md").write_text("mine")  # suffixes multirnn also writes: kept by what they are
+    (out / "backends" / "analysis.json").write_text('{"mine": true}')
+    (out / "backends" / "mine" / "data.npy").write_bytes(b"mine")
     proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
@@ -241,6 +244,8 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     assert (out / "my notes.txt").read_text() == "mine"  # not a run file: untouched
     assert (out / "backends" / "README.txt").read_text() == "mine"
     assert (out / "backends" / "mine" / "deep" / "keep.txt").read_text() == "mine"
+    for mine in ("notes.md", "analysis.json", "mine/data.npy"):
+        assert (out / "backends" / mine).is_file(), mine
 
 
 def test_a_signal_while_the_report_is_written_still_ends_the_run_with_its_status(tmp_path, monkeypatch, capsys):

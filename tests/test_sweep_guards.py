@@ -135,15 +135,18 @@ def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     (folder / "cells" / "README.txt").write_text("mine")  # inside the sweep's own folders, too
     (folder / "groups" / "mine").mkdir(parents=True)
     (folder / "groups" / "mine" / "keep.txt").write_text("mine")
+    (folder / "groups" / "mine" / "summary.csv").write_text("mine")  # a suffix the sweep also writes
+    (folder / "cells" / "notes.json").write_text('{"mine": true}')
     assert sweep_cli.main([*BASE, "--epochs", "3", "--out", str(folder), "--dry-run", "--overwrite"]) == 0
     assert "2 cell(s), 2 to run" in capsys.readouterr().out
     proc = sweep([*BASE, "--no-plot", "--epochs", "3", "--out", str(folder), "--overwrite"])
     assert proc.returncode == 0, proc.stderr
     spec = json.loads((folder / "spec.json").read_text())
     assert spec["settings"]["dimensions"]["epochs"] == ["3"]
-    assert sorted(p.stem for p in (folder / "cells").glob("*.json")) == sorted(spec["cells"])
+    assert sorted(p.stem for p in (folder / "cells").glob("*.json") if p.stem != "notes") == sorted(spec["cells"])
     assert not (folder / "perplexity_bands.png").exists() and (folder / "notes.txt").read_text() == "mine"
     assert (folder / "cells" / "README.txt").read_text() == (folder / "groups" / "mine" / "keep.txt").read_text() == "mine"
+    assert (folder / "groups" / "mine" / "summary.csv").is_file() and (folder / "cells" / "notes.json").is_file()
     assert sum(ends(folder).values()) == 2  # a new journal
     refused([*BASE, "--out", str(folder), "--resume", "--overwrite"], capsys)
 
