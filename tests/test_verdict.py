@@ -317,7 +317,7 @@ def test_a_reference_that_blew_up_without_overflowing_is_judged_as_diverged_ther
     v = judge([ref, noisy], expected_shapes=shapes)
     assert v.status == "agree", v.summary
     assert v.reference_diverged["how"] == "blew up" and (v.reference_diverged["epoch"], v.reference_diverged["step"]) == (2, 2)
-    assert "until the NumPy oracle blew up at epoch 2, step 2: loss 350" in v.summary
+    assert "until the NumPy oracle blew up at epoch 2, step 2 (loss 350" in v.summary
     assert "training blew up" in v.summary and "numpy (loss 350 at epoch 2, step 2)" in v.summary
     # the stretch before the blow-up is still held to the band
     wrong = backend_row("torch", ref, [(1, 0, [1, 1 + 3e-3, 1, 1]), (2, 3, [1, 1, 1])], shapes=shapes)
@@ -327,6 +327,24 @@ def test_a_reference_that_blew_up_without_overflowing_is_judged_as_diverged_ther
     calm["shapes"] = shapes
     wild = backend_row("torch", calm, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 300, 1])], shapes=shapes)
     assert judge([calm, wild], expected_shapes=shapes).status == "disagree"
+
+
+def test_without_the_oracle_the_median_is_not_judged_after_every_row_blew_up():
+    """--lr 2 --clip 1e9 with torch, mxnet, jax: every correct row disagreed in the stretches after the blow-up,
+    and at --lr 4 in a later checkpoint's probe step from blown-up weights."""
+    shapes = {"logits": [12, 28]}
+    ref = oracle_row([3.0, 2.5, 2.0, 1.5, 300.0, 400.0])
+    rows = []
+    for name, factor in (("torch", 1.0), ("mxnet", 1 + 3e-3), ("jax", 1 - 3e-3)):  # apart after the blow-up only
+        row = backend_row(name, ref, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, factor, factor])],
+                          [probe(1), probe(3, diff=2e-4)], shapes=shapes)  # epoch 3: after the blow-up
+        rows.append(row)
+    rows[0]["lockstep"]["anchor"] = True
+    v = judge(rows, expected_shapes=shapes)
+    assert v.status == "agree" and v.reference == "median", v.summary
+    # epoch 1 whole, epoch 2 cut short by the blow-up; epoch 3's probe (from blown-up weights) not counted
+    assert all(b.checkpoints_checked == 2 for b in v.backends), [b.checkpoints_checked for b in v.backends]
+    assert "until the per-step median of the backends blew up at epoch 2, step 2" in v.summary
 
 
 def test_a_diverged_reference_is_judged_until_it_blew_up_not_until_it_overflowed():
