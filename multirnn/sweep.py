@@ -284,6 +284,9 @@ def parse_options(argv: list[str]) -> Options:
         notes.append(ignored)
     if executor == "local" and jobs * threads > cores:
         notes.append(f"{jobs} jobs x {threads} threads exceed the {cores} usable cores: timings will be contended")
+    if given.get("keep_checkpoints") and dims.get("lockstep") and all(v == "off" for v in dims["lockstep"]):
+        raise SpecError("--keep-checkpoints keeps the checkpoints of the re-anchored checks: with --lockstep off "
+                        "none are written")
     if "address" in given and executor != "ray":
         raise SpecError("--address needs --executor ray")
     if given.get("resume") and given.get("overwrite"):
@@ -612,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     if engine.stopped:
         return 128 + engine.stop_signal
     if late:
-        print(f"multirnn.sweep: stopped by signal {late[0]} ({signal.Signals(late[0]).name}) while the aggregate was "
-              "written: every cell had ended and the aggregate is complete", file=sys.stderr)
+        name = "Ctrl-C" if late[0] == signal.SIGINT else signal.Signals(late[0]).name  # as compare says it
+        print(f"multirnn.sweep: stopped by {name} while the aggregate was written: every cell had ended and the "
+              "aggregate is complete", file=sys.stderr)
         return 128 + int(late[0])
     statuses = {g["status"] for g in sweep["groups"]}
     if statuses == {"no-backend"}:

@@ -10,8 +10,8 @@ import pytest
 import multirnn
 from tests.conftest import require_backend
 
-BACKENDS = [("numpy", "scratch"), ("torch", "scratch"), ("torch", "layers"), ("mxnet", "scratch"),
-            ("tensorflow", "scratch"), ("jax", "scratch")]
+BACKENDS = [("numpy", "scratch"), ("torch", "scratch"), ("torch", "layers"), ("mxnet", "scratch"), ("mxnet", "layers"),
+            ("tensorflow", "scratch"), ("tensorflow", "layers"), ("jax", "scratch"), ("jax", "layers")]
 V, H, B, T = 28, 8, 4, 5
 
 
@@ -29,6 +29,7 @@ def setup(request):
     (lambda Y: Y[:, :3], r"Y has shape \(4, 3\) but X has \(4, 5\)"),
     (lambda Y: Y.reshape(-1)[:20].reshape(5, 4), r"Y has shape \(5, 4\) but X has \(4, 5\)"),  # batch-major mix-up
     (lambda Y: -Y - 1, "Y holds negative token ids"),
+    (lambda Y: np.full_like(Y, V), "Y holds token id 28, beyond the params' vocabulary of 28"),  # MXNet, JAX: a loss
     (lambda Y: Y.astype(np.float32), "Y must be an integer array"),
 ])
 def test_labels_that_do_not_fit_the_inputs_are_refused(setup, labels, message):
@@ -44,6 +45,8 @@ def test_negative_inputs_and_non_positive_clipping_bounds_are_refused(setup):
     be, p, X, Y = setup
     with pytest.raises(ValueError, match="X holds negative token ids"):
         be.forward(p, -X - 1, be.init_state(B, H))
+    with pytest.raises(ValueError, match="X holds token id 1000, beyond the params' vocabulary of 28"):
+        be.forward(p, np.full_like(X, 1000), be.init_state(B, H))
     for theta in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
             be.train_step(p, X, Y, be.init_state(B, H), 0.5, theta)

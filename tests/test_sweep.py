@@ -138,7 +138,7 @@ def test_a_toml_spec_is_the_same_sweep(tmp_path):
     ["--address", "auto"], ["--backends", "numpy,nosuchframework"], ["--retries", "x"], ["--bogus"],
     ["--spec", "/nonexistent/sweep.toml"],
     # compare's own refusals of contradicting options apply to every configuration
-    ["--init", "framework", "--backends", "numpy"], ["--init-seeds", "2"],
+    ["--init", "framework", "--backends", "numpy"], ["--init-seeds", "2"], ["--keep-checkpoints", "--lockstep", "off"],
 ])
 def test_invalid_values_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args):
     monkeypatch.chdir(tmp_path)

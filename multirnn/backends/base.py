@@ -184,6 +184,16 @@ class Backend(abc.ABC):
         backends, whose parameters are the d2l ones."""
         return None
 
+    def _vocab_size_of(self, params: Params) -> int | None:
+        """V read off the params without converting them (the input checks use it): the first input
+        weight's rows of a dict by d2l names, or a ``shape`` of ``(V, H)`` that packed params carry; None
+        where neither is there. A backend with params of another form may override it."""
+        if isinstance(params, dict):
+            first = params.get(self.model.param_names()[0])
+            return int(first.shape[0]) if first is not None else None
+        shape = getattr(params, "shape", None)
+        return int(shape[0]) if isinstance(shape, tuple) and len(shape) == 2 else None
+
     # --- composed operations (a backend may override them with a fused version) --------------
     def train_step(
         self, params: Params, X: np.ndarray, Y: np.ndarray, state: State, lr: float, max_grad_norm: float
@@ -209,9 +219,10 @@ class Backend(abc.ABC):
 # clip_gradients (Backend.__init_subclass__) -------------------------------------------------------------
 
 
-def check_batch(X: Any, Y: Any = None) -> None:
+def check_batch(X: Any, Y: Any = None, vocab_size: int | None = None) -> None:
     """``X`` (and ``Y``) are what the contract says: NumPy int arrays ``(batch, steps)`` of the same
-    shape with no negative id (NumPy and MXNet index from the end with one and return a loss)."""
+    shape with ids in ``0 .. vocab_size - 1`` (NumPy and MXNet index from the end with a negative one, and
+    MXNet, JAX and TensorFlow return a loss for one past the vocabulary)."""
     for name, a in (("X", X), ("Y", Y)):
         if a is None or not isinstance(a, np.ndarray):
             continue  # the frameworks' own errors for other types; None: no labels here
@@ -220,6 +231,9 @@ def check_batch(X: Any, Y: Any = None) -> None:
                              f"dtype {a.dtype}.")
         if a.size and a.min() < 0:
             raise ValueError(f"{name} holds negative token ids (min {a.min()}); ids are 0 .. vocab_size - 1.")
+        if a.size and vocab_size is not None and a.max() >= vocab_size:
+            raise ValueError(f"{name} holds token id {a.max()}, beyond the params' vocabulary of {vocab_size} "
+                             f"(ids are 0 .. {vocab_size - 1}).")
     if isinstance(X, np.ndarray) and isinstance(Y, np.ndarray) and X.shape != Y.shape:
         raise ValueError(f"Y has shape {Y.shape} but X has {X.shape}: Y holds the next token of every input, "
                          "in the same (batch, steps) layout.")
@@ -233,9 +247,14 @@ def check_max_grad_norm(max_grad_norm: Any) -> None:
 
 # ``args`` are a call's positional arguments, ``self`` first: (self, params, X, Y, state, lr, max_grad_norm)
 def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
+    params = args[1] if len(args) > 1 else kwargs.get("params")
     X = args[2] if len(args) > 2 else kwargs.get("X")
     Y = (args[3] if len(args) > 3 else kwargs.get("Y")) if labels else None
-    check_batch(X, Y)
+    try:
+        vocab_size = args[0]._vocab_size_of(params)
+    except (AttributeError, IndexError, KeyError, TypeError):  # params of an unexpected form: the method's own error
+        vocab_size = None
+    check_batch(X, Y, vocab_size)
 
 
 def _check_train_args(args: tuple, kwargs: dict) -> None:

@@ -926,6 +926,10 @@ class JaxLayersBackend(_JaxBase):
             node[path[-1]] = self._put(params[name], dtype)  # copied: these buffers may get donated
         return variables
 
+    def _vocab_size_of(self, params: Any) -> int | None:
+        """V: the output Dense's kernel is ``(H, V)`` (the input checks read it; no conversion)."""
+        return int(params["params"]["dense"]["kernel"].shape[-1])
+
     def params_to_numpy(self, params: Any) -> dict[str, np.ndarray]:
         out = {}
         for name, path in _flax_paths(self.model).items():

@@ -799,6 +799,7 @@ class LayersParams:
     def __init__(self, lm: _LayersLM, slots: list[_Slot]) -> None:
         self.lm = lm
         self.dtype: str = lm.dense.weight.data().dtype.name
+        self.shape: tuple[int, int] = tuple(lm.dense.weight.shape)  # (V, H): Gluon's Dense holds W_hq^T
         self.parameters: dict[str, gluon.Parameter] = {s.name: _parameter(lm, s) for s in slots if s.trained}
         self.blocks: dict[tuple, gluon.HybridBlock] = {}  # the model's graphs, by kind and input shape
 

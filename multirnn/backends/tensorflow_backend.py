@@ -1013,6 +1013,10 @@ class TensorFlowLayersBackend(Backend):
         self._shapes = (vocab_size, num_hiddens)
         return _KerasNet(self._keras, self.model, vocab_size, num_hiddens, dtype, self._device, seed)
 
+    def _vocab_size_of(self, params: Any) -> int | None:
+        """V: the output layer's bias (the input checks read it; no conversion)."""
+        return int(params["dense/bias"].shape[0])
+
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> LayerParams:
         """New params: Keras layers holding ``params`` (a params object owns its layers' variables).
 

@@ -783,6 +783,10 @@ class TorchLayersBackend(_TorchCommon):
             raise ValueError(f"torch parameters not covered by the d2l mapping: {sorted(unmapped)}")
         return named
 
+    def _vocab_size_of(self, params: Any) -> int | None:
+        """V: the output layer's bias (the input checks read it; no conversion)."""
+        return int(params["linear.bias"].shape[0])
+
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> _LayerParams:
         """A fresh net holding d2l's ``params`` (copied, transposed and stacked in torch's gate order);
         returns its trained parameters."""
