@@ -133,8 +133,9 @@ def resolve_text(spec: str | Path, label: str = "text") -> Path:
 # Byte-order marks, longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-# C0 controls other than tab, line feed, vertical tab, form feed, carriage return; and DEL.
-_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+# C0 controls other than backspace (nroff overstrike), tab, line feed, vertical tab, form feed, carriage return
+# and escape (ANSI colour codes); and DEL. Text has next to none of them, random bytes ~10 %.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x07\x0e-\x1a\x1c-\x1f\x7f]")
 # Letters outside A-Z (accents, other scripts): d2l's preprocessing turns them into spaces.
 _OTHER_LETTERS = re.compile(r"[^\W\d_A-Za-z]")
 _ASCII_LETTERS = re.compile("[A-Za-z]")

@@ -242,3 +242,15 @@ def test_reports_name_a_bundled_text_by_its_title_and_a_file_by_its_name(tmp_pat
     assert mdata.text_label(None) == "The Time Machine (bundled)"
     assert mdata.text_label(str(mdata.bundled_text_path("war_of_the_worlds"))) == "The War of the Worlds (bundled)"
     assert mdata.text_label(tmp_path / "war_of_the_worlds.txt") == "war_of_the_worlds.txt"  # a user's own copy
+
+
+def test_text_with_colour_codes_or_overstrikes_is_text_and_random_bytes_are_not():
+    """The control-character test for binary input: ANSI escapes and nroff's backspaces are text."""
+    import random
+
+    words = "the time traveller for so it will be convenient to speak of him ".split() * 200
+    assert mdata.decode_text("".join(f"\x1b[3{i % 8}m{w}\x1b[0m " for i, w in enumerate(words)).encode(), "ansi")
+    assert mdata.decode_text("".join(c + "\b" + c for c in " ".join(words)).encode(), "nroff")
+    noise = bytes(random.Random(0).randint(1, 255) for _ in range(20000))  # no NUL: only the controls tell
+    with pytest.raises(ValueError, match="looks binary"):
+        mdata.decode_text(noise, "noise", "latin-1")
