@@ -251,6 +251,7 @@ def test_text_with_colour_codes_or_overstrikes_is_text_and_random_bytes_are_not(
     words = "the time traveller for so it will be convenient to speak of him ".split() * 200
     assert mdata.decode_text("".join(f"\x1b[3{i % 8}m{w}\x1b[0m " for i, w in enumerate(words)).encode(), "ansi")
     assert mdata.decode_text("".join(c + "\b" + c for c in " ".join(words)).encode(), "nroff")
-    noise = bytes(random.Random(0).randint(1, 255) for _ in range(20000))  # no NUL: only the controls tell
+    rng = random.Random(0)
+    noise = bytes(rng.randint(1, 255) for _ in range(20000))  # no NUL: only the controls tell
     with pytest.raises(ValueError, match="looks binary"):
         mdata.decode_text(noise, "noise", "latin-1")
