@@ -782,6 +782,12 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                      f"its epoch's first {min(long, MAX_STRETCH_STEPS)} steps"
                      + (", so the step into the next epoch was not re-anchored" if base.get("epochs_run", 0) > 1
                         else ""))
+    compared = [b for b in backends if b.status in ("agrees", "disagrees")]
+    if base["reference"] == "median" and compared and 2 * len(disagree) >= len(compared):
+        # the median is a reference only while most rows are right
+        notes.append(f"{len(disagree)} of {len(compared)} rows disagree with the per-step median: with no majority of "
+                     "correct rows the median is no reference, and a correct row can be among them; include numpy "
+                     "(the NumPy oracle) in --backends")
     if (not base.get("lockstep_asked", True) and base["reference"] is not None and base["dtype"] == "float32"
             and base["init"] == "shared"):  # other inits compare no curves
         notes.append("re-anchored checks were off: the free-running float32 curves were held to the fixed band, "

@@ -122,6 +122,18 @@ def test_without_the_oracle_the_anchor_s_free_run_joins_the_median():
     assert rows[0]["lockstep"]["stretches"] == []  # the input is not modified
 
 
+def test_a_median_without_a_majority_says_it_is_no_reference():
+    """Two bugs among four rows without the oracle: every row disagreed, the correct ones too, and nothing said
+    why."""
+    good, bad = [(1, 0, [1, 1, 1, 1])], [(1, 0, [1, 1.1, 1, 1])]
+    rows = [backend_row("torch", REF, good), backend_row("mxnet", REF, good), backend_row("bug1", REF, bad),
+            backend_row("bug2", REF, [(1, 0, [1, 1.2, 1, 1])])]
+    v = judge(rows)
+    assert v.reference == "median" and any("with no majority of correct rows" in n for n in v.notes), v.notes
+    one_bug = judge([backend_row("torch", REF, good), backend_row("mxnet", REF, good), backend_row("bug1", REF, bad)])
+    assert not any("majority" in n for n in one_bug.notes)
+
+
 def test_crashed_and_unavailable_rows():
     rows = [REF, {"name": "mxnet", "status": "crashed", "error": "signal 11"},
             {"name": "tensorflow", "status": "unavailable", "error": "not installed"}]
