@@ -61,10 +61,12 @@ from .runner import (
     DEFAULT_STALL_TIMEOUT,
     Stopped,
     crashed_record,
+    defer_signals,
     interrupted_record,
     raise_on_signals,
     refused_record,
     run_worker,
+    signal_name,
 )
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
 from .worker import SAMPLE_PREFIXES, WorkerTask
@@ -905,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
             options["one_bias_context"] = result_row(run_worker(task, None, args.stall_timeout))
     except (KeyboardInterrupt, Stopped) as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-        stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        stopped = signal_name(signum)
         exit_stopped = 128 + int(signum)
         progress.message(f"\nstopped by {stopped}: ending the workers and writing the partial report", always=True)
         for i in range(len(pairs)):  # every row without a record: the report lists all the command asked for
@@ -916,11 +918,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[i] = result_row(raw)
     finally:
         progress.close()
-    # A signal while the report is written must not lose it: noted, acted on once it is written (the exit
-    # status still says the run was stopped, as the README's table promises).
-    late: list[int] = []
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, lambda signum, frame: late.append(signum))
+    late = defer_signals()  # acted on once the report is written
     if not stopped:  # an interrupted run keeps its data and checkpoints for --resume
         shutil.rmtree(work, ignore_errors=True)
     results = assemble([rows[k] for k in sorted(rows)], config, options, expected, stopped)
@@ -938,8 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Continue it (finished rows are kept): {again}")
         return exit_stopped
     if late:
-        name = "Ctrl-C" if late[0] == signal.SIGINT else signal.Signals(late[0]).name
-        print(f"multirnn.compare: stopped by {name} while the report was written: every row had finished and the "
+        print(f"multirnn.compare: stopped by {signal_name(late[0])} while the report was written: every row had finished and the "
               "report is complete", file=sys.stderr)
         return 128 + int(late[0])
     status = results["verdict"]["status"]

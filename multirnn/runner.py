@@ -49,6 +49,21 @@ def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP))
         signal.signal(signum, handler)
 
 
+def signal_name(signum: int) -> str:
+    """How a stop is named to the user: "Ctrl-C" for SIGINT, else the signal's name (SIGTERM, SIGHUP)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def defer_signals() -> list[int]:
+    """Record SIGINT, SIGTERM and SIGHUP from now on instead of acting on them; returns the list they are
+    appended to. While a report is written a signal must not lose it, and the exit status must still
+    say that the run was asked to stop (128 + the first one)."""
+    late: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda received, frame: late.append(received))
+    return late
+
+
 def terminate(proc: subprocess.Popen) -> None:
     """SIGTERM to the worker's process group, SIGKILL if it is still there after a grace period."""
     for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE), (signal.SIGKILL, 5.0)):

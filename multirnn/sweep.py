@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from . import __version__, blas, compare, lockstep, report
 from .backends import refusal
 from .progress import RunProgress
 from .provenance import code_version
-from .runner import DEFAULT_STALL_TIMEOUT, raise_on_signals
+from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
 from .sweep_spec import (
@@ -592,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         progress.close()
         executor.close()
-    # A signal while the aggregate is written must not lose it: noted, acted on once it is written.
-    late: list[int] = []
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, lambda signum, frame: late.append(signum))
+    late = defer_signals()  # acted on once the aggregate is written
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
@@ -615,8 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if engine.stopped:
         return 128 + engine.stop_signal
     if late:
-        name = "Ctrl-C" if late[0] == signal.SIGINT else signal.Signals(late[0]).name  # as compare says it
-        print(f"multirnn.sweep: stopped by {name} while the aggregate was written: every cell had ended and the "
+        print(f"multirnn.sweep: stopped by {signal_name(late[0])} while the aggregate was written: every cell had ended and the "
               "aggregate is complete", file=sys.stderr)
         return 128 + int(late[0])
     statuses = {g["status"] for g in sweep["groups"]}

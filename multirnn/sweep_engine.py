@@ -24,7 +24,7 @@ from typing import Any
 from .files import clear_written, write_bytes_atomic, write_json_atomic
 from .lockstep import list_checkpoints
 from .progress import RunProgress
-from .runner import Stopped, crashed_record, refused_record
+from .runner import Stopped, crashed_record, refused_record, signal_name
 from .sweep_exec import CellJob
 from .sweep_spec import Cell, Group
 
@@ -347,7 +347,7 @@ class Engine:
                 self._show(total)
         except (KeyboardInterrupt, Stopped) as exc:
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-            self.stopped = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.stopped = signal_name(signum)
             self.stop_signal = int(signum)
             self.progress.message(f"\nstopped by {self.stopped}: ending the cells in flight "
                                   f"({len(self.running)}) and writing the partial aggregate")
