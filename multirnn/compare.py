@@ -53,7 +53,7 @@ from .data import (
     text_label,
     text_notes,
 )
-from .files import clear_written, write_json_atomic
+from .files import check_writable, clear_written, write_json_atomic
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
 from .provenance import code_version
@@ -447,9 +447,7 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
     try:
         (out_dir / "backends").mkdir(parents=True, exist_ok=True)
         (out_dir / ".work").mkdir(exist_ok=True)
-        probe = out_dir / ".work" / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        check_writable(out_dir / ".work")
     except OSError as exc:
         raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
     return out_dir

@@ -54,6 +54,14 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def check_writable(folder: Path) -> None:
+    """Write and remove a probe file in ``folder``: an OSError if it cannot be written (a file in the way, a
+    read-only or pseudo file system, no permission), before any real work is started."""
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Strict JSON (NaN and infinities stored as null), written atomically."""
     write_text_atomic(path, json.dumps(finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))

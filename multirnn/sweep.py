@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import re
 import shlex
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 from . import __version__, blas, compare, lockstep, report
 from .backends import refusal
+from .files import check_writable
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
@@ -359,9 +359,7 @@ def _check_writable(out: Path) -> None:
     """``out`` can be created and written (a file in the way, a read-only or pseudo file system)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        check_writable(out)
     except OSError as exc:
         raise SpecError(f"cannot write to output folder {str(out)!r}: {exc.strerror or exc}") from None
 
