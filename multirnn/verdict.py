@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -486,7 +486,7 @@ def judge(
         # or there would be no reference divergence). A stretch that reaches it is not judged, as the oracle's
         # cut-short stretch; a checkpoint after it (a reference that blew up trained on) is not judged at all:
         # probe steps from blown-up weights leave the band too (0.17 of an update at --lr 4 without the oracle).
-        cut = (len(next(r for r in as_reference if r["name"] == ORACLE).get("step_loss") or []) if reference == ORACLE
+        cut = (base["reference_diverged"]["steps_compared"] if reference == ORACLE  # the oracle's own steps
                else min(len(r.get("step_loss") or []) for r in as_reference))
         for entry in stretch_ref.values():
             if entry["start"] + len(entry["loss"]) > cut:
@@ -547,17 +547,9 @@ def judge(
     diverged = [f"{r['name']} (epoch {r.get('diverged_epoch', '?')}, step {r.get('diverged_step', '?')})"
                 for r in ran if r.get("status") == "diverged"]
     base["blown_up"] = [f"{r['name']} (loss {b['loss']:.4g} at epoch {b['epoch']}, step {b['step']})"
-                        for r in ran if r.get("status") == "ok" and (b := blow_up(r))]  # diverged ones are named so
-    out = _assemble(tuple(all_rows), has_lockstep, base, diverged)
-    div = base["reference_diverged"]
-    if out.status == "not-judged" and div and not div["whole_stretch"]:
-        # too little to judge: no row "agrees" on a step or two either (the table and results.json say so)
-        why = (f"too little to judge: {out.reference_label} {div['how']} at epoch {div['epoch']}, step {div['step']}, "
-               + ("before one whole re-anchored stretch" if has_lockstep else "before its second epoch began"))
-        rows_out = tuple(_replace(b, status="not-judged", reason=why) if b.status == "agrees" else b
-                         for b in out.backends)
-        out = replace(out, backends=rows_out)
-    return out
+                        for r, view in zip(ran, as_reference)  # diverged ones are named as such
+                        if r.get("status") == "ok" and (b := view.get("blew_up"))]
+    return _assemble(tuple(all_rows), has_lockstep, base, diverged)
 
 
 def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[str, Any] | None:
@@ -692,6 +684,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     unavailable = [b.name for b in backends if b.status == "unavailable"]
     unsupported = [b.name for b in backends if b.status == "unsupported"]
     parts, notes = [], []
+    too_little = None  # the reason given to every row when the reference diverged before one whole stretch
     if base["reference"] is None:
         ran = [b.name for b in backends if b.status == "not-judged"]
         status = "not-judged"
@@ -723,6 +716,9 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         if others and div and not div["whole_stretch"]:
             # a step or two before the blow-up cannot show the state rules: no evidence of equivalence
             status = "not-judged"
+            too_little = (f"too little to judge: {base['reference_label']} {div['how']} at epoch {div['epoch']}, "
+                          f"step {div['step']}, " + ("before one whole re-anchored stretch" if has_lockstep
+                                                     else "before its second epoch began"))
             n = div["steps_compared"]
             parts.append(f"too little to judge: {base['reference_label']} {div.get('how', 'diverged')} at epoch {div['epoch']}, step "
                          f"{div['step']}" + (f" ({div['detail']})" if div.get("detail") else "") + ", before "
@@ -797,5 +793,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         notes.append("without re-anchored checks no probe step forced gradient clipping or changed lr: a bug in "
                      "clipping, or one that scales the lr (at lr 1, lr^2 = lr), can pass; --lockstep auto (the "
                      "default) tests them")
+    if too_little:  # no row "agrees" on a step or two either (the table and results.json say so)
+        backends = tuple(_replace(b, status="not-judged", reason=too_little) if b.status == "agrees" else b
+                         for b in backends)
     fields = {k: v for k, v in base.items() if k not in _NOT_FIELDS}
     return Verdict(status=status, summary="; ".join(parts), backends=backends, notes=tuple(notes), **fields)
