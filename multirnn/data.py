@@ -165,7 +165,7 @@ def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> 
     if bom is not None:
         encoding, body = bom[1], raw[len(bom[0]):]
     elif given is not None:
-        encoding, body = codecs.lookup(given).name, raw
+        encoding, body = info.name, raw
     else:
         encoding, body = "utf-8", raw
     wide = encoding.replace("_", "-").startswith(("utf-16", "utf-32"))

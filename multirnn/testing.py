@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import sysconfig
 import tempfile
 import traceback
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import lockstep, verdict
+from .backends import is_library_file
 from .backends.base import Backend
 from .backends.numpy_backend import NumpyBackend
 from .cells import RNN, Model
@@ -511,9 +511,6 @@ def _where(exc: BaseException) -> str:
         return ""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
     # the innermost frame in a backend's code, not in a framework or Python's own library
-    own = [f for f in frames if not f.filename.startswith(_LIBRARY_ROOTS)] or frames
+    own = [f for f in frames if not is_library_file(f.filename)] or frames
     return f" (raised at {own[-1].filename}:{own[-1].lineno}, in {own[-1].name})" if own else ""
 
-
-_LIBRARY_ROOTS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")
-                               if k in sysconfig.get_paths()}))

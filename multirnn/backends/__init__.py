@@ -202,12 +202,21 @@ def _imported_names(tree: ast.AST, package: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _installed_roots() -> tuple[Path, ...]:
-    """The standard library, site-packages and multirnn itself: code that is not the user's own backend's."""
+def library_roots() -> tuple[Path, ...]:
+    """The standard library's and site-packages' folders: installed code, not a backend author's."""
     paths = sysconfig.get_paths()
-    roots = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.add(Path(__file__).resolve().parents[1])  # multirnn's package: its code version covers it
-    return tuple(roots)
+    return tuple(sorted({Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}))
+
+
+def is_library_file(filename: str) -> bool:
+    """Whether ``filename`` is in the standard library or an installed package (:func:`library_roots`)."""
+    path = Path(filename).resolve()
+    return any(path.is_relative_to(root) for root in library_roots())
+
+
+def _installed_roots() -> tuple[Path, ...]:
+    """:func:`library_roots` and multirnn itself (its code version covers it): not the user's own backend's."""
+    return (*library_roots(), Path(__file__).resolve().parents[1])
 
 
 def _is_user_file(origin: str) -> bool:
