@@ -311,10 +311,13 @@ def train(
         params = init_params(len(data.vocab), config.num_hiddens, config.seed, config.dtype, config.model)
     else:
         if not (isinstance(params, Mapping) and all(isinstance(v, np.ndarray) for v in params.values())):
-            # the backend's own (a TrainResult's, to train on): checked, then copied, as the training
-            # loop may update or donate what it is given and the caller's params must stay as they are
-            _predict_params(backend, params)
-            params = backend.params_to_numpy(params)
+            # the backend's own (a TrainResult's, to train on): copied, as the training loop may update or
+            # donate what it is given and the caller's params must stay as they are; validated below
+            try:
+                params = backend.params_to_numpy(params)
+            except Exception:  # noqa: BLE001  (not this backend's params: say what was expected)
+                _predict_params(backend, params)  # raises the TypeError/ValueError naming it
+                raise
         V, H, _ = validate_params(params, config.model)
         if (V, H) != (len(data.vocab), config.num_hiddens):
             raise ValueError(f"params are for vocab_size={V}, num_hiddens={H}, but the data has {len(data.vocab)} "
