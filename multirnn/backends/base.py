@@ -189,7 +189,7 @@ class Backend(abc.ABC):
         weight's rows of a dict by d2l names, or a ``shape`` of ``(V, H)`` that packed params carry; None
         where neither is there. A backend with params of another form may override it."""
         if isinstance(params, dict):
-            first = params.get(self.model.param_names()[0])
+            first = params.get(self.model.layer_param_names(0)[0])  # layer 0's input weight, (V, G·H)
             return int(first.shape[0]) if first is not None else None
         shape = getattr(params, "shape", None)
         return int(shape[0]) if isinstance(shape, tuple) and len(shape) == 2 else None
