@@ -552,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run_child(args.child, args.reps)
         return 0
+    from multirnn import blas
+
+    blas.name_openblas_core()  # as bench_train does: the children's OpenBLAS copies on kernels this CPU runs
     status = 0
     for backend in (b.strip() for b in args.backends.split(",") if b.strip()):
         if backend not in PROFILERS:

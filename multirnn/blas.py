@@ -11,6 +11,9 @@ NumPy oracle trains in every comparison, so on such a machine it was the run's s
 process's environment for the processes it starts afterwards (compare's and the sweep's workers, the
 benchmarks' timed processes), and only when OpenBLAS chose a core without AVX2 on a CPU that has it.
 Set ``MULTIRNN_OPENBLAS=default`` to leave OpenBLAS's own choice, or set ``OPENBLAS_CORETYPE`` yourself.
+
+A framework's own OpenBLAS copy (MXNet's) gets the same treatment where it loads:
+:func:`core_named_while_loading`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +47,23 @@ def openblas_core() -> str | None:
     where NumPy has no bundled OpenBLAS that says (another BLAS, another platform)."""
     libs_dir = Path(np.__file__).resolve().parent.parent / "numpy.libs"
     for path in sorted(glob.glob(str(libs_dir / "*openblas*.so*"))):
-        try:
-            lib = ctypes.CDLL(path)  # already loaded by NumPy: this returns the same library
-        except OSError:
-            continue
-        for symbol in _CORENAME_SYMBOLS:
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                name = fn()
-                return name.decode() if name else None
+        if (name := loaded_core(path)) is not None:
+            return name
+    return None
+
+
+def loaded_core(path: str | Path) -> str | None:
+    """The core of the OpenBLAS at ``path`` in this process (loading it, if nothing has yet), or None."""
+    try:
+        lib = ctypes.CDLL(str(path))  # already loaded (by NumPy, by a framework): this returns the same library
+    except OSError:
+        return None
+    for symbol in _CORENAME_SYMBOLS:
+        fn = getattr(lib, symbol, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            name = fn()
+            return name.decode() if name else None
     return None
 
 
@@ -87,6 +101,53 @@ def _generic_cores() -> tuple[str, str] | None:
         return None
     detected, wanted = openblas_core(), wanted_core()
     return (detected, wanted) if detected and wanted and detected.lower() in NO_AVX2_CORES else None
+
+
+def library_core(path: str | Path) -> str | None:
+    """The core the OpenBLAS at ``path`` picks on this CPU with this environment, asked in a fresh process
+    (loading it here would fix its choice for this process); None where that cannot be told."""
+    # ctypes alone (not this module, which imports NumPy): the answer in ~30 ms, not ~400.
+    code = ("import ctypes, sys\nlib = ctypes.CDLL(sys.argv[1])\n"
+            f"fn = next(getattr(lib, s) for s in {_CORENAME_SYMBOLS!r} if hasattr(lib, s))\n"
+            "fn.restype = ctypes.c_char_p\nprint((fn() or b'').decode())")
+    # Its dependencies sit beside it in wheels (NumPy's libgfortran has no RUNPATH to find it by).
+    search = os.pathsep.join(filter(None, [str(Path(path).resolve().parent), os.environ.get("LD_LIBRARY_PATH")]))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
+                              check=False, env={**os.environ, "LD_LIBRARY_PATH": search})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+@contextmanager
+def core_named_while_loading(path: str | Path | None) -> Iterator[dict[str, str] | None]:
+    """Name the kernels of a framework's own OpenBLAS copy while the framework loads.
+
+    MXNet 1.9.1 bundles OpenBLAS 0.3.13, older than NumPy's: on a CPU it does not know (an Emerald
+    Rapids, say), it runs its generic Prescott kernels, and MXNet's ``dot`` runs on them. Where
+    that copy would pick a core without AVX2 on a CPU with it, and nobody named a core
+    (``OPENBLAS_CORETYPE``, ``MULTIRNN_OPENBLAS=default``, or :func:`name_openblas_core` in an ancestor),
+    ``OPENBLAS_CORETYPE`` is set inside the block and removed after it, so processes started later keep
+    their own NumPy's choice. Wrap the framework's import in it (``path`` None: nothing to name).
+
+    Yields:
+        ``{"detected": the core it would pick, "core": the one named}``, or None where nothing was named.
+    """
+    chosen = None
+    if os.environ.get("MULTIRNN_OPENBLAS", "").lower() != "default" and "OPENBLAS_CORETYPE" not in os.environ:
+        wanted = wanted_core()
+        detected = library_core(path) if wanted and path and Path(path).is_file() else None
+        if detected and detected.lower() in NO_AVX2_CORES:
+            chosen = {"detected": detected, "core": wanted}
+    if chosen is None:
+        yield None
+        return
+    os.environ["OPENBLAS_CORETYPE"] = chosen["core"]
+    try:
+        yield chosen
+    finally:
+        os.environ.pop("OPENBLAS_CORETYPE", None)
 
 
 def generic_kernels_note() -> str | None:

@@ -467,6 +467,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "impl": raw.get("impl") or "scratch",
         "status": raw["status"],
         "framework_version": raw.get("framework_version"),
+        "openblas": raw.get("openblas"),  # the framework's own OpenBLAS kernels, where its backend named them
         "error": raw.get("error"),
         "traceback": raw.get("traceback"),  # a Python-level crash in the worker: where it was raised
         "perplexity": ppl,

@@ -257,6 +257,9 @@ def notes(results: dict[str, Any]) -> list[str]:
     out = list(options.get("data_notes") or []) + list(options.get("run_notes") or [])
     if (sb := second_bias_text(results)) is not None:
         out.append(sb)
+    out += [f"the row {b['name']} ran its framework's own OpenBLAS copy on its {b['openblas']['core']} kernels "
+            f"(that copy picked {b['openblas']['detected']} on this CPU; MULTIRNN_OPENBLAS=default leaves its choice)"
+            for b in results.get("backends", []) if b.get("openblas")]
     out += list(results["verdict"].get("notes") or [])
     if (bt := barely_trained(results)) is not None:
         out.append(bt)

@@ -276,6 +276,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
             result.update(status="unavailable", error=str(exc))
             return
         result["framework_version"] = backend.version()
+        if named := backend.openblas_named():
+            result["openblas"] = named
         result["impl"] = getattr(backend, "impl", task.impl)
         data = harness.TrainingData.load(task.data_path)
         numpy_params = initial_params(backend, config, len(data.vocab), task.init, task.init_seed)

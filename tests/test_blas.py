@@ -100,3 +100,48 @@ def test_training_numpy_in_a_process_whose_openblas_runs_generic_kernels_warns_o
         fresh.delenv("OPENBLAS_CORETYPE")
         fresh.setattr(blas, "openblas_core", lambda: "SkylakeX")  # OpenBLAS knew the CPU
         get_backend("numpy")
+
+
+@pytest.mark.parametrize(("detected", "wanted", "env", "named"), [
+    ("Prescott", "SkylakeX", {}, True),  # MXNet's OpenBLAS 0.3.13 on an Emerald Rapids
+    ("Haswell", "SkylakeX", {}, False),  # an AVX2 core already
+    ("Prescott", None, {}, False),  # the CPU has no AVX2
+    (None, "SkylakeX", {}, False),  # the library could not be asked
+    ("Prescott", "SkylakeX", {"MULTIRNN_OPENBLAS": "default"}, False),  # opted out
+    ("Prescott", "SkylakeX", {"OPENBLAS_CORETYPE": "Haswell"}, False),  # named already (user or ancestor)
+])
+def test_a_framework_openblas_is_named_only_while_it_loads(fresh, tmp_path, detected, wanted, env, named):
+    lib = tmp_path / "libopenblas.so.0"
+    lib.write_bytes(b"")
+    fresh.setattr(blas, "library_core", lambda path: detected)
+    fresh.setattr(blas, "wanted_core", lambda: wanted)
+    for k, v in env.items():
+        fresh.setenv(k, v)
+    with blas.core_named_while_loading(lib) as chosen:
+        inside = os.environ.get("OPENBLAS_CORETYPE")
+    assert chosen == ({"detected": detected, "core": wanted} if named else None)
+    assert inside == (wanted if named else env.get("OPENBLAS_CORETYPE"))
+    # after the import, children keep their own NumPy's choice
+    assert os.environ.get("OPENBLAS_CORETYPE") == env.get("OPENBLAS_CORETYPE")
+
+
+def test_a_missing_library_is_not_probed(fresh, tmp_path):
+    fresh.setattr(blas, "library_core", lambda path: pytest.fail("probed a library that is not there"))
+    fresh.setattr(blas, "wanted_core", lambda: "SkylakeX")
+    for path in (None, tmp_path / "absent.so"):
+        with blas.core_named_while_loading(path) as chosen:
+            assert chosen is None
+
+
+def test_library_core_asks_a_real_openblas_in_a_child_process():
+    """The probe itself, on NumPy's own OpenBLAS: a child with the same environment picks the same core."""
+    import glob
+    from pathlib import Path
+
+    import numpy as np
+
+    libs = sorted(glob.glob(str(Path(np.__file__).resolve().parent.parent / "numpy.libs" / "*openblas*.so*")))
+    if not libs or blas.openblas_core() is None:
+        pytest.skip("NumPy here has no bundled OpenBLAS that reports its core")
+    assert blas.library_core(libs[0]) == blas.openblas_core()
+    assert blas.library_core(Path(libs[0]).parent / "not-a-library.so") is None

@@ -165,3 +165,14 @@ def test_evaluation_perplexity_is_plotted_when_measured(results, tmp_path):
         b["eval_perplexity"] = None
     ax, _ = _draw(report.perplexity_plot, results, tmp_path)
     assert not [label for label in _labels(ax) if "eval" in label] and "war_of" not in ax.get_title()
+
+
+def test_a_framework_openblas_named_by_its_backend_is_said_in_the_report(results, tmp_path):
+    """Which kernels a row's own OpenBLAS copy ran is part of its figures: the report says where multirnn chose."""
+    row = results["backends"][-1]
+    row["openblas"] = {"detected": "Prescott", "core": "Haswell"}
+    expected = f"row {row['name']} ran its framework's own OpenBLAS copy on its Haswell kernels (that copy picked Prescott"
+    assert any(expected in n for n in report.notes(results))
+    assert expected in report.markdown_report(results, tmp_path)
+    del row["openblas"]
+    assert not any("own OpenBLAS" in n for n in report.notes(results))

@@ -108,6 +108,11 @@ class Backend(abc.ABC):
     def version(self) -> str:
         """The framework's version string."""
 
+    def openblas_named(self) -> dict[str, str] | None:
+        """``{"detected": ..., "core": ...}`` where this backend named the kernels of its framework's own
+        OpenBLAS copy (:func:`multirnn.blas.core_named_while_loading`), for reports; else None."""
+        return None
+
     @abc.abstractmethod
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> Params:
         """Copy NumPy params (or grads) to the framework; the dtype (float32/float64) is kept.

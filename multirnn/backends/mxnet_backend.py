@@ -29,12 +29,16 @@ class). ``mode="eager"`` calls the model imperatively, as d2l's concise chapters
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as onp
+
+from .. import blas
 
 # Keep MXNet's C++ logging quiet unless the user asked otherwise (setdefault respects their value).
 # These must be set before the import: the library reads them once, when it loads.
@@ -46,7 +50,13 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # oneDNN subgraph-partitio
 if "bool" not in vars(onp):
     onp.bool = bool  # type: ignore[attr-defined]
 
-with warnings.catch_warnings():
+# MXNet's own OpenBLAS copy (0.3.13) may not know this CPU and run generic kernels; its ``dot`` (the eager
+# code's matmuls) runs on them: d2l's eager step took 1.3-1.6x longer so on an Emerald Rapids. The fused
+# RNN operator (oneDNN) did not change. Name the core while it loads (multirnn.blas.core_named_while_loading).
+_spec = importlib.util.find_spec("mxnet")
+_OPENBLAS = Path(_spec.submodule_search_locations[0]) / "libopenblas.so.0" if _spec and _spec.submodule_search_locations \
+    else None
+with warnings.catch_warnings(), blas.core_named_while_loading(_OPENBLAS) as _named:
     # mxnet's import touches deprecated NumPy aliases; the warnings say nothing to our users.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
@@ -59,6 +69,11 @@ from ..errors import GPUUnavailableError
 from ..params import check_dtype, validate_params
 from . import layer_limits
 from .base import Backend, State
+
+# What MXNet's OpenBLAS runs, where multirnn named its core (reports show it): the core it ran, as it
+# says (0.3.13 runs Haswell kernels when asked for SkylakeX), and the one it would have picked.
+OPENBLAS_NAMED = {"detected": _named["detected"], "core": blas.loaded_core(_OPENBLAS) or _named["core"]} \
+    if _named and _OPENBLAS else None
 
 # NumPy semantics for the whole process: ``shape`` makes 0-d arrays (the mean loss, the gradient
 # norm) legal -- legacy MXNet has no scalars -- and ``array`` makes Gluon trace hybrid blocks with
@@ -371,6 +386,9 @@ class _MXNetBase(Backend):
 
     def version(self) -> str:
         return mx.__version__
+
+    def openblas_named(self) -> dict[str, str] | None:
+        return OPENBLAS_NAMED
 
     # --- conversion -------------------------------------------------------------------------
     def _array(self, x: Any, dtype: Any = None) -> Any:
