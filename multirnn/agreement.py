@@ -39,11 +39,13 @@ class Deviation:
 
 
 def reference_curve(curves: Mapping[str, Sequence[float]], reference: str | None) -> np.ndarray:
-    """The reference backend's curve, or the per-step median of all curves (over their common length)."""
+    """The reference backend's curve, or the per-step median of the curves that have that step (as far as the
+    longest goes): one curve that stopped early (a wrong backend's divergence) must not cut the others' short,
+    and it is judged on the steps it lacks."""
     if reference is not None:
         return np.asarray(curves[reference], dtype=np.float64)
-    n = min(len(c) for c in curves.values())
-    return np.median(np.array([np.asarray(c[:n], dtype=np.float64) for c in curves.values()]), axis=0)
+    n = max((len(c) for c in curves.values()), default=0)
+    return np.array([np.median([float(c[t]) for c in curves.values() if len(c) > t]) for t in range(n)], dtype=np.float64)
 
 
 def epoch_of_step(step: int, steps_per_epoch: Sequence[int]) -> int:

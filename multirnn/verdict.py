@@ -393,15 +393,19 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
     )
 
 
-def _free_run(row: Mapping[str, Any], reference_curve: np.ndarray | None, dtype: str, strict: bool) -> dict[str, Any]:
-    """The free-running curve against the reference: informational, or the verdict when ``strict``."""
+def _free_run(row: Mapping[str, Any], reference_curve: np.ndarray | None, dtype: str, strict: bool,
+              until: int | None = None) -> dict[str, Any]:
+    """The free-running curve against the reference: informational, or the verdict when ``strict``.
+    ``until``: the step where the reference diverged or blew up; the row's steps after it are not judged."""
     if reference_curve is None:
         return {}
-    dev = agreement.relative_deviation(row["step_loss"], reference_curve)
+    losses = row["step_loss"] if until is None else row["step_loss"][:until]
+    reference_curve = reference_curve if until is None else reference_curve[:until]
+    dev = agreement.relative_deviation(losses, reference_curve)
     out: dict[str, Any] = {"free_run_max_deviation": float(dev.max()) if dev.size else None,
                            "free_run_deviation": tuple(float(d) for d in dev)}
     if strict:
-        d = agreement.compare_curve(row["step_loss"], reference_curve, STEP_RTOL[dtype], row.get("steps_per_epoch") or [])
+        d = agreement.compare_curve(losses, reference_curve, STEP_RTOL[dtype], row.get("steps_per_epoch") or [])
         if not d.agrees:
             spe = row.get("steps_per_epoch") or []
             epoch, step = locate(d.first_step, spe) if d.first_step else (d.first_epoch or 0, None)
@@ -505,14 +509,16 @@ def judge(
     for r in ran:
         problems = agreement.shape_mismatches(r["shapes"], expected_shapes) if r.get("shapes") and expected_shapes else []
         shapes_agree = None if not r.get("shapes") or not expected_shapes else not problems
-        free = _free_run(r, ref_curve, dtype, strict=not has_lockstep)
+        free = _free_run(r, ref_curve, dtype, strict=not has_lockstep, until=cut)
         if reference is None:
             v = BackendVerdict(r["name"], "not-judged", reason="nothing to compare it with", shapes_agree=shapes_agree)
         elif r["name"] == ORACLE:
             v = BackendVerdict(r["name"], "reference", shapes_agree=shapes_agree)
         elif has_lockstep:
             v = judge_lockstep(r, stretch_ref, dtype, ref_epochs, cut)
-            if not v.checkpoints_checked:
+            # a reference that ended before its first whole stretch leaves too little to judge (_assemble says so)
+            ended_early = bool(base["reference_diverged"]) and not base["reference_diverged"]["whole_stretch"]
+            if not v.checkpoints_checked and not ended_early:
                 v = BackendVerdict(r["name"], "disagrees", reason="no re-anchored checkpoint could be checked "
                                    "(the run stopped before the first one)")
         else:
@@ -556,9 +562,10 @@ def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | Non
 
     A stretch is judged only where the reference got past its epoch into the next one (the steps just
     before a blow-up amplify rounding): the least that exercises both state rules (carried within the
-    epoch, reset at its boundary) is the first epoch and the next one's first step. The oracle's own run decides; with the median
-    as the reference, the run of the backend that got furthest (the median exists only while the others
-    have steps too), and only when every backend diverged.
+    epoch, reset at its boundary) is the first epoch and the next one's first step. The oracle's own run
+    decides; with the median as the reference, only when every backend diverged, and then the run that
+    stopped first: the verdict judges no step after it (its cut), so whether one whole stretch came before
+    the end is that run's to say.
     """
     if reference == ORACLE:
         candidates = [r for r in rows if r["name"] == ORACLE]
@@ -568,11 +575,11 @@ def reference_divergence(rows: Sequence[Mapping[str, Any]], reference: str | Non
         return None
     if not candidates or any(r.get("status") != "diverged" for r in candidates):
         return None
-    furthest = max(candidates, key=lambda r: len(r.get("step_loss") or []))
-    done = len(furthest.get("step_loss") or [])
-    spe = list(furthest.get("steps_per_epoch") or [])
-    b = furthest.get("blew_up")
-    return {"name": furthest["name"], "epoch": furthest.get("diverged_epoch"), "step": furthest.get("diverged_step"),
+    first = min(candidates, key=lambda r: len(r.get("step_loss") or []))
+    done = len(first.get("step_loss") or [])
+    spe = list(first.get("steps_per_epoch") or [])
+    b = first.get("blew_up")
+    return {"name": first["name"], "epoch": first.get("diverged_epoch"), "step": first.get("diverged_step"),
             "steps_compared": done, "whole_stretch": bool(spe) and done > spe[0],
             "how": "blew up" if b else "diverged",
             "detail": f"loss {b['loss']:.4g}, over {BLOWUP_FACTOR}x a uniform guess's {b['limit'] / BLOWUP_FACTOR:.3g}"

@@ -472,3 +472,63 @@ def test_the_long_epoch_note_at_its_edges(spe, note):
         assert not found
     else:
         assert len(found) == 1 and found[0].endswith(note), found
+
+
+SHAPES = {"logits": [12, 28]}  # V = 28: the blow-up line is 10 x ln 28 = 33.3 nats
+
+
+def _free(losses, name, status="ok"):
+    row = oracle_row(losses, name=name)
+    row.update(shapes=SHAPES, status=status)
+    return row
+
+
+def test_without_lockstep_a_reference_that_blew_up_is_judged_until_then():
+    """--lockstep off: the free-running curves were compared over every step, so the oracle's shortened curve
+    made a correct row (identical losses) disagree at the blow-up."""
+    losses = [3.0, 2.5, 2.0, 1.5, 350.0, 400.0]
+    rows = [_free(losses, "numpy"), _free(losses, "torch")]
+    v = judge(rows, expected_shapes=SHAPES, lockstep=False)
+    assert v.status == "agree", v.summary
+    assert "until the NumPy oracle blew up at epoch 2, step 2" in v.summary and "later steps are not judged" in v.summary
+    # before the blow-up the band holds
+    wrong = _free([3.0, 2.5 * (1 + 3e-3), 2.0, 1.5, 350.0, 400.0], "torch")
+    assert judge([rows[0], wrong], expected_shapes=SHAPES, lockstep=False).status == "disagree"
+    # the same with the per-step median: three rows that blew up together
+    median = judge([_free(losses, n) for n in ("torch", "mxnet", "jax")], expected_shapes=SHAPES, lockstep=False)
+    assert median.status == "agree" and median.reference == "median", median.summary
+
+
+def test_without_lockstep_one_wrong_row_that_blew_up_does_not_cut_the_median_short():
+    good = [3.0, 2.5, 2.0, 1.5, 1.2, 1.1]
+    rows = [_free(good, "torch"), _free(good, "mxnet"), _free([3.0, 2.5, 2.0, 1.5, 350.0, 400.0], "jax")]
+    v = judge(rows, expected_shapes=SHAPES, lockstep=False)
+    assert v.status == "disagree" and v.disagreeing == ["jax"], v.summary
+    # a row that stopped early (it diverged alone) is judged on the steps it lacks
+    rows[2] = _free([3.0, 2.5, 2.0], "jax", status="diverged")
+    assert judge(rows, expected_shapes=SHAPES, lockstep=False).disagreeing == ["jax"]
+
+
+def test_without_the_oracle_the_median_ends_where_the_first_row_blew_up():
+    """The verdict judged nothing past the earliest blow-up (its cut) but took the latest one to decide whether a
+    whole stretch came first: every row "agreed" with no checkpoint checked."""
+    rows = []
+    for name, blow in (("torch", 1), ("mxnet", 4), ("jax", 4)):  # torch at epoch 1, step 2; the others at 2, 2
+        losses = [3.0, 2.5, 2.0, 1.5, 1.2, 1.1]
+        losses[blow:] = [350.0] * (6 - blow)
+        row = backend_row(name, oracle_row(losses), [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], shapes=SHAPES)
+        rows.append(row)
+    rows[0]["lockstep"]["anchor"] = True
+    v = judge(rows, expected_shapes=SHAPES)
+    assert v.status == "not-judged", v.summary
+    assert (v.reference_diverged["epoch"], v.reference_diverged["step"]) == (1, 2)
+    assert "too little to judge" in v.summary and "epoch 1, step 2" in v.summary
+
+
+def test_a_reference_that_blew_up_at_its_first_step_is_too_little_to_judge_not_a_disagreement():
+    ref = oracle_row([50.0, 60.0, 70.0, 80.0, 90.0, 99.0])
+    ref["shapes"] = SHAPES
+    row = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], shapes=SHAPES)
+    v = judge([ref, row], expected_shapes=SHAPES)
+    assert v.status == "not-judged", v.summary
+    assert v.backend("torch").status == "not-judged" and "too little to judge" in v.summary
