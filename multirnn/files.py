@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,23 +68,55 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))
 
 
-# The files compare and the sweep write inside their own folders, by name: a run's reports, checkpoints and
-# atomic writes' temporaries. Other JSON and logs count only when their contents say they are a run's.
+# The files compare and the sweep write inside their own folders, by name and place: a run's reports (a
+# sweep's groups/<folder>/), checkpoints (checkpoints/, or one folder down), row and cell records with their
+# logs and tasks (directly in backends/ or cells/) and atomic writes' temporaries. Records and logs count only
+# when their contents say they are a run's; anything elsewhere, deeper or otherwise named is the user's.
 REPORT_FILES = frozenset({"results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png"})
 _CHECKPOINT = re.compile(r"epoch-\d{5}\.npz")
 _TEMPORARY = re.compile(r"\..+\.tmp")
 
 
-def written_by_multirnn(path: Path) -> bool:
-    """Whether multirnn wrote ``path`` (a file under one of its output folders): a report file, a checkpoint,
-    a temporary, a worker's task, a row's or a cell's record (read to tell it from your own JSON), or the log
-    beside such a record."""
-    name = path.name
-    if name in REPORT_FILES or _CHECKPOINT.fullmatch(name) or _TEMPORARY.fullmatch(name) or name.endswith(".task.json"):
-        return True
-    if name.endswith(".log"):
-        return _is_record(path.with_suffix(".json"))
-    return name.endswith(".json") and _is_record(path)
+def written_by_multirnn(path: Path, folder: Path) -> bool:
+    """Whether multirnn wrote ``path``, a file under ``folder`` (one of its output folders: ``backends``,
+    ``cells``, ``groups`` or ``checkpoints``), by the file's name, its depth there and, for records and logs,
+    its contents."""
+    name, depth, kind = path.name, len(path.relative_to(folder).parts), folder.name
+    if _TEMPORARY.fullmatch(name):
+        return depth <= 2
+    if kind in ("backends", "cells"):
+        if depth != 1:
+            return False
+        if name.endswith(".task.json"):
+            return True
+        if name.endswith(".log"):
+            return _is_record(path.with_suffix(".json"))
+        return name.endswith(".json") and _is_record(path)
+    if kind == "groups":  # a group's folder is compare's output: its results.json says so
+        return depth == 2 and name in REPORT_FILES and _is_results(path.parent / "results.json")
+    if kind == "checkpoints":
+        return (depth <= 2 and bool(_CHECKPOINT.fullmatch(name))) or (depth == 1 and name.endswith(".tar")
+                                                                       and _is_checkpoint_tar(path))
+    return False
+
+
+def _is_checkpoint_tar(path: Path) -> bool:
+    """A sweep's anchor checkpoints from a Ray node, kept as one tar of ``epoch-NNNNN.npz`` files."""
+    try:
+        with tarfile.open(path) as tar:
+            names = [Path(m.name).name for m in tar.getmembers() if m.isfile()]
+    except (OSError, tarfile.TarError):
+        return False
+    return bool(names) and all(_CHECKPOINT.fullmatch(n) for n in names)
+
+
+def _is_results(path: Path) -> bool:
+    """A compare run's results.json (as a sweep's group folder holds), not a file of that name of the user's."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and {"verdict", "backends", "config"} <= found.keys()
 
 
 def _is_record(path: Path) -> bool:
@@ -101,7 +134,7 @@ def clear_written(folder: Path) -> None:
     if not folder.is_dir():
         return
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
-    doomed = [p for p in files if written_by_multirnn(p)]  # decided before any is removed (a log reads its record)
+    doomed = [p for p in files if written_by_multirnn(p, folder)]  # decided before any is removed (a log reads its record)
     emptied: set[Path] = set()
     for path in doomed:
         path.unlink(missing_ok=True)

@@ -236,6 +236,13 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     (out / "backends" / "notes.md").write_text("mine")  # suffixes multirnn also writes: kept by what they are
     (out / "backends" / "analysis.json").write_text('{"mine": true}')
     (out / "backends" / "mine" / "data.npy").write_bytes(b"mine")
+    # multirnn's own names, one folder down: a saved copy of a row (and its log), the user's report
+    (out / "backends" / "old").mkdir()
+    (out / "backends" / "old" / "torch-before-fix.json").write_text('{"name": "torch", "status": "ok"}')
+    (out / "backends" / "old" / "torch-before-fix.log").write_text("mine")
+    (out / "backends" / "mine" / "report.md").write_text("mine")
+    (out / "checkpoints" / "mine").mkdir(parents=True)
+    (out / "checkpoints" / "mine" / "notes.txt").write_text("mine")
     proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
@@ -244,8 +251,10 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     assert (out / "my notes.txt").read_text() == "mine"  # not a run file: untouched
     assert (out / "backends" / "README.txt").read_text() == "mine"
     assert (out / "backends" / "mine" / "deep" / "keep.txt").read_text() == "mine"
-    for mine in ("notes.md", "analysis.json", "mine/data.npy"):
+    for mine in ("notes.md", "analysis.json", "mine/data.npy", "old/torch-before-fix.json", "old/torch-before-fix.log",
+                 "mine/report.md"):
         assert (out / "backends" / mine).is_file(), mine
+    assert (out / "checkpoints" / "mine" / "notes.txt").is_file()
 
 
 def test_a_signal_while_the_report_is_written_still_ends_the_run_with_its_status(tmp_path, monkeypatch, capsys):

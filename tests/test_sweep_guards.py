@@ -137,6 +137,9 @@ def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     (folder / "groups" / "mine" / "keep.txt").write_text("mine")
     (folder / "groups" / "mine" / "summary.csv").write_text("mine")  # a suffix the sweep also writes
     (folder / "cells" / "notes.json").write_text('{"mine": true}')
+    (folder / "groups" / "mine" / "report.md").write_text("mine")  # the name a group's report has, in the user's folder
+    (folder / "cells" / "saved").mkdir()
+    (folder / "cells" / "saved" / "cell.json").write_text('{"id": "x", "spec": {}, "result": {}}')  # a copied record
     assert sweep_cli.main([*BASE, "--epochs", "3", "--out", str(folder), "--dry-run", "--overwrite"]) == 0
     assert "2 cell(s), 2 to run" in capsys.readouterr().out
     proc = sweep([*BASE, "--no-plot", "--epochs", "3", "--out", str(folder), "--overwrite"])
@@ -147,6 +150,7 @@ def test_overwrite_replaces_only_the_sweeps_files(folder, capsys):
     assert not (folder / "perplexity_bands.png").exists() and (folder / "notes.txt").read_text() == "mine"
     assert (folder / "cells" / "README.txt").read_text() == (folder / "groups" / "mine" / "keep.txt").read_text() == "mine"
     assert (folder / "groups" / "mine" / "summary.csv").is_file() and (folder / "cells" / "notes.json").is_file()
+    assert (folder / "groups" / "mine" / "report.md").is_file() and (folder / "cells" / "saved" / "cell.json").is_file()
     assert sum(ends(folder).values()) == 2  # a new journal
     refused([*BASE, "--out", str(folder), "--resume", "--overwrite"], capsys)
 
