@@ -54,3 +54,22 @@ def test_negative_inputs_and_non_positive_clipping_bounds_are_refused(setup):
     with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
         be.clip_gradients(grads, -1.0)
     be.train_step(p, X, Y, be.init_state(B, H), 0.5, 1.0)  # what fits still runs
+
+
+def test_params_carried_between_steps_are_checked_too(setup):
+    """After a step a fast path hands back its own form of params (MXNet's packed vector, Gluon's layers)."""
+    be, p, X, Y = setup
+    p, *_ = be.train_step(p, X, Y, be.init_state(B, H), 0.5, 1.0)
+    with pytest.raises(ValueError, match="X holds token id 1000, beyond the params' vocabulary of 28"):
+        be.forward(p, np.full_like(X, 1000), be.init_state(B, H))
+
+
+def test_v_is_read_where_every_layout_agrees_and_never_guessed():
+    """A third-party backend may keep d2l's names in its framework's layout (W_xh as (H, V), torch's): V came
+    from W_xh's first axis, so H, and every valid id >= H was refused "beyond the vocabulary" on every step."""
+    be = multirnn.get_backend("numpy")
+    torch_layout = {"W_xh": np.zeros((16, V)), "W_hh": np.zeros((16, 16)), "b_h": np.zeros(16),
+                    "W_hq": np.zeros((V, 16)), "b_q": np.zeros(V)}
+    assert be._vocab_size_of(torch_layout) == V
+    assert be._vocab_size_of({"W_xh": np.zeros((16, V))}) is None  # no b_q: nothing is checked against V
+    assert be._vocab_size_of(np.zeros((48, 45))) is None  # one packed array of some backend's own: not guessed

@@ -190,14 +190,14 @@ class Backend(abc.ABC):
         return None
 
     def _vocab_size_of(self, params: Params) -> int | None:
-        """V read off the params without converting them (the input checks use it): the first input
-        weight's rows of a dict by d2l names, or a ``shape`` of ``(V, H)`` that packed params carry; None
-        where neither is there. A backend with params of another form may override it."""
+        """V read off the params without converting them (the input checks use it): the length of ``b_q``
+        in a dict by d2l names (a vector of V in any layout, where a weight's first axis is V only in d2l's);
+        None otherwise, and nothing is checked against V. A backend with params of another form may override it."""
         if isinstance(params, dict):
-            first = params.get(self.model.layer_param_names(0)[0])  # layer 0's input weight, (V, G·H)
-            return int(first.shape[0]) if first is not None else None
-        shape = getattr(params, "shape", None)
-        return int(shape[0]) if isinstance(shape, tuple) and len(shape) == 2 else None
+            b_q = params.get("b_q")
+            shape = getattr(b_q, "shape", None)
+            return int(shape[0]) if shape is not None and len(shape) == 1 else None
+        return None
 
     # --- composed operations (a backend may override them with a fused version) --------------
     def train_step(

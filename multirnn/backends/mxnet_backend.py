@@ -390,6 +390,12 @@ class _MXNetBase(Backend):
     def openblas_named(self) -> dict[str, str] | None:
         return OPENBLAS_NAMED
 
+    def _vocab_size_of(self, params: Any) -> int | None:
+        """V: packed params and Gluon's layers carry ``shape`` ``(V, H)``; d2l's dict, the base's rule."""
+        if isinstance(params, (PackedParams, LayersParams)):
+            return params.shape[0]
+        return super()._vocab_size_of(params)
+
     # --- conversion -------------------------------------------------------------------------
     def _array(self, x: Any, dtype: Any = None) -> Any:
         """A NumPy (or MXNet) array on this backend's device; MXNet arrays are not copied."""
