@@ -4,6 +4,7 @@ package, and a resumed compare run or sweep refuses results of other code instea
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -170,3 +171,34 @@ def test_a_third_party_backend_s_digest_follows_its_own_imports(tmp_path, monkey
     third = digest()
     assert len({first, second, third}) == 3
     assert digest() == third  # the same files, the same digest
+
+
+def test_the_digest_is_of_contents_and_module_names_not_of_where_the_project_lies(tmp_path, monkeypatch):
+    """Absolute paths were hashed: the same project in another folder (a CI workspace, a moved checkout) had
+    another digest, and a sweep's --resume was refused for a changed backend that had not changed."""
+    from multirnn.backends import source_digest
+
+    digests = []
+    for where in ("a", "b"):
+        folder = tmp_path / where
+        folder.mkdir()
+        (folder / "helpers_mv.py").write_text("SCALE = 1\n")
+        (folder / "moved.py").write_text("import helpers_mv\nfrom tests.zoo import OracleCopy as Mine\n")
+        monkeypatch.syspath_prepend(str(folder))
+        for name in ("moved", "helpers_mv"):
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        digests.append(source_digest("moved:Mine"))
+        monkeypatch.undo()  # the next folder alone on the path
+    assert digests[0] is not None and digests[0] == digests[1]
+
+
+def test_the_digest_neither_imports_the_backend_nor_ends_on_its_sys_exit(tmp_path, monkeypatch):
+    """An entry point in the default list was imported in compare's own process for its digest: a module
+    that calls sys.exit() on import ended compare with its status."""
+    from multirnn.backends import source_digest
+
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert source_digest("exits_on_import:Backend") is not None  # its source is read, not run
+    assert "exits_on_import" not in sys.modules

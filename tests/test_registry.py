@@ -197,3 +197,16 @@ def test_conformance_keeps_a_backends_own_error_when_its_own_state_fails_too():
     [(name, message)] = run_conformance(be, (check,))
     # the backend's own error, with where it was raised (this file, the backend's forward)
     assert name == str(check) and message.startswith(f"{own_error} (raised at {__file__}:"), message
+
+
+def test_installed_code_includes_user_and_system_site_packages():
+    """pip install --user and Debian's dist-packages were taken for the user's own code: the digest walked all of
+    an installed framework's modules, and conformance errors pointed into them."""
+    import site
+
+    from multirnn.backends import is_library_file
+
+    assert is_library_file(str(Path(site.getusersitepackages()) / "torch" / "nn" / "modules" / "module.py"))
+    for entry in ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3.11/site-packages"):
+        if entry in sys.path:
+            assert is_library_file(entry + "/numpy/__init__.py")

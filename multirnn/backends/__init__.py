@@ -15,9 +15,9 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import site
 import sys
 import sysconfig
-import types
 from pathlib import Path
 from typing import Any
 
@@ -138,48 +138,68 @@ def source_digest(name: str) -> str | None:
     """sha256 of a third-party backend's source (``package.module:Class`` or an entry point): its module's
     file and every file of the user's own code it imports, directly or through other such modules (a base
     class in another file, a helper module), so a resumed run or a sweep never keeps its results from
-    before one of them changed. None for a built-in backend (multirnn's own code version covers it) or a
+    before one of them changed. Files are found as an import would find them, without running them (a
+    parent package's ``__init__`` runs), and named by module, not by path: a project moved or mounted
+    elsewhere keeps its digest. None for a built-in backend (multirnn's own code version covers it) or a
     module without a source file. Installed packages and the standard library are not followed."""
     if canonical_name(name) in _REGISTRY:
         return None
     module_name = _entry_points().get(name, name).partition(":")[0]
     try:
-        module = importlib.import_module(module_name)
-        files = _own_code_files(module)
+        files = _own_code_files(module_name)
         if not files:
             return None
         digest = hashlib.sha256()
-        for f in files:
-            digest.update(str(f).encode() + b"\0" + f.read_bytes() + b"\0")
+        for module, f in files:
+            digest.update(module.encode() + b"\0" + f.read_bytes() + b"\0")
         return digest.hexdigest()
-    except Exception:  # noqa: BLE001  (not importable, or failing on import: the row fails with its own message)
+    except (Exception, SystemExit):  # noqa: BLE001  (not to be found or read: the row fails with its own message)
         return None
 
 
-def _own_code_files(root: types.ModuleType) -> list[Path]:
-    """``root``'s source file and those of the user modules its import statements name, followed through
-    them (read from the source: ``from base import MyBackend`` leaves no trace of ``base`` in the globals)."""
+def _own_code_files(root: str) -> list[tuple[str, Path]]:
+    """``(module name, source file)`` of the module ``root`` and of the user modules its import statements
+    name, followed through them (read from the source: ``from base import MyBackend`` leaves no trace of
+    ``base`` in the globals)."""
     seen: set[str] = set()
     stack, files = [root], []
     while stack:
-        module = stack.pop()
-        if module.__name__ in seen:
+        name = stack.pop()
+        if name in seen:
             continue
-        seen.add(module.__name__)
-        origin = getattr(module, "__file__", None)
-        if not origin or (module is not root and not _is_user_file(origin)):
+        seen.add(name)
+        origin = _source_of(name, own_only=name != root)
+        if origin is None:
             continue
-        path = Path(origin).resolve()
-        files.append(path)
+        files.append((name, origin))
         try:
-            tree = ast.parse(path.read_bytes())
+            tree = ast.parse(origin.read_bytes())
         except (OSError, SyntaxError, ValueError):
             continue
-        for name in _imported_names(tree, module.__package__ or ""):
-            dep = sys.modules.get(name)
-            if dep is not None and dep.__name__ not in seen:
-                stack.append(dep)
+        package = name if origin.name == "__init__.py" else name.rpartition(".")[0]
+        stack += [n for n in _imported_names(tree, package) if n not in seen]
     return sorted(set(files))
+
+
+def _source_of(name: str, own_only: bool) -> Path | None:
+    """Module ``name``'s source file as an import would find it, without importing it; with ``own_only``, None
+    for installed code, the standard library and multirnn (checked on the top-level package first, so no
+    installed package's ``__init__`` runs) and for names that are no module (``from a import function``)."""
+    try:
+        top = importlib.util.find_spec(name.partition(".")[0])
+        if top is None:
+            return None
+        where = top.origin if top.origin not in (None, "built-in", "frozen") else next(
+            iter(top.submodule_search_locations or []), None)
+        if own_only and (where is None or not _is_user_path(where)):
+            return None
+        spec = top if "." not in name else importlib.util.find_spec(name)
+    except (Exception, SystemExit):  # noqa: BLE001  (a parent package failing on import, or not a package)
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    path = Path(spec.origin).resolve()
+    return path if not own_only or _is_user_path(str(path)) else None
 
 
 def _imported_names(tree: ast.AST, package: str) -> list[str]:
@@ -203,9 +223,22 @@ def _imported_names(tree: ast.AST, package: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def library_roots() -> tuple[Path, ...]:
-    """The standard library's and site-packages' folders: installed code, not a backend author's."""
+    """Where installed code lives: the standard library's and site-packages' folders (the base
+    interpreter's too, for a venv with system packages), the user's site-packages (``pip install --user``)
+    and any ``site-packages`` or ``dist-packages`` folder on ``sys.path`` (Debian's); not a backend author's."""
     paths = sysconfig.get_paths()
-    return tuple(sorted({Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}))
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    found = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    found += [base.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    found += [*_site_packages(), *(p for p in sys.path if Path(p).name in ("site-packages", "dist-packages"))]
+    return tuple(sorted({Path(p).resolve() for p in found if p}))
+
+
+def _site_packages() -> list[str]:
+    try:
+        return [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # an embedded interpreter's site module may lack them
+        return []
 
 
 def is_library_file(filename: str) -> bool:
@@ -219,9 +252,10 @@ def _installed_roots() -> tuple[Path, ...]:
     return (*library_roots(), Path(__file__).resolve().parents[1])
 
 
-def _is_user_file(origin: str) -> bool:
+def _is_user_path(origin: str) -> bool:
+    """Whether ``origin`` (a file or a namespace package's folder) is the user's own code, not installed."""
     path = Path(origin).resolve()
-    return path.suffix == ".py" and not any(path.is_relative_to(r) for r in _installed_roots())
+    return path.suffix in (".py", "") and not any(path.is_relative_to(r) for r in _installed_roots())
 
 
 def _importable(module: str) -> bool:
