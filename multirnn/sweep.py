@@ -47,6 +47,7 @@ from .sweep_spec import (
     parse_seeds,
     read_toml,
     refuse_ed1_options,
+    refuse_unused_init_seeds,
     run_order,
     seeds_text,
     split_values,
@@ -280,6 +281,8 @@ def parse_options(argv: list[str]) -> Options:
     jobs = jobs or max(1, cores // threads)
     refuse_ed1_options(dims)  # as compare does, when no configuration would use them
     if (ignored := ignored_by_presets(dims)) is not None:
+        notes.append(ignored)
+    if (ignored := refuse_unused_init_seeds(dims)) is not None:
         notes.append(ignored)
     if executor == "local" and jobs * threads > cores:
         notes.append(f"{jobs} jobs x {threads} threads exceed the {cores} usable cores: timings will be contended")

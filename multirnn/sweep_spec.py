@@ -255,11 +255,33 @@ def cells_of(group: Group, repeats: int) -> list[Cell]:
 
 
 def effective_values(values: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """A configuration's values without those its preset ignores (ed. 2: --sampling, --max-tokens)."""
+    """A configuration's values without those it ignores: its preset's (ed. 2: --sampling, --max-tokens), and
+    --init-seeds where its --init is not framework (compare refuses the pair; crossed in a sweep, it means the
+    framework configurations' seeds)."""
     preset = dict(values).get("preset", compare.build_parser().get_default("preset"))
     if preset in PRESETS and PRESETS[preset].protocol == "d2l-ed2":
-        return tuple((d, v) for d, v in values if d not in ED1_ONLY)
+        values = tuple((d, v) for d, v in values if d not in ED1_ONLY)
+    if dict(values).get("init", compare.build_parser().get_default("init")) != "framework":
+        values = tuple((d, v) for d, v in values if d != "init_seeds")
     return values
+
+
+def refuse_unused_init_seeds(dims: dict[str, list[str]]) -> str | None:
+    """--init-seeds where no configuration has --init framework: refused in compare's words. Where only some
+    have it, a note saying the others ignore it (None where there is nothing to say).
+
+    Raises:
+        SpecError: compare's refusal.
+    """
+    if "init_seeds" not in dims:
+        return None
+    inits = dims.get("init", [compare.build_parser().get_default("init")])
+    if "framework" not in inits:
+        raise SpecError(f"--init-seeds applies to --init framework only (--init {','.join(inits)} trains one seed "
+                        "per row)")
+    others = [i for i in inits if i != "framework"]
+    return (f"--init-seeds applies to the --init framework configurations; --init {', '.join(others)} "
+            f"train{'s' if len(others) == 1 else ''} one seed per row" if others else None)
 
 
 def _is_ed2(preset: str) -> bool:

@@ -413,3 +413,18 @@ def test_a_cell_is_contended_when_it_shares_the_machine_or_has_more_threads_than
     job = types.SimpleNamespace(attempt=1)
     record = Engine._record(engine, cell, job, {"raw": {"status": "ok"}}, None)
     assert record["run"]["contended"] is contended  # 64 threads: more than this machine's cores
+
+
+def test_init_seeds_crossed_with_shared_init_applies_to_the_framework_configurations(tmp_path, capsys):
+    """--init shared,framework --init-seeds 2 was refused whole: compare's refusal of --init-seeds without
+    --init framework reached the shared configuration."""
+    from tests.conftest import require_backend
+
+    require_backend("torch")  # a layers row to start from its framework's initialisers
+    argv = ["--backends", "numpy,torch", "--impl", "layers", *TINY, "--out", str(tmp_path / "s"), "--dry-run"]
+    assert sweep_cli.main([*argv, "--init", "shared,framework", "--init-seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 configuration(s)" in out
+    assert "--init-seeds applies to the --init framework configurations; --init shared trains one seed per row" in out
+    assert "--init-seeds applies to --init framework only" in refused([*argv, "--init", "shared", "--init-seeds", "2"],
+                                                                      capsys)
