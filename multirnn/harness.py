@@ -366,6 +366,11 @@ def train(
     return TrainResult(backend, config, history, p, data.vocab)
 
 
+def non_finite_params(backend: Backend, params: Params) -> list[str]:
+    """The d2l names of ``params`` (a backend's own) holding NaN or infinite values."""
+    return [k for k, v in backend.params_to_numpy(params).items() if not np.isfinite(v).all()]
+
+
 def evaluate_perplexity(
     backend: Backend, params: Params, batches: Iterator[Batch], num_hiddens: int, dtype: str = "float32"
 ) -> float:
@@ -516,8 +521,7 @@ def predict(
         raise ValueError(f"params are for vocab_size={V}, but the vocabulary has {len(vocab)} tokens: "
                          "pass the vocab the params were trained with.")
     # NaN logits make every greedy choice token 0: '<unk>' repeated, a continuation that looks like output
-    bad = [k for k, v in backend.params_to_numpy(params).items() if not np.isfinite(v).all()]
-    if bad:
+    if bad := non_finite_params(backend, params):
         raise ValueError(f"params hold NaN or infinite values ({', '.join(bad)}; a diverged run's?): nothing to predict.")
     state = backend.init_state(1, H, dtype or params_dtype)
     outputs = [vocab[prefix[0]]]

@@ -331,7 +331,11 @@ def run(task: WorkerTask, progress: Channel) -> None:
         rates = history.tokens_per_sec[1:] or history.tokens_per_sec
         result["tokens_per_sec_median"] = float(np.median(rates)) if rates else None
         result["train_seconds"] = float(sum(history.epoch_seconds))
-        if params is not None:
+        if params is not None and (bad := harness.non_finite_params(backend, params)):
+            # the last update overflowed after a finite loss: the row trained, its weights say nothing more
+            result["error"] = (f"the weights after the last update hold NaN or infinite values ({', '.join(bad)}): "
+                               "no samples" + (" or evaluation perplexity" if task.eval_path else ""))
+        elif params is not None:
             result["samples"] = {p: harness.predict(backend, params, data.vocab, p, task.num_preds) for p in task.prefixes}
             if task.eval_path:
                 ids = np.load(task.eval_path)

@@ -93,3 +93,23 @@ class OracleWatcher(_FirstStepHook):
         oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
         (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
             json.dumps({"oracle_running": oracle_task.exists()}))
+
+
+class WeightsOverflowLossFinite(NumpyBackend):
+    """Every update leaves NaN weights, which its loss reads as zeros: its run ends "ok" with finite losses and
+    non-finite weights, as a last update that overflowed after a finite loss does."""
+
+    name = "overflowing"
+
+    def version(self) -> str:
+        return "fake"
+
+    def loss_and_grads(self, params, X, Y, state):
+        import numpy as np
+
+        return super().loss_and_grads({k: np.nan_to_num(v, nan=0.0) for k, v in params.items()}, X, Y, state)
+
+    def sgd_step(self, params, grads, lr):
+        import numpy as np
+
+        return {k: np.full_like(v, np.nan) for k, v in super().sgd_step(params, grads, lr).items()}

@@ -487,3 +487,16 @@ def test_api_misuse_is_explained(oracle):
 def test_absurd_epochs_are_refused_with_the_limit(tmp_path):
     proc = compare(["--epochs", str(10**20), "--out", str(tmp_path / "never")])
     assert proc.returncode == 2 and "at most 1,000,000" in proc.stderr
+
+
+def test_weights_that_overflowed_after_a_finite_loss_do_not_turn_a_trained_row_into_a_crash(tmp_path):
+    """predict refuses NaN weights; the worker called it after a run whose last update overflowed, and the
+    whole trained row was recorded as crashed."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,tests.fakes:WeightsOverflowLossFinite", *TINY, "--lockstep", "off",
+                    "--eval-text", "war_of_the_worlds", "--no-plot", "--quiet", "--out", str(out)])
+    row = next(b for b in strict_json(out / "results.json")["backends"] if b["name"] != "numpy")
+    assert row["status"] == "ok", (row["status"], row.get("error"), proc.stderr)
+    assert row["error"].startswith("the weights after the last update hold NaN or infinite values (")
+    assert "no samples or evaluation perplexity" in row["error"] and row["samples"] == {}
+    assert "the weights after the last update hold NaN" in (out / "report.md").read_text()
