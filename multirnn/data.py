@@ -177,7 +177,8 @@ def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> 
         text = body.decode(encoding)
     except UnicodeDecodeError as exc:
         bad = body[exc.start:exc.start + 1].hex()
-        raise ValueError(f"{name} is not valid {encoding.upper()} text (byte 0x{bad} at offset {exc.start}). "
+        offset = exc.start + (len(bom[0]) if bom else 0)  # in the file, byte-order mark included
+        raise ValueError(f"{name} is not valid {encoding.upper()} text (byte 0x{bad} at offset {offset}). "
                          "Give its encoding (--encoding cp1252, latin-1, ...) or convert it to UTF-8 "
                          "(iconv -f CP1252 -t UTF-8).") from None
     # Single-byte encodings decode any bytes: random data read as latin-1 is ~13 % control characters

@@ -255,3 +255,10 @@ def test_text_with_colour_codes_or_overstrikes_is_text_and_random_bytes_are_not(
     noise = bytes(rng.randint(1, 255) for _ in range(20000))  # no NUL: only the controls tell
     with pytest.raises(ValueError, match="looks binary"):
         mdata.decode_text(noise, "noise", "latin-1")
+
+
+def test_a_decoding_error_names_the_byte_s_offset_in_the_file_byte_order_mark_included():
+    with pytest.raises(ValueError, match=r"byte 0xff at offset 6\)"):
+        mdata.decode_text(b"\xef\xbb\xbfabc\xff", "bom")
+    with pytest.raises(ValueError, match=r"byte 0xff at offset 3\)"):
+        mdata.decode_text(b"abc\xff", "plain")
