@@ -21,6 +21,7 @@ SCHEMA_VERSION = 2
 # Greedy continuations with at most this many distinct characters look broken to a new user; on a
 # model trained for a few epochs they are expected, and the report says so.
 BARELY_TRAINED_DISTINCT = 2
+BARELY_TRAINED_PERPLEXITY = 3.0  # below it a model predicts its text well, whatever its continuations repeat
 
 
 def openblas_note(machine: Mapping[str, Any]) -> str:
@@ -125,6 +126,39 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
     return cols
 
 
+def column_key(results: dict[str, Any], header: Sequence[str]) -> str:
+    """What each of the table's columns (``header``) means, for report.md."""
+    cfg = results["config"]
+    ed2 = cfg.get("protocol") == "d2l-ed2"
+    window = median_last_window(results)
+    one_epoch = cfg.get("num_epochs") == 1
+    eval_name = Path(str(results.get("options", {}).get("eval_text") or "the evaluation text")).name
+    key = {
+        "final ppl": "final ppl: training perplexity of the last epoch, exp of the mean token loss over its "
+                     "minibatches while the weights still changed",
+        f"median last {window}": f"median last {window}: median training perplexity over the last {window} epochs "
+                                 "(one spiking epoch does not decide)",
+        "best ppl": "best ppl: the lowest training perplexity of any epoch",
+        "val ppl": "val ppl: the last epoch's validation perplexity (the held-out windows, each from a zero state)",
+        "eval ppl": f"eval ppl: the trained model's perplexity on {eval_name}, another text (out of domain: words "
+                    "and style the model never saw), "
+                    + ("every window of the training length, each from a zero state, as ed. 2 scores held-out text"
+                       if ed2 else "read in order with the state carried, as ed. 1 reads its text")
+                    + "; it can come out below the training perplexity, which averages an epoch of changing weights",
+        "tokens/s": "tokens/s: " + ("the only epoch's, start-up and compilation included" if one_epoch else
+                                    "median over the epochs after the first"),
+        "1st epoch s": "1st epoch s: the first epoch's wall time, compilation and warm-up included",
+        "peak MB": "peak MB: the worker process's peak resident memory",
+        "checkpoints": "checkpoints: re-anchored checkpoints checked",
+        "re-anchored dev": "re-anchored dev: worst relative per-step loss or gradient-norm deviation over those "
+                           "stretches (which one is named; the worse for its band), or a probe step outside its "
+                           "band as a multiple of it",
+        "free-run dev": "free-run dev: worst relative deviation of the free-running loss curve (informational: over "
+                        "long float32 runs it measures chaos, not correctness)",
+    }
+    return "; ".join(key[h] for h in header if h in key) + "."
+
+
 def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cols = columns(results)
     return [h for h, _ in cols], [[f(b) for _, f in cols] for b in results["backends"]]
@@ -214,8 +248,12 @@ def samples_text(results: dict[str, Any]) -> str:
 
 
 def barely_trained(results: dict[str, Any]) -> str | None:
-    """A one-line explanation when the greedy continuations repeat one or two characters."""
+    """A one-line explanation when the greedy continuations repeat one or two characters and the model is far
+    from fitting its text (perplexity >= BARELY_TRAINED_PERPLEXITY: on a text of one letter, 'aaaa' at 1.04
+    is what a trained model writes)."""
     for b in results["backends"]:
+        if (b.get("final_perplexity") or math.inf) < BARELY_TRAINED_PERPLEXITY:
+            continue
         for prefix, text in (b.get("samples") or {}).items():
             tail = text[len(prefix):]
             if tail and len(set(tail)) <= BARELY_TRAINED_DISTINCT:
@@ -329,13 +367,7 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         bands_text(results),
         *[f"\n{n[0].upper()}{n[1:]}." for n in notes(results)],
         "",
-        (f"median last {window}: median perplexity over the last {window} epochs (one spiking epoch does not "
-         "decide); " if window else "")
-        + "tokens/s: median over the epochs after the first; checkpoints: re-anchored checkpoints checked; "
-        "re-anchored dev: worst relative per-step loss or gradient-norm deviation over those stretches (which one "
-        "is named; the worse for its band), or a probe step outside its band as a multiple of it; free-run dev: "
-        "worst relative deviation of the free-running loss curve (informational: over long float32 runs it "
-        "measures chaos, not correctness).",
+        column_key(results, header),
     ]
     crossings = [(b["name"], (b.get("judgement") or {}).get("reason")) for b in results["backends"]
                  if (b.get("judgement") or {}).get("status") == "disagrees"]

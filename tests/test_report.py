@@ -176,3 +176,13 @@ def test_a_framework_openblas_named_by_its_backend_is_said_in_the_report(results
     assert expected in report.markdown_report(results, tmp_path)
     del row["openblas"]
     assert not any("own OpenBLAS" in n for n in report.notes(results))
+
+
+def test_repeating_continuations_are_called_barely_trained_only_far_from_fitting_the_text(results):
+    """A text of one letter: 'aaaa' at perplexity 1.04 is what a trained model writes, not an early one."""
+    for b in results["backends"]:
+        b["samples"] = {"a": "a" * 20}
+        b["final_perplexity"] = 1.04
+    assert report.barely_trained(results) is None
+    results["backends"][0]["final_perplexity"] = 15.0
+    assert report.barely_trained(results).startswith("the model is barely trained")
