@@ -454,10 +454,19 @@ def _log_ticks(ax: Any) -> None:
     if lo > 0 and hi / lo > 1e4:
         return
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    fmt = ScalarFormatter()
+    fmt = ScalarFormatter(useOffset=False)  # plain perplexities, never "+1.98e1" over tiny ticks
     fmt.set_scientific(False)
     ax.yaxis.set_major_formatter(fmt)
     ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _readable_range(ax: Any, least: float = 1.2) -> None:
+    """A log axis spanning at least a factor ``least``: around one epoch's values matplotlib zoomed in until
+    a 1.5e-7 difference filled the panel (two agreeing rows looked far apart) under an offset label."""
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < least:
+        middle = math.sqrt(lo * hi)
+        ax.set_ylim(middle / math.sqrt(least), middle * math.sqrt(least))
 
 
 def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
@@ -490,11 +499,16 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
                     else float("nan") for k in range(n)]
             ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"], **_style(i, n))
-    title = f"Perplexity per epoch ({results['config']['protocol']}, {results['config']['dtype']})"
+    cfg = results["config"]
+    layers = f"{cfg['num_layers']} layers of " if cfg.get("num_layers", 1) > 1 else ""
+    title = (f"Perplexity per epoch\n({cfg['protocol']}, {cfg['dtype']}; {layers}{cfg.get('cell', 'rnn')}, hidden "
+             f"{cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps, lr {cfg['lr']:g})")
     if evaluated:  # the file named once here keeps the legend narrow
         eval_name = Path(results.get("options", {}).get("eval_text") or "--eval-text").name
         title += f"\nstars: the final model's perplexity on {eval_name}"
-    ax.set(yscale="log", ylabel="perplexity", title=title)
+    ax.set(yscale="log", ylabel="perplexity")
+    ax.set_title(title, fontsize=10)  # the configuration's line fits the figure's width
+    _readable_range(ax)
     _log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -516,6 +530,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax_diff.set_yticks([])
     ax_diff.set_xlabel("epoch")
     _integer_epochs(ax_diff)
+    last = max((len(b["perplexity"]) for b in ran), default=1)
+    ax_diff.set_xlim(0.5, last + 0.5)
+    if last < 4:  # the integer locator needs two integers in view: one epoch got ticks 0.5, 0.6, ... 1.5
+        ax_diff.set_xticks(range(1, last + 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

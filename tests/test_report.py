@@ -186,3 +186,18 @@ def test_repeating_continuations_are_called_barely_trained_only_far_from_fitting
     assert report.barely_trained(results) is None
     results["backends"][0]["final_perplexity"] = 15.0
     assert report.barely_trained(results).startswith("the model is barely trained")
+
+
+def test_a_one_epoch_run_is_plotted_on_whole_epochs_and_a_readable_range(results, tmp_path):
+    """One epoch: ticks 0.945 ... 1.050, an axis zoomed until a 1.5e-7 difference filled it, an offset label."""
+    for b in results["backends"]:
+        b["perplexity"] = [19.845629 * (1 + (1.5e-7 if b["name"] != "numpy" else 0))]
+        b.pop("val_perplexity", None)
+    results["config"]["num_epochs"] = 1
+    ax, ax_diff = _draw(report.perplexity_plot, results, tmp_path)[:2]
+    assert list(ax_diff.get_xticks()) == [1]
+    lo, hi = ax.get_ylim()
+    assert hi / lo >= 1.2
+    assert not ax.yaxis.get_major_formatter().get_offset()
+    cfg = results["config"]
+    assert f"hidden {cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps" in ax.get_title()
