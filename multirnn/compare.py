@@ -69,7 +69,7 @@ from .runner import (
     signal_name,
 )
 from .sweep_exec import CellJob, LocalExecutor, usable_cores
-from .worker import SAMPLE_PREFIXES, WorkerTask
+from .worker import ED2_NUM_PREDS, ED2_SAMPLE_PREFIXES, NUM_PREDS, SAMPLE_PREFIXES, WorkerTask
 
 EXIT_AGREE, EXIT_DISAGREE, EXIT_USAGE, EXIT_NO_BACKEND, EXIT_NOT_JUDGED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129
@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "by a byte-order mark (e.g. cp1252, latin-1)")
     d.add_argument("--prefix", action="append", metavar="TEXT",
                    help="prompt for the greedy continuations, preprocessed like the text (lowercase, non-letters -> "
-                   f"space); repeat for several (default: {', '.join(repr(x) for x in SAMPLE_PREFIXES)})")
+                   f"space); repeat for several (default, as each edition's chapter: "
+                   f"{', '.join(repr(x) for x in SAMPLE_PREFIXES)}, {NUM_PREDS} characters; d2l-ed2: "
+                   f"{', '.join(repr(x) for x in ED2_SAMPLE_PREFIXES)}, {ED2_NUM_PREDS})")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default: a new timestamped folder under runs/)")
     o.add_argument("--overwrite", action="store_true",
@@ -547,7 +549,7 @@ def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str,
         "code_version": code_version(),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", "multirnn.compare", *options["argv"]]),
-        "config": config.to_dict(),
+        "config": config.record(),
         "options": {k: val for k, val in options.items() if k != "argv"},
         "machine": machine_info(),
         "verdict": out_verdict,
@@ -595,7 +597,7 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     same = {k: options[k] for k in ("init", "init_seeds", "mode", "device", "text", "eval_text", "lockstep_epochs",
                                     "prefixes")}
     before = {k: earlier.get("options", {}).get(k) for k in same}
-    then, now = {**(earlier.get("config") or {}), **before}, {**config.to_dict(), **json.loads(json.dumps(same))}
+    then, now = {**(earlier.get("config") or {}), **before}, {**config.record(), **json.loads(json.dumps(same))}
     def short(v: Any) -> str:  # a long list (the checkpoint epochs) by its ends and length
         return f"[{v[0]}, {v[1]}, ..., {v[-1]}] ({len(v)})" if isinstance(v, list) and len(v) > 6 else str(v)
 
@@ -676,6 +678,11 @@ class Plan:
     def labels(self) -> list[str]:
         return [row_label(n, i) for n, i in self.pairs]
 
+    @property
+    def num_preds(self) -> int:
+        """Characters each greedy continuation adds: as many as the edition's chapter predicts."""
+        return ED2_NUM_PREDS if self.config.protocol == "d2l-ed2" else NUM_PREDS
+
     def task(self, backend: str, impl: str, out_path: str, data_path: str, eval_path: str | None, index: int = 0,
              checkpoint_dir: str | None = None, anchor_dir: str | None = None,
              anchor_wait: str | None = None) -> WorkerTask:
@@ -685,6 +692,7 @@ class Plan:
         return WorkerTask(name=row_label(backend, impl), backend=backend, impl=impl, config=c.to_dict(),
                           out_path=out_path, data_path=data_path, device=a.device, mode=a.mode, init=a.init,
                           init_seed=init_seed, extra_seeds=self.seeds, eval_path=eval_path, prefixes=self.prefixes,
+                          num_preds=self.num_preds,
                           lockstep_epochs=self.lock_epochs, checkpoint_dir=checkpoint_dir, anchor_dir=anchor_dir,
                           anchor_wait=anchor_wait)
 
@@ -702,7 +710,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     pairs, pair_notes = _rows_to_run(names, impls)
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
-    prefixes = tuple(args.prefix) if args.prefix else SAMPLE_PREFIXES  # checked against the text's vocabulary below
+    # checked against the text's vocabulary below
+    prefixes = tuple(args.prefix) if args.prefix else ED2_SAMPLE_PREFIXES if config.protocol == "d2l-ed2" else SAMPLE_PREFIXES
     prompt_note = None
     try:  # validate the data before anything is written: too short, empty, unreadable, undecodable
         data = prepare_data(config, text, args.encoding)  # a too-short text's message says what preprocessing dropped
@@ -739,6 +748,9 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         # spacing, so the report does not say "every 6 epochs" of a 2-epoch run (the epochs are unchanged).
         every = max(1, config.num_epochs - 1)
     data_notes = list(data.notes) + ([prompt_note] if prompt_note else [])
+    if config.protocol == "d2l-ed2" and config.batch_size > config.num_train:  # as d2l's DataLoader does
+        data_notes.append(f"--batch-size {config.batch_size:,} is more than the {config.num_train:,} training windows: "
+                          "every minibatch holds all of them, one step per epoch")
     if eval_ids is not None:
         # what preprocessing dropped, said for the evaluation text as prepare_data says it for --text
         data_notes += [f"--eval-text: {n}" for n in text_notes(read_text(eval_text, args.encoding))]
@@ -753,7 +765,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
                    "backend_sources": {n: d for n in names if (d := source_digest(n))}}
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
-    options = {"backends": names, "impls": impls, "init": args.init, "init_seeds": [config.seed, *seeds],
+    options = {"preset": args.preset, "backends": names, "impls": impls, "init": args.init, "init_seeds": [config.seed, *seeds],
                "model": config.model.name, "mode": args.mode, "device": args.device, "text": text,
                "eval_text": eval_text, **digests, "encoding": args.encoding, "lockstep": args.lockstep, "lockstep_every": every,
                "lockstep_epochs": list(lock_epochs), "prefixes": list(prefixes),

@@ -110,6 +110,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """:meth:`to_dict` as results record it: the fields its protocol does not use as None (an ed. 2 run
+        read "sampling": "sequential" and "max_tokens": 10000, which ed. 2 ignores and compare refuses)."""
+        unused = ED1_ONLY if self.protocol == "d2l-ed2" else ("num_train", "num_val")
+        return {k: None if k in unused else v for k, v in self.to_dict().items()}
+
 
 PRESETS: dict[str, TrainConfig] = {
     # d2l ed. 1, ch. 8.5: perplexity about 1.0 (sequential) / 1.4 (random) after 500 epochs.

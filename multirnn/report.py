@@ -206,7 +206,8 @@ def config_text(results: dict[str, Any]) -> str:
     if c["protocol"] == "d2l-ed1" and tokens.get("total") and tokens.get("used", 0) < tokens["total"]:
         used = f"the first {tokens['used']:,} of its {tokens['total']:,} tokens (--max-tokens {c['max_tokens']})"
     elif c["protocol"] == "d2l-ed2":
-        used = f"{c['num_train']:,} training and {c['num_val']:,} validation windows of its {tokens.get('total') or '?':,} characters"
+        used = (f"its first {c['num_train']:,} windows for training and the next {c['num_val']:,} for validation, "
+                f"of its {tokens.get('total') or '?':,} characters")
     else:
         used = f"all {tokens.get('used', '?'):,} tokens"
     batching = batching_text(c["protocol"], c["sampling"])

@@ -34,6 +34,9 @@ from .files import finite_or_none, write_json_atomic, write_text_atomic  # noqa:
 
 SAMPLE_PREFIXES = ("time traveller", "traveller")
 NUM_PREDS = 50
+# d2l ed. 2's chapter (9.5) continues 'it has' for 20 characters; ed. 1's (8.5) the two above for 50
+ED2_SAMPLE_PREFIXES = ("it has",)
+ED2_NUM_PREDS = 20
 # Mid-epoch progress messages at most this often (they also tell the parent the worker is alive).
 HEARTBEAT_SECONDS = 1.0
 

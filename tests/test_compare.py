@@ -412,6 +412,22 @@ def test_eval_text_under_d2l_ed2_needs_one_window_not_one_ed1_minibatch(tmp_path
     assert all(e is not None and 1 < e < 28 for e in evals) and evals[0] == pytest.approx(evals[1], rel=1e-4)
 
 
+def test_a_d2l_ed2_run_records_and_says_what_ed2_does(tmp_path):
+    """results.json read "sampling": "sequential" and "max_tokens": 10000 for ed. 2, which ignores both; the
+    continuations were ed. 1's; a batch larger than the training windows ran one step per epoch unsaid."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy", "--preset", "d2l-ed2", "--epochs", "1", "--hidden", "8", "--batch-size",
+                    "20000", "--quiet", "--no-plot", "--out", str(out)])
+    assert proc.returncode == 4, proc.stderr
+    r = load(out)
+    assert r["config"]["sampling"] is None and r["config"]["max_tokens"] is None and r["config"]["num_train"] == 10000
+    assert r["options"]["preset"] == "d2l-ed2"
+    samples = r["backends"][0]["samples"]
+    assert list(samples) == ["it has"] and len(samples["it has"]) == len("it has") + 20  # d2l ed. 2's chapter
+    assert "--batch-size 20,000 is more than the 10,000 training windows" in proc.stdout + proc.stderr
+    assert r["backends"][0]["steps_per_epoch"] == [1]
+
+
 @pytest.mark.parametrize("args, messages", [
     (["--text", "/dev/null"], ["--text '/dev/null' is not a regular file (a character device)"]),
     (["--eval-text", "war_of_the_worlds.txt"], ["did you mean the bundled text 'war_of_the_worlds'",
