@@ -346,7 +346,6 @@ def terminal_report(results: dict[str, Any], width: int | None = None) -> str:
 def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
     v = results["verdict"]
     header, rows = table(results)
-    window = median_last_window(results)
     parts = [
         "# multirnn comparison",
         "",
