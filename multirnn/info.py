@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         "install the rest. The comparison itself: python -m multirnn.compare; a matrix of them: python -m "
         "multirnn.sweep.")
     parser.add_argument("--version", action="version", version=f"multirnn {__version__}")  # as compare's and sweep's
-    parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("compare", "sweep", "conformance"):  # argparse would answer --help with this page
+        parser.error(f"{argv[0]!r} is a module of its own: python -m multirnn.{argv[0]} {' '.join(argv[1:])}".rstrip())
+    parser.parse_args(argv)
     print(f"multirnn {__version__} (Python {platform.python_version()}, {sys.platform})\n")
     print(backend_table())
     print("\nRun the comparison: python -m multirnn.compare   (--help for every option)")

@@ -113,6 +113,16 @@ def test_python_m_multirnn_has_help_and_refuses_unknown_options():
     assert refused.value.code == 2
 
 
+def test_python_m_multirnn_compare_points_to_the_module(capsys):
+    """``python -m multirnn compare --help`` printed this page's help, exit 0, as if compare had no options."""
+    from multirnn import info
+
+    with pytest.raises(SystemExit) as done:
+        info.main(["compare", "--help"])
+    assert done.value.code == 2
+    assert "python -m multirnn.compare --help" in capsys.readouterr().err
+
+
 def test_prefixes_and_every_result_on_screen(tmp_path):
     out = tmp_path / "run"
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--eval-text", "war_of_the_worlds", "--prefix", "The Martians,",
