@@ -129,6 +129,14 @@ def number_arg(kind: type, what: str, limit: float | None = None, allow_zero: bo
     return parse
 
 
+def folder_arg(text: str) -> str:
+    """An output folder's name: an empty one (an unset shell variable, ``--out "$OUT"``) meant the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?): name a folder, or leave --out out "
+                                         "for a new one")
+    return text
+
+
 def _lockstep_arg(text: str) -> str | int:
     if text in ("auto", "off"):
         return text
@@ -241,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{', '.join(repr(x) for x in SAMPLE_PREFIXES)}, {NUM_PREDS} characters; d2l-ed2: "
                    f"{', '.join(repr(x) for x in ED2_SAMPLE_PREFIXES)}, {ED2_NUM_PREDS})")
     o = p.add_argument_group("output")
-    o.add_argument("--out", metavar="DIR", help="output folder (default: a new timestamped folder under runs/)")
+    o.add_argument("--out", metavar="DIR", type=folder_arg,
+                   help="output folder (default: a new timestamped folder under runs/)")
     o.add_argument("--overwrite", action="store_true",
                    help="reuse an existing --out folder: clear the files a run writes there (and only those)")
     o.add_argument("--resume", action="store_true",

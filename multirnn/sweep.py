@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stall-timeout", type=compare.number_arg(float, "a positive number of seconds"), metavar="SECONDS",
                    help=f"end a worker silent for this long (default {DEFAULT_STALL_TIMEOUT:.0f})")
     o = p.add_argument_group("output")
-    o.add_argument("--out", metavar="DIR", help="output folder (default: runs/sweep-<timestamp>); rerunning into "
+    o.add_argument("--out", metavar="DIR", type=compare.folder_arg, help="output folder (default: runs/sweep-<timestamp>); rerunning into "
                    "the same folder keeps every finished cell (of the same sweep)")
     o.add_argument("--resume", action="store_true", help="continue the sweep in --out (it must exist, "
                    "started with the same settings)")

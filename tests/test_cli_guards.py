@@ -329,3 +329,16 @@ def test_help_names_the_backend_aliases():
     text = " ".join(compare.build_parser().format_help().split())
     for alias, name in BACKEND_ALIASES.items():
         assert f"{alias} for {name}" in text and canonical_name(alias) == name
+
+
+@pytest.mark.parametrize("module", ["compare", "sweep"])
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(module, tmp_path, monkeypatch, capsys):
+    """--out "$OUT" with OUT unset wrote a run's files into the current folder."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    cli = importlib.import_module(f"multirnn.{module}")
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--out", "", "--backends", "numpy"])
+    assert done.value.code == 2 and "argument --out: is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
