@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, blas, compare, lockstep, report
-from .backends import refusal
+from . import __version__, blas, compare, lockstep, report, verdict
+from .backends import _REGISTRY, refusal
 from .files import check_writable
+from .info import installed_version
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
@@ -462,13 +463,17 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
         to_run = order
     # A layer that cannot compute the model is refused without a worker (as the real run does): no cost.
     refused = {c.id for c in cells if refusal(c.backend, c.impl, c.group.plan.config.model)}
-    to_run = [c for c in to_run if c.id not in refused]
+    # A framework not installed here ends its local cells at once, unavailable (Ray's nodes may have it)
+    missing = {c.id for c in cells if opts.executor == "local" and c.backend in _REGISTRY
+               and c.backend != verdict.ORACLE and installed_version(c.backend) is None} - refused
+    to_run = [c for c in to_run if c.id not in refused | missing]
     pending = {c.id for c in to_run}
     header = ["id", "configuration", "seed", "row", "repeat", "after", "est. s", "state"]
-    est = {c.id: 0.0 if c.id in refused else estimate_seconds(c) for c in cells}
+    est = {c.id: 0.0 if c.id in refused | missing else estimate_seconds(c) for c in cells}
     rows = []
     for c in cells:
-        state = "unsupported" if c.id in refused else "to run" if c.id in pending else "done"
+        state = ("unsupported" if c.id in refused else "not installed" if c.id in missing
+                 else "to run" if c.id in pending else "done")
         rows.append([c.id, c.group.configuration.label, str(c.group.seed), c.label, str(c.repeat), c.anchor or "-",
                      f"{est[c.id]:.1f}", state])
     total = sum(est[c] for c in pending)
@@ -484,7 +489,9 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
              (f"{len(configurations)} configuration(s) x {len(opts.seeds)} seed(s) = {len(groups)} group(s), "
               f"{len(cells)} cell(s), {len(pending)} to run"
               + (f", {len(refused)} unsupported (a layer that cannot compute the model; refused without a worker)"
-                 if refused else "")),
+                 if refused else "")
+              + (f", {len(missing)} not installed here (their framework: each ends at once, unavailable)"
+                 if missing else "")),
              f"Estimated cost: {total:,.0f} s of cell time{wall}",
              f"({ESTIMATE_TEXT.format(startup=startup, slots=slots)})"]
     return "\n".join(lines)

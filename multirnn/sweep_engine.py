@@ -228,9 +228,11 @@ class Engine:
 
     # --- what to run -----------------------------------------------------------------------------
     def plan(self, order: list[Cell]) -> list[Cell]:
-        """Cells to run now: those without a final record, plus any anchor whose checkpoints are
+        """Cells to run now: those without a final record, those whose framework was unavailable (installed
+        since, perhaps: compare's --resume runs such rows again too), plus any anchor whose checkpoints are
         gone while a dependent still needs them (as compare re-runs one on --resume)."""
-        pending = [c for c in order if not is_final(self.records[c.id], self.retries)]
+        pending = [c for c in order if not is_final(self.records[c.id], self.retries)
+                   or (self.records[c.id] or {}).get("status") == "unavailable"]
         need = {c.anchor for c in pending if c.anchor}
         rerun = [self.cells[a] for a in need if is_final(self.records[a], self.retries)
                  and self.records[a].get("status") in ("ok", "diverged") and not self.store.has_checkpoints(a)]

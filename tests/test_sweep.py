@@ -264,6 +264,35 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     assert re.search(r"torch/layers +no finished run \(unsupported 1\)", proc.stdout), proc.stdout
 
 
+def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path):
+    """Install the framework the report named, resume: the sweep said "2 cells (2 already done)" and ran nothing,
+    where compare's --resume runs such a row again."""
+    from tests.conftest import require_backend
+
+    require_backend("torch")
+    out = tmp_path / "s"
+    args = ["--backends", "numpy,torch", *TINY, "--out", str(out), "--quiet", "--no-plot"]
+    sweep(args, site="import sys\nsys.modules['torch'] = None\n", tmp_path=tmp_path)  # torch missing here
+    assert {c["row"]: c["status"] for c in load(out)["cells"]}["torch"] == "unavailable"
+    dry = sweep([*args, "--resume", "--dry-run"])
+    # torch again, and the oracle whose checkpoints it restarts from (a finished sweep keeps none)
+    assert dry.returncode == 0 and "2 to run" in dry.stdout, dry.stdout
+    again = sweep([*args, "--resume"])  # torch "installed" now
+    assert again.returncode == 0, again.stderr
+    assert {c["row"]: c["status"] for c in load(out)["cells"]}["torch"] == "ok"
+
+
+def test_a_dry_run_marks_frameworks_that_are_not_installed_and_costs_them_nothing(tmp_path, monkeypatch, capsys):
+    """A NumPy-only installation: the dry run listed torch "to run" and added its nominal seconds to the cost."""
+    monkeypatch.setattr(sweep_cli, "installed_version", lambda name: None)
+    argv = ["--backends", "numpy,torch", *TINY, "--out", str(tmp_path / "s"), "--dry-run"]
+    assert sweep_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    torch_row = next(line for line in out.splitlines() if line.split() and "torch" in line.split())
+    assert torch_row.rstrip().endswith("not installed") and " 0.0 " in torch_row
+    assert "1 to run, 1 not installed here" in out
+
+
 def test_two_drivers_never_share_a_folder(tmp_path, capsys):
     fcntl = pytest.importorskip("fcntl")
     out = tmp_path / "out"
