@@ -1,7 +1,6 @@
 """``python -m multirnn``: the installation's backends and versions (see :mod:`multirnn.info`)."""
 
-import sys
-
 from .info import main
+from .runner import exit_with
 
-sys.exit(main())
+exit_with(main)

@@ -1023,4 +1023,6 @@ def _jobs_notes(jobs: int, threads: int | None, cores: int, anchored: bool, orac
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .runner import exit_with
+
+    exit_with(main)

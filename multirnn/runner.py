@@ -210,3 +210,18 @@ def _with_parent(task: WorkerTask) -> WorkerTask:
     from dataclasses import replace
 
     return replace(task, parent_pid=os.getpid(), sys_path=[p or os.getcwd() for p in sys.path])
+
+
+def exit_with(main: Callable[[], int]) -> None:
+    """``sys.exit(main())`` for a command's ``__main__``, quietly when the reader of its output went away
+    (``python -m multirnn | head -1`` printed a BrokenPipeError traceback): Python's own advice, stdout
+    pointed at /dev/null so the interpreter's last flush cannot fail again, and 141 (128 + SIGPIPE) as a
+    shell reports a writer its pipe stopped."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
+    sys.exit(code)

@@ -151,3 +151,14 @@ def test_a_prefix_outside_the_vocabulary_is_a_usage_error(tmp_path):
     assert proc.returncode == 2 and "at least one letter" in proc.stderr
     proc = compare(["--prefix", "Привет", "--out", str(tmp_path / "never")])  # letters, but none of A-Z
     assert proc.returncode == 2 and "--prefix: prefix must contain at least one letter A-Z" in proc.stderr, proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly():
+    """``python -m multirnn | head -1`` printed a BrokenPipeError traceback (5 times in 5)."""
+    proc = subprocess.Popen([sys.executable, "-m", "multirnn"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) in (0, 141)  # 141 (SIGPIPE's) when it still had lines to write
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
