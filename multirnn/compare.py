@@ -96,7 +96,7 @@ examples:
   python -m multirnn.compare --list-backends                   # what is installed, and how to add the rest
 
 exit status: 0 all agree, 1 a disagreement or crash, 2 bad usage, 3 no backend could run,
-4 nothing to compare (one backend and no oracle), 128+N stopped by signal N (130 Ctrl-C,
+4 nothing to compare (the oracle alone, or one backend without it), 128+N stopped by signal N (130 Ctrl-C,
 143 SIGTERM, 129 SIGHUP; a partial report is written).
 """
 
@@ -318,7 +318,8 @@ def _refuse_conflicts(args: argparse.Namespace) -> None:
 
 
 def _backends_from_args(spec: str | None) -> tuple[list[str], bool]:
-    """The backends to run, and whether the user named them (then missing ones are failures)."""
+    """The backends to run, and whether the user named them (a missing one is then not announced as skipped
+    at the start: its row says unavailable, as every missing one's does)."""
     if spec is None:
         return known_backends(), False
     names = comma_list(spec, "--backends", known_backends())
@@ -671,7 +672,7 @@ class Plan:
     args: argparse.Namespace
     config: TrainConfig
     names: list[str]  # backends, the oracle first
-    named: bool  # the user listed them (a missing one is then a failure, not a skip)
+    named: bool  # the user listed them (a missing one's row says unavailable, without a "skipped" line)
     pairs: list[tuple[str, str]]  # (backend, impl) rows in run order
     pair_notes: list[str]
     data: TrainingData

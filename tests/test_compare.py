@@ -166,6 +166,7 @@ def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path)
     assert rows["numpy"]["status"] == "ok" and rows["numpy"]["agrees"] is True
     assert rows["mxnet"]["status"] == "crashed" and "signal 11" in rows["mxnet"]["error"]
     assert rows["tensorflow"]["status"] == "unavailable" and "multirnn[tensorflow]" in rows["tensorflow"]["error"]
+    assert rows["tensorflow"]["peak_rss_mb"] is None  # it never trained: no memory figure (it showed 35 MB)
     assert "crashed: mxnet" in load(out)["verdict"]["summary"]
     assert load(out)["verdict"]["status"] == "crashed"  # nothing disagreed: named as what it is
     assert not (out / "perplexity.png").exists()
