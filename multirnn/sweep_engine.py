@@ -21,7 +21,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .backends import _REGISTRY
 from .files import clear_written, write_bytes_atomic, write_json_atomic
+from .info import installed_version
 from .lockstep import list_checkpoints
 from .progress import RunProgress
 from .runner import Stopped, crashed_record, refused_record, signal_name
@@ -204,6 +206,14 @@ def estimate_wall(order: list[Cell], seconds: dict[str, float], slots: int | Non
     return now
 
 
+def may_be_installed(backend: str) -> bool:
+    """Whether an unavailable cell's framework may run now: a built-in backend's is installed here (its
+    metadata, read without importing it); a third-party backend's cannot be told without running it. A
+    cell whose framework is still missing is not run again: it would make its anchor train again too, for
+    checkpoints nobody can use."""
+    return backend not in _REGISTRY or backend == "numpy" or installed_version(backend) is not None
+
+
 def is_final(record: dict[str, Any] | None, retries: int) -> bool:
     if record is None:
         return False
@@ -232,7 +242,7 @@ class Engine:
         since, perhaps: compare's --resume runs such rows again too), plus any anchor whose checkpoints are
         gone while a dependent still needs them (as compare re-runs one on --resume)."""
         pending = [c for c in order if not is_final(self.records[c.id], self.retries)
-                   or (self.records[c.id] or {}).get("status") == "unavailable"]
+                   or ((self.records[c.id] or {}).get("status") == "unavailable" and may_be_installed(c.backend))]
         need = {c.anchor for c in pending if c.anchor}
         rerun = [self.cells[a] for a in need if is_final(self.records[a], self.retries)
                  and self.records[a].get("status") in ("ok", "diverged") and not self.store.has_checkpoints(a)]

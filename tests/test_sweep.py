@@ -264,7 +264,7 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     assert re.search(r"torch/layers +no finished run \(unsupported 1\)", proc.stdout), proc.stdout
 
 
-def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path):
+def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path, capsys):
     """Install the framework the report named, resume: the sweep said "2 cells (2 already done)" and ran nothing,
     where compare's --resume runs such a row again."""
     from tests.conftest import require_backend
@@ -277,6 +277,14 @@ def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path)
     dry = sweep([*args, "--resume", "--dry-run"])
     # torch again, and the oracle whose checkpoints it restarts from (a finished sweep keeps none)
     assert dry.returncode == 0 and "2 to run" in dry.stdout, dry.stdout
+    # still not installed: nothing runs again (the oracle retrained on every resume, for nobody)
+    from multirnn import sweep_engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (sweep_engine, sweep_cli):
+            mp.setattr(module, "installed_version", lambda name: None)
+        assert sweep_cli.main([*args, "--resume", "--dry-run"]) == 0
+    assert "0 to run" in capsys.readouterr().out
     again = sweep([*args, "--resume"])  # torch "installed" now
     assert again.returncode == 0, again.stderr
     assert {c["row"]: c["status"] for c in load(out)["cells"]}["torch"] == "ok"
