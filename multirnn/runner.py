@@ -212,16 +212,44 @@ def _with_parent(task: WorkerTask) -> WorkerTask:
     return replace(task, parent_pid=os.getpid(), sys_path=[p or os.getcwd() for p in sys.path])
 
 
-def exit_with(main: Callable[[], int]) -> None:
-    """``sys.exit(main())`` for a command's ``__main__``, quietly when the reader of its output went away
-    (``python -m multirnn | head -1`` printed a BrokenPipeError traceback): Python's own advice, stdout
-    pointed at /dev/null so the interpreter's last flush cannot fail again, and 141 (128 + SIGPIPE) as a
-    shell reports a writer its pipe stopped."""
-    try:
-        code = main()
-        sys.stdout.flush()
-    except BrokenPipeError:
+class _PipeSafe:
+    """A text stream that goes quiet once its reader has gone away (``| head``), so that the command
+    goes on to write its results and report files: a progress line to a closed stderr had ended a
+    comparison with nothing written, and nothing to resume."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        # the descriptor points at /dev/null from now on: buffered text and the interpreter's last flush go there
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = 128 + signal.SIGPIPE
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def exit_with(main: Callable[[], int]) -> None:
+    """``sys.exit(main())`` for a command's ``__main__``, its output quiet once the reader went away
+    (``python -m multirnn | head -1`` printed a BrokenPipeError traceback, and compare piped into ``head``
+    stopped without its results): the work goes on, and the command's own exit status stands."""
+    sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
+    code = main()
+    sys.stdout.flush()
     sys.exit(code)
