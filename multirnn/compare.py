@@ -480,6 +480,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "status": raw["status"],
         "framework_version": raw.get("framework_version"),
         "openblas": raw.get("openblas"),  # the framework's own OpenBLAS kernels, where its backend named them
+        "non_finite_params": raw.get("non_finite_params"),  # the trained weights that overflowed in the last update
         "error": raw.get("error"),
         "traceback": raw.get("traceback"),  # a Python-level crash in the worker: where it was raised
         "perplexity": ppl,

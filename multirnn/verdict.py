@@ -505,6 +505,9 @@ def judge(
     finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r.get("perplexity")}
     has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
                                     for r in ran)
+    # the final weights' finiteness by the same reference: the oracle's, or most rows' (the median's)
+    reference_weights_finite = (not ref_row.get("non_finite_params") if ref_row is not None else
+                                2 * sum(1 for r in ran if r.get("non_finite_params")) < len(ran))
     judged: list[BackendVerdict] = []
     for r in ran:
         problems = agreement.shape_mismatches(r["shapes"], expected_shapes) if r.get("shapes") and expected_shapes else []
@@ -543,6 +546,10 @@ def judge(
             if not ok and v.status in ("agrees", "reference"):
                 extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from the median "
                              f"(band {agreement.INDEPENDENT_RTOL:.0%})")
+        bad = r.get("non_finite_params")
+        if bad and r["name"] != ORACLE and (extra.get("status") or v.status) == "agrees" and reference_weights_finite:
+            extra.update(status="disagrees", reason=f"its last update left NaN or infinite weights ({', '.join(bad)}) "
+                         f"where {label}'s stayed finite")
         if r.get("status") == "diverged" and (extra.get("status") or v.status) in ("agrees", "reference"):
             extra["reason"] = f"diverged: {r.get('error')}"
         judged.append(_replace(v, **extra))

@@ -336,6 +336,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
         result["train_seconds"] = float(sum(history.epoch_seconds))
         if params is not None and (bad := harness.non_finite_params(backend, params)):
             # the last update overflowed after a finite loss: the row trained, its weights say nothing more
+            # (the verdict holds it against the reference's weights: a difference where those stayed finite)
+            result["non_finite_params"] = bad
             result["error"] = (f"the weights after the last update hold NaN or infinite values ({', '.join(bad)}): "
                                "no samples" + (" or evaluation perplexity" if task.eval_path else ""))
         elif params is not None:

@@ -532,3 +532,13 @@ def test_a_reference_that_blew_up_at_its_first_step_is_too_little_to_judge_not_a
     v = judge([ref, row], expected_shapes=SHAPES)
     assert v.status == "not-judged", v.summary
     assert v.backend("torch").status == "not-judged" and "too little to judge" in v.summary
+
+
+def test_weights_that_overflowed_only_in_one_row_are_a_disagreement():
+    """Finite losses throughout, but the row's last update left infinite weights where the oracle's stayed
+    finite: the run said 'agrees' (exit 0), with the difference only in a Problems line."""
+    rows = [REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], non_finite_params=["W_hh"])]
+    v = judge(rows)
+    assert v.status == "disagree" and "last update left NaN or infinite weights (W_hh)" in v.backend("torch").reason
+    both = [dict(REF, non_finite_params=["W_hh"]), rows[1]]  # the oracle's overflowed too: no difference
+    assert judge(both).status == "agree"
