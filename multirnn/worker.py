@@ -358,8 +358,8 @@ def run(task: WorkerTask, progress: Channel) -> None:
             result["lockstep"] = _lockstep(backend, config, data, task, progress)
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-    finally:  # a row that never trained measured nothing (its framework missing, its model refused)
-        result["peak_rss_mb"] = None if result["status"] in ("unavailable", "unsupported") else peak_rss_mb()
+    finally:  # a row that never got its framework measured nothing (missing, refused, or failing to import)
+        result["peak_rss_mb"] = peak_rss_mb() if result["framework_version"] is not None else None
         write_json_atomic(task.out_path, result)
         progress("done", status=result["status"])
 
