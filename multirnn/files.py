@@ -74,7 +74,8 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
 # when their contents say they are a run's; anything elsewhere, deeper or otherwise named is the user's.
 REPORT_FILES = frozenset({"results.json", "report.md", "curves.csv", "perplexity.png", "deviation.png"})
 _CHECKPOINT = re.compile(r"epoch-\d{5}\.npz")
-_TEMPORARY = re.compile(r"\..+\.tmp")
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # write_bytes_atomic's mkstemp: ".NAME.XXXXXXXX.tmp"
+_CELL_TAR = re.compile(r".+-[0-9a-f]{16}\.tar")  # a sweep cell's id: its row, then 16 hex digits
 
 
 def written_by_multirnn(path: Path, folder: Path) -> bool:
@@ -82,8 +83,8 @@ def written_by_multirnn(path: Path, folder: Path) -> bool:
     ``cells``, ``groups`` or ``checkpoints``), by the file's name, its depth there and, for records and logs,
     its contents."""
     name, depth, kind = path.name, len(path.relative_to(folder).parts), folder.name
-    if _TEMPORARY.fullmatch(name):
-        return depth <= 2
+    if _TEMPORARY.fullmatch(name):  # beside the file it stands for
+        return depth == {"backends": 1, "cells": 1, "groups": 2}.get(kind, depth) and depth <= 2
     if kind in ("backends", "cells"):
         if depth != 1:
             return False
@@ -95,7 +96,7 @@ def written_by_multirnn(path: Path, folder: Path) -> bool:
     if kind == "groups":  # a group's folder is compare's output: its results.json says so
         return depth == 2 and name in REPORT_FILES and _is_results(path.parent / "results.json")
     if kind == "checkpoints":
-        return (depth <= 2 and bool(_CHECKPOINT.fullmatch(name))) or (depth == 1 and name.endswith(".tar")
+        return (depth <= 2 and bool(_CHECKPOINT.fullmatch(name))) or (depth == 1 and bool(_CELL_TAR.fullmatch(name))
                                                                        and _is_checkpoint_tar(path))
     return False
 

@@ -243,6 +243,12 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     (out / "backends" / "mine" / "report.md").write_text("mine")
     (out / "checkpoints" / "mine").mkdir(parents=True)
     (out / "checkpoints" / "mine" / "notes.txt").write_text("mine")
+    (out / "backends" / "old" / ".draft.tmp").write_text("mine")  # a temporary's suffix, not one of multirnn's
+    import tarfile
+
+    with tarfile.open(out / "checkpoints" / "mine.tar", "w") as tar:  # a tar of checkpoints, under the user's name
+        (tmp_path / "epoch-00001.npz").write_bytes(b"x")
+        tar.add(tmp_path / "epoch-00001.npz", arcname="epoch-00001.npz")
     proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--overwrite" in proc.stderr
     proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
@@ -254,7 +260,8 @@ def test_an_existing_output_folder_is_refused_unless_overwrite(tmp_path):
     for mine in ("notes.md", "analysis.json", "mine/data.npy", "old/torch-before-fix.json", "old/torch-before-fix.log",
                  "mine/report.md"):
         assert (out / "backends" / mine).is_file(), mine
-    assert (out / "checkpoints" / "mine" / "notes.txt").is_file()
+    assert (out / "checkpoints" / "mine" / "notes.txt").is_file() and (out / "checkpoints" / "mine.tar").is_file()
+    assert (out / "backends" / "old" / ".draft.tmp").is_file()
 
 
 def test_a_signal_while_the_report_is_written_still_ends_the_run_with_its_status(tmp_path, monkeypatch, capsys):
