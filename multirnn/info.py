@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shlex
 import sys
 
 from . import __version__
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"multirnn {__version__}")  # as compare's and sweep's
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("compare", "sweep", "conformance"):  # argparse would answer --help with this page
-        parser.error(f"{argv[0]!r} is a module of its own: python -m multirnn.{argv[0]} {' '.join(argv[1:])}".rstrip())
+        parser.error(f"{argv[0]!r} is a module of its own: python -m multirnn.{argv[0]} {shlex.join(argv[1:])}".rstrip())
     parser.parse_args(argv)
     print(f"multirnn {__version__} (Python {platform.python_version()}, {sys.platform})\n")
     print(backend_table())

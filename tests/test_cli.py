@@ -121,6 +121,9 @@ def test_python_m_multirnn_compare_points_to_the_module(capsys):
         info.main(["compare", "--help"])
     assert done.value.code == 2
     assert "python -m multirnn.compare --help" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the command to paste, quoted as a shell needs it
+        info.main(["compare", "--prefix", "time machine", "--out", "my runs/x"])
+    assert "python -m multirnn.compare --prefix 'time machine' --out 'my runs/x'" in capsys.readouterr().err
 
 
 def test_prefixes_and_every_result_on_screen(tmp_path):
