@@ -733,14 +733,17 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                           f"step {div['step']}, " + ("before one whole re-anchored stretch" if has_lockstep
                                                      else "before its second epoch began"))
             n = div["steps_compared"]
+            probed = has_lockstep and any(b.checkpoints_checked for b in judged)
             parts.append(f"too little to judge: {base['reference_label']} {div.get('how', 'diverged')} at epoch {div['epoch']}, step "
                          f"{div['step']}" + (f" ({div['detail']})" if div.get("detail") else "") + ", before "
                          + ("its first epoch and the next one's first step were done (the least a re-anchored "
                             "stretch needs to be judged)"
                             if has_lockstep else "its second epoch began")
-                         + f"; {_plural(others, 'agrees', 'agree')} with it "
-                         + (f"on the probe steps only (the {plural(n, 'step')} before the blow-up amplify rounding "
-                            "step by step: not judged)" if has_lockstep else f"over the {plural(n, 'step')} before it")
+                         + (f"; {_plural(others, 'agrees', 'agree')} with it on the probe steps only" if probed
+                            else "; nothing could be checked before it" if has_lockstep
+                            else f"; {_plural(others, 'agrees', 'agree')} with it over the {plural(n, 'step')} before it")
+                         + (f" (the {plural(n, 'step')} before it {'is' if n == 1 else 'are'} not judged: steps just "
+                            "before a blow-up amplify rounding)" if has_lockstep else "")
                          + "; lower --lr or --clip")
         elif others:
             n = max(b.checkpoints_checked for b in judged)

@@ -295,6 +295,7 @@ def test_a_reference_diverging_in_its_first_stretch_is_too_little_to_judge():
     v = judge(rows)
     assert v.status == "not-judged", v.summary
     assert "too little to judge" in v.summary and "epoch 1, step 3" in v.summary
+    assert "torch agrees with it on the probe steps only (the 2 steps before it are not judged" in v.summary
     assert v.backend("torch").status == "not-judged" and v.backend("torch").agrees is None  # not "agrees" either
     assert "too little to judge" in v.backend("torch").reason
     assert v.reference_diverged == {"name": "numpy", "epoch": 1, "step": 3, "steps_compared": 2,
@@ -532,6 +533,7 @@ def test_a_reference_that_blew_up_at_its_first_step_is_too_little_to_judge_not_a
     v = judge([ref, row], expected_shapes=SHAPES)
     assert v.status == "not-judged", v.summary
     assert v.backend("torch").status == "not-judged" and "too little to judge" in v.summary
+    assert "nothing could be checked before it" in v.summary and "probe steps only" not in v.summary
 
 
 def test_weights_that_overflowed_only_in_one_row_are_a_disagreement():
