@@ -41,6 +41,7 @@ from .backends import (
     refusal,
     source_digest,
 )
+from .backends.layer_limits import layers_known_issue
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
 from .data import (
@@ -719,6 +720,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     names, named = _backends_from_args(args.backends)
     impls = _impls_from_args(args.impl)
     pairs, pair_notes = _rows_to_run(names, impls)
+    pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs if i == "layers"
+                   and (issue := layers_known_issue(n, config.model, config.dtype))]
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     # checked against the text's vocabulary below
