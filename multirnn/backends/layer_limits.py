@@ -46,8 +46,8 @@ def layers_known_issue(framework: str, model: Model, dtype: str) -> str | None:
     """A framework bug that makes its own layer's row disagree although the layer computes the model (the
     verdict is right to say so; this says whose bug it is), or None."""
     if framework == "mxnet" and model.cell.name == "rnn" and model.num_layers >= 3 and dtype == "float64":
-        # measured: W_xh_l1's gradient 0.28 off finite differences of the layer's own loss (size 0.32), the
-        # forward exact; float32 runs oneDNN's kernel, which is right, and so does d2l's GRU/LSTM after the fix
+        # measured (tests/test_mxnet_backend.py): W_xh_l1's gradient off by 1.2x its largest entry, every other
+        # gradient and the forward within 1e-15; float32 runs oneDNN's kernel, which is right
         return ("Gluon's rnn.RNN in float64 runs MXNet 1.9.1's native RNN kernel, whose backward gets the input "
                 "weights' gradients of the middle layers wrong for the tanh RNN with 3 or more layers (the bug "
                 "apache/mxnet#18203 fixed for GRU and LSTM only): expect this row to disagree; float32 (oneDNN's "
