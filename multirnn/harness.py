@@ -314,10 +314,12 @@ def train(
             # the backend's own (a TrainResult's, to train on): copied, as the training loop may update or
             # donate what it is given and the caller's params must stay as they are; validated below
             try:
-                params = backend.params_to_numpy(params)
+                own, params = params, backend.params_to_numpy(params)
             except Exception:  # noqa: BLE001  (not this backend's params: say what was expected)
                 _predict_params(backend, params)  # raises the TypeError/ValueError naming it
                 raise
+            validate_params(params, config.model)
+            check_same_model(backend, own, params)
         V, H, _ = validate_params(params, config.model)
         if (V, H) != (len(data.vocab), config.num_hiddens):
             raise ValueError(f"params are for vocab_size={V}, num_hiddens={H}, but the data has {len(data.vocab)} "
@@ -465,7 +467,48 @@ def _predict_params(backend: Backend, params: Any) -> tuple[Params, int, int, st
                         f"backend.params_from_numpy(...)) or a dict of NumPy arrays with the keys {names}; got "
                         f"{type(params).__name__} ({type(failure).__name__}: {failure}).") from failure
     V, H, dtype = validate_params(arrays, backend.model)
+    check_same_model(backend, params, arrays)
     return params, V, H, dtype
+
+
+def _layout_of(x: Any) -> Any:
+    """Names and shapes of a backend's own params, nested as they are held."""
+    if isinstance(x, Mapping):
+        return {str(k): _layout_of(v) for k, v in x.items()}
+    shape = getattr(x, "shape", None)
+    return tuple(int(d) for d in shape) if shape is not None else type(x).__name__
+
+
+def check_same_model(backend: Backend, params: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError where the backend's own ``params`` hold more than this backend's model (``arrays``:
+    what :meth:`~Backend.params_to_numpy` read of them): it reads this model's names only, so another
+    model's params (a layer more, another cell's extra gates) trained or predicted silently with the rest
+    dropped. Compared with the params this backend makes of ``arrays``, where both are dicts."""
+    held = _held(params)
+    if held is None:
+        return  # an object of the backend's own (MXNet's packed vectors check their sizes when unpacked)
+    fresh = _held(backend.params_from_numpy(arrays))
+    if fresh is not None and _layout_of(held) != _layout_of(fresh):
+        have, want = _flat_names(_layout_of(held)), _flat_names(_layout_of(fresh))
+        extra, missing = sorted(have - want), sorted(want - have)
+        raise ValueError(f"params are not {backend.model.name}'s as {backend.name} holds them"
+                         + (f": unexpected {extra[:6]}" if extra else "") + (f", missing {missing[:6]}" if missing else "")
+                         + ("" if extra or missing else ": shapes differ") + " (params of another model?).")
+
+
+def _held(params: Any) -> Mapping | None:
+    """The arrays a backend's own params hold by name: the params themselves where they are a dict, a Gluon
+    model's Parameters (MXNet's layers), else None."""
+    if isinstance(params, Mapping):
+        return params
+    held = getattr(params, "parameters", None)
+    return held if isinstance(held, Mapping) else None
+
+
+def _flat_names(layout: Any, prefix: str = "") -> set[str]:
+    if not isinstance(layout, dict):
+        return {prefix}
+    return {n for k, v in layout.items() for n in _flat_names(v, f"{prefix}/{k}" if prefix else k)}
 
 
 def clean_prefix(prefix: Any, vocab: Vocab) -> str:

@@ -141,3 +141,23 @@ def test_default_prompts_that_do_not_fit_a_users_text_are_dropped_not_refused(tm
                           "--prefix", "Very", "--epochs", "1", "--out", str(tmp_path / "bad"), "--quiet"],
                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 2 and "['r', 'v']" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("name, impl", BACKENDS, ids=["/".join(p) for p in BACKENDS])
+def test_another_model_s_own_params_are_refused_not_partly_used(name: str, impl: str) -> None:
+    """A 2-layer LSTM's TrainResult.params given to a 1-layer LSTM backend: train and predict read this model's
+    names only, and so trained and predicted silently with layer 1 dropped (Gluon's layer: a shape error)."""
+    require_backend(name)
+    from multirnn.cells import Model
+
+    config = multirnn.preset("quick", num_epochs=1, num_hiddens=8, cell="lstm", num_layers=2, max_tokens=2000,
+                             batch_size=8, num_steps=10)
+    deep = multirnn.train(multirnn.get_backend(name, impl=impl, mode="fast", model=config.model), config)
+    one = multirnn.get_backend(name, impl=impl, mode="fast", model=Model("lstm", 1))
+    with pytest.raises((ValueError, TypeError), match="another model|unexpected"):
+        multirnn.train(one, config.replace(num_layers=1), params=deep.params)
+    with pytest.raises((ValueError, TypeError), match="another model|unexpected"):
+        multirnn.predict(one, deep.params, deep.vocab, "time", 3)
+    # the same model's own params still train on and predict
+    again = multirnn.train(deep.backend, config, params=deep.params)
+    assert len(multirnn.predict(deep.backend, again.params, deep.vocab, "time", 3)) == len("time") + 3

@@ -164,6 +164,11 @@ def unpack_params(model: Model, arrays: list[onp.ndarray]) -> dict[str, onp.ndar
     *flats, W_out, b_q = arrays
     V, H = W_out.shape
     shapes, out = model.param_shapes(V, H), {"W_hq": onp.ascontiguousarray(W_out.T), "b_q": b_q}
+    sizes = [sum(int(onp.prod(shapes[key])) if key else H for _, key, _ in _layer_pieces(model, layer))
+             for layer in range(model.num_layers)]
+    if [f.size for f in flats] != sizes:  # another model's packed params: a layer more or fewer, another cell
+        raise ValueError(f"packed params hold {len(flats)} layer vector(s) of sizes {[f.size for f in flats]}, but "
+                         f"{model.name} at V={V}, H={H} has {len(sizes)} of sizes {sizes}: params of another model")
     for layer, flat in enumerate(flats):
         at = 0
         for name, key, t in _layer_pieces(model, layer):
