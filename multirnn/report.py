@@ -500,9 +500,11 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                     else float("nan") for k in range(n)]
             ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"], **_style(i, n))
     cfg = results["config"]
-    layers = f"{cfg['num_layers']} layers of " if cfg.get("num_layers", 1) > 1 else ""
-    title = (f"Perplexity per epoch\n({cfg['protocol']}, {cfg['dtype']}; {layers}{cfg.get('cell', 'rnn')}, hidden "
-             f"{cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps, lr {cfg['lr']:g})")
+    model = Model(CELLS[cfg.get("cell", "rnn")], cfg.get("num_layers", 1), cfg.get("second_bias") == "trained").name
+    init = results.get("options", {}).get("init")
+    title = (f"Perplexity per epoch\n({cfg['protocol']}, {cfg['dtype']}; {model}, hidden {cfg['num_hiddens']}, batch "
+             f"{cfg['batch_size']} x {cfg['num_steps']} steps, lr {cfg['lr']:g}"
+             + (f", init {init}" if init and init != "shared" else "") + ")")
     if evaluated:  # the file named once here keeps the legend narrow
         eval_name = Path(results.get("options", {}).get("eval_text") or "--eval-text").name
         title += f"\nstars: the final model's perplexity on {eval_name}"
@@ -513,8 +515,12 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if ref is not None and len(ran) > 1:
+        own_start = init in ("framework", "independent")  # other starting weights: gaps, not deviations
         ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref",
-                    title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)")
+                    title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)"
+                    + ({"framework": "\nlayer rows start from their framework's initialisers: a gap, not a deviation",
+                        "independent": "\nevery row starts from its own weights: a gap, not a deviation"}[init]
+                       if own_start else ""))
         _floor_legend(ax_diff, floor, clamped)
         ax_diff.grid(True, which="both", alpha=0.3)
         ax_diff.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -201,3 +201,11 @@ def test_a_one_epoch_run_is_plotted_on_whole_epochs_and_a_readable_range(results
     assert not ax.yaxis.get_major_formatter().get_offset()
     cfg = results["config"]
     assert f"hidden {cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps" in ax.get_title()
+
+
+def test_the_plot_names_a_two_bias_model_and_the_initialisers(results, tmp_path):
+    results["config"].update(cell="lstm", second_bias="trained")
+    results["options"]["init"] = "framework"
+    ax, ax_diff = _draw(report.perplexity_plot, results, tmp_path)[:2]
+    assert "lstm (two biases)" in ax.get_title() and "init framework" in ax.get_title()
+    assert "a gap, not a deviation" in ax_diff.get_title()
