@@ -284,11 +284,28 @@ def second_bias_text(results: dict[str, Any]) -> str | None:
         return None
     n = min(len(one["perplexity"]), len(two["perplexity"]))
     diffs = [abs(a - b) / b for a, b in zip(two["perplexity"][:n], one["perplexity"][:n]) if math.isfinite(a) and b]
-    return ("with --second-bias trained every gate's effective bias b + b_h moves at twice the rate and the clipping "
+    a, b = _distinct(two["perplexity"][n - 1], one["perplexity"][n - 1])
+    gates = ("every gate's effective bias b + b_h" if results["config"].get("cell") != "gru-reset-after" else
+             "the update and reset gates' effective bias b + b_h (the candidate's b_hn is in the one-bias model too)")
+    return (f"with --second-bias trained {gates} moves at twice the rate and the clipping "
             "norm counts the bias gradient twice, so these rows are not d2l's single-bias model: measured in this run, "
-            f"the two-bias oracle ends at perplexity {two['perplexity'][n - 1]:.3f} against {one['perplexity'][n - 1]:.3f} "
-            f"for the single-bias one from the same weights and batches ({diffs[-1]:.2%} apart; at most {max(diffs):.2%} "
-            "over the epochs)")
+            f"the two-bias oracle ends at perplexity {a} against {b} "
+            f"for the single-bias one from the same weights and batches ({_percent(diffs[-1])} apart; at most "
+            f"{_percent(max(diffs))} over the epochs)")
+
+
+def _percent(x: float) -> str:
+    """A share as a percentage with 3 significant digits (0.00% said nothing of a 1e-5 difference)."""
+    return "0%" if x == 0 else f"{100 * x:.3g}%" if 100 * x < 10 else f"{100 * x:.1f}%"
+
+
+def _distinct(x: float, y: float) -> tuple[str, str]:
+    """``x`` and ``y`` with 3 decimals, or as many more as tell them apart (up to 9)."""
+    for digits in range(3, 10):
+        a, b = f"{x:.{digits}f}", f"{y:.{digits}f}"
+        if a != b:
+            break
+    return a, b
 
 
 def notes(results: dict[str, Any]) -> list[str]:

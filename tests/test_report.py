@@ -209,3 +209,10 @@ def test_the_plot_names_a_two_bias_model_and_the_initialisers(results, tmp_path)
     ax, ax_diff = _draw(report.perplexity_plot, results, tmp_path)[:2]
     assert "lstm (two biases)" in ax.get_title() and "init framework" in ax.get_title()
     assert "a gap, not a deviation" in ax_diff.get_title()
+
+
+def test_the_second_bias_note_tells_close_numbers_apart():
+    """17.91613 against 17.91631 read "17.916 against 17.916 (0.00% apart; at most 0.00%)"."""
+    assert report._distinct(17.91613, 17.91631) == ("17.9161", "17.9163")
+    assert report._distinct(8.5851, 8.2643) == ("8.585", "8.264")
+    assert report._percent(1.0e-5) == "0.001%" and report._percent(0.0389) == "3.89%"
