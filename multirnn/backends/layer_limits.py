@@ -34,11 +34,12 @@ def layers_unsupported(framework: str, model: Model) -> str | None:
         return f"{_RESET_AFTER[framework]}; d2l's GRU applies it before: use --cell gru-reset-after"
     if not model.second_bias:
         return None
+    instead = "; use --second-bias frozen (d2l's model), or --impl scratch for the two-bias model"
     if framework == "jax":
-        return _FLAX_ONE_BIAS[model.cell.name]
+        return _FLAX_ONE_BIAS[model.cell.name] + instead
     if framework == "tensorflow" and model.cell.name != "gru-reset-after":  # reset_after=True has a bias row
         return (f"keras.layers.{_KERAS_LAYER[model.cell.name]} has one bias per gate: a trained second "
-                "(hidden-side) bias has nowhere to live")
+                "(hidden-side) bias has nowhere to live" + instead)
     return None  # torch's and MXNet's layers have two biases per gate
 
 
