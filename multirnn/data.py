@@ -125,7 +125,7 @@ def resolve_text(spec: str | Path, label: str = "text") -> Path:
     if not stat.S_ISREG(st.st_mode):
         kind = next((k for is_kind, k in _FILE_KINDS if is_kind(st.st_mode)), "not a file")
         raise ValueError(f"{subject} is not a regular file ({kind}); give a text file")
-    if st.st_size == 0:
+    if st.st_size == 0 and not _yields_bytes(path):  # /proc's files say 0 bytes and hold text
         raise ValueError(f"{subject} is empty (0 bytes): no letters A-Z to read")
     return path.resolve()
 
@@ -187,6 +187,14 @@ def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> 
         raise ValueError(f"{name} looks binary ({controls:,} control characters in its first "
                          f"{min(len(text), 65536):,} characters as {encoding}), not text.")
     return text
+
+
+def _yields_bytes(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
 
 
 def _bundled_name(path: Path) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -262,3 +264,14 @@ def test_a_decoding_error_names_the_byte_s_offset_in_the_file_byte_order_mark_in
         mdata.decode_text(b"\xef\xbb\xbfabc\xff", "bom")
     with pytest.raises(ValueError, match=r"byte 0xff at offset 3\)"):
         mdata.decode_text(b"abc\xff", "plain")
+
+
+def test_a_pseudo_file_that_says_0_bytes_but_holds_text_is_read(tmp_path):
+    """/proc's files stat as 0 bytes: "is empty (0 bytes)" refused /proc/cpuinfo, which holds text."""
+    if not Path("/proc/cpuinfo").is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert mdata.resolve_text("/proc/cpuinfo", "--text") == Path("/proc/cpuinfo")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        mdata.resolve_text(str(empty), "--text")
