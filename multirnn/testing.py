@@ -157,6 +157,12 @@ def _given_numpy_state(be: Backend, method: str, call: Callable[[tuple], Any], s
 # --- the checks (each reads the backend's model: every cell, depth and bias layout) --------------------
 
 
+def check_version(be: Backend) -> None:
+    """version() names the framework's version: a non-empty string (results record it beside every row)."""
+    v = be.version()
+    assert isinstance(v, str) and v.strip(), f"version() returned {v!r}; return the framework's version string"
+
+
 def check_params_round_trip(be: Backend, dtype: str) -> None:
     """params_from_numpy then params_to_numpy gives back exactly the same arrays and dtype."""
     params, *_ = _problem(be, dtype=dtype)
@@ -465,6 +471,7 @@ class Check:
 
 
 CONFORMANCE: tuple[Check, ...] = (
+    Check(check_version, against_oracle=False),
     *(Check(check_params_round_trip, {"dtype": d}, against_oracle=False) for d in DTYPES),
     Check(check_param_validation, against_oracle=False),
     Check(check_one_hot, against_oracle=False),

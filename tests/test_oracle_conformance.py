@@ -48,3 +48,14 @@ def test_a_backend_s_own_error_is_reported_with_its_location_and_a_class_is_refu
     assert f"(raised at {__file__}:" in failures["forward[float64,3,5]"] and "in forward)" in failures["forward[float64,3,5]"]
     with pytest.raises(TypeError, match=r"needs a multirnn.Backend instance \(an instance: MyBackend\(mode=...\)\)"):
         run_conformance(NumpyBackend)
+
+
+class _NoVersion(NumpyBackend):
+    def version(self) -> str:
+        return ""
+
+
+def test_a_backend_without_a_version_fails_only_that_check() -> None:
+    failures = run_conformance(_NoVersion())
+    assert [name for name, _ in failures] == ["version"], failures
+    assert "return the framework's version string" in failures[0][1]
