@@ -52,6 +52,7 @@ import numpy as np
 
 from benchmarks.report import label
 from benchmarks.timing import turns
+from multirnn.provenance import code_version
 from multirnn.worker import peak_rss_mb  # VmHWM: this process's own peak, not its parent's
 
 ROOT = Path(__file__).resolve().parent
@@ -461,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     log = sys.stderr
     payload: dict[str, Any] = {
         "schema_version": 2, "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "code_version": code_version(),  # which code was timed (a checkout's commit, or the package's hash)
         "command": "python -m benchmarks.bench_train " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(), "repeats": args.repeats, "window_seconds": args.window, "layers": LAYER_NAMES,
     }

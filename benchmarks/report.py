@@ -268,7 +268,17 @@ def with_work_share(allowed: float | None, ladder: dict[str, Any] | None) -> flo
     a ratio of times taken in turns in one process. None without both."""
     if allowed is None or not ladder or "error" in ladder or not ladder.get("work_factor"):
         return None
-    return allowed * ladder["work_factor"]
+    return allowed * work_factor(ladder)
+
+
+def work_factor(ladder: dict[str, Any]) -> float:
+    """own / bound, the bound by :func:`benchmarks.ladder.bound_ms` (recomputed from the ladder's times, so a
+    run recorded before that rule is judged by it too)."""
+    from benchmarks.ladder import bound_ms
+
+    if "ms" in ladder and ladder.get("rungs"):
+        return ladder["own_ms"] / bound_ms(ladder["own_ms"], ladder["ms"][ladder["rungs"][0]], ladder["extra_ms"])
+    return ladder["work_factor"]
 
 
 def ladders_text(payload: dict[str, Any]) -> str:
@@ -284,9 +294,10 @@ def ladders_text(payload: dict[str, Any]) -> str:
              "elementwise work; L1x + the rest of the step's work (gather, loss, dW_xh, biases, clipping, SGD), "
              "each piece as the backend computes it, in the step's order, without the copies or layout changes "
              "joining them; then the backend's own step, and (JAX) that step with free reshapes for its transposes "
-             "(wrong numbers: what the transposes cost in it). The step's other work (L1x - L0) added to the library's "
-             "own-kernel floor is the least a step computing those pieces with these kernels can take; "
-             "'allow with the work' is the share its GEMMs allow (beside the windows) times own / (own + work).")
+             "(wrong numbers: what the transposes cost in it). The step's other work (L1x - L0) added to the faster of "
+             "the library's own-kernel floor and L0 is the least a step computing those pieces with these kernels can "
+             "take; 'allow with the work' is the share its GEMMs allow (beside the windows) times own / that least. "
+             "The shares are medians: single rounds of the windows vary by the spread each shows.")
     head = ("| library | own-kernel floor ms | L0 | L1 | L1x | backend's step | its step, transposes free "
             "| other work ms | GEMMs allow | allow with the work | step here / in the windows |")
     lines = [intro, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
