@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             payload["floors"][cell] = floor_for(cell)
             print(f"cells table: {cell}", file=log, flush=True)
             payload["cells"][cell] = run_interleaved(specs_for(cell, ["scratch/fast", "layers/fast"]),
-                                                     max(3, args.repeats // 2), args.window, args.timeout, log)
+                                                     *report.cells_rounds(args.repeats, args.window), args.timeout, log)
             _write(out, payload)
 
     if not args.no_scaling:
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The shape's floor is timed beside each fast path too (as in the main table): measured
                 # once at the shape's start, drift alone put a fast path at 108 % of it in one run.
                 paired_floor = floor_server_spec(f, big_flops, B=shape["batch_size"], H=shape["num_hiddens"], T=D2L_ED1["T"])
-                res = run_interleaved(specs, 3, max(1.0, args.window / 2), args.timeout, log, paired_floor, own=False)
+                res = run_interleaved(specs, *report.scaling_rounds(args.window), args.timeout, log, paired_floor, own=False)
                 payload["scaling"].append({"varied": key, "value": value, "floor": f, "results": res})
                 _write(out, payload)
 

@@ -533,13 +533,29 @@ def write(payload: dict[str, Any], out: Path) -> None:
     if payload.get("ladders"):
         parts += ["", "## What the step's other work leaves (ladders)", "", ladders_text(payload)]
     if payload.get("cells"):
-        parts += ["", "## GRU and LSTM (fast paths and the frameworks' own layers)", "", cells_table(payload)]
+        n, w = cells_rounds(payload["repeats"], payload["window_seconds"])
+        parts += ["", "## GRU and LSTM (fast paths and the frameworks' own layers)", "", cells_table(payload), "",
+                  (f"{n} interleaved rounds of {w:g} s: fewer than the main table's, so small gaps may be the "
+                   "machine's drift.")]
     if payload.get("scaling"):
         how = "timed beside each window" if scaling_paired(payload) else "measured once at the shape's start: drift can put a fast path above 100 %"
-        parts += ["", f"## Scaling (fast paths; % of the floor for that shape, {how})", "", scaling_table(payload)]
+        n, w = scaling_rounds(payload["window_seconds"])
+        parts += ["", f"## Scaling (fast paths; % of the floor for that shape, {how})", "", scaling_table(payload), "",
+                  (f"Medians of {n} interleaved rounds of {w:g} s per shape, without spreads: a rough map of where "
+                   "frameworks overtake each other, not a ranking.")]
     made = plot(payload, out)
     parts += [""] + [f"![{name}]({name})" for name in made]
     (out / "report.md").write_text("\n".join(parts) + "\n")
+
+
+def cells_rounds(repeats: int, window: float) -> tuple[int, float]:
+    """The GRU/LSTM table's rounds and window (bench_train runs it so, the report says so)."""
+    return max(3, repeats // 2), window
+
+
+def scaling_rounds(window: float) -> tuple[int, float]:
+    """Each scaling shape's rounds and window."""
+    return 3, max(1.0, window / 2)
 
 
 def main(argv: list[str] | None = None) -> int:
