@@ -823,8 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = [row_label(n, i) for n, i in pairs]
     from .info import installed_version  # the distribution's metadata: no framework imported
 
-    # a framework not installed here ends its row at once: planned as no work, so the ETA does not wait for it
-    units = {row_label(n, i): 1e-3 if is_builtin(n) and n != verdict.ORACLE and installed_version(n) is None
+    # a framework not installed here ends its row at once: planned as (almost) no work, so the ETA does not
+    # wait for it; every row's units are (epochs, checks), as _listener unpacks them
+    units = {row_label(n, i): (1e-3, 0.0) if is_builtin(n) and n != verdict.ORACLE and installed_version(n) is None
              else _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
     cores, jobs = usable_cores(), min(args.jobs, len(pairs))
     threads = max(1, cores // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults

@@ -113,3 +113,20 @@ class WeightsOverflowLossFinite(NumpyBackend):
         import numpy as np
 
         return {k: np.full_like(v, np.nan) for k, v in super().sgd_step(params, grads, lr).items()}
+
+
+def not_installed(*frameworks: str) -> str:
+    """A ``sitecustomize.py`` that makes ``frameworks`` look uninstalled as on a machine without them: the
+    modules do not import and their distributions have no metadata (``multirnn.info.installed_version``
+    reads it; hiding the module alone left the code paths of a real missing framework untested)."""
+    from multirnn.info import _DISTRIBUTIONS
+
+    dists = sorted({d for f in frameworks for d in _DISTRIBUTIONS.get(f, (f,))})
+    return ("import sys, importlib.metadata as _md\n"
+            + "".join(f"sys.modules[{f!r}] = None\n" for f in frameworks)
+            + f"_hidden, _version = {dists!r}, _md.version\n"
+            "def _hiding(name):\n"
+            "    if name in _hidden:\n"
+            "        raise _md.PackageNotFoundError(name)\n"
+            "    return _version(name)\n"
+            "_md.version = _hiding\n")

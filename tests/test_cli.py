@@ -13,11 +13,12 @@ import pytest
 
 import multirnn
 from multirnn import progress as prog
+from tests.fakes import not_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
 COPY = "tests.zoo:OracleCopy"
-MISSING_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
+MISSING_TENSORFLOW = not_installed("tensorflow")
 
 
 def compare(args, env_extra=None, timeout=300):

@@ -16,6 +16,7 @@ from multirnn import compare, report
 from multirnn.backends import TORCH_CPU_WHEEL, install_hint
 from multirnn.config import PRESETS
 from multirnn.sweep_spec import expand, ignored_by_presets
+from tests.fakes import not_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = "tests.zoo:OracleCopy"
@@ -140,7 +141,7 @@ def test_torch_hint_installs_the_cpu_wheel_first():
 def test_list_backends_rows_stay_short_and_the_cpu_wheel_is_named(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")  # torch "not installed"
+    (site / "sitecustomize.py").write_text(not_installed("torch"))  # torch "not installed"
     proc = run("multirnn.compare", ["--list-backends"], {"PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

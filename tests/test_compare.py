@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 import multirnn
-from multirnn import agreement, compare as compare_cli
+from multirnn import agreement
+from multirnn import compare as compare_cli
 from tests.conftest import require_backend
+from tests.fakes import not_installed
 
 TINY = ["--epochs", "3", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10", "--quiet"]
 
@@ -74,8 +76,8 @@ CRASHING_MXNET = fake_backend("mxnet", "MXNetBackend", """
 STATELESS_JAX = fake_backend("jax", "JaxBackend", """
     return super().train_step(params, X, Y, (state[0] * 0,), lr, clip)
 """)
-# Makes tensorflow look uninstalled.
-MISSING_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
+# Makes tensorflow look uninstalled: no module and no metadata, as on a machine without it.
+MISSING_TENSORFLOW = not_installed("tensorflow")
 
 
 def compare(args: list[str], site: str | None = None, tmp_path: Path | None = None, timeout: int = 300):
@@ -177,7 +179,7 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     unimportable here, so a worker would have called it unavailable), with no memory figure."""
     out = tmp_path / "run"
     proc = compare(["--backends", "numpy,torch", "--impl", "layers", "--cell", "gru", *TINY, "--out", str(out),
-                    "--no-plot"], "import sys\nsys.modules['torch'] = None\n", tmp_path)
+                    "--no-plot"], "import sys\nsys.modules['torch'] = None\n", tmp_path)  # importable metadata, no module
     assert proc.returncode == 4, proc.stderr  # nothing left to compare the oracle with
     row = {b["name"]: b for b in load(out)["backends"]}["torch/layers"]
     assert row["status"] == "unsupported" and "--cell gru-reset-after" in row["error"], row

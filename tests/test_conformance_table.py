@@ -17,6 +17,7 @@ import pytest
 
 from multirnn import conformance
 from tests.conftest import require_backend, require_module
+from tests.fakes import not_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ("gru", "gru-reset-after", "lstm", "rnn")
@@ -146,7 +147,7 @@ def test_an_unknown_framework_exits_2_from_the_command_line() -> None:
 def test_a_framework_that_is_not_installed_is_a_row_and_exit_3_when_named(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['mxnet'] = None\n")  # mxnet "not installed"
+    (site / "sitecustomize.py").write_text(not_installed("mxnet"))  # mxnet "not installed"
     proc = run_cli("--frameworks", "mxnet",
                    env_extra={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 3, proc.stderr

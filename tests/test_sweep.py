@@ -31,6 +31,7 @@ from multirnn.sweep_stats import mean_interval, t_ppf, t_sf, tost_paired
 from tests.conftest import SELECTED, require_module
 from tests.test_compare import CRASHING_MXNET
 from tests.test_reliability import processes_mentioning, wait_for
+from tests.fakes import not_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
@@ -172,7 +173,7 @@ def test_dry_run_lists_the_cells_and_an_estimate(tmp_path, capsys):
 
 
 def test_missing_ray_is_a_clear_error(tmp_path):
-    proc = sweep([*TINY, "--executor", "ray", "--out", str(tmp_path / "out")], site="import sys\nsys.modules['ray'] = None\n",
+    proc = sweep([*TINY, "--executor", "ray", "--out", str(tmp_path / "out")], site=not_installed("ray"),
                  tmp_path=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "pip install 'multirnn[ray]'" in proc.stderr and not (tmp_path / "out").exists()
@@ -257,7 +258,7 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     out = tmp_path / "gru"
     args = ["--backends", "numpy,torch", "--impl", "layers", "--cell", "gru", *TINY, "--out", str(out), "--quiet",
             "--no-plot"]
-    proc = sweep(args, site="import sys\nsys.modules['torch'] = None\n", tmp_path=tmp_path)  # a worker: unavailable
+    proc = sweep(args, site=not_installed("torch"), tmp_path=tmp_path)  # a worker: unavailable
     cells = {c["row"]: c for c in load(out)["cells"]}
     assert cells["torch/layers"]["status"] == "unsupported", (proc.stderr, cells)
     assert "--cell gru-reset-after" in cells["torch/layers"]["error"]
@@ -272,7 +273,7 @@ def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path,
     require_backend("torch")
     out = tmp_path / "s"
     args = ["--backends", "numpy,torch", *TINY, "--out", str(out), "--quiet", "--no-plot"]
-    sweep(args, site="import sys\nsys.modules['torch'] = None\n", tmp_path=tmp_path)  # torch missing here
+    sweep(args, site=not_installed("torch"), tmp_path=tmp_path)  # torch missing here
     assert {c["row"]: c["status"] for c in load(out)["cells"]}["torch"] == "unavailable"
     dry = sweep([*args, "--resume", "--dry-run"])
     # torch again, and the oracle whose checkpoints it restarts from (a finished sweep keeps none)

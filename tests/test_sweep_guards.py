@@ -20,6 +20,7 @@ from multirnn import sweep as sweep_cli
 from multirnn import sweep_exec
 from multirnn.sweep_exec import check_reachable, ray_endpoint
 from tests.test_sweep import TINY, ends, load, sweep
+from tests.fakes import not_installed
 
 BASE = ["--backends", "numpy,tests.zoo:OracleCopy", *TINY, "--quiet"]
 
@@ -194,7 +195,7 @@ def closed_port():
 @pytest.mark.parametrize("ray_importable", [True, False])
 def test_an_unreachable_address_fails_at_once(tmp_path, closed_port, scheme, ray_importable):
     address = f"{scheme}127.0.0.1:{closed_port}"
-    site = None if ray_importable else "import sys\nsys.modules['ray'] = None\n"  # checked before importing ray
+    site = None if ray_importable else not_installed("ray")  # checked before importing ray
     start = time.monotonic()
     proc = sweep([*TINY, "--executor", "ray", "--address", address, "--out", str(tmp_path / "out")], site=site,
                  tmp_path=tmp_path, timeout=60)
