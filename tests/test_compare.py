@@ -471,3 +471,24 @@ def test_impl_layers_with_a_third_party_backend_says_it_runs_the_class_as_given(
     assert rows == [("numpy", "scratch"), (COPY, "scratch"), ("torch", "layers")]
     assert any(n.startswith(f"{COPY} is one class, one row, whatever --impl says") for n in notes), notes
     assert compare_cli._rows_to_run(["numpy", COPY], ["scratch"])[1] == []
+
+
+def test_resume_with_a_framework_still_missing_keeps_the_oracle(tmp_path):
+    """The not-installed row runs again on --resume (it may be installed now), but while it is still missing
+    nothing restarts from the oracle's checkpoints: the finished oracle was trained again every time."""
+    out = tmp_path / "run"
+    args = ["--backends", "numpy,torch", *TINY, "--out", str(out), "--no-plot"]
+    first = compare(args, not_installed("torch"), tmp_path)
+    assert first.returncode == 4, first.stderr  # only the reference ran
+    oracle = out / "backends" / "numpy.json"
+    mtime = oracle.stat().st_mtime_ns
+    again = compare([*args, "--resume"], not_installed("torch"), tmp_path)
+    assert again.returncode == 4, again.stderr
+    assert oracle.stat().st_mtime_ns == mtime, again.stderr
+    assert {b["name"]: b["status"] for b in load(out)["backends"]} == {"numpy": "ok", "torch": "unavailable"}
+    require_backend("torch")  # installed now: torch runs, and the oracle trains again for its checkpoints
+    installed = compare([*args, "--resume"])
+    assert installed.returncode == 0, installed.stderr
+    rows = {b["name"]: b for b in load(out)["backends"]}
+    assert rows["torch"]["status"] == "ok" and rows["torch"]["judgement"]["checkpoints_checked"] >= 1, rows["torch"]
+    assert oracle.stat().st_mtime_ns != mtime

@@ -441,6 +441,9 @@ def test_dry_run_wall_time_waits_for_the_oracle(capsys):
 
 def test_dry_run_marks_a_layer_that_cannot_compute_the_model_and_costs_it_nothing(capsys):
     """The real run refuses such a row without a worker: the dry run must not list it as to run."""
+    from tests.conftest import require_backend
+
+    require_backend("torch")  # without it torch's scratch row is "not installed", not "to run"
     args = [*TINY, "--backends", "numpy,torch", "--impl", "scratch,layers", "--cell", "gru", "--dry-run"]
     assert sweep_cli.main(args) == 0
     text = capsys.readouterr().out
