@@ -266,6 +266,7 @@ def run(task: WorkerTask, progress: Channel) -> None:
 
     result: dict[str, Any] = {"name": task.name, "backend": task.backend or task.name, "impl": task.impl,
                               "status": "crashed", "framework_version": None, "error": None}
+    measured = False  # the framework loaded: its memory figure means something
     try:
         config = TrainConfig(**task.config)
         progress("stage", text="importing the framework")
@@ -276,9 +277,12 @@ def run(task: WorkerTask, progress: Channel) -> None:
             result.update(status="unsupported", error=str(exc))
             return
         except (BackendUnavailableError, GPUUnavailableError) as exc:
-            result.update(status="unavailable", error=str(exc))
+            from .info import installed_version  # jax without flax: jax's version, read without importing it
+
+            result.update(status="unavailable", error=str(exc), framework_version=installed_version(result["backend"]))
             return
         result["framework_version"] = backend.version()
+        measured = True
         if named := backend.openblas_named():
             result["openblas"] = named
         result["impl"] = getattr(backend, "impl", task.impl)
@@ -359,7 +363,7 @@ def run(task: WorkerTask, progress: Channel) -> None:
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     finally:  # a row that never got its framework measured nothing (missing, refused, or failing to import)
-        result["peak_rss_mb"] = peak_rss_mb() if result["framework_version"] is not None else None
+        result["peak_rss_mb"] = peak_rss_mb() if measured else None
         write_json_atomic(task.out_path, result)
         progress("done", status=result["status"])
 

@@ -169,6 +169,7 @@ def test_crashing_and_missing_backends_become_rows_while_others_finish(tmp_path)
     assert rows["mxnet"]["status"] == "crashed" and "signal 11" in rows["mxnet"]["error"]
     assert rows["tensorflow"]["status"] == "unavailable" and "multirnn[tensorflow]" in rows["tensorflow"]["error"]
     assert rows["tensorflow"]["peak_rss_mb"] is None  # it never trained: no memory figure (it showed 35 MB)
+    assert rows["tensorflow"]["framework_version"] is None  # not installed: no version to show
     assert "crashed: mxnet" in load(out)["verdict"]["summary"]
     assert load(out)["verdict"]["status"] == "crashed"  # nothing disagreed: named as what it is
     assert not (out / "perplexity.png").exists()
@@ -492,3 +493,17 @@ def test_resume_with_a_framework_still_missing_keeps_the_oracle(tmp_path):
     rows = {b["name"]: b for b in load(out)["backends"]}
     assert rows["torch"]["status"] == "ok" and rows["torch"]["judgement"]["checkpoints_checked"] >= 1, rows["torch"]
     assert oracle.stat().st_mtime_ns != mtime
+
+
+def test_a_layer_row_missing_its_library_names_the_installed_framework(tmp_path):
+    """jax without flax: the layers row is unavailable (flax's hint), its version column jax's, not "-"."""
+    require_backend("jax")
+    from multirnn.info import installed_version
+
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,jax", "--impl", "layers", *TINY, "--out", str(out), "--no-plot"],
+                   "import sys\nsys.modules['flax'] = None\n", tmp_path)
+    assert proc.returncode == 4, proc.stderr  # nothing left to compare the oracle with
+    row = {b["name"]: b for b in load(out)["backends"]}["jax/layers"]
+    assert row["status"] == "unavailable" and "flax" in row["error"], row
+    assert row["framework_version"] == installed_version("jax") and row["peak_rss_mb"] is None, row
