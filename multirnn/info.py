@@ -29,8 +29,11 @@ def backend_rows() -> list[dict[str, str | bool | None]]:
     rows = []
     for name in known_backends():
         reason = probe(name)  # imports the framework: the only honest "can it run" check
+        # the layers implementation may need more than the framework (flax for jax): said where it does
+        layers = probe(name, "layers") if reason is None and "layers" in _REGISTRY.get(name, ({},))[0] else None
         rows.append({"backend": name, "version": installed_version(name) if name in _REGISTRY else "(entry point)",
-                     "runs": reason is None, "install": install_hint(name), "problem": reason})
+                     "runs": reason is None, "install": install_hint(name), "problem": reason,
+                     "layers_problem": layers})
     return rows
 
 
@@ -44,9 +47,10 @@ def backend_table() -> str:
             install = "pip install 'multirnn[torch]' (after the CPU wheel, below)"
         lines.append(f"{r['backend']:<12} {r['version'] or '-':<14} {'yes' if r['runs'] else 'NO':<10} {install}")
     lines += ["", f"torch: {TORCH_CPU_WHEEL} first, or pip pulls a multi-GB CUDA build"]
-    problems = [r for r in rows if r["problem"]]
+    problems = [f"  {r['backend']}: {r['problem']}" for r in rows if r["problem"]]
+    problems += [f"  {r['backend']} --impl layers: {r['layers_problem']}" for r in rows if r.get("layers_problem")]
     if problems:
-        lines += ["", "Why not:"] + [f"  {r['backend']}: {r['problem']}" for r in problems]
+        lines += ["", "Why not:"] + problems
     return "\n".join(lines)
 
 

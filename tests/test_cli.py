@@ -83,6 +83,23 @@ def test_version_and_help():
         assert flag in text
 
 
+def test_list_backends_says_when_only_the_layers_lack_a_library(tmp_path):
+    """jax without flax runs the scratch model but not --impl layers: the table said "runs here: yes" only."""
+    from tests.conftest import require_backend
+
+    require_backend("jax")
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['flax'] = None\n")
+    proc = compare(["--list-backends"], {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr
+    assert "yes" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("jax"))
+    assert "jax --impl layers: The jax 'layers' implementation needs flax" in proc.stdout, proc.stdout
+    assert "--impl layers" not in proc.stdout.replace("jax --impl layers", ""), proc.stdout  # the others have it all
+
+
 def test_list_backends_names_the_missing_one_and_its_extra(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -39,6 +39,9 @@ _REGISTRY: dict[str, tuple[dict[str, str], tuple[str, ...], str | None]] = {
     "jax": ({"scratch": "multirnn.backends.jax_backend:JaxBackend",
              "layers": "multirnn.backends.jax_backend:JaxLayersBackend"}, ("jax",), "jax"),
 }
+# modules an implementation needs beyond its framework (checked without importing them, so that
+# `python -m multirnn` can say so): flax's layers and optax, which flax depends on
+_IMPL_MODULES: dict[tuple[str, str], tuple[str, ...]] = {("jax", "layers"): ("flax", "optax")}
 BACKEND_ALIASES = {"np": "numpy", "pytorch": "torch", "mx": "mxnet", "tf": "tensorflow", "flax": "jax"}
 
 ENTRY_POINT_GROUP = "multirnn.backends"
@@ -285,6 +288,11 @@ def _load_class(key: str, impl: str = "scratch") -> type[Backend]:
     if missing:
         raise BackendUnavailableError(
             f"Backend {key!r} needs {', '.join(missing)}, which is not installed. Install it with: {install_hint(key)}"
+        )
+    if missing := [m for m in _IMPL_MODULES.get((key, impl), ()) if not _importable(m)]:
+        raise BackendUnavailableError(
+            f"The {key} {impl!r} implementation needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed. Install it with: {install_hint(key)}"
         )
     module_name, class_name = target.split(":")
     try:
