@@ -821,14 +821,11 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_root = out_dir / "checkpoints" if args.keep_checkpoints else work / "checkpoints"
 
     labels = [row_label(n, i) for n, i in pairs]
-    from .info import installed_version  # the distribution's metadata: no framework imported
+    from .info import may_be_installed  # the distribution's metadata: no framework imported
 
-    def not_installed(name: str) -> bool:  # a built-in framework this machine lacks: its row ends at once
-        return is_builtin(name) and name != verdict.ORACLE and installed_version(name) is None
-
-    # such a row is planned as (almost) no work, so the ETA does not wait for it; every row's units are
-    # (epochs, checks), as _listener unpacks them
-    units = {row_label(n, i): (1e-3, 0.0) if not_installed(n)
+    # a row whose framework is not installed here ends at once: planned as (almost) no work, so the ETA does
+    # not wait for it; every row's units are (epochs, checks), as _listener unpacks them
+    units = {row_label(n, i): (1e-3, 0.0) if not may_be_installed(n)
              else _work_units(config, lock_epochs, plan.steps_per_epoch, n, len(seeds)) for n, i in pairs}
     cores, jobs = usable_cores(), min(args.jobs, len(pairs))
     threads = max(1, cores // jobs) if jobs > 1 else None  # one row at a time keeps the frameworks' defaults
@@ -872,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         # (resuming a finished run retrained the oracle every time; a row whose framework is still not
         # installed is run again but never restarts from them, as the sweep's resume decides too).
         restarts = anchor_row is not None and any(
-            labels[k] not in kept and refusal(*pairs[k], config.model) is None and not not_installed(pairs[k][0])
+            labels[k] not in kept and refusal(*pairs[k], config.model) is None and may_be_installed(pairs[k][0])
             for k in range(len(pairs)) if k != anchor_row)
         status = work / "anchor.json"
         status.unlink(missing_ok=True)  # an interrupted run's: the anchor may train again

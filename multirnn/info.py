@@ -15,6 +15,14 @@ _DISTRIBUTIONS = {"numpy": ("numpy",), "torch": ("torch",), "mxnet": ("mxnet",),
                   "tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",)}
 
 
+def may_be_installed(backend: str) -> bool:
+    """Whether ``backend``'s framework may run here: a built-in backend's is installed (its metadata, read
+    without importing it); a third-party backend's cannot be told without running it. compare and the
+    sweep plan a row whose framework is missing as no work, and never retrain the oracle's checkpoints for
+    it on a resume: nobody could use them."""
+    return backend not in _REGISTRY or backend == "numpy" or installed_version(backend) is not None
+
+
 def installed_version(name: str) -> str | None:
     for dist in _DISTRIBUTIONS.get(name, ()):
         try:

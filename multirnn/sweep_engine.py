@@ -21,9 +21,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .backends import _REGISTRY
 from .files import clear_written, write_bytes_atomic, write_json_atomic
-from .info import installed_version
+from .info import may_be_installed
 from .lockstep import list_checkpoints
 from .progress import RunProgress
 from .runner import Stopped, crashed_record, refused_record, signal_name
@@ -204,14 +203,6 @@ def estimate_wall(order: list[Cell], seconds: dict[str, float], slots: int | Non
         now, ended = heapq.heappop(running)
         unfinished.discard(ended)
     return now
-
-
-def may_be_installed(backend: str) -> bool:
-    """Whether an unavailable cell's framework may run now: a built-in backend's is installed here (its
-    metadata, read without importing it); a third-party backend's cannot be told without running it. A
-    cell whose framework is still missing is not run again: it would make its anchor train again too, for
-    checkpoints nobody can use."""
-    return backend not in _REGISTRY or backend == "numpy" or installed_version(backend) is not None
 
 
 def is_final(record: dict[str, Any] | None, retries: int) -> bool:

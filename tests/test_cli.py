@@ -92,7 +92,7 @@ def test_list_backends_says_when_only_the_layers_lack_a_library(tmp_path):
 
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['flax'] = None\n")
+    (site / "sitecustomize.py").write_text(not_installed("flax"))
     proc = compare(["--list-backends"], {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stderr
     assert "yes" in next(ln for ln in proc.stdout.splitlines() if ln.startswith("jax"))

@@ -502,7 +502,7 @@ def test_a_layer_row_missing_its_library_names_the_installed_framework(tmp_path)
 
     out = tmp_path / "run"
     proc = compare(["--backends", "numpy,jax", "--impl", "layers", *TINY, "--out", str(out), "--no-plot"],
-                   "import sys\nsys.modules['flax'] = None\n", tmp_path)
+                   not_installed("flax"), tmp_path)
     assert proc.returncode == 4, proc.stderr  # nothing left to compare the oracle with
     row = {b["name"]: b for b in load(out)["backends"]}["jax/layers"]
     assert row["status"] == "unavailable" and "flax" in row["error"], row

@@ -279,10 +279,10 @@ def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path,
     # torch again, and the oracle whose checkpoints it restarts from (a finished sweep keeps none)
     assert dry.returncode == 0 and "2 to run" in dry.stdout, dry.stdout
     # still not installed: nothing runs again (the oracle retrained on every resume, for nobody)
-    from multirnn import sweep_engine
+    from multirnn import info
 
     with pytest.MonkeyPatch.context() as mp:
-        for module in (sweep_engine, sweep_cli):
+        for module in (info, sweep_cli):  # info.may_be_installed reads the metadata through info's own name
             mp.setattr(module, "installed_version", lambda name: None)
         assert sweep_cli.main([*args, "--resume", "--dry-run"]) == 0
     assert "0 to run" in capsys.readouterr().out
