@@ -555,7 +555,7 @@ def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str,
         out_verdict["summary"] = f"INTERRUPTED ({stopped}; partial results): " + out_verdict["summary"]
         out_verdict["status"] = "interrupted"
     by_name = {b.name: b for b in v.backends}
-    return {
+    results = {
         "schema_version": report.SCHEMA_VERSION,
         "multirnn_version": __version__,
         "code_version": code_version(),
@@ -567,6 +567,9 @@ def assemble(rows: list[dict[str, Any]], config: TrainConfig, options: dict[str,
         "verdict": out_verdict,
         "backends": [_with_verdict(r, by_name.get(r["name"])) for r in rows],
     }
+    # Every note the reports print, as printed (some are derived from the rows: a JSON reader needs no renderer).
+    results["notes"] = report.notes(results)
+    return results
 
 
 def _safe(name: str) -> str:

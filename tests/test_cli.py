@@ -156,6 +156,10 @@ def test_prefixes_and_every_result_on_screen(tmp_path):
     assert set(res["backends"][0]["samples"]) == {"the martians ", "time"}
     assert f"{res['backends'][0]['eval_perplexity']:.3f}" in proc.stdout
     assert "the model is barely trained after 3 epochs" in proc.stdout
+    # results.json keeps every printed note, the ones derived from the rows too
+    printed = [ln[len("Note: "):] for ln in proc.stdout.splitlines() if ln.startswith("Note: ")]
+    assert printed and res["notes"] == printed
+    assert any(n.startswith("the model is barely trained") for n in res["notes"])
     assert "the first 3,000 of its 170,580 tokens" in proc.stdout
 
 
