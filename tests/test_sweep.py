@@ -319,6 +319,19 @@ def test_two_drivers_never_share_a_folder(tmp_path, capsys):
 # --- statistics --------------------------------------------------------------------------------------
 
 
+def test_t_distribution_matches_its_closed_forms():
+    """Without scipy too: Student's t has closed forms at 1 (Cauchy) and 2 degrees of freedom, and tends to the
+    normal distribution."""
+    from statistics import NormalDist
+    for p in (0.6, 0.9, 0.975, 0.995):
+        assert math.isclose(t_ppf(p, 1), math.tan(math.pi * (p - 0.5)), rel_tol=1e-8)
+        assert math.isclose(t_ppf(p, 2), (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel_tol=1e-8)
+        assert math.isclose(t_ppf(p, 10**6), NormalDist().inv_cdf(p), rel_tol=1e-4)
+    for t in (-2.0, 0.3, 3.0, 40.0):
+        assert math.isclose(t_sf(t, 1), 0.5 - math.atan(t) / math.pi, rel_tol=1e-8)
+        assert math.isclose(t_sf(t, 2), 0.5 - t / (2 * math.sqrt(2 + t * t)), rel_tol=1e-8)
+
+
 def test_t_distribution_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 4, 9, 30):
