@@ -15,6 +15,9 @@ from typing import Any, TextIO
 
 # Non-terminal output: one line per backend at most this often (plus one per stage change).
 LINE_SECONDS = 10.0
+# A training status ('epoch 10/30  perplexity 17.325  607,925 tokens/s') in full on a terminal this much wider
+# than the fixed columns.
+STATUS_WIDTH = 48
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -49,13 +52,18 @@ class RunProgress:
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.table import Column
 
             console = Console(file=self.stream)
+            # The status takes what the other columns leave and is cut with an ellipsis on a narrow terminal
+            # (left to rich, every column shrank and the times read '0…'); the bar gives way first.
+            bar = max(10, min(24, console.width - 41 - STATUS_WIDTH))
             self._live = Progress(
-                TextColumn("{task.description:<14}"), BarColumn(bar_width=24),
-                TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[status]}"),
+                TextColumn("{task.description:<14}"), BarColumn(bar_width=bar),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[status]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                refresh_per_second=4,
+                refresh_per_second=4, expand=True,
             )
             self._overall = self._live.add_task("[bold]overall", total=max(sum(jobs.values()), 1e-9), status="")
             for name, units in jobs.items():
@@ -94,7 +102,8 @@ class RunProgress:
             return
         if self._live is not None:
             self._live.update(self._tasks[name], completed=self.done[name], status=status)
-            self._live.update(self._overall, completed=sum(self.done.values()), status=self._overall_text())
+            # its own columns show the share and the ETA
+            self._live.update(self._overall, completed=sum(self.done.values()))
             return
         now = time.monotonic()
         key = status.split(" ")[0]

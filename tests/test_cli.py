@@ -73,6 +73,28 @@ def test_live_display_on_a_terminal_uses_rich():
     assert "numpy" in stream.getvalue() and "overall" in stream.getvalue()
 
 
+def test_a_narrow_terminal_cuts_the_status_not_the_times(monkeypatch):
+    """At 80 columns rich shrank every column and the elapsed time and ETA read '0…'."""
+    import io
+    import re
+
+    from multirnn import progress as prog
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = Tty()
+    with prog.RunProgress({"numpy": 30}, stream=stream) as p:
+        p.start("numpy")
+        p.update("numpy", 10, "epoch 10/30  perplexity 17.325  607,925 tokens/s")
+    rows = [re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", ln) for ln in re.split(r"[\r\n]", stream.getvalue())]
+    row = next(r for r in reversed(rows) if r.startswith("numpy") and "epoch 10/30" in r)
+    assert len(row) <= 80 and "…" in row
+    assert re.search(r"\d:\d\d:\d\d ETA (\d|-):(\d\d|--):(\d\d|--)$", row.rstrip()), row
+
+
 def test_version_and_help():
     out = compare(["--version"]).stdout
     assert out.strip() == f"multirnn {multirnn.__version__}"
