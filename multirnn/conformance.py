@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -353,9 +352,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         frameworks = _frameworks(",".join(FRAMEWORKS) if args.frameworks is None else args.frameworks)
         if args.json:  # checked before minutes of measuring, not after them
+            from .files import check_writable
+
             folder = Path(args.json).resolve().parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                raise UsageError(f"--json {args.json!r}: cannot write there ({str(folder)!r} is not a writable folder)")
+            if Path(args.json).is_dir():
+                raise UsageError(f"--json {args.json!r} is a folder: name the file to write")
+            try:  # a probe file: os.access says yes to root on a read-only file system
+                check_writable(folder)
+            except OSError as exc:
+                raise UsageError(f"--json {args.json!r}: cannot write there ({str(folder)!r}: "
+                                 f"{exc.strerror or exc})") from None
     except UsageError as exc:
         print(f"multirnn.conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

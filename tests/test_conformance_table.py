@@ -200,7 +200,13 @@ def test_an_unwritable_json_path_is_refused_before_measuring(tmp_path, capsys: p
     """It measured every framework, printed the table, then raised FileNotFoundError with a traceback."""
     assert conformance.main(["--frameworks", "torch", "--json", str(tmp_path / "missing" / "x.json")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("multirnn.conformance: error: --json ") and "is not a writable folder" in err, err
+    assert err.startswith("multirnn.conformance: error: --json ") and "cannot write there" in err, err
+    (tmp_path / "afile").write_text("x")  # a file where the folder should be; a folder where the file should be
+    assert conformance.main(["--frameworks", "torch", "--json", str(tmp_path / "afile" / "x.json")]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+    assert conformance.main(["--frameworks", "torch", "--json", str(tmp_path)]) == 2
+    assert "is a folder: name the file to write" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".write-test")]  # the probe is removed
 
 
 # --- 4. reasons are quoted whole -------------------------------------------------------------------------
