@@ -33,6 +33,15 @@ def openblas_note(machine: Mapping[str, Any]) -> str:
             "MULTIRNN_OPENBLAS=default leaves its choice)")
 
 
+def _hosts_note(machine: Mapping[str, Any]) -> str:
+    """Where a sweep group's rows ran on several hosts (Ray): which one the Machine line describes."""
+    hosts = machine.get("hosts") or []
+    if len(hosts) < 2:
+        return ""
+    which = f"{machine['described_host']}'s" if machine.get("described_host") else "the sweep driver's"
+    return f" (the rows ran on {len(hosts)} hosts, {', '.join(hosts)}; this line is {which})"
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None:
         return "-"
@@ -373,7 +382,8 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         f"({results['machine'].get('isa', '?')}"
         + (f", capped: {', '.join(f'{k}={v}' for k, v in results['machine']['isa_caps'].items())}"
            if results["machine"].get("isa_caps") else "") + f"), Python {results['machine']['python']}, "
-        f"multirnn {results.get('code_version') or results.get('multirnn_version', '?')}" + openblas_note(results["machine"]),
+        f"multirnn {results.get('code_version') or results.get('multirnn_version', '?')}" + openblas_note(results["machine"])
+        + _hosts_note(results["machine"]),
         "",
         "## Verdict",
         "",

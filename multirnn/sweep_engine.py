@@ -299,6 +299,7 @@ class Engine:
             "repeat": cell.repeat, "spec": cell.spec, "status": raw.get("status"), "attempts": job.attempt,
             "errors": errors, "result": raw,
             "run": {"executor": self.executor.name, "node": node, "host": outcome.get("host"),
+                    "machine": outcome.get("machine"),  # a Ray node's; None: the driver's machine
                     "threads": self.executor.threads, "concurrency": concurrency, "contended": contended,
                     "wall_seconds": outcome.get("wall_seconds"),
                     "finished": _dt.datetime.now().isoformat(timespec="seconds")},

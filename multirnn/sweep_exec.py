@@ -303,8 +303,11 @@ def ray_cell(payload: dict[str, Any], data: bytes, eval_data: bytes | None, anch
         start = time.perf_counter()
         raw = run_worker(WorkerTask(**fields), None, payload["stall_timeout"], payload["env"])
         packed = pack_dir(ckpt_dir) if ckpt_dir and list_checkpoints(ckpt_dir) else None
+        from .compare import machine_info  # NumPy and the standard library only
+
+        # the node's own platform, CPU and ISA: the group reports name the machine their rows ran on
         outcome = {"raw": raw, "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-                   "wall_seconds": time.perf_counter() - start}
+                   "wall_seconds": time.perf_counter() - start, "machine": machine_info()}
         return outcome, packed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

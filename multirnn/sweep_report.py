@@ -50,12 +50,26 @@ def _finite(x: Any) -> float | None:
 
 
 def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], retries: int) -> dict[str, Any] | None:
-    rows = [compare.result_row(clean_raw(records[c.id]["result"])) for c in cells
-            if c.repeat == 0 and is_final(records.get(c.id), retries)]
-    if not rows:
+    used = [records[c.id] for c in cells if c.repeat == 0 and is_final(records.get(c.id), retries)]
+    if not used:
         return None
     p = group.plan
-    return compare.assemble(rows, p.config, p.options, p.expected)
+    results = compare.assemble([compare.result_row(clean_raw(r["result"])) for r in used], p.config, p.options,
+                               p.expected)
+    results["machine"] = group_machine([r.get("run") or {} for r in used], results["machine"])
+    return results
+
+
+def group_machine(runs: list[dict[str, Any]], driver: dict[str, Any]) -> dict[str, Any]:
+    """The machine a group's rows ran on: a Ray node's where they ran on one (``driver``, the sweep's own
+    machine, otherwise), with ``hosts`` naming every host where they ran on several."""
+    hosts = sorted({r["host"] for r in runs if r.get("host")})
+    first = next((r for r in runs if r.get("machine")), None)
+    machine = dict(first["machine"]) if first else dict(driver)
+    if len(hosts) > 1:
+        machine["hosts"] = hosts
+        machine["described_host"] = first.get("host") if first else None
+    return machine
 
 
 def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups: list[Group], cells: list[Cell],

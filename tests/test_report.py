@@ -216,3 +216,13 @@ def test_the_second_bias_note_tells_close_numbers_apart():
     assert report._distinct(17.91613, 17.91631) == ("17.9161", "17.9163")
     assert report._distinct(8.5851, 8.2643) == ("8.585", "8.264")
     assert report._percent(1.0e-5) == "0.001%" and report._percent(0.0389) == "3.89%"
+
+
+def test_the_machine_line_says_which_host_it_describes(results, tmp_path):
+    """A sweep group's rows that ran on several Ray nodes (sweep_report.group_machine)."""
+    assert "hosts" not in report.markdown_report(results, tmp_path).split("Machine:")[1].splitlines()[0]
+    results["machine"].update(hosts=["n1", "n2"], described_host="n1")
+    line = "Machine:" + report.markdown_report(results, tmp_path).split("Machine:")[1].splitlines()[0]
+    assert line.endswith("(the rows ran on 2 hosts, n1, n2; this line is n1's)"), line
+    results["machine"]["described_host"] = None
+    assert "this line is the sweep driver's" in report.markdown_report(results, tmp_path)

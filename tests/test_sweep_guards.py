@@ -429,3 +429,17 @@ def test_init_seeds_crossed_with_shared_init_applies_to_the_framework_configurat
     assert "--init-seeds applies to the --init framework configurations; --init shared trains one seed per row" in out
     assert "--init-seeds applies to --init framework only" in refused([*argv, "--init", "shared", "--init-seeds", "2"],
                                                                       capsys)
+
+
+def test_a_groups_machine_is_where_its_rows_ran():
+    """On a Ray cluster a group's report gave the sweep driver's machine, not the nodes' its rows ran on."""
+    from multirnn.sweep_report import group_machine
+
+    driver = {"platform": "driver-linux", "cpu_count": 2, "python": "3.11", "isa": "avx2"}
+    node = {"platform": "node-linux", "cpu_count": 64, "python": "3.11", "isa": "avx512"}
+    assert group_machine([{"host": "me"}, {"host": "me"}], driver) == driver  # local: the driver's own
+    assert group_machine([{"host": "n1", "machine": node}], driver) == node
+    both = group_machine([{"host": "n2"}, {"host": "n1", "machine": node}], driver)
+    assert both["platform"] == "node-linux" and both["hosts"] == ["n1", "n2"] and both["described_host"] == "n1"
+    # no row brought its machine (cells of an older sweep): the driver's, said so
+    assert group_machine([{"host": "n2"}, {"host": "n1"}], driver)["described_host"] is None
