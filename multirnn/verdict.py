@@ -361,12 +361,16 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 if not (math.isfinite(diff) and math.isfinite(update) and math.isfinite(size)):
                     checks.append((f"{k} update", math.inf, prtol))  # a NaN update is outside any band
                     continue
-                dev = diff / update if update > 0 else (0.0 if diff == 0 else math.inf)
-                allowed = prtol + (rounding * size / update if update > 0 else math.inf)
-                checks.append((f"{k} update", dev, allowed))
+                if update > 0:  # |diff| <= prtol |update| + rounding |param|, in units of the update
+                    checks.append((f"{k} update", diff / update, prtol + rounding * size / update))
+                elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
+                    # (an infinite band here passed any change at all to a parameter the step must not move)
+                    checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding))
+                else:  # a zero parameter the oracle left at zero
+                    checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff, 0.0))
             outside = []
             for what, dev, allowed in checks:
-                ratio = dev / allowed if allowed > 0 else math.inf
+                ratio = dev / allowed if allowed > 0 else (0.0 if dev == 0 else math.inf)
                 probe_ratio = max(probe_ratio, ratio if math.isfinite(ratio) else math.inf)
                 if not dev <= allowed:
                     outside.append((what, dev, allowed))

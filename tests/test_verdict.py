@@ -77,6 +77,22 @@ def test_a_probe_outside_its_band_is_a_disagreement_and_rounding_is_allowed():
     assert c.step is None and "W_hh update" in c.what and "clipping on" in c.what
 
 
+def test_a_parameter_the_oracles_step_leaves_unchanged_must_stay_unchanged():
+    """Its band was infinite: a backend that moved a parameter the oracle's step did not move (a zero gradient,
+    an untrained slot) agreed, and the table showed 'infx band' beside 'agrees'."""
+    moved = probe(1, diff=8.5e-3, update=0.0, size=0.17)  # 5e-2 of the parameter
+    rounded = probe(1, diff=1e-8, update=0.0, size=0.17)  # 6e-8 of it: float32 rounding (2.4e-7)
+    zero = probe(1, diff=1e-9, update=0.0, size=0.0)  # a zero parameter the oracle left at zero, moved
+    exact = probe(1, diff=0.0, update=0.0, size=0.0)
+    for probes, status in (([moved], "disagrees"), ([rounded], "agrees"), ([zero], "disagrees"), ([exact], "agrees")):
+        b = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], probes)]).backend("jax")
+        assert b.status == status, probes
+        assert math.isfinite(b.max_probe_ratio) or status == "disagrees"
+    b = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [moved])]).backend("jax")
+    assert "W_hh update (the oracle's is 0; relative to the parameter) deviates by 5.00e-02 (band 2.4e-07)" in b.reason
+    assert b.max_probe_ratio == pytest.approx(5e-2 / 2.384185791015625e-07)
+
+
 def test_a_probe_names_every_update_outside_its_band_the_worst_first():
     p = probe(1, diff=2e-5, update=1e-2, size=1.0)
     p["params"]["W_xh"] = [5e-5, 1e-2, 1.0]  # 5e-3 of its update: worse than W_hh's 2e-3
