@@ -115,6 +115,30 @@ class WeightsOverflowLossFinite(NumpyBackend):
         return {k: np.full_like(v, np.nan) for k, v in super().sgd_step(params, grads, lr).items()}
 
 
+class MovesWhatTheOracleLeaves(NumpyBackend):
+    """Right everywhere except that it scales by 1.05 the recurrent weights of layer 2 whenever the correct
+    float32 step leaves them exactly unchanged (a deep LSTM's second layer early on: its updates round to 0)."""
+
+    name = "moves-what-the-oracle-leaves"
+
+    def version(self) -> str:
+        return "fake"
+
+    @classmethod
+    def unsupported(cls, model):
+        return None
+
+    def train_step(self, params, X, Y, state, lr, max_grad_norm):
+        import numpy as np
+
+        before = {k: v.copy() for k, v in params.items()}
+        params, loss, norm, state = super().train_step(params, X, Y, state, lr, max_grad_norm)
+        for k in params:
+            if k.startswith("W_h") and k.endswith("_l1") and np.array_equal(params[k], before[k]):
+                params[k] = params[k] * params[k].dtype.type(1.05)
+        return params, loss, norm, state
+
+
 def not_installed(*frameworks: str) -> str:
     """A ``sitecustomize.py`` that makes ``frameworks`` look uninstalled as on a machine without them: the
     modules do not import and their distributions have no metadata (``multirnn.info.installed_version``

@@ -152,6 +152,20 @@ def test_without_the_oracle_three_rows_judge_the_wrong_one_whatever_their_order(
     assert status == {COPY: "agrees", "tests.zoo:OracleCopy2": "agrees", "tests.zoo:OutputBiasTwice": "disagrees"}
 
 
+def test_a_row_that_moves_a_weight_the_oracles_step_leaves_unchanged_disagrees(tmp_path):
+    """A deep LSTM's second-layer recurrent updates round to 0 in float32 early on; the probe's band for an
+    update of 0 was infinite, so a row that changed those weights agreed (and its cell read 'infx band')."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", f"numpy,{COPY},tests.fakes:MovesWhatTheOracleLeaves", "--cell", "lstm",
+                    "--num-layers", "2", *TINY, "--out", str(out), "--no-plot"])
+    assert proc.returncode == 1, proc.stderr
+    rows = {b["name"]: b["judgement"] for b in load(out)["backends"]}
+    assert rows[COPY]["status"] == "agrees"
+    bad = rows["tests.fakes:MovesWhatTheOracleLeaves"]
+    assert bad["status"] == "disagrees" and "(the oracle's is 0; relative to the parameter)" in bad["reason"], bad
+    assert "inf" not in proc.stdout.split("Verdict:")[0]  # the table's probe cell is a finite multiple of the band
+
+
 def test_torch_alone_is_not_judged(tmp_path):
     require_backend("torch")
     proc = compare(["--backends", "torch", *TINY, "--out", str(tmp_path / "run"), "--no-plot"])
