@@ -84,7 +84,9 @@ def reanchored_cell(b: dict[str, Any], verdict: dict[str, Any]) -> str:
     if not candidates:
         return "-"
     _, dev, what = max(candidates, key=lambda c: c[0])  # ties: the first, the loss
-    return f"{_fmt(dev, '.1f')}x band (probe)" if what == "probe" else f"{_fmt(dev, '.1e')} ({what})"
+    if what == "probe":  # a multiple of the band: 3.2x, or 1.1e+09x for a float64 band of 4e-16
+        return f"{_fmt(dev, '.1f' if not dev >= 1e4 else '.1e')}x band (probe)"
+    return f"{_fmt(dev, '.1e')} ({what})"
 
 
 def reanchored_legend(results: dict[str, Any]) -> str | None:

@@ -84,6 +84,8 @@ def test_the_reanchored_column_shows_the_worst_quantity_and_is_defined(results):
     assert "3.0e-06 (loss)" in report.terminal_report(results)
     j.update(max_probe_ratio=4.0)  # a probe outside its band, the stretches inside theirs
     assert "4.0x band (probe)" in report.terminal_report(results)
+    j.update(max_probe_ratio=1061875849.4)  # a float64 band of 4e-16: ten digits said nothing more
+    assert "1.1e+09x band (probe)" in report.terminal_report(results)
 
 
 # --- 6: red circles only on the panel whose quantity left its band -----------------------------------

@@ -873,6 +873,7 @@ class MXNetLayersBackend(_MXNetBase):
         self._trained = [s for s in self._slots if s.trained]
         self._masks: dict[tuple, Any] = {}  # (slot name, shape, dtype) -> 0/1 per element of a masked slot
         self._clip_blocks: dict[tuple, gluon.HybridBlock] = {}  # compiled clip+SGD, per (V, H) and dtype
+        self._warned: set[str] = set()  # dtypes whose known framework bug was said (params_from_numpy)
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
@@ -897,6 +898,11 @@ class MXNetLayersBackend(_MXNetBase):
 
     def params_from_numpy(self, params: dict[str, onp.ndarray]) -> LayersParams:
         V, H, dtype = validate_params(params, self.model)
+        issue = layer_limits.layers_known_issue("mxnet", self.model, dtype)
+        if issue and dtype not in self._warned:  # once per backend and dtype (a run converts params often)
+            # compare's verdict shows it (and a note names the bug); an API user would get wrong gradients silently
+            self._warned.add(dtype)
+            warnings.warn(f"MXNet's layer gives wrong gradients here: {issue}", RuntimeWarning, stacklevel=2)
         lm = self._build(V, H, dtype)
         for slot in self._slots:
             _parameter(lm, slot).set_data(self._array(slot.to_layer(params, H), dtype))
