@@ -56,6 +56,33 @@ def test_negative_inputs_and_non_positive_clipping_bounds_are_refused(setup):
     be.train_step(p, X, Y, be.init_state(B, H), 0.5, 1.0)  # what fits still runs
 
 
+@pytest.mark.parametrize("mode", ["eager", "fast"])
+def test_numpy_scalars_are_numbers_and_lists_empty_batches_and_bad_rates_are_refused(setup, mode):
+    """MXNet crashed on a NumPy scalar θ ('numpy.float64' object has no attribute 'ctx'); JAX took labels as a
+    list and returned a NaN loss for an id past the vocabulary; an empty batch failed in each framework's own
+    words (JAX's layers returned a NaN loss); a negative or NaN lr was applied silently."""
+    be, _, X, Y = setup
+    be = multirnn.get_backend(be.name, impl=be.impl, mode=mode)
+    fresh = lambda: be.params_from_numpy(multirnn.init_params(V, H, seed=0))  # noqa: E731 (fast paths donate)
+    ref = be.train_step(fresh(), X, Y, be.init_state(B, H), 0.5, 1.0)[1]
+    for lr, theta in ((np.float32(0.5), np.float64(1.0)), (np.float64(0.5), np.int64(1))):
+        _, loss, _, _ = be.train_step(fresh(), X, Y, be.init_state(B, H), lr, theta)
+        assert float(be.as_numpy(loss)) == float(be.as_numpy(ref))
+    _, grads, _ = be.loss_and_grads(fresh(), X, Y, be.init_state(B, H))
+    be.clip_gradients(grads, np.float32(1.0))
+    for bad in (Y.tolist(), tuple(map(tuple, Y.tolist()))):
+        with pytest.raises(TypeError, match=r"Y must be a NumPy integer array .* pass np.asarray\(Y\)"):
+            be.loss_and_grads(fresh(), X, bad, be.init_state(B, H))
+    empty = np.zeros((B, 0), dtype=X.dtype)
+    with pytest.raises(ValueError, match=r"X is empty \(shape \(4, 0\)\)"):
+        be.loss_and_grads(fresh(), empty, empty, be.init_state(B, H))
+    for lr in (-0.5, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            be.train_step(fresh(), X, Y, be.init_state(B, H), lr, 1.0)
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            be.sgd_step(fresh(), grads, lr)
+
+
 def test_params_carried_between_steps_are_checked_too(setup):
     """After a step a fast path hands back its own form of params (MXNet's packed vector, Gluon's layers)."""
     be, p, X, Y = setup

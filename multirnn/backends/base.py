@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -88,7 +89,7 @@ class Backend(abc.ABC):
         # negative ids or a non-positive clipping bound were silently wrong numbers in some backends.
         for method, check in _CHECKS.items():
             if method in cls.__dict__ and not getattr(cls.__dict__[method], "_checks_inputs", False):
-                setattr(cls, method, _checking(cls.__dict__[method], check))
+                setattr(cls, method, _checking(cls.__dict__[method], check, _SCALARS.get(method)))
 
     @classmethod
     def unsupported(cls, model: Model) -> str | None:
@@ -229,11 +230,16 @@ def check_batch(X: Any, Y: Any = None, vocab_size: int | None = None) -> None:
     shape with ids in ``0 .. vocab_size - 1`` (NumPy and MXNet index from the end with a negative one, and
     MXNet, JAX and TensorFlow return a loss for one past the vocabulary)."""
     for name, a in (("X", X), ("Y", Y)):
+        if isinstance(a, (list, tuple)):  # JAX took a list and returned a NaN loss for an id past the vocabulary
+            raise TypeError(f"{name} must be a NumPy integer array (batch, steps) of token ids, got a "
+                            f"{type(a).__name__}: pass np.asarray({name}).")
         if a is None or not isinstance(a, np.ndarray):
             continue  # the frameworks' own errors for other types; None: no labels here
         if a.ndim != 2 or a.dtype.kind not in "iu":
             raise ValueError(f"{name} must be an integer array (batch, steps) of token ids, got shape {a.shape} "
                              f"dtype {a.dtype}.")
+        if a.size == 0:  # each framework failed in its own words, and JAX's layers returned a NaN loss
+            raise ValueError(f"{name} is empty (shape {a.shape}): a batch needs at least one sequence of one step.")
         if a.size and a.min() < 0:
             raise ValueError(f"{name} holds negative token ids (min {a.min()}); ids are 0 .. vocab_size - 1.")
         if a.size and vocab_size is not None and a.max() >= vocab_size:
@@ -250,6 +256,12 @@ def check_max_grad_norm(max_grad_norm: Any) -> None:
         raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}.")
 
 
+def check_lr(lr: Any) -> None:
+    """A finite lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight."""
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.number)) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}.")
+
+
 # ``args`` are a call's positional arguments, ``self`` first: (self, params, X, Y, state, lr, max_grad_norm)
 def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
     params = args[1] if len(args) > 1 else kwargs.get("params")
@@ -264,11 +276,16 @@ def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
 
 def _check_train_args(args: tuple, kwargs: dict) -> None:
     _check_batch_args(args, kwargs, True)
+    check_lr(args[5] if len(args) > 5 else kwargs.get("lr"))
     check_max_grad_norm(args[6] if len(args) > 6 else kwargs.get("max_grad_norm"))
 
 
 def _check_clip_args(args: tuple, kwargs: dict) -> None:  # (self, grads, max_grad_norm)
     check_max_grad_norm(args[2] if len(args) > 2 else kwargs.get("max_grad_norm"))
+
+
+def _check_sgd_args(args: tuple, kwargs: dict) -> None:  # (self, params, grads, lr)
+    check_lr(args[3] if len(args) > 3 else kwargs.get("lr"))
 
 
 _CHECKS = {
@@ -277,13 +294,24 @@ _CHECKS = {
     "evaluate_loss": lambda a, k: _check_batch_args(a, k, True),
     "train_step": _check_train_args,
     "clip_gradients": _check_clip_args,
+    "sgd_step": _check_sgd_args,
 }
+# The scalar arguments, by position in (self, *args) and name, handed on as Python floats: MXNet's NumPy
+# operators crashed on a NumPy scalar θ (np.float64(1.0): 'numpy.float64' object has no attribute 'ctx').
+_SCALARS = {"train_step": {5: "lr", 6: "max_grad_norm"}, "clip_gradients": {2: "max_grad_norm"}, "sgd_step": {3: "lr"}}
 
 
-def _checking(method: Any, check: Any) -> Any:
+def _as_float(x: Any) -> Any:
+    return float(x) if isinstance(x, np.number) else x
+
+
+def _checking(method: Any, check: Any, scalars: dict[int, str] | None = None) -> Any:
     @functools.wraps(method)
     def checked(self: Backend, *args: Any, **kwargs: Any) -> Any:
         check((self, *args), kwargs)
+        if scalars:
+            args = tuple(_as_float(a) if i + 1 in scalars else a for i, a in enumerate(args))
+            kwargs = {k: _as_float(v) if k in scalars.values() else v for k, v in kwargs.items()}
         return method(self, *args, **kwargs)
 
     checked._checks_inputs = True  # type: ignore[attr-defined]
@@ -292,4 +320,4 @@ def _checking(method: Any, check: Any) -> Any:
 
 # The composed defaults are entry points too (a subclass that keeps them gets them checked)
 for _name in ("train_step", "evaluate_loss"):
-    setattr(Backend, _name, _checking(getattr(Backend, _name), _CHECKS[_name]))
+    setattr(Backend, _name, _checking(getattr(Backend, _name), _CHECKS[_name], _SCALARS.get(_name)))
