@@ -540,7 +540,7 @@ def predict(
         prefix: the prompt, preprocessed as the text is (and as ``compare --prefix`` does): lowercase,
             non-letter runs -> one space.
         num_preds: how many characters to append.
-        dtype: the state's dtype (default: the params').
+        dtype: the state's dtype; only the params' is accepted (the default).
 
     Returns:
         The preprocessed prefix followed by ``num_preds`` characters.
@@ -566,7 +566,9 @@ def predict(
     # NaN logits make every greedy choice token 0: '<unk>' repeated, a continuation that looks like output
     if bad := non_finite_params(backend, params):
         raise ValueError(f"params hold NaN or infinite values ({', '.join(bad)}; a diverged run's?): nothing to predict.")
-    state = backend.init_state(1, H, dtype or params_dtype)
+    if dtype is not None and str(dtype) != params_dtype:  # MXNet raised its own error, the others mixed dtypes
+        raise ValueError(f"dtype {dtype!r}: the state must have the params' dtype, {params_dtype} (leave dtype out).")
+    state = backend.init_state(1, H, params_dtype)
     outputs = [vocab[prefix[0]]]
     for char in prefix[1:]:  # warm-up: feed the prefix, ignore the outputs
         _, state = backend.forward(params, np.array([[outputs[-1]]]), state)

@@ -127,6 +127,15 @@ def test_other_wrong_arguments_say_what_was_expected(oracle: multirnn.Backend, v
         multirnn.predict(oracle, _params(vocab), call["vocab"], call["prefix"], call["num_preds"])
 
 
+def test_a_state_dtype_other_than_the_params_is_refused(oracle: multirnn.Backend, vocab: Vocab) -> None:
+    """MXNet raised its own error for float32 params and dtype='float64'; the others computed in mixed dtypes."""
+    params = _params(vocab)  # float32
+    with pytest.raises(ValueError, match=r"dtype 'float64': the state must have the params' dtype, float32"):
+        multirnn.predict(oracle, params, vocab, "time", 5, dtype="float64")
+    assert multirnn.predict(oracle, params, vocab, "time", 5, dtype="float32") == \
+        multirnn.predict(oracle, params, vocab, "time", 5)
+
+
 def test_default_prompts_that_do_not_fit_a_users_text_are_dropped_not_refused(tmp_path):
     """--text without 'r' and 'v': 'time traveller' cannot be a prompt, and the user never asked for it."""
     text = tmp_path / "no_r_no_v.txt"
