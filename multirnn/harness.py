@@ -346,7 +346,8 @@ def train(
             global_step = len(history.step_loss) + 1
             raise TrainingDivergedError(
                 f"Training diverged: loss is {steps.losses[bad]:.4g} at epoch {epoch}, step {bad + 1} of that epoch "
-                f"(global step {global_step}) with backend {backend.name!r}. "
+                f"(global step {global_step}) with backend {backend.name!r}"
+                + (f" (impl {backend.impl!r})" if getattr(backend, "impl", "scratch") != "scratch" else "") + ". "
                 + ("At the first step no update has happened yet: the params or the backend's loss are at fault, "
                    "not the lr." if global_step == 1 else "Try a smaller lr or max_grad_norm."),
                 history,

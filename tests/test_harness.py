@@ -75,6 +75,11 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_history():
     with pytest.raises(multirnn.TrainingDivergedError, match="no update has happened yet") as info:
         multirnn.train(NaNBackend(bad_step=1), config)  # a NaN before any update: not the lr's doing
     assert "smaller lr" not in str(info.value)
+    assert "with backend 'numpy'. " in str(info.value)
+    layers = NaNBackend(bad_step=1)
+    layers.impl = "layers"  # a layers row is named as one (it read "backend 'torch'" for torch/layers)
+    with pytest.raises(multirnn.TrainingDivergedError, match=r"with backend 'numpy' \(impl 'layers'\)\. "):
+        multirnn.train(layers, config)
 
 
 def test_ed2_protocol_reports_validation_perplexity(oracle):
