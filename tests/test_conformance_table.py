@@ -92,6 +92,20 @@ def test_separately_stored_orthogonal_blocks_are_each_orthogonal_and_their_conca
     assert not conformance._describe_init(blocks, fused)["recurrent weights"].startswith("orthogonal")
 
 
+def test_a_truncated_normal_is_told_from_a_normal_and_a_uniform() -> None:
+    """flax's lecun_normal is a normal cut at ±2σ (then rescaled); the table called it "normal"."""
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0, 0.2, (28, 64))
+    cut = rng.normal(0, 1, (200_000,))
+    cut = cut[np.abs(cut) < 2][: 28 * 64].reshape(28, 64) * 0.2
+    uniform = rng.uniform(-0.07, 0.07, (28, 64))
+    words = {name: conformance._describe_init({"W_xh": w})["input weights"]
+             for name, w in (("normal", normal), ("cut", cut), ("uniform", uniform))}
+    assert words["normal"].startswith("normal, std "), words
+    assert words["cut"].startswith("truncated normal, std ") and "within ±0.4" in words["cut"], words
+    assert words["uniform"].startswith("uniform ±0.0"), words
+
+
 def test_keras_recurrent_kernels_are_reported_orthogonal_as_keras_draws_them(measured: Any) -> None:
     rows, _, _ = measured("tensorflow")
     for cell, gates in (("gru", 3), ("gru-reset-after", 3), ("lstm", 4)):
