@@ -577,10 +577,14 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def _without_resume(command: str) -> str:
-    """An earlier run's command without its own --resume (the message asks to add one)."""
+RUN_CONTROL = ("--resume", "--overwrite")
+
+
+def without_run_control(command: str) -> str:
+    """An earlier run's command without --resume or --overwrite: a message asks to add --resume to it, and
+    pasting one with --overwrite as it stood would clear the folder (compare's and the sweep's messages)."""
     try:
-        return shlex.join(a for a in shlex.split(command) if a != "--resume")
+        return shlex.join(a for a in shlex.split(command) if a not in RUN_CONTROL)
     except ValueError:
         return command
 
@@ -621,14 +625,14 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
     if differs:
         what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
         raise UsageError(f"--resume: the earlier run in this folder used other settings ({what}); repeat its "
-                         f"command ({_without_resume(earlier.get('command', '?'))}) with --resume, or start a new run")
+                         f"command ({without_run_control(earlier.get('command', '?'))}) with --resume, or start a new run")
     # an interrupted row may be dropped; a finished one (a crash too: evidence) may not
     left_out = [row["name"] for row in earlier.get("backends", [])
                 if row["name"] not in labels and row.get("status") != "interrupted"]
     if left_out:
         raise UsageError(f"--resume: the earlier run in this folder also has {', '.join(left_out)}, which this "
                          f"command leaves out; name every row of it (its command: "
-                         f"{_without_resume(earlier.get('command', '?'))}), or start a new run")
+                         f"{without_run_control(earlier.get('command', '?'))}), or start a new run")
     keep = {}
     sources, changed = earlier.get("options", {}).get("backend_sources") or {}, []
     for row in earlier.get("backends", []):
@@ -966,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
     written = [n for n in ("results.json", "curves.csv", "perplexity.png", "deviation.png") if (out_dir / n).is_file()]
     print(f"\nReport: {out_dir / 'report.md'}  ({', '.join(written)})")  # what this run wrote: no plot of no curve
     if stopped:
-        again = shlex.join(["python", "-m", "multirnn.compare", *(a for a in argv if a not in ("--resume", "--overwrite")),
+        again = shlex.join(["python", "-m", "multirnn.compare", *(a for a in argv if a not in RUN_CONTROL),
                             *([] if args.out else ["--out", str(out_dir)]), "--resume"])
         print(f"Continue it (finished rows are kept): {again}")
         return exit_stopped

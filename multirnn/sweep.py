@@ -442,7 +442,7 @@ def _check_same_sweep(out: Path, opts: Options, settings: dict[str, Any], cell_i
         return
     what = "; ".join(differs[:4]) + (f"; and {len(differs) - 4} more" if len(differs) > 4 else "")
     command = (earlier or {}).get("command")
-    again = f"repeat its command ({command})" if command else "repeat its settings"
+    again = f"repeat its command ({compare.without_run_control(command)})" if command else "repeat its settings"
     if files_changed:  # its cells' results came from what is no longer there
         raise SpecError(f"--out {opts.out!r} holds a sweep of other code or files: {'; '.join(differs)}; its cells "
                         "cannot be reused: use --overwrite to start it again, or another --out")

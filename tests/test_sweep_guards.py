@@ -89,6 +89,20 @@ def test_resume_with_other_settings_is_refused_and_writes_nothing(folder, capsys
     assert snapshot(folder) == before
 
 
+def test_the_command_to_repeat_never_carries_overwrite(folder, capsys):
+    """A sweep run with --overwrite recorded it: the hint 'repeat its command (... --overwrite) with --resume'
+    was refused again (the two exclude each other), and pasting it as it stood cleared the folder."""
+    from multirnn.compare import without_run_control
+
+    spec = json.loads((folder / "spec.json").read_text())
+    spec["command"] += " --overwrite"
+    (folder / "spec.json").write_text(json.dumps(spec))
+    err = refused([*BASE, "--epochs", "3", "--out", str(folder), "--resume"], capsys)
+    assert "repeat its command (python -m multirnn.sweep " in err and "--overwrite)" not in err, err
+    assert without_run_control("python -m multirnn.compare --out 'my runs' --overwrite --resume --epochs 2") == \
+        "python -m multirnn.compare --out 'my runs' --epochs 2"
+
+
 def test_a_rerun_without_resume_is_refused_too(folder, capsys):
     before = snapshot(folder)
     err = refused([*BASE, "--epochs", "3", "--out", str(folder)], capsys)
