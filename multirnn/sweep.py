@@ -19,6 +19,7 @@ written), 3 no backend could run, 128 + N stopped by signal N (a partial aggrega
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import re
@@ -550,6 +551,7 @@ def _summary(sweep: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    made: Path | None = None  # the --out folder this call created, removed again if it is refused
     try:
         opts = parse_options(argv)
         configurations, groups, cells = expand_options(opts)
@@ -561,10 +563,14 @@ def main(argv: list[str] | None = None) -> int:
             for note in opts.notes:
                 print(f"note: {note}")
             return EXIT_OK
+        made = None if out.exists() else out
         _check_writable(out)  # before a cluster is reached or a lock taken: a one-line error, as compare's
         blas.name_openblas_core()  # before any worker loads NumPy (local ones, and a local Ray cluster's, inherit it)
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:
+        if made is not None:  # nothing written: no empty folder left behind (a Ray address that did not answer)
+            with contextlib.suppress(OSError):
+                made.rmdir()
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

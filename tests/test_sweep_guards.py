@@ -220,6 +220,20 @@ def test_an_unreachable_address_fails_at_once(tmp_path, closed_port, scheme, ray
     assert not (tmp_path / "out").exists()
 
 
+def test_an_address_ray_refuses_leaves_no_folder(tmp_path):
+    """Refused by Ray itself (after --out was checked by creating it): an empty folder was left behind."""
+    pytest.importorskip("ray", reason="Ray refuses the address itself")
+    out = tmp_path / "out"
+    proc = sweep([*TINY, "--executor", "ray", "--address", "nonsense::", "--out", str(out)], tmp_path=tmp_path,
+                 timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("multirnn.sweep: error: --executor ray: "), proc.stderr
+    assert not out.exists()
+    out.mkdir()  # a folder that was there before stays
+    assert sweep([*TINY, "--executor", "ray", "--address", "nonsense::", "--out", str(out)], tmp_path=tmp_path,
+                 timeout=120).returncode == 2
+    assert out.is_dir()
+
+
 def test_the_addresses_ray_resolves_itself_are_left_to_it(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("no connection expected")
