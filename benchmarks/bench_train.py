@@ -52,6 +52,7 @@ import numpy as np
 
 from benchmarks.report import label
 from benchmarks.timing import turns
+from multirnn.files import check_writable
 from multirnn.provenance import code_version
 from multirnn.worker import peak_rss_mb  # VmHWM: this process's own peak, not its parent's
 
@@ -458,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends if b != "numpy"]
     variants = args.variants
     out = Path(args.out) if args.out else ROOT / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before minutes of measuring, one line as compare's (a file in the way, a read-only file system)
+        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
+    except OSError as exc:
+        ap.exit(2, f"{ap.prog}: error: cannot write to output folder {str(out)!r}: {exc.strerror or exc}\n")
     log = sys.stderr
     payload: dict[str, Any] = {
         "schema_version": 2, "created": _dt.datetime.now().isoformat(timespec="seconds"),

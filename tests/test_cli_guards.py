@@ -170,6 +170,22 @@ def test_benchmark_report_without_results_is_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_benchmark_report_of_another_runs_folder_is_one_line(tmp_path):
+    """A compare run's folder ended in a KeyError traceback."""
+    (tmp_path / "results.json").write_text('{"schema_version": 2, "verdict": {}, "backends": []}')
+    proc = run("benchmarks.report", [str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "is not a benchmark run's (no 'big_gemm', 'floors', 'main'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_bench_train_refuses_an_unwritable_out_before_measuring(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run("benchmarks.bench_train", ["--quick", "--out", str(tmp_path / "afile" / "run")], cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("python -m benchmarks.bench_train: error: cannot write to output folder ")
+
+
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_probes_help(flag):
     proc = run("benchmarks.probes", [flag])
