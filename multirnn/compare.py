@@ -97,7 +97,8 @@ examples:
   python -m multirnn.compare --list-backends                   # what is installed, and how to add the rest
 
 exit status: 0 all agree, 1 a disagreement or crash, 2 bad usage, 3 no backend could run,
-4 nothing to compare (the oracle alone, or fewer than 3 backends without it), 128+N stopped by signal N (130 Ctrl-C,
+4 nothing to compare (the oracle alone, fewer than 3 backends without it, or an oracle that diverged before
+one whole re-anchored stretch), 128+N stopped by signal N (130 Ctrl-C,
 143 SIGTERM, 129 SIGHUP; a partial report is written).
 """
 
