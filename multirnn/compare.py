@@ -55,6 +55,7 @@ from .data import (
     text_notes,
 )
 from .files import check_writable, clear_written, write_json_atomic
+from .load import OtherLoad, busy_note
 from .harness import TrainingData, clean_prefix, prepare_data
 from .progress import RunProgress, backend_status
 from .provenance import code_version
@@ -840,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     run_notes = _jobs_notes(jobs, threads, cores, bool(lock_epochs), verdict.ORACLE in names, args.jobs)
     options.update(jobs=jobs, threads=threads, run_notes=run_notes + resume_notes)  # the report says them too
     progress = RunProgress({n: a + b for n, (a, b) in units.items()}, enabled=not args.quiet)
+    other_load = OtherLoad()  # what other processes take of the cores while the rows train
     used = (f"the first {data.used_tokens:,} of {data.total_tokens:,} tokens" if config.protocol == "d2l-ed1"
             and data.total_tokens and data.used_tokens < data.total_tokens else f"{data.used_tokens:,} tokens")
     progress.message(f"multirnn.compare {__version__}: {', '.join(labels)} | {config.model.name} | preset {args.preset} "
@@ -961,6 +963,10 @@ def main(argv: list[str] | None = None) -> int:
     late = defer_signals()  # acted on once the report is written
     if not stopped:  # an interrupted run keeps its data and checkpoints for --resume
         shutil.rmtree(work, ignore_errors=True)
+    busy = other_load.cores()
+    options["other_load_cores"] = None if busy is None else round(busy, 2)
+    if (note := busy_note(busy, cores)) is not None:
+        options["run_notes"] = [*options["run_notes"], note]
     results = assemble([rows[k] for k in sorted(rows)], config, options, expected, stopped)
     notes = report.write_all(results, out_dir, make_plots=not args.no_plot)
     # Fit the table to a terminal; piped output (CI logs, files) keeps every column.
