@@ -49,7 +49,7 @@ class OtherLoad:
     def cores(self) -> float | None:
         """Other processes' mean load in cores since the start (None: not measurable here, or too short)."""
         busy, wall = _machine_busy_seconds(), time.monotonic() - self.wall0
-        if busy is None or self.busy0 is None or wall < 1.0:
+        if busy is None or self.busy0 is None or wall < 0.5:  # /proc/stat counts in ticks of 10 ms per core
             return None
         return max(0.0, (busy - self.busy0 - (_own_seconds() - self.own0)) / wall)
 

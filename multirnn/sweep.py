@@ -33,6 +33,7 @@ from . import __version__, blas, compare, lockstep, report, verdict
 from .backends import _REGISTRY, refusal
 from .files import check_writable
 from .info import installed_version
+from .load import OtherLoad
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
@@ -600,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.message(f"note: {note}")
     store.log("session", argv=argv, executor=desc, cells=len(cells), to_run=len(todo))
     raise_on_signals()
+    other_load = OtherLoad()  # on this machine: what other processes take of the cores the local cells use
     try:
         engine.run()
     finally:
@@ -610,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
            "code_version": code_version(), "command": command, "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
+    if opts.executor == "local":  # None: not measurable here (no /proc/stat), or the session was too short
+        run["other_load_cores"] = None if (busy := other_load.cores()) is None else round(busy, 2)
     records = engine.records
     sweep = sweep_report.aggregate(settings, configurations, groups, cells, records, opts.retries, opts.margin, run)
     plots, notes = sweep_report.write_all(sweep, out, records, cells, groups, opts.retries, make_plots=opts.plots)

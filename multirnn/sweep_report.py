@@ -18,6 +18,7 @@ from typing import Any
 
 from . import compare, report
 from .files import write_json_atomic, write_text_atomic
+from .load import busy_note
 from .sweep_engine import first_line, is_final
 from .sweep_spec import Cell, Configuration, Group, seeds_text
 from .sweep_stats import EQUIVALENCE_TEXT, mean_interval, tost_paired
@@ -322,7 +323,10 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
               "Tokens/s of each run (median over its epochs after the first), then the median and range over seeds "
               "and repeats; ratio: to the fastest row of the same configuration (1.00 = fastest)."
               + (" **Contended timings**: cells shared the machine (several at once), so these are not clean "
-                 "single-run speeds; rerun with `--jobs 1` for those." if contended else ""), ""]
+                 "single-run speeds; rerun with `--jobs 1` for those." if contended else "")
+              + (f" **Busy machine**: {busy}." if (busy := busy_note(sweep["run"].get("other_load_cores"),
+                                                                     sweep["run"].get("machine", {}).get("cpu_count") or 0))
+                 else ""), ""]
     lines.append(report.markdown_table(
         [[confs[r["configuration"]]["label"], r["row"], str(r["n"]), _f(r["median"], ",.0f"),
           f"{r['min']:,.0f}-{r['max']:,.0f}" if r["n"] else "-", _f(r["ratio_to_fastest"], ".2f"),

@@ -471,3 +471,16 @@ def test_a_groups_machine_is_where_its_rows_ran():
     assert both["platform"] == "node-linux" and both["hosts"] == ["n1", "n2"] and both["described_host"] == "n1"
     # no row brought its machine (cells of an older sweep): the driver's, said so
     assert group_machine([{"host": "n2"}, {"host": "n1"}], driver)["described_host"] is None
+
+
+def test_a_busy_machine_is_named_beside_the_speeds(finished):
+    """The sweep measures other processes' load on its machine (multirnn.load), as compare does."""
+    from multirnn import sweep_report
+
+    sweep = load(finished[1])
+    assert "other_load_cores" in sweep["run"]  # measured with the local executor (None: too short a session)
+    sweep["run"]["other_load_cores"] = 1.3
+    text = sweep_report.markdown(sweep, [])
+    assert "**Busy machine**: other processes kept 1.3 of this machine's" in text
+    sweep["run"]["other_load_cores"] = 0.1
+    assert "Busy machine" not in sweep_report.markdown(sweep, [])
