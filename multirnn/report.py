@@ -89,6 +89,17 @@ def reanchored_cell(b: dict[str, Any], verdict: dict[str, Any]) -> str:
     return f"{_fmt(dev, '.1e')} ({what})"
 
 
+def free_run_cell(b: dict[str, Any], results: dict[str, Any]) -> str:
+    """The free-running curve's worst deviation, and up to which step where the reference blew up (its 0.0e+00
+    read as identical curves while the rows went on apart)."""
+    j = b.get("judgement") or {}
+    text = _fmt(j.get("free_run_max_deviation"), ".1e")
+    if (results["verdict"].get("reference_diverged") and j.get("status") != "reference"
+            and j.get("free_run_max_deviation") is not None):
+        text += f" (to step {len(b.get('free_run_deviation') or j.get('free_run_deviation') or ())})"
+    return text
+
+
 def reanchored_legend(results: dict[str, Any]) -> str | None:
     """What the 're-anchored dev' column means, or None when no row has a value in it."""
     v = results["verdict"]
@@ -131,7 +142,7 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("peak MB", lambda b: _fmt(b.get("peak_rss_mb"), ".0f")),
         ("checkpoints", lambda b: str((b.get("judgement") or {}).get("checkpoints_checked") or "-")),
         ("re-anchored dev", lambda b: reanchored_cell(b, results["verdict"])),
-        ("free-run dev", lambda b: _fmt((b.get("judgement") or {}).get("free_run_max_deviation"), ".1e")),
+        ("free-run dev", lambda b: free_run_cell(b, results)),
         ("verdict", verdict_cell),
     ]
     return cols
@@ -498,6 +509,16 @@ def _readable_range(ax: Any, least: float = 1.2) -> None:
         ax.set_ylim(middle / math.sqrt(least), middle * math.sqrt(least))
 
 
+def _plot_tag(row: dict[str, Any]) -> str:
+    """What a legend entry says of a row beyond its name: a disagreeing curve looked like better training."""
+    tags = []
+    if (row.get("judgement") or {}).get("status") == "disagrees":
+        tags.append("DISAGREES")
+    if row.get("status") in ("diverged", "crashed", "interrupted"):
+        tags.append(row["status"] + (" (X: its last epoch)" if row["status"] == "diverged" else ""))
+    return f": {', '.join(tags)}" if tags else ""
+
+
 def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     """Perplexity per epoch, and each backend's relative difference from the reference per epoch."""
     ran = [b for b in results["backends"] if b.get("perplexity")]
@@ -507,11 +528,20 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     floor = 1e-9 if results["config"]["dtype"] == "float32" else 1e-16
     clamped: set[int] = set()
     evaluated = False
+    # after the reference blew up the curves measure chaos, not a translation: compared only before that epoch
+    blew_up = (results["verdict"].get("reference_diverged") or {}).get("epoch")
+    compared_epochs = (blew_up - 1) if blew_up else None
+    drawn_diff = 0
     fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
     for i, b in enumerate(ran):
         epochs = list(range(1, len(b["perplexity"]) + 1))
         ppl = [p if math.isfinite(p) else float("nan") for p in b["perplexity"]]
-        ax.plot(epochs, ppl, label=f"{b['name']} (train)", **_style(i, len(epochs)))
+        tag = _plot_tag(b)
+        ax.plot(epochs, ppl, label=f"{b['name']} (train){tag}", **_style(i, len(epochs)))
+        if b.get("status") == "diverged" and (finite := [k for k, p in enumerate(ppl) if math.isfinite(p)]):
+            # where its curve ends: the next epoch blew up (the curve alone read as a run that just stopped)
+            ax.plot([epochs[finite[-1]]], [ppl[finite[-1]]], marker="X", markersize=11, linestyle="none",
+                    color=_style(i, len(epochs))["color"], markeredgecolor="black", zorder=5)
         if b.get("val_perplexity"):
             ax.plot(epochs[:len(b["val_perplexity"])], b["val_perplexity"], label=f"{b['name']} (validation)",
                     **{**_style(i, len(epochs)), "linestyle": ":", "alpha": 0.8})
@@ -524,10 +554,14 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                     label=f"{b['name']} (eval text)")
             evaluated = True
         if ref is not None and b is not ref:
-            n = min(len(ppl), len(ref["perplexity"]))
+            n = min(len(ppl), len(ref["perplexity"]), *([compared_epochs] if compared_epochs is not None else []))
+            if n <= 0:
+                continue
+            drawn_diff += 1
             diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
                     else float("nan") for k in range(n)]
-            ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"], **_style(i, n))
+            ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"] + tag.split(" (X")[0],
+                         **_style(i, n))
     cfg = results["config"]
     model = Model(CELLS[cfg.get("cell", "rnn")], cfg.get("num_layers", 1), cfg.get("second_bias") == "trained").name
     init = results.get("options", {}).get("init")
@@ -543,7 +577,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     _log_ticks(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    if ref is not None and len(ran) > 1:
+    if ref is not None and len(ran) > 1 and drawn_diff:
+        if blew_up:
+            ax_diff.axvline(blew_up - 0.5, color="black", linestyle="--", linewidth=1,
+                            label=f"{ref['name']} blew up in epoch {blew_up}: not compared from there")
         own_start = init in ("framework", "independent")  # other starting weights: gaps, not deviations
         ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref",
                     title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)"
@@ -554,7 +591,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax_diff.grid(True, which="both", alpha=0.3)
         ax_diff.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
-        if ref is not None:  # the reference is the only curve: the others did not finish an epoch
+        if ref is not None and blew_up and len(ran) > 1:
+            why = (f"{results['verdict'].get('reference_label')} blew up in epoch {blew_up}:\nno epoch before it "
+                   "to compare (after it the curves measure chaos)")
+        elif ref is not None:  # the reference is the only curve: the others did not finish an epoch
             why = (f"only the reference ({results['verdict'].get('reference_label')}) finished: "
                    "nothing to compare with it")
         elif ref_name is not None:  # a per-step median is no curve of its own here

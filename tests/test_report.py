@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,30 @@ def test_the_machine_line_says_which_host_it_describes(results, tmp_path):
     assert line.endswith("(the rows ran on 2 hosts, n1, n2; this line is n1's)"), line
     results["machine"]["described_host"] = None
     assert "this line is the sweep driver's" in report.markdown_report(results, tmp_path)
+
+
+def test_the_perplexity_plot_names_a_disagreeing_or_diverged_row(results, tmp_path):
+    """A disagreeing row's lower curve read as better training, a diverged one's end as a run that stopped."""
+    copy = next(b for b in results["backends"] if b["name"] == COPY)
+    copy["judgement"].update(status="disagrees")
+    ax, ax_diff = _draw(report.perplexity_plot, results, tmp_path)
+    assert f"{COPY} (train): DISAGREES" in _labels(ax) and f"{COPY}: DISAGREES" in _labels(ax_diff)
+    copy["status"] = "diverged"
+    ax, _ = _draw(report.perplexity_plot, results, tmp_path)
+    assert f"{COPY} (train): DISAGREES, diverged (X: its last epoch)" in _labels(ax)
+    assert any(line.get_marker() == "X" for line in ax.get_lines())
+
+
+def test_after_the_reference_blew_up_nothing_is_compared(results, tmp_path):
+    """The relative differences went on to 1e20 after the oracle's blow-up, and the free-run column's 0.0e+00
+    (one step compared) read as identical curves."""
+    results["verdict"]["reference_diverged"] = {"epoch": 2, "step": 1, "name": "numpy", "how": "blew up"}
+    _, ax_diff = _draw(report.perplexity_plot, results, tmp_path)
+    drawn = [line for line in ax_diff.get_lines() if line.get_label() == COPY]
+    assert drawn and max(drawn[0].get_xdata()) == 1  # epoch 1 only: epoch 2 is where it blew up
+    assert any("blew up in epoch 2: not compared from there" in label for label in _labels(ax_diff))
+    results["verdict"]["reference_diverged"]["epoch"] = 1
+    _, ax_diff = _draw(report.perplexity_plot, results, tmp_path)
+    assert not ax_diff.get_lines() and "blew up in epoch 1" in ax_diff.texts[0].get_text()
+    row = next(ln for ln in report.terminal_report(results).splitlines() if ln.startswith(COPY))
+    assert re.search(r"e[-+]\d\d \(to step \d+\)", row), row
