@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,20 @@ def _curves(sweep: dict[str, Any], records: dict[str, Any], conf: int, row: str)
     return np.array([c[:n] for c in curves], dtype=float) if n else None
 
 
+def _disagreeing(sweep: dict[str, Any], conf: int, row: str) -> tuple[int, int]:
+    """In how many of the configuration's judged seeds the row disagreed, of how many."""
+    judged = [r for g in sweep["groups"] if g["configuration"] == conf for r in g.get("rows") or []
+              if r.get("name") == row and r.get("judgement") in ("agrees", "disagrees")]
+    return sum(r["judgement"] == "disagrees" for r in judged), len(judged)
+
+
+def _unfinished(sweep: dict[str, Any], conf: int, row: str) -> str:
+    """Why a row has no curve: its cells' statuses ('2 diverged'), not only that none finished."""
+    statuses = Counter(c["status"] for c in sweep["cells"]
+                       if c["configuration"] == conf and c["row"] == row and c["repeat"] == 0)
+    return ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "not run"
+
+
 def _perplexity_axis(ax: Any) -> None:
     """Log scale with plain-number ticks when perplexity spans a factor of 3 or more, linear otherwise."""
     from . import report
@@ -86,8 +101,10 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
             drawn = True
             epochs = np.arange(1, curves.shape[1] + 1)
             color = f"C{i % 10}"
+            bad, judged = _disagreeing(sweep, conf["index"], row)  # a wrong row's curve can look like better training
             ax.plot(epochs, np.nanmean(curves, axis=0), color=color, linewidth=1.4,
-                    linestyle=("-", "--", ":", "-.")[i % 4], label=f"{row} (n={curves.shape[0]})")
+                    linestyle=("-", "--", ":", "-.")[i % 4],
+                    label=f"{row} (n={curves.shape[0]})" + (f": DISAGREES in {bad}/{judged} seeds" if bad else ""))
             if curves.shape[0] > 1:
                 ax.fill_between(epochs, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.18,
                                 linewidth=0)
@@ -95,12 +112,14 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
                 labels_all.append(row)
         _perplexity_axis(ax)
         if len(missing) == len(conf["rows"]):  # an empty axis would read as a plotting failure
-            ax.text(0.5, 0.5, MISSING, transform=ax.transAxes, ha="center", va="center", color="0.4")
+            why = "\n".join(f"{row}: {_unfinished(sweep, conf['index'], row)}" for row in missing)
+            ax.text(0.5, 0.5, f"{MISSING}\n{why}", transform=ax.transAxes, ha="center", va="center", color="0.3",
+                    fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
         elif missing:  # named in the legend rather than silently absent
             for row in missing:
-                ax.plot([], [], linestyle="none", label=f"{row}: {MISSING}")
+                ax.plot([], [], linestyle="none", label=f"{row}: {MISSING} ({_unfinished(sweep, conf['index'], row)})")
         ax.set_title(textwrap.fill(conf["label"] + (" (partial: some seeds unfinished)" if conf["index"] in partial
                                                     else ""), 60, break_on_hyphens=False), fontsize=9)  # long labels wrap, not cut
         ax.set_xlabel("epoch")

@@ -537,6 +537,24 @@ def test_partial_plots_say_what_is_missing(tmp_path):
     assert "no finished run" in speed and "partial" in speed.lower(), speed
 
 
+def test_the_bands_name_a_disagreeing_row_and_why_a_panel_is_empty(tmp_path):
+    """A wrong row's lower curve read as better training; an all-diverged panel said only 'no finished run'."""
+    pytest.importorskip("matplotlib")
+    from multirnn import sweep_plots
+
+    sweep, records = _partial_sweep()
+    sweep["groups"][0]["rows"] = [{"name": "numpy", "judgement": "reference"},
+                                  {"name": "torch/scratch", "judgement": "disagrees"}]
+    for c in sweep["cells"]:
+        c["status"] = "ok" if c["configuration"] == 0 else "diverged"
+    plt = _KeepFigures()
+    assert sweep_plots.perplexity_bands(sweep, records, tmp_path / "bands.png", plt, [])
+    texts = plt.texts()
+    assert "torch/scratch (n=1): DISAGREES in 1/1 seeds" in texts and "numpy (n=1)" in texts, texts
+    assert "numpy (n=1):" not in texts
+    assert "numpy: 1 diverged" in texts and "torch/scratch: 1 diverged" in texts, texts
+
+
 def test_summary_omits_empty_parentheses():
     none = {"mean": None}
     sweep = {"configurations": [{"index": 0, "label": "dtype=float32"}], "groups": [],
