@@ -484,16 +484,21 @@ def _floor_legend(ax: Any, floor: float, clamped: set[int]) -> None:
 
 
 def _log_ticks(ax: Any) -> None:
-    """Ticks at 1, 2, 5 x 10^k with plain numbers: a perplexity axis spanning 8-30 gets 10, 20.
+    """Ticks at 1, 2, 5 x 10^k with plain numbers (8-300 gets 10, 20, 50, 100, 200), or evenly spaced ones
+    where those would be fewer than four.
 
     Over more than four decades (a run blowing up to 1e100) matplotlib's own powers of ten stay:
     plain numbers there had no tick at all."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo > 1e4:
         return
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    if sum(lo <= t <= hi for t in locator.tick_values(lo, hi)) < 4:
+        # a narrow range (10-24 got only 10 and 20; 1.01-1.4 only 1.0): evenly spaced plain numbers instead
+        locator = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])
+    ax.yaxis.set_major_locator(locator)
     fmt = ScalarFormatter(useOffset=False)  # plain perplexities, never "+1.98e1" over tiny ticks
     fmt.set_scientific(False)
     ax.yaxis.set_major_formatter(fmt)

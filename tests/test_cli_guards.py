@@ -312,6 +312,24 @@ def test_a_perplexity_axis_over_a_hundred_decades_keeps_its_tick_labels():
         assert all("10^" not in t and "times" not in t for t in labels) == plain, labels
 
 
+@pytest.mark.parametrize("lo, hi, least", [(10.2, 24.0, 4), (1.01, 1.4, 4), (3.0, 300.0, 5)])
+def test_a_narrow_perplexity_axis_gets_enough_labelled_ticks(lo, hi, least):
+    """10-24 (the d2l-ed2 preset's range) was labelled 10 and 20 only, 1.01-1.4 only 1.0."""
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib draws the plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [lo, hi])
+    ax.set_yscale("log")
+    report._log_ticks(ax)
+    fig.canvas.draw()
+    y0, y1 = ax.get_ylim()
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if y0 <= v <= y1 and t.get_text()]
+    plt.close(fig)
+    assert len(shown) >= least, shown
+
+
 @pytest.mark.parametrize("init, says", [("shared", "free-running per-step losses were held to 0.001"),
                                         ("independent", "final perplexities were held to 15% of their median"),
                                         ("framework", "only each run's median-last perplexity was compared")])
