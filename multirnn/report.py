@@ -426,12 +426,14 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
 def curves_csv(results: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["backend", "epoch", "perplexity", "val_perplexity", "epoch_seconds", "tokens_per_sec"])
+    # eval_perplexity: the final model's on --eval-text, one number, on the row of the last epoch
+    w.writerow(["backend", "epoch", "perplexity", "val_perplexity", "epoch_seconds", "tokens_per_sec", "eval_perplexity"])
     for b in results["backends"]:
-        val = b.get("val_perplexity") or []
-        for i, ppl in enumerate(b.get("perplexity") or []):
-            w.writerow([b["name"], i + 1, ppl, val[i] if i < len(val) else "",
-                        b["epoch_seconds"][i], b["tokens_per_sec_per_epoch"][i]])
+        val, ppls = b.get("val_perplexity") or [], b.get("perplexity") or []
+        ev = b.get("eval_perplexity")
+        for i, ppl in enumerate(ppls):
+            w.writerow([b["name"], i + 1, ppl, val[i] if i < len(val) else "", b["epoch_seconds"][i],
+                        b["tokens_per_sec_per_epoch"][i], ev if i == len(ppls) - 1 and ev is not None else ""])
     return buf.getvalue()
 
 
@@ -552,9 +554,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                     **{**_style(i, len(epochs)), "linestyle": ":", "alpha": 0.8})
         ev = b.get("eval_perplexity")
         if isinstance(ev, (int, float)) and math.isfinite(ev):
-            # one number, the final model's on --eval-text: a star at the last epoch, no line
+            # one number, the final model's on --eval-text: a star just right of the last epoch (on it, it hid
+            # behind the training curve's marker when the two perplexities were close), no line
             st = _style(i, len(epochs))
-            ax.plot([len(epochs)], [ev], color=st["color"], marker="*", linestyle="none",
+            ax.plot([len(epochs) + 0.35], [ev], color=st["color"], marker="*", linestyle="none",
                     markersize=st["markersize"] + 4, fillstyle="none", markeredgewidth=1.2,
                     label=f"{b['name']} (eval text)")
             evaluated = True
@@ -575,7 +578,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
              + (f", init {init}" if init and init != "shared" else "") + ")")
     if evaluated:  # the file named once here keeps the legend narrow
         eval_name = Path(results.get("options", {}).get("eval_text") or "--eval-text").name
-        title += f"\nstars: the final model's perplexity on {eval_name}"
+        title += f"\nstars, right of the last epoch: the final model's perplexity on {eval_name}"
     ax.set(yscale="log", ylabel="perplexity")
     ax.set_title(title, fontsize=10)  # the configuration's line fits the figure's width
     _readable_range(ax)
@@ -611,7 +614,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     ax_diff.set_xlabel("epoch")
     _integer_epochs(ax_diff)
     last = max((len(b["perplexity"]) for b in ran), default=1)
-    ax_diff.set_xlim(0.5, last + 0.5)
+    ax_diff.set_xlim(0.5, last + (0.75 if evaluated else 0.5))
     if last < 4:  # the integer locator needs two integers in view: one epoch got ticks 0.5, 0.6, ... 1.5
         ax_diff.set_xticks(range(1, last + 1))
     fig.tight_layout()

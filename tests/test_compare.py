@@ -124,6 +124,9 @@ def test_a_run_writes_every_file_with_the_schema(tmp_path):
     assert j["max_loss_deviation"] == 0.0 and len(copy["lockstep"]["probes"]) == 2 * j["checkpoints_checked"]
     rows = list(csv.DictReader((out / "curves.csv").open()))
     assert [int(r["epoch"]) for r in rows if r["backend"] == "numpy"] == [1, 2, 3]
+    # --eval-text's perplexity (one number) on the last epoch's row
+    assert [r["eval_perplexity"] for r in rows if r["backend"] == "numpy"][:2] == ["", ""]
+    assert float([r for r in rows if r["backend"] == "numpy"][-1]["eval_perplexity"]) == b["eval_perplexity"]
     assert "numpy" in proc.stdout and "Verdict:" in proc.stdout and "time traveller" in proc.stdout
     assert "Bands applied (float32)" in proc.stdout
     report_md = (out / "report.md").read_text()
