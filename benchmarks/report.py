@@ -18,7 +18,7 @@ try:
 except ImportError:  # run as a script (python benchmarks/report.py DIR): benchmarks/ is on sys.path
     from floor import own_batched_seconds  # type: ignore[no-redef]
 from multirnn.cells import CELLS
-from multirnn.report import openblas_note
+from multirnn.report import openblas_note, row_color
 
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
 _RUN_ORDER = {k: i for i, k in enumerate([*CELLS, *ORDER])}  # how a run lists cells, then libraries
@@ -488,7 +488,7 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
             for i, b in enumerate(ORDER[1:]):
                 ys = [next((r["median"] for r in p["results"] if r["backend"] == b and "error" not in r), float("nan"))
                       for p in points]
-                ax.plot(xs, ys, marker="osD^"[i], fillstyle="none", label=b)
+                ax.plot(xs, ys, marker="osD^"[i], fillstyle="none", label=b, color=row_color(b, i))
             ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="tokens/s (fast path)")
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels (2x10^2, ...) overlap ours

@@ -442,13 +442,24 @@ def curves_csv(results: dict[str, Any]) -> str:
 _STYLES = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":"), ("v", "-"), ("P", "--"), ("*", "-."), ("X", ":")]
 
 
-def _style(i: int, n_points: int) -> dict[str, Any]:
-    """One backend's look in every panel: its own colour, line style and hollow marker, markers
-    shrinking from one backend to the next, so that curves lying exactly on top of each other
+# One colour per framework in every plot (compare's, the sweep's, the benchmarks'): torch was orange in one
+# figure and blue in the next. A framework's rows (torch, torch/layers) share it and differ in marker and line.
+FRAMEWORK_COLORS = {"numpy": "C0", "torch": "C1", "mxnet": "C2", "tensorflow": "C3", "jax": "C4"}
+
+
+def row_color(name: str, i: int) -> str:
+    """A row's colour: its framework's (``torch/layers`` is torch's), another backend's by its position."""
+    return FRAMEWORK_COLORS.get(name.split("/")[0], f"C{5 + i % 5}")
+
+
+def _style(i: int, n_points: int, name: str | None = None) -> dict[str, Any]:
+    """One backend's look in every panel: its framework's colour, its own line style and hollow marker,
+    markers shrinking from one backend to the next, so that curves lying exactly on top of each other
     still show every backend (concentric markers)."""
     marker, line = _STYLES[i % len(_STYLES)]
     every = max(1, n_points // 15)
-    return {"color": f"C{i % 10}", "marker": marker, "linestyle": line, "markevery": (i % every, every),
+    return {"color": row_color(name, i) if name else f"C{i % 10}", "marker": marker, "linestyle": line,
+            "markevery": (i % every, every),
             "markersize": max(11 - 2.5 * i, 3), "fillstyle": "none", "markeredgewidth": 1.2, "linewidth": 1.3}
 
 
@@ -544,19 +555,19 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         epochs = list(range(1, len(b["perplexity"]) + 1))
         ppl = [p if math.isfinite(p) else float("nan") for p in b["perplexity"]]
         tag = _plot_tag(b)
-        ax.plot(epochs, ppl, label=f"{b['name']} (train){tag}", **_style(i, len(epochs)))
+        ax.plot(epochs, ppl, label=f"{b['name']} (train){tag}", **_style(i, len(epochs), b["name"]))
         if b.get("status") == "diverged" and (finite := [k for k, p in enumerate(ppl) if math.isfinite(p)]):
             # where its curve ends: the next epoch blew up (the curve alone read as a run that just stopped)
             ax.plot([epochs[finite[-1]]], [ppl[finite[-1]]], marker="X", markersize=11, linestyle="none",
-                    color=_style(i, len(epochs))["color"], markeredgecolor="black", zorder=5)
+                    color=_style(i, len(epochs), b["name"])["color"], markeredgecolor="black", zorder=5)
         if b.get("val_perplexity"):
             ax.plot(epochs[:len(b["val_perplexity"])], b["val_perplexity"], label=f"{b['name']} (validation)",
-                    **{**_style(i, len(epochs)), "linestyle": ":", "alpha": 0.8})
+                    **{**_style(i, len(epochs), b["name"]), "linestyle": ":", "alpha": 0.8})
         ev = b.get("eval_perplexity")
         if isinstance(ev, (int, float)) and math.isfinite(ev):
             # one number, the final model's on --eval-text: a star just right of the last epoch (on it, it hid
             # behind the training curve's marker when the two perplexities were close), no line
-            st = _style(i, len(epochs))
+            st = _style(i, len(epochs), b["name"])
             ax.plot([len(epochs) + 0.35], [ev], color=st["color"], marker="*", linestyle="none",
                     markersize=st["markersize"] + 4, fillstyle="none", markeredgewidth=1.2,
                     label=f"{b['name']} (eval text)")
@@ -569,7 +580,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
                     else float("nan") for k in range(n)]
             ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"] + tag.split(" (X")[0],
-                         **_style(i, n))
+                         **_style(i, n, b["name"]))
     cfg = results["config"]
     model = Model(CELLS[cfg.get("cell", "rnn")], cfg.get("num_layers", 1), cfg.get("second_bias") == "trained").name
     init = results.get("options", {}).get("init")
@@ -654,7 +665,7 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             continue
         epochs = [c["epoch"] for c in cps]
         checkpoint_epochs += epochs
-        st = _style(i, len(epochs))
+        st = _style(i, len(epochs), b["name"])
         st.update(markevery=1)
         # a stretch that was not judged (the reference diverged in it) has no point: NaN leaves a gap
         loss = _at_floor([c["loss_deviation"] for c in cps], floor, clamped, ax_loss)
@@ -698,8 +709,10 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         if not b.get("free_run_deviation") or (b.get("judgement") or {}).get("status") == "reference":
             continue
         ax_free.plot(_at_floor(b["free_run_deviation"], floor, clamped, ax_free), linewidth=0.8, label=b["name"],
-                     linestyle=_STYLES[i % len(_STYLES)][1], color=f"C{i % 10}",
-                     marker="o" if len(b["free_run_deviation"]) == 1 else None)  # one step: a line draws nothing
+                     linestyle=_STYLES[i % len(_STYLES)][1], color=row_color(b["name"], i),
+                     # one step: a line draws nothing, so the row's own marker
+                     marker=_STYLES[i % len(_STYLES)][0] if len(b["free_run_deviation"]) == 1 else None,
+                     fillstyle="none")
     ax_free.set(yscale="log", xlabel="training step", ylabel="|loss - ref| / ref",
                 title="Free-running curves (context only: chaos, not correctness, widens them)")
     _integer_epochs(ax_free)  # steps, not epochs: whole numbers all the same

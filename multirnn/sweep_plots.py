@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from . import report
+
 MAX_PANELS = 12
 MISSING = "no finished run"
 
@@ -68,8 +70,6 @@ def _unfinished(sweep: dict[str, Any], conf: int, row: str) -> str:
 
 def _perplexity_axis(ax: Any) -> None:
     """Log scale with plain-number ticks when perplexity spans a factor of 3 or more, linear otherwise."""
-    from . import report
-
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo >= 3:
         ax.set_yscale("log")
@@ -100,7 +100,7 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
                 continue
             drawn = True
             epochs = np.arange(1, curves.shape[1] + 1)
-            color = f"C{i % 10}"
+            color = report.row_color(row, i)  # its framework's colour, as in compare's plots
             bad, judged = _disagreeing(sweep, conf["index"], row)  # a wrong row's curve can look like better training
             ax.plot(epochs, np.nanmean(curves, axis=0), color=color, linewidth=1.4,
                     linestyle=("-", "--", ":", "-.")[i % 4],
