@@ -672,7 +672,9 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         norm = _at_floor([c["norm_deviation"] for c in cps], floor, clamped, ax_loss)
         probe = _at_floor([c["probe_ratio"] for c in cps], floor, clamped, ax_probe)
         ax_loss.plot(epochs, loss, label=b["name"], **st)  # one legend entry per row: its norm is the dotted twin
-        ax_loss.plot(epochs, norm, label="_nolegend_", **{**st, "linestyle": ":", "alpha": 0.7})
+        # thin, loosely dotted, small filled markers: a row's own line may be dotted too (tensorflow's is)
+        ax_loss.plot(epochs, norm, label="_nolegend_", **{**st, "linestyle": (0, (1, 4)), "linewidth": 0.9,
+                                                           "alpha": 0.7, "fillstyle": "full", "markersize": 3})
         ax_probe.plot(epochs, probe, label=b["name"], **st)
         marks: list[tuple[Any, int, float]] = []
         for k, c in enumerate(cps):
@@ -686,7 +688,8 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             if pts := [(e, y) for a, e, y in marks if a is ax]:
                 ax.scatter([e for e, _ in pts], [y for _, y in pts], **circle)
     if rows:
-        ax_loss.plot([], [], color="gray", linestyle=":", alpha=0.7, label="dotted, faint: a row's grad norm")
+        ax_loss.plot([], [], color="gray", linestyle=(0, (1, 4)), linewidth=0.9, marker="o", markersize=3, alpha=0.7,
+                     label="thin, loosely dotted, small dots: a row's grad norm")
     if v["step_rtol"] == v["norm_rtol"]:
         ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"band {v['step_rtol']:g}")
     else:
