@@ -537,7 +537,8 @@ def _summary(sweep: dict[str, Any]) -> str:
                 m = s["median_last_perplexity"]
                 sp = next((r for r in sweep["speed"]["rows"] if r["configuration"] == conf["index"]
                            and r["row"] == s["row"]), {})
-                ci = f" [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" if m.get("ci95") else ""
+                ci = (f" (95% CI [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], n={m.get('n', '?')})" if m.get("ci95")
+                      else "")
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
                 lines.append(f"  {s['row']:<{width}} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
