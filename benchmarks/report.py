@@ -464,7 +464,7 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         m = payload["machine"]
         isa = m.get("isa", "?") + (" with ISA caps (see report.md)" if m.get("isa_caps") else "")
         ax.set(ylabel="thousand tokens/s", title=f"Training throughput, tanh RNN, d2l ed. 1 shapes, float32, {isa}\n"
-               f"median of {payload['repeats']} interleaved windows; bars: min-max")
+               f"median of {payload['repeats']} interleaved windows; whiskers: min-max")
         ax.title.set_fontsize(9)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
