@@ -159,6 +159,8 @@ def _describe_init(arrays: dict[str, np.ndarray], layout: dict[str, dict[str, An
             text = "zeros"
         elif peak / max(std, 1e-30) < 1.9:
             text = f"uniform ±{peak:.3g}"  # a uniform's max/std is √3 ≈ 1.73; a normal's is far larger
+        elif std == 0:
+            text = f"constant {float(flat[0]):.3g}"
         elif peak / std < 2.6:  # a normal cut at ±2σ (flax's lecun_normal): ≈ 2.3; an uncut one's draw reaches 3+
             text = f"truncated normal, std {std:.3g}, within ±{peak:.3g}"
         else:

@@ -567,7 +567,7 @@ def predict(
     # NaN logits make every greedy choice token 0: '<unk>' repeated, a continuation that looks like output
     if bad := non_finite_params(backend, params):
         raise ValueError(f"params hold NaN or infinite values ({', '.join(bad)}; a diverged run's?): nothing to predict.")
-    if dtype is not None and str(dtype) != params_dtype:  # MXNet raised its own error, the others mixed dtypes
+    if dtype is not None and check_dtype(dtype) != params_dtype:  # MXNet raised its own error, the others mixed dtypes
         raise ValueError(f"dtype {dtype!r}: the state must have the params' dtype, {params_dtype} (leave dtype out).")
     state = backend.init_state(1, H, params_dtype)
     outputs = [vocab[prefix[0]]]

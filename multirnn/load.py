@@ -58,6 +58,6 @@ def busy_note(cores: float | None, total: int) -> str | None:
     """The report's note when other processes took at least :data:`BUSY_CORES` cores, else None."""
     if cores is None or cores < BUSY_CORES:
         return None
-    return (f"other processes kept {cores:.1f} of this machine's {total} cores busy during the run (on average, "
+    return (f"other processes kept {cores:.1f} of the {total} cores this run could use busy during it (on average, "
             "from /proc/stat): tokens/s are below what this machine does, for small models by two orders of "
             "magnitude where threads wait for busy cores; the verdict is unaffected. Time speeds on an idle machine")

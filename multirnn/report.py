@@ -548,6 +548,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     evaluated = False
     # after the reference blew up the curves measure chaos, not a translation: compared only before that epoch
     blew_up = (results["verdict"].get("reference_diverged") or {}).get("epoch")
+    how = (results["verdict"].get("reference_diverged") or {}).get("how") or "diverged"
     compared_epochs = (blew_up - 1) if blew_up else None
     drawn_diff = 0
     fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
@@ -599,7 +600,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     if ref is not None and len(ran) > 1 and drawn_diff:
         if blew_up:
             ax_diff.axvline(blew_up - 0.5, color="black", linestyle="--", linewidth=1,
-                            label=f"{ref['name']} blew up in epoch {blew_up}: not compared from there")
+                            label=f"{ref['name']} {how} in epoch {blew_up}: not compared from there")
         own_start = init in ("framework", "independent")  # other starting weights: gaps, not deviations
         ax_diff.set(yscale="log", ylabel="|ppl - ref| / ref",
                     title=f"Relative difference from {results['verdict'].get('reference_label')} (same epoch)"
@@ -611,7 +612,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax_diff.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         if ref is not None and blew_up and len(ran) > 1:
-            why = (f"{results['verdict'].get('reference_label')} blew up in epoch {blew_up}:\nno epoch before it "
+            why = (f"{results['verdict'].get('reference_label')} {how} in epoch {blew_up}:\nno epoch before it "
                    "to compare (after it the curves measure chaos)")
         elif ref is not None:  # the reference is the only curve: the others did not finish an epoch
             why = (f"only the reference ({results['verdict'].get('reference_label')}) finished: "

@@ -565,14 +565,18 @@ def main(argv: list[str] | None = None) -> int:
             for note in opts.notes:
                 print(f"note: {note}")
             return EXIT_OK
-        made = None if out.exists() else out
+        # the outermost folder this call will create (mkdir makes the missing parents too)
+        made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
         _check_writable(out)  # before a cluster is reached or a lock taken: a one-line error, as compare's
         blas.name_openblas_core()  # before any worker loads NumPy (local ones, and a local Ray cluster's, inherit it)
         executor = _executor(opts)
     except (SpecError, compare.UsageError) as exc:
-        if made is not None:  # nothing written: no empty folder left behind (a Ray address that did not answer)
-            with contextlib.suppress(OSError):
-                made.rmdir()
+        if made is not None:  # nothing written: no empty folders left behind (a Ray address that did not answer)
+            for folder in [out, *out.parents]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+                if folder == made:
+                    break
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -615,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
            "code_version": code_version(), "command": command, "executor": desc, "stopped": engine.stopped, "machine": compare.machine_info()}
     if opts.executor == "local":  # None: not measurable here (no /proc/stat), or the session was too short
         run["other_load_cores"] = None if (busy := other_load.cores()) is None else round(busy, 2)
+        run["usable_cores"] = usable_cores()  # what the load was measured over (taskset, cgroups)
     records = engine.records
     sweep = sweep_report.aggregate(settings, configurations, groups, cells, records, opts.retries, opts.margin, run)
     plots, notes = sweep_report.write_all(sweep, out, records, cells, groups, opts.retries, make_plots=opts.plots)

@@ -324,9 +324,9 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
               "and repeats; ratio: to the fastest row of the same configuration (1.00 = fastest)."
               + (" **Contended timings**: cells shared the machine (several at once), so these are not clean "
                  "single-run speeds; rerun with `--jobs 1` for those." if contended else "")
-              + (f" **Busy machine**: {busy}." if (busy := busy_note(sweep["run"].get("other_load_cores"),
-                                                                     sweep["run"].get("machine", {}).get("cpu_count") or 0))
-                 else ""), ""]
+              + (f" **Busy machine**: {busy}." if (busy := busy_note(
+                  sweep["run"].get("other_load_cores"),
+                  sweep["run"].get("usable_cores") or sweep["run"].get("machine", {}).get("cpu_count") or 0)) else ""), ""]
     lines.append(report.markdown_table(
         [[confs[r["configuration"]]["label"], r["row"], str(r["n"]), _f(r["median"], ",.0f"),
           f"{r['min']:,.0f}-{r['max']:,.0f}" if r["n"] else "-", _f(r["ratio_to_fastest"], ".2f"),

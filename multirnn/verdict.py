@@ -49,6 +49,8 @@ NORM_RTOL: dict[str, float] = {"float32": 1e-3, "float64": 1e-9}
 # carries the norm's rounding error into every update).
 PROBE_RTOL: dict[str, float] = {"float32": 1e-3, "float64": 1e-9}
 # The updated parameter is rounded once to the dtype by every implementation: allow that much.
+# The least normal number: a zero parameter the oracle's step leaves at zero may differ by a denormal, no more.
+TINY: dict[str, float] = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
 ROUNDING: dict[str, float] = {"float32": 2 * float(np.finfo(np.float32).eps), "float64": 2 * float(np.finfo(np.float64).eps)}
 MIN_MEDIAN_BACKENDS = 3
 # A reference whose loss passes this many times a uniform guess's (ln V) has blown up: its logits are so
@@ -366,8 +368,9 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
                     # (an infinite band here passed any change at all to a parameter the step must not move)
                     checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding))
-                else:  # a zero parameter the oracle left at zero
-                    checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff, 0.0))
+                else:  # a zero parameter the oracle left at zero: moved by no more than the dtype's least number
+                    checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff,
+                                   TINY[dtype]))
             outside = []
             for what, dev, allowed in checks:
                 ratio = dev / allowed if allowed > 0 else (0.0 if dev == 0 else math.inf)

@@ -44,5 +44,5 @@ def test_the_runs_own_time_is_not_other_load(monkeypatch):
 def test_the_note_says_how_busy_and_only_when_it_matters():
     assert busy_note(None, 2) is None and busy_note(BUSY_CORES - 0.01, 2) is None
     note = busy_note(1.04, 2)
-    assert note.startswith("other processes kept 1.0 of this machine's 2 cores busy during the run")
+    assert note.startswith("other processes kept 1.0 of the 2 cores this run could use busy during it")
     assert "the verdict is unaffected" in note

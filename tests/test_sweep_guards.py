@@ -223,12 +223,12 @@ def test_an_unreachable_address_fails_at_once(tmp_path, closed_port, scheme, ray
 def test_an_address_ray_refuses_leaves_no_folder(tmp_path):
     """Refused by Ray itself (after --out was checked by creating it): an empty folder was left behind."""
     pytest.importorskip("ray", reason="Ray refuses the address itself")
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"  # its parent made by the sweep too
     proc = sweep([*TINY, "--executor", "ray", "--address", "nonsense::", "--out", str(out)], tmp_path=tmp_path,
                  timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("multirnn.sweep: error: --executor ray: "), proc.stderr
-    assert not out.exists()
-    out.mkdir()  # a folder that was there before stays
+    assert not (tmp_path / "new").exists()
+    out.mkdir(parents=True)  # a folder that was there before stays
     assert sweep([*TINY, "--executor", "ray", "--address", "nonsense::", "--out", str(out)], tmp_path=tmp_path,
                  timeout=120).returncode == 2
     assert out.is_dir()
@@ -481,6 +481,8 @@ def test_a_busy_machine_is_named_beside_the_speeds(finished):
     assert "other_load_cores" in sweep["run"]  # measured with the local executor (None: too short a session)
     sweep["run"]["other_load_cores"] = 1.3
     text = sweep_report.markdown(sweep, [])
-    assert "**Busy machine**: other processes kept 1.3 of this machine's" in text
+    assert "**Busy machine**: other processes kept 1.3 of the " in text
+    sweep["run"]["usable_cores"] = 3  # taskset: the cores the load was measured over, not the machine's
+    assert "kept 1.3 of the 3 cores this run could use" in sweep_report.markdown(sweep, [])
     sweep["run"]["other_load_cores"] = 0.1
     assert "Busy machine" not in sweep_report.markdown(sweep, [])

@@ -83,8 +83,10 @@ def test_a_parameter_the_oracles_step_leaves_unchanged_must_stay_unchanged():
     moved = probe(1, diff=8.5e-3, update=0.0, size=0.17)  # 5e-2 of the parameter
     rounded = probe(1, diff=1e-8, update=0.0, size=0.17)  # 6e-8 of it: float32 rounding (2.4e-7)
     zero = probe(1, diff=1e-9, update=0.0, size=0.0)  # a zero parameter the oracle left at zero, moved
+    denormal = probe(1, diff=1e-40, update=0.0, size=0.0)  # by a float32 denormal: rounding
     exact = probe(1, diff=0.0, update=0.0, size=0.0)
-    for probes, status in (([moved], "disagrees"), ([rounded], "agrees"), ([zero], "disagrees"), ([exact], "agrees")):
+    for probes, status in (([moved], "disagrees"), ([rounded], "agrees"), ([zero], "disagrees"), ([exact], "agrees"),
+                           ([denormal], "agrees")):
         b = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], probes)]).backend("jax")
         assert b.status == status, probes
         assert math.isfinite(b.max_probe_ratio) or status == "disagrees"

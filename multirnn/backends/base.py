@@ -257,8 +257,13 @@ def check_max_grad_norm(max_grad_norm: Any) -> None:
 
 
 def check_lr(lr: Any) -> None:
-    """A finite lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight."""
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.number)) and math.isfinite(lr) and lr >= 0):
+    """A finite real lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight. A
+    0-d array (NumPy's, or a framework's scalar tensor) is a number too."""
+    try:
+        value = float(lr) if not isinstance(lr, (bool, complex, np.complexfloating)) and np.ndim(lr) == 0 else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}.")
 
 
@@ -302,7 +307,8 @@ _SCALARS = {"train_step": {5: "lr", 6: "max_grad_norm"}, "clip_gradients": {2: "
 
 
 def _as_float(x: Any) -> Any:
-    return float(x) if isinstance(x, np.number) else x
+    """NumPy's scalars and 0-d arrays as Python floats; anything else (a framework's own scalar) as it is."""
+    return float(x) if isinstance(x, np.number) or (isinstance(x, np.ndarray) and x.ndim == 0) else x
 
 
 def _checking(method: Any, check: Any, scalars: dict[int, str] | None = None) -> Any:
