@@ -733,6 +733,9 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        # from the panel's left edge: centred over a panel narrowed by its legend, the titles ran off the figure
+        ax.set_title(ax.get_title(), loc="left", fontsize=10)
+        ax.set_title("")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
