@@ -4,6 +4,10 @@ rows; NumPy and MXNet index from the end), and a clipping bound <= 0 flips or ze
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -66,7 +70,8 @@ def test_numpy_scalars_are_numbers_and_lists_empty_batches_and_bad_rates_are_ref
     fresh = lambda: be.params_from_numpy(multirnn.init_params(V, H, seed=0))  # noqa: E731 (fast paths donate)
     # the updated weights, not the loss (computed before the update): a mishandled lr or θ would show there
     ref = be.params_to_numpy(be.train_step(fresh(), X, Y, be.init_state(B, H), 0.5, 0.1)[0])
-    for lr, theta in ((np.float32(0.5), np.float64(0.1)), (np.float64(0.5), np.float32(0.1)), (np.array(0.5), 0.1)):
+    for lr, theta in ((np.float32(0.5), np.float64(0.1)), (np.float64(0.5), np.float32(0.1)), (np.array(0.5), 0.1),
+                      (Fraction(1, 2), np.array(0.1)), (np.float16(0.5), 0.1)):
         got = be.params_to_numpy(be.train_step(fresh(), X, Y, be.init_state(B, H), lr, theta)[0])
         for k in ref:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-7, err_msg=f"{k}: lr {lr!r}, θ {theta!r}")
@@ -78,11 +83,21 @@ def test_numpy_scalars_are_numbers_and_lists_empty_batches_and_bad_rates_are_ref
     empty = np.zeros((B, 0), dtype=X.dtype)
     with pytest.raises(ValueError, match=r"X is empty \(shape \(4, 0\)\)"):
         be.loss_and_grads(fresh(), empty, empty, be.init_state(B, H))
-    for lr in (-0.5, float("nan"), float("inf"), True):
+    for lr in (-0.5, float("nan"), float("inf"), True, np.True_, "0.5", b"0.5", Decimal("0.5"), 0.5j, np.array([0.5])):
         with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
             be.train_step(fresh(), X, Y, be.init_state(B, H), lr, 1.0)
         with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
             be.sgd_step(fresh(), grads, lr)
+    for theta in (True, "1.0", 0.0, float("nan")):
+        with pytest.raises(ValueError, match="max_grad_norm must be a positive number"):
+            be.train_step(fresh(), X, Y, be.init_state(B, H), 0.5, theta)
+    # θ = inf: no clipping (MXNet's θ / max(‖g‖, θ) was inf / inf, NaN weights)
+    unclipped = be.params_to_numpy(be.train_step(fresh(), X, Y, be.init_state(B, H), 0.5, math.inf)[0])
+    oracle = multirnn.get_backend("numpy")
+    want = oracle.params_to_numpy(oracle.train_step(oracle.params_from_numpy(multirnn.init_params(V, H, seed=0)), X, Y,
+                                                    oracle.init_state(B, H), 0.5, math.inf)[0])
+    for k in want:
+        np.testing.assert_allclose(unclipped[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 def test_params_carried_between_steps_are_checked_too(setup):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
+import numbers
 from typing import Any, ClassVar
 
 import numpy as np
@@ -250,19 +251,30 @@ def check_batch(X: Any, Y: Any = None, vocab_size: int | None = None) -> None:
                          "in the same (batch, steps) layout.")
 
 
+def real_scalar(x: Any) -> float | None:
+    """``x`` as a float when it is one real number: a Python or NumPy number, a 0-d array or a framework's
+    scalar tensor; None for anything else (a str that float() would read, a bool, a complex, a Decimal)."""
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        return None
+    if isinstance(x, numbers.Real):  # int, float, Fraction, NumPy's real scalars
+        return float(x)
+    try:
+        a = np.asarray(x)
+    except Exception:  # noqa: BLE001  (a tensor that will not leave its device or graph)
+        return None
+    return float(a) if a.ndim == 0 and a.dtype.kind in "iuf" else None
+
+
 def check_max_grad_norm(max_grad_norm: Any) -> None:
-    """θ > 0: at 0 the clipping scale is 0/0, below it every gradient is flipped."""
-    if not (isinstance(max_grad_norm, (int, float, np.number)) and max_grad_norm > 0):
+    """θ > 0 (inf: no clipping): at 0 the clipping scale is 0/0, below it every gradient is flipped."""
+    value = real_scalar(max_grad_norm)
+    if value is None or not value > 0:
         raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}.")
 
 
 def check_lr(lr: Any) -> None:
-    """A finite real lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight. A
-    0-d array (NumPy's, or a framework's scalar tensor) is a number too."""
-    try:
-        value = float(lr) if not isinstance(lr, (bool, complex, np.complexfloating)) and np.ndim(lr) == 0 else None
-    except (TypeError, ValueError):
-        value = None
+    """A finite real lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight."""
+    value = real_scalar(lr)
     if value is None or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}.")
 
@@ -307,8 +319,10 @@ _SCALARS = {"train_step": {5: "lr", 6: "max_grad_norm"}, "clip_gradients": {2: "
 
 
 def _as_float(x: Any) -> Any:
-    """NumPy's scalars and 0-d arrays as Python floats; anything else (a framework's own scalar) as it is."""
-    return float(x) if isinstance(x, np.number) or (isinstance(x, np.ndarray) and x.ndim == 0) else x
+    """A checked lr or θ as a Python float: MXNet's operators took no NumPy scalar, torch's no Fraction, and
+    no framework another's tensor."""
+    value = real_scalar(x)
+    return x if value is None else value
 
 
 def _checking(method: Any, check: Any, scalars: dict[int, str] | None = None) -> Any:

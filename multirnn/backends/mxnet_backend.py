@@ -339,6 +339,12 @@ class _PackedLoss(gluon.HybridBlock):
         return (_mean_cross_entropy(F, logits, y), *(s.as_np_ndarray() for s in new_states))
 
 
+def _finite_theta(max_grad_norm: float, dtype: Any) -> float:
+    """θ for θ / max(‖g‖, θ): an infinite θ (no clipping) is the dtype's largest number, which gives the scale 1
+    where inf / inf gave NaN weights."""
+    return min(float(max_grad_norm), float(onp.finfo(onp.dtype(dtype)).max))
+
+
 class _ClipSGD(gluon.HybridBlock):
     """d2l's gradient clipping and SGD for all params in one graph: ``(lr, θ, *params, *grads,
     *masks)`` -> ``(*new params, norm)``; the first ``masked`` gradients are multiplied by their 0/1
@@ -593,7 +599,8 @@ class MXNetBackend(_MXNetBase):
         # All on the device (d2l reads every norm back to the host). θ / max(‖g‖, θ) is exactly 1
         # at or below the bound, so grads stay bit-identical, and zero grads give no 0/0.
         norm = mnp.sqrt(sum((g * g).sum() for g in grads.values()))
-        scale = max_grad_norm / mnp.maximum(norm, max_grad_norm)
+        theta = _finite_theta(max_grad_norm, next(iter(grads.values())).dtype)
+        scale = theta / mnp.maximum(norm, theta)
         return {k: g * scale for k, g in grads.items()}, norm
 
     def sgd_step(self, params: Params | PackedParams, grads: Params, lr: float) -> Params:
@@ -636,7 +643,7 @@ class MXNetBackend(_MXNetBase):
             )
         loss.backward()
         *new, norm = self._block(_ClipSGD, params)(
-            self._scalar(lr, dtype), self._scalar(max_grad_norm, dtype), *weights, *(w.grad for w in weights)
+            self._scalar(lr, dtype), self._scalar(_finite_theta(max_grad_norm, dtype), dtype), *weights, *(w.grad for w in weights)
         )
         # detach(): the state was recorded; the next step must not backpropagate into this graph.
         return dict(zip(self._names, new)), loss.detach(), norm, tuple(s.detach() for s in state)
@@ -659,7 +666,7 @@ class MXNetBackend(_MXNetBase):
             loss, *state = loss_block(self._tokens(X, flat=False), self._tokens(Y), *self._state(state, params.dtype),
                                       *weights)
         loss.backward()
-        *new, norm = clip_block(self._scalar(lr, params.dtype), self._scalar(max_grad_norm, params.dtype), *weights,
+        *new, norm = clip_block(self._scalar(lr, params.dtype), self._scalar(_finite_theta(max_grad_norm, params.dtype), params.dtype), *weights,
                                 *(w.grad for w in weights), *masks)
         return PackedParams(new), loss.detach(), norm, tuple(s.detach() for s in state)
 
@@ -992,7 +999,8 @@ class MXNetLayersBackend(_MXNetBase):
     def clip_gradients(self, grads: LayersParams | Params, max_grad_norm: float) -> tuple[Params, Any]:
         grads = self._arrays(grads)
         norm = mnp.sqrt(sum((g * g).sum() for g in grads.values()))
-        scale = max_grad_norm / mnp.maximum(norm, max_grad_norm)  # exactly 1 at or below θ; no 0/0
+        theta = _finite_theta(max_grad_norm, next(iter(grads.values())).dtype)
+        scale = theta / mnp.maximum(norm, theta)  # exactly 1 at or below θ; no 0/0
         return {k: g * scale for k, g in grads.items()}, norm
 
     def sgd_step(self, params: LayersParams, grads: LayersParams | Params, lr: float) -> LayersParams:
@@ -1017,7 +1025,7 @@ class MXNetLayersBackend(_MXNetBase):
         if clip_sgd is None:
             clip_sgd = self._clip_blocks[key] = _ClipSGD()
             clip_sgd.hybridize(static_alloc=True, static_shape=True)
-        *new, norm = clip_sgd(self._scalar(lr, params.dtype), self._scalar(max_grad_norm, params.dtype),
+        *new, norm = clip_sgd(self._scalar(lr, params.dtype), self._scalar(_finite_theta(max_grad_norm, params.dtype), params.dtype),
                               *(w.data() for w in weights), *(w.grad() for w in weights))
         for w, value in zip(weights, new):
             w.set_data(value)
