@@ -527,6 +527,17 @@ def _readable_range(ax: Any, least: float = 1.2) -> None:
         ax.set_ylim(middle / math.sqrt(least), middle * math.sqrt(least))
 
 
+def _left_titles(*axes: Any) -> None:
+    """Titles from each panel's left edge: centred over a panel narrowed by a wide legend (long row names,
+    'DISAGREES, diverged' tags), they ran off the figure's left side."""
+    for ax in axes:
+        title = ax.get_title()
+        if title:
+            size = ax.title.get_fontsize()
+            ax.set_title("")
+            ax.set_title(title, loc="left", fontsize=size)
+
+
 def _plot_tag(row: dict[str, Any]) -> str:
     """What a legend entry says of a row beyond its name: a disagreeing curve looked like better training."""
     tags = []
@@ -623,6 +634,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             why = "no reference to compare with"
         ax_diff.text(0.5, 0.5, why, ha="center", va="center", transform=ax_diff.transAxes)
         ax_diff.set_yticks([])
+    _left_titles(ax, ax_diff)
     ax_diff.set_xlabel("epoch")
     _integer_epochs(ax_diff)
     last = max((len(b["perplexity"]) for b in ran), default=1)
@@ -733,9 +745,7 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        # from the panel's left edge: centred over a panel narrowed by its legend, the titles ran off the figure
-        ax.set_title(ax.get_title(), loc="left", fontsize=10)
-        ax.set_title("")
+    _left_titles(*axes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -164,11 +164,11 @@ def test_evaluation_perplexity_is_plotted_when_measured(results, tmp_path):
     ax, _ = _draw(report.perplexity_plot, results, tmp_path)
     evals = [label for label in _labels(ax) if "eval" in label]
     assert evals == ["numpy (eval text)", f"{COPY} (eval text)"], _labels(ax)
-    assert "war_of_the_worlds.txt" in ax.get_title()
+    assert "war_of_the_worlds.txt" in ax.get_title(loc="left")
     for b in results["backends"]:
         b["eval_perplexity"] = None
     ax, _ = _draw(report.perplexity_plot, results, tmp_path)
-    assert not [label for label in _labels(ax) if "eval" in label] and "war_of" not in ax.get_title()
+    assert not [label for label in _labels(ax) if "eval" in label] and "war_of" not in ax.get_title(loc="left")
 
 
 def test_a_framework_openblas_named_by_its_backend_is_said_in_the_report(results, tmp_path):
@@ -204,15 +204,15 @@ def test_a_one_epoch_run_is_plotted_on_whole_epochs_and_a_readable_range(results
     assert hi / lo >= 1.2
     assert not ax.yaxis.get_major_formatter().get_offset()
     cfg = results["config"]
-    assert f"hidden {cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps" in ax.get_title()
+    assert f"hidden {cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps" in ax.get_title(loc="left")
 
 
 def test_the_plot_names_a_two_bias_model_and_the_initialisers(results, tmp_path):
     results["config"].update(cell="lstm", second_bias="trained")
     results["options"]["init"] = "framework"
     ax, ax_diff = _draw(report.perplexity_plot, results, tmp_path)[:2]
-    assert "lstm (two biases)" in ax.get_title() and "init framework" in ax.get_title()
-    assert "a gap, not a deviation" in ax_diff.get_title()
+    assert "lstm (two biases)" in ax.get_title(loc="left") and "init framework" in ax.get_title(loc="left")
+    assert "a gap, not a deviation" in ax_diff.get_title(loc="left")
 
 
 def test_the_second_bias_note_tells_close_numbers_apart():
@@ -257,3 +257,22 @@ def test_after_the_reference_blew_up_nothing_is_compared(results, tmp_path):
     assert not ax_diff.get_lines() and "blew up in epoch 1" in ax_diff.texts[0].get_text()
     row = next(ln for ln in report.terminal_report(results).splitlines() if ln.startswith(COPY))
     assert re.search(r"e[-+]\d\d \(to step \d+\)", row), row
+
+
+def test_no_title_runs_off_the_figure(results, tmp_path):
+    """A wide legend (a long row name tagged DISAGREES, diverged) narrowed the panels, and their centred titles
+    began left of the figure ('elative difference from ...')."""
+    copy = next(b for b in results["backends"] if b["name"] == COPY)
+    copy["judgement"].update(status="disagrees")
+    copy["status"] = "diverged"
+    for plot in (report.perplexity_plot, report.deviation_plot):
+        keep = _KeepFigures()
+        plot(results, tmp_path / "plot.png", keep)
+        fig = keep.figs[0]
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        titles = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
+        assert titles
+        for t in titles:
+            assert t.get_window_extent(renderer).x0 >= 0, (plot.__name__, t.get_text())
+        keep.plt.close(fig)
