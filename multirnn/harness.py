@@ -329,43 +329,48 @@ def train(
     # One generator drives every random choice of the data, so every backend sees the same batches.
     rng = np.random.default_rng(config.seed)
     wanted = set(checkpoint_epochs) if on_checkpoint is not None else set()
-    for epoch in range(1, config.num_epochs + 1):
-        if epoch in wanted:
-            on_checkpoint(Checkpoint(epoch, len(history.step_loss), backend.params_to_numpy(p),  # type: ignore[misc]
-                                     copy.deepcopy(rng.bit_generator.state)))
-        start = time.perf_counter()
-        step_hook = (lambda step, e=epoch: on_step(e, step)) if on_step is not None else None
-        steps = run_epoch(backend, config, data, p, rng, on_step=step_hook)
-        p = steps.params
-        seconds = time.perf_counter() - start
-        # Diverged: a loss that is not finite, or so large that exp(loss) overflows (perplexity inf).
-        bad = next((i for i, v in enumerate(steps.losses) if not (math.isfinite(v) and v <= MAX_LOSS)), None)
-        if bad is not None:
-            history.step_loss += steps.losses[:bad]
-            history.step_grad_norm += steps.norms[:bad]
-            global_step = len(history.step_loss) + 1
-            raise TrainingDivergedError(
-                f"Training diverged: loss is {steps.losses[bad]:.4g} at epoch {epoch}, step {bad + 1} of that epoch "
-                f"(global step {global_step}) with backend {backend.name!r}"
-                + (f" (impl {backend.impl!r})" if getattr(backend, "impl", "scratch") != "scratch" else "") + ". "
-                + ("At the first step no update has happened yet: the params or the backend's loss are at fault, "
-                   "not the lr." if global_step == 1 else "Try a smaller lr or max_grad_norm."),
-                history,
-                epoch,
-                bad + 1,
-            )
-        history.step_loss += steps.losses
-        history.step_grad_norm += steps.norms
-        history.steps_per_epoch.append(len(steps.losses))
-        history.perplexity.append(safe_perplexity(float(np.dot(steps.losses, steps.sizes) / sum(steps.sizes))))
-        history.epoch_seconds.append(seconds)
-        history.tokens_per_sec.append(sum(steps.sizes) / seconds)
-        if data.windows is not None and data.windows.num_val:
-            # the training loop's own params: no check (it converts them to NumPy) every epoch
-            history.val_perplexity.append(_zero_state_perplexity(backend, p, data.val_batches(), config.num_hiddens,
-                                                                 config.dtype))
-        if callback is not None:
-            callback(epoch, history)
+    try:
+        for epoch in range(1, config.num_epochs + 1):
+            if epoch in wanted:
+                on_checkpoint(Checkpoint(epoch, len(history.step_loss), backend.params_to_numpy(p),  # type: ignore[misc]
+                                         copy.deepcopy(rng.bit_generator.state)))
+            start = time.perf_counter()
+            step_hook = (lambda step, e=epoch: on_step(e, step)) if on_step is not None else None
+            steps = run_epoch(backend, config, data, p, rng, on_step=step_hook)
+            p = steps.params
+            seconds = time.perf_counter() - start
+            # Diverged: a loss that is not finite, or so large that exp(loss) overflows (perplexity inf).
+            bad = next((i for i, v in enumerate(steps.losses) if not (math.isfinite(v) and v <= MAX_LOSS)), None)
+            if bad is not None:
+                history.step_loss += steps.losses[:bad]
+                history.step_grad_norm += steps.norms[:bad]
+                global_step = len(history.step_loss) + 1
+                raise TrainingDivergedError(
+                    f"Training diverged: loss is {steps.losses[bad]:.4g} at epoch {epoch}, step {bad + 1} of that epoch "
+                    f"(global step {global_step}) with backend {backend.name!r}"
+                    + (f" (impl {backend.impl!r})" if getattr(backend, "impl", "scratch") != "scratch" else "") + ". "
+                    + ("At the first step no update has happened yet: the params or the backend's loss are at fault, "
+                       "not the lr." if global_step == 1 else "Try a smaller lr or max_grad_norm."),
+                    history,
+                    epoch,
+                    bad + 1,
+                )
+            history.step_loss += steps.losses
+            history.step_grad_norm += steps.norms
+            history.steps_per_epoch.append(len(steps.losses))
+            history.perplexity.append(safe_perplexity(float(np.dot(steps.losses, steps.sizes) / sum(steps.sizes))))
+            history.epoch_seconds.append(seconds)
+            history.tokens_per_sec.append(sum(steps.sizes) / seconds)
+            if data.windows is not None and data.windows.num_val:
+                # the training loop's own params: no check (it converts them to NumPy) every epoch
+                history.val_perplexity.append(_zero_state_perplexity(backend, p, data.val_batches(), config.num_hiddens,
+                                                                     config.dtype))
+            if callback is not None:
+                callback(epoch, history)
+    except Exception as exc:
+        if not isinstance(exc, TrainingDivergedError):  # the epochs finished before a crash: the worker keeps them
+            exc.partial_history = history  # type: ignore[attr-defined]
+        raise
     return TrainResult(backend, config, history, p, data.vocab)
 
 

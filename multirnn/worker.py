@@ -362,6 +362,9 @@ def run(task: WorkerTask, progress: Channel) -> None:
             result["lockstep"] = _lockstep(backend, config, data, task, progress)
     except Exception as exc:  # a Python-level crash: record it, the row says "crashed"
         result.update(status="crashed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        partial = getattr(exc, "partial_history", None)
+        if partial is not None and partial.perplexity and not result.get("perplexity"):
+            result.update(partial.to_dict())  # the curve up to the crash: the plots and curves.csv show it
     finally:  # a row that never got its framework measured nothing (missing, refused, or failing to import)
         result["peak_rss_mb"] = peak_rss_mb() if measured else None
         write_json_atomic(task.out_path, result)

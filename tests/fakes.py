@@ -139,6 +139,22 @@ class MovesWhatTheOracleLeaves(NumpyBackend):
         return params, loss, norm, state
 
 
+class CrashesInTheThirdEpoch(NumpyBackend):
+    """Raises at its 80th training step: in the third epoch of tests' TINY settings (37 steps an epoch)."""
+
+    name = "crashes-in-the-third-epoch"
+    calls = 0
+
+    def version(self) -> str:
+        return "fake"
+
+    def train_step(self, params, X, Y, state, lr, max_grad_norm):
+        type(self).calls += 1
+        if type(self).calls >= 80:
+            raise RuntimeError("boom in the third epoch")
+        return super().train_step(params, X, Y, state, lr, max_grad_norm)
+
+
 def not_installed(*frameworks: str) -> str:
     """A ``sitecustomize.py`` that makes ``frameworks`` look uninstalled as on a machine without them: the
     modules do not import and their distributions have no metadata (``multirnn.info.installed_version``

@@ -507,3 +507,16 @@ def test_weights_that_overflowed_after_a_finite_loss_do_not_turn_a_trained_row_i
     assert row["error"].startswith("the weights after the last update hold NaN or infinite values (")
     assert "no samples or evaluation perplexity" in row["error"] and row["samples"] == {}
     assert "the weights after the last update hold NaN" in (out / "report.md").read_text()
+
+
+def test_a_row_that_crashed_mid_run_keeps_its_curve_up_to_the_crash(tmp_path):
+    """Its epochs before the crash were lost (perplexity []): the plots and curves.csv left the row out."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,tests.fakes:CrashesInTheThirdEpoch", *TINY, "--lockstep", "off", "--no-plot",
+                    "--out", str(out)])
+    assert proc.returncode == 1, proc.stderr
+    row = next(b for b in strict_json(out / "results.json")["backends"] if b["name"] != "numpy")
+    assert row["status"] == "crashed" and "boom in the third epoch" in row["error"]
+    assert len(row["perplexity"]) == 2 and row["steps_per_epoch"] == [37, 37], row
+    crashed_rows = [ln for ln in (out / "curves.csv").read_text().splitlines() if ln.startswith("tests.fakes:Crashes")]
+    assert len(crashed_rows) == 2
