@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(finite_or_none(measure_framework(args.child)), allow_nan=False, default=str))
             return EXIT_OK
         frameworks = _frameworks(",".join(FRAMEWORKS) if args.frameworks is None else args.frameworks)
+        if args.json == "":  # measured everything, then wrote nothing
+            raise UsageError("--json '': name the file to write")
         if args.json:  # checked before minutes of measuring, not after them
             from .files import check_writable
 

@@ -220,6 +220,8 @@ def test_an_unwritable_json_path_is_refused_before_measuring(tmp_path, capsys: p
     assert "cannot write there" in capsys.readouterr().err
     assert conformance.main(["--frameworks", "torch", "--json", str(tmp_path)]) == 2
     assert "is a folder: name the file to write" in capsys.readouterr().err
+    assert conformance.main(["--frameworks", "torch", "--json", ""]) == 2
+    assert "--json '': name the file to write" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".write-test")]  # the probe is removed
 
 
