@@ -67,7 +67,8 @@ class RunProgress:
             )
             self._overall = self._live.add_task("[bold]overall", total=max(sum(jobs.values()), 1e-9), status="")
             for name, units in jobs.items():
-                self._tasks[name] = self._live.add_task(name[:14], total=max(units, 1e-9), status="waiting",
+                short = name if len(name) <= 14 else name[:13] + "…"  # cut, and seen to be cut
+                self._tasks[name] = self._live.add_task(short, total=max(units, 1e-9), status="waiting",
                                                         start=False)
             self._live.start()
 

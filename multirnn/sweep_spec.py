@@ -149,6 +149,9 @@ def read_toml(path: str, parser: argparse.ArgumentParser) -> SpecFile:
         if dest not in known or dest in ("spec", "help"):
             raise SpecError(f"--spec {path!r}: unknown key {key!r} (keys are the command-line options, "
                             "e.g. backends, dtype, hidden, seeds)")
+        if dest in ("resume", "overwrite"):  # in a file, every run of it would clear (or insist on) its folder
+            raise SpecError(f"--spec {path!r}: {key} is for the command line, one run at a time: remove it from "
+                            f"the file and add --{key.replace('_', '-')} to the command")
         if isinstance(value, dict):
             raise SpecError(f"--spec {path!r}: {key} must be a value or a list of values, not a table")
         if dest in out.values:  # batch_size and batch-size: one would silently win

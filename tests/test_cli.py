@@ -86,12 +86,14 @@ def test_a_narrow_terminal_cuts_the_status_not_the_times(monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "80")
     stream = Tty()
-    with prog.RunProgress({"numpy": 30}, stream=stream) as p:
+    with prog.RunProgress({"numpy": 30, "tests.fakes:OracleCopy": 30}, stream=stream) as p:
         p.start("numpy")
         p.update("numpy", 10, "epoch 10/30  perplexity 17.325  607,925 tokens/s")
+        p.start("tests.fakes:OracleCopy")
     rows = [re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", ln) for ln in re.split(r"[\r\n]", stream.getvalue())]
     row = next(r for r in reversed(rows) if r.startswith("numpy") and "epoch 10/30" in r)
     assert len(row) <= 80 and "…" in row
+    assert any(r.startswith("tests.fakes:O… ") for r in rows)  # a long row name is cut, and seen to be
     assert re.search(r"\d:\d\d:\d\d ETA (\d|-):(\d\d|--):(\d\d|--)$", row.rstrip()), row
 
 

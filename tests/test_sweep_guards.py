@@ -339,6 +339,10 @@ def test_a_partial_aggregate_uses_only_the_seeds_every_row_finished(tmp_path):
     ("epochs = []", "--spec 'sweep.toml': epochs = []: is empty"),
     ('impl = "bogus"', "--spec 'sweep.toml': impl = \"bogus\": expected scratch, layers, all or a comma list of them"),
     ('text = "missing.txt"', "--spec 'sweep.toml': text = \"missing.txt\": no such file"),  # found by compare's plan
+    ("overwrite = true", "--spec 'sweep.toml': overwrite is for the command line, one run at a time: remove it from "
+                         "the file and add --overwrite to the command"),
+    ("resume = true", "--spec 'sweep.toml': resume is for the command line, one run at a time: remove it from "
+                      "the file and add --resume to the command"),
 ])
 def test_a_bad_value_in_a_spec_file_is_named_there(tmp_path, monkeypatch, capsys, line, message):
     monkeypatch.chdir(tmp_path)
