@@ -241,9 +241,9 @@ def check_batch(X: Any, Y: Any = None, vocab_size: int | None = None) -> None:
                              f"dtype {a.dtype}.")
         if a.size == 0:  # each framework failed in its own words, and JAX's layers returned a NaN loss
             raise ValueError(f"{name} is empty (shape {a.shape}): a batch needs at least one sequence of one step.")
-        if a.size and a.min() < 0:
+        if a.min() < 0:
             raise ValueError(f"{name} holds negative token ids (min {a.min()}); ids are 0 .. vocab_size - 1.")
-        if a.size and vocab_size is not None and a.max() >= vocab_size:
+        if vocab_size is not None and a.max() >= vocab_size:
             raise ValueError(f"{name} holds token id {a.max()}, beyond the params' vocabulary of {vocab_size} "
                              f"(ids are 0 .. {vocab_size - 1}).")
     if isinstance(X, np.ndarray) and isinstance(Y, np.ndarray) and X.shape != Y.shape:
@@ -265,18 +265,21 @@ def real_scalar(x: Any) -> float | None:
     return float(a) if a.ndim == 0 and a.dtype.kind in "iuf" else None
 
 
-def check_max_grad_norm(max_grad_norm: Any) -> None:
-    """θ > 0 (inf: no clipping): at 0 the clipping scale is 0/0, below it every gradient is flipped."""
+def check_max_grad_norm(max_grad_norm: Any) -> float:
+    """θ > 0 (inf: no clipping) as a float: at 0 the clipping scale is 0/0, below it every gradient is flipped."""
     value = real_scalar(max_grad_norm)
     if value is None or not value > 0:
         raise ValueError(f"max_grad_norm must be a positive number, got {max_grad_norm!r}.")
+    return value
 
 
-def check_lr(lr: Any) -> None:
-    """A finite real lr >= 0 (TrainConfig's rule): a negative one climbs the loss, NaN ruins every weight."""
+def check_lr(lr: Any) -> float:
+    """A finite real lr >= 0 as a float (TrainConfig's rule): a negative one climbs the loss, NaN ruins every
+    weight."""
     value = real_scalar(lr)
     if value is None or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}.")
+    return value
 
 
 # ``args`` are a call's positional arguments, ``self`` first: (self, params, X, Y, state, lr, max_grad_norm)
@@ -291,47 +294,36 @@ def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
     check_batch(X, Y, vocab_size)
 
 
-def _check_train_args(args: tuple, kwargs: dict) -> None:
-    _check_batch_args(args, kwargs, True)
-    check_lr(args[5] if len(args) > 5 else kwargs.get("lr"))
-    check_max_grad_norm(args[6] if len(args) > 6 else kwargs.get("max_grad_norm"))
-
-
-def _check_clip_args(args: tuple, kwargs: dict) -> None:  # (self, grads, max_grad_norm)
-    check_max_grad_norm(args[2] if len(args) > 2 else kwargs.get("max_grad_norm"))
-
-
-def _check_sgd_args(args: tuple, kwargs: dict) -> None:  # (self, params, grads, lr)
-    check_lr(args[3] if len(args) > 3 else kwargs.get("lr"))
-
-
 _CHECKS = {
     "forward": lambda a, k: _check_batch_args(a, k, False),
     "loss_and_grads": lambda a, k: _check_batch_args(a, k, True),
     "evaluate_loss": lambda a, k: _check_batch_args(a, k, True),
-    "train_step": _check_train_args,
-    "clip_gradients": _check_clip_args,
-    "sgd_step": _check_sgd_args,
+    "train_step": lambda a, k: _check_batch_args(a, k, True),
+    "clip_gradients": None,
+    "sgd_step": None,
 }
-# The scalar arguments, by position in (self, *args) and name, handed on as Python floats: MXNet's NumPy
-# operators crashed on a NumPy scalar θ (np.float64(1.0): 'numpy.float64' object has no attribute 'ctx').
-_SCALARS = {"train_step": {5: "lr", 6: "max_grad_norm"}, "clip_gradients": {2: "max_grad_norm"}, "sgd_step": {3: "lr"}}
+# The scalar arguments, by position in (self, *args): name and rule. Each is checked and handed on as the Python
+# float its rule returns: MXNet's operators took no NumPy scalar (np.float64(1.0): 'numpy.float64' object has
+# no attribute 'ctx'), torch's no Fraction, and no framework another's tensor.
+_SCALARS: dict[str, dict[int, tuple[str, Any]]] = {
+    "train_step": {5: ("lr", check_lr), 6: ("max_grad_norm", check_max_grad_norm)},
+    "clip_gradients": {2: ("max_grad_norm", check_max_grad_norm)},
+    "sgd_step": {3: ("lr", check_lr)},
+}
 
 
-def _as_float(x: Any) -> Any:
-    """A checked lr or θ as a Python float: MXNet's operators took no NumPy scalar, torch's no Fraction, and
-    no framework another's tensor."""
-    value = real_scalar(x)
-    return x if value is None else value
-
-
-def _checking(method: Any, check: Any, scalars: dict[int, str] | None = None) -> Any:
+def _checking(method: Any, check: Any, scalars: dict[int, tuple[str, Any]] | None = None) -> Any:
     @functools.wraps(method)
     def checked(self: Backend, *args: Any, **kwargs: Any) -> Any:
-        check((self, *args), kwargs)
+        if check is not None:
+            check((self, *args), kwargs)
         if scalars:
-            args = tuple(_as_float(a) if i + 1 in scalars else a for i, a in enumerate(args))
-            kwargs = {k: _as_float(v) if k in scalars.values() else v for k, v in kwargs.items()}
+            args = list(args)
+            for position, (name, rule) in scalars.items():
+                if position - 1 < len(args):
+                    args[position - 1] = rule(args[position - 1])
+                else:
+                    kwargs[name] = rule(kwargs.get(name))
         return method(self, *args, **kwargs)
 
     checked._checks_inputs = True  # type: ignore[attr-defined]
