@@ -345,6 +345,15 @@ def _finite_theta(max_grad_norm: float, dtype: Any) -> float:
     return min(float(max_grad_norm), float(onp.finfo(onp.dtype(dtype)).max))
 
 
+def _clip(grads: dict[str, Any], max_grad_norm: float) -> tuple[dict[str, Any], Any]:
+    """Eager clipping, both implementations': all on the device (d2l reads every norm back to the host).
+    θ / max(‖g‖, θ) is exactly 1 at or below the bound, so grads stay bit-identical, and zero grads give no 0/0."""
+    norm = mnp.sqrt(sum((g * g).sum() for g in grads.values()))
+    theta = _finite_theta(max_grad_norm, next(iter(grads.values())).dtype)
+    scale = theta / mnp.maximum(norm, theta)
+    return {k: g * scale for k, g in grads.items()}, norm
+
+
 class _ClipSGD(gluon.HybridBlock):
     """d2l's gradient clipping and SGD for all params in one graph: ``(lr, θ, *params, *grads,
     *masks)`` -> ``(*new params, norm)``; the first ``masked`` gradients are multiplied by their 0/1
@@ -431,6 +440,10 @@ class _MXNetBase(Backend):
     def _state(self, state: State, dtype: str) -> tuple:
         """The state on the device (NumPy arrays are converted to the params' dtype)."""
         return tuple(self._array(s, dtype=None if isinstance(s, mnp.ndarray) else dtype) for s in state)
+
+    def _theta(self, max_grad_norm: float, dtype: str) -> Any:
+        """θ as the compiled clipping graphs take it (:meth:`_scalar`), an infinite one made finite."""
+        return self._scalar(_finite_theta(max_grad_norm, dtype), dtype)
 
     def _scalar(self, value: float, dtype: str) -> Any:
         key = (float(value), dtype)
@@ -596,12 +609,7 @@ class MXNetBackend(_MXNetBase):
         return loss, grads, tuple(s.detach() for s in state)
 
     def clip_gradients(self, grads: Params, max_grad_norm: float) -> tuple[Params, Any]:
-        # All on the device (d2l reads every norm back to the host). θ / max(‖g‖, θ) is exactly 1
-        # at or below the bound, so grads stay bit-identical, and zero grads give no 0/0.
-        norm = mnp.sqrt(sum((g * g).sum() for g in grads.values()))
-        theta = _finite_theta(max_grad_norm, next(iter(grads.values())).dtype)
-        scale = theta / mnp.maximum(norm, theta)
-        return {k: g * scale for k, g in grads.items()}, norm
+        return _clip(grads, max_grad_norm)
 
     def sgd_step(self, params: Params | PackedParams, grads: Params, lr: float) -> Params:
         params = self._dict(params, fresh=True)
@@ -643,7 +651,7 @@ class MXNetBackend(_MXNetBase):
             )
         loss.backward()
         *new, norm = self._block(_ClipSGD, params)(
-            self._scalar(lr, dtype), self._scalar(_finite_theta(max_grad_norm, dtype), dtype), *weights, *(w.grad for w in weights)
+            self._scalar(lr, dtype), self._theta(max_grad_norm, dtype), *weights, *(w.grad for w in weights)
         )
         # detach(): the state was recorded; the next step must not backpropagate into this graph.
         return dict(zip(self._names, new)), loss.detach(), norm, tuple(s.detach() for s in state)
@@ -666,7 +674,7 @@ class MXNetBackend(_MXNetBase):
             loss, *state = loss_block(self._tokens(X, flat=False), self._tokens(Y), *self._state(state, params.dtype),
                                       *weights)
         loss.backward()
-        *new, norm = clip_block(self._scalar(lr, params.dtype), self._scalar(_finite_theta(max_grad_norm, params.dtype), params.dtype), *weights,
+        *new, norm = clip_block(self._scalar(lr, params.dtype), self._theta(max_grad_norm, params.dtype), *weights,
                                 *(w.grad for w in weights), *masks)
         return PackedParams(new), loss.detach(), norm, tuple(s.detach() for s in state)
 
@@ -997,11 +1005,7 @@ class MXNetLayersBackend(_MXNetBase):
         return loss, {k: p.grad().copy() for k, p in params.parameters.items()}, state
 
     def clip_gradients(self, grads: LayersParams | Params, max_grad_norm: float) -> tuple[Params, Any]:
-        grads = self._arrays(grads)
-        norm = mnp.sqrt(sum((g * g).sum() for g in grads.values()))
-        theta = _finite_theta(max_grad_norm, next(iter(grads.values())).dtype)
-        scale = theta / mnp.maximum(norm, theta)  # exactly 1 at or below θ; no 0/0
-        return {k: g * scale for k, g in grads.items()}, norm
+        return _clip(self._arrays(grads), max_grad_norm)
 
     def sgd_step(self, params: LayersParams, grads: LayersParams | Params, lr: float) -> LayersParams:
         grads = self._arrays(grads)
@@ -1025,7 +1029,7 @@ class MXNetLayersBackend(_MXNetBase):
         if clip_sgd is None:
             clip_sgd = self._clip_blocks[key] = _ClipSGD()
             clip_sgd.hybridize(static_alloc=True, static_shape=True)
-        *new, norm = clip_sgd(self._scalar(lr, params.dtype), self._scalar(_finite_theta(max_grad_norm, params.dtype), params.dtype),
+        *new, norm = clip_sgd(self._scalar(lr, params.dtype), self._theta(max_grad_norm, params.dtype),
                               *(w.data() for w in weights), *(w.grad() for w in weights))
         for w, value in zip(weights, new):
             w.set_data(value)
