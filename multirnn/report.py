@@ -96,7 +96,7 @@ def free_run_cell(b: dict[str, Any], results: dict[str, Any]) -> str:
     text = _fmt(j.get("free_run_max_deviation"), ".1e")
     if (results["verdict"].get("reference_diverged") and j.get("status") != "reference"
             and j.get("free_run_max_deviation") is not None):
-        text += f" (to step {len(b.get('free_run_deviation') or j.get('free_run_deviation') or ())})"
+        text += f" (to step {len(b.get('free_run_deviation') or ())})"
     return text
 
 
@@ -395,8 +395,8 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         f"({results['machine'].get('isa', '?')}"
         + (f", capped: {', '.join(f'{k}={v}' for k, v in results['machine']['isa_caps'].items())}"
            if results["machine"].get("isa_caps") else "") + f"), Python {results['machine']['python']}, "
-        f"multirnn {results.get('code_version') or results.get('multirnn_version', '?')}" + openblas_note(results["machine"])
-        + _hosts_note(results["machine"]),
+        f"multirnn {results.get('code_version') or results.get('multirnn_version', '?')}"
+        + openblas_note(results["machine"]) + _hosts_note(results["machine"]),
         "",
         "## Verdict",
         "",
@@ -427,7 +427,8 @@ def curves_csv(results: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     # eval_perplexity: the final model's on --eval-text, one number, on the row of the last epoch
-    w.writerow(["backend", "epoch", "perplexity", "val_perplexity", "epoch_seconds", "tokens_per_sec", "eval_perplexity"])
+    w.writerow(["backend", "epoch", "perplexity", "val_perplexity", "epoch_seconds", "tokens_per_sec",
+                "eval_perplexity"])
     for b in results["backends"]:
         val, ppls = b.get("val_perplexity") or [], b.get("perplexity") or []
         ev = b.get("eval_perplexity")
@@ -538,13 +539,14 @@ def _left_titles(*axes: Any) -> None:
             ax.set_title(title, loc="left", fontsize=size)
 
 
-def _plot_tag(row: dict[str, Any]) -> str:
-    """What a legend entry says of a row beyond its name: a disagreeing curve looked like better training."""
+def _plot_tag(row: dict[str, Any], marked: bool = False) -> str:
+    """What a legend entry says of a row beyond its name: a disagreeing curve looked like better training.
+    ``marked``: the panel marks a diverged curve's last epoch with an X, and the tag says so."""
     tags = []
     if (row.get("judgement") or {}).get("status") == "disagrees":
         tags.append("DISAGREES")
     if row.get("status") in ("diverged", "crashed", "interrupted"):
-        tags.append(row["status"] + (" (X: its last epoch)" if row["status"] == "diverged" else ""))
+        tags.append(row["status"] + (" (X: its last epoch)" if marked and row["status"] == "diverged" else ""))
     return f": {', '.join(tags)}" if tags else ""
 
 
@@ -558,16 +560,16 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     clamped: set[int] = set()
     evaluated = False
     # after the reference blew up the curves measure chaos, not a translation: compared only before that epoch
-    blew_up = (results["verdict"].get("reference_diverged") or {}).get("epoch")
-    how = (results["verdict"].get("reference_diverged") or {}).get("how") or "diverged"
+    diverged = results["verdict"].get("reference_diverged") or {}
+    blew_up, how = diverged.get("epoch"), diverged.get("how") or "diverged"
     compared_epochs = (blew_up - 1) if blew_up else None
     drawn_diff = 0
     fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(8, 7), gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
     for i, b in enumerate(ran):
         epochs = list(range(1, len(b["perplexity"]) + 1))
         ppl = [p if math.isfinite(p) else float("nan") for p in b["perplexity"]]
-        tag = _plot_tag(b)
-        ax.plot(epochs, ppl, label=f"{b['name']} (train){tag}", **_style(i, len(epochs), b["name"]))
+        ax.plot(epochs, ppl, label=f"{b['name']} (train){_plot_tag(b, marked=True)}",
+                **_style(i, len(epochs), b["name"]))
         if b.get("status") == "diverged" and (finite := [k for k, p in enumerate(ppl) if math.isfinite(p)]):
             # where its curve ends: the next epoch blew up (the curve alone read as a run that just stopped)
             ax.plot([epochs[finite[-1]]], [ppl[finite[-1]]], marker="X", markersize=11, linestyle="none",
@@ -591,7 +593,7 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
             drawn_diff += 1
             diff = [abs(ppl[k] - ref["perplexity"][k]) / ref["perplexity"][k] if math.isfinite(ref["perplexity"][k])
                     else float("nan") for k in range(n)]
-            ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"] + tag.split(" (X")[0],
+            ax_diff.plot(epochs[:n], _at_floor(diff, floor, clamped, ax_diff), label=b["name"] + _plot_tag(b),
                          **_style(i, n, b["name"]))
     cfg = results["config"]
     model = Model(CELLS[cfg.get("cell", "rnn")], cfg.get("num_layers", 1), cfg.get("second_bias") == "trained").name
