@@ -33,7 +33,7 @@ from . import __version__, blas, compare, lockstep, report, verdict
 from .backends import _REGISTRY, refusal
 from .files import check_writable
 from .info import installed_version
-from .load import OtherLoad, busy_note
+from .load import OtherLoad
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.cleanup(opts.keep_checkpoints)
     store.log("aggregate", complete=complete, stopped=engine.stopped)
     print(_summary(sweep))
-    if busy := busy_note(run.get("other_load_cores"), run.get("usable_cores") or 0):
+    if busy := sweep_report.run_busy_note(run):
         notes = [*notes, busy]  # beside the speeds just printed, as report.md says it
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -61,6 +61,11 @@ def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], ret
     return results
 
 
+def run_busy_note(run: dict[str, Any]) -> str | None:
+    """The busy-machine note of a sweep session (sweep.json's ``run``; the console and report.md say it)."""
+    return busy_note(run.get("other_load_cores"), run.get("usable_cores") or 0)
+
+
 def group_machine(runs: list[dict[str, Any]], driver: dict[str, Any]) -> dict[str, Any]:
     """The machine a group's rows ran on: a Ray node's where they ran on one (``driver``, the sweep's own
     machine, otherwise), with ``hosts`` naming every host where they ran on several."""
@@ -324,9 +329,7 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
               "and repeats; ratio: to the fastest row of the same configuration (1.00 = fastest)."
               + (" **Contended timings**: cells shared the machine (several at once), so these are not clean "
                  "single-run speeds; rerun with `--jobs 1` for those." if contended else "")
-              + (f" **Busy machine**: {busy}." if (busy := busy_note(
-                  sweep["run"].get("other_load_cores"),
-                  sweep["run"].get("usable_cores") or sweep["run"].get("machine", {}).get("cpu_count") or 0)) else ""), ""]
+              + (f" **Busy machine**: {busy}." if (busy := run_busy_note(sweep["run"])) else ""), ""]
     lines.append(report.markdown_table(
         [[confs[r["configuration"]]["label"], r["row"], str(r["n"]), _f(r["median"], ",.0f"),
           f"{r['min']:,.0f}-{r['max']:,.0f}" if r["n"] else "-", _f(r["ratio_to_fastest"], ".2f"),
