@@ -12,23 +12,6 @@ from pathlib import Path
 from multirnn.backends.numpy_backend import NumpyBackend
 
 
-class HangingBackend(NumpyBackend):
-    """Stops making progress at its 5th training step, as a deadlocked framework would."""
-
-    name = "hanging"
-    calls = 0
-
-    def version(self) -> str:
-        return "fake"
-
-    def train_step(self, params, X, Y, state, lr, max_grad_norm):
-        type(self).calls += 1
-        if type(self).calls >= 5:
-            while True:
-                time.sleep(1)
-        return super().train_step(params, X, Y, state, lr, max_grad_norm)
-
-
 class SlowBackend(NumpyBackend):
     """The oracle, slowed down so that a test can interrupt it while it trains."""
 
@@ -42,25 +25,37 @@ class SlowBackend(NumpyBackend):
         return super().train_step(params, X, Y, state, lr, max_grad_norm)
 
 
-class _FirstStepHook(NumpyBackend):
-    """The oracle, which runs :meth:`first_step` once, at its worker's first training step."""
+class _StepHook(NumpyBackend):
+    """The oracle, which runs :meth:`hook` once, at its worker's ``at``-th training step."""
 
-    done = False
+    at = 1
+    calls = 0
 
     def version(self) -> str:
         return "fake"
 
-    def first_step(self) -> None:
+    def hook(self) -> None:
         raise NotImplementedError
 
     def train_step(self, params, X, Y, state, lr, max_grad_norm):
-        if not type(self).done:
-            type(self).done = True
-            self.first_step()
+        type(self).calls += 1
+        if type(self).calls == self.at:
+            self.hook()
         return super().train_step(params, X, Y, state, lr, max_grad_norm)
 
 
-class RendezvousBackend(_FirstStepHook):
+class HangingBackend(_StepHook):
+    """Stops making progress at its 5th training step, as a deadlocked framework would."""
+
+    name = "hanging"
+    at = 5
+
+    def hook(self) -> None:
+        while True:
+            time.sleep(1)
+
+
+class RendezvousBackend(_StepHook):
     """Waits at its first training step (up to 30 s) until another worker of the run has also reached
     its own: it proves that two rows ran side by side. In the folder named by
     ``MULTIRNN_TEST_RENDEZVOUS`` it leaves ``arrived-PID`` and ``CLASSNAME.json``: whether the
@@ -68,7 +63,7 @@ class RendezvousBackend(_FirstStepHook):
 
     name = "rendezvous"
 
-    def first_step(self) -> None:
+    def hook(self) -> None:
         folder = Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"])
         (folder / f"arrived-{os.getpid()}").touch()
         end = time.monotonic() + 30
@@ -83,13 +78,13 @@ class RendezvousBackend2(RendezvousBackend):
     """A second row of the same (rows need distinct names)."""
 
 
-class OracleWatcher(_FirstStepHook):
+class OracleWatcher(_StepHook):
     """Notes at its first training step whether the run's oracle worker is still running (the parent
     keeps its task file from its start to its end) in ``$MULTIRNN_TEST_RENDEZVOUS/OracleWatcher.json``."""
 
     name = "oracle-watcher"
 
-    def first_step(self) -> None:
+    def hook(self) -> None:
         oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
         (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
             json.dumps({"oracle_running": oracle_task.exists()}))
@@ -139,20 +134,14 @@ class MovesWhatTheOracleLeaves(NumpyBackend):
         return params, loss, norm, state
 
 
-class CrashesInTheThirdEpoch(NumpyBackend):
+class CrashesInTheThirdEpoch(_StepHook):
     """Raises at its 80th training step: in the third epoch of tests' TINY settings (37 steps an epoch)."""
 
     name = "crashes-in-the-third-epoch"
-    calls = 0
+    at = 80
 
-    def version(self) -> str:
-        return "fake"
-
-    def train_step(self, params, X, Y, state, lr, max_grad_norm):
-        type(self).calls += 1
-        if type(self).calls >= 80:
-            raise RuntimeError("boom in the third epoch")
-        return super().train_step(params, X, Y, state, lr, max_grad_norm)
+    def hook(self) -> None:
+        raise RuntimeError("boom in the third epoch")
 
 
 def not_installed(*frameworks: str) -> str:
