@@ -55,8 +55,8 @@ from .data import (
     text_notes,
 )
 from .files import check_writable, clear_written, write_json_atomic
-from .load import OtherLoad, busy_note
 from .harness import TrainingData, clean_prefix, prepare_data
+from .load import OtherLoad, busy_note
 from .progress import RunProgress, backend_status
 from .provenance import code_version
 from .runner import (
