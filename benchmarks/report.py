@@ -573,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: cannot read {str(folder / 'results.json')!r}: "
                        f"{getattr(exc, 'strerror', None) or exc}\n")
     # (no "main" yet: a run stopped after its floors, which renders what it has)
-    missing = [k for k in ("big_gemm", "floors") if not isinstance(payload, dict) or k not in payload]
+    # what bench_train writes before its first measurement (a hand-made file may lack any of it)
+    missing = [k for k in ("big_gemm", "floors", "machine", "command", "created", "repeats", "window_seconds")
+               if not isinstance(payload, dict) or k not in payload]
     if missing:  # a compare or sweep run's results.json ended in a KeyError traceback
         parser.exit(2, f"{parser.prog}: error: {str(folder / 'results.json')!r} is not a benchmark run's (no "
                        f"{', '.join(repr(k) for k in missing)}; python -m benchmarks.bench_train writes one)\n")

@@ -176,8 +176,15 @@ def test_benchmark_report_of_another_runs_folder_is_one_line(tmp_path):
     (tmp_path / "results.json").write_text('{"schema_version": 2, "verdict": {}, "backends": []}')
     proc = run("benchmarks.report", [str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert "is not a benchmark run's (no 'big_gemm', 'floors';" in proc.stderr
+    assert "is not a benchmark run's (no 'big_gemm', 'floors', 'machine'," in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    # a hand-made file with the measurements but not the run's machine ended in a KeyError traceback
+    latest = json.loads((ROOT / "benchmarks" / "results" / "latest" / "results.json").read_text())
+    del latest["machine"]
+    (tmp_path / "results.json").write_text(json.dumps(latest))
+    proc = run("benchmarks.report", [str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "(no 'machine'; python -m benchmarks.bench_train writes one)" in proc.stderr
     # a benchmark stopped after its floors (no "main" yet) still renders what it has
     stopped = json.loads((ROOT / "benchmarks" / "results" / "latest" / "results.json").read_text())
     del stopped["main"]
