@@ -23,6 +23,8 @@ from multirnn.report import openblas_note, row_color
 ORDER = ["numpy", "torch", "mxnet", "tensorflow", "jax"]
 _RUN_ORDER = {k: i for i, k in enumerate([*CELLS, *ORDER])}  # how a run lists cells, then libraries
 VARIANTS = ["scratch/eager", "scratch/fast", "layers/eager", "layers/fast"]
+# One colour per variant, none red: the floor line is red (layers/fast's C3 bars stood against it).
+VARIANT_COLORS = dict(zip(VARIANTS, ["C0", "C1", "C2", "C4"]))
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -453,7 +455,7 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
             ys = [pts[(b, v)]["median"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b in backends]
             lo = [y - pts[(b, v)]["min"] / 1e3 if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
             hi = [pts[(b, v)]["max"] / 1e3 - y if (b, v) in pts and "error" not in pts[(b, v)] else 0 for b, y in zip(backends, ys)]
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v, color=f"C{VARIANTS.index(v)}")  # one colour per variant
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v, color=VARIANT_COLORS[v])
         f = payload["floors"]["rnn"]
         fp = round_floor(payload)
         floor_tps = fp["median"] if fp else f["floor_tokens_per_sec"]

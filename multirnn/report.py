@@ -445,12 +445,14 @@ _STYLES = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":"), ("v", "-"), ("P", "
 
 # One colour per framework in every plot (compare's, the sweep's, the benchmarks'): torch was orange in one
 # figure and blue in the next. A framework's rows (torch, torch/layers) share it and differ in marker and line.
-FRAMEWORK_COLORS = {"numpy": "C0", "torch": "C1", "mxnet": "C2", "tensorflow": "C3", "jax": "C4"}
+# No framework is red: red is what the plots mark bands, disagreements and the floor with (tensorflow's red
+# dotted curve read as a band line). Other backends take C5-C8.
+FRAMEWORK_COLORS = {"numpy": "C0", "torch": "C1", "mxnet": "C2", "tensorflow": "C9", "jax": "C4"}
 
 
 def row_color(name: str, i: int) -> str:
     """A row's colour: its framework's (``torch/layers`` is torch's), another backend's by its position."""
-    return FRAMEWORK_COLORS.get(name.split("/")[0], f"C{5 + i % 5}")
+    return FRAMEWORK_COLORS.get(name.split("/")[0], f"C{5 + i % 4}")
 
 
 def _style(i: int, n_points: int, name: str | None = None) -> dict[str, Any]:

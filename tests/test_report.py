@@ -276,3 +276,14 @@ def test_no_title_runs_off_the_figure(results, tmp_path):
         for t in titles:
             assert t.get_window_extent(renderer).x0 >= 0, (plot.__name__, t.get_text())
         keep.plt.close(fig)
+
+
+def test_no_backend_is_drawn_in_the_red_of_bands_and_disagreements():
+    """tensorflow's curves were tab:red, the colour of the band lines and the outside-the-band circles."""
+    from matplotlib.colors import to_rgb
+
+    red = to_rgb("red")
+    for i, name in enumerate(["numpy", "torch", "mxnet", "tensorflow", "jax", "torch/layers", "fake", *"abcdefgh"]):
+        r, g, b = to_rgb(report.row_color(name, i))
+        assert not (r > 0.7 and g < 0.3 and b < 0.3), (name, report.row_color(name, i))
+    assert to_rgb(report.row_color("tensorflow/layers", 3)) != red
