@@ -56,6 +56,15 @@ def _rate(r: dict[str, Any] | None) -> str:
     return f"{r['median']:,.0f}"
 
 
+def _window_roofline_text(fp: dict[str, Any], f: dict[str, Any]) -> str:
+    rates = [w["big_gemm_flops"] for w in fp.get("windows", []) if w.get("big_gemm_flops")]
+    if not rates or not f.get("flops_per_token"):
+        return ""
+    return (f" timed in the same windows (median {statistics.median(rates) / 1e9:.1f} GFLOP/s, "
+            f"{min(rates) / 1e9:.1f}–{max(rates) / 1e9:.1f}: the roofline {statistics.median(rates) / f['flops_per_token']:,.0f} "
+            "tokens/s, which the main table's \"% roofline\" divides by, round by round)")
+
+
 def limits_text(payload: dict[str, Any]) -> str:
     lines = [(f"Big-GEMM rate: **{payload['big_gemm']['flops'] / 1e9:.1f} GFLOP/s** float32 (2048³, best of "
               f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in payload['big_gemm']['all'].items())})."), "",
@@ -90,7 +99,7 @@ def limits_text(payload: dict[str, Any]) -> str:
                  else "in each of the main table's rounds")
         lines += ["", (f"The rnn floor timed again {where}: median **{fp['median']:,.0f}** tokens/s, "
                        f"{fp['min']:,.0f}–{fp['max']:,.0f} over {len(fp['tokens_per_sec'])} windows; {floor_chains(fp)}, "
-                       "with the big-GEMM rate.")]
+                       "with the big-GEMM rate" + _window_roofline_text(fp, payload["floors"]["rnn"]) + ".")]
     owns = [r for r in payload.get("main", []) if r.get("backend") == "floor" and r.get("mode") == "own" and "error" not in r]
     if owns:
         def median_of(r: dict[str, Any], key: str) -> float:
@@ -184,6 +193,25 @@ def floor_beside(floor_point: dict[str, Any] | None, point: dict[str, Any] | Non
     """The floor as timed right after ``point``'s window in each round, when bench_train paired them,
     else the floor's one window per round (older results)."""
     return paired(floor_point, point) or floor_point
+
+
+def roofline_beside(floor_point: dict[str, Any] | None, point: dict[str, Any] | None,
+                    flops_per_token: float) -> dict[str, Any] | None:
+    """The big-GEMM roofline as timed in the floor windows beside ``point``'s (each floor window times the
+    2048³ rate too), in tokens/s, or None where the run did not pair them. The start-of-run rate is one
+    measurement; on a machine that drifts it put the roofline below the floor timed in the rounds."""
+    beside = paired(floor_point, point)
+    if not beside or not flops_per_token:
+        return None
+    rates = [w["big_gemm_flops"] / flops_per_token for w in floor_point.get("windows", [])
+             if w.get("paired_with") == label(point) and w.get("big_gemm_flops")]
+    return {**beside, "tokens_per_sec": rates} if len(rates) == len(beside["tokens_per_sec"]) else None
+
+
+def window_roofline(floor_point: dict[str, Any] | None, flops_per_token: float) -> float | None:
+    """The median roofline (tokens/s) over every floor window of the run's rounds, or None."""
+    rates = [w["big_gemm_flops"] for w in (floor_point or {}).get("windows", []) if w.get("big_gemm_flops")]
+    return statistics.median(rates) / flops_per_token if rates and flops_per_token else None
 
 
 def pct_of(point: dict[str, Any] | None, limit: float | None) -> str:
@@ -340,6 +368,13 @@ def main_table(payload: dict[str, Any]) -> str:
             return pct_of(point, f["floor_tokens_per_sec"])
         return f"{100 * pct['median']:.0f}% [{100 * pct['min']:.0f}–{100 * pct['max']:.0f}]"
 
+    def pct_roof(point: dict[str, Any] | None) -> str:
+        """% of the big-GEMM roofline as timed beside the point in each round, else the start's."""
+        pct = round_ratio(point, roofline_beside(fp, point, f["flops_per_token"]))
+        if pct is None:
+            return pct_of(point, f["roofline_tokens_per_sec"])
+        return f"{100 * pct['median']:.0f}% [{100 * pct['min']:.0f}–{100 * pct['max']:.0f}]"
+
     def pct_own(point: dict[str, Any] | None, library: str) -> str:
         """% of the library's own-kernel floor: timed beside the point when it was, else the start's."""
         pct = round_ratio(point, paired(round_own_floor(payload, library), point))
@@ -361,7 +396,7 @@ def main_table(payload: dict[str, Any]) -> str:
     numpy = pts.get(("numpy", "scratch/eager"))
     if numpy:
         lines.append(f"| numpy (oracle) | {_rate(numpy)} | - | - | - | {pct_floor(numpy)} | "
-                     f"{pct_of(numpy, f['roofline_tokens_per_sec'])} | "
+                     f"{pct_roof(numpy)} | "
                      f"{pct_own(numpy, 'numpy')} | {allows(numpy, 'numpy')} | - | - | - | - | "
                      f"{numpy.get('first_epoch_seconds', 0):.2f} |")
     for b in ORDER[1:]:
@@ -370,7 +405,7 @@ def main_table(payload: dict[str, Any]) -> str:
         fast = pts.get((b, "scratch/fast"))
         lines.append(
             f"| {b} | {_rate(pts.get((b, 'scratch/eager')))} | **{_rate(fast)}** | {_rate(pts.get((b, 'layers/eager')))} | "
-            f"{_rate(pts.get((b, 'layers/fast')))} | {pct_floor(fast)} | {pct_of(fast, f['roofline_tokens_per_sec'])} | "
+            f"{_rate(pts.get((b, 'layers/fast')))} | {pct_floor(fast)} | {pct_roof(fast)} | "
             f"{pct_own(fast, b)} | {allows(fast, b)} | {target_verdict(fast, f, b, fp, round_own_floor(payload, b), (payload.get('ladders') or {}).get(b))} | "
             f"{_ratio(fast, pts.get((b, 'scratch/eager')))} | {_ratio(fast, pts.get((b, 'layers/fast')))} | "
             f"{_ratio(pts.get((b, 'layers/fast')), pts.get((b, 'layers/eager')))} | "
@@ -460,8 +495,9 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         fp = round_floor(payload)
         floor_tps = fp["median"] if fp else f["floor_tokens_per_sec"]
         ax.axhline(floor_tps / 1e3, color="red", linestyle="--", label=f"algorithm floor ({floor_tps / 1e3:.0f}k)")
-        ax.axhline(f["roofline_tokens_per_sec"] / 1e3, color="gray", linestyle=":",
-                   label=f"big-GEMM roofline ({f['roofline_tokens_per_sec'] / 1e3:.0f}k)")
+        roof = window_roofline(fp, f["flops_per_token"]) if fp else None  # beside the windows, as the floor
+        roof = roof or f["roofline_tokens_per_sec"]
+        ax.axhline(roof / 1e3, color="gray", linestyle=":", label=f"big-GEMM roofline ({roof / 1e3:.0f}k)")
         ax.set_xticks(range(len(backends)), backends)
         m = payload["machine"]
         isa = m.get("isa", "?") + (" with ISA caps (see report.md)" if m.get("isa_caps") else "")

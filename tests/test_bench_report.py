@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.report import ladders_text, legend, main_table, scaling_table, target_verdict, with_work_share
+from benchmarks.report import (ladders_text, legend, main_table, scaling_table, target_verdict, window_roofline,
+                               with_work_share)
 from tests.conftest import require_backend
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched
@@ -115,6 +116,31 @@ def test_paired_floor_windows_are_used_for_their_variant() -> None:
     row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds]}).splitlines()
                if ln.startswith("| torch"))
     assert "| 80% [80–80] |" in row
+
+
+def test_the_roofline_is_the_big_gemm_rate_timed_beside_each_window() -> None:
+    """The start-of-run big-GEMM rate is one measurement: on a machine that sped up after it, the roofline
+    sat below the floor timed in the rounds and "% roofline" exceeded "% floor". Each floor window times the
+    2048³ rate too; the table divides by it round by round, and the plot draws its median."""
+    torch = {"backend": "torch", "impl": "scratch", "mode": "fast", "first_epoch_seconds": 0.1,
+             "median": 104_000, "tokens_per_sec": [80_000, 128_000], "min": 80_000, "max": 128_000}
+    # 1 MFLOP per token: 320 and 400 GFLOP/s are rooflines of 320k and 400k tokens/s (the start's is 200k)
+    windows = [{"tokens_per_sec": 100_000, "paired_with": "torch scratch/fast", "big_gemm_flops": 320e9},
+               {"tokens_per_sec": 50_000, "paired_with": "numpy scratch/eager", "big_gemm_flops": 100e9},
+               {"tokens_per_sec": 160_000, "paired_with": "torch scratch/fast", "big_gemm_flops": 400e9}]
+    floor_rounds = {"backend": "floor", "impl": "torch", "mode": "chain", "windows": windows, "median": 100_000,
+                    "tokens_per_sec": [w["tokens_per_sec"] for w in windows], "min": 50_000, "max": 160_000}
+    row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds]}).splitlines()
+               if ln.startswith("| torch"))
+    assert "| 80% [80–80] | 29% [25–32] |" in row, row  # 80k / 320k, 128k / 400k: not 104k / 200k = 52 %
+    assert window_roofline(floor_rounds, 1e6) == 320_000
+    # older results (windows without the rate) keep the start-of-run roofline
+    for w in windows:
+        del w["big_gemm_flops"]
+    row = next(ln for ln in main_table({"floors": {"rnn": FLOOR}, "main": [torch, floor_rounds]}).splitlines()
+               if ln.startswith("| torch"))
+    assert "| 80% [80–80] | 52% |" in row, row
+    assert window_roofline(floor_rounds, 1e6) is None
 
 
 def test_own_kernel_floor_timed_beside_the_fast_path() -> None:
