@@ -54,7 +54,16 @@ from .data import (
     text_label,
     text_notes,
 )
-from .files import check_writable, clear_written, write_json_atomic
+from .files import (
+    LOCK_FILE,
+    check_writable,
+    clear_written,
+    folder_holder,
+    held_folders,
+    hold_folder,
+    release_folder,
+    write_json_atomic,
+)
 from .harness import TrainingData, clean_prefix, prepare_data
 from .load import OtherLoad, busy_note
 from .progress import RunProgress, backend_status
@@ -413,7 +422,26 @@ def _resolve_text(path: str | None, flag: str) -> str | None:
 
 
 def _existing_run_files(out_dir: Path) -> list[str]:
-    return sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    """What makes ``out_dir`` not empty: anything but the lock file, and a run's scratch (``.work``, an empty
+    ``backends``) when no results.json says a run got as far as its first result (a run stopped at its start
+    left only those, and the same command was then refused)."""
+    if not out_dir.is_dir():
+        return []
+    started_only = not (out_dir / "results.json").exists()
+    return sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE and not (
+        started_only and (p.name == ".work" or (p.name == "backends" and p.is_dir() and not any(p.iterdir())))))
+
+
+def _claim_out_dir(out_dir: Path) -> None:
+    """Hold ``out_dir`` for this run (:func:`multirnn.files.hold_folder`), before anything in it is read for a
+    resume or cleared for an overwrite: a second run into the same folder is refused, never run beside."""
+    try:
+        held = hold_folder(out_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
+    if not held:
+        raise UsageError(f"another run is using --out {str(out_dir)!r} (pid {folder_holder(out_dir)}); wait for it "
+                         "or stop it first, or use another folder")
 
 
 def _holds_sweep(out_dir: Path) -> bool:
@@ -439,14 +467,17 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
                 continue
             except OSError as exc:
                 raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
+        _claim_out_dir(out_dir)
     else:
         out_dir = Path(out)
-        present = _existing_run_files(out_dir) if out_dir.exists() else []
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {out!r} exists and is not a folder")
-        if present and _holds_sweep(out_dir):  # --overwrite would mix a compare run into the sweep's files
+        if _existing_run_files(out_dir) and _holds_sweep(out_dir):  # --overwrite would mix a compare run into it
             raise UsageError(f"--out {out!r} holds a sweep (python -m multirnn.sweep); compare does not write into "
                              "it: choose another folder")
+        if out_dir.is_dir():
+            _claim_out_dir(out_dir)
+        present = _existing_run_files(out_dir)
         if resume:
             if not (out_dir / "results.json").is_file():
                 raise UsageError(f"--resume: {out!r} holds no results.json of an earlier run")
@@ -454,12 +485,19 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
             raise UsageError(f"--out {out!r} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
                              "use --overwrite to replace its results, --resume to continue it, or another folder")
         elif present and overwrite:
+            folders = [name for name in RUN_FILES if (out_dir / name).is_dir()]
+            if folders:  # a folder of a run file's name is the user's: refused before anything is removed
+                raise UsageError(f"--overwrite: {str(out_dir / folders[0])!r} is a folder, not the {folders[0]} of a "
+                                 "run; move it or use another --out")
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(out_dir / ".work", ignore_errors=True)  # the run's scratch: nobody else's
             for name in RUN_DIRS:  # only what a run writes in them: a user's own files stay
                 clear_written(out_dir / name)
+        if not resume:  # the run's scratch, nobody else's: stale checkpoints must never reach a new run
+            shutil.rmtree(out_dir / ".work", ignore_errors=True)
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _claim_out_dir(out_dir)  # a folder made just now (held already if it existed)
         (out_dir / "backends").mkdir(parents=True, exist_ok=True)
         (out_dir / ".work").mkdir(exist_ok=True)
         check_writable(out_dir / ".work")
@@ -603,6 +641,10 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
         earlier = json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"--resume: cannot read {str(out_dir / 'results.json')!r}: {exc}") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("options", {}), dict) \
+            or not isinstance(earlier.get("backends", []), list):
+        raise UsageError(f"--resume: {str(out_dir / 'results.json')!r} is not the results.json of a compare run; "
+                         "start a new run (--overwrite or another --out)")
     if earlier.get("code_version") != code_version():
         # Rows of other code would be judged beside this code's as one run (a fixed bug kept, or a new one hidden).
         then = earlier.get("code_version") or f"{earlier.get('multirnn_version', '?')}, from before code versions were recorded"
@@ -800,6 +842,17 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m multirnn.compare``: the exit status (see the module's help). The output folder is held
+    for the run (:func:`_claim_out_dir`) and let go when it ends."""
+    before = held_folders()
+    try:
+        return _main(argv)
+    finally:
+        for folder in held_folders() - before:
+            release_folder(folder)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -809,7 +862,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(args, argv)
         kept, resume_notes = {}, []
         if args.resume and args.out is not None and (Path(args.out) / "results.json").is_file():
-            # checked before _prepare_out_dir writes anything: a refused resume leaves the folder as it was
+            # checked before _prepare_out_dir writes anything: a refused resume leaves the folder as it was;
+            # held first: a run still writing there is refused, not read half-way
+            _claim_out_dir(Path(args.out))
             kept = _resumable(Path(args.out), plan.config, plan.options, plan.labels, resume_notes)
         out_dir = _prepare_out_dir(args.out, args.overwrite, args.resume)
     except UsageError as exc:

@@ -63,6 +63,53 @@ def check_writable(folder: Path) -> None:
     probe.unlink()
 
 
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # folder -> the open descriptor whose flock holds it (closed only at exit)
+
+
+def hold_folder(folder: Path) -> bool:
+    """Hold ``folder/.lock`` for this process's lifetime (the kernel drops it however the process ends,
+    SIGKILL included), with this process's pid in it; False if another process holds it. Two runs must never
+    share an output folder: one's ``--overwrite`` deleted the other's checkpoints mid-run. ``folder`` must exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard
+        return True
+    key = folder.resolve()
+    if key in _held:
+        return True
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held[key] = fd
+    return True
+
+
+def held_folders() -> set[Path]:
+    """The folders this process holds (resolved paths)."""
+    return set(_held)
+
+
+def release_folder(folder: Path) -> None:
+    """Let go of a folder :func:`hold_folder` took (a command run in-process, as tests do, ends holding none)."""
+    fd = _held.pop(folder.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def folder_holder(folder: Path) -> str:
+    """The pid :func:`hold_folder` wrote, or "?"."""
+    try:
+        return (folder / LOCK_FILE).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Strict JSON (NaN and infinities stored as null), written atomically."""
     write_text_atomic(path, json.dumps(finite_or_none(payload), indent=1, sort_keys=True, allow_nan=False))

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import __version__, blas, compare, lockstep, report, verdict
 from .backends import _REGISTRY, refusal
-from .files import check_writable
+from .files import LOCK_FILE, check_writable, folder_holder
 from .info import installed_version
 from .load import OtherLoad
 from .progress import RunProgress
@@ -356,7 +356,7 @@ def _prepare_out(opts: Options) -> Path:
         compare_run = " but a compare run (continue it with python -m multirnn.compare --resume)" \
             if (out / "results.json").is_file() else ""
         raise SpecError(f"--resume: {opts.out!r} holds no sweep (no {SPEC_FILE} or cells/){compare_run}")
-    if out.is_dir() and any(out.iterdir()) and not is_sweep:
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not is_sweep:
         raise SpecError(f"--out {opts.out!r} is not empty and not a sweep folder; choose another folder")
     return out
 
@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     if not store.lock():
         executor.close()
         print(f"multirnn.sweep: error: another sweep is running in {str(out)!r} (pid "
-              f"{(out / '.lock').read_text().strip() or '?'}); wait for it or stop it first", file=sys.stderr)
+              f"{folder_holder(out)}); wait for it or stop it first", file=sys.stderr)
         return EXIT_USAGE
     if opts.overwrite:  # only now, holding the lock: never under a running sweep
         store.clear()

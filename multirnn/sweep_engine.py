@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .files import clear_written, write_bytes_atomic, write_json_atomic
+from .files import clear_written, hold_folder, write_bytes_atomic, write_json_atomic
 from .info import may_be_installed
 from .lockstep import list_checkpoints
 from .progress import RunProgress
@@ -111,21 +111,10 @@ class Store:
         return {p.stem for p in self.cells.glob("*.json")} if self.cells.is_dir() else set()
 
     def lock(self) -> bool:
-        """Hold ``out/.lock`` for this process's lifetime (the kernel drops it however the process
-        ends, SIGKILL included); False if another sweep holds it: two drivers must never share a folder."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no guard
-            return True
+        """Hold ``out/.lock`` for this process's lifetime; False if another sweep (or a compare run) holds
+        it: two drivers must never share a folder (:func:`multirnn.files.hold_folder`)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        os.ftruncate(self._lock_fd, 0)
-        os.write(self._lock_fd, str(os.getpid()).encode())
-        return True
+        return hold_folder(self.out)
 
     def record(self, cell_id: str) -> dict[str, Any] | None:
         try:

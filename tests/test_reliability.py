@@ -288,6 +288,65 @@ def test_a_signal_while_the_report_is_written_still_ends_the_run_with_its_status
     assert strict_json(out / "results.json")["verdict"]["status"] == "not-judged"  # the report is whole
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    """Two runs shared --out: the second one's --overwrite deleted the first one's checkpoints mid-run, and the
+    first then judged its rows without them ("agrees", exit 0); a --resume beside it ended in "DISAGREES"."""
+    out = tmp_path / "run"
+    # a row that stops making progress keeps the first run going for as long as this test needs
+    first = start(["--backends", "numpy,tests.fakes:HangingBackend", *TINY, "--stall-timeout", "600", "--out", str(out),
+                   "--quiet", "--no-plot"])
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / ".lock").is_file() and (out / ".lock").read_text() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        (out / "results.json").write_text("{}")  # as if its first rows were in: --resume reads it, held first
+        for again in (["--overwrite"], ["--resume"], []):
+            proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", *again])
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (again, proc.stderr)
+            assert f"another run is using --out {str(out)!r} (pid {first.pid})" in proc.stderr, proc.stderr
+        assert first.poll() is None and (out / ".work" / "data.npz").is_file()  # the first run's scratch untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    # once it has ended the folder is free again
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_folder_a_run_left_at_its_start_takes_the_same_command_again(tmp_path):
+    """Stopped right after it made its folder, a run left only .work and an empty backends/; the same command was
+    then refused as "not empty" (and --resume: no results.json), and only --overwrite got out of it."""
+    out = tmp_path / "run"
+    (out / "backends").mkdir(parents=True)
+    (out / ".work" / "checkpoints" / "numpy").mkdir(parents=True)
+    (out / ".work" / "checkpoints" / "numpy" / "epoch-00002.npz").write_bytes(b"stale")  # never read by the new run
+    (out / ".lock").write_text("12345")
+    proc = compare(["--backends", f"numpy,{COPY}", *TINY, "--out", str(out), "--quiet", "--no-plot"])
+    assert proc.returncode == 0, proc.stderr
+    assert strict_json(out / "results.json")["verdict"]["status"] == "agree"
+
+
+def test_overwrite_refuses_a_folder_named_like_a_run_file_before_removing_anything(tmp_path):
+    out = tmp_path / "run"
+    assert compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet", "--no-plot"]).returncode == 4
+    (out / "report.md").unlink()
+    (out / "report.md" / "sub").mkdir(parents=True)  # the user's folder
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet", "--no-plot", "--overwrite"])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr  # was an IsADirectoryError traceback
+    assert "is a folder, not the report.md of a run" in proc.stderr
+    assert (out / "results.json").is_file() and (out / "report.md" / "sub").is_dir()
+
+
+def test_resume_of_a_results_json_that_is_not_a_runs_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("[]")  # valid JSON, not an object: an AttributeError traceback before
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet", "--no-plot", "--resume"])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not the results.json of a compare run" in proc.stderr
+
+
 def test_default_folders_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = compare_cli._prepare_out_dir(None, False, False)
