@@ -82,6 +82,9 @@ class TrainConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}.")
         # np.float32 or np.dtype("float32") is stored by name: the config is compared, hashed and written as JSON
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        largest = float(np.finfo(np.dtype(self.dtype)).max)
+        if self.lr > largest:  # every step's update would be infinite (a huge θ only means no clipping: allowed)
+            raise ValueError(f"lr={self.lr:g} is infinite in {self.dtype} (its largest number is {largest:.4g}).")
         if self.cell not in CELLS:
             raise ValueError(f"Unknown cell {self.cell!r}; expected one of {list(CELLS)}.")
         if self.second_bias not in SECOND_BIAS:

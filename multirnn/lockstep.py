@@ -259,6 +259,15 @@ def state_rules_settled(records: list[dict[str, float]], band: float) -> bool:
     return bool(rules) and all(max(r.get(k, 0.0) for r in records) > band for k in rules)
 
 
+def _norm(x: np.ndarray) -> float:
+    """L2 norm of a float64 array, scaled by its largest magnitude first: ``np.linalg.norm`` squares the
+    entries and overflowed to inf for finite updates above ~1e154 (a huge lr in float64)."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if m == 0.0 or not math.isfinite(m):
+        return m
+    return m * float(np.linalg.norm(x / m))
+
+
 def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> list[Probe]:
     """The backend's two probe steps (clipping off, then on) on the checkpoint's first minibatch,
     against the oracle's (taken from the checkpoint when its run computed them, else computed here)."""
@@ -274,8 +283,8 @@ def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: Tra
         per_param = {}
         for k, before in ckpt.params.items():
             ref64, before64 = ref_p[k].astype(np.float64), before.astype(np.float64)
-            diff = float(np.linalg.norm(got[k].astype(np.float64) - ref64)) if k in got else math.inf
-            per_param[k] = [diff, float(np.linalg.norm(ref64 - before64)), float(np.linalg.norm(ref64))]
+            diff = _norm(got[k].astype(np.float64) - ref64) if k in got else math.inf
+            per_param[k] = [diff, _norm(ref64 - before64), _norm(ref64)]
         probes.append(Probe(ckpt.epoch, kind, config.lr * PROBE_LR_FACTOR, theta, loss, refs[kind]["loss"], got_norm,
                             refs["norm"], per_param))
     return probes

@@ -104,11 +104,17 @@ def test_presets_match_the_book():
     [({"batch_size": 0}, "batch_size"), ({"num_steps": -1}, "num_steps"), ({"lr": 0.0}, "lr"),
      ({"lr": float("nan")}, "lr"), ({"max_grad_norm": -1.0}, "max_grad_norm"), ({"sampling": "shuffle"}, "sampling"),
      ({"dtype": "int8"}, "dtype"), ({"protocol": "d2l-ed3"}, "protocol"), ({"num_epochs": 1.5}, "num_epochs"),
-     ({"dtype": [1, 2]}, "Unsupported dtype")],
+     ({"dtype": [1, 2]}, "Unsupported dtype"),
+     ({"lr": 1e300}, r"lr=1e\+300 is infinite in float32 \(its largest number is 3.403e\+38\)")],
 )
 def test_bad_config_is_a_clear_error(change, match):
     with pytest.raises(ValueError, match=match):
         multirnn.TrainConfig(**change)
+
+
+def test_an_lr_is_refused_only_where_its_dtype_cannot_hold_it():
+    assert multirnn.TrainConfig(lr=1e300, dtype="float64").lr == 1e300
+    assert multirnn.TrainConfig(max_grad_norm=1e300).max_grad_norm == 1e300  # a huge θ: no clipping, allowed
 
 
 def test_a_numpy_dtype_is_stored_by_name():

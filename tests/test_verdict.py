@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 
 from multirnn import agreement, verdict
@@ -101,6 +102,29 @@ def test_a_probe_names_every_update_outside_its_band_the_worst_first():
     c = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("jax").first_crossing
     assert c.what.endswith("W_xh update") and c.also == ("W_hh update",)
     assert c.describe().endswith("; also outside: W_hh update")
+
+
+def test_a_probe_the_oracles_own_step_overflowed_blames_no_row():
+    """lr 1e300 in float64: the oracle's probe update (or its norm) was infinite, the row's too, and each row was
+    called "disagrees" (exit 1) for "W_hh update is NaN or infinite" where the run was simply not judgeable."""
+    overflowed = probe(1, diff=math.nan, update=math.inf, size=math.inf, loss=(math.inf, math.inf), norm=(math.nan, math.nan))
+    b = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [overflowed])]).backend("jax")
+    assert b.status == "agrees" and b.checkpoints_checked == 1 and b.max_probe_ratio == 0.0  # judged on its stretch
+    b = judge([REF, backend_row("jax", REF, [], [overflowed])]).backend("jax")
+    assert b.first_crossing is None and b.max_probe_ratio == 0.0
+    # where the oracle's step stayed finite, the row's overflow is still outside any band
+    own = probe(1, diff=math.inf, update=1e-2, size=1.0, loss=(math.inf, 2.0))
+    b = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [own])]).backend("jax")
+    assert b.status == "disagrees"
+
+
+def test_probe_norms_do_not_overflow_for_finite_updates():
+    from multirnn.lockstep import _norm
+
+    assert _norm(np.array([3e200, 4e200])) == pytest.approx(5e200)  # np.linalg.norm: inf
+    assert _norm(np.zeros(3)) == 0.0 and math.isinf(_norm(np.array([math.inf, 1.0])))
+    x = np.random.default_rng(0).normal(size=1000)
+    assert _norm(x) == pytest.approx(np.linalg.norm(x), rel=1e-15)
 
 
 def test_float64_bands_are_strict():
