@@ -537,15 +537,15 @@ def _summary(sweep: dict[str, Any]) -> str:
                 m = s["median_last_perplexity"]
                 sp = next((r for r in sweep["speed"]["rows"] if r["configuration"] == conf["index"]
                            and r["row"] == s["row"]), {})
-                ci = (f" (95% CI [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}], n={m.get('n', '?')})" if m.get("ci95")
-                      else "")
+                ci = (f" (95% CI [{report._ppl(m['ci95'][0])}, {report._ppl(m['ci95'][1])}], n={m.get('n', '?')})"
+                      if m.get("ci95") else "")
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
-                lines.append(f"  {s['row']:<{width}} median-last ppl {m['mean']:.3f}{ci}" if m["mean"] is not None
+                lines.append(f"  {s['row']:<{width}} median-last ppl {report._ppl(m['mean'])}{ci}" if m["mean"] is not None
                              else f"  {s['row']:<{width}} " + (f"no finished run ({statuses})" if statuses
                                                                    else no_runs_text(sweep, conf["index"])))
                 if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
-                    lines[-1] += f"  eval-text ppl {ev['mean']:.3f}"
+                    lines[-1] += f"  eval-text ppl {report._ppl(ev['mean'])}"
                 if ratio is not None:
                     lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
     return "\n".join(lines)
@@ -635,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     also = ["sweep.json", "cells.csv", *plots, "cells/", *(["groups/"] if (out / "groups").is_dir() else [])]
     print(f"\nReport: {out / 'report.md'}  ({', '.join(also)})")
     if engine.stopped:
+        again = compare.without_run_control(command)
+        again += "" if opts.out else f" --out {shlex.quote(str(out))}"
+        print(f"Continue it (finished cells are kept): {again} --resume")
         return 128 + engine.stop_signal
     if late:
         print(f"multirnn.sweep: stopped by {signal_name(late[0])} while the aggregate was written: every cell had ended and the "

@@ -25,7 +25,7 @@ from .files import clear_written, hold_folder, write_bytes_atomic, write_json_at
 from .info import may_be_installed
 from .lockstep import list_checkpoints
 from .progress import RunProgress
-from .runner import Stopped, crashed_record, refused_record, signal_name
+from .runner import Stopped, crashed_record, defer_signals, refused_record, signal_name
 from .sweep_exec import CellJob
 from .sweep_spec import Cell, Group
 
@@ -339,6 +339,7 @@ class Engine:
                     self._finish(job, outcome, error)
                 self._show(total)
         except (KeyboardInterrupt, Stopped) as exc:
+            defer_signals()  # a second Ctrl-C while the cells in flight end must not cut the partial aggregate short
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
             self.stopped = signal_name(signum)
             self.stop_signal = int(signum)

@@ -187,8 +187,8 @@ def _by(cells: list[dict[str, Any]], conf: int, row: str, repeat0: bool = True) 
 
 
 def _statistics(confs: list[dict[str, Any]], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per configuration and row, across seeds: mean and 95 % Student-t interval of the final and
-    the median-last perplexity (runs that finished; diverged ones are counted, not averaged)."""
+    """Per configuration and row, across seeds: geometric mean and 95 % Student-t interval (of the log) of the
+    final and the median-last perplexity (runs that finished; diverged ones are counted, not averaged)."""
     out = []
     for conf in confs:
         for row in conf["rows"]:
@@ -196,9 +196,10 @@ def _statistics(confs: list[dict[str, Any]], cells: list[dict[str, Any]]) -> lis
             ok = [c for c in runs if c["status"] == "ok"]
             out.append({"configuration": conf["index"], "row": row, "seeds": len(runs),
                         "statuses": dict(sorted(Counter(c["status"] for c in runs).items())),
-                        "final_perplexity": mean_interval([c["final_perplexity"] for c in ok]),
-                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok]),
-                        "eval_perplexity": mean_interval([c["eval_perplexity"] for c in ok])})  # n 0 without --eval-text
+                        # geometric: a mean of the seeds' cross-entropies, and an interval that stays positive
+                        "final_perplexity": mean_interval([c["final_perplexity"] for c in ok], log=True),
+                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok], log=True),
+                        "eval_perplexity": mean_interval([c["eval_perplexity"] for c in ok], log=True)})  # n 0 without --eval-text
     return out
 
 
@@ -263,7 +264,8 @@ def _f(x: Any, spec: str = ".3f") -> str:
 def _ci(s: dict[str, Any]) -> str:
     if s["mean"] is None:
         return "-"
-    return f"{s['mean']:.3f}" + (f" [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s.get("ci95") else " (1 seed)")
+    return report._ppl(s["mean"]) + (f" [{report._ppl(s['ci95'][0])}, {report._ppl(s['ci95'][1])}]" if s.get("ci95")
+                                     else " (1 seed)")
 
 
 def cells_csv(sweep: dict[str, Any]) -> str:
@@ -304,7 +306,8 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
         [[confs[g["configuration"]]["label"], str(g["seed"]), g["status"], (g["summary"] or "-").replace("|", "/")]
          for g in sweep["groups"]], ["configuration", "seed", "verdict", "summary"]))
     lines += ["", "## Perplexity across seeds", "",
-              ("Mean over seeds and its 95 % interval from Student's t distribution (n - 1 degrees of freedom), of the "
+              ("Geometric mean over seeds and its 95 % interval (Student's t distribution, n - 1 degrees of freedom, "
+               "of the log perplexity: the seeds' mean cross-entropy, an interval that stays positive), of the "
                "final epoch's perplexity and of the median over the last 10 % of epochs (at least 10); runs that did "
                "not finish are counted in `runs`, not averaged."), ""]
     # --eval-text's perplexity (the final model's, on the other text) where any configuration has one
@@ -314,8 +317,8 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
           ", ".join(f"{n} {k}" for k, n in s["statuses"].items()) or no_runs_text(sweep, s["configuration"]),
           _ci(s["final_perplexity"]), _ci(s["median_last_perplexity"])]
          + ([_ci(s.get("eval_perplexity") or {"mean": None})] if evaluated else []) for s in sweep["statistics"]],
-        ["configuration", "row", "runs", "final ppl, mean [95 % CI]", "median last, mean [95 % CI]"]
-        + (["eval text ppl, mean [95 % CI]"] if evaluated else [])))
+        ["configuration", "row", "runs", "final ppl, geo. mean [95 % CI]", "median last, geo. mean [95 % CI]"]
+        + (["eval text ppl, geo. mean [95 % CI]"] if evaluated else [])))
     eq = sweep.get("equivalence")
     if eq:
         lines += ["", "## Equivalence (independent / framework initialisation)", "", f"Test: {eq['test']}.", ""]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,9 +30,9 @@ from multirnn.sweep_report import identity
 from multirnn.sweep_spec import SpecError, expand, parse_seeds
 from multirnn.sweep_stats import mean_interval, t_ppf, t_sf, tost_paired
 from tests.conftest import SELECTED, require_module
+from tests.fakes import not_installed
 from tests.test_compare import CRASHING_MXNET
 from tests.test_reliability import processes_mentioning, wait_for
-from tests.fakes import not_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--hidden", "16", "--max-tokens", "3000", "--batch-size", "8", "--num-steps", "10"]
@@ -224,8 +225,12 @@ def test_a_stopped_then_killed_sweep_resumes_to_the_same_aggregate(local_run, tm
     first = start(args)
     assert wait_for(lambda: cells() >= 2, 120)
     first.send_signal(signal.SIGTERM)  # as Ctrl-C: the cells in flight end, a partial aggregate is written
-    first.communicate(timeout=60)
-    assert first.returncode == 143
+    time.sleep(0.3)
+    first.send_signal(signal.SIGTERM)  # a second one while they end: was a traceback, and no aggregate, exit 1
+    stdout, stderr = first.communicate(timeout=60)
+    assert first.returncode == 143 and "Traceback" not in stderr, stderr
+    assert "Continue it (finished cells are kept): python -m multirnn.sweep " in stdout and stdout.rstrip().endswith(
+        f"--out {out} --quiet --resume"), stdout
     partial = load(out)
     assert partial["run"]["stopped"] == "SIGTERM" and "pending" in {c["status"] for c in partial["cells"]}
     second = start([*args, "--resume"])
@@ -330,6 +335,26 @@ def test_t_distribution_matches_its_closed_forms():
     for t in (-2.0, 0.3, 3.0, 40.0):
         assert math.isclose(t_sf(t, 1), 0.5 - math.atan(t) / math.pi, rel_tol=1e-8)
         assert math.isclose(t_sf(t, 2), 0.5 - t / (2 * math.sqrt(2 + t * t)), rel_tol=1e-8)
+
+
+def test_perplexity_intervals_are_of_the_log_and_stay_positive():
+    """Two seeds at --lr 50 blew up to 1.8e12 and 1.3e74: the arithmetic interval ran from -1.5e75, and the
+    report printed both ends in 75 digits."""
+    from multirnn import sweep_report
+
+    m = mean_interval([1776220264273.302, 1.3309e74], log=True)
+    assert m["n"] == 2 and m["scale"] == "log" and 0 <= m["ci95"][0] < m["mean"] < m["ci95"][1]  # two seeds this
+    # far apart leave t(1) an interval from exp(-806) (0.0 in a float) to inf: honest, and never below 0
+    near = mean_interval([10.0, 12.0, 11.0], log=True)
+    assert 0 < near["ci95"][0] < 10.0 and 12.0 < near["ci95"][1] < 15.0
+    assert m["mean"] == pytest.approx(math.sqrt(1776220264273.302 * 1.3309e74))  # the geometric mean
+    assert math.isinf(mean_interval([1e300, 1e-300], log=True)["ci95"][1])  # exp overflowed: inf, not an error
+    text = sweep_report._ci(m)
+    assert len(text) < 40 and "e+" in text and "-" not in text, text
+    same = mean_interval([5.0, 5.0, 5.0], log=True)
+    assert same["mean"] == pytest.approx(5.0) and same["ci95"] == pytest.approx([5.0, 5.0])
+    assert mean_interval([0.0, math.nan, math.inf], log=True) == {"n": 0, "mean": None, "sd": None, "ci95": None,
+                                                                   "scale": "log"}
 
 
 def test_t_distribution_matches_scipy():
@@ -610,7 +635,7 @@ def test_the_sweep_reports_the_eval_text_perplexity_across_seeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cells = load(out)["cells"]
     mean = sum(c["eval_perplexity"] for c in cells if c["row"] == "numpy") / 2
-    assert "eval text ppl, mean [95 % CI]" in (out / "report.md").read_text()
+    assert "eval text ppl, geo. mean [95 % CI]" in (out / "report.md").read_text()
     assert f"eval-text ppl {mean:.3f}" in proc.stdout, proc.stdout
 
 
