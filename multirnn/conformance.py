@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -225,15 +226,28 @@ def measure_framework(framework: str) -> list[dict[str, Any]]:
     return rows
 
 
+CHILD_TIMEOUT = 900.0  # seconds for one framework's measurements (imports included)
+
+
 def _run_child(framework: str) -> list[dict[str, Any]]:
+    """One framework measured in a child process of its own session: on Ctrl-C or SIGTERM (raised here as
+    :class:`multirnn.runner.Stopped`) it is ended with its process group, never left running orphaned."""
+    from .runner import terminate
+
+    proc = subprocess.Popen([sys.executable, "-m", "multirnn.conformance", "--child", framework],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "multirnn.conformance", "--child", framework],
-                              check=False, capture_output=True, text=True, timeout=900)
+        stdout, stderr = proc.communicate(timeout=CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return [{"framework": framework, "error": "timed out after 900 s"}]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+        terminate(proc)
+        proc.communicate()
+        return [{"framework": framework, "error": f"timed out after {CHILD_TIMEOUT:g} s"}]
+    except BaseException:  # Ctrl-C, a signal: the child goes with this process
+        terminate(proc)
+        raise
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("[")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return [{"framework": framework, "error": tail}]
     return json.loads(lines[-1])
 
@@ -371,12 +385,33 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"multirnn.conformance: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    rows = [r for fw in frameworks for r in _run_child(fw)]
+    from .runner import Stopped, defer_signals, raise_on_signals, signal_name
+
+    raise_on_signals()
+    rows: list[dict[str, Any]] = []
+    stopped = None
+    for i, fw in enumerate(frameworks):
+        try:
+            rows += _run_child(fw)
+        except (KeyboardInterrupt, Stopped) as exc:
+            defer_signals()  # a second Ctrl-C must not cut the table of what was measured short
+            stopped = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            # the frameworks measured so far are kept; the rest are rows that say why they are missing
+            rows += [{"framework": f, "error": f"stopped by {signal_name(stopped)} before it was measured"}
+                     for f in frameworks[i:]]
+            break
+    late = defer_signals()
     print(markdown(rows))
     if args.json:
         from .files import write_json_atomic
 
-        write_json_atomic(args.json, {"rows": rows})
+        write_json_atomic(args.json, {"rows": rows, **({"stopped": signal_name(stopped)} if stopped else {})})
+    if stopped:
+        print(f"multirnn.conformance: stopped by {signal_name(stopped)}; the frameworks measured before it are above",
+              file=sys.stderr)
+        return 128 + int(stopped)
+    if late:
+        return 128 + int(late[0])
     return exit_status(rows, named=args.frameworks is not None)
 
 

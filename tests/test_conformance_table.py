@@ -310,3 +310,41 @@ def test_a_nan_deviation_is_strict_json_from_the_child_and_a_readable_cell(
     parsed = json.loads(capsys.readouterr().out, parse_constant=refuse)  # NaN/Infinity would raise
     assert parsed[0]["deviations"] == {"rnn": None}
     assert "**none of the variants** (rnn NaN)" in conformance.markdown(parsed)
+
+
+def test_a_stopped_conformance_run_keeps_what_it_measured_and_leaves_no_child(tmp_path):
+    """Ctrl-C was a bare KeyboardInterrupt traceback that lost the frameworks already measured; SIGTERM left the
+    framework's child running, reparented to init."""
+    import signal
+    import time
+
+    for name in ("torch", "jax", "tensorflow"):
+        require_backend(name)
+    out = tmp_path / "c.json"
+    mark = f"MULTIRNN_TEST_MARK={tmp_path.name}"  # inherited by the child: finds it among other tests' processes
+    proc = subprocess.Popen([sys.executable, "-m", "multirnn.conformance", "--frameworks", "torch,jax,tensorflow",
+                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "MULTIRNN_TEST_MARK": tmp_path.name})
+    time.sleep(4)  # torch's child is measuring (the three take ~20 s here)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    assert "stopped by SIGTERM; the frameworks measured before it are above" in stderr
+    rows = json.loads(out.read_text())
+    assert rows["stopped"] == "SIGTERM"
+    assert [r["framework"] for r in rows["rows"]][-1] == "tensorflow"  # the rest are rows that say why
+    assert "stopped by SIGTERM before it was measured" in stdout
+    def marked() -> list[str]:
+        found = []
+        for env in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if mark.encode() in env.read_bytes().split(b"\0"):
+                    found.append(env.parent.name)
+            except OSError:  # ended meanwhile, or not ours to read
+                continue
+        return found
+
+    deadline = time.monotonic() + 10
+    while marked() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marked() == [], "the framework's child outlived the stopped run"
