@@ -287,3 +287,14 @@ def test_no_backend_is_drawn_in_the_red_of_bands_and_disagreements():
         r, g, b = to_rgb(report.row_color(name, i))
         assert not (r > 0.7 and g < 0.3 and b < 0.3), (name, report.row_color(name, i))
     assert to_rgb(report.row_color("tensorflow/layers", 3)) != red
+
+
+def test_a_rows_note_reaches_the_report_not_only_the_start_up_lines(results, tmp_path):
+    """The note naming MXNet's known float64 layer bug ('expect this row to disagree') was printed once at
+    start-up; report.md and results.json said only 'mxnet/layers disagrees'."""
+    note = "mxnet/layers: Gluon's rnn.RNN in float64 with 3 or more layers computes wrong gradients (apache/mxnet#18203)"
+    results["options"]["row_notes"] = [note]
+    assert note in report.notes(results)
+    report.write_all(results, tmp_path, make_plots=False)
+    assert note in (tmp_path / "report.md").read_text()
+    assert note in report.terminal_report(results)
