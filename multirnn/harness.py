@@ -474,7 +474,9 @@ def _predict_params(backend: Backend, params: Any) -> tuple[Params, int, int, st
                         f"{type(params).__name__} ({type(failure).__name__}: {failure}).") from failure
     V, H, dtype = validate_params(arrays, backend.model)
     check_same_model(backend, params, arrays)
-    return params, V, H, dtype
+    # Made anew from the arrays read (as train does): another backend's params that this one could read (torch
+    # tensors given to the NumPy oracle) reached its forward as they were, and failed in its framework's words.
+    return backend.params_from_numpy(arrays), V, H, dtype
 
 
 def _layout_of(x: Any) -> Any:

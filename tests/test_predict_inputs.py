@@ -50,6 +50,25 @@ def test_numpy_params_give_the_text_of_the_backends_own(name: str, impl: str, vo
 
 
 @pytest.mark.parametrize("name, impl", BACKENDS, ids=[f"{n}-{i}" for n, i in BACKENDS])
+def test_another_backends_params_that_this_one_reads_give_the_same_text(name: str, impl: str, vocab: Vocab) -> None:
+    """torch's params handed to the NumPy oracle's predict (which can read torch tensors) reached its forward as
+    they were: "'torch.dtype' object has no attribute 'name'" (jax: "Cannot interpret 'torch.float32'"); train
+    converted the same params."""
+    theirs = _backend(name, impl)
+    params = _params(vocab)
+    want = multirnn.predict(theirs, params, vocab, "time traveller", 20)
+    for other in ("numpy", "torch", "jax"):
+        if other not in SELECTED or other == name:
+            continue
+        mine = _backend(other, "scratch")
+        try:
+            got = multirnn.predict(mine, theirs.params_from_numpy(params), vocab, "time traveller", 20)
+        except (TypeError, ValueError):  # params it cannot read, refused in words (the tests below say which)
+            continue
+        assert got == want, other
+
+
+@pytest.mark.parametrize("name, impl", BACKENDS, ids=[f"{n}-{i}" for n, i in BACKENDS])
 @pytest.mark.parametrize("change, words", [
     (lambda p: {k: v for k, v in p.items() if k != "b_q"}, "missing ['b_q']"),
     (lambda p: {**p, "W_extra": p["b_q"]}, "unexpected ['W_extra']"),
