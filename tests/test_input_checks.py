@@ -45,6 +45,27 @@ def test_labels_that_do_not_fit_the_inputs_are_refused(setup, labels, message):
             call()
 
 
+def test_a_state_that_does_not_fit_the_batch_or_the_params_is_refused(setup):
+    """The state was not checked: a wrong batch or hidden size failed in each framework's words (flax:
+    ScopeParamShapeError, TensorFlow: 'Binding inputs to tf.function failed'), extra entries were dropped
+    silently, and a float64 state turned the NumPy oracle's float32 logits into float64."""
+    be, p, X, Y = setup
+    good = be.init_state(B, H)
+    wrong = [
+        (be.init_state(B + 1, H), ValueError, r"state H has shape \(5, 8\), expected \(4, "),
+        ((*good, *good), ValueError, r"state holds 2 arrays, but rnn has 1 \(H; backend.init_state makes it\)"),
+        (good[0], TypeError, "state must be a tuple of 1 arrays"),
+        (be.init_state(B, H, "float64"), ValueError, "state H is float64 but the params are float32"),
+    ]
+    wrong.append((be.init_state(B, H + 1), ValueError, r"state H has shape \(4, 9\), expected \(4, 8\)"))
+    for state, error, message in wrong:
+        for call in (lambda s: be.forward(p, X, s), lambda s: be.loss_and_grads(p, X, Y, s),
+                     lambda s: be.train_step(p, X, Y, s, 0.5, 1.0), lambda s: be.evaluate_loss(p, X, Y, s)):
+            with pytest.raises(error, match=message):
+                call(state)
+    be.forward(p, X, good)  # what fits still runs
+
+
 def test_negative_inputs_and_non_positive_clipping_bounds_are_refused(setup):
     be, p, X, Y = setup
     with pytest.raises(ValueError, match="X holds negative token ids"):

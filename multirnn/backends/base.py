@@ -201,6 +201,17 @@ class Backend(abc.ABC):
             return int(shape[0]) if shape is not None and len(shape) == 1 else None
         return None
 
+    def _dtype_and_hidden_of(self, params: Params) -> tuple[str | None, int | None]:
+        """The params' dtype name and H, read without converting them (the state check uses them): from ``b_q``
+        and ``W_hq`` (H, V) in a dict by d2l names; None for what cannot be read. Backends with params of
+        another form override it next to :meth:`_vocab_size_of`."""
+        if not isinstance(params, dict):
+            return None, None
+        b_q, W_hq = params.get("b_q"), params.get("W_hq")
+        shape = getattr(W_hq, "shape", None)
+        return (_dtype_name(b_q.dtype) if hasattr(b_q, "dtype") else None,
+                int(shape[0]) if shape is not None and len(shape) == 2 else None)
+
     # --- composed operations (a backend may override them with a fused version) --------------
     def train_step(
         self, params: Params, X: np.ndarray, Y: np.ndarray, state: State, lr: float, max_grad_norm: float
@@ -282,16 +293,55 @@ def check_lr(lr: Any) -> float:
     return value
 
 
+def _dtype_name(dtype: Any) -> str:
+    """A framework's dtype by name ("float32"): NumPy's and JAX's ``.name``, TensorFlow's too, torch's str."""
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+def check_state(backend: Backend, params: Any, X: Any, state: Any) -> None:
+    """``state`` is what ``init_state`` makes for this batch: one ``(batch, num_hiddens)`` array per entry of
+    ``model.state_names()``, in the params' dtype. Only shapes and dtype names are read (no conversion, no
+    device sync): a wrong state failed in each framework's words (flax: ScopeParamShapeError), extra entries were
+    dropped silently, and a float64 state turned the NumPy oracle's float32 logits into float64."""
+    names = backend.model.state_names()
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"state must be a tuple of {len(names)} arrays ({', '.join(names)}; backend.init_state makes "
+                        f"it), got {type(state).__name__}.")
+    if len(state) != len(names):
+        raise ValueError(f"state holds {len(state)} arrays, but {backend.model.name} has {len(names)} "
+                         f"({', '.join(names)}; backend.init_state makes it).")
+    shapes = [tuple(getattr(s, "shape", ())) for s in state]
+    batch = X.shape[0] if isinstance(X, np.ndarray) and X.ndim == 2 else None
+    try:
+        want_dtype, hidden = backend._dtype_and_hidden_of(params)
+    except (AttributeError, IndexError, KeyError, TypeError):  # params of an unexpected form: the method's own error
+        want_dtype, hidden = None, None
+    for name, shape in zip(names, shapes):
+        if len(shape) != 2 or (batch is not None and shape[0] != batch) or (hidden is not None and shape[1] != hidden):
+            want = f"({batch if batch is not None else 'batch'}, {hidden if hidden is not None else 'num_hiddens'})"
+            raise ValueError(f"state {name} has shape {shape}, expected {want}: one row per sequence of X, "
+                             "num_hiddens columns (backend.init_state makes it).")
+    for name, s in zip(names, state):
+        if want_dtype is not None and hasattr(s, "dtype") and _dtype_name(s.dtype) != want_dtype:
+            raise ValueError(f"state {name} is {_dtype_name(s.dtype)} but the params are {want_dtype}: make it with "
+                             f"backend.init_state(batch, num_hiddens, dtype={want_dtype!r}).")
+
+
 # ``args`` are a call's positional arguments, ``self`` first: (self, params, X, Y, state, lr, max_grad_norm)
 def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
     params = args[1] if len(args) > 1 else kwargs.get("params")
     X = args[2] if len(args) > 2 else kwargs.get("X")
     Y = (args[3] if len(args) > 3 else kwargs.get("Y")) if labels else None
+    at = 4 if labels else 3
+    state = args[at] if len(args) > at else kwargs.get("state")
     try:
         vocab_size = args[0]._vocab_size_of(params)
     except (AttributeError, IndexError, KeyError, TypeError):  # params of an unexpected form: the method's own error
         vocab_size = None
     check_batch(X, Y, vocab_size)
+    if state is not None or "state" in kwargs or len(args) > at:
+        check_state(args[0], params, X, state)
 
 
 _CHECKS = {

@@ -930,6 +930,10 @@ class JaxLayersBackend(_JaxBase):
         """V: the output Dense's kernel is ``(H, V)`` (the input checks read it; no conversion)."""
         return int(params["params"]["dense"]["kernel"].shape[-1])
 
+    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
+        kernel = params["params"]["dense"]["kernel"]  # (H, V)
+        return kernel.dtype.name, int(kernel.shape[0])
+
     def params_to_numpy(self, params: Any) -> dict[str, np.ndarray]:
         out = {}
         for name, path in _flax_paths(self.model).items():

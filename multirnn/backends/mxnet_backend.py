@@ -416,6 +416,11 @@ class _MXNetBase(Backend):
             return params.shape[0]
         return super()._vocab_size_of(params)
 
+    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
+        if isinstance(params, (PackedParams, LayersParams)):
+            return params.dtype, params.shape[1]
+        return super()._dtype_and_hidden_of(params)
+
     # --- conversion -------------------------------------------------------------------------
     def _array(self, x: Any, dtype: Any = None) -> Any:
         """A NumPy (or MXNet) array on this backend's device; MXNet arrays are not copied."""

@@ -1017,6 +1017,10 @@ class TensorFlowLayersBackend(Backend):
         """V: the output layer's bias (the input checks read it; no conversion)."""
         return int(params["dense/bias"].shape[0])
 
+    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
+        kernel = params["dense/kernel"]  # (H, V)
+        return kernel.dtype.name, int(kernel.shape[0])
+
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> LayerParams:
         """New params: Keras layers holding ``params`` (a params object owns its layers' variables).
 

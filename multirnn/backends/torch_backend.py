@@ -787,6 +787,10 @@ class TorchLayersBackend(_TorchCommon):
         """V: the output layer's bias (the input checks read it; no conversion)."""
         return int(params["linear.bias"].shape[0])
 
+    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
+        weight = params["linear.weight"]  # (V, H)
+        return str(weight.dtype).rsplit(".", 1)[-1], int(weight.shape[1])
+
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> _LayerParams:
         """A fresh net holding d2l's ``params`` (copied, transposed and stacked in torch's gate order);
         returns its trained parameters."""
