@@ -46,7 +46,9 @@ from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
 from .data import (
     BUNDLED_TEXTS,
+    bundled_name,
     bundled_text_path,
+    check_encoding,
     encode_eval_text,
     file_sha256,
     read_text,
@@ -775,6 +777,11 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
                    and (issue := layers_known_issue(n, config.model, config.dtype))]
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
+    if args.encoding is not None:  # refused before any text is read, whether or not a text needs it
+        try:
+            check_encoding(args.encoding)
+        except ValueError as exc:
+            raise UsageError(f"--encoding: {exc}") from None
     # checked against the text's vocabulary below
     prefixes = tuple(args.prefix) if args.prefix else ED2_SAMPLE_PREFIXES if config.protocol == "d2l-ed2" else SAMPLE_PREFIXES
     prompt_note = None
@@ -813,6 +820,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         # spacing, so the report does not say "every 6 epochs" of a 2-epoch run (the epochs are unchanged).
         every = max(1, config.num_epochs - 1)
     data_notes = list(data.notes) + ([prompt_note] if prompt_note else [])
+    if args.encoding is not None and all(t is None or bundled_name(Path(t)) for t in (text, eval_text)):
+        data_notes.append(f"--encoding {args.encoding} is not used: the bundled texts' encodings are known")
     if config.protocol == "d2l-ed2" and config.batch_size > config.num_train:  # as d2l's DataLoader does
         data_notes.append(f"--batch-size {config.batch_size:,} is more than the {config.num_train:,} training windows: "
                           "every minibatch holds all of them, one step per epoch")

@@ -143,6 +143,21 @@ _ASCII_LETTERS = re.compile("[A-Za-z]")
 DROPPED_LETTERS_WARNING = 0.01
 
 
+def check_encoding(encoding: str) -> str:
+    """``encoding`` as Python's codec name, when it is a text encoding.
+
+    Raises:
+        ValueError: an unknown name, or a codec that is not a text encoding (rot13, base64, zlib).
+    """
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"Unknown text encoding {encoding!r} (e.g. utf-8, utf-16, cp1252, latin-1).") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"{encoding!r} is not a text encoding (e.g. utf-8, utf-16, cp1252, latin-1).")
+    return info.name
+
+
 def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> str:
     """Decode a text file's bytes: by its byte-order mark (UTF-8/16/32) when it has one, else in
     ``encoding`` when given, else as UTF-8; never a guess.
@@ -154,12 +169,7 @@ def decode_text(raw: bytes, name: str = "text", encoding: str | None = None) -> 
     """
     given = encoding
     if given is not None:
-        try:
-            info = codecs.lookup(given)
-        except LookupError:
-            raise ValueError(f"Unknown text encoding {given!r} (e.g. utf-8, utf-16, cp1252, latin-1).") from None
-        if not getattr(info, "_is_text_encoding", True):  # rot13, base64, zlib: codecs, not text encodings
-            raise ValueError(f"{given!r} is not a text encoding (e.g. utf-8, utf-16, cp1252, latin-1).")
+        info = codecs.lookup(check_encoding(given))
     # A byte-order mark says what the file is, whatever --encoding says (its help promises as much)
     bom = next(((b, e) for b, e in _BOMS if raw.startswith(b)), None)
     if bom is not None:
@@ -197,7 +207,7 @@ def _yields_bytes(path: Path) -> bool:
         return False
 
 
-def _bundled_name(path: Path) -> str | None:
+def bundled_name(path: Path) -> str | None:
     try:
         resolved = path.resolve()
         return next((n for n in BUNDLED_TEXTS if bundled_text_path(n).resolve() == resolved), None)
@@ -207,7 +217,7 @@ def _bundled_name(path: Path) -> str | None:
 
 def _read_text(path: str | Path, expected_sha256: str | None = None, encoding: str | None = None) -> str:
     path = Path(path)
-    bundled = _bundled_name(path)
+    bundled = bundled_name(path)
     if bundled is not None:  # a bundled text: its encoding and checksum are known, whatever encoding is asked
         encoding, expected_sha256 = BUNDLED_ENCODINGS[bundled], expected_sha256 or BUNDLED_TEXTS[bundled]
     if path.is_dir():

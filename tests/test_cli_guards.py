@@ -390,3 +390,22 @@ def test_an_empty_out_is_refused_not_taken_for_the_current_folder(module, tmp_pa
     assert cli.main(["--out", "", "--backends", "numpy"]) == 2
     assert "argument --out: is empty" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("encoding, message", [
+    ("nosuch", "--encoding: Unknown text encoding 'nosuch'"),
+    ("rot13", "--encoding: 'rot13' is not a text encoding"),
+])
+def test_an_encoding_that_is_not_one_is_refused_even_for_bundled_texts(tmp_path, capsys, encoding, message):
+    """With the bundled text (its encoding known) --encoding nosuch or rot13 was accepted silently."""
+    assert compare.main(["--backends", "numpy", "--epochs", "1", "--hidden", "16", "--max-tokens", "3000",
+                         "--encoding", encoding, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_encoding_the_bundled_texts_do_not_need_is_said_unused():
+    args = compare.build_parser().parse_args(["--backends", "numpy", "--encoding", "latin-1", "--epochs", "1"])
+    plan = compare.make_plan(args, [])
+    assert "--encoding latin-1 is not used: the bundled texts' encodings are known" in plan.options["data_notes"]
