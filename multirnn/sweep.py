@@ -270,7 +270,10 @@ def parse_options(argv: list[str]) -> Options:
         from_file = vars(parser.parse_args(_toml_argv(spec.values, parser)))
         sources = {d: spec for d in spec.values if d not in given}
         given = {**from_file, **given}
-    dims = {d: split_values(d, given[d]) for d in swept_dests() if d in given}
+    # a --spec list's items are the values as written (a path with a comma is one value); the command line's
+    # comma lists and a file's scalars are split on commas
+    dims = {d: split_values(d, sources[d].values[d] if d in sources and isinstance(sources[d].values[d], list)
+                            else given[d]) for d in swept_dests() if d in given}
     fixed: list[str] = []
     for d in ROW_OPTIONS:
         if d in given:

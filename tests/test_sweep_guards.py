@@ -490,3 +490,16 @@ def test_a_busy_machine_is_named_beside_the_speeds(finished):
     assert "kept 1.3 of the 3 cores this run could use" in sweep_report.markdown(sweep, [])
     sweep["run"]["other_load_cores"] = 0.1
     assert "Busy machine" not in sweep_report.markdown(sweep, [])
+
+
+def test_a_spec_lists_items_are_values_even_with_a_comma(tmp_path, monkeypatch, capsys):
+    """text = ["a,b.txt"] was joined into the command line's comma list and split again: "'a': no such file"."""
+    from multirnn.data import bundled_text_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a,b.txt").write_bytes(bundled_text_path("timemachine").read_bytes())
+    (tmp_path / "sweep.toml").write_text('text = ["a,b.txt"]\n')
+    assert sweep_cli.main(["--spec", "sweep.toml", "--backends", "numpy", "--epochs", "1", "--hidden", "16",
+                           "--max-tokens", "3000", "--out", "out", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "a,b.txt" in out and "no such file" not in out
