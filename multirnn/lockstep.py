@@ -21,6 +21,7 @@ This module measures; :mod:`multirnn.verdict` judges the recorded numbers.
 from __future__ import annotations
 
 import json
+import zipfile
 import math
 import os
 import re
@@ -116,16 +117,30 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (damaged, truncated, or not one of ours)."""
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["__meta__"]))
-        params = {k[2:]: z[k] for k in z.files if k.startswith("p:")}
-        refs = meta.get("probe_refs")
-        if refs is not None:
-            for kind in PROBE_CLIP_FACTORS:
-                prefix = f"r:{kind}:"
-                refs[kind]["params"] = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
-    return Checkpoint(meta["epoch"], meta["global_step"], params, meta["rng_state"], refs)
+    """The checkpoint in ``path``.
+
+    Raises:
+        CheckpointError: it cannot be read; the message names the file (a row that re-anchors from it
+            crashed with only NumPy's "Cannot load file containing pickled data").
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["__meta__"]))
+            params = {k[2:]: z[k] for k in z.files if k.startswith("p:")}
+            refs = meta.get("probe_refs")
+            if refs is not None:
+                for kind in PROBE_CLIP_FACTORS:
+                    prefix = f"r:{kind}:"
+                    refs[kind]["params"] = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+        return Checkpoint(meta["epoch"], meta["global_step"], params, meta["rng_state"], refs)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"the anchor's checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+                              "it was damaged or left by another run: start the run again (--overwrite)") from None
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -579,3 +579,16 @@ def test_a_row_that_crashed_mid_run_keeps_its_curve_up_to_the_crash(tmp_path):
     assert len(row["perplexity"]) == 2 and row["steps_per_epoch"] == [37, 37], row
     crashed_rows = [ln for ln in (out / "curves.csv").read_text().splitlines() if ln.startswith("tests.fakes:Crashes")]
     assert len(crashed_rows) == 2
+
+
+def test_a_damaged_checkpoint_names_its_file_and_the_way_out(tmp_path):
+    """A checkpoint overwritten by garbage made the re-anchoring row crash with only NumPy's "Cannot load file
+    containing pickled data when allow_pickle=False", naming neither the file nor --overwrite."""
+    from multirnn.lockstep import CheckpointError, load_checkpoint
+
+    for content in (b"garbage\n", b""):
+        path = tmp_path / "epoch-00011.npz"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"the anchor's checkpoint '.*epoch-00011.npz' cannot be read .*"
+                                                  r"start the run again \(--overwrite\)"):
+            load_checkpoint(path)
