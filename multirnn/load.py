@@ -60,4 +60,6 @@ def busy_note(cores: float | None, total: int) -> str | None:
         return None
     return (f"other processes kept {cores:.1f} of the {total} cores this run could use busy during it (on average, "
             "from /proc/stat): tokens/s are below what this machine does, for small models by two orders of "
-            "magnitude where threads wait for busy cores; the verdict is unaffected. Time speeds on an idle machine")
+            "magnitude where threads wait for busy cores; the verdict is unaffected. Time speeds on an idle machine, "
+            "or with one thread per row (OMP_NUM_THREADS=1 before the command; compare's --jobs N and the sweep's "
+            "--threads 1 share the cores out) so that no thread waits for a busy core")
