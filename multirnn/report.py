@@ -721,7 +721,8 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
         ax_loss.axhline(v["step_rtol"], color="red", linestyle="--", linewidth=1.2, label=f"loss band {v['step_rtol']:g}")
         ax_loss.axhline(v["norm_rtol"], color="darkred", linestyle="-.", linewidth=1.2,
                         label=f"grad-norm band {v['norm_rtol']:g}")
-    ax_loss.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="worst |x - ref| / ref",
+    # x named: the rows' own lines are the per-step loss, their thin dotted twins the gradient norm (legend)
+    ax_loss.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="worst |x - ref| / ref,\nx: loss (lines), grad norm",
                 title=f"Re-anchored stretches vs {v.get('reference_label')} (red circles: outside the band)")
     ax_probe.axhline(1.0, color="red", linestyle="--", linewidth=1.2, label="band")
     ax_probe.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="deviation / band",
