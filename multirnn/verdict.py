@@ -790,7 +790,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
         notes.append(f"the reference run clipped its gradients at {base['clipped_steps']} of {base['total_steps']} "
                      f"step{'' if base['total_steps'] == 1 else 's'}"
                      + ("; the probe steps forced clipping at every checkpoint" if has_lockstep else ""))
-    effects = [f"{b.name} {b.init_effect:+.0%} (against the d2l model trained from the same weights: "
+    effects = [f"{b.name} {b.init_effect:+.1%} (against the d2l model trained from the same weights: "
                f"{(b.equivalence or {}).get('summary', '-')})" for b in backends if b.init_effect is not None]
     if effects:
         notes.append("the frameworks' own initialisers, not the layers, move the final perplexity: mean median-last "

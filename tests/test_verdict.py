@@ -247,7 +247,10 @@ def test_framework_init_pairs_each_run_with_the_d2l_model_from_the_same_weights(
     assert torch.status == "agrees" and torch.equivalence["equivalent"] is True
     assert torch.init_effect == pytest.approx(2.0 / 5.0 - 1)
     assert jax.status == "disagrees" and "same weights" in jax.reason and jax.equivalence["equivalent"] is not True
-    assert any("initialisers" in n and "torch -60%" in n for n in v.notes)
+    assert any("initialisers" in n and "torch -60.0%" in n for n in v.notes)
+    # a small effect keeps its sign and size ("mxnet/layers -0%" read as nothing)
+    small = _fw_row("torch", 4.985, [5.0, 4.97], paired=[4.99, 5.0, 4.98])
+    assert any("torch -0.3%" in n for n in judge([ref, small], init="framework").notes)
 
 
 def test_framework_init_with_one_seed_holds_the_single_pair_to_the_margin():
