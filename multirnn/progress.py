@@ -149,7 +149,7 @@ def backend_status(msg: dict[str, Any], num_epochs: int) -> tuple[float | None, 
         extra = f" {msg['done']}/{msg['total']}" if "total" in msg else ""
         return None, f"{msg['text']}{extra}"
     if kind == "start":
-        return 0.0, "training, epoch 1 (compiling)"
+        return 0.0, "training, epoch 1" + (" (compiling)" if msg.get("compiles") else "")
     if kind == "step":
         return None, f"training, epoch {msg['epoch']}/{num_epochs} (step {msg['step']})"
     if kind == "epoch":

@@ -291,7 +291,11 @@ def run(task: WorkerTask, progress: Channel) -> None:
         progress("stage", text="checking shapes")
         result["shapes"] = _shapes_on_first_batch(backend, backend.params_from_numpy(numpy_params), data, config)
         result["param_layout"] = describe_layout(backend)  # after params exist: real shapes, not symbolic ones
-        progress("start", num_epochs=config.num_epochs)
+        # a built-in framework's fast path compiles during its first steps (the oracle, eager rows and a custom
+        # backend do not, as far as anyone here knows): the progress line says why they take long
+        compiles = (getattr(backend, "mode", None) == "fast" and type(backend).__module__.startswith("multirnn.backends.")
+                    and getattr(backend, "framework", "numpy") != "numpy")
+        progress("start", num_epochs=config.num_epochs, compiles=compiles)
         last_beat = [time.monotonic()]
 
         def on_epoch(epoch: int, history: harness.History) -> None:

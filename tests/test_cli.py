@@ -224,3 +224,12 @@ def test_a_comparison_piped_into_head_still_writes_its_results(tmp_path):
     assert proc.wait(timeout=300) == 0  # the verdict's own status
     assert json.loads((out / "results.json").read_text())["verdict"]["status"] == "agree"
     assert (out / "report.md").is_file()
+
+
+def test_only_a_row_that_compiles_says_so_in_its_progress_line():
+    """Every row read "training, epoch 1 (compiling)", the NumPy oracle's and an eager custom backend's too."""
+    from multirnn.progress import backend_status
+
+    assert backend_status({"kind": "start", "num_epochs": 3, "compiles": True}, 3)[1] == "training, epoch 1 (compiling)"
+    assert backend_status({"kind": "start", "num_epochs": 3, "compiles": False}, 3)[1] == "training, epoch 1"
+    assert backend_status({"kind": "start", "num_epochs": 3}, 3)[1] == "training, epoch 1"  # an older worker's message
