@@ -25,6 +25,7 @@ import json
 import re
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -532,8 +533,13 @@ def _summary(sweep: dict[str, Any]) -> str:
         for g in groups:
             counts[g["status"]] = counts.get(g["status"], 0) + 1
         # per verdict, how many of the configuration's seeds (a group is one seed's compare run)
+        # the reference's blow-up, which each seed's verdict names, said here too: the perplexities below are then
+        # those of runs that blew up ("agree 2/2 seeds" stood above 1.8e12 alone)
+        blown = Counter(((g.get("verdict") or {}).get("reference_diverged") or {}).get("how") for g in groups)
+        blown.pop(None, None)
         lines.append(f"{confs[conf['index']]}: " + ", ".join(f"{k} {n}/{len(groups)}" for k, n in counts.items())
                      + f" seed{'s' if len(groups) != 1 else ''}"
+                     + "".join(f"; the reference {how} in {n}/{len(groups)}" for how, n in sorted(blown.items()))
                      + (f" ({partial_text(partial[conf['index']])})" if conf["index"] in partial else ""))
         for s in sweep["statistics"]:
             if s["configuration"] == conf["index"]:

@@ -634,7 +634,7 @@ def test_the_sweep_reports_the_eval_text_perplexity_across_seeds(tmp_path):
                   "war_of_the_worlds", "--out", str(out), "--no-plot"])
     assert proc.returncode == 0, proc.stderr
     cells = load(out)["cells"]
-    mean = sum(c["eval_perplexity"] for c in cells if c["row"] == "numpy") / 2
+    mean = math.exp(sum(math.log(c["eval_perplexity"]) for c in cells if c["row"] == "numpy") / 2)  # geometric
     assert "eval text ppl, geo. mean [95 % CI]" in (out / "report.md").read_text()
     assert f"eval-text ppl {mean:.3f}" in proc.stdout, proc.stdout
 
@@ -645,6 +645,16 @@ def test_the_summary_lines_up_long_row_names():
              "statistics": [{**stat, "row": "numpy"}, {**stat, "row": "tensorflow/layers"}], "speed": {"rows": []}}
     rows = [line for line in sweep_cli._summary(sweep).splitlines() if "median-last" in line]
     assert len(rows) == 2 and len({line.index("median-last") for line in rows}) == 1, rows
+
+
+def test_the_summary_says_where_the_reference_blew_up():
+    """--lr 50: 'agree 2/2 seeds' stood above perplexities of 1.8e12 with nothing saying the runs blew up."""
+    stat = {"configuration": 0, "row": "numpy", "median_last_perplexity": {"mean": 2.3e11, "ci95": None}}
+    blew = {"configuration": 0, "status": "agree", "verdict": {"reference_diverged": {"how": "blew up"}}}
+    sweep = {"configurations": [{"index": 0, "label": "lr=50"}], "groups": [blew, {**blew, "verdict": {}}],
+             "statistics": [stat], "speed": {"rows": []}}
+    assert sweep_cli._summary(sweep).splitlines()[0] == "lr=50: agree 2/2 seeds; the reference blew up in 1/2"
+    assert "2.30e+11" in sweep_cli._summary(sweep)
 
 
 def test_configurations_whose_labels_make_the_same_folder_name_get_their_own(tmp_path):
