@@ -171,9 +171,17 @@ def _tidy(task_path: Path, log_path: Path) -> None:
         log_path.unlink()
 
 
+def _installed(backend: str) -> str | None:
+    """The framework's installed version, read without importing it (a row whose worker left no record still
+    names what it ran on; the table showed "-")."""
+    from .info import installed_version
+
+    return installed_version(backend)  # None for a third-party backend
+
+
 def crashed_record(name: str, backend: str, impl: str, error: str) -> dict[str, Any]:
     """The record of a row whose worker produced none (died, hung, interrupted, never ran)."""
-    return {"name": name, "backend": backend, "impl": impl, "status": "crashed", "framework_version": None,
+    return {"name": name, "backend": backend, "impl": impl, "status": "crashed", "framework_version": _installed(backend),
             "error": error}
 
 
@@ -196,8 +204,8 @@ def refused_record(task: WorkerTask) -> dict[str, Any] | None:
 
 def interrupted_record(name: str, backend: str, impl: str, how: str) -> dict[str, Any]:
     """The record of a row that was still running when the user stopped the run (not a crash)."""
-    return {"name": name, "backend": backend, "impl": impl, "status": "interrupted", "framework_version": None,
-            "error": f"interrupted ({how}) before it finished"}
+    return {"name": name, "backend": backend, "impl": impl, "status": "interrupted",
+            "framework_version": _installed(backend), "error": f"interrupted ({how}) before it finished"}
 
 
 def _how(code: int | None) -> str:

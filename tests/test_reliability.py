@@ -592,3 +592,15 @@ def test_a_damaged_checkpoint_names_its_file_and_the_way_out(tmp_path):
         with pytest.raises(CheckpointError, match=r"the anchor's checkpoint '.*epoch-00011.npz' cannot be read .*"
                                                   r"start the run again \(--overwrite\)"):
             load_checkpoint(path)
+
+
+def test_a_row_without_a_record_still_names_its_frameworks_version():
+    """A crashed, hung or interrupted row's version column read "-"."""
+    from multirnn.info import installed_version
+    from multirnn.runner import crashed_record, interrupted_record
+
+    assert installed_version("numpy") is not None
+    assert crashed_record("numpy", "numpy", "scratch", "x")["framework_version"] == installed_version("numpy")
+    assert interrupted_record("numpy", "numpy", "scratch", "Ctrl-C")["framework_version"] == installed_version("numpy")
+    assert crashed_record("tests.fakes:HangingBackend", "tests.fakes:HangingBackend", "scratch", "x")[
+        "framework_version"] is None
