@@ -162,6 +162,11 @@ def _lockstep(backend: Any, config: Any, data: Any, task: WorkerTask, progress: 
     start = time.perf_counter()
     source = task.anchor_dir or task.checkpoint_dir
     paths = lockstep.list_checkpoints(source) if source else []
+    if task.anchor_dir and not paths:
+        # an anchor is named only when it left checkpoints: gone now, they were removed under this run (a second
+        # run's --overwrite did it before folders were held), and the row must not pass on its free run alone
+        raise lockstep.CheckpointError(f"the anchor's checkpoints in {task.anchor_dir!r} are gone (the folder is "
+                                       "missing or empty): removed while this run used them? Start the run again")
     oracle = NumpyBackend(model=config.model)
     stretches, probes = [], []
     progress("stage", text="re-anchored checks", done=0, total=len(paths))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,17 @@ class OracleWatcher(_StepHook):
         oracle_task = Path(sys.argv[1]).with_name("numpy.task.json")  # the worker runs as: -m multirnn.worker TASK FD
         (Path(os.environ["MULTIRNN_TEST_RENDEZVOUS"]) / "OracleWatcher.json").write_text(
             json.dumps({"oracle_running": oracle_task.exists()}))
+
+
+class RemovesTheAnchorsCheckpoints(_StepHook):
+    """Removes the run's checkpoints at its first training step, as a second run's --overwrite into the same
+    --out did before output folders were held: its re-anchored checks then find the anchor's folder gone."""
+
+    name = "anchor-remover"
+
+    def hook(self) -> None:
+        out = Path(sys.argv[1]).parent.parent  # the worker runs as: -m multirnn.worker OUT/backends/NAME.task.json FD
+        shutil.rmtree(out / ".work" / "checkpoints")
 
 
 class WeightsOverflowLossFinite(NumpyBackend):

@@ -604,3 +604,14 @@ def test_a_row_without_a_record_still_names_its_frameworks_version():
     assert interrupted_record("numpy", "numpy", "scratch", "Ctrl-C")["framework_version"] == installed_version("numpy")
     assert crashed_record("tests.fakes:HangingBackend", "tests.fakes:HangingBackend", "scratch", "x")[
         "framework_version"] is None
+
+
+def test_anchor_checkpoints_removed_under_a_run_crash_its_row_instead_of_passing_on_its_free_run(tmp_path):
+    """A second run's --overwrite deleted the first one's checkpoints mid-run: the first run's rows then had no
+    re-anchored checks and were judged on their free run alone ("agrees", exit 0)."""
+    out = tmp_path / "run"
+    proc = compare(["--backends", "numpy,tests.fakes:RemovesTheAnchorsCheckpoints", *TINY, "--out", str(out), "--quiet",
+                    "--no-plot"])
+    assert proc.returncode == 1, proc.stderr
+    row = next(b for b in strict_json(out / "results.json")["backends"] if b["name"] != "numpy")
+    assert row["status"] == "crashed" and "the anchor's checkpoints in" in row["error"] and "are gone" in row["error"]
