@@ -472,21 +472,24 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
         _claim_out_dir(out_dir)
     else:
         out_dir = Path(out)
+        # refusals that need nothing written first (a sweep's folder: not even the lock file it shares)
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {out!r} exists and is not a folder")
         if _existing_run_files(out_dir) and _holds_sweep(out_dir):  # --overwrite would mix a compare run into it
             raise UsageError(f"--out {out!r} holds a sweep (python -m multirnn.sweep); compare does not write into "
                              "it: choose another folder")
-        if out_dir.is_dir():
-            _claim_out_dir(out_dir)
+        if resume and not (out_dir / "results.json").is_file():
+            raise UsageError(f"--resume: {out!r} holds no results.json of an earlier run")
+        try:  # made and held before anything in it is read or cleared: two runs into one new folder race here
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot write to output folder {str(out_dir)!r}: {exc.strerror or exc}") from None
+        _claim_out_dir(out_dir)
         present = _existing_run_files(out_dir)
-        if resume:
-            if not (out_dir / "results.json").is_file():
-                raise UsageError(f"--resume: {out!r} holds no results.json of an earlier run")
-        elif present and not overwrite:
+        if present and not overwrite and not resume:
             raise UsageError(f"--out {out!r} is not empty ({', '.join(present[:4])}{', ...' if len(present) > 4 else ''}); "
                              "use --overwrite to replace its results, --resume to continue it, or another folder")
-        elif present and overwrite:
+        if present and overwrite:
             folders = [name for name in RUN_FILES if (out_dir / name).is_dir()]
             if folders:  # a folder of a run file's name is the user's: refused before anything is removed
                 raise UsageError(f"--overwrite: {str(out_dir / folders[0])!r} is a folder, not the {folders[0]} of a "
@@ -498,8 +501,6 @@ def _prepare_out_dir(out: str | None, overwrite: bool, resume: bool) -> Path:
         if not resume:  # the run's scratch, nobody else's: stale checkpoints must never reach a new run
             shutil.rmtree(out_dir / ".work", ignore_errors=True)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _claim_out_dir(out_dir)  # a folder made just now (held already if it existed)
         (out_dir / "backends").mkdir(parents=True, exist_ok=True)
         (out_dir / ".work").mkdir(exist_ok=True)
         check_writable(out_dir / ".work")
@@ -853,12 +854,13 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
 def main(argv: list[str] | None = None) -> int:
     """``python -m multirnn.compare``: the exit status (see the module's help). The output folder is held
     for the run (:func:`_claim_out_dir`) and let go when it ends."""
-    before = held_folders()
+    before, code = held_folders(), None
     try:
-        return _main(argv)
-    finally:
+        code = _main(argv)
+        return code
+    finally:  # a refused run also removes the lock file it made: it leaves the folder as it found it
         for folder in held_folders() - before:
-            release_folder(folder)
+            release_folder(folder, forget=code == EXIT_USAGE)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -64,29 +66,41 @@ def check_writable(folder: Path) -> None:
 
 
 LOCK_FILE = ".lock"
-_held: dict[Path, int] = {}  # folder -> the open descriptor whose flock holds it (closed only at exit)
+_held: dict[Path, tuple[int, bool]] = {}  # folder -> (the descriptor whose flock holds it, made its lock file)
 
 
 def hold_folder(folder: Path) -> bool:
-    """Hold ``folder/.lock`` for this process's lifetime (the kernel drops it however the process ends,
-    SIGKILL included), with this process's pid in it; False if another process holds it. Two runs must never
-    share an output folder: one's ``--overwrite`` deleted the other's checkpoints mid-run. ``folder`` must exist."""
+    """Hold ``folder/.lock`` until :func:`release_folder` or the process's end (the kernel drops it however the
+    process ends, SIGKILL included), with this process's pid in it; False if another process holds it. Two runs
+    must never share an output folder: one's ``--overwrite`` deleted the other's checkpoints mid-run. ``folder``
+    must exist. Where the file system cannot lock (flock's ENOLCK on some network file systems), it runs
+    unguarded, as on a system without flock, rather than refuse every run."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no guard
         return True
     key = folder.resolve()
+    path = folder / LOCK_FILE
     if key in _held:
-        return True
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        fd, _ = _held[key]
+        try:  # still the same lock file (a folder removed and made again under this process holds a new one)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return True
+        except OSError:
+            pass
+        release_folder(folder)
+    made = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        return False
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False  # another process holds it
+        return True  # no locking here: unguarded
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _held[key] = fd
+    _held[key] = (fd, made)
     return True
 
 
@@ -95,10 +109,14 @@ def held_folders() -> set[Path]:
     return set(_held)
 
 
-def release_folder(folder: Path) -> None:
-    """Let go of a folder :func:`hold_folder` took (a command run in-process, as tests do, ends holding none)."""
-    fd = _held.pop(folder.resolve(), None)
+def release_folder(folder: Path, forget: bool = False) -> None:
+    """Let go of a folder :func:`hold_folder` took (a command run in-process, as tests do, ends holding none);
+    ``forget``: also remove the lock file if this process made it (a run refused before writing anything)."""
+    fd, made = _held.pop(folder.resolve(), (None, False))
     if fd is not None:
+        if forget and made:
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink()
         os.close(fd)  # closing the descriptor drops the flock
 
 

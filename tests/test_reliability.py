@@ -590,7 +590,7 @@ def test_a_damaged_checkpoint_names_its_file_and_the_way_out(tmp_path):
         path = tmp_path / "epoch-00011.npz"
         path.write_bytes(content)
         with pytest.raises(CheckpointError, match=r"the anchor's checkpoint '.*epoch-00011.npz' cannot be read .*"
-                                                  r"start the run again \(--overwrite\)"):
+                                                  r"start the run again from scratch \(compare: --overwrite\)"):
             load_checkpoint(path)
 
 
@@ -615,3 +615,36 @@ def test_anchor_checkpoints_removed_under_a_run_crash_its_row_instead_of_passing
     assert proc.returncode == 1, proc.stderr
     row = next(b for b in strict_json(out / "results.json")["backends"] if b["name"] != "numpy")
     assert row["status"] == "crashed" and "the anchor's checkpoints in" in row["error"] and "are gone" in row["error"]
+
+
+def test_a_refused_run_leaves_no_lock_file_in_a_folder_it_did_not_write(tmp_path):
+    """Held before its refusals, a refused run left its .lock in the user's folder."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(out), "--quiet"])
+    assert proc.returncode == 2 and "is not empty (notes.txt)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    proc = compare(["--backends", "numpy", *TINY, "--out", str(tmp_path / "none"), "--quiet", "--resume"])
+    assert proc.returncode == 2 and not (tmp_path / "none").exists()
+
+
+def test_a_file_system_that_cannot_lock_runs_unguarded(tmp_path, monkeypatch):
+    """Any flock error read as "another run is using --out": where a file system cannot lock (ENOLCK on some
+    network file systems) every run would have been refused."""
+    import errno
+    import fcntl
+
+    from multirnn import files
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert files.hold_folder(tmp_path) is True and tmp_path.resolve() not in files.held_folders()  # runs, unguarded
+
+    def held(fd, op):
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", held)
+    assert files.hold_folder(tmp_path) is False
