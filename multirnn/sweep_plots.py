@@ -102,7 +102,9 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
             epochs = np.arange(1, curves.shape[1] + 1)
             color = report.row_color(row, i)  # its framework's colour, as in compare's plots
             bad, judged = _disagreeing(sweep, conf["index"], row)  # a wrong row's curve can look like better training
-            ax.plot(epochs, np.nanmean(curves, axis=0), color=color, linewidth=1.4,
+            with np.errstate(divide="ignore", invalid="ignore"):  # the table's geometric mean (sweep_report)
+                line = np.exp(np.nanmean(np.log(curves), axis=0))
+            ax.plot(epochs, line, color=color, linewidth=1.4,
                     linestyle=("-", "--", ":", "-.")[i % 4],
                     label=f"{row} (n={curves.shape[0]})" + (f": DISAGREES in {bad}/{judged} seeds" if bad else ""))
             if curves.shape[0] > 1:
@@ -130,7 +132,7 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
     for k in range(len(confs), rows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.suptitle(("Partial sweep. " if partial else "")
-                 + "Perplexity per epoch: mean over seeds (line), lowest to highest seed (band)", fontsize=10)
+                 + "Perplexity per epoch: geometric mean over seeds (line), lowest to highest seed (band)", fontsize=10)
     fig.tight_layout()
     if drawn:
         fig.savefig(path, dpi=100)

@@ -197,9 +197,9 @@ def _statistics(confs: list[dict[str, Any]], cells: list[dict[str, Any]]) -> lis
             out.append({"configuration": conf["index"], "row": row, "seeds": len(runs),
                         "statuses": dict(sorted(Counter(c["status"] for c in runs).items())),
                         # geometric: a mean of the seeds' cross-entropies, and an interval that stays positive
-                        "final_perplexity": mean_interval([c["final_perplexity"] for c in ok], log=True),
-                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok], log=True),
-                        "eval_perplexity": mean_interval([c["eval_perplexity"] for c in ok], log=True)})  # n 0 without --eval-text
+                        "final_perplexity": mean_interval([c["final_perplexity"] for c in ok], log=True, least=1.0),
+                        "median_last_perplexity": mean_interval([c["median_last_perplexity"] for c in ok], log=True, least=1.0),
+                        "eval_perplexity": mean_interval([c["eval_perplexity"] for c in ok], log=True, least=1.0)})  # n 0 without --eval-text
     return out
 
 

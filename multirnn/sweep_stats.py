@@ -77,17 +77,20 @@ def t_ppf(q: float, df: float) -> float:
     return (lo + hi) / 2.0
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95, log: bool = False) -> dict[str, Any]:
+def mean_interval(values: Sequence[float], level: float = 0.95, log: bool = False,
+                  least: float | None = None) -> dict[str, Any]:
     """Mean, sample standard deviation and the two-sided ``level`` t interval of the mean.
 
     ``log``: of the values' logarithms, mapped back (the geometric mean and an interval that stays positive;
-    ``sd`` is then the logarithms'). For perplexities: the log of one is a mean cross-entropy, and a seed that
-    blew up to 1e74 made the arithmetic interval run from -1e75. Values that are not finite (or not positive,
-    with ``log``) are left out; ``n`` counts those used."""
+    the standard deviation is then the logarithms', ``sd_log``, not ``sd``). For perplexities: the log of one is
+    a mean cross-entropy, and a seed that blew up to 1e74 made the arithmetic interval run from -1e75. ``least``:
+    the smallest value the quantity can take (a perplexity's is 1), where the interval's lower end stops. Values
+    that are not finite (or not positive, with ``log``) are left out; ``n`` counts those used."""
     kept = [float(v) for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
     x = [math.log(v) for v in kept] if log else kept
     n = len(x)
-    out: dict[str, Any] = {"n": n, "mean": None, "sd": None, "ci95": None, **({"scale": "log"} if log else {})}
+    sd_key = "sd_log" if log else "sd"
+    out: dict[str, Any] = {"n": n, "mean": None, sd_key: None, "ci95": None, **({"scale": "log"} if log else {})}
     if n == 0:
         return out
     back = math.exp if log else float
@@ -96,7 +99,8 @@ def mean_interval(values: Sequence[float], level: float = 0.95, log: bool = Fals
     if n >= 2:
         sd = math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1))
         half = t_ppf(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
-        out.update(sd=sd, ci95=[_capped(back, mean - half), _capped(back, mean + half)])
+        low = _capped(back, mean - half)
+        out.update({sd_key: sd, "ci95": [low if least is None else max(low, least), _capped(back, mean + half)]})
     return out
 
 
