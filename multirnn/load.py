@@ -61,5 +61,6 @@ def busy_note(cores: float | None, total: int) -> str | None:
     return (f"other processes kept {cores:.1f} of the {total} cores this run could use busy during it (on average, "
             "from /proc/stat): tokens/s are below what this machine does, for small models by two orders of "
             "magnitude where threads wait for busy cores; the verdict is unaffected. Time speeds on an idle machine, "
-            "or with one thread per row (OMP_NUM_THREADS=1 before the command; compare's --jobs N and the sweep's "
-            "--threads 1 share the cores out) so that no thread waits for a busy core")
+            "or with one thread per row so that no thread waits for a busy core (compare's --jobs set to the core "
+            "count, the sweep's --threads 1: each caps every framework's thread pools, which OMP_NUM_THREADS=1 alone "
+            "does for NumPy and torch only)")

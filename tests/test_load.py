@@ -46,4 +46,4 @@ def test_the_note_says_how_busy_and_only_when_it_matters():
     note = busy_note(1.04, 2)
     assert note.startswith("other processes kept 1.0 of the 2 cores this run could use busy during it")
     assert "the verdict is unaffected" in note
-    assert "OMP_NUM_THREADS=1" in note  # the way to time speeds that a busy machine does not ruin
+    assert "--threads 1" in note and "--jobs" in note  # the way to time speeds that a busy machine does not ruin
