@@ -330,9 +330,11 @@ def _distinct(x: float, y: float) -> tuple[str, str]:
     return a, b
 
 
-def _sentence(note: str) -> str:
-    """A note as a sentence of report.md; one led by a row's name ("mxnet/layers: ...") keeps it as written."""
-    led_by_name = note.split(" ", 1)[0].endswith(":")
+def _sentence(note: str, names: set[str] = frozenset()) -> str:
+    """A note as a sentence of report.md; one led by a name keeps it as written: "mxnet/layers: ...",
+    "--eval-text: ...", "numpy has no 'layers' row" (``names``: the run's rows and backends)."""
+    first = note.split(" ", 1)[0]
+    led_by_name = first.endswith(":") or first in names or first.split("/")[0] in names
     return f"{note if led_by_name else note[0].upper() + note[1:]}."
 
 
@@ -413,7 +415,8 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         markdown_table(rows, header),
         "",
         bands_text(results),
-        *[f"\n{_sentence(n)}" for n in notes(results)],
+        *[f"\n{_sentence(n, {x for b in results['backends'] for x in (b['name'], b.get('backend')) if x})}"
+          for n in notes(results)],
         "",
         column_key(results, header),
     ]

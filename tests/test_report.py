@@ -298,3 +298,11 @@ def test_a_rows_note_reaches_the_report_not_only_the_start_up_lines(results, tmp
     report.write_all(results, tmp_path, make_plots=False)
     assert note in (tmp_path / "report.md").read_text()
     assert note in report.terminal_report(results)
+
+
+def test_a_note_led_by_a_rows_name_keeps_its_case():
+    """"numpy has no 'layers' row" reached report.md as "Numpy has ..."."""
+    assert report._sentence("numpy has no 'layers' row", {"numpy", "torch"}) == "numpy has no 'layers' row."
+    assert report._sentence("mxnet/layers: a known bug", set()) == "mxnet/layers: a known bug."
+    assert report._sentence("torch/layers runs oneDNN", {"torch"}) == "torch/layers runs oneDNN."
+    assert report._sentence("the reference run clipped", {"numpy"}) == "The reference run clipped."
