@@ -21,10 +21,10 @@ This module measures; :mod:`multirnn.verdict` judges the recorded numbers.
 from __future__ import annotations
 
 import json
-import zipfile
 import math
 import os
 import re
+import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,7 +140,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         return Checkpoint(meta["epoch"], meta["global_step"], params, meta["rng_state"], refs)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"the anchor's checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
-                              "it was damaged or left by another run: start the run again (--overwrite)") from None
+                              "it was damaged or removed under this run: start the run again from scratch (compare: "
+                              "--overwrite)") from None
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -294,9 +294,13 @@ def check_lr(lr: Any) -> float:
 
 
 def _dtype_name(dtype: Any) -> str:
-    """A framework's dtype by name ("float32"): NumPy's and JAX's ``.name``, TensorFlow's too, torch's str."""
-    name = getattr(dtype, "name", None)
-    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+    """A framework's dtype by name ("float32"): NumPy's (a dtype or a type such as legacy MXNet arrays'
+    ``numpy.float32``), JAX's and TensorFlow's ``.name``, torch's str."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        name = getattr(dtype, "name", None)
+        return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
 
 
 def check_state(backend: Backend, params: Any, X: Any, state: Any) -> None:
