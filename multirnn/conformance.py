@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Measure what each framework's own GRU, LSTM and tanh-RNN layer computes (the "
                    "oracle variant it matches in float64), its parameters and its default initialisers; "
                    "prints a Markdown table.")
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"multirnn {__version__}")  # as compare's and the sweep's
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--frameworks", metavar="LIST",
                     help=f"comma-separated frameworks to measure, each in its own process (default: "

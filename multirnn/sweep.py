@@ -71,7 +71,7 @@ examples:
 
 exit status: 0 every configuration and seed agrees, 1 a disagreement or a crashed cell, 2 bad usage,
 3 no backend could run, 4 nothing disagreed but some group had nothing to compare (as compare's exit 4),
-128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM; a partial aggregate is written).
+128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP; a partial aggregate is written).
 """
 
 # Nominal speeds for --dry-run's estimate: tokens/s of each backend on the quick preset (hidden 512,

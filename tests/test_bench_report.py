@@ -7,8 +7,15 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.report import (ladders_text, legend, main_table, scaling_table, target_verdict, window_roofline,
-                               with_work_share)
+from benchmarks.report import (
+    ladders_text,
+    legend,
+    main_table,
+    scaling_table,
+    target_verdict,
+    window_roofline,
+    with_work_share,
+)
 from tests.conftest import require_backend
 
 # Floor: 1120 tokens per minibatch in 7.5 ms (5.5 ms serial chain at the best rate + 2.0 ms batched

@@ -19,8 +19,9 @@ import pytest
 from multirnn import sweep as sweep_cli
 from multirnn import sweep_exec
 from multirnn.sweep_exec import check_reachable, ray_endpoint
-from tests.test_sweep import TINY, ends, load, sweep
+from tests.conftest import require_module
 from tests.fakes import not_installed
+from tests.test_sweep import TINY, ends, load, sweep
 
 BASE = ["--backends", "numpy,tests.zoo:OracleCopy", *TINY, "--quiet"]
 
@@ -222,7 +223,7 @@ def test_an_unreachable_address_fails_at_once(tmp_path, closed_port, scheme, ray
 
 def test_an_address_ray_refuses_leaves_no_folder(tmp_path):
     """Refused by Ray itself (after --out was checked by creating it): an empty folder was left behind."""
-    pytest.importorskip("ray", reason="Ray refuses the address itself")
+    require_module("ray", "pip install 'multirnn[ray]'")  # skipped with the reason, or failed where ray is required
     out = tmp_path / "new" / "out"  # its parent made by the sweep too
     proc = sweep([*TINY, "--executor", "ray", "--address", "nonsense::", "--out", str(out)], tmp_path=tmp_path,
                  timeout=120)
