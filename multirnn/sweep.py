@@ -38,7 +38,7 @@ from .load import OtherLoad
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
-from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, is_final
+from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, first_line, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
 from .sweep_spec import (
     PASS_THROUGH,
@@ -550,9 +550,14 @@ def _summary(sweep: dict[str, Any]) -> str:
                       if m.get("ci95") else "")
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
+                # why a row has no run: its first error, as compare's Problems section prints it (an install hint
+                # for an unavailable framework reached only report.md under --quiet)
+                why = next((c.get("error") for c in sweep.get("cells", []) if c["configuration"] == conf["index"]
+                            and c["row"] == s["row"] and c["status"] != "ok" and c.get("error")), None)
                 lines.append(f"  {s['row']:<{width}} median-last ppl {report._ppl(m['mean'])}{ci}" if m["mean"] is not None
                              else f"  {s['row']:<{width}} " + (f"no finished run ({statuses})" if statuses
-                                                                   else no_runs_text(sweep, conf["index"])))
+                                                                   else no_runs_text(sweep, conf["index"]))
+                             + (f": {first_line(why)}" if why else ""))
                 if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
                     lines[-1] += f"  eval-text ppl {report._ppl(ev['mean'])}"
                 if ratio is not None:

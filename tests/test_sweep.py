@@ -658,6 +658,17 @@ def test_the_summary_says_where_the_reference_blew_up():
     assert "median-last ppl 2.3e+11" in sweep_cli._summary(sweep)  # three digits, not 230000000000.000
 
 
+def test_the_summary_says_why_a_row_has_no_run():
+    """Under --quiet the install hint of an unavailable framework reached only report.md."""
+    hint = "Backend 'mxnet' needs mxnet, which is not installed. Install it with: pip install 'multirnn[mxnet]'"
+    stat = {"configuration": 0, "row": "mxnet", "statuses": {"unavailable": 1},
+            "median_last_perplexity": {"mean": None, "ci95": None}}
+    sweep = {"configurations": [{"index": 0, "label": "epochs=2"}], "groups": [{"configuration": 0, "status": "agree"}],
+             "statistics": [stat], "speed": {"rows": []},
+             "cells": [{"configuration": 0, "row": "mxnet", "status": "unavailable", "error": hint + "\nmore"}]}
+    assert sweep_cli._summary(sweep).splitlines()[1] == f"  mxnet  no finished run (unavailable 1): {hint}"
+
+
 def test_configurations_whose_labels_make_the_same_folder_name_get_their_own(tmp_path):
     """'/x/b.txt' and '/x_b.txt' both become 'text=_x_b.txt': one group's report overwrote the other's."""
     text = (ROOT / "multirnn" / "texts" / "timemachine.txt").read_text()[:60000]
