@@ -774,6 +774,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     names, named = _backends_from_args(args.backends)
     impls = _impls_from_args(args.impl)
     pairs, pair_notes = _rows_to_run(names, impls)
+    asked = {n.strip().lower() for n in (args.backends or "").split(",")}
+    if "flax" in asked and "layers" not in impls:  # an alias of jax: flax's own layers are the layers row
+        pair_notes.append("--backends flax names the jax backend: its row is d2l's scratch model in JAX; flax's own "
+                          "layers (nn.RNN(nn.SimpleCell) + nn.Dense) run with --impl layers (or all)")
     pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs if i == "layers"
                    and (issue := layers_known_issue(n, config.model, config.dtype))]
     text = _resolve_text(args.text, "--text")

@@ -409,3 +409,13 @@ def test_an_encoding_the_bundled_texts_do_not_need_is_said_unused():
     args = compare.build_parser().parse_args(["--backends", "numpy", "--encoding", "latin-1", "--epochs", "1"])
     plan = compare.make_plan(args, [])
     assert "--encoding latin-1 is not used: the bundled texts' encodings are known" in plan.options["data_notes"]
+
+
+def test_asking_for_flax_with_the_scratch_model_says_where_flaxs_layers_are():
+    """--backends flax ran the scratch JAX row and said nothing: a user asking for flax likely wanted its layers."""
+    plan = compare.make_plan(compare.build_parser().parse_args(["--backends", "numpy,flax", "--epochs", "1"]), [])
+    assert any(n.startswith("--backends flax names the jax backend") and "--impl layers" in n
+               for n in plan.options["row_notes"])
+    plan = compare.make_plan(compare.build_parser().parse_args(["--backends", "numpy,flax", "--impl", "all",
+                                                                "--epochs", "1"]), [])
+    assert not any(n.startswith("--backends flax") for n in plan.options["row_notes"])
