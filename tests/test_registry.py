@@ -210,3 +210,10 @@ def test_installed_code_includes_user_and_system_site_packages():
     for entry in ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3.11/site-packages"):
         if entry in sys.path:
             assert is_library_file(entry + "/numpy/__init__.py")
+
+
+def test_the_oracles_install_hint_is_one_that_works():
+    """It said "pip install multirnn", and multirnn is not on the package index."""
+    from multirnn.backends import install_hint
+
+    assert install_hint("numpy") == "pip install numpy"

@@ -97,8 +97,8 @@ def install_hint(name: str) -> str:
     if key not in _REGISTRY:
         return f"make {key!r} importable (pip install the package that provides it)"
     extra = _REGISTRY[key][2]
-    if extra is None:
-        return "pip install multirnn"
+    if extra is None:  # the NumPy oracle: multirnn's own dependency (multirnn itself is not on the package index)
+        return "pip install numpy"
     hint = f"pip install 'multirnn[{extra}]'"
     return f"{TORCH_CPU_WHEEL} && {hint}" if extra == "torch" else hint
 
