@@ -41,8 +41,9 @@ def require_backend(name: str, module_level: bool = False) -> None:
     reason = probe(name)
     if reason and REQUIRED:
         pytest.fail(f"{name} is required (MULTIRNN_REQUIRE_BACKENDS=1) but unavailable: {reason}", pytrace=False)
-    if reason:
-        pytest.skip(f"{name} not installed ({install_hint(name)}): {reason}", allow_module_level=module_level)
+    if reason:  # the reason names the install command where the backend knows it: said once, not twice
+        hint = "" if install_hint(name) in reason else f" ({install_hint(name)})"
+        pytest.skip(f"{name} not installed{hint}: {reason}", allow_module_level=module_level)
 
 
 # Optional modules that are not part of a backend: required only where every backend is (the [all]
