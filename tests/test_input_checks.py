@@ -135,6 +135,6 @@ def test_v_is_read_where_every_layout_agrees_and_never_guessed():
     be = multirnn.get_backend("numpy")
     torch_layout = {"W_xh": np.zeros((16, V)), "W_hh": np.zeros((16, 16)), "b_h": np.zeros(16),
                     "W_hq": np.zeros((V, 16)), "b_q": np.zeros(V)}
-    assert be._vocab_size_of(torch_layout) == V
-    assert be._vocab_size_of({"W_xh": np.zeros((16, V))}) is None  # no b_q: nothing is checked against V
-    assert be._vocab_size_of(np.zeros((48, 45))) is None  # one packed array of some backend's own: not guessed
+    assert be._output_layer_of(torch_layout)[0] == V
+    assert be._output_layer_of({"W_xh": np.zeros((16, V))})[0] is None  # no b_q: nothing is checked against V
+    assert be._output_layer_of(np.zeros((48, 45)))[0] is None  # one packed array of some backend's own: not guessed

@@ -191,26 +191,18 @@ class Backend(abc.ABC):
         backends, whose parameters are the d2l ones."""
         return None
 
-    def _vocab_size_of(self, params: Params) -> int | None:
-        """V read off the params without converting them (the input checks use it): the length of ``b_q``
-        in a dict by d2l names (a vector of V in any layout, where a weight's first axis is V only in d2l's);
-        None otherwise, and nothing is checked against V. A backend with params of another form may override it."""
-        if isinstance(params, dict):
-            b_q = params.get("b_q")
-            shape = getattr(b_q, "shape", None)
-            return int(shape[0]) if shape is not None and len(shape) == 1 else None
-        return None
-
-    def _dtype_and_hidden_of(self, params: Params) -> tuple[str | None, int | None]:
-        """The params' dtype name and H, read without converting them (the state check uses them): from ``b_q``
-        and ``W_hq`` (H, V) in a dict by d2l names; None for what cannot be read. Backends with params of
-        another form override it next to :meth:`_vocab_size_of`."""
+    def _output_layer_of(self, params: Params) -> tuple[int | None, int | None, str | None]:
+        """``(V, H, dtype name)`` read off the params without converting them (the input checks use them): the
+        length of ``b_q`` (a vector of V in any layout, where a weight's first axis is V only in d2l's), the
+        first axis of ``W_hq`` (H, V) and ``b_q``'s dtype, in a dict by d2l names; None for what cannot be read,
+        and nothing is checked against it. A backend with params of another form overrides it."""
         if not isinstance(params, dict):
-            return None, None
+            return None, None, None
         b_q, W_hq = params.get("b_q"), params.get("W_hq")
-        shape = getattr(W_hq, "shape", None)
-        return (_dtype_name(b_q.dtype) if hasattr(b_q, "dtype") else None,
-                int(shape[0]) if shape is not None and len(shape) == 2 else None)
+        b_shape, w_shape = getattr(b_q, "shape", None), getattr(W_hq, "shape", None)
+        return (int(b_shape[0]) if b_shape is not None and len(b_shape) == 1 else None,
+                int(w_shape[0]) if w_shape is not None and len(w_shape) == 2 else None,
+                _dtype_name(b_q.dtype) if hasattr(b_q, "dtype") else None)
 
     # --- composed operations (a backend may override them with a fused version) --------------
     def train_step(
@@ -303,24 +295,21 @@ def _dtype_name(dtype: Any) -> str:
         return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
 
 
-def check_state(backend: Backend, params: Any, X: Any, state: Any) -> None:
-    """``state`` is what ``init_state`` makes for this batch: one ``(batch, num_hiddens)`` array per entry of
-    ``model.state_names()``, in the params' dtype. Only shapes and dtype names are read (no conversion, no
-    device sync): a wrong state failed in each framework's words (flax: ScopeParamShapeError), extra entries were
-    dropped silently, and a float64 state turned the NumPy oracle's float32 logits into float64."""
-    names = backend.model.state_names()
+def check_state(model: Any, X: Any, state: Any, hidden: int | None = None, want_dtype: str | None = None) -> None:
+    """``state`` is what ``init_state`` makes for this batch: one ``(batch, hidden)`` array per entry of
+    ``model.state_names()``, in the params' dtype (``hidden``, ``want_dtype``: the params', where they could be
+    read). Only shapes and dtype names are read (no conversion, no device sync): a wrong state failed in each
+    framework's words (flax: ScopeParamShapeError), extra entries were dropped silently, and a float64 state
+    turned the NumPy oracle's float32 logits into float64."""
+    names = model.state_names()
     if not isinstance(state, (tuple, list)):
         raise TypeError(f"state must be a tuple of {len(names)} arrays ({', '.join(names)}; backend.init_state makes "
                         f"it), got {type(state).__name__}.")
     if len(state) != len(names):
-        raise ValueError(f"state holds {len(state)} arrays, but {backend.model.name} has {len(names)} "
+        raise ValueError(f"state holds {len(state)} arrays, but {model.name} has {len(names)} "
                          f"({', '.join(names)}; backend.init_state makes it).")
     shapes = [tuple(getattr(s, "shape", ())) for s in state]
     batch = X.shape[0] if isinstance(X, np.ndarray) and X.ndim == 2 else None
-    try:
-        want_dtype, hidden = backend._dtype_and_hidden_of(params)
-    except (AttributeError, IndexError, KeyError, TypeError):  # params of an unexpected form: the method's own error
-        want_dtype, hidden = None, None
     for name, shape in zip(names, shapes):
         if len(shape) != 2 or (batch is not None and shape[0] != batch) or (hidden is not None and shape[1] != hidden):
             want = f"({batch if batch is not None else 'batch'}, {hidden if hidden is not None else 'num_hiddens'})"
@@ -339,13 +328,13 @@ def _check_batch_args(args: tuple, kwargs: dict, labels: bool) -> None:
     Y = (args[3] if len(args) > 3 else kwargs.get("Y")) if labels else None
     at = 4 if labels else 3
     state = args[at] if len(args) > at else kwargs.get("state")
-    try:
-        vocab_size = args[0]._vocab_size_of(params)
+    try:  # read once for both checks
+        vocab_size, hidden, dtype = args[0]._output_layer_of(params)
     except (AttributeError, IndexError, KeyError, TypeError):  # params of an unexpected form: the method's own error
-        vocab_size = None
+        vocab_size, hidden, dtype = None, None, None
     check_batch(X, Y, vocab_size)
     if state is not None or "state" in kwargs or len(args) > at:
-        check_state(args[0], params, X, state)
+        check_state(args[0].model, X, state, hidden, dtype)
 
 
 _CHECKS = {

@@ -926,13 +926,10 @@ class JaxLayersBackend(_JaxBase):
             node[path[-1]] = self._put(params[name], dtype)  # copied: these buffers may get donated
         return variables
 
-    def _vocab_size_of(self, params: Any) -> int | None:
-        """V: the output Dense's kernel is ``(H, V)`` (the input checks read it; no conversion)."""
-        return int(params["params"]["dense"]["kernel"].shape[-1])
-
-    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
-        kernel = params["params"]["dense"]["kernel"]  # (H, V)
-        return kernel.dtype.name, int(kernel.shape[0])
+    def _output_layer_of(self, params: Any) -> tuple[int | None, int | None, str | None]:
+        """V, H, dtype: the output Dense's kernel is ``(H, V)`` (the input checks read it; no conversion)."""
+        kernel = params["params"]["dense"]["kernel"]
+        return int(kernel.shape[-1]), int(kernel.shape[0]), kernel.dtype.name
 
     def params_to_numpy(self, params: Any) -> dict[str, np.ndarray]:
         out = {}

@@ -410,16 +410,12 @@ class _MXNetBase(Backend):
     def openblas_named(self) -> dict[str, str] | None:
         return OPENBLAS_NAMED
 
-    def _vocab_size_of(self, params: Any) -> int | None:
-        """V: packed params and Gluon's layers carry ``shape`` ``(V, H)``; d2l's dict, the base's rule."""
+    def _output_layer_of(self, params: Any) -> tuple[int | None, int | None, str | None]:
+        """V, H, dtype: packed params and Gluon's layers carry ``shape`` ``(V, H)`` and ``dtype``; d2l's dict,
+        the base's rule."""
         if isinstance(params, (PackedParams, LayersParams)):
-            return params.shape[0]
-        return super()._vocab_size_of(params)
-
-    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
-        if isinstance(params, (PackedParams, LayersParams)):
-            return params.dtype, params.shape[1]
-        return super()._dtype_and_hidden_of(params)
+            return params.shape[0], params.shape[1], params.dtype
+        return super()._output_layer_of(params)
 
     # --- conversion -------------------------------------------------------------------------
     def _array(self, x: Any, dtype: Any = None) -> Any:

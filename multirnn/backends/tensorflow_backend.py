@@ -1013,13 +1013,10 @@ class TensorFlowLayersBackend(Backend):
         self._shapes = (vocab_size, num_hiddens)
         return _KerasNet(self._keras, self.model, vocab_size, num_hiddens, dtype, self._device, seed)
 
-    def _vocab_size_of(self, params: Any) -> int | None:
-        """V: the output layer's bias (the input checks read it; no conversion)."""
-        return int(params["dense/bias"].shape[0])
-
-    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
-        kernel = params["dense/kernel"]  # (H, V)
-        return kernel.dtype.name, int(kernel.shape[0])
+    def _output_layer_of(self, params: Any) -> tuple[int | None, int | None, str | None]:
+        """V, H, dtype: the output layer's bias (V,) and kernel (H, V) (the input checks read them; no conversion)."""
+        kernel = params["dense/kernel"]
+        return int(params["dense/bias"].shape[0]), int(kernel.shape[0]), kernel.dtype.name
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> LayerParams:
         """New params: Keras layers holding ``params`` (a params object owns its layers' variables).

@@ -783,13 +783,10 @@ class TorchLayersBackend(_TorchCommon):
             raise ValueError(f"torch parameters not covered by the d2l mapping: {sorted(unmapped)}")
         return named
 
-    def _vocab_size_of(self, params: Any) -> int | None:
-        """V: the output layer's bias (the input checks read it; no conversion)."""
-        return int(params["linear.bias"].shape[0])
-
-    def _dtype_and_hidden_of(self, params: Any) -> tuple[str | None, int | None]:
-        weight = params["linear.weight"]  # (V, H)
-        return str(weight.dtype).rsplit(".", 1)[-1], int(weight.shape[1])
+    def _output_layer_of(self, params: Any) -> tuple[int | None, int | None, str | None]:
+        """V, H, dtype: the output layer's bias (V,) and weight (V, H) (the input checks read them; no conversion)."""
+        weight = params["linear.weight"]
+        return int(params["linear.bias"].shape[0]), int(weight.shape[1]), str(weight.dtype).rsplit(".", 1)[-1]
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> _LayerParams:
         """A fresh net holding d2l's ``params`` (copied, transposed and stacked in torch's gate order);
