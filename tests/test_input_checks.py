@@ -138,3 +138,5 @@ def test_v_is_read_where_every_layout_agrees_and_never_guessed():
     assert be._output_layer_of(torch_layout)[0] == V
     assert be._output_layer_of({"W_xh": np.zeros((16, V))})[0] is None  # no b_q: nothing is checked against V
     assert be._output_layer_of(np.zeros((48, 45)))[0] is None  # one packed array of some backend's own: not guessed
+    # H likewise from a vector: W_hq's first axis (V here) made the state check refuse every (B, 16) state
+    assert be._output_layer_of(torch_layout)[1] == 16

@@ -192,16 +192,18 @@ class Backend(abc.ABC):
         return None
 
     def _output_layer_of(self, params: Params) -> tuple[int | None, int | None, str | None]:
-        """``(V, H, dtype name)`` read off the params without converting them (the input checks use them): the
-        length of ``b_q`` (a vector of V in any layout, where a weight's first axis is V only in d2l's), the
-        first axis of ``W_hq`` (H, V) and ``b_q``'s dtype, in a dict by d2l names; None for what cannot be read,
-        and nothing is checked against it. A backend with params of another form overrides it."""
+        """``(V, H, dtype name)`` read off the params without converting them (the input checks use them), in a
+        dict by d2l names: vectors only, whose length is the same in any layout (a weight's axes are in d2l's
+        order only in d2l's: a third-party backend may hold W_hq as (V, H)): V from ``b_q``, H from any other
+        bias, the dtype from ``b_q``; None for what cannot be read, and nothing is checked against it. A backend
+        with params of another form overrides it."""
         if not isinstance(params, dict):
             return None, None, None
-        b_q, W_hq = params.get("b_q"), params.get("W_hq")
-        b_shape, w_shape = getattr(b_q, "shape", None), getattr(W_hq, "shape", None)
-        return (int(b_shape[0]) if b_shape is not None and len(b_shape) == 1 else None,
-                int(w_shape[0]) if w_shape is not None and len(w_shape) == 2 else None,
+        b_q = params.get("b_q")
+        b_shape = getattr(b_q, "shape", None)
+        hidden = next((int(a.shape[0]) for k, a in params.items()
+                       if k != "b_q" and len(getattr(a, "shape", ())) == 1), None)
+        return (int(b_shape[0]) if b_shape is not None and len(b_shape) == 1 else None, hidden,
                 _dtype_name(b_q.dtype) if hasattr(b_q, "dtype") else None)
 
     # --- composed operations (a backend may override them with a fused version) --------------
