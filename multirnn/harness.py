@@ -473,10 +473,11 @@ def _predict_params(backend: Backend, params: Any) -> tuple[Params, int, int, st
                         f"backend.params_from_numpy(...)) or a dict of NumPy arrays with the keys {names}; got "
                         f"{type(params).__name__} ({type(failure).__name__}: {failure}).") from failure
     V, H, dtype = validate_params(arrays, backend.model)
-    check_same_model(backend, params, arrays)
     # Made anew from the arrays read (as train does): another backend's params that this one could read (torch
     # tensors given to the NumPy oracle) reached its forward as they were, and failed in its framework's words.
-    return backend.params_from_numpy(arrays), V, H, dtype
+    made = backend.params_from_numpy(arrays)
+    check_same_model(backend, params, arrays, made)
+    return made, V, H, dtype
 
 
 def _layout_of(x: Any) -> Any:
@@ -487,15 +488,16 @@ def _layout_of(x: Any) -> Any:
     return tuple(int(d) for d in shape) if shape is not None else type(x).__name__
 
 
-def check_same_model(backend: Backend, params: Any, arrays: dict[str, np.ndarray]) -> None:
+def check_same_model(backend: Backend, params: Any, arrays: dict[str, np.ndarray], made: Any = None) -> None:
     """Raise ValueError where the backend's own ``params`` hold more than this backend's model (``arrays``:
     what :meth:`~Backend.params_to_numpy` read of them): it reads this model's names only, so another
     model's params (a layer more, another cell's extra gates) trained or predicted silently with the rest
-    dropped. Compared with the params this backend makes of ``arrays``, where both are dicts."""
+    dropped. Compared with the params this backend makes of ``arrays`` (``made``, when the caller has them), where
+    both are dicts."""
     held = _held(params)
     if held is None:
         return  # an object of the backend's own (MXNet's packed vectors check their sizes when unpacked)
-    fresh = _held(backend.params_from_numpy(arrays))
+    fresh = _held(made if made is not None else backend.params_from_numpy(arrays))
     if fresh is not None and _layout_of(held) != _layout_of(fresh):
         have, want = _flat_names(_layout_of(held)), _flat_names(_layout_of(fresh))
         extra, missing = sorted(have - want), sorted(want - have)
