@@ -172,8 +172,8 @@ def _tidy(task_path: Path, log_path: Path) -> None:
 
 
 def _installed(backend: str) -> str | None:
-    """The framework's installed version, read without importing it (a row whose worker left no record still
-    names what it ran on; the table showed "-")."""
+    """The framework's installed version, read without importing it, as the table shows it (a row whose worker
+    left no record still names what it ran on)."""
     from .info import installed_version
 
     return installed_version(backend)  # None for a third-party backend
@@ -196,10 +196,8 @@ def refused_record(task: WorkerTask) -> dict[str, Any] | None:
     error = refusal(backend, task.impl, TrainConfig(**task.config).model)
     if error is None:
         return None
-    from .info import installed_version  # the version without importing the framework, as the table shows it
-
     return {"name": task.name, "backend": backend, "impl": task.impl, "status": "unsupported",
-            "framework_version": installed_version(backend), "error": error}
+            "framework_version": _installed(backend), "error": error}
 
 
 def interrupted_record(name: str, backend: str, impl: str, how: str) -> dict[str, Any]:
