@@ -57,11 +57,12 @@ def _rate(r: dict[str, Any] | None) -> str:
 
 
 def _window_roofline_text(fp: dict[str, Any], f: dict[str, Any]) -> str:
-    rates = [w["big_gemm_flops"] for w in fp.get("windows", []) if w.get("big_gemm_flops")]
-    if not rates or not f.get("flops_per_token"):
+    roof = window_roofline(fp, f.get("flops_per_token"))
+    if roof is None:
         return ""
+    rates = _window_gemm_rates(fp)
     return (f" timed in the same windows (median {statistics.median(rates) / 1e9:.1f} GFLOP/s, "
-            f"{min(rates) / 1e9:.1f}–{max(rates) / 1e9:.1f}: the roofline {statistics.median(rates) / f['flops_per_token']:,.0f} "
+            f"{min(rates) / 1e9:.1f}–{max(rates) / 1e9:.1f}: the roofline {roof:,.0f} "
             "tokens/s, which the main table's \"% roofline\" divides by, round by round)")
 
 
@@ -208,9 +209,14 @@ def roofline_beside(floor_point: dict[str, Any] | None, point: dict[str, Any] | 
     return {**beside, "tokens_per_sec": rates} if len(rates) == len(beside["tokens_per_sec"]) else None
 
 
-def window_roofline(floor_point: dict[str, Any] | None, flops_per_token: float) -> float | None:
+def _window_gemm_rates(floor_point: dict[str, Any] | None) -> list[float]:
+    """The 2048³ rates (FLOP/s) the floor's windows timed, in the run's order."""
+    return [w["big_gemm_flops"] for w in (floor_point or {}).get("windows", []) if w.get("big_gemm_flops")]
+
+
+def window_roofline(floor_point: dict[str, Any] | None, flops_per_token: float | None) -> float | None:
     """The median roofline (tokens/s) over every floor window of the run's rounds, or None."""
-    rates = [w["big_gemm_flops"] for w in (floor_point or {}).get("windows", []) if w.get("big_gemm_flops")]
+    rates = _window_gemm_rates(floor_point)
     return statistics.median(rates) / flops_per_token if rates and flops_per_token else None
 
 
@@ -495,8 +501,8 @@ def plot(payload: dict[str, Any], out: Path) -> list[str]:
         fp = round_floor(payload)
         floor_tps = fp["median"] if fp else f["floor_tokens_per_sec"]
         ax.axhline(floor_tps / 1e3, color="red", linestyle="--", label=f"algorithm floor ({floor_tps / 1e3:.0f}k)")
-        roof = window_roofline(fp, f["flops_per_token"]) if fp else None  # beside the windows, as the floor
-        roof = roof or f["roofline_tokens_per_sec"]
+        # beside the windows, as the floor; the start-of-run rate for a run that did not time it there
+        roof = window_roofline(fp, f["flops_per_token"]) or f["roofline_tokens_per_sec"]
         ax.axhline(roof / 1e3, color="gray", linestyle=":", label=f"big-GEMM roofline ({roof / 1e3:.0f}k)")
         ax.set_xticks(range(len(backends)), backends)
         m = payload["machine"]
