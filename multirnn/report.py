@@ -395,6 +395,7 @@ def terminal_report(results: dict[str, Any], width: int | None = None) -> str:
 def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
     v = results["verdict"]
     header, rows = table(results)
+    names = {x for b in results["backends"] for x in (b["name"], b.get("backend")) if x}  # what leads a note as is
     parts = [
         "# multirnn comparison",
         "",
@@ -415,8 +416,7 @@ def markdown_report(results: dict[str, Any], out_dir: Path) -> str:
         markdown_table(rows, header),
         "",
         bands_text(results),
-        *[f"\n{_sentence(n, {x for b in results['backends'] for x in (b['name'], b.get('backend')) if x})}"
-          for n in notes(results)],
+        *[f"\n{_sentence(n, names)}" for n in notes(results)],
         "",
         column_key(results, header),
     ]
