@@ -50,7 +50,7 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _ppl(value: Any) -> str:
+def format_ppl(value: Any) -> str:
     """A perplexity: three decimals, or three digits once it is astronomically large (a run blowing up)."""
     if isinstance(value, (int, float)) and math.isfinite(value) and abs(value) >= 1e6:
         return format(value, ".3g")
@@ -126,16 +126,16 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("backend", lambda b: b["name"]),
         ("version", lambda b: b.get("framework_version") or "-"),
         ("status", lambda b: b["status"]),
-        ("final ppl", lambda b: _ppl(b.get("final_perplexity"))),
+        ("final ppl", lambda b: format_ppl(b.get("final_perplexity"))),
     ]
     window = median_last_window(results)
     if window:
-        cols.append((f"median last {window}", lambda b: _ppl(b.get("median_last_perplexity"))))
-    cols.append(("best ppl", lambda b: _ppl(b.get("best_perplexity"))))
+        cols.append((f"median last {window}", lambda b: format_ppl(b.get("median_last_perplexity"))))
+    cols.append(("best ppl", lambda b: format_ppl(b.get("best_perplexity"))))
     if any(b.get("val_perplexity") for b in backends):
-        cols.append(("val ppl", lambda b: _ppl((b.get("val_perplexity") or [None])[-1])))
+        cols.append(("val ppl", lambda b: format_ppl((b.get("val_perplexity") or [None])[-1])))
     if any(b.get("eval_perplexity") is not None for b in backends):
-        cols.append(("eval ppl", lambda b: _ppl(b.get("eval_perplexity"))))
+        cols.append(("eval ppl", lambda b: format_ppl(b.get("eval_perplexity"))))
     cols += [
         ("tokens/s", lambda b: _fmt(b.get("tokens_per_sec"), ",.0f")),
         ("1st epoch s", lambda b: _fmt(b.get("first_epoch_seconds"), ".2f")),

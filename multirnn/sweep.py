@@ -546,7 +546,7 @@ def _summary(sweep: dict[str, Any]) -> str:
                 m = s["median_last_perplexity"]
                 sp = next((r for r in sweep["speed"]["rows"] if r["configuration"] == conf["index"]
                            and r["row"] == s["row"]), {})
-                ci = (f" (95% CI [{report._ppl(m['ci95'][0])}, {report._ppl(m['ci95'][1])}], n={m.get('n', '?')})"
+                ci = (f" (95% CI [{report.format_ppl(m['ci95'][0])}, {report.format_ppl(m['ci95'][1])}], n={m.get('n', '?')})"
                       if m.get("ci95") else "")
                 ratio = sp.get("ratio_to_fastest")
                 statuses = ", ".join(f"{k} {n}" for k, n in sorted((s.get("statuses") or {}).items()))
@@ -554,12 +554,12 @@ def _summary(sweep: dict[str, Any]) -> str:
                 # for an unavailable framework reached only report.md under --quiet)
                 why = next((c.get("error") for c in sweep.get("cells", []) if c["configuration"] == conf["index"]
                             and c["row"] == s["row"] and c["status"] != "ok" and c.get("error")), None)
-                lines.append(f"  {s['row']:<{width}} median-last ppl {report._ppl(m['mean'])}{ci}" if m["mean"] is not None
+                lines.append(f"  {s['row']:<{width}} median-last ppl {report.format_ppl(m['mean'])}{ci}" if m["mean"] is not None
                              else f"  {s['row']:<{width}} " + (f"no finished run ({statuses})" if statuses
                                                                    else no_runs_text(sweep, conf["index"]))
                              + (f": {first_line(why)}" if why else ""))
                 if (ev := s.get("eval_perplexity") or {}).get("mean") is not None:
-                    lines[-1] += f"  eval-text ppl {report._ppl(ev['mean'])}"
+                    lines[-1] += f"  eval-text ppl {report.format_ppl(ev['mean'])}"
                 if ratio is not None:
                     lines[-1] += f"  speed {sp['median']:,.0f} tokens/s ({ratio:.2f} of the fastest)"
     return "\n".join(lines)

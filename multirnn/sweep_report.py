@@ -264,7 +264,7 @@ def _f(x: Any, spec: str = ".3f") -> str:
 def _ci(s: dict[str, Any]) -> str:
     if s["mean"] is None:
         return "-"
-    return report._ppl(s["mean"]) + (f" [{report._ppl(s['ci95'][0])}, {report._ppl(s['ci95'][1])}]" if s.get("ci95")
+    return report.format_ppl(s["mean"]) + (f" [{report.format_ppl(s['ci95'][0])}, {report.format_ppl(s['ci95'][1])}]" if s.get("ci95")
                                      else " (1 seed)")
 
 

@@ -291,8 +291,8 @@ def test_a_narrow_terminal_gets_the_table_without_detail_and_is_told_so():
 
 
 def test_blown_up_perplexities_print_in_three_digits():
-    assert report._ppl(5.136594789e117) == "5.14e+117" and report._ppl(1.0354) == "1.035"
-    assert report._ppl(None) == "-" and report._ppl(float("inf")) == "inf"
+    assert report.format_ppl(5.136594789e117) == "5.14e+117" and report.format_ppl(1.0354) == "1.035"
+    assert report.format_ppl(None) == "-" and report.format_ppl(float("inf")) == "inf"
 
 
 def test_the_checkpoint_count_says_how_many_came_before_the_oracle_diverged():
