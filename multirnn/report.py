@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -611,7 +612,14 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     cfg = results["config"]
     model = Model(CELLS[cfg.get("cell", "rnn")], cfg.get("num_layers", 1), cfg.get("second_bias") == "trained").name
     init = results.get("options", {}).get("init")
-    title = (f"Perplexity per epoch\n({cfg['protocol']}, {cfg['dtype']}; {model}, hidden {cfg['num_hiddens']}, batch "
+    opts = results.get("options", {})
+    used = (opts.get("tokens") or {}).get("used")
+    # what was trained on and for how long, so a saved image still says which run it shows
+    text = text_label(opts.get("text")) + (f", {used:,} tokens" if isinstance(used, int) else "")
+    preset = f"preset {opts['preset']}, " if opts.get("preset") else ""
+    # a long file name wraps rather than running off the figure's right edge
+    title = (textwrap.fill(f"Perplexity per epoch: {preset}{cfg['num_epochs']} epochs on {text}", 100) + "\n"
+             f"({cfg['protocol']}, {cfg.get('sampling', '?')} sampling, {cfg['dtype']}; {model}, hidden {cfg['num_hiddens']}, batch "
              f"{cfg['batch_size']} x {cfg['num_steps']} steps, lr {cfg['lr']:g}"
              + (f", init {init}" if init and init != "shared" else "") + ")")
     if evaluated:  # the file named once here keeps the legend narrow

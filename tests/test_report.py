@@ -207,6 +207,15 @@ def test_a_one_epoch_run_is_plotted_on_whole_epochs_and_a_readable_range(results
     assert f"hidden {cfg['num_hiddens']}, batch {cfg['batch_size']} x {cfg['num_steps']} steps" in ax.get_title(loc="left")
 
 
+def test_the_plot_says_which_run_it_shows(results, tmp_path):
+    """A saved perplexity.png named neither the preset, the epochs, the sampling nor the text."""
+    results["options"].update(preset="quick", text=None, tokens={"used": 10000, "total": 170580, "eval": None})
+    results["config"].update(num_epochs=60, sampling="random")
+    title = _draw(report.perplexity_plot, results, tmp_path)[0].get_title(loc="left")
+    assert "preset quick, 60 epochs on The Time Machine (bundled), 10,000 tokens" in title, title
+    assert "random sampling" in title, title
+
+
 def test_the_plot_names_a_two_bias_model_and_the_initialisers(results, tmp_path):
     results["config"].update(cell="lstm", second_bias="trained")
     results["options"]["init"] = "framework"
