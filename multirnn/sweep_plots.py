@@ -142,17 +142,21 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
 
 def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
     """Rows (backend/impl) x configurations: median tokens/s as a ratio to the fastest row of the
-    configuration (colour), with the tokens/s written in each cell."""
+    configuration (colour), with the tokens/s written in each cell and, where seeds or repeats gave
+    several timings, their min-max range (a ratio of 0.9 means little when the runs spread by 30 %)."""
     confs = sweep["configurations"]
     rows: list[str] = []
     for conf in confs:
         rows += [r for r in conf["rows"] if r not in rows]
     ratio = np.full((len(rows), len(confs)), np.nan)
     rate = np.full((len(rows), len(confs)), np.nan)
+    spread: dict[tuple[int, int], str] = {}
     for s in sweep["speed"]["rows"]:
         if s["ratio_to_fastest"] is not None:
             i, j = rows.index(s["row"]), next(k for k, c in enumerate(confs) if c["index"] == s["configuration"])
             ratio[i, j], rate[i, j] = s["ratio_to_fastest"], s["median"]
+            if s.get("n", 0) > 1 and s.get("min") is not None and s.get("max") is not None:
+                spread[i, j] = f"\n[{s['min'] / 1000:.1f}-{s['max'] / 1000:.1f}]"
     if np.all(np.isnan(ratio)):
         return False
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(confs) + 2.5), max(2.5, 0.55 * len(rows) + 1.8)))
@@ -160,7 +164,7 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
     for i in range(len(rows)):
         for j in range(len(confs)):
             if not np.isnan(ratio[i, j]):
-                ax.text(j, i, f"{rate[i, j] / 1000:.1f}k\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{rate[i, j] / 1000:.1f}k{spread.get((i, j), '')}\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if ratio[i, j] < 0.6 else "black")
             elif rows[i] in confs[j]["rows"]:  # a blank square would read as zero or as a drawing fault
                 ax.text(j, i, MISSING, ha="center", va="center", fontsize=6, color="0.4")
@@ -171,7 +175,8 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""
     ax.set_title(("Partial sweep. " if partial else "")
-                 + f"Median tokens/s (k) and ratio to the fastest row\nof each configuration{contended}", fontsize=9)
+                 + f"Median tokens/s (k), [min-max] over seeds and repeats,\nand ratio to the fastest row "
+                 f"of each configuration{contended}", fontsize=9)
     fig.colorbar(im, ax=ax, label="ratio to fastest")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

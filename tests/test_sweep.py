@@ -563,6 +563,21 @@ def test_partial_plots_say_what_is_missing(tmp_path):
     assert "no finished run" in speed and "partial" in speed.lower(), speed
 
 
+def test_the_heat_map_shows_the_spread_of_several_timings(tmp_path):
+    """A cell's ratio to the fastest row came without how far its seeds' timings spread."""
+    pytest.importorskip("matplotlib")
+    from multirnn import sweep_plots
+
+    sweep, _ = _partial_sweep()
+    sweep["speed"]["rows"][0].update(n=3, min=2.1e4, max=3.9e4)
+    sweep["speed"]["rows"][1].update(n=1, min=6e4, max=6e4)
+    plt = _KeepFigures()
+    assert sweep_plots.speed_heatmap(sweep, tmp_path / "speed.png", plt)
+    texts = plt.texts()
+    assert "30.0k\n[21.0-39.0]\n0.50" in texts, texts
+    assert "60.0k\n1.00" in texts, texts  # one timing: no range
+
+
 def test_the_bands_name_a_disagreeing_row_and_why_a_panel_is_empty(tmp_path):
     """A wrong row's lower curve read as better training; an all-diverged panel said only 'no finished run'."""
     pytest.importorskip("matplotlib")
