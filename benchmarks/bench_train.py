@@ -370,15 +370,26 @@ def run_interleaved(specs: list[dict[str, Any]], repeats: int, window: float, ti
 
 
 def machine_info() -> dict[str, Any]:
-    """compare's machine record (ISA, its caps, NumPy's OpenBLAS as named) plus the CPU's model name."""
+    """compare's machine record (ISA, its caps, NumPy's OpenBLAS as named) plus the CPU's model name and,
+    on x86, its family and model numbers: virtual machines often name every Xeon "Intel(R) Xeon(R)
+    Processor", and two machines of different speeds then read the same in a report."""
     from multirnn.compare import machine_info as compare_machine_info
 
     info = compare_machine_info()
     try:
         with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+            first = {}
+            for ln in f:
+                if not ln.strip():
+                    break  # the first processor's block is enough
+                key, _, value = ln.partition(":")
+                first[key.strip()] = value.strip()
     except OSError:
-        pass
+        return info
+    info["cpu_model"] = first.get("model name")
+    for key, name in (("cpu family", "cpu_family"), ("model", "cpu_model_number")):
+        if first.get(key, "").isdigit():
+            info[name] = int(first[key])
     return info
 
 

@@ -561,12 +561,20 @@ def in_run_order(obj: Any) -> Any:
     return dict(items)
 
 
+def _family(m: dict[str, Any]) -> str:
+    """The CPU's family and model numbers, ' (family 6, model 167)', where the run recorded them (runs
+    before 2026-12-07, evening, did not: nothing)."""
+    if m.get("cpu_family") is None or m.get("cpu_model_number") is None:
+        return ""
+    return f" (family {m['cpu_family']}, model {m['cpu_model_number']})"
+
+
 def write(payload: dict[str, Any], out: Path) -> None:
     payload = in_run_order(payload)
     m = payload["machine"]
     caps = ", capped: " + ", ".join(f"{k}={v}" for k, v in m["isa_caps"].items()) if m.get("isa_caps") else ""
     parts = ["# Benchmark report", "", f"Command: `{payload['command']}`  ",
-             (f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
+             (f"Machine: {m.get('cpu_model', m['processor'])}{_family(m)}, {m['cpu_count']} CPUs, ISA {m.get('isa', '?')}{caps}; "
               f"Python {m['python']}{openblas_note(m)}  "), f"Created: {payload['created']}", "", "## Limits of this machine", "",
              limits_text(payload), "", "## Main table: tanh RNN (tokens/s, median of interleaved windows)", "",
              main_table(payload), "",
@@ -629,4 +637,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # run as a file (python benchmarks/report.py DIR), the ladder verdict's `import benchmarks.ladder` needs
+    # the repository root on the path, as `python -m benchmarks.report` has it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -526,3 +526,41 @@ def test_own_kernel_floor_windows_answer_every_part() -> None:
     for w in own[0]["windows"]:
         assert w["chain_seconds"] > 0 and w["gradient_gflops"] > 0 and w["output_seconds"] > 0
         assert w["tokens_per_sec"] > 0 and w["chains"] >= 2  # numpy's chain has two forms, each timed
+
+
+def test_the_machine_line_tells_two_cpus_of_one_name_apart(tmp_path) -> None:
+    """Virtual machines name every Xeon "Intel(R) Xeon(R) Processor": an Emerald Rapids run and a faster
+    machine's read the same. bench_train records the family and model numbers; older runs render as before."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.bench_train import machine_info
+    from benchmarks.report import write
+
+    saved = Path(__file__).parents[1] / "benchmarks" / "results" / "latest" / "results.json"
+    payload = json.loads(saved.read_text())
+    assert "cpu_family" not in payload["machine"]
+    write(payload, tmp_path)
+    assert "Machine: Intel(R) Xeon(R) Processor, 2 CPUs" in (tmp_path / "report.md").read_text()
+    payload["machine"].update(cpu_family=6, cpu_model_number=207)
+    write(payload, tmp_path)
+    assert "Machine: Intel(R) Xeon(R) Processor (family 6, model 207), 2 CPUs" in (tmp_path / "report.md").read_text()
+    here = machine_info()
+    if Path("/proc/cpuinfo").is_file() and any(ln.startswith("cpu family") for ln in open("/proc/cpuinfo")):
+        assert isinstance(here.get("cpu_family"), int) and isinstance(here.get("cpu_model_number"), int), here
+
+
+@pytest.mark.parametrize("how", [["-m", "benchmarks.report"], ["benchmarks/report.py"]])
+def test_a_results_folder_with_ladders_re_renders_from_the_command_line(tmp_path, how) -> None:
+    """`python benchmarks/report.py DIR`, as benchmarks/README.md once gave it, stopped on
+    "No module named 'benchmarks'" for any folder with ladders (the verdict imports benchmarks.ladder)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    shutil.copy(root / "benchmarks" / "results" / "latest" / "results.json", tmp_path / "results.json")
+    proc = subprocess.run([sys.executable, *how, str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "## What the step's other work leaves" in (tmp_path / "report.md").read_text()
