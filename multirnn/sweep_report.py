@@ -50,7 +50,11 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], retries: int) -> dict[str, Any] | None:
+def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], retries: int,
+                   run: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """compare's results for one (configuration, seed). ``run``: the sweep session's record; where it
+    measured other processes' load (local executor), the group's report carries that figure and, on a
+    busy machine, compare's note beside its tokens/s column, as the sweep's own report does."""
     used = [records[c.id] for c in cells if c.repeat == 0 and is_final(records.get(c.id), retries)]
     if not used:
         return None
@@ -58,6 +62,11 @@ def _group_results(group: Group, cells: list[Cell], records: dict[str, Any], ret
     results = compare.assemble([compare.result_row(clean_raw(r["result"])) for r in used], p.config, p.options,
                                p.expected)
     results["machine"] = group_machine([r.get("run") or {} for r in used], results["machine"])
+    if run and "other_load_cores" in run:
+        opts = results["options"] = dict(results["options"])  # p.options is the plan's: left as it was
+        opts["other_load_cores"] = run["other_load_cores"]
+        if busy := run_busy_note(run):
+            opts["run_notes"] = [*opts.get("run_notes", []), f"in this sweep session, {busy}"]
     return results
 
 
@@ -391,7 +400,7 @@ def write_all(sweep: dict[str, Any], out: Path, records: dict[str, Any], cells: 
     for g in groups:  # compare's own files for each (configuration, seed): the drill-down
         if (g.configuration.index, g.seed) not in complete:
             continue  # compare's verdict over some of the rows would read as the whole comparison's
-        res = _group_results(g, [c for c in cells if c.group is g], records, retries)
+        res = _group_results(g, [c for c in cells if c.group is g], records, retries, sweep.get("run"))
         if res is not None:
             folder = out / "groups" / g.folder
             folder.mkdir(parents=True, exist_ok=True)

@@ -504,3 +504,29 @@ def test_a_spec_lists_items_are_values_even_with_a_comma(tmp_path, monkeypatch, 
                            "--max-tokens", "3000", "--out", "out", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "a,b.txt" in out and "no such file" not in out
+
+
+def test_a_groups_report_names_a_busy_machine_too(tmp_path):
+    """groups/<configuration>-s<seed>/report.md, compare's report of one configuration and seed, showed
+    the sweep's tokens/s without the busy-machine note the sweep's own report gave."""
+    import subprocess
+
+    from multirnn.load import OtherLoad
+
+    if OtherLoad().busy0 is None:
+        pytest.skip("no /proc/stat here (Linux only): no load is measured")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        proc = sweep([*BASE, "--out", str(tmp_path / "busy")])
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    assert proc.returncode == 0, proc.stderr
+    busy = load(tmp_path / "busy")["run"]["other_load_cores"]
+    assert busy is not None and busy >= 0.5, busy  # a spinner per core beside the sweep
+    reports = list((tmp_path / "busy" / "groups").glob("*/report.md"))
+    assert reports
+    for r in reports:
+        assert "In this sweep session, other processes kept" in r.read_text(), r.read_text()[-2000:]
+        assert json.loads((r.parent / "results.json").read_text())["options"]["other_load_cores"] == busy
