@@ -144,45 +144,67 @@ def _orthogonality(kernels: list[tuple[np.ndarray, str]]) -> str | None:
     return f"orthogonal ({'; '.join(parts)})"
 
 
+def _distribution(flat: np.ndarray) -> str:
+    """The shape and scale of a pool of drawn values, in words."""
+    std, peak = float(flat.std()), float(np.abs(flat).max())
+    if peak == 0:
+        return "zeros"
+    if peak / max(std, 1e-30) < 1.9:
+        # a uniform's max/std is √3 ≈ 1.73; a normal's is far larger. The largest of n draws falls short
+        # of the bound by bound/(n+1) on average: (n+1)/n x peak estimates it without that bias (one
+        # draw of torch's 64 biases quoted ±0.123 for U(±0.125))
+        return f"uniform ±{peak * (flat.size + 1) / flat.size:.3g}"
+    if std == 0:
+        return f"constant {float(flat[0]):.3g}"
+    if peak / std < 2.6:  # a normal cut at ±2σ (flax's lecun_normal): ≈ 2.3; an uncut one's draw reaches 3+
+        return f"truncated normal, std {std:.3g}, within ±{peak:.3g}"
+    return f"normal, std {std:.3g}"
+
+
+def distinct_draws(draws: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The draws that differ from every earlier one: a backend whose ``default_params`` ignores its seed
+    gives the same arrays each time, and pooling copies would count the same values several times."""
+    seen: set[bytes] = set()
+    out = []
+    for d in draws:
+        key = b"".join(k.encode() + np.ascontiguousarray(v).tobytes() for k, v in sorted(d.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
 def _describe_init(arrays: dict[str, np.ndarray], layout: dict[str, dict[str, Any]] | None = None,
                    more: Sequence[dict[str, np.ndarray]] = ()) -> dict[str, str]:
     """Input weights, recurrent weights and biases of a draw of the default initialisers, in words.
-    ``more``: further draws (other seeds), pooled with ``arrays`` for each group's distribution and
-    scale. Orthogonality is judged on each recurrent kernel of ``arrays`` as the layout says the
-    framework stores it (``_layout_entry`` entries): Keras' ``Orthogonal`` makes the rows of its
-    whole ``(H, 3H)`` kernel orthonormal, and none of its ``(H, H)`` gate blocks is then orthogonal."""
-    groups: dict[str, list[np.ndarray]] = {"input weights": [], "recurrent weights": [], "biases": []}
-    for draw in (arrays, *more):
-        for k, v in draw.items():
-            if k in ("W_hq", "b_q"):
-                continue
+    ``more``: further draws (other seeds, each different: :func:`distinct_draws`), pooled with ``arrays``
+    for each group's distribution and scale. Orthogonality is judged on each recurrent kernel of
+    ``arrays`` as the layout says the framework stores it (``_layout_entry`` entries): Keras'
+    ``Orthogonal`` makes the rows of its whole ``(H, 3H)`` kernel orthonormal, and none of its
+    ``(H, H)`` gate blocks is then orthogonal."""
+    draws = [arrays, *more]
+    groups: dict[str, list[str]] = {"input weights": [], "recurrent weights": [], "biases": []}
+    for k in arrays:
+        if k not in ("W_hq", "b_q"):
             groups["input weights" if k.startswith("W_x") else "recurrent weights" if k.startswith("W_h")
-                   else "biases"].append(v)
+                   else "biases"].append(k)
     out = {}
-    for name, vs in groups.items():
-        if not vs:
+    for name, keys in groups.items():
+        if not keys:
             continue
-        flat = np.concatenate([v.ravel() for v in vs]).astype(np.float64)
-        std, peak = float(flat.std()), float(np.abs(flat).max())
-        if peak == 0:
-            text = "zeros"
-        elif peak / max(std, 1e-30) < 1.9:
-            # a uniform's max/std is √3 ≈ 1.73; a normal's is far larger. The largest of n draws
-            # falls short of the bound by bound/(n+1) on average: (n+1)/n x peak estimates it without
-            # that bias (torch's 64 biases drew 0.123 of U(±0.125))
-            text = f"uniform ±{peak * (flat.size + 1) / flat.size:.3g}"
-        elif std == 0:
-            text = f"constant {float(flat[0]):.3g}"
-        elif peak / std < 2.6:  # a normal cut at ±2σ (flax's lecun_normal): ≈ 2.3; an uncut one's draw reaches 3+
-            text = f"truncated normal, std {std:.3g}, within ±{peak:.3g}"
-        else:
-            text = f"normal, std {std:.3g}"
+        if name == "biases":
+            nonzero = [k for k in keys if any(np.any(d[k] != 0) for d in draws)]
+            if nonzero and len(nonzero) < len(keys):  # some biases start at zero: say which are not
+                values = {k: np.concatenate([d[k].ravel() for d in draws]) for k in nonzero}
+                if all(np.all(v == v[0]) for v in values.values()):  # Keras' forget-gate bias 1
+                    out[name] = f"zeros except {', '.join(nonzero)}: {', '.join(f'{float(values[k][0]):g}' for k in nonzero)}"
+                else:
+                    flat = np.concatenate(list(values.values())).astype(np.float64)
+                    out[name] = f"zeros except {', '.join(nonzero)}: {_distribution(flat)}"
+                continue
+        text = _distribution(np.concatenate([d[k].ravel() for d in draws for k in keys]).astype(np.float64))
         if name == "recurrent weights":
             text = _orthogonality(_recurrent_kernels(layout or {}, arrays)) or text
-        if name == "biases":
-            nonzero = sorted({k for k, v in arrays.items() if k.startswith("b_") and k != "b_q" and np.any(v != 0)})
-            if nonzero and len(nonzero) < sum(k.startswith("b_") and k != "b_q" for k in arrays):
-                text = f"zeros except {', '.join(nonzero)}: {', '.join(f'{float(arrays[k].mean()):g}' for k in nonzero)}"
         out[name] = text
     return out
 
@@ -231,11 +253,11 @@ def measure_framework(framework: str) -> list[dict[str, Any]]:
                 devs[variant] = float(np.max(np.abs(got - want)))
             matches = [v for v, d in devs.items() if d <= MATCH]
             own = be.default_params(V_INIT, H_INIT, 0, "float64")
-            more = [be.default_params(V_INIT, H_INIT, seed, "float64") for seed in range(1, INIT_DRAWS)] \
-                if own is not None else []
+            draws = distinct_draws([own, *(be.default_params(V_INIT, H_INIT, seed, "float64")
+                                           for seed in range(1, INIT_DRAWS))]) if own is not None else []
             rows.append({**row, "version": be.version(), "deviations": devs, "computes": matches, "layout": layout,
-                         "init_shape": {"V": V_INIT, "H": H_INIT}, "init_draws": 1 + len(more),
-                         "init": _describe_init(own, layout, more) if own is not None else {}})
+                         "init_shape": {"V": V_INIT, "H": H_INIT}, "init_draws": len(draws),
+                         "init": _describe_init(draws[0], layout, draws[1:]) if draws else {}})
     return rows
 
 
@@ -312,6 +334,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         devs = ", ".join(f"{v} {d:.0e}" if d is not None else f"{v} NaN" for v, d in r["deviations"].items())
         computes = " and ".join(f"**{c}**" for c in r["computes"]) or "**none of the variants**"
         init = "; ".join(f"{k}: {v}" for k, v in r["init"].items())
+        if init and r.get("init_draws", INIT_DRAWS) < INIT_DRAWS:  # a backend whose default_params ignores its seed
+            n = r["init_draws"]
+            init += f" (from {n} distinct draw{'s' if n != 1 else ''} of {INIT_DRAWS} seeds)"
         out.append(f"| {r['framework']} {r.get('version', '')} | {r['asked']} | {computes} ({devs}) | "
                    f"{_layout_text(r['layout'])} | {_cell(init)} |")
     return "\n".join(out)

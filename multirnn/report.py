@@ -617,8 +617,10 @@ def perplexity_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
     # what was trained on and for how long, so a saved image still says which run it shows
     text = text_label(opts.get("text")) + (f", {used:,} tokens" if isinstance(used, int) else "")
     preset = f"preset {opts['preset']}, " if opts.get("preset") else ""
-    # a long file name wraps rather than running off the figure's right edge
-    title = (textwrap.fill(f"Perplexity per epoch: {preset}{cfg['num_epochs']} epochs on {text}", 100) + "\n"
+    # the text on a line of its own, wrapped at a width that 50 of the widest letters (W) fit: a long
+    # file name ran off the figure's right edge
+    title = (f"Perplexity per epoch: {preset}{plural(cfg['num_epochs'], 'epoch')}\n"
+             + textwrap.fill(f"on {text}", 50, break_on_hyphens=False) + "\n"
              f"({cfg['protocol']}, {cfg.get('sampling', '?')} sampling, {cfg['dtype']}; {model}, hidden {cfg['num_hiddens']}, batch "
              f"{cfg['batch_size']} x {cfg['num_steps']} steps, lr {cfg['lr']:g}"
              + (f", init {init}" if init and init != "shared" else "") + ")")

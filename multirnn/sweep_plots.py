@@ -175,8 +175,9 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""
     ax.set_title(("Partial sweep. " if partial else "")
-                 + f"Median tokens/s (k), [min-max] over seeds and repeats,\nand ratio to the fastest row "
-                 f"of each configuration{contended}", fontsize=9)
+                 + ("Median tokens/s (k), [min-max] over seeds and repeats,\nand ratio to the fastest row of each "
+                    "configuration" if spread else "Median tokens/s (k) and ratio to the fastest row\nof each configuration")
+                 + contended, fontsize=9)
     fig.colorbar(im, ax=ax, label="ratio to fastest")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -212,7 +212,7 @@ def test_the_plot_says_which_run_it_shows(results, tmp_path):
     results["options"].update(preset="quick", text=None, tokens={"used": 10000, "total": 170580, "eval": None})
     results["config"].update(num_epochs=60, sampling="random")
     title = _draw(report.perplexity_plot, results, tmp_path)[0].get_title(loc="left")
-    assert "preset quick, 60 epochs on The Time Machine (bundled), 10,000 tokens" in title, title
+    assert "preset quick, 60 epochs\non The Time Machine (bundled), 10,000 tokens" in title, title
     assert "random sampling" in title, title
 
 
@@ -274,6 +274,7 @@ def test_no_title_runs_off_the_figure(results, tmp_path):
     copy = next(b for b in results["backends"] if b["name"] == COPY)
     copy["judgement"].update(status="disagrees")
     copy["status"] = "diverged"
+    results["options"]["text"] = "/data/" + "W" * 150 + ".txt"  # the widest letter, in a name the title wraps
     for plot in (report.perplexity_plot, report.deviation_plot):
         keep = _KeepFigures()
         plot(results, tmp_path / "plot.png", keep)
@@ -284,6 +285,7 @@ def test_no_title_runs_off_the_figure(results, tmp_path):
         assert titles
         for t in titles:
             assert t.get_window_extent(renderer).x0 >= 0, (plot.__name__, t.get_text())
+            assert t.get_window_extent(renderer).x1 <= fig.bbox.width, (plot.__name__, t.get_text())
         keep.plt.close(fig)
 
 
