@@ -67,7 +67,7 @@ from .files import (
     write_json_atomic,
 )
 from .harness import TrainingData, clean_prefix, prepare_data
-from .load import OtherLoad, busy_note
+from .load import BUSY_CORES, OtherLoad, busy_note
 from .progress import RunProgress, backend_status
 from .provenance import code_version
 from .runner import (
@@ -702,6 +702,13 @@ def _resumable(out_dir: Path, config: TrainConfig, options: dict[str, Any],
         notes.append(f"{', '.join(shared)} {'was' if len(shared) == 1 else 'were'} kept from an earlier run that ran "
                      f"up to {max(sharing[n] for n in shared)} rows at a time: {'its' if len(shared) == 1 else 'their'} "
                      "tokens/s and peak memory were measured under that sharing")
+    # This session measures only its own load: the kept rows' tokens/s were timed under the earlier one's.
+    then_busy = (earlier.get("options") or {}).get("other_load_cores")
+    if keep and isinstance(then_busy, (int, float)) and then_busy >= BUSY_CORES:
+        kept = sorted(keep)
+        notes.append(f"{', '.join(kept)} {'was' if len(kept) == 1 else 'were'} kept from an earlier session during "
+                     f"which other processes kept {then_busy:.1f} cores busy (on average): "
+                     f"{'its' if len(kept) == 1 else 'their'} tokens/s are below what this machine does")
     return keep
 
 

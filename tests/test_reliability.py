@@ -417,6 +417,27 @@ def test_rows_kept_by_a_resume_keep_the_sharing_they_were_timed_under(tmp_path):
         assert note in res["options"]["run_notes"] and note in again.stdout, again.stdout
 
 
+def test_rows_kept_by_a_resume_say_the_earlier_session_was_busy(tmp_path):
+    """A resumed run measures other processes' load over its own session only: rows kept from a busy
+    earlier session showed their low tokens/s with nothing to say so."""
+    import json
+
+    out = tmp_path / "run"
+    args = ["--backends", f"numpy,{COPY}", "--epochs", "2", "--hidden", "8", "--max-tokens", "600", "--batch-size",
+            "4", "--num-steps", "5", "--no-plot", "--quiet", "--out", str(out)]
+    assert compare(args).returncode == 0
+    note = f"numpy, {COPY} were kept from an earlier session during which other processes kept 1.4 cores busy"
+    for then, said in ((1.4, True), (0.1, False)):  # as the earlier session measured it
+        res = json.loads((out / "results.json").read_text())
+        res["options"]["other_load_cores"] = then
+        (out / "results.json").write_text(json.dumps(res))
+        again = compare([*args, "--resume"])
+        assert again.returncode == 0, again.stderr
+        notes = strict_json(out / "results.json")["options"]["run_notes"]
+        assert any(n.startswith(note) for n in notes) is said, notes
+        assert (note in again.stdout) is said, again.stdout
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_a_workers_peak_memory_is_its_own_not_its_parents():
     """ru_maxrss keeps the pre-exec high-water mark (the forked copy of the parent): every row showed at
