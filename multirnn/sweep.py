@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import re
 import shlex
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .info import installed_version
 from .load import OtherLoad
 from .progress import RunProgress
 from .provenance import code_version
-from .runner import DEFAULT_STALL_TIMEOUT, defer_signals, raise_on_signals, signal_name
+from .runner import DEFAULT_STALL_TIMEOUT, Stopped, defer_signals, raise_on_signals, signal_name
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, first_line, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
 from .sweep_spec import (
@@ -565,9 +566,19 @@ def _summary(sweep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shut_down_ray() -> None:
+    """End a Ray instance this process started or joined, if its start was interrupted half way."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        with contextlib.suppress(Exception):
+            if ray.is_initialized():
+                ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     made: Path | None = None  # the --out folder this call created, removed again if it is refused
+    raise_on_signals()  # SIGTERM/SIGHUP as Stopped from here on: starting Ray takes seconds
     try:
         opts = parse_options(argv)
         configurations, groups, cells = expand_options(opts)
@@ -584,13 +595,19 @@ def main(argv: list[str] | None = None) -> int:
         _check_writable(out)  # before a cluster is reached or a lock taken: a one-line error, as compare's
         blas.name_openblas_core()  # before any worker loads NumPy (local ones, and a local Ray cluster's, inherit it)
         executor = _executor(opts)
-    except (SpecError, compare.UsageError) as exc:
+    except (SpecError, compare.UsageError, KeyboardInterrupt, Stopped) as exc:
         if made is not None:  # nothing written: no empty folders left behind (a Ray address that did not answer)
             for folder in [out, *out.parents]:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty
                 if folder == made:
                     break
+        if isinstance(exc, (KeyboardInterrupt, Stopped)):  # Ctrl-C while a local Ray instance started: a traceback
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            _shut_down_ray()
+            print(f"multirnn.sweep: stopped ({signal_name(signum)}) before any cell ran: nothing was written",
+                  file=sys.stderr)
+            return 128 + signum
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

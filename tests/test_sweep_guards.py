@@ -530,3 +530,30 @@ def test_a_groups_report_names_a_busy_machine_too(tmp_path):
     for r in reports:
         assert "In this sweep session, other processes kept" in r.read_text(), r.read_text()[-2000:]
         assert json.loads((r.parent / "results.json").read_text())["options"]["other_load_cores"] == busy
+
+
+@pytest.mark.parametrize("stop, status, said", [(KeyboardInterrupt(), 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_a_stop_while_the_executor_starts_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys, stop,
+                                                                          status, said):
+    """Ctrl-C while a local Ray instance started (seconds) was a bare KeyboardInterrupt traceback from inside
+    Ray, and left the empty --out folder behind."""
+    import signal as signal_mod
+
+    from multirnn.runner import Stopped
+
+    exc = Stopped(signal_mod.SIGTERM) if stop == "SIGTERM" else stop
+
+    def starting(opts):
+        raise exc
+
+    monkeypatch.setattr(sweep_cli, "_executor", starting)
+    handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGTERM, signal_mod.SIGHUP)}
+    try:
+        code = sweep_cli.main([*BASE, "--out", str(tmp_path / "new" / "sweep")])  # any executor: its start is stopped
+    finally:
+        for s, h in handlers.items():
+            signal_mod.signal(s, h)
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert err.strip() == f"multirnn.sweep: stopped ({said}) before any cell ran: nothing was written", err
+    assert not (tmp_path / "new").exists()
