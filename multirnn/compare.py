@@ -786,7 +786,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         pair_notes.append("--backends flax names the jax backend: its row is d2l's scratch model in JAX; flax's own "
                           "layers (nn.RNN(nn.SimpleCell) + nn.Dense) run with --impl layers (or all)")
     pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs if i == "layers"
-                   and (issue := layers_known_issue(n, config.model, config.dtype))]
+                   and (issue := layers_known_issue(n, config.model, config.dtype,
+                                                    config.batch_size * config.num_steps))]
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     if args.encoding is not None:  # refused before any text is read, whether or not a text needs it
