@@ -666,7 +666,14 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     else:
         lo, hi = test["ci90"]
         ok, how = test["equivalent"] is True, f"mean {test['mean']:+.1%} over {len(diffs)} pairs, 90% interval [{lo:+.1%}, {hi:+.1%}]"
-    if not ok:
+    if not ok and len(diffs) > 1 and test["equivalent"] is None:
+        # Neither shown within the margin nor outside it: too few or too chaotic pairs (10 epochs, 3 seeds:
+        # Keras' pairs spread over [-43 %, +7 %]). Called a disagreement, correct layers failed the run.
+        out.update(status="not-judged", reason=(
+            f"too little to judge (statistical): the median-last perplexity is neither shown within "
+            f"{FRAMEWORK_INIT_RTOL:.0%} of the d2l model trained from the same weights nor outside it ({how}); "
+            "more seeds (--init-seeds) or epochs narrow the interval"))
+    elif not ok:
         out.update(status="disagrees", reason=(
             f"statistical: the median-last perplexity is not shown within {FRAMEWORK_INIT_RTOL:.0%} of the d2l model "
             f"trained from the same weights ({how})"))
@@ -710,6 +717,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     unsupported = [b.name for b in backends if b.status == "unsupported"]
     parts, notes = [], []
     too_little = None  # the reason given to every row when the reference diverged before one whole stretch
+    # rows judged "too little to judge" with a reason of their own (set before this, by their own test)
+    unjudged = [b for b in backends if b.status == "not-judged" and b.reason] if base["reference"] is not None else []
     if base["reference"] is None:
         ran = [b.name for b in backends if b.status == "not-judged"]
         status = "not-judged"
@@ -770,9 +779,12 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             # "at N checkpoints" belongs to the re-anchored checks, not to --init independent's final perplexities
             checked = ", ".join([checks[0] + at + until, *checks[1:]]) if checks and has_lockstep else how + until
             parts.append(f"{_plural(others, 'agrees', 'agree')} with {base['reference_label']}: shapes, {checked}{stat}")
-        else:
+        elif not unjudged:
             status = "not-judged"
             parts.append("only the reference ran: nothing to compare it with")
+        if unjudged:  # a row the evidence does not decide (--init framework's inconclusive test): no pass
+            status = "not-judged"
+            parts += [f"{b.name}: {b.reason}" for b in unjudged]
     if crashed:  # a failure (exit 1) without a disagreement is named as what it is
         status = "crashed" if status in ("agree", "not-judged") else status
         parts.append(f"crashed: {', '.join(crashed)}")

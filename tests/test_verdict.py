@@ -253,6 +253,22 @@ def test_framework_init_pairs_each_run_with_the_d2l_model_from_the_same_weights(
     assert any("torch -0.3%" in n for n in judge([ref, small], init="framework").notes)
 
 
+def test_framework_init_that_shows_neither_equivalence_nor_difference_is_not_judged():
+    """--init framework --impl layers --epochs 10 failed correct Keras and Gluon layers (exit 1): 3 pairs
+    spread over [-43 %, +7 %] showed nothing, and "not shown equivalent" was called a disagreement."""
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    good = _fw_row("torch", 2.0, [2.02, 1.98], paired=[2.001, 2.03, 1.97])
+    spread = _fw_row("tensorflow", 2.0, [2.6, 1.5], paired=[2.3, 2.0, 2.0])  # -13 %, +30 %, -25 %
+    v = judge([ref, good, spread], init="framework")
+    tf = v.backend("tensorflow")
+    assert tf.equivalence["equivalent"] is None
+    assert tf.status == "not-judged" and tf.reason.startswith("too little to judge (statistical)"), tf.reason
+    assert "--init-seeds" in tf.reason
+    assert v.backend("torch").status == "agrees"
+    assert v.status == "not-judged", v.summary  # exit 4: not a pass, and not a disagreement
+    assert "tensorflow: too little to judge" in v.summary and "torch agrees" in v.summary, v.summary
+
+
 def test_framework_init_with_one_seed_holds_the_single_pair_to_the_margin():
     ref = _fw_row("numpy", 5.0, [])
     near, far = _fw_row("torch", 2.0, [], paired=[2.1]), _fw_row("jax", 2.0, [], paired=[2.6])
