@@ -122,8 +122,8 @@ def _output_layer(F, outputs, W_out, b_q, vocab_size: int):
     """The output layer of all steps at once: one matmul, not T. FullyConnected runs on oneDNN
     (dot on OpenBLAS was slower); it wants the weight as (out, in): ``W_out`` is W_hq transposed.
 
-    The bias is added apart: FullyConnected's own bias gradient sums the N = T·B rows one after another
-    in float32, and at N = 262,144 (d2l ed. 2, batch 8192) b_q's gradient was 1.6e-3 off its float64
+    The bias is added apart: FullyConnected's own bias gradient sums the N = T·B rows in a float32
+    accumulator, and at N = 262,144 (d2l ed. 2, batch 8192) b_q's gradient was 1.6e-3 off its float64
     value (a sum growing to ~10^4 drops part of each small term), which put the step's gradient norm
     outside the verdict's band; broadcast_add's backward sum was 3e-8 off."""
     logits = F.FullyConnected(F.reshape(outputs, (-3, -2)), W_out, no_bias=True, num_hidden=vocab_size)
