@@ -68,3 +68,18 @@ def test_a_dense_layers_float32_bias_sum_is_named_where_it_can_leave_the_band(na
     _, _, norm, _ = be.train_step(be.params_from_numpy(p32), X, Y, be.init_state(BATCH, HIDDEN, "float32"), 1.0, 1.0)
     off = abs(float(be.as_numpy(norm)) - norm64) / norm64
     assert off > 1e-4, (name, off)  # 4.3e-4 (MXNet) and 3.1e-4 (TensorFlow) at 262,144 rows
+
+
+def test_mxnets_fused_operator_is_named_where_its_bias_sums_can_leave_the_band():
+    """At 2,560,000 rows per step (d2l ed. 2, batch 10000 x 256 steps) a probe's b_h update from MXNet's
+    fused RNN operator left the band (1.69e-3): the rows that run that operator say so from 1,000,000."""
+    from multirnn.backends.layer_limits import FUSED_MANY_ROWS, mxnet_fused_sum_issue
+    from multirnn.cells import Model
+
+    many = 2_560_000
+    assert mxnet_fused_sum_issue("scratch", "fast", Model(), "float32", many)
+    assert mxnet_fused_sum_issue("layers", "eager", Model("lstm"), "float32", many)  # Gluon's layers: always fused
+    assert not mxnet_fused_sum_issue("scratch", "eager", Model(), "float32", many)  # eager: no fused operator
+    assert not mxnet_fused_sum_issue("scratch", "fast", Model("gru"), "float32", many)  # d2l's GRU: not fused
+    assert not mxnet_fused_sum_issue("scratch", "fast", Model(), "float64", many)
+    assert not mxnet_fused_sum_issue("scratch", "fast", Model(), "float32", FUSED_MANY_ROWS - 1)

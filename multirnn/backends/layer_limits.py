@@ -73,3 +73,25 @@ def layers_known_issue(framework: str, model: Model, dtype: str, rows_per_step: 
                 f"run's {rows_per_step:,} rows this row may leave the float32 band from that alone (the scratch "
                 "rows sum them accurately; --dtype float64 or fewer rows per step avoid it)")
     return None
+
+
+# MXNet's fused RNN operator (Gluon's rnn layers, and the scratch fast path's rnn, gru-reset-after and lstm)
+# sums its bias gradients over batch x steps rows in float32 too: b_h's gradient 5.5e-5 off its float64
+# value at 262,144 rows; at 2,560,000 (d2l ed. 2, batch 10000 x 256 steps) a probe's b_h update left the
+# band (1.69e-3 against 1e-3) and correct MXNet was called DISAGREES.
+FUSED_MANY_ROWS = 1_000_000
+_MXNET_FUSED_CELLS = ("rnn", "gru-reset-after", "lstm")
+
+
+def mxnet_fused_sum_issue(impl: str, mode: str, model: Model, dtype: str, rows_per_step: int) -> str | None:
+    """The note for an MXNet row whose fused RNN operator sums its bias gradients over very many rows in
+    float32 (None where the row does not run that operator, or the rows are few)."""
+    fused = impl == "layers" or (mode == "fast" and model.cell.name in _MXNET_FUSED_CELLS)
+    if not fused or dtype != "float32" or rows_per_step < FUSED_MANY_ROWS:
+        return None
+    return (f"MXNet's fused RNN operator sums its bias gradients over the batch x steps rows in a float32 "
+            f"accumulator: at 262,144 rows b_h's gradient was 5.5e-5 off its float64 value, and at 2,560,000 a "
+            f"probe's b_h update left the band (1.69e-3); at this run's {rows_per_step:,} rows this row may "
+            "leave it from that alone (--mode eager for the scratch row, --dtype float64 or fewer rows per step "
+            "avoid it)")
+
