@@ -786,7 +786,7 @@ class TorchLayersBackend(_TorchCommon):
     def _output_layer_of(self, params: Any) -> tuple[int | None, int | None, str | None]:
         """V, H, dtype: the output layer's bias (V,) and weight (V, H) (the input checks read them; no conversion)."""
         weight = params["linear.weight"]
-        return int(params["linear.bias"].shape[0]), int(weight.shape[1]), str(weight.dtype).rsplit(".", 1)[-1]
+        return int(params["linear.bias"].shape[0]), int(weight.shape[1]), _dtype_name(weight)
 
     def params_from_numpy(self, params: dict[str, np.ndarray]) -> _LayerParams:
         """A fresh net holding d2l's ``params`` (copied, transposed and stacked in torch's gate order);
