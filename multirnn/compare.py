@@ -41,7 +41,7 @@ from .backends import (
     refusal,
     source_digest,
 )
-from .backends.layer_limits import layers_known_issue, mxnet_fused_sum_issue
+from .backends.layer_limits import row_issues
 from .cells import CELLS
 from .config import ED1_ONLY, LIMITS, PRESETS, TrainConfig, preset
 from .data import (
@@ -785,11 +785,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     if "flax" in asked and "layers" not in impls:  # an alias of jax: flax's own layers are the layers row
         pair_notes.append("--backends flax names the jax backend: its row is d2l's scratch model in JAX; flax's own "
                           "layers (nn.RNN(nn.SimpleCell) + nn.Dense) run with --impl layers (or all)")
-    rows = config.batch_size * config.num_steps  # the rows a bias gradient sums over in one step
-    pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs if i == "layers"
-                   and (issue := layers_known_issue(n, config.model, config.dtype, rows))]
-    pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs if n == "mxnet"
-                   and (issue := mxnet_fused_sum_issue(i, args.mode, config.model, config.dtype, rows))]
+    # the rows a bias gradient sums over in one step (d2l ed. 2's minibatch holds at most its training windows)
+    batch = min(config.batch_size, config.num_train) if config.protocol == "d2l-ed2" else config.batch_size
+    pair_notes += [f"{row_label(n, i)}: {issue}" for n, i in pairs
+                   for issue in row_issues(n, i, args.mode, config.model, config.dtype, batch * config.num_steps)]
     text = _resolve_text(args.text, "--text")
     eval_text = _resolve_text(args.eval_text, "--eval-text")
     if args.encoding is not None:  # refused before any text is read, whether or not a text needs it

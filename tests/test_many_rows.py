@@ -83,3 +83,14 @@ def test_mxnets_fused_operator_is_named_where_its_bias_sums_can_leave_the_band()
     assert not mxnet_fused_sum_issue("scratch", "fast", Model("gru"), "float32", many)  # d2l's GRU: not fused
     assert not mxnet_fused_sum_issue("scratch", "fast", Model(), "float64", many)
     assert not mxnet_fused_sum_issue("scratch", "fast", Model(), "float32", FUSED_MANY_ROWS - 1)
+
+
+def test_the_notes_count_the_rows_a_step_really_has(tmp_path):
+    """d2l ed. 2's minibatch holds at most its 10,000 training windows: at --batch-size 16384 a step has
+    320,000 rows, and the note said 524,288."""
+    from multirnn.compare import build_parser, make_plan
+
+    argv = ["--backends", "numpy,mxnet", "--impl", "layers", "--preset", "d2l-ed2", "--batch-size", "16384",
+            "--out", str(tmp_path / "run")]
+    notes = make_plan(build_parser().parse_args(argv), argv).options["row_notes"]
+    assert any("at this run's 320,000 rows" in n for n in notes), notes

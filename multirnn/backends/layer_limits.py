@@ -95,3 +95,11 @@ def mxnet_fused_sum_issue(impl: str, mode: str, model: Model, dtype: str, rows_p
             "leave it from that alone (--mode eager for the scratch row, --dtype float64 or fewer rows per step "
             "avoid it)")
 
+
+def row_issues(framework: str, impl: str, mode: str, model: Model, dtype: str, rows_per_step: int) -> list[str]:
+    """Every known framework bug or float32 limit a row may run into (compare's notes, said per row):
+    its own layer's (:func:`layers_known_issue`) and MXNet's fused operator's (:func:`mxnet_fused_sum_issue`)."""
+    found = [layers_known_issue(framework, model, dtype, rows_per_step) if impl == "layers" else None,
+             mxnet_fused_sum_issue(impl, mode, model, dtype, rows_per_step) if framework == "mxnet" else None]
+    return [issue for issue in found if issue]
+
