@@ -8,6 +8,7 @@
     python -m benchmarks.probes jax-ops         # XLA: the fast step's time per HLO op, from JAX's profiler trace
     python -m benchmarks.probes tf-transpose    # TensorFlow: h @ W^T with W^T passed in, a bare tf.transpose, or a Snapshot of it
     python -m benchmarks.probes page-faults     # every backend's fast step with and without keep_freed_memory
+    python -m benchmarks.probes torch-fm        # torch: the fast step feature-major (and its loops, contiguous or strided) against batch-major
     python -m benchmarks.probes torch-tanh      # torch: tanh_ against sigmoid_, mul_ and NumPy's tanh on one step's (32, 512)
     python -m benchmarks.probes torch-loops     # torch: the fast step against its serial loops, with and without their elementwise ops
     python -m benchmarks.probes torch-forward   # torch: the forward chain through addmm_, MKL packed GEMM, oneDNN, TorchScript
@@ -271,6 +272,90 @@ def torch_loops() -> None:
                    "forward loop, addmm_ only": forward(False), "backward loop, addmm_ + mul_": backward(True),
                    "backward loop, addmm_ only": backward(False),
                    "the two input copies alone": lambda: (hs[1:].copy_(xw), d.copy_(d0))}, rounds=40)
+
+
+def torch_fm() -> None:
+    """torch's fast step with the recurrence feature-major, ``(H, B)`` per step (``W_hh^T h``
+    forward, ``W_hh d`` backward), against the backend's batch-major step; the loops of both
+    orientations with every step's block contiguous and strided; and the transposing copies a
+    feature-major step needs to join its loops to the batch-major gather, output layer and
+    weight gradients. The ladder's bound counts the faster chain without those copies."""
+    import torch
+
+    import multirnn
+    from multirnn.backends import get_backend
+    from multirnn.backends.torch_backend import _cross_entropy_and_grad
+
+    be = get_backend("torch", mode="fast")
+    params = be.params_from_numpy(multirnn.init_params(V, H, seed=0))
+    rng = np.random.default_rng(0)
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    h0 = torch.from_numpy((rng.standard_normal((B, H)) * 0.5).astype(np.float32))
+    tokens, labels = be._tokens(X), be._labels(Y)[:, None]
+    N = T * B
+
+    def fm_step() -> tuple:  # hs (T + 1, H, B): each step's state a contiguous (H, B) block
+        W_xh, W_hh, b_h, W_hq, b_q = (params[k] for k in ("W_xh", "W_hh", "b_h", "W_hq", "b_q"))
+        hs = torch.empty((T + 1, H, B))
+        hs[0] = h0.T
+        hs[1:] = (W_xh + b_h).index_select(0, tokens.reshape(-1)).view(T, B, H).transpose(1, 2)  # join 1
+        h = hs.unbind(0)
+        W_hh_T = W_hh.T.contiguous()
+        for t in range(T):
+            h[t + 1].addmm_(W_hh_T, h[t]).tanh_()
+        hidden = hs[1:].transpose(1, 2).reshape(N, H)  # join 2
+        loss, d_logits = _cross_entropy_and_grad(torch.addmm(b_q, hidden, W_hq), labels)
+        d_h = torch.mm(d_logits, W_hq.T).view(T, B, H).transpose(1, 2).contiguous()  # join 3
+        d = d_h.unbind(0)
+        tanh_backward = torch.ops.aten.tanh_backward.grad_input
+        tanh_backward(d[T - 1], h[T], grad_input=d[T - 1])
+        for t in range(T - 2, -1, -1):
+            tanh_backward(d[t].addmm_(W_hh, d[t + 1]), h[t + 1], grad_input=d[t])
+        d_pre = d_h.transpose(1, 2).reshape(N, H)  # join 4
+        d_W_xh = torch.zeros_like(W_xh).index_add_(0, tokens.reshape(-1), d_pre)
+        prev = torch.cat([h0, hidden[:N - B]])  # join 5
+        grads = {"W_xh": d_W_xh, "W_hh": torch.mm(prev.T, d_pre), "b_h": d_W_xh.sum(dim=0),
+                 "W_hq": torch.mm(d_logits.T, hidden).T, "b_q": d_logits.sum(dim=0)}
+        return loss, grads, (h[T].T.clone(),)
+
+    def bm_step() -> tuple:
+        return be._fast_loss_and_grads(params, X, Y, (h0,))
+
+    with torch.no_grad():
+        (l0, g0, s0), (l1, g1, s1) = bm_step(), fm_step()
+        worst = max(float((g0[k] - g1[k]).abs().max() / g0[k].abs().max()) for k in g0)
+        print(f"feature-major against the backend: loss {float(l1 - l0):+.1e}, gradients {worst:.1e} "
+              f"of each one's largest entry, state {float((s1[0] - s0[0]).abs().max()):.1e}")
+        W = params["W_hh"].clone()
+        W_T = W.T.contiguous()
+        g = torch.Generator().manual_seed(0)
+        bm, fm = torch.randn(T + 1, B, H, generator=g) * 0.1, torch.randn(T + 1, H, B, generator=g) * 0.1
+        strided = torch.randn(H, (T + 1) * B, generator=g) * 0.1  # (H, B) blocks with a leading dimension of (T+1)B
+        b, f, s = bm.unbind(0), fm.unbind(0), strided.view(H, T + 1, B).unbind(1)
+        tanh_backward = torch.ops.aten.tanh_backward.grad_input
+
+        def loops(h: tuple, fwd: Callable, bwd: Callable) -> Callable[[], None]:
+            def run() -> None:  # T products + tanh_ forward, T - 1 products + tanh' backward, on the same blocks
+                for t in range(T):
+                    fwd(h[t + 1], h[t]).tanh_()
+                for t in range(T - 2, -1, -1):
+                    tanh_backward(bwd(h[t], h[t + 1]), h[t + 1], grad_input=h[t])
+            return run
+
+        def reset(run: Callable[[], None], a: torch.Tensor, start: torch.Tensor) -> Callable[[], None]:
+            return lambda: (a.copy_(start), run())  # the same values every call; the copy is timed alike
+
+        src, dst = torch.randn(T, B, H, generator=g), torch.empty(T, H, B)
+        alternate({
+            "the backend's loss and gradients (batch-major)": bm_step,
+            "the same, feature-major with 5 joins": fm_step,
+            "loops batch-major (+ a copy resetting them)": reset(loops(b, lambda o, i: o.addmm_(i, W), lambda o, i: o.addmm_(i, W_T)), bm, bm.clone()),
+            "loops feature-major, contiguous blocks (+ copy)": reset(loops(f, lambda o, i: o.addmm_(W_T, i), lambda o, i: o.addmm_(W, i)), fm, fm.clone()),
+            "loops feature-major, strided blocks (+ copy)": reset(loops(s, lambda o, i: o.addmm_(W_T, i), lambda o, i: o.addmm_(W, i)), strided, strided.clone()),
+            "one join: (T, B, H) -> (T, H, B) copy": lambda: dst.copy_(src.transpose(1, 2)),
+            "one plain (T, B, H) copy": lambda: src.clone(),
+        }, rounds=100)
+    print(f"torch CPU capability: {torch.backends.cpu.get_cpu_capability()}")
 
 
 def torch_tanh() -> None:
@@ -572,7 +657,7 @@ def page_faults() -> None:
 
 PROBES = {"transpose": transpose, "torch-compile": torch_compile, "jax-transpose": jax_transpose, "jax-output": jax_output, "jax-loop": jax_loop, "jax-ops": jax_ops,
           "tf-transpose": tf_transpose, "page-faults": page_faults, "torch-forward": torch_forward, "torch-tanh": torch_tanh,
-          "torch-loops": torch_loops, "torch-lstm": torch_lstm, "jax-split": jax_split}
+          "torch-loops": torch_loops, "torch-fm": torch_fm, "torch-lstm": torch_lstm, "jax-split": jax_split}
 
 def _usage(problem: str | None = None) -> NoReturn:
     """The probes and their arguments after a mistake (or no probe at all): exit 2, as a usage error."""
