@@ -200,6 +200,8 @@ def bands_text(results: dict[str, Any]) -> str:
     if opts.get("lockstep") == "off":
         if v.get("init") == "independent":
             held = f"final perplexities were held to {v['independent_rtol']:.0%} of their median"
+        elif v.get("init") == "framework" and not any(b.get("equivalence") for b in v.get("backends") or []):
+            held = "nothing was compared (the statistical test of --init framework needs numpy in --backends)"
         elif v.get("init") == "framework":
             held = (f"only each run's median-last perplexity was compared, with the d2l model trained from the same "
                     f"weights, within {v['independent_rtol']:.0%}")

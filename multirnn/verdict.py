@@ -536,6 +536,13 @@ def judge(
             if not v.checkpoints_checked and not ended_early:
                 v = BackendVerdict(r["name"], "disagrees", reason="no re-anchored checkpoint could be checked "
                                    "(the run stopped before the first one)")
+        elif ref_curve is None and init == "framework" and ref_row is None:
+            # Other starting weights and no curve compared: only the paired test against the oracle could judge
+            # the row, and it needs the oracle's row. Every row used to "agree" here with nothing compared.
+            v = BackendVerdict(r["name"], "not-judged", shapes_agree=shapes_agree, reason=(
+                "too little to judge: with --init framework the rows start from different weights, so without "
+                "re-anchored checks only the statistical test against the d2l model trained from the same weights "
+                "can judge them, and it needs numpy (the NumPy oracle) in --backends"))
         else:
             crossing = free.get("crossing")
             v = BackendVerdict(r["name"], "disagrees" if crossing else "agrees", first_crossing=crossing,
@@ -651,12 +658,25 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     paired = row.get("paired_oracle_runs")
     partners = [p.get("median_last_perplexity") for p in paired] if paired else run_finals(ref_row)
     pairs = [(a, b) for a, b in zip(mine, partners) if _finite(a) and _finite(b) and b > 0]
+    # A run that diverged where its partner from the same weights did not is no missing pair: dropping it
+    # left "agrees" on the one pair that remained. Near the edge of stability float32 rounding alone can
+    # tip one run of a correct pair over, so it is no proof of a difference either: the row is not judged
+    # (exit 4). Where the partner alone diverged, the pair is left out, and said.
+    alone = [i for i, (a, b) in enumerate(zip(mine, partners)) if not _finite(a) and _finite(b)]
+    partner_alone = [i for i, (a, b) in enumerate(zip(mine, partners)) if _finite(a) and not _finite(b)]
     ok_mine, ok_ref = seed_finals(row), seed_finals(ref_row)
     out: dict[str, Any] = {"finals": tuple(ok_mine), "paired_finals": tuple(float(b) for _, b in pairs)}
     if ok_mine and ok_ref and paired:  # a row without initialisers of its own (scratch) starts from d2l's: no effect
         out["init_effect"] = float(np.mean(ok_mine)) / float(np.mean(ok_ref)) - 1.0
+    runs = ("run " if len(alone) == 1 else "runs ") + ", ".join(str(i + 1) for i in alone) + f" of {len(mine)}"
+    if alone:
+        out.update(status="not-judged", reason=(
+            f"too little to judge (statistical): its {runs} diverged (no finite perplexity) where the d2l model "
+            "trained from the same weights did not; a lower --lr tells a layer that diverges from one on the edge"))
+        return out
     if not pairs:
-        out.update(status="disagrees", reason="statistical: no finished pair of runs to compare")
+        out.update(status="not-judged", reason="too little to judge (statistical): no pair of runs in which both "
+                   "finished (the d2l model from the same weights diverged where this row did not, or both diverged)")
         return out
     diffs = [(a - b) / b for a, b in pairs]
     test = tost_paired(diffs, FRAMEWORK_INIT_RTOL)
@@ -666,6 +686,9 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     else:
         lo, hi = test["ci90"]
         ok, how = test["equivalent"] is True, f"mean {test['mean']:+.1%} over {len(diffs)} pairs, 90% interval [{lo:+.1%}, {hi:+.1%}]"
+    if partner_alone:
+        how += (f"; {plural(len(partner_alone), 'pair')} left out, where the d2l model from the same weights diverged "
+                "and this row did not")
     if not ok and len(diffs) > 1 and test["equivalent"] is None:
         # Neither shown within the margin nor outside it: too few or too chaotic pairs (10 epochs, 3 seeds:
         # Keras' pairs spread over [-43 %, +7 %]). Called a disagreement, correct layers failed the run.
@@ -740,7 +763,12 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             checks.append(f"final perplexities within {base['independent_rtol']:.0%} of their median")
         how = ", ".join(checks)
         stat = ""
-        if base["init"] == "framework":
+        tested = any(b.equivalence is not None for b in backends)  # the paired test ran (it needs the oracle's row)
+        if base["init"] == "framework" and not tested and has_lockstep:
+            notes.append("the statistical test against the d2l model trained from the same weights needs numpy (the "
+                         "NumPy oracle) in --backends: it did not run, and the rows were judged on the re-anchored "
+                         "checks only")
+        if base["init"] == "framework" and tested:
             stat = (f"{'; ' if checks else ''}statistical (layers start from their framework's own initialisers, other rows from "
                     f"d2l's N(0, 0.01^2)): "
                     f"the median-last perplexity of each seed's run paired with the d2l model trained from the same "

@@ -605,3 +605,34 @@ def test_weights_that_overflowed_only_in_one_row_are_a_disagreement():
     assert v.status == "disagree" and "last update left NaN or infinite weights (W_hh)" in v.backend("torch").reason
     both = [dict(REF, non_finite_params=["W_hh"]), rows[1]]  # the oracle's overflowed too: no difference
     assert judge(both).status == "agree"
+
+
+def test_framework_init_without_the_oracle_and_without_lockstep_judges_nothing():
+    """--init framework without numpy and --lockstep off compared nothing, yet every row "agreed" (exit 0) and the
+    summary cited the paired TOST."""
+    rows = [_fw_row(n, p, [], paired=[p]) for n, p in (("torch", 24.1), ("mxnet", 25.5), ("jax", 21.3))]
+    v = judge(rows, init="framework", lockstep=False)
+    assert v.status == "not-judged", v.summary
+    assert all(b.status == "not-judged" and "needs numpy" in b.reason for b in v.backends)
+    assert "TOST" not in v.summary
+
+
+def test_framework_init_without_the_oracle_claims_no_statistical_test():
+    rows = [backend_row(n, REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)]) for n in ("torch", "mxnet", "jax")]
+    v = judge(rows, init="framework")
+    assert v.status == "agree" and "TOST" not in v.summary, v.summary
+    assert any("needs numpy" in n and "did not run" in n for n in v.notes), v.notes
+
+
+def test_framework_init_run_that_diverged_alone_is_not_dropped():
+    """Seeds whose runs diverged were dropped, and the one pair left "agreed"."""
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    row = _fw_row("torch", 2.0, [None, None], paired=[2.001, 2.03, 1.97])
+    v = judge([ref, row], init="framework")
+    t = v.backend("torch")
+    assert t.status == "not-judged" and "runs 2, 3 of 3 diverged" in t.reason, t.reason
+    assert v.status == "not-judged"
+    # the partner alone diverged: the pair is left out, and the row's reason or summary says so
+    row = _fw_row("torch", 2.0, [2.02, 1.98], paired=[2.001, None, 1.97])
+    t = judge([ref, row], init="framework").backend("torch")
+    assert t.status == "agrees" and "1 pair left out" in t.equivalence["summary"], t.equivalence
