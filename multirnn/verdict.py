@@ -464,7 +464,8 @@ def judge(
     clipped = total = None
     if ref_row is not None and max_grad_norm is not None:
         norms = ref_row.get("step_grad_norm") or []
-        clipped, total = sum(1 for n in norms if n > max_grad_norm), len(norms)
+        # a norm that was not finite is stored as null (JSON has no inf): it was above any θ, so clipped
+        clipped, total = sum(1 for n in norms if n is None or n > max_grad_norm), len(norms)
 
     base = dict(init=init, dtype=dtype, reference=reference, reference_label=label, step_rtol=STEP_RTOL[dtype],
                 lockstep_asked=lockstep,

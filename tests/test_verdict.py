@@ -636,3 +636,11 @@ def test_framework_init_run_that_diverged_alone_is_not_dropped():
     row = _fw_row("torch", 2.0, [2.02, 1.98], paired=[2.001, None, 1.97])
     t = judge([ref, row], init="framework").backend("torch")
     assert t.status == "agrees" and "1 pair left out" in t.equivalence["summary"], t.equivalence
+
+
+
+def test_a_reference_norm_stored_as_null_counts_as_clipped():
+    """An infinite gradient norm is written as null; counting the clipped steps raised TypeError on it."""
+    ref = dict(REF, step_grad_norm=[0.5, None, 1.5, 0.7, 0.4, 0.3])
+    v = judge([ref, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)])])
+    assert (v.clipped_steps, v.total_steps) == (2, 6)
