@@ -66,6 +66,7 @@ BUNDLED_TEXTS: dict[str, str] = {
 BUNDLED_ENCODINGS: dict[str, str] = {"timemachine": "utf-8", "war_of_the_worlds": "cp1252"}
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
+_LINE_BREAKS = re.compile(r"\r\n|\r|\n")  # the line ends of Python's universal newlines
 
 
 BUNDLED_TITLES = {"timemachine": "The Time Machine", "war_of_the_worlds": "The War of the Worlds"}
@@ -254,10 +255,20 @@ def text_notes(text: str) -> list[str]:
     return []
 
 
+def split_lines(text: str) -> list[str]:
+    """``text``'s lines as d2l's ``f.readlines()`` in text mode splits them: at ``\\n``, ``\\r`` and
+    ``\\r\\n`` only. ``str.splitlines`` also splits at form feeds, ``\\x1c``-``\\x1e``, NEL and U+2028/9,
+    and the strip of each line then glued the words around them together (``"two\\x0cthree"``)."""
+    lines = _LINE_BREAKS.split(text)
+    if lines and lines[-1] == "":  # a final line break ends the last line, it does not start another
+        lines.pop()
+    return lines
+
+
 def clean_ed1(text: str) -> str:
     """d2l ed. 1 preprocessing of a whole text: each line's non-letter runs -> one space, the line
     stripped and lowercased, the lines joined without separator (fast; same result as per line)."""
-    lines = "\n".join(text.splitlines())  # every line break splitlines knows becomes one "\n"
+    lines = "\n".join(split_lines(text))  # every line break d2l's readlines knows becomes one "\n"
     spaced = re.sub("[^A-Za-z\n]+", " ", lines)  # runs stop at line ends, as per-line cleaning does
     return re.sub(" ?\n ?", "", spaced).strip().lower()
 
@@ -297,7 +308,7 @@ def _char_vocab(chars: str, order: str = "frequency") -> Vocab:
 def read_lines(path: str | Path, expected_sha256: str | None = None, encoding: str | None = None) -> list[str]:
     """Read a text file the d2l ed. 1 way: per line, non-letter runs -> one space, strip, lower."""
     text = _read_text(path, expected_sha256, encoding)
-    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in text.splitlines()]
+    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in split_lines(text)]
 
 
 def tokenize(lines: Sequence[str], token: str = "char") -> list[list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,17 @@ def test_a_pseudo_file_that_says_0_bytes_but_holds_text_is_read(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="is empty"):
         mdata.resolve_text(str(empty), "--text")
+
+
+@pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_ed1_splits_lines_where_d2ls_readlines_does(sep, tmp_path):
+    """str.splitlines also split at these, and each line's strip glued the words around them together."""
+    from multirnn.data import clean_ed1, read_lines
+
+    text = f"one two{sep}three\nFour\r\nfive\rsix\n"
+    assert clean_ed1(text) == "one two threefourfivesix"
+    f = tmp_path / "t.txt"
+    f.write_bytes(text.encode("utf-8"))
+    with open(f, encoding="utf-8") as fh:  # d2l ed. 1: lines = f.readlines(), then the same cleaning per line
+        d2l = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in fh.readlines()]
+    assert read_lines(f, encoding="utf-8") == d2l == ["one two three", "four", "five", "six"]
