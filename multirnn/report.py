@@ -199,7 +199,8 @@ def bands_text(results: dict[str, Any]) -> str:
     opts = results.get("options", {})
     if opts.get("lockstep") == "off":
         if v.get("init") == "independent":
-            held = f"final perplexities were held to {v['independent_rtol']:.0%} of their median"
+            of = "the NumPy oracle's" if v.get("reference") == "numpy" else "their median"
+            held = f"final perplexities were held to {v['independent_rtol']:.0%} of {of}"
         elif v.get("init") == "framework" and not any(b.get("equivalence") for b in v.get("backends") or []):
             held = "nothing was compared (the statistical test of --init framework needs numpy in --backends)"
         elif v.get("init") == "framework":

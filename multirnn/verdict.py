@@ -561,10 +561,11 @@ def judge(
         elif init == "framework" and r["name"] == ORACLE:
             extra["finals"] = tuple(seed_finals(r))
         if init == "independent" and r["name"] in finals and len(finals) > 1:
-            dist, ok = agreement.compare_finals(finals)[r["name"]]
+            dist, ok = agreement.compare_finals(finals, center=finals.get(ORACLE))[r["name"]]
             extra["final_distance"] = dist
+            center = "the NumPy oracle's" if ORACLE in finals else "the median"
             if not ok and v.status in ("agrees", "reference"):
-                extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from the median "
+                extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from {center} "
                              f"(band {agreement.INDEPENDENT_RTOL:.0%})")
         bad = r.get("non_finite_params")
         if bad and r["name"] != ORACLE and (extra.get("status") or v.status) == "agrees" and reference_weights_finite:
@@ -761,7 +762,8 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                    f"and probe updates within {base['probe_rtol']:g}"] if has_lockstep else
                   [f"free-running per-step losses within {base['step_rtol']:g}"] if base["init"] == "shared" else [])
         if base["init"] == "independent":
-            checks.append(f"final perplexities within {base['independent_rtol']:.0%} of their median")
+            center = "the NumPy oracle's" if base["reference"] == ORACLE else "their median"
+            checks.append(f"final perplexities within {base['independent_rtol']:.0%} of {center}")
         how = ", ".join(checks)
         stat = ""
         tested = any(b.equivalence is not None for b in backends)  # the paired test ran (it needs the oracle's row)

@@ -345,13 +345,20 @@ def test_a_narrow_perplexity_axis_gets_enough_labelled_ticks(lo, hi, least):
 
 
 @pytest.mark.parametrize("init, says", [("shared", "free-running per-step losses were held to 0.001"),
-                                        ("independent", "final perplexities were held to 15% of their median"),
+                                        ("independent", "final perplexities were held to 15% of the NumPy oracle's"),
                                         ("framework", "only each run's median-last perplexity was compared")])
 def test_the_bands_line_without_lockstep_names_only_what_was_checked(init, says):
     v = {"reference": "numpy", "reference_label": "the NumPy oracle", "step_rtol": 1e-3, "init": init,
-         "independent_rtol": 0.15}
+         "independent_rtol": 0.15, "backends": [{"name": "torch", "equivalence": {"equivalent": True}}]}
     line = report.bands_text({"verdict": v, "config": {"dtype": "float32"}, "options": {"lockstep": "off"}})
     assert says in line and (init == "shared") == ("free-running" in line)
+
+
+def test_the_bands_line_says_when_framework_init_compared_nothing():
+    v = {"reference": "median", "reference_label": "the per-step median of the backends", "step_rtol": 1e-3,
+         "init": "framework", "independent_rtol": 0.15, "backends": [{"name": "torch", "equivalence": None}]}
+    line = report.bands_text({"verdict": v, "config": {"dtype": "float32"}, "options": {"lockstep": "off"}})
+    assert "nothing was compared" in line and "needs numpy" in line, line
 
 
 # --- sloppy input is refused, not guessed ------------------------------------------------------------
