@@ -109,6 +109,7 @@ def aggregate(spec: dict[str, Any], configurations: list[Configuration], groups:
             # --init framework: the d2l model trained from this row's own initial weights (its pair)
             "paired_median_last_perplexity": _finite(((r.get("paired_oracle_runs") or [{}])[0] or {})
                                                      .get("median_last_perplexity")),
+            "paired": r.get("paired_oracle_runs") is not None,  # the pair was run (it may have diverged)
             "best_perplexity": _finite(r.get("best_perplexity")), "eval_perplexity": _finite(r.get("eval_perplexity")),
         })
         if rec:
@@ -223,13 +224,24 @@ def _equivalence(confs: list[dict[str, Any]], cells: list[dict[str, Any]], margi
         for row in conf["rows"]:
             if row == ORACLE:
                 continue
-            diffs = []
+            diffs, left_out = [], Counter()
             for c in _by(cells, conf["index"], row):
-                # framework init: the pair is the oracle from the same weights, else the oracle's own run
-                partner = c.get("paired_median_last_perplexity") or oracle.get(c["seed"])
-                if c["status"] == "ok" and partner and c["median_last_perplexity"] is not None:
-                    diffs.append((c["median_last_perplexity"] - partner) / partner)
-            rows.append({"configuration": conf["index"], "row": row, **tost_paired(diffs, margin)})
+                if c["status"] != "ok" or c["median_last_perplexity"] is None:
+                    left_out["the row's run did not finish"] += 1
+                    continue
+                # framework init: the pair is the oracle trained from the same weights; else (independent
+                # init, or a row that starts from d2l's weights) the oracle's own run of the seed. A pair that
+                # diverged is left out: the oracle's own run starts elsewhere (its initialisers alone moved
+                # the mean difference from -0.6 % to -53 %).
+                paired = c.get("paired", c.get("paired_median_last_perplexity") is not None)
+                partner = c.get("paired_median_last_perplexity") if paired else oracle.get(c["seed"])
+                if not partner:
+                    left_out["the d2l model from the same weights diverged" if paired
+                             else "the oracle's run of the seed did not finish"] += 1
+                    continue
+                diffs.append((c["median_last_perplexity"] - partner) / partner)
+            rows.append({"configuration": conf["index"], "row": row, **tost_paired(diffs, margin),
+                         "left_out": dict(sorted(left_out.items()))})
     return {"test": EQUIVALENCE_TEXT.format(margin=margin), "margin": margin, "quantity": "median_last_perplexity",
             "rows": rows}
 
@@ -334,8 +346,9 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
         lines.append(report.markdown_table(
             [[confs[r["configuration"]]["label"], r["row"], str(r["n"]), _f(r["mean"], "+.2%"),
               f"[{r['ci90'][0]:+.2%}, {r['ci90'][1]:+.2%}]" if r["ci90"] else "-", _f(r["p_value"], ".3g"),
-              {True: "equivalent", False: "NOT equivalent", None: "not shown"}[r["equivalent"]]] for r in eq["rows"]],
-            ["configuration", "row", "seeds", "mean rel. diff", "90 % CI", "TOST p", "result"]))
+              {True: "equivalent", False: "NOT equivalent", None: "not shown"}[r["equivalent"]],
+              "; ".join(f"{n}: {why}" for why, n in (r.get("left_out") or {}).items()) or "-"] for r in eq["rows"]],
+            ["configuration", "row", "seeds", "mean rel. diff", "90 % CI", "TOST p", "result", "seeds left out"]))
     lines += ["", "## Speed", "",
               "Tokens/s of each run (median over its epochs after the first), then the median and range over seeds "
               "and repeats; ratio: to the fastest row of the same configuration (1.00 = fastest)."
