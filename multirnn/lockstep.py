@@ -42,6 +42,14 @@ DEFAULT_BUDGET = 0.25
 # Probe steps: clipping threshold as a multiple of the oracle's gradient norm, and the lr factor.
 PROBE_CLIP_FACTORS = {"clip": 0.5, "no-clip": 2.0}
 PROBE_LR_FACTOR = 0.5
+# A probe's lr is raised until every parameter's update is at least this share of the parameter's size:
+# every implementation rounds the updated parameter to the dtype, which the verdict allows for (2 eps
+# |param|), and at a small lr that allowance swamped the update (at --lr 1e-5 it was 340x W_hh's update,
+# so a backend that never updated W_hh agreed). At this share it is at most a tenth of the probe band
+# (1e-3 float32, 1e-9 float64; tests/test_lockstep_probes.py holds the two files to each other).
+PROBE_RESOLUTION: dict[str, float] = {"float32": 2.5e-3, "float64": 5e-6}
+# ... but by no more than this factor, and not past updates of this size (far from overflow in float32)
+PROBE_LR_MAX_RAISE, PROBE_MAX_UPDATE = 1e8, 1e8
 _CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
 # The longest stretch. Rounding differences compound over a stretch too, the faster the longer the
 # run has trained. Worst relative deviation of correct torch/jax rows (float32, AVX-512 kernels)
@@ -104,7 +112,7 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     arrays = {f"p:{k}": v for k, v in ckpt.params.items()}
     refs = None
     if ckpt.probe_refs is not None:
-        refs = {"norm": ckpt.probe_refs["norm"]}
+        refs = {"norm": ckpt.probe_refs["norm"], "lr": ckpt.probe_refs.get("lr")}
         for kind in PROBE_CLIP_FACTORS:
             ref = ckpt.probe_refs[kind]
             refs[kind] = {"loss": ref["loss"]}
@@ -208,24 +216,49 @@ def _first_batch(config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> t
 
 
 def _probe_step(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
-                theta: float) -> tuple[dict[str, np.ndarray], float, float]:
+                theta: float, lr: float) -> tuple[dict[str, np.ndarray], float, float]:
     state = be.init_state(X.shape[0], config.num_hiddens, config.dtype)
-    p, loss, norm, _ = be.train_step(be.params_from_numpy(ckpt.params), X, Y, state, config.lr * PROBE_LR_FACTOR, theta)
+    p, loss, norm, _ = be.train_step(be.params_from_numpy(ckpt.params), X, Y, state, lr, theta)
     return be.params_to_numpy(p), float(loss), float(norm)
+
+
+def probe_lr(config: TrainConfig, before: dict[str, np.ndarray], after: dict[str, np.ndarray], norm: float) -> float:
+    """The probe's lr: ``lr x PROBE_LR_FACTOR``, raised where the unclipped step at that lr (``before`` ->
+    ``after``) moves some parameter by less than ``PROBE_RESOLUTION`` of its size. One step's update is
+    linear in lr, so any lr tests the update rule; a larger one is what float32 can resolve."""
+    lr = config.lr * PROBE_LR_FACTOR
+    need = 1.0
+    for k, b in before.items():
+        b64 = b.astype(np.float64)
+        update, size = _norm(after[k].astype(np.float64) - b64), _norm(b64)
+        if update > 0 and math.isfinite(update):
+            need = max(need, PROBE_RESOLUTION[config.dtype] * size / update)
+    # the largest update of the raised step is about lr * norm (an unclipped step's whole gradient)
+    cap = min(PROBE_LR_MAX_RAISE, max(1.0, PROBE_MAX_UPDATE / (lr * norm))) if lr * norm > 0 else PROBE_LR_MAX_RAISE
+    raised = lr * min(need, cap)
+    if raised != lr and 0.75 < raised < 1.5:  # at lr 1, lr^2 = lr: a gradient scaled by lr twice would pass
+        raised *= 2
+    return raised
 
 
 def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> dict[str, Any] | None:
     """The NumPy oracle's probe steps from ``ckpt`` (None if its gradient norm is 0 or not finite).
 
     The oracle steps first with no bound at all; its gradient norm ``n`` then sets the thresholds:
-    ``2 n`` (no clipping: the result must equal the unbounded step) and ``n / 2`` (clipping on).
+    ``2 n`` (no clipping: the result must equal the unbounded step) and ``n / 2`` (clipping on), and
+    that step's updates the lr (:func:`probe_lr`), recorded as ``refs["lr"]``.
     """
     X, Y = _first_batch(config, data, ckpt)
-    params, loss, norm = _probe_step(oracle, config, ckpt, X, Y, math.inf)
+    lr = config.lr * PROBE_LR_FACTOR
+    params, loss, norm = _probe_step(oracle, config, ckpt, X, Y, math.inf, lr)
     if not math.isfinite(norm) or norm == 0.0:
         return None
-    refs: dict[str, Any] = {"norm": norm, "no-clip": {"loss": loss, "params": params}}
-    params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, norm * PROBE_CLIP_FACTORS["clip"])
+    raised = probe_lr(config, ckpt.params, params, norm)
+    if raised != lr:
+        lr = raised
+        params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, math.inf, lr)
+    refs: dict[str, Any] = {"norm": norm, "lr": lr, "no-clip": {"loss": loss, "params": params}}
+    params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, norm * PROBE_CLIP_FACTORS["clip"], lr)
     refs["clip"] = {"loss": loss, "params": params}
     return refs
 
@@ -291,17 +324,18 @@ def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: Tra
     if refs is None:
         return []
     X, Y = _first_batch(config, data, ckpt)
+    lr = refs.get("lr") or config.lr * PROBE_LR_FACTOR  # checkpoints written before the lr was raised
     probes = []
     for kind, factor in PROBE_CLIP_FACTORS.items():
         theta = refs["norm"] * factor
-        got, loss, got_norm = _probe_step(backend, config, ckpt, X, Y, theta)
+        got, loss, got_norm = _probe_step(backend, config, ckpt, X, Y, theta, lr)
         ref_p = refs[kind]["params"]
         per_param = {}
         for k, before in ckpt.params.items():
             ref64, before64 = ref_p[k].astype(np.float64), before.astype(np.float64)
             diff = _norm(got[k].astype(np.float64) - ref64) if k in got else math.inf
             per_param[k] = [diff, _norm(ref64 - before64), _norm(ref64)]
-        probes.append(Probe(ckpt.epoch, kind, config.lr * PROBE_LR_FACTOR, theta, loss, refs[kind]["loss"], got_norm,
+        probes.append(Probe(ckpt.epoch, kind, lr, theta, loss, refs[kind]["loss"], got_norm,
                             refs["norm"], per_param))
     return probes
 

@@ -86,6 +86,13 @@ def test_every_bug_is_caught_in_float64(tmp_path):
     _run_zoo(tmp_path, ["--epochs", "2", "--hidden", "64", "--dtype", "float64"])
 
 
+def test_a_small_lr_hides_no_update_bug(tmp_path):
+    """At --lr 1e-5 a backend that never updated W_hh agreed: the verdict's allowance for rounding the
+    parameter was 340x its update. The probes now raise their lr until float32 resolves every update."""
+    _run_zoo(tmp_path, ["--lr", "1e-5", "--epochs", "3", "--hidden", "16", "--max-tokens", "3000"],
+             zoo.SMALL_LR_BUGS + (zoo.HiddenBiasFrozen,))
+
+
 @pytest.mark.parametrize("cell", sorted(zoo.CELL_BUGS))
 def test_every_cell_bug_is_caught_with_the_default_settings(tmp_path, cell):
     """The default preset with --cell, 2 epochs (float32, hidden 512: the shapes users run)."""

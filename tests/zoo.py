@@ -175,6 +175,17 @@ class HiddenBiasFrozen(_Bug):
         return params
 
 
+class RecurrentWeightFrozen(_Bug):
+    name = "recurrent-weight-frozen"
+    description = "W_hh left out of the optimiser's parameter list: it never updates"
+
+    def sgd_step(self, params, grads, lr):
+        for k in PARAM_NAMES:
+            if k != "W_hh":
+                params[k] -= np.asarray(lr, dtype=params[k].dtype) * grads[k]
+        return params
+
+
 class LrAppliedTwice(_Bug):
     name = "lr-applied-twice"
     description = "the gradient scaled by lr twice (once in a custom clip/step helper, once in SGD)"
@@ -413,6 +424,10 @@ BUGS: tuple[type[_Bug], ...] = (
     InputsReshapedNotTransposed, SoftmaxOverWrongAxis, BackpropSkipsLastStep,
 )
 
+
+# Bugs a small lr hides from probes at the run's own lr: float32 cannot resolve W_hh's update there (at --lr
+# 1e-5 the rounding of the parameter was 340x the update), so the probes raise their lr (lockstep.probe_lr).
+SMALL_LR_BUGS: tuple[type[_Bug], ...] = (RecurrentWeightFrozen,)
 
 # The cell bugs, by the --cell their run needs.
 CELL_BUGS: dict[str, tuple[type[_CellBug], ...]] = {
