@@ -196,6 +196,15 @@ class LrAppliedTwice(_Bug):
         return params
 
 
+class EvalForgetsOutputBias(_Bug):
+    name = "eval-forgets-output-bias"
+    description = ("the forward pass written a second time for evaluation and prediction (no gradients), without "
+                   "b_q: training is right, validation perplexity and samples are not")
+
+    def forward(self, params, X, state):
+        return super().forward(dict(params, b_q=np.zeros_like(params["b_q"])), X, state)
+
+
 # --- the model and the loss --------------------------------------------------------------------------
 
 
@@ -419,7 +428,7 @@ class GruResetAfterMatmul(_CellBug):
 BUGS: tuple[type[_Bug], ...] = (
     ClipPerParameter, ClipAlways, ClipForgetsOneParameter, ClipBySquaredNorm,
     StateResetEveryMinibatch, StateCarriedAcrossResets, StateNotDetached,
-    HiddenBiasFrozen, LrAppliedTwice,
+    HiddenBiasFrozen, LrAppliedTwice, EvalForgetsOutputBias,
     RecurrentWeightTransposed, OutputBiasTwice, LossSummed, TargetsShiftedByOne, LabelsBatchMajor,
     InputsReshapedNotTransposed, SoftmaxOverWrongAxis, BackpropSkipsLastStep,
 )
