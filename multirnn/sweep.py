@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import json
+import os
 import re
 import shlex
 import signal
@@ -578,6 +579,7 @@ def _shut_down_ray() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     made: Path | None = None  # the --out folder this call created, removed again if it is refused
+    opts: Options | None = None
     raise_on_signals()  # SIGTERM/SIGHUP as Stopped from here on: starting Ray takes seconds
     try:
         opts = parse_options(argv)
@@ -604,9 +606,14 @@ def main(argv: list[str] | None = None) -> int:
                     break
         if isinstance(exc, (KeyboardInterrupt, Stopped)):  # Ctrl-C while a local Ray instance started: a traceback
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            ray_loaded = opts is not None and opts.executor == "ray" and "ray" in sys.modules
             _shut_down_ray()
             print(f"multirnn.sweep: stopped ({signal_name(signum)}) before any cell ran: nothing was written",
                   file=sys.stderr)
+            if ray_loaded:  # a Ray client interrupted half way through its start crashed the interpreter's
+                sys.stdout.flush()  # teardown (exit 139, not 130, 2 of 8 tries): nothing is left to tear down
+                sys.stderr.flush()
+                os._exit(128 + signum)
             return 128 + signum
         print(f"multirnn.sweep: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -642,8 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         engine.run()
     finally:
         progress.close()
+        # From here a signal is acted on once the aggregate is written. Deferred before the executor closes:
+        # Ray's shutdown takes seconds, and a Ctrl-C then was a bare traceback with no aggregate at all,
+        # every cell finished.
+        late = defer_signals()
         executor.close()
-    late = defer_signals()  # acted on once the aggregate is written
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,

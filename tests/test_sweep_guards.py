@@ -556,3 +556,31 @@ def test_a_stop_while_the_executor_starts_is_one_line_and_leaves_no_folder(tmp_p
     assert code == status, err
     assert err.strip() == f"multirnn.sweep: stopped ({said}) before any cell ran: nothing was written", err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_stop_while_the_executor_closes_still_writes_the_aggregate(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while Ray shut down (seconds, after the last cell) was a bare traceback from inside ray.shutdown()
+    and no report.md, sweep.json or cells.csv, every cell finished."""
+    import os
+    import signal as signal_mod
+
+    from multirnn import sweep_exec
+
+    close = sweep_exec.LocalExecutor.close
+
+    def interrupted_close(self):
+        os.kill(os.getpid(), signal_mod.SIGINT)  # delivered to the main thread before close returns
+        close(self)
+
+    monkeypatch.setattr(sweep_exec.LocalExecutor, "close", interrupted_close)
+    handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGINT, signal_mod.SIGTERM, signal_mod.SIGHUP)}
+    out = tmp_path / "sweep"
+    try:
+        code = sweep_cli.main([*BASE, "--out", str(out)])
+    finally:
+        for s, h in handlers.items():
+            signal_mod.signal(s, h)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "every cell had ended and the aggregate is complete" in err, err
+    assert all((out / f).is_file() for f in ("report.md", "sweep.json", "cells.csv"))
