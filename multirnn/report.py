@@ -799,6 +799,10 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
 
 def write_all(results: dict[str, Any], out_dir: Path, make_plots: bool = True) -> list[str]:
     """Write every report file into ``out_dir``; returns notes about anything left out."""
+    # An earlier session's plots (compare --resume) show other rows, and report.md embeds whatever is there:
+    # gone before this call draws its own, or none (--no-plot).
+    for name in ("perplexity.png", "deviation.png"):
+        (out_dir / name).unlink(missing_ok=True)
     notes_out = plot(results, out_dir) if make_plots else []
     write_json_atomic(out_dir / "results.json", results)
     write_text_atomic(out_dir / "curves.csv", curves_csv(results))

@@ -317,3 +317,13 @@ def test_a_note_led_by_a_rows_name_keeps_its_case():
     assert report._sentence("mxnet/layers: a known bug", set()) == "mxnet/layers: a known bug."
     assert report._sentence("torch/layers runs oneDNN", {"torch"}) == "torch/layers runs oneDNN."
     assert report._sentence("the reference run clipped", {"numpy"}) == "The reference run clipped."
+
+
+def test_plots_of_an_earlier_session_are_not_kept_or_embedded(results, tmp_path):
+    """compare --resume --no-plot kept the interrupted session's perplexity.png (three rows of four), and
+    report.md embedded it."""
+    for name in ("perplexity.png", "deviation.png"):
+        (tmp_path / name).write_bytes(b"an earlier session's plot")
+    report.write_all(results, tmp_path, make_plots=False)
+    assert not (tmp_path / "perplexity.png").exists() and not (tmp_path / "deviation.png").exists()
+    assert ".png" not in (tmp_path / "report.md").read_text()
