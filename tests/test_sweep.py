@@ -257,6 +257,8 @@ def test_a_crashing_cell_is_retried_recorded_and_the_rest_finish(tmp_path):
     assert "crashed after 2 attempt(s)" in (out / "report.md").read_text()
     again = sweep(args, site=CRASHING_MXNET, tmp_path=tmp_path)  # rerun into the same folder: nothing left to run
     assert again.returncode == 1 and sum(ends(out).values()) == 3
+    # and it says how to run the crashed cell again (a rerun after the cause was removed kept it, silently)
+    assert "the same command with --retries 2 runs each once more" in again.stderr, again.stderr
 
 
 def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_path):
