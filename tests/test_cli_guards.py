@@ -426,3 +426,23 @@ def test_asking_for_flax_with_the_scratch_model_says_where_flaxs_layers_are():
     plan = compare.make_plan(compare.build_parser().parse_args(["--backends", "numpy,flax", "--impl", "all",
                                                                 "--epochs", "1"]), [])
     assert not any(n.startswith("--backends flax") for n in plan.options["row_notes"])
+
+
+@pytest.mark.parametrize("module, args, name", [
+    ("multirnn.compare", ["--backends", "numpy,torch", "--backends", "jax"], "--backends"),
+    ("multirnn.compare", ["--epochs=2", "--epochs", "3"], "--epochs"),
+    ("multirnn.sweep", ["--backends", "numpy", "--backends", "torch", "--dry-run"], "--backends"),
+])
+def test_an_option_given_twice_is_refused_not_overridden(module, args, name, tmp_path):
+    """argparse kept the last one: '--backends numpy,torch --backends jax' ran jax alone, with nothing to
+    compare it with (exit 4)."""
+    proc = run(module, [*args, "--out", str(tmp_path / "out")])
+    assert proc.returncode == 2 and f"{name} was given 2 times" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_option_meant_to_repeat_still_repeats():
+    from multirnn import compare as compare_mod
+
+    ns = compare_mod.build_parser().parse_args(["--prefix", "a", "--prefix", "b"])
+    assert ns.prefix == ["a", "b"]
