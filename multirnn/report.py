@@ -120,6 +120,16 @@ def median_last_window(results: dict[str, Any]) -> int | None:
     return last if last < n else None
 
 
+def final_cell(b: dict[str, Any], results: dict[str, Any]) -> str:
+    """The final perplexity; a row that stopped early (diverged) names the epoch it comes from, as it sits
+    in one column with the other rows' last epochs."""
+    text = format_ppl(b.get("final_perplexity"))
+    done = len(b.get("perplexity") or [])
+    if b.get("final_perplexity") is not None and b.get("status") != "ok" and 0 < done < results["config"]["num_epochs"]:
+        text += f" (epoch {done})"
+    return text
+
+
 def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
     """The table's columns, each a (header, cell function); optional ones only when they say something."""
     backends = results["backends"]
@@ -127,7 +137,7 @@ def columns(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("backend", lambda b: b["name"]),
         ("version", lambda b: b.get("framework_version") or "-"),
         ("status", lambda b: b["status"]),
-        ("final ppl", lambda b: format_ppl(b.get("final_perplexity"))),
+        ("final ppl", lambda b: final_cell(b, results)),
     ]
     window = median_last_window(results)
     if window:
@@ -158,7 +168,8 @@ def column_key(results: dict[str, Any], header: Sequence[str]) -> str:
     eval_name = Path(str(results.get("options", {}).get("eval_text") or "the evaluation text")).name
     key = {
         "final ppl": "final ppl: training perplexity of the last epoch, exp of the mean token loss over its "
-                     "minibatches while the weights still changed",
+                     "minibatches while the weights still changed (of a row that diverged: its last finished "
+                     "epoch's, named)",
         f"median last {window}": f"median last {window}: median training perplexity over the last {window} epochs "
                                  "(one spiking epoch does not decide)",
         "best ppl": "best ppl: the lowest training perplexity of any epoch",

@@ -327,3 +327,14 @@ def test_plots_of_an_earlier_session_are_not_kept_or_embedded(results, tmp_path)
     report.write_all(results, tmp_path, make_plots=False)
     assert not (tmp_path / "perplexity.png").exists() and not (tmp_path / "deviation.png").exists()
     assert ".png" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_diverged_rows_final_perplexity_names_its_epoch(results):
+    """A diverged row's last finite epoch (1) sat in the column of the others' last epoch (2) unmarked."""
+    row = next(b for b in results["backends"] if b["name"] == COPY)
+    n = results["config"]["num_epochs"]
+    assert n >= 2
+    row.update(status="diverged", perplexity=row["perplexity"][:1], final_perplexity=row["perplexity"][0])
+    cell = report.final_cell(row, results)
+    assert cell.endswith("(epoch 1)"), cell
+    assert "(epoch" not in report.final_cell(next(b for b in results["backends"] if b["name"] == "numpy"), results)
