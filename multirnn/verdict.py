@@ -818,7 +818,10 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             parts.append("only the reference ran: nothing to compare it with")
         if unjudged:  # a row the evidence does not decide (--init framework's inconclusive test): no pass
             status = "not-judged"
-            parts += [f"{b.name}: {b.reason}" for b in unjudged]
+            by_reason: dict[str, list[str]] = {}  # one reason for several rows is said once
+            for b in unjudged:
+                by_reason.setdefault(b.reason, []).append(b.name)
+            parts += [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
     if crashed:  # a failure (exit 1) without a disagreement is named as what it is
         status = "crashed" if status in ("agree", "not-judged") else status
         parts.append(f"crashed: {', '.join(crashed)}")

@@ -616,6 +616,7 @@ def test_framework_init_without_the_oracle_and_without_lockstep_judges_nothing()
     assert v.status == "not-judged", v.summary
     assert all(b.status == "not-judged" and "needs numpy" in b.reason for b in v.backends)
     assert "TOST" not in v.summary
+    assert v.summary.startswith("torch, mxnet, jax: too little to judge") and v.summary.count("needs numpy") == 1, v.summary
 
 
 def test_framework_init_without_the_oracle_claims_no_statistical_test():
