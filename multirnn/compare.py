@@ -127,27 +127,25 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line instead of usage + error
         raise UsageError(message)
 
+    # Options that name a set of things: given twice, the user meant both lists, and argparse keeps the last
+    # ("--backends numpy,torch --backends jax" ran jax alone, with nothing to compare it with: exit 4). Other
+    # options keep the usual rule that a later one wins (an alias's default overridden on the command line).
+    LISTS = ("--backends", "--impl", "--frameworks")
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        # argparse keeps the last of an option given twice: "--backends numpy,torch --backends jax" ran jax
-        # alone and had nothing to compare it with (exit 4). An option that takes one value is refused twice.
         given: dict[str, list[str]] = {}
         words = list(sys.argv[1:] if args is None else args)
         for i, word in enumerate(words):
             if word == "--":
                 break
             name, _, inline = word.partition("=")
-            action = self._option_string_actions.get(name)
-            if (action is None or action.nargs is not None or action.option_strings[0] in ("-h", "--help")
-                    or isinstance(action, (argparse._AppendAction, argparse._ExtendAction, argparse._CountAction))):
-                continue  # flags (nargs 0), options of their own arity, and those meant to repeat (--prefix)
-            value = inline if "=" in word else (words[i + 1] if i + 1 < len(words) else "")
-            given.setdefault(action.option_strings[-1], []).append(value)
+            if name in self.LISTS and name in self._option_string_actions:
+                given.setdefault(name, []).append(inline if "=" in word else (words[i + 1] if i + 1 < len(words) else ""))
         twice = {k: v for k, v in given.items() if len(v) > 1}
         if twice:
             name, values = next(iter(twice.items()))
-            self.error(f"{name} was given {len(values)} times ({', then '.join(map(repr, values))}): give it once"
-                       + (" (a comma list for several)" if any("," in v for v in values) or name in
-                          ("--backends", "--impl", "--frameworks") else ""))
+            self.error(f"{name} was given {len(values)} times ({', then '.join(map(repr, values))}): give it once, "
+                       "as one comma list")
         return super().parse_known_args(args, namespace)
 
 

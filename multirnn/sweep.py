@@ -488,7 +488,11 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
     startup = ", ".join(f"{k} {v:g} s" for k, v in NOMINAL_STARTUP_SECONDS.items())
     if opts.executor == "local":
         slots = f"{opts.jobs} at a time"
-        wall = f", about {estimate_wall(to_run, est, opts.jobs):,.0f} s wall with {opts.jobs} job(s) at a time"
+        cores = max(usable_cores(), 1)
+        wall = (f", about {estimate_wall(to_run, est, opts.jobs, opts.threads, cores):,.0f} s wall with "
+                f"{opts.jobs} job(s) at a time"
+                + (f" ({opts.jobs} x {opts.threads} thread(s) on {cores} cores: cells running together share them)"
+                   if opts.jobs * opts.threads > cores else ""))
     else:  # how many cells the cluster runs at once is known only once connected: the dependency chains bound it
         slots = "as many at a time as the Ray cluster takes"
         wall = (f", at least {estimate_wall(to_run, est, None):,.0f} s wall (every oracle and then its slowest row; "

@@ -173,6 +173,18 @@ def test_dry_run_lists_the_cells_and_an_estimate(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_dry_run_estimates_oversubscribed_jobs_no_faster(tmp_path, capsys, monkeypatch):
+    """--jobs 8 on 2 cores was estimated 4x faster than --jobs 2 for the same work."""
+    monkeypatch.setattr(sweep_cli, "usable_cores", lambda: 2)
+    walls = {}
+    for jobs in (2, 8):
+        assert sweep_cli.main([*SPEC, "--jobs", str(jobs), "--threads", "1", "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        walls[jobs] = float(re.search(r"about ([\d,.]+) s wall", text).group(1).replace(",", ""))
+    assert walls[8] >= walls[2] * 0.9, walls
+    assert "8 x 1 thread(s) on 2 cores: cells running together share them" in text
+
+
 def test_missing_ray_is_a_clear_error(tmp_path):
     proc = sweep([*TINY, "--executor", "ray", "--out", str(tmp_path / "out")], site=not_installed("ray"),
                  tmp_path=tmp_path)
