@@ -678,9 +678,10 @@ def main(argv: list[str] | None = None) -> int:
     crashed_records = [r for c in cells if (r := records.get(c.id)) and r.get("status") == "crashed"]
     if crashed_records and not engine.stopped:  # a rerun keeps them as they are: say how to run them again
         attempts = max(r.get("attempts", 1) for r in crashed_records)
-        notes = [*notes, f"{report.plural(len(crashed_records), 'cell')} crashed in every attempt allowed (--retries "
-                         f"{opts.retries}: {opts.retries + 1} in all, counted over every session in this folder); a "
-                         f"rerun keeps them as they are, and the same command with --retries {attempts} runs each once more"]
+        notes = [*notes, (f"{report.plural(len(crashed_records), 'cell')} crashed in every attempt allowed (--retries "
+                          f"{opts.retries}: {opts.retries + 1} in all, counted over every session in this folder); a "
+                          f"rerun keeps them as they are, and the same command with --retries {attempts} runs each "
+                          "once more")]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     also = ["sweep.json", "cells.csv", *plots, "cells/", *(["groups/"] if (out / "groups").is_dir() else [])]

@@ -362,8 +362,8 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                       for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol))
                       if math.isfinite(_num(p[f"ref_{key}"]))]
             if "eval_loss" in p and math.isfinite(_num(p["ref_loss"])):  # older records lack it; null is NaN
-                checks.append(("loss of its forward pass (the evaluation path: validation and --eval-text perplexities, "
-                               "predict)", agreement.relative_error(_num(p["eval_loss"]), _num(p["ref_loss"])), rtol))
+                what = "loss of its forward pass (the evaluation path: validation and --eval-text perplexities, predict)"
+                checks.append((what, agreement.relative_error(_num(p["eval_loss"]), _num(p["ref_loss"])), rtol))
             for k, (diff, update, size) in p["params"].items():
                 diff, update, size = _num(diff), _num(update), _num(size)
                 if not (math.isfinite(update) and math.isfinite(size)):

@@ -287,6 +287,6 @@ def test_ed1_splits_lines_where_d2ls_readlines_does(sep, tmp_path):
     assert clean_ed1(text) == "one two threefourfivesix"
     f = tmp_path / "t.txt"
     f.write_bytes(text.encode("utf-8"))
-    with open(f, encoding="utf-8") as fh:  # d2l ed. 1: lines = f.readlines(), then the same cleaning per line
-        d2l = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in fh.readlines()]
+    with open(f, encoding="utf-8") as fh:  # d2l ed. 1's f.readlines(), then the same cleaning per line
+        d2l = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in fh]
     assert read_lines(f, encoding="utf-8") == d2l == ["one two three", "four", "five", "six"]
