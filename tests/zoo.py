@@ -164,26 +164,28 @@ class StateNotDetached(_Bug):
 # --- parameters and updates -------------------------------------------------------------------------
 
 
-class HiddenBiasFrozen(_Bug):
+class _Frozen(_Bug):
+    """One parameter left out of the optimiser's parameter list: it never updates."""
+
+    frozen = ""
+
+    def sgd_step(self, params, grads, lr):
+        for k in PARAM_NAMES:
+            if k != self.frozen:
+                params[k] -= np.asarray(lr, dtype=params[k].dtype) * grads[k]
+        return params
+
+
+class HiddenBiasFrozen(_Frozen):
     name = "hidden-bias-frozen"
     description = "b_h left out of the optimiser's parameter list: it never updates"
-
-    def sgd_step(self, params, grads, lr):
-        for k in PARAM_NAMES:
-            if k != "b_h":
-                params[k] -= np.asarray(lr, dtype=params[k].dtype) * grads[k]
-        return params
+    frozen = "b_h"
 
 
-class RecurrentWeightFrozen(_Bug):
+class RecurrentWeightFrozen(_Frozen):
     name = "recurrent-weight-frozen"
     description = "W_hh left out of the optimiser's parameter list: it never updates"
-
-    def sgd_step(self, params, grads, lr):
-        for k in PARAM_NAMES:
-            if k != "W_hh":
-                params[k] -= np.asarray(lr, dtype=params[k].dtype) * grads[k]
-        return params
+    frozen = "W_hh"
 
 
 class LrAppliedTwice(_Bug):
