@@ -654,3 +654,23 @@ def test_independent_init_holds_two_rows_to_the_oracle_not_their_midpoint():
     v = judge([a, b], init="independent", lockstep=False)
     assert v.backend("torch").status == "disagrees" and "35.0% from the NumPy oracle's" in v.backend("torch").reason
     assert v.status == "disagree"
+
+
+def test_a_probe_far_outside_its_band_is_named_beside_a_first_crossing_just_outside():
+    """MXNet's float64 layer bug: the reason said 'grad norm deviates by 1.05e-09 (band 1.0e-09)', reading
+    like a rounding miss, while a probe update was wrong by 100 %."""
+    row = backend_row("torch", REF, [(1, 0, [1, 1, 1 + 1.05e-3, 1])], [probe(1, diff=1e-2, update=1e-2)])
+    t = judge([REF, row]).backend("torch")
+    assert t.status == "disagrees" and t.reason.startswith("first outside the band at epoch 1, step 3: loss"), t.reason
+    assert "; the farthest: epoch 1: probe step with clipping on" in t.reason and "W_hh update" in t.reason, t.reason
+    # a probe only a little farther out is not named twice
+    row = backend_row("torch", REF, [(1, 0, [1, 1, 1 + 1.05e-3, 1])], [probe(1, diff=2e-5, update=1e-2)])
+    assert "farthest" not in judge([REF, row]).backend("torch").reason
+
+
+def test_the_summary_mentions_the_one_seed_rule_only_where_it_applied():
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    three = judge([ref, _fw_row("torch", 2.0, [2.02, 1.98], paired=[2.001, 2.03, 1.97])], init="framework")
+    assert "paired TOST (alpha 0.05)" in three.summary, three.summary
+    one = judge([_fw_row("numpy", 5.0, []), _fw_row("torch", 2.0, [], paired=[2.1])], init="framework")
+    assert "with one seed, the difference itself" in one.summary, one.summary
