@@ -42,7 +42,8 @@ DEFAULT_BUDGET = 0.25
 # Probe steps: clipping threshold as a multiple of the oracle's gradient norm, and the lr factor.
 PROBE_CLIP_FACTORS = {"clip": 0.5, "no-clip": 2.0}
 PROBE_LR_FACTOR = 0.5
-# A probe's lr is raised until every parameter's update is at least this share of the parameter's size:
+# A second pair of probe steps runs at an lr raised until every parameter's update is at least this share
+# of the parameter's size (the half-lr pair stays: what only a small step shows, an update rounding to 0):
 # every implementation rounds the updated parameter to the dtype, which the verdict allows for (2 eps
 # |param|), and at a small lr that allowance swamped the update (at --lr 1e-5 it was 340x W_hh's update,
 # so a backend that never updated W_hh agreed). At this share it is at most a tenth of the probe band
@@ -112,11 +113,10 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     arrays = {f"p:{k}": v for k, v in ckpt.params.items()}
     refs = None
     if ckpt.probe_refs is not None:
-        refs = {"norm": ckpt.probe_refs["norm"], "lr": ckpt.probe_refs.get("lr")}
-        for kind in PROBE_CLIP_FACTORS:
-            ref = ckpt.probe_refs[kind]
-            refs[kind] = {"loss": ref["loss"]}
-            arrays.update({f"r:{kind}:{k}": v for k, v in ref["params"].items()})
+        refs = {"norm": ckpt.probe_refs["norm"], "eval_loss": ckpt.probe_refs.get("eval_loss"), "steps": []}
+        for i, step in enumerate(ckpt.probe_refs["steps"]):
+            refs["steps"].append({k: v for k, v in step.items() if k != "params"})
+            arrays.update({f"r:{i}:{k}": v for k, v in step["params"].items()})
     meta = json.dumps({"epoch": ckpt.epoch, "global_step": ckpt.global_step, "rng_state": ckpt.rng_state,
                        "probe_refs": refs})
     with open(tmp, "wb") as f:
@@ -142,9 +142,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             params = {k[2:]: z[k] for k in z.files if k.startswith("p:")}
             refs = meta.get("probe_refs")
             if refs is not None:
-                for kind in PROBE_CLIP_FACTORS:
-                    prefix = f"r:{kind}:"
-                    refs[kind]["params"] = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+                for i, step in enumerate(refs["steps"]):
+                    prefix = f"r:{i}:"
+                    step["params"] = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
         return Checkpoint(meta["epoch"], meta["global_step"], params, meta["rng_state"], refs)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"the anchor's checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
@@ -193,6 +193,7 @@ class Probe:
     # the backend's evaluate_loss from the checkpoint (its forward: what validation and --eval-text
     # perplexities and predict run), against the oracle's probe loss from the same weights and state
     eval_loss: float | None = None
+    ref_eval_loss: float | None = None  # the oracle's (older checkpoints lack it: then its probe loss)
 
 
 def _generator(state: dict[str, Any]) -> np.random.Generator:
@@ -239,7 +240,7 @@ def probe_lr(config: TrainConfig, before: dict[str, np.ndarray], after: dict[str
     # the largest update of the raised step is about lr * norm (an unclipped step's whole gradient)
     cap = min(PROBE_LR_MAX_RAISE, max(1.0, PROBE_MAX_UPDATE / (lr * norm))) if lr * norm > 0 else PROBE_LR_MAX_RAISE
     raised = lr * min(need, cap)
-    if raised != lr and 0.75 < raised < 1.5:  # at lr 1, lr^2 = lr: a gradient scaled by lr twice would pass
+    if 0.75 < raised < 1.5:  # at lr 1, lr^2 = lr: a gradient scaled by lr twice would pass (--lr 2 gave 1)
         raised *= 2
     return raised
 
@@ -248,22 +249,42 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     """The NumPy oracle's probe steps from ``ckpt`` (None if its gradient norm is 0 or not finite).
 
     The oracle steps first with no bound at all; its gradient norm ``n`` then sets the thresholds:
-    ``2 n`` (no clipping: the result must equal the unbounded step) and ``n / 2`` (clipping on), and
-    that step's updates the lr (:func:`probe_lr`), recorded as ``refs["lr"]``.
+    ``2 n`` (no clipping: the result must equal the unbounded step) and ``n / 2`` (clipping on). Both
+    run at half the run's lr and, where that step moves some parameter by less than float32 resolves
+    (:func:`probe_lr`), again at the raised lr: the half-lr pair keeps what only a small step shows (an
+    update that rounds to 0), the raised pair holds every update to its band.
+
+    Returns:
+        ``{"norm": n, "steps": [{"kind", "lr", "loss", "params"}, ...]}``.
     """
     X, Y = _first_batch(config, data, ckpt)
-    lr = config.lr * PROBE_LR_FACTOR
-    params, loss, norm = _probe_step(oracle, config, ckpt, X, Y, math.inf, lr)
+    half = config.lr * PROBE_LR_FACTOR
+    unbounded = _probe_step(oracle, config, ckpt, X, Y, math.inf, half)
+    norm = unbounded[2]
     if not math.isfinite(norm) or norm == 0.0:
         return None
-    raised = probe_lr(config, ckpt.params, params, norm)
-    if raised != lr:
-        lr = raised
-        params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, math.inf, lr)
-    refs: dict[str, Any] = {"norm": norm, "lr": lr, "no-clip": {"loss": loss, "params": params}}
-    params, loss, _ = _probe_step(oracle, config, ckpt, X, Y, norm * PROBE_CLIP_FACTORS["clip"], lr)
-    refs["clip"] = {"loss": loss, "params": params}
-    return refs
+    lrs = [half]
+    if (raised := probe_lr(config, ckpt.params, unbounded[0], norm)) != half:
+        lrs.append(raised)
+    steps = []
+    for lr in lrs:
+        for kind in PROBE_CLIP_FACTORS:
+            # the unbounded half-lr step above is that lr's no-clip step (θ = 2 n does not clip either)
+            params, loss, _ = (unbounded if kind == "no-clip" and lr == half
+                               else _probe_step(oracle, config, ckpt, X, Y, _theta(kind, norm), lr))
+            steps.append({"kind": kind, "lr": lr, "loss": loss, "params": params})
+    return {"norm": norm, "eval_loss": _eval_loss(oracle, config, ckpt, X, Y), "steps": steps}
+
+
+def _eval_loss(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray) -> float:
+    """``be``'s evaluate_loss from the checkpoint's weights and a fresh state: its forward pass."""
+    state = be.init_state(X.shape[0], config.num_hiddens, config.dtype)
+    return float(be.evaluate_loss(be.params_from_numpy(ckpt.params), X, Y, state)[0])
+
+
+def _theta(kind: str, norm: float) -> float:
+    """A probe step's clipping threshold: the unbounded step for no-clip, else PROBE_CLIP_FACTORS of the norm."""
+    return math.inf if kind == "no-clip" else norm * PROBE_CLIP_FACTORS[kind]
 
 
 def state_effects(oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> dict[str, float] | None:
@@ -321,32 +342,30 @@ def _norm(x: np.ndarray) -> float:
 
 
 def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> list[Probe]:
-    """The backend's two probe steps (clipping off, then on) on the checkpoint's first minibatch,
-    against the oracle's (taken from the checkpoint when its run computed them, else computed here)."""
+    """The backend's probe steps (clipping on and off, at half the lr and, where the oracle raised it, at the
+    raised lr) on the checkpoint's first minibatch, against the oracle's (taken from the checkpoint when its
+    run computed them, else computed here), and its forward pass from the checkpoint's weights."""
     refs = ckpt.probe_refs if ckpt.probe_refs is not None else probe_references(oracle, config, data, ckpt)
     if refs is None:
         return []
     X, Y = _first_batch(config, data, ckpt)
-    lr = refs.get("lr") or config.lr * PROBE_LR_FACTOR  # checkpoints written before the lr was raised
     probes = []
-    for kind, factor in PROBE_CLIP_FACTORS.items():
-        theta = refs["norm"] * factor
-        got, loss, got_norm = _probe_step(backend, config, ckpt, X, Y, theta, lr)
-        ref_p = refs[kind]["params"]
+    for step in refs["steps"]:
+        theta = refs["norm"] * PROBE_CLIP_FACTORS[step["kind"]]
+        got, loss, got_norm = _probe_step(backend, config, ckpt, X, Y, theta, step["lr"])
         per_param = {}
         for k, before in ckpt.params.items():
-            ref64, before64 = ref_p[k].astype(np.float64), before.astype(np.float64)
+            ref64, before64 = step["params"][k].astype(np.float64), before.astype(np.float64)
             diff = _norm(got[k].astype(np.float64) - ref64) if k in got else math.inf
             per_param[k] = [diff, _norm(ref64 - before64), _norm(ref64)]
-        probes.append(Probe(ckpt.epoch, kind, lr, theta, loss, refs[kind]["loss"], got_norm,
+        probes.append(Probe(ckpt.epoch, step["kind"], step["lr"], theta, loss, step["loss"], got_norm,
                             refs["norm"], per_param))
     # The forward path is code of its own in most backends (no gradients, often a separate graph or
     # jit), and the rest of the verdict reads training losses only: a wrong one left a validation
     # perplexity 16 % off beside "agrees".
-    state = backend.init_state(X.shape[0], config.num_hiddens, config.dtype)
-    eval_loss = float(backend.evaluate_loss(backend.params_from_numpy(ckpt.params), X, Y, state)[0])
-    for probe in probes:  # both kinds start from the same weights and state: the same reference loss
-        probe.eval_loss = eval_loss
+    eval_loss = _eval_loss(backend, config, ckpt, X, Y)
+    for probe in probes:  # every probe starts from the same weights and state: the same forward pass
+        probe.eval_loss, probe.ref_eval_loss = eval_loss, refs.get("eval_loss")
     return probes
 
 

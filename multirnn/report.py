@@ -125,7 +125,7 @@ def final_cell(b: dict[str, Any], results: dict[str, Any]) -> str:
     in one column with the other rows' last epochs."""
     text = format_ppl(b.get("final_perplexity"))
     done = len(b.get("perplexity") or [])
-    if b.get("final_perplexity") is not None and b.get("status") != "ok" and 0 < done < results["config"]["num_epochs"]:
+    if b.get("final_perplexity") is not None and b.get("status") == "diverged" and 0 < done < results["config"]["num_epochs"]:
         text += f" (epoch {done})"
     return text
 
@@ -210,9 +210,9 @@ def bands_text(results: dict[str, Any]) -> str:
     opts = results.get("options", {})
     if opts.get("lockstep") == "off":
         if v.get("init") == "independent":
-            of = "the NumPy oracle's" if v.get("reference") == "numpy" else "their median"
+            of = v.get("finals_center") or "their median"
             held = f"final perplexities were held to {v['independent_rtol']:.0%} of {of}"
-        elif v.get("init") == "framework" and not any(b.get("equivalence") for b in v.get("backends") or []):
+        elif v.get("init") == "framework" and v.get("reference") != "numpy":
             held = "nothing was compared (the statistical test of --init framework needs numpy in --backends)"
         elif v.get("init") == "framework":
             held = (f"only each run's median-last perplexity was compared, with the d2l model trained from the same "

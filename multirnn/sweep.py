@@ -492,7 +492,7 @@ def _dry_run(opts: Options, configurations: list[Any], groups: list[Any], cells:
         wall = (f", about {estimate_wall(to_run, est, opts.jobs, opts.threads, cores):,.0f} s wall with "
                 f"{opts.jobs} job(s) at a time"
                 + (f" ({opts.jobs} x {opts.threads} thread(s) on {cores} cores: cells running together share them)"
-                   if opts.jobs * opts.threads > cores else ""))
+                   if opts.jobs > 1 and opts.jobs * min(opts.threads, cores) > cores else ""))
     else:  # how many cells the cluster runs at once is known only once connected: the dependency chains bound it
         slots = "as many at a time as the Ray cluster takes"
         wall = (f", at least {estimate_wall(to_run, est, None):,.0f} s wall (every oracle and then its slowest row; "
@@ -678,10 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     crashed_records = [r for c in cells if (r := records.get(c.id)) and r.get("status") == "crashed"]
     if crashed_records and not engine.stopped:  # a rerun keeps them as they are: say how to run them again
         attempts = max(r.get("attempts", 1) for r in crashed_records)
-        notes = [*notes, (f"{report.plural(len(crashed_records), 'cell')} crashed in every attempt allowed (--retries "
-                          f"{opts.retries}: {opts.retries + 1} in all, counted over every session in this folder); a "
-                          f"rerun keeps them as they are, and the same command with --retries {attempts} runs each "
-                          "once more")]
+        notes = [*notes, (f"{report.plural(len(crashed_records), 'cell')} crashed in each of its attempts (--retries "
+                          "+ 1 of them at most, counted over every session in this folder); a rerun keeps them as "
+                          f"they are, and the same command with --retries {attempts} runs each once more")]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     also = ["sweep.json", "cells.csv", *plots, "cells/", *(["groups/"] if (out / "groups").is_dir() else [])]

@@ -191,7 +191,8 @@ def estimate_wall(order: list[Cell], seconds: dict[str, float], slots: int | Non
             running[cell.id] = seconds[cell.id]
         if not running:  # only a cell waiting for an anchor outside ``order``: cannot happen with Engine.plan
             break
-        slow = max(1.0, len(running) * threads / cores) if cores else 1.0
+        # a cell uses at most every core; several together share them (one 4-thread cell on 2 cores: no slower)
+        slow = max(1.0, len(running) * min(threads, cores) / cores) if cores else 1.0
         ended, left = min(running.items(), key=lambda kv: kv[1])
         now += left * slow
         for k in running:

@@ -348,7 +348,7 @@ def markdown(sweep: dict[str, Any], plots: list[str]) -> str:
               f"[{r['ci90'][0]:+.2%}, {r['ci90'][1]:+.2%}]" if r["ci90"] else "-", _f(r["p_value"], ".3g"),
               {True: "equivalent", False: "NOT equivalent", None: "not shown"}[r["equivalent"]],
               "; ".join(f"{n}: {why}" for why, n in (r.get("left_out") or {}).items()) or "-"] for r in eq["rows"]],
-            ["configuration", "row", "seeds", "mean rel. diff", "90 % CI", "TOST p", "result", "seeds left out"]))
+            ["configuration", "row", "seeds", "mean rel. diff", "90 % CI", "TOST p", "result", "runs left out"]))
     lines += ["", "## Speed", "",
               "Tokens/s of each run (median over its epochs after the first), then the median and range over seeds "
               "and repeats; ratio: to the fastest row of the same configuration (1.00 = fastest)."

@@ -148,6 +148,7 @@ class Verdict:
     total_steps: int | None
     backends: tuple[BackendVerdict, ...] = ()
     independent_rtol: float | None = None
+    finals_center: str | None = None  # --init independent: what final perplexities were held to ("their median")
     notes: tuple[str, ...] = field(default_factory=tuple)
     # The largest effect over the measured checkpoints (the anchor measures until every rule has moved a
     # step past the band) of breaking each state rule (lockstep.state_effects):
@@ -203,6 +204,7 @@ def _ran(row: Mapping[str, Any]) -> bool:
 
 # judge()'s working values that are not Verdict fields
 _NOT_FIELDS = ("lockstep_asked", "epochs_run", "blown_up")
+QUOTE_S = "'s"
 
 
 def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[int, dict[str, list[float]]]:
@@ -361,15 +363,26 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 first = crossing(r["start"] + len(s["loss"]) + 1, "missing steps (the stretch stopped early)",
                                  math.inf, rtol)
         probe_ratio = 0.0
+        fwd = next(iter(probes.get(epoch, [])), None)  # every probe of a checkpoint records the same forward loss
+        ref_fwd = fwd.get("ref_eval_loss") if fwd is not None else None
+        ref_fwd = _num(fwd["ref_loss"]) if fwd is not None and ref_fwd is None else _num(ref_fwd)
+        if fwd is not None and "eval_loss" in fwd and math.isfinite(ref_fwd):  # older records lack it
+            # the forward pass from the checkpoint's weights (no step, no clipping): its own crossing, against
+            # the oracle's own forward pass (the same float64 loss of the logits)
+            dev = agreement.relative_error(_num(fwd["eval_loss"]), ref_fwd)  # null (NaN): outside
+            probe_ratio = dev / rtol if math.isfinite(dev) else math.inf
+            if not dev <= rtol:
+                found = Crossing(epoch, None, "loss of its forward pass from the checkpoint's weights (evaluate_loss: "
+                                 "validation and --eval-text perplexities, predict)", dev, rtol)
+                first = first or found
+                if farthest is None or _ratio(found) > _ratio(farthest):
+                    farthest = found
         for p in probes.get(epoch, []):
             # Only what the oracle's own probe step gave finite can hold a row to a band: where its loss, norm or
             # update overflowed (an lr near the dtype's largest number), the row is not blamed for its own.
             checks = [(what, agreement.relative_error(_num(p[key]), _num(p[f"ref_{key}"])), tol)
                       for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol))
                       if math.isfinite(_num(p[f"ref_{key}"]))]
-            if "eval_loss" in p and math.isfinite(_num(p["ref_loss"])):  # older records lack it; null is NaN
-                what = "loss of its forward pass (the evaluation path: validation and --eval-text perplexities, predict)"
-                checks.append((what, agreement.relative_error(_num(p["eval_loss"]), _num(p["ref_loss"])), rtol))
             for k, (diff, update, size) in p["params"].items():
                 diff, update, size = _num(diff), _num(update), _num(size)
                 if not (math.isfinite(update) and math.isfinite(size)):
@@ -531,6 +544,10 @@ def judge(
         base["long_epoch_steps"] = int(max(ref_epochs))
     base["epochs_run"] = len(ref_epochs)
     finals = {r["name"]: agreement.robust_final(r["perplexity"]) for r in ran if r.get("perplexity")}
+    # --init independent: the oracle's final perplexity is the center when its run finished; a diverged one's
+    # "final" is an early epoch's, which put every healthy row 58 % off it. Else the rows' median.
+    oracle_center = ORACLE in finals and ref_row is not None and ref_row.get("status") == "ok"
+    base["finals_center"] = "the NumPy oracle's" if oracle_center else "their median"
     has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
                                     for r in ran)
     # the final weights' finiteness by the same reference: the oracle's, or most rows' (the median's)
@@ -558,7 +575,8 @@ def judge(
             v = BackendVerdict(r["name"], "not-judged", shapes_agree=shapes_agree, reason=(
                 "too little to judge: with --init framework the rows start from different weights, so without "
                 "re-anchored checks only the statistical test against the d2l model trained from the same weights "
-                "can judge them, and it needs numpy (the NumPy oracle) in --backends"))
+                "can judge them, and it needs the NumPy oracle's row (numpy in --backends), which this run does not "
+                "have"))
         else:
             crossing = free.get("crossing")
             v = BackendVerdict(r["name"], "disagrees" if crossing else "agrees", first_crossing=crossing,
@@ -576,11 +594,11 @@ def judge(
         elif init == "framework" and r["name"] == ORACLE:
             extra["finals"] = tuple(seed_finals(r))
         if init == "independent" and r["name"] in finals and len(finals) > 1:
-            dist, ok = agreement.compare_finals(finals, center=finals.get(ORACLE))[r["name"]]
+            dist, ok = agreement.compare_finals(finals, center=finals.get(ORACLE) if oracle_center else None)[r["name"]]
             extra["final_distance"] = dist
-            center = "the NumPy oracle's" if ORACLE in finals else "the median"
             if not ok and v.status in ("agrees", "reference"):
-                extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from {center} "
+                extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from "
+                             f"{'the NumPy oracle' + QUOTE_S if oracle_center else 'the median'} "
                              f"(band {agreement.INDEPENDENT_RTOL:.0%})")
         bad = r.get("non_finite_params")
         if bad and r["name"] != ORACLE and (extra.get("status") or v.status) == "agrees" and reference_weights_finite:
@@ -686,10 +704,11 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     if ok_mine and ok_ref and paired:  # a row without initialisers of its own (scratch) starts from d2l's: no effect
         out["init_effect"] = float(np.mean(ok_mine)) / float(np.mean(ok_ref)) - 1.0
     runs = ("run " if len(alone) == 1 else "runs ") + ", ".join(str(i + 1) for i in alone) + f" of {len(mine)}"
-    if alone:
-        out.update(status="not-judged", reason=(
-            f"too little to judge (statistical): its {runs} diverged (no finite perplexity) where the d2l model "
-            "trained from the same weights did not; a lower --lr tells a layer that diverges from one on the edge"))
+    diverged_alone = (f"too little to judge (statistical): its {runs} diverged (no finite perplexity) where the d2l "
+                      "model trained from the same weights did not; a lower --lr tells a layer that diverges from one "
+                      "on the edge")
+    if alone and not pairs:
+        out.update(status="not-judged", reason=diverged_alone)
         return out
     if not pairs:
         out.update(status="not-judged", reason="too little to judge (statistical): no pair of runs in which both "
@@ -706,7 +725,11 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     if partner_alone:
         how += (f"; {plural(len(partner_alone), 'pair')} left out, where the d2l model from the same weights diverged "
                 "and this row did not")
-    if not ok and len(diffs) > 1 and test["equivalent"] is None:
+    if alone and (ok or (len(diffs) > 1 and test["equivalent"] is None)):
+        # the finished pairs pass or say nothing: the divergence leaves the row unjudged, not passed. Where
+        # they show a difference, that is said below (a broken layer is the likelier one to diverge too).
+        out.update(status="not-judged", reason=diverged_alone)
+    elif not ok and len(diffs) > 1 and test["equivalent"] is None:
         # Neither shown within the margin nor outside it: too few or too chaotic pairs (10 epochs, 3 seeds:
         # Keras' pairs spread over [-43 %, +7 %]). Called a disagreement, correct layers failed the run.
         out.update(status="not-judged", reason=(
@@ -716,7 +739,8 @@ def framework_init_judgement(row: Mapping[str, Any], ref_row: Mapping[str, Any])
     elif not ok:
         out.update(status="disagrees", reason=(
             f"statistical: the median-last perplexity is not shown within {FRAMEWORK_INIT_RTOL:.0%} of the d2l model "
-            f"trained from the same weights ({how})"))
+            f"trained from the same weights ({how})" + (f"; and its {runs} diverged where its partner did not"
+                                                        if alone else "")))
     out["equivalence"] = {**test, "summary": how}
     return out
 
@@ -777,15 +801,14 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
                    f"and probe updates within {base['probe_rtol']:g}"] if has_lockstep else
                   [f"free-running per-step losses within {base['step_rtol']:g}"] if base["init"] == "shared" else [])
         if base["init"] == "independent":
-            center = "the NumPy oracle's" if base["reference"] == ORACLE else "their median"
-            checks.append(f"final perplexities within {base['independent_rtol']:.0%} of {center}")
+            checks.append(f"final perplexities within {base['independent_rtol']:.0%} of {base.get('finals_center')}")
         how = ", ".join(checks)
         stat = ""
         tested = any(b.equivalence is not None for b in backends)  # the paired test ran (it needs the oracle's row)
-        if base["init"] == "framework" and not tested and has_lockstep:
-            notes.append("the statistical test against the d2l model trained from the same weights needs numpy (the "
-                         "NumPy oracle) in --backends: it did not run, and the rows were judged on the re-anchored "
-                         "checks only")
+        if base["init"] == "framework" and base["reference"] != ORACLE and has_lockstep:
+            notes.append("the statistical test against the d2l model trained from the same weights needs the NumPy "
+                         "oracle's row (numpy in --backends): it did not run, and the rows were judged on the "
+                         "re-anchored checks only")
         if base["init"] == "framework" and tested:
             stat = (f"{'; ' if checks else ''}statistical (layers start from their framework's own initialisers, other rows from "
                     f"d2l's N(0, 0.01^2)): "

@@ -25,6 +25,8 @@ def _step(scale: dict[str, float]) -> tuple[dict, dict]:
 def test_probe_lr_is_half_the_lr_where_every_update_is_resolved():
     before, after = _step({"W_hh": 0.1, "b_q": 0.5})
     assert lockstep.probe_lr(TrainConfig(lr=1.0), before, after, norm=1.0) == 0.5
+    # ... but never 1, where lr^2 = lr: at --lr 2 half the lr was exactly 1
+    assert lockstep.probe_lr(TrainConfig(lr=2.0), before, after, norm=1.0) == 2.0
 
 
 def test_probe_lr_is_raised_until_the_smallest_update_is_resolved():

@@ -39,8 +39,11 @@ class _RaisesInForward(NumpyBackend):
 
 def test_a_wrong_evaluate_loss_override_is_caught():
     failures = dict(run_conformance(_EvalLossScaled()))
-    assert sorted(failures) == ["evaluate_loss[float32]", "evaluate_loss[float64]"], failures
+    # its own checks, and the verdict's forward-pass check in the lockstep ones (the evaluation path is judged)
+    assert sorted(failures) == ["evaluate_loss[float32]", "evaluate_loss[float64]", "lockstep[float32]",
+                                "lockstep[float64]"], failures
     assert "evaluate_loss's loss" in failures["evaluate_loss[float64]"]
+    assert "loss of its forward pass" in failures["lockstep[float32]"], failures["lockstep[float32]"]
 
 
 def test_a_backend_s_own_error_is_reported_with_its_location_and_a_class_is_refused_at_once():

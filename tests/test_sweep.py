@@ -182,6 +182,11 @@ def test_dry_run_estimates_oversubscribed_jobs_no_faster(tmp_path, capsys, monke
         text = capsys.readouterr().out
         walls[jobs] = float(re.search(r"about ([\d,.]+) s wall", text).group(1).replace(",", ""))
     assert walls[8] >= walls[2] * 0.9, walls
+    # one cell asking for more threads than there are cores is no slower for it
+    from multirnn.sweep_engine import estimate_wall
+
+    cell = type("Cell", (), {"id": "a", "anchor": None})()
+    assert estimate_wall([cell], {"a": 100.0}, 1, threads=4, cores=2) == 100.0
     assert "8 x 1 thread(s) on 2 cores: cells running together share them" in text
 
 

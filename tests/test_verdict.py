@@ -614,16 +614,16 @@ def test_framework_init_without_the_oracle_and_without_lockstep_judges_nothing()
     rows = [_fw_row(n, p, [], paired=[p]) for n, p in (("torch", 24.1), ("mxnet", 25.5), ("jax", 21.3))]
     v = judge(rows, init="framework", lockstep=False)
     assert v.status == "not-judged", v.summary
-    assert all(b.status == "not-judged" and "needs numpy" in b.reason for b in v.backends)
+    assert all(b.status == "not-judged" and "needs the NumPy oracle" in b.reason for b in v.backends)
     assert "TOST" not in v.summary
-    assert v.summary.startswith("torch, mxnet, jax: too little to judge") and v.summary.count("needs numpy") == 1, v.summary
+    assert v.summary.startswith("torch, mxnet, jax: too little to judge") and v.summary.count("needs the NumPy") == 1, v.summary
 
 
 def test_framework_init_without_the_oracle_claims_no_statistical_test():
     rows = [backend_row(n, REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)]) for n in ("torch", "mxnet", "jax")]
     v = judge(rows, init="framework")
     assert v.status == "agree" and "TOST" not in v.summary, v.summary
-    assert any("needs numpy" in n and "did not run" in n for n in v.notes), v.notes
+    assert any("needs the NumPy oracle" in n and "did not run" in n for n in v.notes), v.notes
 
 
 def test_framework_init_run_that_diverged_alone_is_not_dropped():
@@ -674,3 +674,30 @@ def test_the_summary_mentions_the_one_seed_rule_only_where_it_applied():
     assert "paired TOST (alpha 0.05)" in three.summary, three.summary
     one = judge([_fw_row("numpy", 5.0, []), _fw_row("torch", 2.0, [], paired=[2.1])], init="framework")
     assert "with one seed, the difference itself" in one.summary, one.summary
+
+
+def test_independent_init_with_a_diverged_oracle_centres_on_the_median():
+    """A diverged oracle's 'final' perplexity is an early epoch's: held to it, every healthy row disagreed."""
+    a = dict(oracle_row(REF["step_loss"], name="numpy"), perplexity=[12.0] * 20, status="diverged")
+    rows = [a] + [dict(oracle_row(REF["step_loss"], name=n), perplexity=[p] * 20) for n, p in (("torch", 5.0), ("jax", 5.1))]
+    v = judge(rows, init="independent", lockstep=False)
+    assert v.backend("torch").status == "agrees" and v.backend("jax").status == "agrees", v.summary
+    assert v.finals_center == "their median"
+
+
+def test_framework_init_run_that_diverged_alone_does_not_hide_a_difference():
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    far = _fw_row("torch", 2.0, [None, 2.0], paired=[5.0] * 3)  # the finished pairs: -60 %
+    t = judge([ref, far], init="framework").backend("torch")
+    assert t.status == "disagrees" and "its run 2 of 3 diverged" in t.reason, t.reason
+
+
+def test_framework_init_with_the_oracle_says_nothing_about_needing_it():
+    ref = _fw_row("numpy", 5.0, [5.1, 4.9])
+    row = backend_row("torch", REF, [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])], [probe(1), probe(2)])
+    row.update(perplexity=[2.0] * 20, seed_runs=[{"seed": 1, "median_last_perplexity": None},
+                                                 {"seed": 2, "median_last_perplexity": None}],
+               paired_oracle_runs=[{"seed": i, "median_last_perplexity": 2.0} for i in range(3)])
+    ref.update(lockstep=None)
+    v = judge([ref, row], init="framework")
+    assert not any("needs the NumPy oracle" in n for n in v.notes), v.notes
