@@ -191,9 +191,9 @@ class Probe:
     # the update, the size of the reference update and the size of the parameter
     params: dict[str, list[float]] = field(default_factory=dict)
     # the backend's evaluate_loss from the checkpoint (its forward: what validation and --eval-text
-    # perplexities and predict run), against the oracle's probe loss from the same weights and state
+    # perplexities and predict run), against the oracle's
     eval_loss: float | None = None
-    ref_eval_loss: float | None = None  # the oracle's (older checkpoints lack it: then its probe loss)
+    ref_eval_loss: float | None = None  # the oracle's, from the same weights and state
 
 
 def _generator(state: dict[str, Any]) -> np.random.Generator:

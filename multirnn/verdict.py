@@ -204,7 +204,6 @@ def _ran(row: Mapping[str, Any]) -> bool:
 
 # judge()'s working values that are not Verdict fields
 _NOT_FIELDS = ("lockstep_asked", "epochs_run", "blown_up")
-QUOTE_S = "'s"
 
 
 def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None) -> dict[int, dict[str, list[float]]]:
@@ -363,20 +362,16 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 first = crossing(r["start"] + len(s["loss"]) + 1, "missing steps (the stretch stopped early)",
                                  math.inf, rtol)
         probe_ratio = 0.0
+        found: list[Crossing] = []  # this checkpoint's forward and probe checks outside their bands, in order
         fwd = next(iter(probes.get(epoch, [])), None)  # every probe of a checkpoint records the same forward loss
-        ref_fwd = fwd.get("ref_eval_loss") if fwd is not None else None
-        ref_fwd = _num(fwd["ref_loss"]) if fwd is not None and ref_fwd is None else _num(ref_fwd)
-        if fwd is not None and "eval_loss" in fwd and math.isfinite(ref_fwd):  # older records lack it
+        if fwd is not None and "eval_loss" in fwd and math.isfinite(_num(fwd["ref_eval_loss"])):
             # the forward pass from the checkpoint's weights (no step, no clipping): its own crossing, against
             # the oracle's own forward pass (the same float64 loss of the logits)
-            dev = agreement.relative_error(_num(fwd["eval_loss"]), ref_fwd)  # null (NaN): outside
+            dev = agreement.relative_error(_num(fwd["eval_loss"]), _num(fwd["ref_eval_loss"]))  # null (NaN): outside
             probe_ratio = dev / rtol if math.isfinite(dev) else math.inf
             if not dev <= rtol:
-                found = Crossing(epoch, None, "loss of its forward pass from the checkpoint's weights (evaluate_loss: "
-                                 "validation and --eval-text perplexities, predict)", dev, rtol)
-                first = first or found
-                if farthest is None or _ratio(found) > _ratio(farthest):
-                    farthest = found
+                found.append(Crossing(epoch, None, "loss of its forward pass from the checkpoint's weights "
+                                      "(evaluate_loss: validation and --eval-text perplexities, predict)", dev, rtol))
         for p in probes.get(epoch, []):
             # Only what the oracle's own probe step gave finite can hold a row to a band: where its loss, norm or
             # update overflowed (an lr near the dtype's largest number), the row is not blamed for its own.
@@ -408,11 +403,12 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                 # the worst one leads; the others are named too (a transposed one-hot moves W_xh and W_hh alike)
                 what, dev, allowed = max(outside, key=lambda o: o[1] / o[2] if o[2] > 0 else math.inf)
                 also = [o[0] for o in outside if o[0] != what]
-                found = Crossing(epoch, None, f"probe step with clipping {'on' if p['kind'] == 'clip' else 'off'} "
-                                 f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed, tuple(also))
-                first = first or found
-                if farthest is None or _ratio(found) > _ratio(farthest):
-                    farthest = found
+                found.append(Crossing(epoch, None, f"probe step with clipping {'on' if p['kind'] == 'clip' else 'off'} "
+                                      f"(θ={p['max_grad_norm']:.3g}, lr={p['lr']:g}): {what}", dev, allowed,
+                                      tuple(also)))
+        if found:
+            first = first or found[0]
+            farthest = max([c for c in (farthest, *found) if c is not None], key=_ratio)
         max_loss, max_norm = max(max_loss, devs["loss"]), max(max_norm, devs["grad_norm"])
         max_probe = max(max_probe, probe_ratio)
         results.append(CheckpointResult(epoch, devs["loss"] if judged else None, devs["grad_norm"] if judged else None,
@@ -548,6 +544,7 @@ def judge(
     # "final" is an early epoch's, which put every healthy row 58 % off it. Else the rows' median.
     oracle_center = ORACLE in finals and ref_row is not None and ref_row.get("status") == "ok"
     base["finals_center"] = "the NumPy oracle's" if oracle_center else "their median"
+    row_center = "the NumPy oracle's" if oracle_center else "the median"  # as one row's reason names it
     has_lockstep = lockstep and any((r.get("lockstep") or {}).get("stretches") or (r.get("lockstep") or {}).get("probes")
                                     for r in ran)
     # the final weights' finiteness by the same reference: the oracle's, or most rows' (the median's)
@@ -598,8 +595,7 @@ def judge(
             extra["final_distance"] = dist
             if not ok and v.status in ("agrees", "reference"):
                 extra.update(status="disagrees", reason=f"final perplexity {dist:.1%} from "
-                             f"{'the NumPy oracle' + QUOTE_S if oracle_center else 'the median'} "
-                             f"(band {agreement.INDEPENDENT_RTOL:.0%})")
+                             f"{row_center} (band {agreement.INDEPENDENT_RTOL:.0%})")
         bad = r.get("non_finite_params")
         if bad and r["name"] != ORACLE and (extra.get("status") or v.status) == "agrees" and reference_weights_finite:
             extra.update(status="disagrees", reason=f"its last update left NaN or infinite weights ({', '.join(bad)}) "

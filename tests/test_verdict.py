@@ -701,3 +701,14 @@ def test_framework_init_with_the_oracle_says_nothing_about_needing_it():
     ref.update(lockstep=None)
     v = judge([ref, row], init="framework")
     assert not any("needs the NumPy oracle" in n for n in v.notes), v.notes
+
+
+def test_the_forward_pass_is_its_own_check_at_each_checkpoint():
+    """evaluate_loss (validation, --eval-text, predict) against the oracle's own, once per checkpoint."""
+    stretches = [(1, 0, [1, 1, 1, 1]), (2, 3, [1, 1, 1])]
+    good = [dict(probe(1), eval_loss=2.0, ref_eval_loss=2.0), dict(probe(2), eval_loss=2.0, ref_eval_loss=2.0)]
+    assert judge([REF, backend_row("torch", REF, stretches, good)]).backend("torch").status == "agrees"
+    bad = [dict(probe(1), eval_loss=2.0, ref_eval_loss=2.0), dict(probe(2), eval_loss=2.2, ref_eval_loss=2.0)]
+    t = judge([REF, backend_row("torch", REF, stretches, bad)]).backend("torch")
+    assert t.status == "disagrees" and t.first_crossing.epoch == 2, t.reason
+    assert t.first_crossing.what.startswith("loss of its forward pass") and "probe step" not in t.reason, t.reason
