@@ -233,10 +233,9 @@ def _equivalence(confs: list[dict[str, Any]], cells: list[dict[str, Any]], margi
                 # init, or a row that starts from d2l's weights) the oracle's own run of the seed. A pair that
                 # diverged is left out: the oracle's own run starts elsewhere (its initialisers alone moved
                 # the mean difference from -0.6 % to -53 %).
-                paired = c.get("paired", c.get("paired_median_last_perplexity") is not None)
-                partner = c.get("paired_median_last_perplexity") if paired else oracle.get(c["seed"])
+                partner = c["paired_median_last_perplexity"] if c["paired"] else oracle.get(c["seed"])
                 if not partner:
-                    left_out["the d2l model from the same weights diverged" if paired
+                    left_out["the d2l model from the same weights diverged" if c["paired"]
                              else "the oracle's run of the seed did not finish"] += 1
                     continue
                 diffs.append((c["median_last_perplexity"] - partner) / partner)

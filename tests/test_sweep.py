@@ -421,14 +421,13 @@ def test_framework_init_equivalence_pairs_with_the_oracle_from_the_same_weights(
 
     conf = {"index": 0, "init": "framework", "rows": ["numpy", "torch/layers"]}
     cells = [{"configuration": 0, "row": "numpy", "seed": s, "repeat": 0, "status": "ok", "median_last_perplexity": 8.4,
-              "paired_median_last_perplexity": None} for s in range(3)]
+              "paired_median_last_perplexity": None, "paired": False} for s in range(3)]
     cells += [{"configuration": 0, "row": "torch/layers", "seed": s, "repeat": 0, "status": "ok", "median_last_perplexity": p,
-               "paired_median_last_perplexity": q} for s, (p, q) in enumerate([(7.10, 7.11), (7.20, 7.19), (7.05, 7.05)])]
+               "paired_median_last_perplexity": q, "paired": True}
+              for s, (p, q) in enumerate([(7.10, 7.11), (7.20, 7.19), (7.05, 7.05)])]
     row = _equivalence([conf], cells, 0.05)["rows"][0]
     assert row["row"] == "torch/layers" and row["equivalent"] is True and abs(row["mean"]) < 1e-3
     # a pair whose d2l run diverged is left out, not paired with the d2l-initialised oracle (8.4: -15 %)
-    for c in cells[3:]:
-        c["paired"] = True
     cells[-1]["paired_median_last_perplexity"] = None
     row = _equivalence([conf], cells, 0.05)["rows"][0]
     assert row["n"] == 2 and abs(row["mean"]) < 1e-2, row
