@@ -753,7 +753,9 @@ def deviation_plot(results: dict[str, Any], path: Path, plt: Any) -> None:
                 title=f"Re-anchored stretches vs {v.get('reference_label')} (red circles: outside the band)")
     ax_probe.axhline(1.0, color="red", linestyle="--", linewidth=1.2, label="band")
     ax_probe.set(yscale="log", xlabel="checkpoint (epoch)", ylabel="deviation / band",
-                 title="Probe steps (clipping on and off, half lr): worst update error / its band")
+                 # the probe pair at half the lr, the pair at a raised lr where float32 needs it, the forward pass
+                 title="Probe steps (clipping on and off; half lr, and raised where float32\nneeds it) and the "
+                       "forward pass: worst error / its band")
     for ax in (ax_loss, ax_probe):
         _checkpoint_ticks(ax, checkpoint_epochs)
     if not any(c.get("loss_deviation") is not None for b in rows for c in b["judgement"].get("checkpoints") or []):
