@@ -41,7 +41,7 @@ from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, Stopped, defer_signals, raise_on_signals, signal_name
 from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, first_line, is_final
-from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, usable_cores
+from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, close_executor, usable_cores
 from .sweep_spec import (
     PASS_THROUGH,
     ROW_OPTIONS,
@@ -657,7 +657,15 @@ def main(argv: list[str] | None = None) -> int:
         # Ray's shutdown takes seconds, and a Ctrl-C then was a bare traceback with no aggregate at all,
         # every cell finished.
         late = defer_signals()
-        executor.close()
+        closed = close_executor(executor, late, lambda line: print(f"multirnn.sweep: {line}", file=sys.stderr))
+
+    def leave(code: int) -> int:
+        if not closed:  # a daemon thread still waits on the executor, and so would Ray's exit hook
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
@@ -689,18 +697,18 @@ def main(argv: list[str] | None = None) -> int:
         again = compare.without_run_control(command)
         again += "" if opts.out else f" --out {shlex.quote(str(out))}"
         print(f"Continue it (finished cells are kept): {again} --resume")
-        return 128 + engine.stop_signal
+        return leave(128 + engine.stop_signal)
     if late:
         print(f"multirnn.sweep: stopped by {signal_name(late[0])} while the aggregate was written: every cell had ended and the "
               "aggregate is complete", file=sys.stderr)
-        return 128 + int(late[0])
+        return leave(128 + int(late[0]))
     statuses = {g["status"] for g in sweep["groups"]}
     if statuses == {"no-backend"}:
-        return EXIT_NO_BACKEND
+        return leave(EXIT_NO_BACKEND)
     crashed = any(c["status"] == "crashed" for c in sweep["cells"])
     if crashed or not statuses <= {"agree", "not-judged"}:
-        return EXIT_DISAGREE
-    return EXIT_NOT_JUDGED if "not-judged" in statuses else EXIT_OK
+        return leave(EXIT_DISAGREE)
+    return leave(EXIT_NOT_JUDGED if "not-judged" in statuses else EXIT_OK)
 
 
 if __name__ == "__main__":

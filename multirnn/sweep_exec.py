@@ -237,6 +237,26 @@ class LocalExecutor:
 # --- Ray ---------------------------------------------------------------------------------------------
 
 
+def close_executor(executor: Any, late: list[int], say: Callable[[str], None], poll: float = 0.2) -> bool:
+    """Close ``executor`` in a helper thread, so a signal still reaches this one; ``late`` is the list
+    :func:`multirnn.runner.defer_signals` fills. One signal waits for the close (the aggregate is written
+    after it); a second abandons a close that hangs -- Ray's shutdown can, and with the signals deferred
+    only SIGKILL ended it, losing the aggregate. Returns False if the close was abandoned: the caller
+    must then leave with ``os._exit``, as an exit hook would wait for the same shutdown again."""
+    closer = threading.Thread(target=executor.close, name="multirnn-executor-close", daemon=True)
+    closer.start()
+    hinted = False
+    while closer.is_alive():
+        closer.join(poll)
+        if len(late) >= 2:
+            say("second signal: no longer waiting for the executor to close; writing the aggregate")
+            return False
+        if late and not hinted and closer.is_alive():
+            say("waiting for the executor to close, then the aggregate is written (a second signal stops waiting)")
+            hinted = True
+    return True
+
+
 def ray_endpoint(address: str) -> tuple[str, int] | None:
     """The host and port that ``ray.init(address)`` connects to: ``host:port``, ``[v6]:port``, or
     either after ``ray://`` (the Ray Client server). None for what only Ray resolves (``auto``, ``local``)."""

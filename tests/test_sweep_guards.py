@@ -585,3 +585,49 @@ def test_a_stop_while_the_executor_closes_still_writes_the_aggregate(tmp_path, m
     assert code == 130, err
     assert "every cell had ended and the aggregate is complete" in err, err
     assert all((out / f).is_file() for f in ("report.md", "sweep.json", "cells.csv"))
+
+
+def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregate(tmp_path, monkeypatch, capsys):
+    """With the signals deferred while the executor closed, a ray.shutdown() that hung could be ended only
+    by SIGKILL, and the aggregate was lost. A second signal now stops waiting for it."""
+    import os
+    import signal as signal_mod
+    import threading
+    import time
+
+    from multirnn import sweep_exec
+
+    close = sweep_exec.LocalExecutor.close
+    released = threading.Event()
+
+    def hanging_close(self):
+        os.kill(os.getpid(), signal_mod.SIGINT)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal_mod.SIGINT)
+        released.wait(60)  # a shutdown that does not return while the test looks
+        close(self)
+
+    class Left(Exception):
+        pass
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Left  # os._exit would end pytest too
+
+    monkeypatch.setattr(sweep_exec.LocalExecutor, "close", hanging_close)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGINT, signal_mod.SIGTERM, signal_mod.SIGHUP)}
+    out = tmp_path / "sweep"
+    try:
+        with pytest.raises(Left):
+            sweep_cli.main([*BASE, "--out", str(out)])
+    finally:
+        released.set()
+        for s, h in handlers.items():
+            signal_mod.signal(s, h)
+    err = capsys.readouterr().err
+    assert exits == [130], err
+    assert "a second signal stops waiting" in err and "no longer waiting for the executor" in err, err
+    assert all((out / f).is_file() for f in ("report.md", "sweep.json", "cells.csv"))
