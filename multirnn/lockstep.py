@@ -49,8 +49,10 @@ PROBE_LR_FACTOR = 0.5
 # so a backend that never updated W_hh agreed). At this share it is at most a tenth of the probe band
 # (1e-3 float32, 1e-9 float64; tests/test_lockstep_probes.py holds the two files to each other).
 PROBE_RESOLUTION: dict[str, float] = {"float32": 2.5e-3, "float64": 5e-6}
-# ... but by no more than this factor, and not past updates of this size (far from overflow in float32)
-PROBE_LR_MAX_RAISE, PROBE_MAX_UPDATE = 1e8, 1e8
+# ... but by no more than this factor, and not past updates of this size (far from overflow in float32).
+# One step's update is linear in lr, so the factor can be large: at 1e8 the probes of --lr 1e-12 moved
+# W_hh by 1e-8 of its size, below what float32 resolves, and a backend that never updated it agreed.
+PROBE_LR_MAX_RAISE, PROBE_MAX_UPDATE = 1e15, 1e8
 _CKPT_NAME = re.compile(r"^epoch-(\d+)\.npz$")
 # The longest stretch. Rounding differences compound over a stretch too, the faster the longer the
 # run has trained. Worst relative deviation of correct torch/jax rows (float32, AVX-512 kernels)
@@ -226,6 +228,18 @@ def _probe_step(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarra
     return be.params_to_numpy(p), float(loss), float(norm)
 
 
+def _step64(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
+            lr: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The oracle's unbounded step at ``lr`` in float64 from the checkpoint's weights (before, after): how
+    far each parameter moves before the run's dtype rounds it. In float32 an update below half an ulp of
+    its parameter was 0 and asked for no raise: at --lr 1e-9 every update was, and a backend that never
+    updated W_hh agreed."""
+    before = {k: v.astype(np.float64) for k, v in ckpt.params.items()}
+    state = oracle.init_state(X.shape[0], config.num_hiddens, "float64")
+    p, _, _, _ = oracle.train_step(oracle.params_from_numpy(before), X, Y, state, lr, math.inf)
+    return before, oracle.params_to_numpy(p)
+
+
 def probe_lr(config: TrainConfig, before: dict[str, np.ndarray], after: dict[str, np.ndarray], norm: float) -> float:
     """The probe's lr: ``lr x PROBE_LR_FACTOR``, raised where the unclipped step at that lr (``before`` ->
     ``after``) moves some parameter by less than ``PROBE_RESOLUTION`` of its size. One step's update is
@@ -264,7 +278,8 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     if not math.isfinite(norm) or norm == 0.0:
         return None
     lrs = [half]
-    if (raised := probe_lr(config, ckpt.params, unbounded[0], norm)) != half:
+    before, after = (ckpt.params, unbounded[0]) if config.dtype == "float64" else _step64(oracle, config, ckpt, X, Y, half)
+    if (raised := probe_lr(config, before, after, norm)) != half:
         lrs.append(raised)
     steps = []
     for lr in lrs:

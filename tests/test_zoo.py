@@ -86,10 +86,12 @@ def test_every_bug_is_caught_in_float64(tmp_path):
     _run_zoo(tmp_path, ["--epochs", "2", "--hidden", "64", "--dtype", "float64"])
 
 
-def test_a_small_lr_hides_no_update_bug(tmp_path):
+@pytest.mark.parametrize("lr", ["1e-5", "1e-9", "1e-12"])
+def test_a_small_lr_hides_no_update_bug(tmp_path, lr):
     """At --lr 1e-5 a backend that never updated W_hh agreed: the verdict's allowance for rounding the
-    parameter was 340x its update. The probes now raise their lr until float32 resolves every update."""
-    _run_zoo(tmp_path, ["--lr", "1e-5", "--epochs", "3", "--hidden", "16", "--max-tokens", "3000"],
+    parameter was 340x its update. The probes now raise their lr until float32 resolves every update.
+    At 1e-9 every float32 update rounded to 0 and asked for no raise; at 1e-12 the raise hit its cap."""
+    _run_zoo(tmp_path, ["--lr", lr, "--epochs", "3", "--hidden", "16", "--max-tokens", "3000"],
              zoo.SMALL_LR_BUGS + (zoo.HiddenBiasFrozen,))
 
 
