@@ -157,6 +157,10 @@ class Verdict:
     # Where the reference's own training diverged, and how much of the run that left to compare:
     # {"epoch", "step", "steps_compared", "whole_stretch"}; None if it did not diverge.
     reference_diverged: Mapping[str, Any] | None = None
+    # Parameters whose largest probe update at some checkpoint stayed under lockstep.PROBE_RESOLUTION of
+    # their size (the rounding allowance then swamps the update's band): {name: {"checkpoints": [epochs],
+    # "share": the smallest update / size}}. None if every one was resolved.
+    unresolved_updates: Mapping[str, Mapping[str, Any]] | None = None
     # The reference's longest epoch in steps where it is longer than a stretch (lockstep.MAX_STRETCH_STEPS):
     # stretches then covered only its first steps. None otherwise.
     long_epoch_steps: int | None = None
@@ -496,7 +500,7 @@ def judge(
                 norm_rtol=NORM_RTOL[dtype], probe_rtol=PROBE_RTOL[dtype], rounding=ROUNDING[dtype], clipped_steps=clipped, total_steps=total,
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
-                state_effects=largest_state_effects(ran),
+                state_effects=largest_state_effects(ran), unresolved_updates=unresolved_updates(ran, dtype),
                 reference_diverged=None, long_epoch_steps=None)
     verdicts: list[BackendVerdict] = []
     for r in rows:
@@ -653,6 +657,44 @@ def largest_state_effects(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]
         if values:
             out[k] = max(values)
     return out or None
+
+
+def unresolved_updates(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[str, dict[str, Any]] | None:
+    """Per parameter, the checkpoints where no probe step at the highest lr moved it by enough for the
+    band to hold it: there the rounding allowance (``ROUNDING`` of the parameter) is larger than the band
+    (``PROBE_RTOL`` of the update), by the oracle's update (the same in every row's records). The probe lr
+    is raised until updates are 10x past that (lockstep.probe_lr); what is left is a zero gradient or the
+    raise's cap, and there a wrong update of that parameter can pass."""
+    floor = ROUNDING[dtype] / PROBE_RTOL[dtype]
+    probes = next((ps for r in rows if (ps := (r.get("lockstep") or {}).get("probes"))), [])
+    top: dict[int, float] = {}
+    for p in probes:
+        top[p["epoch"]] = max(top.get(p["epoch"], 0.0), _num(p["lr"]))
+    best: dict[tuple[str, int], float] = {}  # (parameter, epoch): its largest update / size at that lr
+    for p in probes:
+        if _num(p["lr"]) == top[p["epoch"]]:
+            for k, (_, update, size) in p["params"].items():
+                update, size = _num(update), _num(size)
+                if size > 0 and math.isfinite(update):
+                    best[k, p["epoch"]] = max(best.get((k, p["epoch"]), 0.0), update / size)
+    out: dict[str, dict[str, Any]] = {}
+    for (k, epoch), share in best.items():
+        if share < floor:
+            entry = out.setdefault(k, {"checkpoints": [], "share": math.inf})
+            entry["checkpoints"].append(epoch)
+            entry["share"] = min(entry["share"], share)
+    return out or None
+
+
+def _unresolved_note(unresolved: Mapping[str, Mapping[str, Any]] | None, dtype: str) -> str | None:
+    if not unresolved:
+        return None
+    parts = [f"{k} (by {e['share']:.1e} of its size, at {plural(len(e['checkpoints']), 'checkpoint')})"
+             for k, e in unresolved.items()]
+    return (f"the probe steps moved {', '.join(parts)} by so little that {dtype}'s rounding allowance "
+            f"({ROUNDING[dtype]:.1e} of the parameter) is more than the probe band ({PROBE_RTOL[dtype]:g} of the "
+            "update): a zero gradient, or the raise of the probe lr reached its cap; a wrong update rule for it "
+            "may pass there")
 
 
 def state_band(dtype: str) -> float:
@@ -880,6 +922,9 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
               if has_lockstep else None)
     if unseen and status != "not-judged" and any(b.status == "agrees" for b in backends):  # they may hide one
         notes.append(unseen)
+    unresolved = _unresolved_note(base.get("unresolved_updates"), base["dtype"]) if has_lockstep else None
+    if unresolved and any(b.status == "agrees" for b in backends):
+        notes.append(unresolved)
     long = base.get("long_epoch_steps")
     if has_lockstep and long and status != "not-judged":
         notes.append(f"a re-anchored stretch is at most {MAX_STRETCH_STEPS} steps (rounding differences compound over "

@@ -712,3 +712,21 @@ def test_the_forward_pass_is_its_own_check_at_each_checkpoint():
     t = judge([REF, backend_row("torch", REF, stretches, bad)]).backend("torch")
     assert t.status == "disagrees" and t.first_crossing.epoch == 2, t.reason
     assert t.first_crossing.what.startswith("loss of its forward pass") and "probe step" not in t.reason, t.reason
+
+
+def test_an_update_the_probes_could_not_resolve_is_named_in_a_note():
+    """The raised probe lr resolves every update unless a gradient is 0 or the raise reached its cap; there
+    the rounding allowance swamps the band, so a wrong update of that parameter passes: said, not hidden."""
+    resolved = probe(1, diff=0.0, update=1e-2, size=1.0)
+    # 1e-5 of the parameter: float32's rounding allowance (2.4e-7 of it) is 24x the band (1e-3 of 1e-5)
+    small = probe(1, diff=0.0, update=1e-5, size=1.0)
+    for probes, named in (([resolved], False), ([small], True),
+                          # only the checkpoint's highest-lr probe counts: the half-lr pair stays small by design
+                          ([small, {**resolved, "lr": 5.0}], False)):
+        v = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], probes)])
+        assert v.backend("jax").status == "agrees"
+        note = [n for n in v.notes if "so little" in n]
+        assert bool(note) == named, v.notes
+        assert (v.unresolved_updates is not None) == named
+    v = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [small])])
+    assert any("W_hh (by 1.0e-05 of its size, at 1 checkpoint)" in n for n in v.notes), v.notes
