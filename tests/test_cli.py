@@ -3,6 +3,7 @@ result on screen, custom prompts, and the notes that keep a short run from looki
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -95,6 +96,75 @@ def test_a_narrow_terminal_cuts_the_status_not_the_times(monkeypatch):
     assert len(row) <= 80 and "…" in row
     assert any(r.startswith("tests.fakes:O… ") for r in rows)  # a long row name is cut, and seen to be
     assert re.search(r"\d:\d\d:\d\d ETA (\d|-):(\d\d|--):(\d\d|--)$", row.rstrip()), row
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _screen_rows(stream) -> list[str]:
+    return [re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", ln) for ln in re.split(r"[\r\n]", stream.getvalue())]
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_one_job_is_one_bar_that_rich_fits_to_the_terminal(monkeypatch, columns):
+    """The sweep showed an 'overall' bar above its one 'sweep' bar, the two saying the same; and its status
+    ('cells 8/8 done, 0 running, 0 failed') was cut at 80 columns to '0…' by widths fixed at the start."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    stream = _Tty()
+    with prog.RunProgress({"cells": 8.0}, stream=stream) as p:
+        p.start("cells", "0/8 done")
+        p.message("[1/8] ok        numpy  dtype=float32 seed 0  final ppl 24.080  0.3 s")
+        p.finish("cells", "8/8 done, 2 running, 1 failed")
+    rows = _screen_rows(stream)
+    assert not any("overall" in r for r in rows), rows
+    assert "[1/8] ok        numpy  dtype=float32 seed 0  final ppl 24.080  0.3 s" in rows  # above the bar
+    row = next(r for r in reversed(rows) if r.startswith("cells "))
+    assert len(row) <= columns and "8/8 done, 2 running, 1 failed 0:00:00 ETA 0:00:00" in row, row
+    # the rest of the line went to the bar, up to its widest
+    assert prog.BAR_WIDTHS[0] < row.count("━") <= prog.BAR_WIDTHS[1] and (len(row) == columns or row.count("━") == prog.BAR_WIDTHS[1]), row
+
+
+def test_several_jobs_keep_the_overall_bar_and_the_bar_gives_way_before_the_status(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    stream = _Tty()
+    with prog.RunProgress({"numpy": 30, "torch (layers)": 30}, stream=stream) as p:
+        p.start("numpy")
+        p.update("numpy", 30, "epoch 30/30  perplexity 17.325  607,925 tokens/s")
+    rows = _screen_rows(stream)
+    assert any(r.startswith("overall ") for r in rows)
+    row = next(r for r in reversed(rows) if r.startswith("numpy "))
+    assert "epoch 30/30  perplexity 17.325  607,925 tokens/s 0:00:00 ETA" in row, row  # the status in full
+    assert prog.BAR_WIDTHS[0] <= row.count("━") < prog.BAR_WIDTHS[1] and len(row) <= 100, row
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = _Tty()
+    with prog.RunProgress({"numpy": 30, "torch (layers)": 30}, stream=stream) as p:
+        p.start("numpy")
+        p.update("numpy", 30, "epoch 30/30  perplexity 17.325  607,925 tokens/s")
+    row = next(r for r in reversed(_screen_rows(stream)) if r.startswith("numpy "))
+    assert row.count("━") == prog.BAR_WIDTHS[0] and "…" in row and len(row) <= 80, row  # cut, at the narrowest bar
+
+
+def test_no_jobs_no_live_display_only_the_messages():
+    """A sweep with every cell already done showed a bar of 'cells 0/0 done'."""
+    stream = _Tty()
+    with prog.RunProgress({}, stream=stream) as p:
+        p.message("all 8 cells were already done")
+    assert stream.getvalue() == "all 8 cells were already done\n"
+
+
+def test_plain_lines_of_one_job_count_without_a_line_per_count():
+    """Without a terminal a count ('3/8 done') is the same stage as the one before: a line at the start,
+    one every LINE_SECONDS and one at the end, not one per cell (the cells print their own)."""
+    stream = io.StringIO()
+    with prog.RunProgress({"cells": 8.0}, stream=stream) as p:
+        p.start("cells", "0/8 done")
+        for k in range(1, 8):
+            p.update("cells", k, f"{k}/8 done, 1 running")
+        p.finish("cells", "8/8 done")
+    lines = stream.getvalue().splitlines()
+    assert [ln.split("] ", 1)[1] for ln in lines] == ["cells        0/8 done  (0%)", "cells        8/8 done  (100%, ETA 0:00)"]
 
 
 def test_version_and_help():
