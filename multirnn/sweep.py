@@ -40,7 +40,7 @@ from .load import OtherLoad
 from .progress import RunProgress
 from .provenance import code_version
 from .runner import DEFAULT_STALL_TIMEOUT, Stopped, defer_signals, raise_on_signals, signal_name
-from .sweep_engine import SPEC_FILE, Engine, Store, estimate_wall, first_line, is_final
+from .sweep_engine import PROGRESS_JOB, SPEC_FILE, Engine, Store, estimate_wall, first_line, is_final
 from .sweep_exec import RAY_HINT, LocalExecutor, check_reachable, close_executor, usable_cores
 from .sweep_spec import (
     PASS_THROUGH,
@@ -638,12 +638,17 @@ def main(argv: list[str] | None = None) -> int:
     order = run_order(cells)
     engine = Engine(cells, store, executor, opts.retries, None, units)
     todo = engine.plan(order)
-    progress = RunProgress({"sweep": max(sum(units[c.id] for c in todo), 1e-9)}, enabled=not opts.quiet, unit="cell")
+    # one bar, the cells this session runs (none: no bar, rather than one of 0 cells)
+    progress = RunProgress({PROGRESS_JOB: max(sum(units[c.id] for c in todo), 1e-9)} if todo else {},
+                           enabled=not opts.quiet, unit="cell")
     engine.progress = progress
     kept = len(cells) - len(todo)
     desc = executor.describe()
     progress.message(f"multirnn.sweep {__version__}: {len(configurations)} configuration(s) x {len(opts.seeds)} seed(s), "
                      f"{len(cells)} cells ({kept} already done) on {desc['executor']} -> {out}")
+    if not todo:
+        every = "its one cell was" if len(cells) == 1 else f"all {len(cells)} cells were"
+        progress.message(f"{every} already done: nothing to run; the report is written again from their records")
     for note in opts.notes:
         progress.message(f"note: {note}")
     store.log("session", argv=argv, executor=desc, cells=len(cells), to_run=len(todo))

@@ -37,6 +37,8 @@ SPEC_FILE = "spec.json"
 SWEEP_FILES = (SPEC_FILE, "sweep.json", "report.md", "cells.csv", "journal.jsonl", "perplexity_bands.png",
                "speed_heatmap.png")
 SWEEP_DIRS = ("cells", "groups", "checkpoints", ".work")
+# The live display's one job: every cell this session runs (its bar is the whole sweep's).
+PROGRESS_JOB = "cells"
 
 
 def first_line(error: str | None) -> str | None:
@@ -221,6 +223,7 @@ class Engine:
         self.running: set[str] = set()
         self.finished: list[str] = []
         self.failed = 0
+        self.total = 0  # cells this session runs (set by run)
         self.stopped: str | None = None
         self.stop_signal = 0
 
@@ -328,16 +331,23 @@ class Engine:
         self.progress.message(f"{status:<11} {cell.label:<14} {where}{node_text}"
                               + (f" {wall:.1f} s" if wall else "") + note + ("; retrying" if retry else ""))
 
-    def _show(self, total: int) -> None:
+    def _show(self) -> None:
         frac = getattr(self.executor, "fraction", {})
         done = sum(self.units[c] for c in self.finished) + sum(self.units[c] * frac.get(c, 0.0) for c in self.running)
-        self.progress.update("sweep", done, f"cells {len(self.finished)}/{total} done, {len(self.running)} "
-                             f"{self.executor.running_word}, {self.failed} failed")
+        self.progress.update(PROGRESS_JOB, done, self._status())
+
+    def _status(self) -> str:
+        running = f", {len(self.running)} {self.executor.running_word}" if self.running else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{len(self.finished)}/{self.total} done{running}{failed}"
 
     def run(self) -> None:
-        """Run until every planned cell is final, or a signal stops it (``self.stopped`` then says which)."""
-        total = len(self.todo)
-        self.progress.start("sweep", f"cells 0/{total} done")
+        """Run until every planned cell is final, or a signal stops it (``self.stopped`` then says which).
+        Nothing planned: nothing to show either (no bar of 0 cells)."""
+        self.total = len(self.todo)
+        if not self.total:
+            return
+        self.progress.start(PROGRESS_JOB, f"0/{self.total} done")
         try:
             while self.todo or self.running:
                 self._fill()
@@ -345,7 +355,8 @@ class Engine:
                     raise RuntimeError("sweep scheduling is stuck: " + ", ".join(c.id for c in self.todo))
                 for job, outcome, error in self.executor.poll(0.5):
                     self._finish(job, outcome, error)
-                self._show(total)
+                self._show()
+            self.progress.finish(PROGRESS_JOB, self._status())  # the bar full: its units summed in another order
         except (KeyboardInterrupt, Stopped) as exc:
             defer_signals()  # a second Ctrl-C while the cells in flight end must not cut the partial aggregate short
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT

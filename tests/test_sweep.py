@@ -289,6 +289,19 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     assert re.search(r"torch/layers +no finished run \(unsupported 1\)", proc.stdout), proc.stdout
 
 
+def test_a_finished_rerun_says_every_cell_was_already_done_and_shows_no_bar(tmp_path):
+    """A --resume of a finished sweep showed a bar of 'cells 0/0 done' (and an 'overall' one above it)."""
+    args = ["--backends", "numpy", "--seeds", "0-1", *TINY, "--out", str(tmp_path / "s"), "--no-plot"]
+    first = sweep(args)
+    assert first.returncode == 4, first.stderr  # nothing to compare numpy with
+    assert "cells        0/2 done  (0%)" in first.stderr and "overall" not in first.stderr, first.stderr
+    again = sweep([*args, "--resume"])
+    assert again.returncode == 4, again.stderr
+    assert "all 2 cells were already done: nothing to run; the report is written again from their records" in again.stderr
+    assert "0/0" not in again.stderr and "cells        " not in again.stderr, again.stderr
+    assert "numpy  median-last ppl" in again.stdout  # the summary, from the records
+
+
 def test_a_resume_runs_again_the_cells_whose_framework_was_unavailable(tmp_path, capsys):
     """Install the framework the report named, resume: the sweep said "2 cells (2 already done)" and ran nothing,
     where compare's --resume runs such a row again."""
