@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from .files import clear_written, hold_folder, write_bytes_atomic, write_json_at
 from .info import may_be_installed
 from .lockstep import list_checkpoints
 from .progress import RunProgress
+from .report import format_ppl
 from .runner import Stopped, crashed_record, defer_signals, refused_record, signal_name
 from .sweep_exec import CellJob
 from .sweep_spec import Cell, Group
@@ -322,14 +324,32 @@ class Engine:
         else:
             self.finished.append(cell.id)
             self.failed += status == "crashed"
+        self.progress.message(self.cell_line(cell, record, retry))
+
+    def cell_line(self, cell: Cell, record: dict[str, Any], retry: bool = False) -> str:
+        """The line a finished attempt prints (above the live bar, or in a log): how many of this session's
+        cells are done, its status, row, configuration and seed, its final perplexity (where it trained to
+        the end), wall time, node (on Ray) and why it did not end ok; the columns line up across cells."""
+        status, raw, run = record["status"], record["result"], record["run"]
+        widths = [max(len(c.label) for c in self.cells.values()),
+                  max(len(self._where(c)) for c in self.cells.values())]
+        parts = [f"[{len(self.finished):>{len(str(self.total))}}/{self.total}] {status:<8}",
+                 f"{cell.label:<{widths[0]}}", f"{self._where(cell):<{widths[1]}}"]
+        ppl = (raw.get("perplexity") or [None])[-1]
+        if status == "ok" and isinstance(ppl, (int, float)) and math.isfinite(ppl):
+            parts.append(f"final ppl {format_ppl(ppl)}")
+        if run.get("wall_seconds"):
+            parts.append(f"{run['wall_seconds']:.1f} s")
+        if (node := run.get("node")) and node != "local":
+            parts.append(f"on {node[:8]}")
+        if status != "ok" and (why := first_line(raw.get("error"))):
+            parts.append(f"({why})")
+        return "  ".join(parts) + ("; retrying" if retry else "")
+
+    @staticmethod
+    def _where(cell: Cell) -> str:
         g = cell.group
-        where = f"{g.configuration.label} seed {g.seed}" + (f" repeat {cell.repeat}" if cell.repeat else "")
-        note = f" ({first_line(record['result'].get('error'))})" if status != "ok" else ""
-        node = record["run"]["node"]
-        node_text = f" on {node[:8]}" if node and node != "local" else ""
-        wall = record["run"]["wall_seconds"]
-        self.progress.message(f"{status:<11} {cell.label:<14} {where}{node_text}"
-                              + (f" {wall:.1f} s" if wall else "") + note + ("; retrying" if retry else ""))
+        return f"{g.configuration.label} seed {g.seed}" + (f" repeat {cell.repeat}" if cell.repeat else "")
 
     def _show(self) -> None:
         frac = getattr(self.executor, "fraction", {})

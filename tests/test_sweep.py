@@ -289,6 +289,48 @@ def test_a_layer_that_cannot_compute_the_model_is_refused_without_a_worker(tmp_p
     assert re.search(r"torch/layers +no finished run \(unsupported 1\)", proc.stdout), proc.stdout
 
 
+SEGFAULTING = """
+import os
+import signal
+
+from multirnn.backends.numpy_backend import NumpyBackend
+
+
+class Segv(NumpyBackend):
+    name = "segv"
+
+    def version(self):
+        return "fake"
+
+    def train_step(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+def test_each_finished_cell_prints_a_line_of_its_own_without_a_terminal(tmp_path):
+    """A line per finished attempt: the count, status, row, configuration and seed, final perplexity (ok),
+    wall time and why it did not end ok, aligned; plain text in a log (no cursor codes)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "segfaulting.py").write_text(SEGFAULTING)
+    args = ["--backends", "numpy,segfaulting:Segv", "--lr", "1,100000", *TINY, "--lockstep", "off", "--jobs", "1",
+            "--out", str(tmp_path / "s"), "--no-plot"]
+    proc = sweep(args, site="", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr
+    assert "\x1b[" not in err and "\r" not in err and "overall" not in err, err
+    cells = [ln for ln in err.splitlines() if re.match(r"\[\d/4\] ", ln)]
+    assert len(cells) == 6, err  # a crashed cell twice (--retries 1 by default)
+    ok = next(ln for ln in cells if " ok " in ln)
+    assert re.fullmatch(r"\[\d/4\] ok        numpy {13}lr=1 seed 0 {7}final ppl \d+\.\d{3}  \d+\.\d s", ok), ok
+    diverged = next(ln for ln in cells if "numpy" in ln and "lr=100000" in ln)
+    assert re.fullmatch(r"\[\d/4\] diverged  numpy {13}lr=100000 seed 0  \d+\.\d s  \(Training diverged: .*\)",
+                        diverged), diverged
+    crashed = [ln for ln in cells if "segfaulting:Segv" in ln]
+    assert len(crashed) == 4 and sum(ln.endswith("; retrying") for ln in crashed) == 2, crashed
+    assert all(" crashed   segfaulting:Segv  " in ln and "SIGSEGV" in ln for ln in crashed), crashed
+    assert [ln[:5] for ln in cells][-1] == "[4/4]" and "4/4 done, 2 failed  (100%" in err, err
+
+
 def test_a_finished_rerun_says_every_cell_was_already_done_and_shows_no_bar(tmp_path):
     """A --resume of a finished sweep showed a bar of 'cells 0/0 done' (and an 'overall' one above it)."""
     args = ["--backends", "numpy", "--seeds", "0-1", *TINY, "--out", str(tmp_path / "s"), "--no-plot"]
