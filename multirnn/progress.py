@@ -175,7 +175,7 @@ class RunProgress:
     def _overall_text(self) -> str:
         eta = self.eta_seconds()
         share = f"{self.fraction():.0%}" if len(self.jobs) == 1 else f"overall {self.fraction():.0%}"
-        return share + (f", ETA {_fmt_seconds(eta)}" if eta is not None else "")
+        return share + (f", ETA {_fmt_seconds(eta)}" if eta is not None and self.fraction() < 1 else "")
 
     def __enter__(self) -> RunProgress:
         return self

@@ -328,7 +328,7 @@ class Engine:
 
     def cell_line(self, cell: Cell, record: dict[str, Any], retry: bool = False) -> str:
         """The line a finished attempt prints (above the live bar, or in a log): how many of this session's
-        cells are done, its status, row, configuration and seed, its final perplexity (where it trained to
+        cells are done, its status, row, configuration (of several) and seed, its final perplexity (where it trained to
         the end), wall time, node (on Ray) and why it did not end ok; the columns line up across cells."""
         status, raw, run = record["status"], record["result"], record["run"]
         widths = [max(len(c.label) for c in self.cells.values()),
@@ -346,10 +346,12 @@ class Engine:
             parts.append(f"({why})")
         return "  ".join(parts) + ("; retrying" if retry else "")
 
-    @staticmethod
-    def _where(cell: Cell) -> str:
+    def _where(self, cell: Cell) -> str:
+        """Configuration (when the sweep has several: one is named by every setting given), seed, repeat."""
         g = cell.group
-        return f"{g.configuration.label} seed {g.seed}" + (f" repeat {cell.repeat}" if cell.repeat else "")
+        several = len({c.group.configuration.index for c in self.cells.values()}) > 1
+        return (f"{g.configuration.label} " if several else "") + f"seed {g.seed}" + (
+            f" repeat {cell.repeat}" if cell.repeat else "")
 
     def _show(self) -> None:
         frac = getattr(self.executor, "fraction", {})

@@ -337,6 +337,8 @@ def test_a_finished_rerun_says_every_cell_was_already_done_and_shows_no_bar(tmp_
     first = sweep(args)
     assert first.returncode == 4, first.stderr  # nothing to compare numpy with
     assert "cells        0/2 done  (0%)" in first.stderr and "overall" not in first.stderr, first.stderr
+    # one configuration: a cell's line names its seed alone (the configuration, every setting given, is in the summary)
+    assert re.search(r"^\[1/2\] ok        numpy  seed [01]  final ppl \d", first.stderr, re.MULTILINE), first.stderr
     again = sweep([*args, "--resume"])
     assert again.returncode == 4, again.stderr
     assert "all 2 cells were already done: nothing to run; the report is written again from their records" in again.stderr
