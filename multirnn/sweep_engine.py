@@ -33,6 +33,7 @@ from .sweep_spec import Cell, Group
 CELL_SCHEMA_VERSION = 1
 # Worker statuses that end a cell; "crashed" ends it only once its retries are used up.
 FINAL_STATUSES = ("ok", "diverged", "unavailable", "unsupported")
+STATUS_WIDTH = max(len(s) for s in (*FINAL_STATUSES, "crashed", "interrupted"))  # a cell line's status column
 # What defines the sweep in a folder (its settings and cells), written when it first starts there.
 SPEC_FILE = "spec.json"
 # The files and folders a sweep writes into its folder (the only ones --overwrite clears).
@@ -333,7 +334,7 @@ class Engine:
         status, raw, run = record["status"], record["result"], record["run"]
         widths = [max(len(c.label) for c in self.cells.values()),
                   max(len(self._where(c)) for c in self.cells.values())]
-        parts = [f"[{len(self.finished):>{len(str(self.total))}}/{self.total}] {status:<8}",
+        parts = [f"[{len(self.finished):>{len(str(self.total))}}/{self.total}] {status:<{STATUS_WIDTH}}",
                  f"{cell.label:<{widths[0]}}", f"{self._where(cell):<{widths[1]}}"]
         ppl = (raw.get("perplexity") or [None])[-1]
         if status == "ok" and isinstance(ppl, (int, float)) and math.isfinite(ppl):

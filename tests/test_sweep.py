@@ -321,13 +321,13 @@ def test_each_finished_cell_prints_a_line_of_its_own_without_a_terminal(tmp_path
     cells = [ln for ln in err.splitlines() if re.match(r"\[\d/4\] ", ln)]
     assert len(cells) == 6, err  # a crashed cell twice (--retries 1 by default)
     ok = next(ln for ln in cells if " ok " in ln)
-    assert re.fullmatch(r"\[\d/4\] ok        numpy {13}lr=1 seed 0 {7}final ppl \d+\.\d{3}  \d+\.\d s", ok), ok
+    assert re.fullmatch(r"\[\d/4\] ok {11}numpy {13}lr=1 seed 0 {7}final ppl \d+\.\d{3}  \d+\.\d s", ok), ok
     diverged = next(ln for ln in cells if "numpy" in ln and "lr=100000" in ln)
-    assert re.fullmatch(r"\[\d/4\] diverged  numpy {13}lr=100000 seed 0  \d+\.\d s  \(Training diverged: .*\)",
+    assert re.fullmatch(r"\[\d/4\] diverged {5}numpy {13}lr=100000 seed 0  \d+\.\d s  \(Training diverged: .*\)",
                         diverged), diverged
     crashed = [ln for ln in cells if "segfaulting:Segv" in ln]
     assert len(crashed) == 4 and sum(ln.endswith("; retrying") for ln in crashed) == 2, crashed
-    assert all(" crashed   segfaulting:Segv  " in ln and "SIGSEGV" in ln for ln in crashed), crashed
+    assert all(" crashed      segfaulting:Segv  " in ln and "SIGSEGV" in ln for ln in crashed), crashed
     assert [ln[:5] for ln in cells][-1] == "[4/4]" and "4/4 done, 2 failed  (100%" in err, err
 
 
@@ -338,7 +338,7 @@ def test_a_finished_rerun_says_every_cell_was_already_done_and_shows_no_bar(tmp_
     assert first.returncode == 4, first.stderr  # nothing to compare numpy with
     assert "cells        0/2 done  (0%)" in first.stderr and "overall" not in first.stderr, first.stderr
     # one configuration: a cell's line names its seed alone (the configuration, every setting given, is in the summary)
-    assert re.search(r"^\[1/2\] ok        numpy  seed [01]  final ppl \d", first.stderr, re.MULTILINE), first.stderr
+    assert re.search(r"^\[1/2\] ok {11}numpy  seed [01]  final ppl \d", first.stderr, re.MULTILINE), first.stderr
     again = sweep([*args, "--resume"])
     assert again.returncode == 4, again.stderr
     assert "all 2 cells were already done: nothing to run; the report is written again from their records" in again.stderr
