@@ -228,27 +228,25 @@ def _probe_step(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarra
     return be.params_to_numpy(p), float(loss), float(norm)
 
 
-def _step64(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
-            lr: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The oracle's unbounded step at ``lr`` in float64 from the checkpoint's weights (before, after): how
-    far each parameter moves before the run's dtype rounds it. In float32 an update below half an ulp of
-    its parameter was 0 and asked for no raise: at --lr 1e-9 every update was, and a backend that never
-    updated W_hh agreed."""
-    before = {k: v.astype(np.float64) for k, v in ckpt.params.items()}
+def _grads64(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray,
+             Y: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The checkpoint's weights and the oracle's gradients there, both in float64. An update measured as
+    ``after - before`` is rounded to the parameter: in float32 every update of --lr 1e-9 was 0 and asked
+    for no raise (a backend that never updated W_hh agreed), and in float64 those of --lr 1e-20 were."""
+    params = {k: v.astype(np.float64) for k, v in ckpt.params.items()}
     state = oracle.init_state(X.shape[0], config.num_hiddens, "float64")
-    p, _, _, _ = oracle.train_step(oracle.params_from_numpy(before), X, Y, state, lr, math.inf)
-    return before, oracle.params_to_numpy(p)
+    _, grads, _ = oracle.loss_and_grads(oracle.params_from_numpy(params), X, Y, state)
+    return params, {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
 
 
-def probe_lr(config: TrainConfig, before: dict[str, np.ndarray], after: dict[str, np.ndarray], norm: float) -> float:
-    """The probe's lr: ``lr x PROBE_LR_FACTOR``, raised where the unclipped step at that lr (``before`` ->
-    ``after``) moves some parameter by less than ``PROBE_RESOLUTION`` of its size. One step's update is
-    linear in lr, so any lr tests the update rule; a larger one is what float32 can resolve."""
+def probe_lr(config: TrainConfig, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], norm: float) -> float:
+    """The probe's lr: ``lr x PROBE_LR_FACTOR``, raised where the unclipped step at that lr (``lr x grads``)
+    moves some parameter by less than ``PROBE_RESOLUTION`` of its size. One step's update is linear in lr,
+    so any lr tests the update rule; a larger one is what float32 can resolve."""
     lr = config.lr * PROBE_LR_FACTOR
     need = 1.0
-    for k, b in before.items():
-        b64 = b.astype(np.float64)
-        update, size = _norm(after[k].astype(np.float64) - b64), _norm(b64)
+    for k, p in params.items():
+        update, size = lr * _norm(np.asarray(grads[k], dtype=np.float64)), _norm(np.asarray(p, dtype=np.float64))
         if update > 0 and math.isfinite(update):
             need = max(need, PROBE_RESOLUTION[config.dtype] * size / update)
     # the largest update of the raised step is about lr * norm (an unclipped step's whole gradient)
@@ -278,8 +276,7 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     if not math.isfinite(norm) or norm == 0.0:
         return None
     lrs = [half]
-    before, after = (ckpt.params, unbounded[0]) if config.dtype == "float64" else _step64(oracle, config, ckpt, X, Y, half)
-    if (raised := probe_lr(config, before, after, norm)) != half:
+    if (raised := probe_lr(config, *_grads64(oracle, config, ckpt, X, Y), norm)) != half:
         lrs.append(raised)
     steps = []
     for lr in lrs:

@@ -86,12 +86,14 @@ def test_every_bug_is_caught_in_float64(tmp_path):
     _run_zoo(tmp_path, ["--epochs", "2", "--hidden", "64", "--dtype", "float64"])
 
 
-@pytest.mark.parametrize("lr", ["1e-5", "1e-9", "1e-12"])
-def test_a_small_lr_hides_no_update_bug(tmp_path, lr):
+@pytest.mark.parametrize("lr, dtype", [("1e-5", "float32"), ("1e-9", "float32"), ("1e-12", "float32"),
+                                       ("1e-20", "float64")])
+def test_a_small_lr_hides_no_update_bug(tmp_path, lr, dtype):
     """At --lr 1e-5 a backend that never updated W_hh agreed: the verdict's allowance for rounding the
     parameter was 340x its update. The probes now raise their lr until float32 resolves every update.
-    At 1e-9 every float32 update rounded to 0 and asked for no raise; at 1e-12 the raise hit its cap."""
-    _run_zoo(tmp_path, ["--lr", lr, "--epochs", "3", "--hidden", "16", "--max-tokens", "3000"],
+    At 1e-9 every float32 update rounded to 0 and asked for no raise; at 1e-12 the raise hit its cap;
+    in float64 at 1e-20 the updates rounded to 0 too. The need now comes from float64 gradients."""
+    _run_zoo(tmp_path, ["--lr", lr, "--dtype", dtype, "--epochs", "3", "--hidden", "16", "--max-tokens", "3000"],
              zoo.SMALL_LR_BUGS + (zoo.HiddenBiasFrozen,))
 
 
