@@ -689,9 +689,9 @@ def unresolved_updates(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[st
 def _unresolved_note(unresolved: Mapping[str, Mapping[str, Any]] | None, dtype: str) -> str | None:
     if not unresolved:
         return None
-    parts = [f"{k} (by {e['share']:.1e} of its size, at {plural(len(e['checkpoints']), 'checkpoint')})"
+    parts = [f"{k} {e['share']:.1e} of its size (at {plural(len(e['checkpoints']), 'checkpoint')})"
              for k, e in unresolved.items()]
-    return (f"the probe steps moved {', '.join(parts)} by so little that {dtype}'s rounding allowance "
+    return (f"the probe steps moved {', '.join(parts)}: so little that {dtype}'s rounding allowance "
             f"({ROUNDING[dtype]:.1e} of the parameter) is more than the probe band ({PROBE_RTOL[dtype]:g} of the "
             "update): a zero gradient, or the raise of the probe lr reached its cap; a wrong update rule for it "
             "may pass there")
@@ -923,7 +923,7 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
     if unseen and status != "not-judged" and any(b.status == "agrees" for b in backends):  # they may hide one
         notes.append(unseen)
     unresolved = _unresolved_note(base.get("unresolved_updates"), base["dtype"]) if has_lockstep else None
-    if unresolved and any(b.status == "agrees" for b in backends):
+    if unresolved and status != "not-judged" and any(b.status == "agrees" for b in backends):
         notes.append(unresolved)
     long = base.get("long_epoch_steps")
     if has_lockstep and long and status != "not-judged":

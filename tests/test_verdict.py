@@ -729,4 +729,4 @@ def test_an_update_the_probes_could_not_resolve_is_named_in_a_note():
         assert bool(note) == named, v.notes
         assert (v.unresolved_updates is not None) == named
     v = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [small])])
-    assert any("W_hh (by 1.0e-05 of its size, at 1 checkpoint)" in n for n in v.notes), v.notes
+    assert any("moved W_hh 1.0e-05 of its size (at 1 checkpoint): so little" in n for n in v.notes), v.notes
