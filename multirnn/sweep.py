@@ -27,6 +27,7 @@ import re
 import shlex
 import signal
 import sys
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -654,8 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     store.log("session", argv=argv, executor=desc, cells=len(cells), to_run=len(todo))
     raise_on_signals()
     other_load = OtherLoad()  # on this machine: what other processes take of the cores the local cells use
+    failure: BaseException | None = None
     try:
         engine.run()
+    except BaseException as exc:  # noqa: BLE001  (raised again once the executor is closed, or given up on)
+        failure = exc
     finally:
         progress.close()
         # From here a signal is acted on once the aggregate is written. Deferred before the executor closes:
@@ -666,11 +670,29 @@ def main(argv: list[str] | None = None) -> int:
 
     def leave(code: int) -> int:
         if not closed:  # a daemon thread still waits on the executor, and so would Ray's exit hook
-            sys.stdout.flush()
-            sys.stderr.flush()
+            with contextlib.suppress(Exception):  # a reader gone away must not keep this process alive
+                sys.stdout.flush()
+                sys.stderr.flush()
             os._exit(code)
         return code
 
+    try:
+        if failure is not None:
+            raise failure
+        return leave(_aggregate(opts, out, settings, configurations, groups, cells, engine, store, command, desc,
+                                other_load, late))
+    except Exception:
+        if closed:
+            raise
+        traceback.print_exc()  # and no exit hook: it would wait for the executor's close again, unstoppable
+        return leave(1)  # as an uncaught exception would
+
+
+def _aggregate(opts: Options, out: Path, settings: dict[str, Any], configurations: list[Any], groups: list[Any],
+               cells: list[Any], engine: Engine, store: Store, command: str, desc: dict[str, Any],
+               other_load: OtherLoad, late: list[int]) -> int:
+    """Write the aggregate (sweep.json, cells.csv, report.md, plots) from every record, print the summary
+    and notes; returns the exit status."""
     from . import sweep_report
 
     run = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "multirnn_version": __version__,
@@ -702,18 +724,18 @@ def main(argv: list[str] | None = None) -> int:
         again = compare.without_run_control(command)
         again += "" if opts.out else f" --out {shlex.quote(str(out))}"
         print(f"Continue it (finished cells are kept): {again} --resume")
-        return leave(128 + engine.stop_signal)
+        return 128 + engine.stop_signal
     if late:
         print(f"multirnn.sweep: stopped by {signal_name(late[0])} while the aggregate was written: every cell had ended and the "
               "aggregate is complete", file=sys.stderr)
-        return leave(128 + int(late[0]))
+        return 128 + int(late[0])
     statuses = {g["status"] for g in sweep["groups"]}
     if statuses == {"no-backend"}:
-        return leave(EXIT_NO_BACKEND)
+        return EXIT_NO_BACKEND
     crashed = any(c["status"] == "crashed" for c in sweep["cells"])
     if crashed or not statuses <= {"agree", "not-judged"}:
-        return leave(EXIT_DISAGREE)
-    return leave(EXIT_NOT_JUDGED if "not-judged" in statuses else EXIT_OK)
+        return EXIT_DISAGREE
+    return EXIT_NOT_JUDGED if "not-judged" in statuses else EXIT_OK
 
 
 if __name__ == "__main__":

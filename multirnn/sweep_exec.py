@@ -243,7 +243,15 @@ def close_executor(executor: Any, late: list[int], say: Callable[[str], None], p
     after it); a second abandons a close that hangs -- Ray's shutdown can, and with the signals deferred
     only SIGKILL ended it, losing the aggregate. Returns False if the close was abandoned: the caller
     must then leave with ``os._exit``, as an exit hook would wait for the same shutdown again."""
-    closer = threading.Thread(target=executor.close, name="multirnn-executor-close", daemon=True)
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            executor.close()
+        except BaseException as exc:  # noqa: BLE001  (said below: the aggregate is still written)
+            failed.append(exc)
+
+    closer = threading.Thread(target=close, name="multirnn-executor-close", daemon=True)
     closer.start()
     hinted = False
     while closer.is_alive():
@@ -254,6 +262,8 @@ def close_executor(executor: Any, late: list[int], say: Callable[[str], None], p
         if late and not hinted and closer.is_alive():
             say("waiting for the executor to close, then the aggregate is written (a second signal stops waiting)")
             hinted = True
+    if failed:
+        say(f"the executor did not close cleanly ({type(failed[0]).__name__}: {failed[0]}); every cell had ended")
     return True
 
 

@@ -607,7 +607,7 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
         released.wait(60)  # a shutdown that does not return while the test looks
         close(self)
 
-    class Left(Exception):
+    class Left(BaseException):  # not an Exception: nothing on the way out may catch it
         pass
 
     exits: list[int] = []
@@ -631,3 +631,63 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
     assert exits == [130], err
     assert "a second signal stops waiting" in err and "no longer waiting for the executor" in err, err
     assert all((out / f).is_file() for f in ("report.md", "sweep.json", "cells.csv"))
+
+
+def test_a_failure_after_an_abandoned_close_still_leaves(tmp_path, monkeypatch, capsys):
+    """An exception once the close was given up on (a full disk while the aggregate was written) ended
+    the interpreter normally, and Ray's exit hook waited for the same hung shutdown: only SIGKILL ended it."""
+    import os
+    import signal as signal_mod
+    import threading
+    import time
+
+    from multirnn import sweep_exec, sweep_report
+
+    close = sweep_exec.LocalExecutor.close
+    released = threading.Event()
+
+    def hanging_close(self):
+        os.kill(os.getpid(), signal_mod.SIGINT)
+        time.sleep(0.5)  # two signals at once are one (POSIX does not queue them)
+        os.kill(os.getpid(), signal_mod.SIGINT)
+        released.wait(60)
+        close(self)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    class Left(BaseException):
+        pass
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Left
+
+    monkeypatch.setattr(sweep_exec.LocalExecutor, "close", hanging_close)
+    monkeypatch.setattr(sweep_report, "aggregate", full_disk)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGINT, signal_mod.SIGTERM, signal_mod.SIGHUP)}
+    try:
+        with pytest.raises(Left):
+            sweep_cli.main([*BASE, "--out", str(tmp_path / "sweep")])
+    finally:
+        released.set()
+        for s, h in handlers.items():
+            signal_mod.signal(s, h)
+    err = capsys.readouterr().err
+    assert exits == [1], err
+    assert "No space left on device" in err, err
+
+
+def test_a_close_that_raises_is_said_in_one_line():
+    from multirnn import sweep_exec
+
+    class Broken:
+        def close(self):
+            raise RuntimeError("raylet gone")
+
+    said: list[str] = []
+    assert sweep_exec.close_executor(Broken(), [], said.append) is True
+    assert said == ["the executor did not close cleanly (RuntimeError: raylet gone); every cell had ended"]
