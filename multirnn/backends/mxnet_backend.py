@@ -24,7 +24,8 @@ step) ran ~25% slower than the fused operator, whose per-step GEMMs are oneDNN's
 ``MXNetLayersBackend`` (Gluon's own layers): ``gluon.rnn.RNN`` / ``LSTM`` / ``GRU`` with
 ``num_layers`` and ``gluon.nn.Dense``, d2l's weights mapped onto the layers' Parameters (see the
 class). ``mode="eager"`` calls the model imperatively, as d2l's concise chapters do;
-``mode="fast"`` hybridizes it and fuses clipping and SGD into one graph.
+``mode="fast"`` compiles it once per input shape for all params of those shapes (:class:`_LayersGraph`) and fuses
+clipping and SGD into one graph.
 """
 
 from __future__ import annotations
@@ -810,10 +811,24 @@ class _LayersLM(gluon.HybridBlock):
 
     def hybrid_forward(self, F, X, *states):
         """``X``: one-hot inputs ``(T, B, V)`` (made by the caller, see ``MXNetLayersBackend._inputs``)."""
+        return self.run(F, X, states)
+
+    def run(self, F, X, states: tuple, weights: dict[str, Any] | None = None) -> tuple:
+        """Logits and the new flat state. ``weights``: ``None`` calls the layers on their own Parameters
+        (as d2l does); else ``{slot name: array}`` runs the same layers' code (their ``hybrid_forward``,
+        which Gluon calls with its Parameters' arrays) on these, so one compiled graph serves every
+        model of these shapes (:class:`_LayersGraph`)."""
         # The layer's state is [h (L, B, H)] (LSTM: [h, c]); ours is (H, C, H_l1, C_l1, ...) of (B, H).
         layer_states = [s.as_np_ndarray() for s in _stack_layers(F, self._model, _legacy(*states))]
-        outputs, layer_states = self.rnn(X, layer_states)
-        logits = F.np.reshape(self.dense(outputs), (-1, self._vocab_size))  # (T * B, V), rows time-major
+        if weights is None:
+            outputs, layer_states = self.rnn(X, layer_states)
+            logits = self.dense(outputs)
+        else:
+            self.rnn.skip_states = False  # what calling the layer with states sets: return them too
+            rnn = {name[len("rnn."):]: w for name, w in weights.items() if name.startswith("rnn.")}
+            outputs, layer_states = self.rnn.hybrid_forward(F, X, layer_states, **rnn)
+            logits = self.dense.hybrid_forward(F, outputs, weights["dense.weight"], weights["dense.bias"])
+        logits = F.np.reshape(logits, (-1, self._vocab_size))  # (T * B, V), rows time-major
         return (logits, *(s.as_np_ndarray() for s in _unstack_layers(F, self._model, _legacy(*layer_states))))
 
 
@@ -830,7 +845,7 @@ class _LayersLoss(gluon.HybridBlock):
 
 
 class _LayersForward(gluon.HybridBlock):
-    """The model as one compiled graph per input shape (``mode="fast"``)."""
+    """The model's logits and new state (``mode="eager"``; the fast path's graph is :class:`_LayersGraph`)."""
 
     def __init__(self, lm: _LayersLM) -> None:
         super().__init__()
@@ -838,6 +853,34 @@ class _LayersForward(gluon.HybridBlock):
 
     def hybrid_forward(self, F, X, *states):
         return self.lm(X, *states)
+
+
+class _LayersGraph(gluon.HybridBlock):
+    """Gluon's layers as one compiled graph (``mode="fast"``) with the weights as inputs:
+    ``(X, [y,] *states, *weights)``, the weights in ``names`` order (every slot's Parameter, the frozen
+    ones too) -> the mean loss (``loss``) or the logits, then the new state.
+
+    One per backend, input shape, ``(V, H)`` and dtype, whichever params it runs, as the scratch fast
+    path's graphs: a graph holding a model's own Parameters would be one more graph, compiled again with
+    its own ``static_alloc`` memory, for every params object. The lockstep checks make several per
+    checkpoint (``params_from_numpy``), and MXNet 1.9's Gluon blocks are freed only by Python's cyclic
+    garbage collector (``_BlockScope`` holds its block: apache/mxnet#18328, reverted on 1.x by #19181),
+    so their graphs' memory piled up: 0.65-1.1 GB per checkpoint for a 3-layer LSTM at batch 3120.
+    ``template`` only lends its layers' code (:meth:`_LayersLM.run`); its own Parameters are never used.
+    """
+
+    def __init__(self, template: _LayersLM, names: list[str], loss: bool) -> None:
+        super().__init__()
+        self._run = template.run  # a bound method, not a child Block: its Parameters are not this graph's
+        self._names, self._loss = names, loss
+
+    def hybrid_forward(self, F, X, *args):
+        y, args = (args[0], args[1:]) if self._loss else (None, args)
+        n = len(self._names)
+        logits, *states = self._run(F, X, args[:-n], dict(zip(self._names, args[-n:])))
+        if self._loss:
+            return (_mean_cross_entropy(F, logits.as_nd_ndarray(), y.as_nd_ndarray()), *states)
+        return (logits, *states)
 
 
 class LayersParams:
@@ -852,7 +895,7 @@ class LayersParams:
         self.dtype: str = lm.dense.weight.data().dtype.name
         self.shape: tuple[int, int] = tuple(lm.dense.weight.shape)  # (V, H): Gluon's Dense holds W_hq^T
         self.parameters: dict[str, gluon.Parameter] = {s.name: _parameter(lm, s) for s in slots if s.trained}
-        self.blocks: dict[tuple, gluon.HybridBlock] = {}  # the model's graphs, by kind and input shape
+        self.blocks: dict[str, gluon.HybridBlock] = {}  # mode="eager": the model's blocks, by kind
 
     def arrays(self) -> dict[str, Any]:
         return {k: p.data() for k, p in self.parameters.items()}
@@ -895,6 +938,8 @@ class MXNetLayersBackend(_MXNetBase):
         self._trained = [s for s in self._slots if s.trained]
         self._masks: dict[tuple, Any] = {}  # (slot name, shape, dtype) -> 0/1 per element of a masked slot
         self._clip_blocks: dict[tuple, gluon.HybridBlock] = {}  # compiled clip+SGD, per (V, H) and dtype
+        self._graphs: dict[tuple, _LayersGraph] = {}  # mode="fast": the model, per kind, input shape, (V, H), dtype
+        self._templates: dict[tuple, _LayersLM] = {}  # (V, H) -> the layers whose code the graphs run
         self._warned: set[str] = set()  # dtypes whose known framework bug was said (params_from_numpy)
 
     @classmethod
@@ -967,16 +1012,26 @@ class MXNetLayersBackend(_MXNetBase):
             self._masks[key] = self._array(mask, params.dtype)
         return self._masks[key]
 
-    def _model_block(self, params: LayersParams, kind: type, X: onp.ndarray) -> gluon.HybridBlock:
-        """The model (eager: called imperatively) or one compiled graph per input shape (fast)."""
-        key = (kind.__name__, onp.shape(X) if self.mode == "fast" else None)
-        block = params.blocks.get(key)
-        if block is None:
-            block = kind(params.lm)
-            if self.mode == "fast":
-                block.hybridize(static_alloc=True, static_shape=True)
-            params.blocks[key] = block
-        return block
+    def _model(self, params: LayersParams, kind: type, X: onp.ndarray, *inputs: Any) -> Any:
+        """The model (``kind``: loss or forward) on ``inputs``. Eager: the params' own model called
+        imperatively, as d2l's concise chapter does. Fast: one compiled graph per kind, input shape,
+        ``(V, H)`` and dtype, shared by all params of those shapes (see :class:`_LayersGraph`), given
+        the params' own Parameter arrays (their gradients land in those Parameters)."""
+        if self.mode == "eager":
+            block = params.blocks.get(kind.__name__)
+            if block is None:
+                block = params.blocks[kind.__name__] = kind(params.lm)
+            return block(*inputs)
+        key = (kind.__name__, onp.shape(X), params.shape, params.dtype)
+        graph = self._graphs.get(key)
+        if graph is None:
+            if params.shape not in self._templates:
+                V, H = params.shape
+                self._templates[params.shape] = _LayersLM(self.model, V, H)  # never initialised: no arrays
+            graph = self._graphs[key] = _LayersGraph(self._templates[params.shape], [s.name for s in self._slots],
+                                                     loss=kind is _LayersLoss)
+            graph.hybridize(static_alloc=True, static_shape=True)
+        return graph(*inputs, *(_parameter(params.lm, s).data() for s in self._slots))
 
     # --- the primitives ---------------------------------------------------------------------------
     def _inputs(self, params: LayersParams, X: onp.ndarray, grad: bool = False) -> Any:
@@ -991,15 +1046,15 @@ class MXNetLayersBackend(_MXNetBase):
         return inputs
 
     def forward(self, params: LayersParams, X: onp.ndarray, state: State) -> tuple[Any, State]:
-        block = self._model_block(params, _LayersForward, X)
-        logits, *state = block(self._inputs(params, X), *self._state(state, params.dtype))
+        logits, *state = self._model(params, _LayersForward, X, self._inputs(params, X),
+                                     *self._state(state, params.dtype))
         return logits, tuple(state)
 
     def _backward(self, params: LayersParams, X: onp.ndarray, Y: onp.ndarray, state: State) -> tuple[Any, State]:
         """Loss and new state; the gradients land in the Parameters' buffers (masked slices zeroed)."""
-        block = self._model_block(params, _LayersLoss, X)
         with autograd.record():
-            loss, *state = block(self._inputs(params, X, grad=True), self._tokens(Y), *self._state(state, params.dtype))
+            loss, *state = self._model(params, _LayersLoss, X, self._inputs(params, X, grad=True), self._tokens(Y),
+                                       *self._state(state, params.dtype))
         loss.backward()
         for slot in self._trained:
             if slot.masked:
