@@ -141,7 +141,7 @@ def perplexity_bands(sweep: dict[str, Any], records: dict[str, Any], path: Path,
 
 
 def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
-    """Rows (backend/impl) x configurations: median tokens/s as a ratio to the fastest row of the
+    """Configurations (down) x rows (backend/impl, across): median tokens/s as a ratio to the fastest row of the
     configuration (colour), with the tokens/s written in each cell and, where seeds or repeats gave
     several timings, their min-max range (a ratio of 0.9 means little when the runs spread by 30 %)."""
     confs = sweep["configurations"]
@@ -159,24 +159,29 @@ def speed_heatmap(sweep: dict[str, Any], path: Path, plt: Any) -> bool:
                 spread[i, j] = f"\n[{s['min'] / 1000:.1f}-{s['max'] / 1000:.1f}]"
     if np.all(np.isnan(ratio)):
         return False
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(confs) + 2.5), max(2.5, 0.55 * len(rows) + 1.8)))
-    im = ax.imshow(np.ma.masked_invalid(ratio), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    # Configurations down, rows across: a configuration's label is long and reads level on the y axis;
+    # across, 12 of them made a 20-inch strip under a band of slanted labels.
+    partial = _partial(sweep)
+    labels = [textwrap.fill(c["label"], 34, break_on_hyphens=False) + (" (partial)" if c["index"] in partial else "")
+              for c in confs]
+    lines = max(label.count("\n") + 1 for label in labels)
+    cell_h = max(0.5, 0.17 * lines) if spread else max(0.42, 0.17 * lines)
+    fig, ax = plt.subplots(figsize=(1.25 * len(rows) + 4.8, max(3.2, cell_h * len(confs) + 1.6)))
+    im = ax.imshow(np.ma.masked_invalid(ratio.T), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(confs)):
             if not np.isnan(ratio[i, j]):
-                ax.text(j, i, f"{rate[i, j] / 1000:.1f}k{spread.get((i, j), '')}\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(i, j, f"{rate[i, j] / 1000:.1f}k{spread.get((i, j), '')}\n{ratio[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if ratio[i, j] < 0.6 else "black")
             elif rows[i] in confs[j]["rows"]:  # a blank square would read as zero or as a drawing fault
-                ax.text(j, i, MISSING, ha="center", va="center", fontsize=6, color="0.4")
-    partial = _partial(sweep)
-    ax.set_xticks(range(len(confs)), [textwrap.fill(c["label"], 28, break_on_hyphens=False)
-                                      + ("\n(partial)" if c["index"] in partial else "") for c in confs],
-                  rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+                ax.text(i, j, MISSING, ha="center", va="center", fontsize=6, color="0.4")
+    ax.set_yticks(range(len(confs)), labels, fontsize=8)
+    ax.set_xticks(range(len(rows)), rows, rotation=20 if max(map(len, rows)) > 10 else 0, ha="right"
+                  if max(map(len, rows)) > 10 else "center", fontsize=8)
     contended = "\ncontended timings: several cells ran at once" if sweep["speed"]["contended"] else ""
     ax.set_title(("Partial sweep. " if partial else "")
-                 + ("Median tokens/s (k), [min-max] over seeds and repeats,\nand ratio to the fastest row of each "
-                    "configuration" if spread else "Median tokens/s (k) and ratio to the fastest row\nof each configuration")
+                 + ("Median tokens/s (k), [min-max] over seeds and repeats,\nand the ratio to each configuration's "
+                    "fastest row" if spread else "Median tokens/s (k) and the ratio\nto each configuration's fastest row")
                  + contended, fontsize=9)
     fig.colorbar(im, ax=ax, label="ratio to fastest")
     fig.tight_layout()

@@ -812,3 +812,25 @@ def test_a_re_run_without_plots_leaves_no_plot_of_earlier_results(tmp_path):
     assert sweep(args).returncode == 4 and (out / "perplexity_bands.png").is_file()
     assert sweep([*args, "--no-plot"]).returncode == 4
     assert not (out / "perplexity_bands.png").exists() and "perplexity_bands.png" not in (out / "report.md").read_text()
+
+
+def test_the_heat_map_lists_many_configurations_down_not_across(tmp_path):
+    """12 configurations across made a 20-inch strip under a band of slanted labels."""
+    pytest.importorskip("matplotlib")
+    from multirnn import sweep_plots
+
+    sweep, _ = _partial_sweep()
+    rows = ["numpy", "torch/scratch"]
+    sweep["configurations"] = [{"index": i, "label": f"hidden={h}, batch-size={b}", "rows": rows}
+                               for i, (h, b) in enumerate((h, b) for h in (128, 256, 512) for b in (1, 16, 64, 256))]
+    sweep["speed"]["rows"] = [{"configuration": i, "row": r, "median": 1e4 * (k + 1), "ratio_to_fastest": (k + 1) / 2}
+                              for i in range(12) for k, r in enumerate(rows)]
+    sweep["partial"]["configurations"] = []
+    plt = _KeepFigures()
+    assert sweep_plots.speed_heatmap(sweep, tmp_path / "speed.png", plt)
+    fig = plt.figures[-1]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [c["label"] for c in sweep["configurations"]]
+    assert [t.get_text() for t in ax.get_xticklabels()] == rows
+    width, height = fig.get_size_inches()
+    assert height >= 0.4 * 12 and width < 10, (width, height)  # each configuration a line of its own
