@@ -565,6 +565,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "shapes": raw.get("shapes"),
         "lockstep": raw.get("lockstep"),
         "state_effects": raw.get("state_effects"),
+        "rounding_stretches": raw.get("rounding_stretches"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
         "seed_runs": raw.get("seed_runs") or [],

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,13 @@ def run(task: WorkerTask, progress: Channel) -> None:
                     result.setdefault("state_effects_error", f"{type(exc).__name__}: {exc}")
                 if effects is not None:
                     seen.append({"epoch": ckpt.epoch, **effects})
+            if config.dtype == "float32" and task.name == verdict.ORACLE:
+                # the oracle's own steps in float64: which steps rounding alone decides (verdict.rounding_limits)
+                try:
+                    result.setdefault("rounding_stretches", []).append(
+                        asdict(lockstep.rounding_stretch(oracle, config, data, ckpt)))
+                except Exception as exc:  # noqa: BLE001  (without it every step is judged, as before: strict, never lax)
+                    result.setdefault("rounding_stretches_error", f"{type(exc).__name__}: {exc}")
             lockstep.save_checkpoint(save_to, dataclasses.replace(ckpt, probe_refs=refs))
 
         try:

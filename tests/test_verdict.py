@@ -730,3 +730,37 @@ def test_an_update_the_probes_could_not_resolve_is_named_in_a_note():
         assert (v.unresolved_updates is not None) == named
     v = judge([REF, backend_row("jax", REF, [(1, 0, [1, 1, 1, 1])], [small])])
     assert any("moved W_hh 1.0e-05 of its size (at 1 checkpoint): so little" in n for n in v.notes), v.notes
+
+
+def _with_float64(ref, epoch, start, norm_factors):
+    """``ref`` with the oracle's float64 stretch at ``epoch``: its float32 norms times ``norm_factors``."""
+    n = len(norm_factors)
+    exact = {"epoch": epoch, "start_step": start, "loss": ref["step_loss"][start:start + n],
+             "grad_norm": [g * f for g, f in zip(ref["step_grad_norm"][start:start + n], norm_factors)]}
+    return {**ref, "rounding_stretches": [exact]}
+
+
+def test_steps_that_rounding_alone_decides_are_not_judged():
+    """--lr 50: one step from a checkpoint put a correct torch's gradient norm 2.7 % off the oracle's, and the
+    oracle itself lay 0.44 % off its own step in float64: both float32 roundings of a step rounding decides."""
+    # the oracle's second step of epoch 1 is 0.5 % off float64 (5x the band): judged up to the first step only
+    ref = _with_float64(REF, 1, 0, [1, 1.005, 1, 1])
+    off_later = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1])])
+    off_later["lockstep"]["stretches"][0]["grad_norm"] = [0.5, 0.6 * 1.027, 1.5, 0.7]
+    v = judge([ref, off_later])
+    assert v.backend("torch").status == "agrees", v.summary
+    assert v.rounding_limited["steps"] == 3 and v.rounding_limited["first_steps_judged"] == 1
+    assert (v.rounding_limited["worst"]["epoch"], v.rounding_limited["worst"]["step"]) == (1, 2)
+    note = next(n for n in v.notes if "rounding alone decides" in n)
+    assert "Those 3 steps were not judged" in note and "epoch 1, step 2" in note, note
+    # ... while a step before that point is held to the band as ever
+    off_first = backend_row("torch", ref, [(1, 0, [1 + 3e-3, 1, 1, 1])])
+    assert judge([ref, off_first]).backend("torch").status == "disagrees"
+    # ... and where float64 agrees with the oracle's float32 steps, every step is judged (the strict band)
+    exact = _with_float64(REF, 1, 0, [1, 1 + 1e-6, 1, 1])
+    strict = backend_row("torch", exact, [(1, 0, [1, 1, 1, 1])])
+    strict["lockstep"]["stretches"][0]["grad_norm"] = [0.5, 0.6 * 1.027, 1.5, 0.7]
+    v = judge([exact, strict])
+    assert v.backend("torch").status == "disagrees" and v.rounding_limited is None
+    # without the float64 record (an older run, or it failed), every step is judged too
+    assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]).rounding_limited is None
