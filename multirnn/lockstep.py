@@ -116,7 +116,8 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     arrays = {f"p:{k}": v for k, v in ckpt.params.items()}
     refs = None
     if ckpt.probe_refs is not None:
-        refs = {"norm": ckpt.probe_refs["norm"], "eval_loss": ckpt.probe_refs.get("eval_loss"), "steps": []}
+        refs = {"norm": ckpt.probe_refs["norm"], "eval_loss": ckpt.probe_refs.get("eval_loss"),
+                "eval_rounding": ckpt.probe_refs.get("eval_rounding"), "steps": []}
         for i, step in enumerate(ckpt.probe_refs["steps"]):
             refs["steps"].append({k: v for k, v in step.items() if k != "params"})
             arrays.update({f"r:{i}:{k}": v for k, v in step["params"].items()})
@@ -197,6 +198,10 @@ class Probe:
     # perplexities and predict run), against the oracle's
     eval_loss: float | None = None
     ref_eval_loss: float | None = None  # the oracle's, from the same weights and state
+    # how far the oracle's own float32 step lay from the same step in float64 (relative): {"loss",
+    # "grad_norm", "params": {name: of the update}}, and its forward loss (verdict.ROUNDING_FACTOR)
+    rounding: dict[str, Any] | None = None
+    eval_rounding: float | None = None
 
 
 def _generator(state: dict[str, Any]) -> np.random.Generator:
@@ -294,10 +299,46 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     for lr in lrs:
         for kind in PROBE_CLIP_FACTORS:
             # the unbounded half-lr step above is that lr's no-clip step (θ = 2 n does not clip either)
-            params, loss, _ = (unbounded if kind == "no-clip" and lr == half
-                               else _probe_step(oracle, config, ckpt, X, Y, _theta(kind, norm), lr))
-            steps.append({"kind": kind, "lr": lr, "loss": loss, "params": params})
-    return {"norm": norm, "eval_loss": _eval_loss(oracle, config, ckpt, X, Y), "steps": steps}
+            params, loss, step_norm = (unbounded if kind == "no-clip" and lr == half
+                                       else _probe_step(oracle, config, ckpt, X, Y, _theta(kind, norm), lr))
+            step = {"kind": kind, "lr": lr, "loss": loss, "params": params}
+            if config.dtype == "float32":
+                step["rounding"] = _step_rounding(oracle, config, ckpt, X, Y, _theta(kind, norm), lr,
+                                                  params, loss, step_norm)
+            steps.append(step)
+    eval_loss = _eval_loss(oracle, config, ckpt, X, Y)
+    refs = {"norm": norm, "eval_loss": eval_loss, "steps": steps}
+    if config.dtype == "float32":
+        eval64 = _eval_loss(oracle, dataclasses.replace(config, dtype="float64"), _as64(ckpt), X, Y)
+        refs["eval_rounding"] = _rel(eval_loss, eval64)
+    return refs
+
+
+def _as64(ckpt: Checkpoint) -> Checkpoint:
+    return dataclasses.replace(ckpt, params={k: np.asarray(v, dtype=np.float64) for k, v in ckpt.params.items()})
+
+
+def _rel(got: float, exact: float) -> float:
+    """Relative distance, inf where either is not finite (no band can judge it)."""
+    d = agreement.relative_error(float(got), float(exact))
+    return d if math.isfinite(d) else math.inf
+
+
+def _step_rounding(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
+                   theta: float, lr: float, params: dict[str, np.ndarray], loss: float, norm: float) -> dict[str, Any]:
+    """How far the oracle's float32 probe step (``params``, ``loss``, ``norm``) lay from the same step in
+    float64 from the same weights: its loss, gradient norm and each parameter's update, relative. Where it
+    is large, rounding alone moves the step, and the verdict widens those bands (verdict.ROUNDING_FACTOR):
+    at --lr 20 with hidden 8 the oracle's own float32 W_hh gradient lay 3.4e-3 from float64 (it cancels to
+    1.9e-5 of the whole), and a correct torch's probe update 4.0e-3 off it failed the 1.2e-3 band."""
+    c64 = _as64(ckpt)
+    p64, loss64, norm64 = _probe_step(oracle, dataclasses.replace(config, dtype="float64"), c64, X, Y, theta, lr)
+    out: dict[str, Any] = {"loss": _rel(loss, loss64), "grad_norm": _rel(norm, norm64), "params": {}}
+    for k, before in c64.params.items():
+        update = p64[k].astype(np.float64) - before
+        diff, size = _norm(params[k].astype(np.float64) - before - update), _norm(update)
+        out["params"][k] = diff / size if size > 0 and math.isfinite(diff) else (0.0 if diff == 0 else math.inf)
+    return out
 
 
 def _eval_loss(be: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray) -> float:
@@ -383,13 +424,14 @@ def run_probes(backend: Backend, oracle: Backend, config: TrainConfig, data: Tra
             diff = _norm(got[k].astype(np.float64) - ref64) if k in got else math.inf
             per_param[k] = [diff, _norm(ref64 - before64), _norm(ref64)]
         probes.append(Probe(ckpt.epoch, step["kind"], step["lr"], theta, loss, step["loss"], got_norm,
-                            refs["norm"], per_param))
+                            refs["norm"], per_param, rounding=step.get("rounding")))
     # The forward path is code of its own in most backends (no gradients, often a separate graph or
     # jit), and the rest of the verdict reads training losses only: a wrong one left a validation
     # perplexity 16 % off beside "agrees".
     eval_loss = _eval_loss(backend, config, ckpt, X, Y)
     for probe in probes:  # every probe starts from the same weights and state: the same forward pass
         probe.eval_loss, probe.ref_eval_loss = eval_loss, refs.get("eval_loss")
+        probe.eval_rounding = refs.get("eval_rounding")
     return probes
 
 

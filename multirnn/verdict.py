@@ -177,6 +177,9 @@ class Verdict:
     # "steps", "not_judged" (losses and norms whose band would be 100 % or more), "widest": {"global_step",
     # "epoch", "step", "what", "rounding", "band"}}; None if none was.
     rounding_limited: Mapping[str, Any] | None = None
+    # The same for the probe steps and forward passes (their loss, gradient norm and each update):
+    # {"checkpoints", "widened", "not_judged"} (counts of checks); None if no band widened.
+    probe_rounding: Mapping[str, Any] | None = None
     # The reference's longest epoch in steps where it is longer than a stretch (lockstep.MAX_STRETCH_STEPS):
     # stretches then covered only its first steps. None otherwise.
     long_epoch_steps: int | None = None
@@ -271,6 +274,36 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None,
         out[epoch] = {"loss": np.median([x[0][:n] for x in items], axis=0).tolist(),
                       "grad_norm": np.median([x[1][:n] for x in items], axis=0).tolist(), "start": items[0][2]}
     return out
+
+
+def probe_rounding(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[str, int] | None:
+    """How many probe and forward-pass checks had their band widened by rounding (:func:`_rounded_band`),
+    and how many were not judged, by the oracle's references (the same in every row's records)."""
+    probes = next((ps for r in rows if (ps := (r.get("lockstep") or {}).get("probes"))), [])
+    widened = unjudged = 0
+    epochs = set()
+    seen_forward = set()
+    for p in probes:
+        rnd = p.get("rounding") or {}
+        items = [(STEP_RTOL[dtype], rnd.get("loss")), (NORM_RTOL[dtype], rnd.get("grad_norm")),
+                 *((PROBE_RTOL[dtype], r) for r in (rnd.get("params") or {}).values())]
+        if p["epoch"] not in seen_forward:  # one forward pass per checkpoint
+            seen_forward.add(p["epoch"])
+            items.append((STEP_RTOL[dtype], p.get("eval_rounding")))
+        for band, r in items:
+            wide = _rounded_band(band, r)
+            if wide > band:
+                widened += 1
+                unjudged += wide >= 1.0
+                epochs.add(p["epoch"])
+    return {"checkpoints": len(epochs), "widened": widened, "not_judged": unjudged} if widened else None
+
+
+def _rounded_band(band: float, rounding: Any) -> float:
+    """``band``, or ROUNDING_FACTOR x how far the oracle's own float32 value lay from float64 (``rounding``,
+    None where not measured) where that is wider; 1 or more means the value is not judged."""
+    r = _num(rounding) if rounding is not None else 0.0
+    return max(band, ROUNDING_FACTOR * r) if math.isfinite(r) else math.inf
 
 
 def rounding_envelope(ref: Mapping[str, Any], exact: Mapping[str, Any]) -> dict[str, list[float]]:
@@ -413,18 +446,23 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
         probe_ratio = 0.0
         found: list[Crossing] = []  # this checkpoint's forward and probe checks outside their bands, in order
         fwd = next(iter(probes.get(epoch, [])), None)  # every probe of a checkpoint records the same forward loss
-        if fwd is not None and "eval_loss" in fwd and math.isfinite(_num(fwd["ref_eval_loss"])):
+        fwd_band = _rounded_band(rtol, fwd.get("eval_rounding")) if fwd is not None else rtol
+        if fwd is not None and "eval_loss" in fwd and math.isfinite(_num(fwd["ref_eval_loss"])) and fwd_band < 1.0:
             # the forward pass from the checkpoint's weights (no step, no clipping): its own crossing, against
             # the oracle's own forward pass (the same float64 loss of the logits)
             dev = agreement.relative_error(_num(fwd["eval_loss"]), _num(fwd["ref_eval_loss"]))  # null (NaN): outside
-            probe_ratio = dev / rtol if math.isfinite(dev) else math.inf
-            if not dev <= rtol:
+            probe_ratio = dev / fwd_band if math.isfinite(dev) else math.inf
+            if not dev <= fwd_band:
                 found.append(Crossing(epoch, None, "loss of its forward pass from the checkpoint's weights "
-                                      "(evaluate_loss: validation and --eval-text perplexities, predict)", dev, rtol))
+                                      "(evaluate_loss: validation and --eval-text perplexities, predict)", dev,
+                                      fwd_band))
         for p in probes.get(epoch, []):
             # Only what the oracle's own probe step gave finite can hold a row to a band: where its loss, norm or
             # update overflowed (an lr near the dtype's largest number), the row is not blamed for its own.
-            checks = [(what, agreement.relative_error(_num(p[key]), _num(p[f"ref_{key}"])), tol)
+            # Where rounding alone moves the oracle's own probe step (p["rounding"], from float64), each band is
+            # widened as a stretch's is, and not judged from 100 % on (ROUNDING_FACTOR).
+            rnd = p.get("rounding") or {}
+            checks = [(what, agreement.relative_error(_num(p[key]), _num(p[f"ref_{key}"])), _rounded_band(tol, rnd.get(key)))
                       for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol))
                       if math.isfinite(_num(p[f"ref_{key}"]))]
             for k, (diff, update, size) in p["params"].items():
@@ -435,7 +473,8 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                     checks.append((f"{k} update", math.inf, prtol))  # a NaN update is outside any band
                     continue
                 if update > 0:  # |diff| <= prtol |update| + rounding |param|, in units of the update
-                    checks.append((f"{k} update", diff / update, prtol + rounding * size / update))
+                    checks.append((f"{k} update", diff / update,
+                                   _rounded_band(prtol + rounding * size / update, rnd.get("params", {}).get(k))))
                 elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
                     # (an infinite band here passed any change at all to a parameter the step must not move)
                     checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding))
@@ -443,7 +482,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                     checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff,
                                    TINY[dtype]))
             outside = []
-            for what, dev, allowed in checks:
+            for what, dev, allowed in [c for c in checks if c[2] < 1.0]:  # 100 % or more: rounding decides it
                 ratio = dev / allowed if allowed > 0 else (0.0 if dev == 0 else math.inf)
                 probe_ratio = max(probe_ratio, ratio if math.isfinite(ratio) else math.inf)
                 if not dev <= allowed:
@@ -546,7 +585,8 @@ def judge(
                 independent_rtol=agreement.INDEPENDENT_RTOL if init == "independent" else
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
                 state_effects=largest_state_effects(ran), unresolved_updates=unresolved_updates(ran, dtype),
-                reference_diverged=None, long_epoch_steps=None, rounding_limited=None)
+                reference_diverged=None, long_epoch_steps=None, rounding_limited=None,
+                probe_rounding=probe_rounding(ran, dtype))
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -997,6 +1037,12 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             + (f"; {lim['not_judged']} of those losses and gradient norms, where that band would be 100 % or more, "
                "were not judged" if lim["not_judged"] else "")
             + ". --dtype float64 holds every step to its fixed band")
+    if has_lockstep and (pr := base.get("probe_rounding")) and status != "not-judged":
+        notes.append(f"rounding alone moves some probe steps too: at {plural(pr['checkpoints'], 'checkpoint')} the "
+                     f"oracle's own float32 probe step or forward pass lay farther from float64 than a "
+                     f"{ROUNDING_FACTOR}th of a band, and {pr['widened']} of their checks (loss, gradient norm, an "
+                     f"update) were held to {ROUNDING_FACTOR}x that distance instead"
+                     + (f", {pr['not_judged']} of them not judged (100 % or more)" if pr["not_judged"] else ""))
     unresolved = _unresolved_note(base.get("unresolved_updates"), base["dtype"]) if has_lockstep else None
     if unresolved and status != "not-judged" and any(b.status == "agrees" for b in backends):
         notes.append(unresolved)

@@ -782,3 +782,21 @@ def test_where_rounding_alone_moves_a_step_its_band_is_wider():
     assert v.backend("torch").status == "disagrees" and v.rounding_limited is None
     # without the float64 record (an older run, or it failed), too
     assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]).rounding_limited is None
+
+
+def test_a_probe_that_rounding_moves_is_held_to_a_wider_band():
+    """--lr 20, hidden 8: the oracle's own float32 W_hh gradient lay 3.4e-3 from float64 (it cancels to 1.9e-5
+    of the whole), and a correct torch's probe update 4.0e-3 off the oracle's failed the 1.2e-3 band."""
+    p = probe(1, diff=4e-5, update=1e-2, size=1.0)  # 4e-3 of the update
+    assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("torch").status == "disagrees"
+    p["rounding"] = {"loss": 0.0, "grad_norm": 0.0, "params": {"W_hh": 3.4e-3}}
+    v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])])
+    assert v.backend("torch").status == "agrees" and v.probe_rounding == {"checkpoints": 1, "widened": 1, "not_judged": 0}
+    assert any("rounding alone moves some probe steps" in n for n in v.notes), v.notes
+    # a wrong update is still far outside it (a transposed W_hh moved it 1.4x its size)
+    p["params"]["W_hh"][0] = 1.4e-2
+    assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("torch").status == "disagrees"
+    # where the oracle's update is 2 % or more off float64 (a band of 100 %), the update is not judged
+    p["rounding"]["params"]["W_hh"] = 0.03
+    v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])])
+    assert v.backend("torch").status == "agrees" and v.probe_rounding["not_judged"] == 1
