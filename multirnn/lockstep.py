@@ -198,8 +198,9 @@ class Probe:
     # perplexities and predict run), against the oracle's
     eval_loss: float | None = None
     ref_eval_loss: float | None = None  # the oracle's, from the same weights and state
-    # how far the oracle's own float32 step lay from the same step in float64 (relative): {"loss",
-    # "grad_norm", "params": {name: of the update}}, and its forward loss (verdict.ROUNDING_FACTOR)
+    # how far the oracle's own float32 step lay from the same step in float64: {"loss", "grad_norm"
+    # (relative), "params": {name: [|update - float64 update|, |float64 update|]}}, and its forward
+    # loss's (relative; verdict.ROUNDING_FACTOR)
     rounding: dict[str, Any] | None = None
     eval_rounding: float | None = None
 
@@ -336,8 +337,9 @@ def _step_rounding(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np
     out: dict[str, Any] = {"loss": _rel(loss, loss64), "grad_norm": _rel(norm, norm64), "params": {}}
     for k, before in c64.params.items():
         update = p64[k].astype(np.float64) - before
-        diff, size = _norm(params[k].astype(np.float64) - before - update), _norm(update)
-        out["params"][k] = diff / size if size > 0 and math.isfinite(diff) else (0.0 if diff == 0 else math.inf)
+        # [|float32 update - float64 update|, |float64 update|]: the verdict takes out the rounding of the
+        # parameter itself, which its band allows for already
+        out["params"][k] = [_norm(params[k].astype(np.float64) - before - update), _norm(update)]
     return out
 
 

@@ -286,7 +286,8 @@ def probe_rounding(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[str, i
     for p in probes:
         rnd = p.get("rounding") or {}
         items = [(STEP_RTOL[dtype], rnd.get("loss")), (NORM_RTOL[dtype], rnd.get("grad_norm")),
-                 *((PROBE_RTOL[dtype], r) for r in (rnd.get("params") or {}).values())]
+                 *((PROBE_RTOL[dtype], _update_rounding(rnd, k, _num(v[2]), ROUNDING[dtype]))
+                   for k, v in p["params"].items() if k in (rnd.get("params") or {}))]
         if p["epoch"] not in seen_forward:  # one forward pass per checkpoint
             seen_forward.add(p["epoch"])
             items.append((STEP_RTOL[dtype], p.get("eval_rounding")))
@@ -297,6 +298,19 @@ def probe_rounding(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[str, i
                 unjudged += wide >= 1.0
                 epochs.add(p["epoch"])
     return {"checkpoints": len(epochs), "widened": widened, "not_judged": unjudged} if widened else None
+
+
+def _update_rounding(rnd: Mapping[str, Any], k: str, size: float, rounding: float) -> float | None:
+    """How far the oracle's own float32 update of ``k`` lay from float64, relative to it, beyond the
+    rounding of the parameter (``rounding`` x ``size``), which the probe band allows for already."""
+    rec = (rnd.get("params") or {}).get(k)
+    if rec is None:
+        return None
+    diff, update = _num(rec[0]), _num(rec[1])
+    if not (math.isfinite(diff) and math.isfinite(update)):
+        return math.inf
+    beyond = max(0.0, diff - rounding * _num(size))
+    return beyond / update if update > 0 else (0.0 if beyond == 0 else math.inf)
 
 
 def _rounded_band(band: float, rounding: Any) -> float:
@@ -474,7 +488,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                     continue
                 if update > 0:  # |diff| <= prtol |update| + rounding |param|, in units of the update
                     checks.append((f"{k} update", diff / update,
-                                   _rounded_band(prtol + rounding * size / update, rnd.get("params", {}).get(k))))
+                                   _rounded_band(prtol + rounding * size / update, _update_rounding(rnd, k, size, rounding))))
                 elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
                     # (an infinite band here passed any change at all to a parameter the step must not move)
                     checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding))

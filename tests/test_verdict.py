@@ -789,7 +789,7 @@ def test_a_probe_that_rounding_moves_is_held_to_a_wider_band():
     of the whole), and a correct torch's probe update 4.0e-3 off the oracle's failed the 1.2e-3 band."""
     p = probe(1, diff=4e-5, update=1e-2, size=1.0)  # 4e-3 of the update
     assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("torch").status == "disagrees"
-    p["rounding"] = {"loss": 0.0, "grad_norm": 0.0, "params": {"W_hh": 3.4e-3}}
+    p["rounding"] = {"loss": 0.0, "grad_norm": 0.0, "params": {"W_hh": [3.4e-5, 1e-2]}}  # 3.4e-3 of the update
     v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])])
     assert v.backend("torch").status == "agrees" and v.probe_rounding == {"checkpoints": 1, "widened": 1, "not_judged": 0}
     assert any("rounding alone moves some probe steps" in n for n in v.notes), v.notes
@@ -797,6 +797,6 @@ def test_a_probe_that_rounding_moves_is_held_to_a_wider_band():
     p["params"]["W_hh"][0] = 1.4e-2
     assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])]).backend("torch").status == "disagrees"
     # where the oracle's update is 2 % or more off float64 (a band of 100 %), the update is not judged
-    p["rounding"]["params"]["W_hh"] = 0.03
+    p["rounding"]["params"]["W_hh"] = [3e-4, 1e-2]
     v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])])
     assert v.backend("torch").status == "agrees" and v.probe_rounding["not_judged"] == 1
