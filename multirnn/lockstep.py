@@ -229,7 +229,7 @@ def rounding_stretch(oracle: Backend, config: TrainConfig, data: TrainingData, c
     steps its float32 run takes there, nearly without rounding. Where the float32 steps lie far from these,
     rounding alone decides them, and a correct backend (another rounding of the same steps) can lie as far
     from the oracle: at --lr 50 one step from a checkpoint moved a correct torch's gradient norm 2.7 % off
-    the oracle's, both being float32 roundings of the same step (see verdict.rounding_limits)."""
+    the oracle's, both being float32 roundings of the same step (see verdict.ROUNDING_FACTOR)."""
     params = {k: np.asarray(v, dtype=np.float64) for k, v in ckpt.params.items()}
     return run_stretch(oracle, dataclasses.replace(config, dtype="float64"), data,
                        dataclasses.replace(ckpt, params=params))

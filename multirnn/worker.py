@@ -332,7 +332,7 @@ def run(task: WorkerTask, progress: Channel) -> None:
                 if effects is not None:
                     seen.append({"epoch": ckpt.epoch, **effects})
             if config.dtype == "float32" and task.name == verdict.ORACLE:
-                # the oracle's own steps in float64: which steps rounding alone decides (verdict.rounding_limits)
+                # the oracle's own steps in float64: which steps rounding alone decides (verdict.ROUNDING_FACTOR)
                 try:
                     result.setdefault("rounding_stretches", []).append(
                         asdict(lockstep.rounding_stretch(oracle, config, data, ckpt)))

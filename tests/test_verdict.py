@@ -744,7 +744,7 @@ def test_where_rounding_alone_moves_a_step_its_band_is_wider():
     """--lr 50: one step from a checkpoint put a correct torch's gradient norm 2.7 % off the oracle's, and the
     oracle itself lay 0.44 % off its own step in float64: both float32 roundings of a step rounding decides.
     There the band is ROUNDING_FACTOR x the oracle's distance from float64; everywhere else the fixed band."""
-    # the oracle's second gradient norm of epoch 1 is 0.5 % off float64: from there its norm band is 50 x 0.5 %
+    # the oracle's second gradient norm of epoch 1 is 0.5 % off float64: from there its norm band is 100 x 0.5 %
     ref = _with_float64(REF, 1, 0, [1, 1.005, 1, 1])
     off_later = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1])])
     off_later["lockstep"]["stretches"][0]["grad_norm"] = [0.5, 0.6 * 1.027, 1.5, 0.7]
@@ -753,9 +753,9 @@ def test_where_rounding_alone_moves_a_step_its_band_is_wider():
     lim = v.rounding_limited
     assert lim["steps"] == 3 and lim["checkpoints"] == 1 and lim["of"] == 1
     assert (lim["widest"]["epoch"], lim["widest"]["step"], lim["widest"]["what"]) == (1, 2, "grad norm")
-    assert lim["widest"]["band"] == pytest.approx(50 * 0.005 / 1.005, rel=1e-6)
+    assert lim["widest"]["band"] == pytest.approx(100 * 0.005 / 1.005, rel=1e-6)
     note = next(n for n in v.notes if "rounding alone moves" in n)
-    assert "at 3 steps, the widest at epoch 1, step 2: grad norm 0.25" in note, note
+    assert "at 3 steps, the widest at epoch 1, step 2: grad norm 0.5" in note, note
     # a bug far outside what rounding explains is still caught there (StateResetEveryMinibatch: 22x off)
     bug = backend_row("torch", ref, [(1, 0, [1, 1, 1, 1])])
     bug["lockstep"]["stretches"][0]["grad_norm"] = [0.5, 0.6 * 22, 1.5, 0.7]
@@ -774,6 +774,10 @@ def test_where_rounding_alone_moves_a_step_its_band_is_wider():
     assert "3 of those losses and gradient norms" in next(n for n in v.notes if "rounding alone moves" in n)
     wild["lockstep"]["stretches"][0]["loss"][1] *= 1.01
     assert judge([chaos, wild]).backend("torch").status == "disagrees"
+    # ... and a value that is not finite where the oracle's is fails there still (the reviewer's NaN)
+    broken = backend_row("torch", chaos, [(1, 0, [1, 1, 1, 1])])
+    broken["lockstep"]["stretches"][0]["grad_norm"] = [0.5, float("nan"), 1.5, 0.7]
+    assert judge([chaos, broken]).backend("torch").status == "disagrees"
     # where float64 agrees with the oracle's float32 steps, every band is the fixed one
     exact = _with_float64(REF, 1, 0, [1, 1 + 1e-6, 1, 1])
     strict = backend_row("torch", exact, [(1, 0, [1, 1, 1, 1])])
@@ -800,3 +804,14 @@ def test_a_probe_that_rounding_moves_is_held_to_a_wider_band():
     p["rounding"]["params"]["W_hh"] = [3e-4, 1e-2]
     v = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [p])])
     assert v.backend("torch").status == "agrees" and v.probe_rounding["not_judged"] == 1
+
+
+def test_a_tiny_updates_fixed_band_is_judged_however_wide():
+    """The rounding guard's 'not judged from 100 %' also dropped fixed bands of 1 or more (an update under
+    ~2 ulp of its parameter: the half-lr pair at a small lr), and a weight decay of 1e-6 per step not scaled
+    by lr agreed at --lr 1e-5 (the reviewer's FixedWeightDecay): it must stay 'disagrees'."""
+    p = probe(1, diff=1e-5, update=1e-8, size=1.0)  # band 1e-3 + 2.4e-7 / 1e-8 = 24: 1000x the update off
+    for rounding in (None, {"loss": 0.0, "grad_norm": 0.0, "params": {"W_hh": [0.0, 1e-8]}}):
+        q = {**p, **({"rounding": rounding} if rounding else {})}
+        b = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [q])]).backend("torch")
+        assert b.status == "disagrees" and "band 2.4e+01" in b.reason, b.reason
