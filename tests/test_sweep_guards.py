@@ -587,9 +587,9 @@ def test_a_stop_while_the_executor_closes_still_writes_the_aggregate(tmp_path, m
     assert all((out / f).is_file() for f in ("report.md", "sweep.json", "cells.csv"))
 
 
-def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregate(tmp_path, monkeypatch, capsys):
-    """With the signals deferred while the executor closed, a ray.shutdown() that hung could be ended only
-    by SIGKILL, and the aggregate was lost. A second signal now stops waiting for it."""
+def _sweep_whose_close_hangs(monkeypatch, out: Path) -> list[int]:
+    """Run the sweep with an executor close that hangs after two Ctrl-Cs (a ray.shutdown() that never
+    returns); returns the codes os._exit was called with (it raises instead, or pytest would end too)."""
     import os
     import signal as signal_mod
     import threading
@@ -602,7 +602,7 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
 
     def hanging_close(self):
         os.kill(os.getpid(), signal_mod.SIGINT)
-        time.sleep(0.5)
+        time.sleep(0.5)  # two signals at once are one (POSIX does not queue them)
         os.kill(os.getpid(), signal_mod.SIGINT)
         released.wait(60)  # a shutdown that does not return while the test looks
         close(self)
@@ -614,12 +614,11 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
 
     def fake_exit(code: int) -> None:
         exits.append(code)
-        raise Left  # os._exit would end pytest too
+        raise Left
 
     monkeypatch.setattr(sweep_exec.LocalExecutor, "close", hanging_close)
     monkeypatch.setattr(os, "_exit", fake_exit)
     handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGINT, signal_mod.SIGTERM, signal_mod.SIGHUP)}
-    out = tmp_path / "sweep"
     try:
         with pytest.raises(Left):
             sweep_cli.main([*BASE, "--out", str(out)])
@@ -627,6 +626,14 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
         released.set()
         for s, h in handlers.items():
             signal_mod.signal(s, h)
+    return exits
+
+
+def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregate(tmp_path, monkeypatch, capsys):
+    """With the signals deferred while the executor closed, a ray.shutdown() that hung could be ended only
+    by SIGKILL, and the aggregate was lost. A second signal now stops waiting for it."""
+    out = tmp_path / "sweep"
+    exits = _sweep_whose_close_hangs(monkeypatch, out)
     err = capsys.readouterr().err
     assert exits == [130], err
     assert "a second signal stops waiting" in err and "no longer waiting for the executor" in err, err
@@ -636,46 +643,13 @@ def test_a_second_stop_abandons_a_close_that_hangs_and_still_writes_the_aggregat
 def test_a_failure_after_an_abandoned_close_still_leaves(tmp_path, monkeypatch, capsys):
     """An exception once the close was given up on (a full disk while the aggregate was written) ended
     the interpreter normally, and Ray's exit hook waited for the same hung shutdown: only SIGKILL ended it."""
-    import os
-    import signal as signal_mod
-    import threading
-    import time
-
-    from multirnn import sweep_exec, sweep_report
-
-    close = sweep_exec.LocalExecutor.close
-    released = threading.Event()
-
-    def hanging_close(self):
-        os.kill(os.getpid(), signal_mod.SIGINT)
-        time.sleep(0.5)  # two signals at once are one (POSIX does not queue them)
-        os.kill(os.getpid(), signal_mod.SIGINT)
-        released.wait(60)
-        close(self)
+    from multirnn import sweep_report
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    class Left(BaseException):
-        pass
-
-    exits: list[int] = []
-
-    def fake_exit(code: int) -> None:
-        exits.append(code)
-        raise Left
-
-    monkeypatch.setattr(sweep_exec.LocalExecutor, "close", hanging_close)
     monkeypatch.setattr(sweep_report, "aggregate", full_disk)
-    monkeypatch.setattr(os, "_exit", fake_exit)
-    handlers = {s: signal_mod.getsignal(s) for s in (signal_mod.SIGINT, signal_mod.SIGTERM, signal_mod.SIGHUP)}
-    try:
-        with pytest.raises(Left):
-            sweep_cli.main([*BASE, "--out", str(tmp_path / "sweep")])
-    finally:
-        released.set()
-        for s, h in handlers.items():
-            signal_mod.signal(s, h)
+    exits = _sweep_whose_close_hangs(monkeypatch, tmp_path / "sweep")
     err = capsys.readouterr().err
     assert exits == [1], err
     assert "No space left on device" in err, err
