@@ -566,6 +566,7 @@ def result_row(raw: dict[str, Any]) -> dict[str, Any]:
         "lockstep": raw.get("lockstep"),
         "state_effects": raw.get("state_effects"),
         "rounding_stretches": raw.get("rounding_stretches"),
+        "rounding_stretches_error": raw.get("rounding_stretches_error"),
         "samples": raw.get("samples") or {},
         "eval_perplexity": raw.get("eval_perplexity"),
         "seed_runs": raw.get("seed_runs") or [],

@@ -181,6 +181,9 @@ class Verdict:
     # The same for the probe steps and forward passes (their loss, gradient norm and each update):
     # {"checkpoints", "widened", "not_judged"} (counts of checks); None if no band widened.
     probe_rounding: Mapping[str, Any] | None = None
+    # Why the oracle's float64 stretches are missing, where computing them failed (then every stretch
+    # step is held to its fixed band); None otherwise.
+    rounding_error: str | None = None
     # The reference's longest epoch in steps where it is longer than a stretch (lockstep.MAX_STRETCH_STEPS):
     # stretches then covered only its first steps. None otherwise.
     long_epoch_steps: int | None = None
@@ -607,7 +610,8 @@ def judge(
                 FRAMEWORK_INIT_RTOL if init == "framework" else None,
                 state_effects=largest_state_effects(ran), unresolved_updates=unresolved_updates(ran, dtype),
                 reference_diverged=None, long_epoch_steps=None, rounding_limited=None,
-                probe_rounding=probe_rounding(ran, dtype))
+                probe_rounding=probe_rounding(ran, dtype),
+                rounding_error=(ref_row or {}).get("rounding_stretches_error"))
     verdicts: list[BackendVerdict] = []
     for r in rows:
         if not _ran(r):
@@ -1063,6 +1067,9 @@ def _assemble(backends: tuple[BackendVerdict, ...], has_lockstep: bool, base: di
             + (f"; {lim['not_judged']} of those losses and gradient norms, where that band would be 100 % or more, "
                "were not judged" if lim["not_judged"] else "")
             + ". --dtype float64 holds every step to its fixed band")
+    if has_lockstep and (failed := base.get("rounding_error")):
+        notes.append(f"the oracle's float64 stretches failed ({failed}): every re-anchored step was held to its fixed "
+                     "band, where rounding alone may move a correct row out of it at a large lr")
     if has_lockstep and (pr := base.get("probe_rounding")) and status != "not-judged":
         notes.append(f"rounding alone moves some probe steps too: at {plural(pr['checkpoints'], 'checkpoint')} the "
                      f"oracle's own float32 probe step or forward pass lay farther from float64 than a "

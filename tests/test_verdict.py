@@ -815,3 +815,13 @@ def test_a_tiny_updates_fixed_band_is_judged_however_wide():
         q = {**p, **({"rounding": rounding} if rounding else {})}
         b = judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])], [q])]).backend("torch")
         assert b.status == "disagrees" and "band 2.4e+01" in b.reason, b.reason
+
+
+def test_a_failed_float64_stretch_is_said():
+    """Without the oracle's float64 stretches every step keeps its fixed band: correct code at a large lr may
+    then leave it, and the user must know why no band widened."""
+    ref = {**REF, "rounding_stretches_error": "MemoryError: "}
+    v = judge([ref, backend_row("torch", ref, [(1, 0, [1, 1, 1, 1])])])
+    assert v.rounding_error == "MemoryError: "
+    assert any("the oracle's float64 stretches failed (MemoryError: )" in n for n in v.notes), v.notes
+    assert judge([REF, backend_row("torch", REF, [(1, 0, [1, 1, 1, 1])])]).rounding_error is None
