@@ -230,9 +230,7 @@ def rounding_stretch(oracle: Backend, config: TrainConfig, data: TrainingData, c
     rounding alone decides them, and a correct backend (another rounding of the same steps) can lie as far
     from the oracle: at --lr 50 one step from a checkpoint moved a correct torch's gradient norm 2.7 % off
     the oracle's, both being float32 roundings of the same step (see verdict.ROUNDING_FACTOR)."""
-    params = {k: np.asarray(v, dtype=np.float64) for k, v in ckpt.params.items()}
-    return run_stretch(oracle, dataclasses.replace(config, dtype="float64"), data,
-                       dataclasses.replace(ckpt, params=params))
+    return run_stretch(oracle, dataclasses.replace(config, dtype="float64"), data, _as64(ckpt))
 
 
 def _first_batch(config: TrainConfig, data: TrainingData, ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +249,7 @@ def _grads64(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarr
     """The checkpoint's weights and the oracle's gradients there, both in float64. An update measured as
     ``after - before`` is rounded to the parameter: in float32 every update of --lr 1e-9 was 0 and asked
     for no raise (a backend that never updated W_hh agreed), and in float64 those of --lr 1e-20 were."""
-    params = {k: v.astype(np.float64) for k, v in ckpt.params.items()}
+    params = _as64(ckpt).params
     state = oracle.init_state(X.shape[0], config.num_hiddens, "float64")
     _, grads, _ = oracle.loss_and_grads(oracle.params_from_numpy(params), X, Y, state)
     return params, {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
@@ -296,6 +294,9 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
     lrs = [half]
     if (raised := probe_lr(config, *_grads64(oracle, config, ckpt, X, Y), norm)) != half:
         lrs.append(raised)
+    # float32 runs: each step and the forward pass again in float64, from the same weights (how far
+    # rounding alone moved the oracle's own: verdict.ROUNDING_FACTOR)
+    exact = (dataclasses.replace(config, dtype="float64"), _as64(ckpt)) if config.dtype == "float32" else None
     steps = []
     for lr in lrs:
         for kind in PROBE_CLIP_FACTORS:
@@ -303,15 +304,14 @@ def probe_references(oracle: Backend, config: TrainConfig, data: TrainingData, c
             params, loss, step_norm = (unbounded if kind == "no-clip" and lr == half
                                        else _probe_step(oracle, config, ckpt, X, Y, _theta(kind, norm), lr))
             step = {"kind": kind, "lr": lr, "loss": loss, "params": params}
-            if config.dtype == "float32":
-                step["rounding"] = _step_rounding(oracle, config, ckpt, X, Y, _theta(kind, norm), lr,
-                                                  params, loss, step_norm)
+            if exact:
+                step["rounding"] = _step_rounding(oracle, *exact, X, Y, _theta(kind, norm), lr, params, loss,
+                                                  step_norm)
             steps.append(step)
     eval_loss = _eval_loss(oracle, config, ckpt, X, Y)
     refs = {"norm": norm, "eval_loss": eval_loss, "steps": steps}
-    if config.dtype == "float32":
-        eval64 = _eval_loss(oracle, dataclasses.replace(config, dtype="float64"), _as64(ckpt), X, Y)
-        refs["eval_rounding"] = _rel(eval_loss, eval64)
+    if exact:
+        refs["eval_rounding"] = _rel(eval_loss, _eval_loss(oracle, *exact, X, Y))
     return refs
 
 
@@ -325,15 +325,15 @@ def _rel(got: float, exact: float) -> float:
     return d if math.isfinite(d) else math.inf
 
 
-def _step_rounding(oracle: Backend, config: TrainConfig, ckpt: Checkpoint, X: np.ndarray, Y: np.ndarray,
+def _step_rounding(oracle: Backend, config64: TrainConfig, c64: Checkpoint, X: np.ndarray, Y: np.ndarray,
                    theta: float, lr: float, params: dict[str, np.ndarray], loss: float, norm: float) -> dict[str, Any]:
     """How far the oracle's float32 probe step (``params``, ``loss``, ``norm``) lay from the same step in
-    float64 from the same weights: its loss, gradient norm and each parameter's update, relative. Where it
-    is large, rounding alone moves the step, and the verdict widens those bands (verdict.ROUNDING_FACTOR):
-    at --lr 20 with hidden 8 the oracle's own float32 W_hh gradient lay 3.4e-3 from float64 (it cancels to
-    1.9e-5 of the whole), and a correct torch's probe update 4.0e-3 off it failed the 1.2e-3 band."""
-    c64 = _as64(ckpt)
-    p64, loss64, norm64 = _probe_step(oracle, dataclasses.replace(config, dtype="float64"), c64, X, Y, theta, lr)
+    float64 (``config64`` from the checkpoint ``c64``, both in float64): its loss, gradient norm and each
+    parameter's update. Where it is large, rounding alone moves the step, and the verdict widens those
+    bands (verdict.ROUNDING_FACTOR): at --lr 20 with hidden 8 the oracle's own float32 W_hh gradient lay
+    3.4e-3 from float64 (it cancels to 1.9e-5 of the whole), and a correct torch's probe update 4.0e-3 off
+    it failed the 1.2e-3 band."""
+    p64, loss64, norm64 = _probe_step(oracle, config64, c64, X, Y, theta, lr)
     out: dict[str, Any] = {"loss": _rel(loss, loss64), "grad_norm": _rel(norm, norm64), "params": {}}
     for k, before in c64.params.items():
         update = p64[k].astype(np.float64) - before
