@@ -280,27 +280,24 @@ def stretch_reference(rows: Sequence[Mapping[str, Any]], reference: str | None,
     return out
 
 
+def _reference_probes(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One row's probe records: their oracle side (references, rounding) is the same in every row's."""
+    return next((ps for r in rows if (ps := (r.get("lockstep") or {}).get("probes"))), [])
+
+
 def probe_rounding(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[str, int] | None:
-    """How many probe and forward-pass checks had their band widened by rounding (:func:`_rounded_band`),
-    and how many were not judged, by the oracle's references (the same in every row's records)."""
-    probes = next((ps for r in rows if (ps := (r.get("lockstep") or {}).get("probes"))), [])
+    """How many probe and forward-pass checks had their band widened by rounding (:func:`_probe_checks`,
+    :func:`_rounded_band`), and how many of those were not judged, by the oracle's references."""
     widened = unjudged = 0
     epochs = set()
-    seen_forward = set()
-    for p in probes:
-        rnd = p.get("rounding") or {}
-        items = [(STEP_RTOL[dtype], rnd.get("loss")), (NORM_RTOL[dtype], rnd.get("grad_norm")),
-                 *((PROBE_RTOL[dtype] + ROUNDING[dtype] * _num(v[2]) / _num(v[1]),
-                    _update_rounding(rnd, k, _num(v[2]), ROUNDING[dtype]))
-                   for k, v in p["params"].items() if k in (rnd.get("params") or {}) and _num(v[1]) > 0)]
-        if p["epoch"] not in seen_forward:  # one forward pass per checkpoint
-            seen_forward.add(p["epoch"])
-            items.append((STEP_RTOL[dtype], p.get("eval_rounding")))
-        for band, r in items:
-            wide = _rounded_band(band, r)
-            if wide > band:
+    for p in (probes := _reference_probes(rows)):
+        bands = [(band, fixed) for _, _, band, fixed in _probe_checks(p, dtype)]
+        if p is next(q for q in probes if q["epoch"] == p["epoch"]):  # one forward pass per checkpoint
+            bands.append((_rounded_band(STEP_RTOL[dtype], p.get("eval_rounding")), STEP_RTOL[dtype]))
+        for band, fixed in bands:
+            if band > fixed:
                 widened += 1
-                unjudged += not math.isfinite(wide)
+                unjudged += not math.isfinite(band)
                 epochs.add(p["epoch"])
     return {"checkpoints": len(epochs), "widened": widened, "not_judged": unjudged} if widened else None
 
@@ -416,6 +413,36 @@ def _ratio(c: Crossing) -> float:
     return c.deviation / c.band if c.band > 0 and math.isfinite(c.deviation) else math.inf
 
 
+def _probe_checks(p: Mapping[str, Any], dtype: str) -> list[tuple[str, float, float, float]]:
+    """A probe record's checks: ``(what, deviation, band, fixed band)`` for its loss, gradient norm and each
+    parameter's update. Only what the oracle's own probe step gave finite can hold a row to a band: where
+    its loss, norm or update overflowed (an lr near the dtype's largest number), the row is not blamed for
+    its own. Where rounding alone moves the oracle's own step (``p["rounding"]``, from float64), a band is
+    widened as a stretch's is, and inf (not judged) from 100 % on (:func:`_rounded_band`)."""
+    rtol, nrtol, prtol, rounding = STEP_RTOL[dtype], NORM_RTOL[dtype], PROBE_RTOL[dtype], ROUNDING[dtype]
+    rnd = p.get("rounding") or {}
+    checks = [(what, agreement.relative_error(_num(p[key]), _num(p[f"ref_{key}"])), _rounded_band(tol, rnd.get(key)), tol)
+              for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol))
+              if math.isfinite(_num(p[f"ref_{key}"]))]
+    for k, (diff, update, size) in p["params"].items():
+        diff, update, size = _num(diff), _num(update), _num(size)
+        if not (math.isfinite(update) and math.isfinite(size)):
+            continue
+        if not math.isfinite(diff):
+            checks.append((f"{k} update", math.inf, prtol, prtol))  # a NaN update is outside any band
+        elif update > 0:  # |diff| <= prtol |update| + rounding |param|, in units of the update
+            fixed = prtol + rounding * size / update
+            checks.append((f"{k} update", diff / update, _rounded_band(fixed, _update_rounding(rnd, k, size, rounding)),
+                           fixed))
+        elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
+            # (an infinite band here passed any change at all to a parameter the step must not move)
+            checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding, rounding))
+        else:  # a zero parameter the oracle left at zero: moved by no more than the dtype's least number
+            checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff, TINY[dtype],
+                           TINY[dtype]))
+    return checks
+
+
 def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]], dtype: str,
                    steps_per_epoch: Sequence[int] = (), until: int | None = None) -> BackendVerdict:
     """A backend's re-anchored stretches and probes against the reference, in epoch order.
@@ -428,7 +455,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
         epoch, step = locate(global_step, steps_per_epoch)
         return Crossing(epoch, step, what, dev, tol, global_step=global_step)
 
-    rtol, nrtol, prtol, rounding = STEP_RTOL[dtype], NORM_RTOL[dtype], PROBE_RTOL[dtype], ROUNDING[dtype]
+    rtol, nrtol = STEP_RTOL[dtype], NORM_RTOL[dtype]
     lock = row.get("lockstep") or {}
     stretches = {s["epoch"]: s for s in lock.get("stretches", [])}
     probes: dict[int, list[Mapping[str, Any]]] = {}
@@ -480,30 +507,7 @@ def judge_lockstep(row: Mapping[str, Any], ref: Mapping[int, Mapping[str, Any]],
                                       "(evaluate_loss: validation and --eval-text perplexities, predict)", dev,
                                       fwd_band))
         for p in probes.get(epoch, []):
-            # Only what the oracle's own probe step gave finite can hold a row to a band: where its loss, norm or
-            # update overflowed (an lr near the dtype's largest number), the row is not blamed for its own.
-            # Where rounding alone moves the oracle's own probe step (p["rounding"], from float64), each band is
-            # widened as a stretch's is, and not judged from 100 % on (ROUNDING_FACTOR).
-            rnd = p.get("rounding") or {}
-            checks = [(what, agreement.relative_error(_num(p[key]), _num(p[f"ref_{key}"])), _rounded_band(tol, rnd.get(key)))
-                      for what, key, tol in (("loss", "loss", rtol), ("grad norm", "grad_norm", nrtol))
-                      if math.isfinite(_num(p[f"ref_{key}"]))]
-            for k, (diff, update, size) in p["params"].items():
-                diff, update, size = _num(diff), _num(update), _num(size)
-                if not (math.isfinite(update) and math.isfinite(size)):
-                    continue
-                if not math.isfinite(diff):
-                    checks.append((f"{k} update", math.inf, prtol))  # a NaN update is outside any band
-                    continue
-                if update > 0:  # |diff| <= prtol |update| + rounding |param|, in units of the update
-                    checks.append((f"{k} update", diff / update,
-                                   _rounded_band(prtol + rounding * size / update, _update_rounding(rnd, k, size, rounding))))
-                elif size > 0:  # the oracle left it unchanged: only rounding, in units of the parameter
-                    # (an infinite band here passed any change at all to a parameter the step must not move)
-                    checks.append((f"{k} update (the oracle's is 0; relative to the parameter)", diff / size, rounding))
-                else:  # a zero parameter the oracle left at zero: moved by no more than the dtype's least number
-                    checks.append((f"{k} update (the oracle's update and the parameter are 0; absolute)", diff,
-                                   TINY[dtype]))
+            checks = [(what, dev, band) for what, dev, band, _ in _probe_checks(p, dtype)]
             outside = []
             for what, dev, allowed in [c for c in checks if math.isfinite(c[2]) or not math.isfinite(c[1])]:
                 allowed = allowed if math.isfinite(allowed) else 0.0  # rounding decides it; a broken value still fails
@@ -654,22 +658,20 @@ def judge(
         base["long_epoch_steps"] = int(max(ref_epochs))
     base["epochs_run"] = len(ref_epochs)
     judgeable = [e for e in stretch_ref.values() if not e.get("partial")]
-    widened = []  # (band / fixed band, entry, step index, quantity) wherever rounding widened a step's band
-    tol_of = {"loss": STEP_RTOL[dtype], "grad_norm": NORM_RTOL[dtype]}
+    widened = []  # (band, entry, step index, quantity) wherever rounding widened a step's band (inf: not judged)
     for e in judgeable:
         for key, tol in (("loss", STEP_RTOL[dtype]), ("grad_norm", NORM_RTOL[dtype])):
             for i, r in enumerate((e.get("rounding") or {}).get(key, [])):
-                if ROUNDING_FACTOR * r > tol:
-                    widened.append((ROUNDING_FACTOR * r / tol, e, i, key))
+                if (band := _rounded_band(tol, r)) > tol:
+                    widened.append((band / tol, e, i, key))
     if widened:
-        judged_w = [w for w in widened if w[0] * tol_of[w[3]] < 1.0] or widened  # the widest band still judged
+        judged_w = [w for w in widened if math.isfinite(w[0])] or widened  # the widest band still judged
         _, e, i, key = max(judged_w, key=lambda w: w[0])
         epoch, step = locate(int(e["start"]) + i + 1, ref_epochs)
         base["rounding_limited"] = {
             "checkpoints": len({id(w[1]) for w in widened}), "of": len(judgeable),
             "steps": len({(id(w[1]), w[2]) for w in widened}),
-            "not_judged": len({(id(w[1]), w[2], w[3]) for w in widened if not math.isfinite(w[0] * tol_of[w[3]])
-                               or w[0] * tol_of[w[3]] >= 1.0}),
+            "not_judged": sum(not math.isfinite(w[0]) for w in widened),
             "widest": {"global_step": int(e["start"]) + i + 1, "epoch": epoch, "step": step,
                        "what": "loss" if key == "loss" else "grad norm", "rounding": e["rounding"][key][i],
                        "band": ROUNDING_FACTOR * e["rounding"][key][i]}}
@@ -796,7 +798,7 @@ def unresolved_updates(rows: Sequence[Mapping[str, Any]], dtype: str) -> dict[st
     is raised until updates are 10x past that (lockstep.probe_lr); what is left is a zero gradient or the
     raise's cap, and there a wrong update of that parameter can pass."""
     floor = ROUNDING[dtype] / PROBE_RTOL[dtype]
-    probes = next((ps for r in rows if (ps := (r.get("lockstep") or {}).get("probes"))), [])
+    probes = _reference_probes(rows)
     top: dict[int, float] = {}
     for p in probes:
         top[p["epoch"]] = max(top.get(p["epoch"], 0.0), _num(p["lr"]))
