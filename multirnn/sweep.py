@@ -679,13 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if failure is not None:
             raise failure
-        return leave(_aggregate(opts, out, settings, configurations, groups, cells, engine, store, command, desc,
-                                other_load, late))
-    except Exception:
+        code = _aggregate(opts, out, settings, configurations, groups, cells, engine, store, command, desc,
+                          other_load, late)
+    except BaseException:
         if closed:
             raise
         traceback.print_exc()  # and no exit hook: it would wait for the executor's close again, unstoppable
-        return leave(1)  # as an uncaught exception would
+        code = 1  # as an uncaught exception would
+    return leave(code)
 
 
 def _aggregate(opts: Options, out: Path, settings: dict[str, Any], configurations: list[Any], groups: list[Any],

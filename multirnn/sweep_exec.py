@@ -234,9 +234,6 @@ class LocalExecutor:
         return {"raw": raw, "node": "local", "host": socket.gethostname(), "wall_seconds": time.perf_counter() - start}
 
 
-# --- Ray ---------------------------------------------------------------------------------------------
-
-
 def close_executor(executor: Any, late: list[int], say: Callable[[str], None], poll: float = 0.2) -> bool:
     """Close ``executor`` in a helper thread, so a signal still reaches this one; ``late`` is the list
     :func:`multirnn.runner.defer_signals` fills. One signal waits for the close (the aggregate is written
@@ -265,6 +262,9 @@ def close_executor(executor: Any, late: list[int], say: Callable[[str], None], p
     if failed:
         say(f"the executor did not close cleanly ({type(failed[0]).__name__}: {failed[0]}); every cell had ended")
     return True
+
+
+# --- Ray ---------------------------------------------------------------------------------------------
 
 
 def ray_endpoint(address: str) -> tuple[str, int] | None:
