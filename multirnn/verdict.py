@@ -63,9 +63,9 @@ BLOWUP_FACTOR = 10
 # over the stretch so far, when that is wider than the fixed band. A correct backend is another float32
 # rounding of the same steps: at --lr 50 one step from a checkpoint put a correct torch's gradient norm
 # 2.7 % off the oracle's (band 0.1 %) where the oracle lay 0.44 % from float64. Correct rows lay up to
-# 22.5x the oracle's distance from the oracle over a verdict hunter's 295 runs at lr 5-500, and 45x in a
-# reviewer's run (--lr 20 --hidden 8 --batch-size 8 --num-steps 10 --lockstep 1: 0.88 of a band of 50x);
-# 100 leaves twice the largest. A bug is held to the fixed band wherever rounding is small: the book
+# 22.5x as far from float64 as the oracle did over a verdict hunter's 295 runs at lr 5-500, and 45x in a
+# reviewer's run (--lr 20 --hidden 8 --batch-size 8 --num-steps 10 --lockstep 1), 44x the oracle's
+# distance off the oracle there (0.88 of a band of 50x); 100 leaves twice the largest. A bug is held to the fixed band wherever rounding is small: the book
 # run's oracle lies within 1.7e-5 of float64: at 100x, 13 steps of 3 of its 85 stretches widen, to 1.7e-3.
 ROUNDING_FACTOR = 100
 # ... and where that band would be 100 % or more, rounding decides the value outright (the oracle's own
